@@ -1,0 +1,3 @@
+//! Sluice: an outbound SMTP relay.
+
+pub mod smtp;

@@ -1,0 +1,8 @@
+//! The SMTP protocol, sans-IO: no sockets, no runtime, no clock reads.
+//! State machines take bytes and return replies and events; the I/O layers drive them.
+
+pub mod address;
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod server;

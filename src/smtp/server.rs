@@ -1,0 +1,497 @@
+//! The intake session, sans-IO: bytes in, replies and events out.
+//!
+//! The driver feeds whatever it read with [`Session::feed`], then calls [`Session::poll`] until it
+//! returns [`Event::NeedInput`] or [`Event::Close`], writing the output buffer once. All replies to
+//! one pipelined batch therefore go out in one write (RFC 2920 3.2). A complete message is handed
+//! out as [`Event::Message`]; the session then waits for [`Session::message_stored`] so that the
+//! 250 is only written once the driver has made the message durable.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::address::{MailParams, Mailbox, RcptParams};
+use super::command::{self, Command, CommandError, Recipient};
+use super::data::{BodyScanner, Violation};
+use super::reply::{Reply, codes};
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Text line limit without CRLF.
+    pub max_line: usize,
+    /// After this many error replies the session is closed with 421.
+    pub max_errors: usize,
+    pub postmaster: Mailbox,
+}
+
+/// What the driver knows about the client when the session starts.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub ip: IpAddr,
+    /// Whether recipients at any domain are accepted (trusted network; later, authenticated).
+    pub relay_allowed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rcpt {
+    pub mailbox: Mailbox,
+    pub params: RcptParams,
+}
+
+/// A complete transaction, handed to the driver for storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub helo: String,
+    /// EHLO (ESMTP) rather than HELO (SMTP), for the Received `with` clause.
+    pub esmtp: bool,
+    pub from: Option<Mailbox>,
+    pub params: MailParams,
+    pub recipients: Vec<Rcpt>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Replies so far are in the output buffer; feed more input.
+    NeedInput,
+    /// Store this message, then call [`Session::message_stored`].
+    Message(Transaction),
+    /// Write the output buffer and close the connection.
+    Close,
+}
+
+/// Which read timeout applies now (RFC 5321 4.5.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    Command,
+    Data,
+}
+
+#[derive(Debug)]
+struct Envelope {
+    from: Option<Mailbox>,
+    params: MailParams,
+    recipients: Vec<Rcpt>,
+    body: Vec<u8>,
+    /// BDAT state: the scanner across chunks, and whether a chunk already failed (RFC 3030 2).
+    chunks: Option<BodyScanner>,
+    chunk_failed: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Command,
+    /// Discarding an overlong command line up to its LF.
+    DiscardLine,
+    Data(BodyScanner),
+    /// Reading a BDAT chunk: `accepted` chunks go to the envelope, others are read and dropped.
+    Chunk {
+        remaining: u64,
+        last: bool,
+        refusal: Option<Reply>,
+    },
+    AwaitingStore,
+    Closed,
+}
+
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    client: ClientInfo,
+    input: Vec<u8>,
+    pos: usize,
+    helo: Option<(String, bool)>,
+    envelope: Option<Envelope>,
+    phase: Phase,
+    errors: usize,
+    /// Set by the driver when the spool cannot take mail; MAIL is answered with it.
+    mail_gate: Option<Reply>,
+}
+
+impl Session {
+    pub fn new(cfg: Arc<SessionConfig>, client: ClientInfo) -> Self {
+        Session {
+            cfg,
+            client,
+            input: Vec::new(),
+            pos: 0,
+            helo: None,
+            envelope: None,
+            phase: Phase::Command,
+            errors: 0,
+            mail_gate: None,
+        }
+    }
+
+    pub fn greeting(&self, out: &mut Vec<u8>) {
+        Reply::plain(
+            220,
+            vec![format!("{} ESMTP Sluice ready", self.cfg.hostname)],
+        )
+        .write_to(out);
+    }
+
+    /// Tells the session that new transactions cannot be stored now (`None`: they can).
+    pub fn set_mail_gate(&mut self, reply: Option<Reply>) {
+        self.mail_gate = reply;
+    }
+
+    pub fn waiting(&self) -> Waiting {
+        match self.phase {
+            Phase::Data(_) | Phase::Chunk { .. } => Waiting::Data,
+            _ => Waiting::Command,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        // Compact consumed input so the buffer does not grow with the session.
+        if self.pos > 0 && self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+        } else if self.pos > 64 * 1024 {
+            self.input.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The result of storing the message from the last [`Event::Message`].
+    pub fn message_stored(&mut self, result: Result<&str, Reply>, out: &mut Vec<u8>) {
+        debug_assert!(matches!(self.phase, Phase::AwaitingStore));
+        self.phase = Phase::Command;
+        match result {
+            Ok(queue_id) => codes::queued(queue_id).write_to(out),
+            Err(reply) => self.reply(reply, out),
+        }
+    }
+
+    /// Closes the session with a reply (timeout, shutdown).
+    pub fn close_with(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        reply.write_to(out);
+        self.phase = Phase::Closed;
+    }
+
+    /// Processes buffered input until more is needed, a message is complete, or the session ends.
+    pub fn poll(&mut self, out: &mut Vec<u8>) -> Event {
+        loop {
+            match &mut self.phase {
+                Phase::Closed => return Event::Close,
+                Phase::AwaitingStore => return Event::NeedInput,
+                Phase::Data(scanner) => {
+                    let envelope = self.envelope.as_mut().expect("DATA phase has an envelope");
+                    let (n, done) = scanner.feed(&self.input[self.pos..], &mut envelope.body);
+                    self.pos += n;
+                    if !done {
+                        return Event::NeedInput;
+                    }
+                    let violation = scanner.violation();
+                    if let Some(event) = self.finish_message(violation, out) {
+                        return event;
+                    }
+                }
+                Phase::Chunk { .. } => {
+                    if let Some(event) = self.read_chunk(out) {
+                        return event;
+                    }
+                }
+                Phase::DiscardLine => match memchr::memchr(b'\n', &self.input[self.pos..]) {
+                    Some(i) => {
+                        self.pos += i + 1;
+                        self.phase = Phase::Command;
+                        self.reply(CommandError::LineTooLong.reply(), out);
+                    }
+                    None => {
+                        self.pos = self.input.len();
+                        return Event::NeedInput;
+                    }
+                },
+                Phase::Command => {
+                    let rest = &self.input[self.pos..];
+                    let Some(lf) = memchr::memchr(b'\n', rest) else {
+                        if rest.len() > command::MAX_LINE {
+                            self.pos = self.input.len();
+                            self.phase = Phase::DiscardLine;
+                        }
+                        return Event::NeedInput;
+                    };
+                    let line_end = self.pos + lf;
+                    let line_start = self.pos;
+                    self.pos = line_end + 1;
+                    let line = &self.input[line_start..line_end];
+                    let result = match line.strip_suffix(b"\r") {
+                        _ if lf + 1 > command::MAX_LINE => Err(CommandError::LineTooLong),
+                        None => Err(CommandError::Syntax("Bare LF in command line; use CRLF")),
+                        Some(l) if l.contains(&b'\r') => {
+                            Err(CommandError::Syntax("Bare CR in command line"))
+                        }
+                        Some(l) => command::parse(l),
+                    };
+                    match result {
+                        Ok(cmd) => self.command(cmd, out),
+                        Err(e) => self.reply(e.reply(), out),
+                    }
+                }
+            }
+            if self.is_closed() {
+                return Event::Close;
+            }
+        }
+    }
+
+    /// Writes a reply, counting errors; closes on 421 or when the error budget is spent.
+    fn reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
+        reply.write_to(out);
+        if reply.closes() {
+            self.phase = Phase::Closed;
+            return;
+        }
+        if reply.code >= 500 {
+            self.errors += 1;
+            if self.errors >= self.cfg.max_errors {
+                codes::closing("Too many errors, closing connection").write_to(out);
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command, out: &mut Vec<u8>) {
+        match cmd {
+            Command::Ehlo(name) => {
+                self.envelope = None;
+                let c = &self.cfg;
+                let lines = vec![
+                    format!("{} greets {}", c.hostname, name),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", c.max_message_size),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "CHUNKING".into(),
+                    "DSN".into(),
+                ];
+                self.helo = Some((name, true));
+                Reply::plain(250, lines).write_to(out);
+            }
+            Command::Helo(name) => {
+                self.envelope = None;
+                Reply::plain(250, vec![self.cfg.hostname.clone()]).write_to(out);
+                self.helo = Some((name, false));
+            }
+            Command::Mail { from, params } => {
+                let reply = self.mail(from, params);
+                self.reply(reply, out);
+            }
+            Command::Rcpt { to, params } => {
+                let reply = self.rcpt(to, params);
+                self.reply(reply, out);
+            }
+            Command::Data => match &self.envelope {
+                None => self.reply(codes::bad_sequence("Need MAIL and RCPT first"), out),
+                Some(e) if e.chunks.is_some() => {
+                    self.reply(codes::bad_sequence("DATA not allowed after BDAT"), out)
+                }
+                Some(e) if e.recipients.is_empty() => self.reply(codes::no_valid_recipients(), out),
+                Some(_) => {
+                    codes::start_data().write_to(out);
+                    self.phase = Phase::Data(BodyScanner::data(
+                        self.cfg.max_message_size,
+                        self.cfg.max_line,
+                    ));
+                }
+            },
+            Command::Bdat { size, last } => {
+                let refusal = self.chunk_refusal(size);
+                if let (Some(_), Some(e)) = (&refusal, self.envelope.as_mut()) {
+                    // A refused chunk fails the transaction: later chunks are refused until RSET.
+                    e.chunk_failed = true;
+                }
+                self.phase = Phase::Chunk {
+                    remaining: size,
+                    last,
+                    refusal,
+                };
+            }
+            Command::Rset => {
+                self.envelope = None;
+                codes::ok().write_to(out);
+            }
+            Command::Noop => codes::ok().write_to(out),
+            Command::Help => codes::help().write_to(out),
+            Command::Vrfy => codes::vrfy().write_to(out),
+            Command::Expn => self.reply(codes::not_implemented("EXPN not available"), out),
+            Command::Quit => {
+                codes::bye().write_to(out);
+                self.phase = Phase::Closed;
+            }
+        }
+    }
+
+    fn mail(&mut self, from: Option<Mailbox>, params: MailParams) -> Reply {
+        if self.helo.is_none() {
+            return codes::bad_sequence("Send EHLO or HELO first");
+        }
+        if self.envelope.is_some() {
+            return codes::bad_sequence("Nested MAIL command");
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.cfg.max_message_size as u64)
+        {
+            return codes::too_big();
+        }
+        if let Some(reply) = &self.mail_gate {
+            return reply.clone();
+        }
+        self.envelope = Some(Envelope {
+            from,
+            params,
+            recipients: Vec::new(),
+            body: Vec::new(),
+            chunks: None,
+            chunk_failed: false,
+        });
+        codes::sender_ok()
+    }
+
+    fn rcpt(&mut self, to: Recipient, params: RcptParams) -> Reply {
+        let Some(envelope) = self.envelope.as_mut() else {
+            return codes::bad_sequence("Need MAIL before RCPT");
+        };
+        let mailbox = match to {
+            Recipient::Postmaster => self.cfg.postmaster.clone(),
+            Recipient::Mailbox(m)
+                if m.local.eq_ignore_ascii_case("postmaster")
+                    && m.domain.eq_ignore_ascii_case(&self.cfg.hostname) =>
+            {
+                self.cfg.postmaster.clone()
+            }
+            Recipient::Mailbox(m) => {
+                if !m.is_ascii() && !envelope.params.smtputf8 {
+                    return CommandError::Address(super::address::AddressError::NeedsSmtpUtf8)
+                        .reply();
+                }
+                // Sluice has no local mailboxes: every other recipient is relayed.
+                if !self.client.relay_allowed {
+                    return codes::relay_denied();
+                }
+                m
+            }
+        };
+        if envelope.recipients.len() >= self.cfg.max_recipients {
+            return codes::too_many_recipients();
+        }
+        envelope.recipients.push(Rcpt { mailbox, params });
+        codes::recipient_ok()
+    }
+
+    fn chunk_refusal(&mut self, size: u64) -> Option<Reply> {
+        let max = self.cfg.max_message_size;
+        let Some(envelope) = self.envelope.as_mut() else {
+            return Some(codes::bad_sequence("Need MAIL and RCPT before BDAT"));
+        };
+        if envelope.chunk_failed {
+            return Some(codes::bad_sequence("Previous BDAT failed; send RSET"));
+        }
+        if envelope.recipients.is_empty() {
+            return Some(codes::no_valid_recipients());
+        }
+        let scanner = envelope
+            .chunks
+            .get_or_insert_with(|| BodyScanner::chunks(max, self.cfg.max_line));
+        if scanner.size() as u64 + size > max as u64 {
+            return Some(codes::too_big());
+        }
+        None
+    }
+
+    /// Reads BDAT octets (all of them, even for a refused chunk), then answers the chunk.
+    fn read_chunk(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        let Phase::Chunk {
+            remaining,
+            last,
+            refusal,
+        } = &mut self.phase
+        else {
+            unreachable!()
+        };
+        let available = (self.input.len() - self.pos) as u64;
+        let take = available.min(*remaining) as usize;
+        let bytes = &self.input[self.pos..self.pos + take];
+        if refusal.is_none() {
+            let envelope = self
+                .envelope
+                .as_mut()
+                .expect("accepted chunk has an envelope");
+            let scanner = envelope
+                .chunks
+                .as_mut()
+                .expect("accepted chunk has a scanner");
+            scanner.feed(bytes, &mut envelope.body);
+        }
+        self.pos += take;
+        *remaining -= take as u64;
+        if *remaining > 0 {
+            return Some(Event::NeedInput);
+        }
+        let (last, refusal) = (*last, refusal.take());
+        self.phase = Phase::Command;
+        if let Some(reply) = refusal {
+            self.reply(reply, out);
+            return self.is_closed().then_some(Event::Close);
+        }
+        let envelope = self
+            .envelope
+            .as_mut()
+            .expect("accepted chunk has an envelope");
+        let scanner = envelope
+            .chunks
+            .as_mut()
+            .expect("accepted chunk has a scanner");
+        if !last {
+            let octets = scanner.size() as u64;
+            codes::chunk_ok(octets).write_to(out);
+            return None;
+        }
+        scanner.finish_chunks(&mut envelope.body);
+        let violation = scanner.violation();
+        self.finish_message(violation, out)
+    }
+
+    /// The end of a message: a refusal for a violation, or the transaction for the driver.
+    fn finish_message(&mut self, violation: Option<Violation>, out: &mut Vec<u8>) -> Option<Event> {
+        let envelope = self
+            .envelope
+            .take()
+            .expect("a finished message has an envelope");
+        self.phase = Phase::Command;
+        let refusal = match violation {
+            Some(Violation::BareLineEnding) => Some(codes::bad_line_endings()),
+            Some(Violation::LineTooLong) => Some(codes::data_line_too_long()),
+            Some(Violation::TooBig) => Some(codes::too_big()),
+            None => None,
+        };
+        if let Some(reply) = refusal {
+            self.reply(reply, out);
+            return self.is_closed().then_some(Event::Close);
+        }
+        let (helo, esmtp) = self.helo.clone().expect("MAIL requires HELO");
+        self.phase = Phase::AwaitingStore;
+        Some(Event::Message(Transaction {
+            helo,
+            esmtp,
+            from: envelope.from,
+            params: envelope.params,
+            recipients: envelope.recipients,
+            body: envelope.body,
+        }))
+    }
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

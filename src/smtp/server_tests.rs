@@ -1,0 +1,341 @@
+//! In-memory session harness: one input batch in, one output buffer out, no sockets.
+
+use super::*;
+
+fn config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "relay.test".into(),
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_line: 998,
+        max_errors: 20,
+        postmaster: Mailbox {
+            local: "postmaster".into(),
+            domain: "relay.test".into(),
+        },
+    })
+}
+
+struct Harness {
+    session: Session,
+    stored: Vec<Transaction>,
+    next_id: u32,
+}
+
+impl Harness {
+    fn new(relay_allowed: bool) -> Self {
+        let client = ClientInfo {
+            ip: "127.0.0.1".parse().unwrap(),
+            relay_allowed,
+        };
+        Harness {
+            session: Session::new(config(), client),
+            stored: Vec::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Feeds one batch and returns everything the session wrote in response, storing messages.
+    fn send(&mut self, input: &[u8]) -> String {
+        let mut out = Vec::new();
+        self.session.feed(input);
+        loop {
+            match self.session.poll(&mut out) {
+                Event::NeedInput | Event::Close => break,
+                Event::Message(tx) => {
+                    self.stored.push(tx);
+                    self.next_id += 1;
+                    let id = format!("ID{}", self.next_id);
+                    self.session.message_stored(Ok(&id), &mut out);
+                }
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn codes(&mut self, input: &[u8]) -> Vec<u16> {
+        self.send(input)
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| l[..3].parse().unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn answers_a_pipelined_transaction_in_one_batch() {
+    let mut h = Harness::new(true);
+    let out = h.send(b"EHLO c.test\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\nQUIT\r\n");
+    let codes: Vec<&str> = out
+        .lines()
+        .filter(|l| l.as_bytes()[3] == b' ')
+        .map(|l| l.get(..9).unwrap_or(l))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "250 DSN",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354 2.0.0",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
+    );
+    assert_eq!(h.stored.len(), 1);
+    assert_eq!(h.stored[0].body, b"Subject: t\r\n\r\nhi\r\n");
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn advertises_extensions() {
+    let mut h = Harness::new(true);
+    let out = h.send(b"EHLO c.test\r\n");
+    for ext in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "DSN",
+    ] {
+        assert!(
+            out.contains(&format!("250-{ext}\r\n")) || out.contains(&format!("250 {ext}\r\n")),
+            "{ext} missing in {out}"
+        );
+    }
+}
+
+#[test]
+fn reply_codes_table() {
+    let table: Vec<(&[u8], Vec<u16>)> = vec![
+        (b"MAIL FROM:<a@x.org>\r\n", vec![503]),
+        (b"EHLO c\r\nRCPT TO:<b@y.org>\r\n", vec![250, 503]),
+        (b"EHLO c\r\nDATA\r\n", vec![250, 503]),
+        (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nDATA\r\n", vec![250, 250, 554]),
+        (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nMAIL FROM:<a@x.org>\r\n", vec![250, 250, 503]),
+        (b"EHLO c\r\nMAIL FROM:<a@x.org> SIZE=1001\r\n", vec![250, 552]),
+        (b"EHLO c\r\nMAIL FROM:<a@x.org> BOGUS=1\r\n", vec![250, 555]),
+        (b"EHLO c\r\nMAIL FROM:<a@@x.org>\r\n", vec![250, 553]),
+        (b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<j\xc3\xb6rg@y.org>\r\n", vec![250, 250, 553]),
+        (b"EHLO c\r\nMAIL FROM:<> SMTPUTF8\r\nRCPT TO:<j\xc3\xb6rg@y.org>\r\n", vec![250, 250, 250]),
+        (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<1@y.org>\r\nRCPT TO:<2@y.org>\r\nRCPT TO:<3@y.org>\r\nRCPT TO:<4@y.org>\r\n", vec![250, 250, 250, 250, 250, 452]),
+        (b"VRFY someone\r\nNOOP\r\nHELP\r\nRSET\r\n", vec![252, 250, 214, 250]),
+        (b"EXPN list\r\nXYZZY\r\n", vec![502, 500]),
+        (b"EHLO c\nNOOP\r\n", vec![500, 250]),
+        (b"EHLO c\rx\r\n", vec![500]),
+        (b"HELO\r\nHELO not_valid\r\nHELO [1.2.3.4]\r\n", vec![501, 501, 250]),
+    ];
+    for (input, expected) in table {
+        let mut h = Harness::new(true);
+        assert_eq!(
+            h.codes(input),
+            expected,
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+#[test]
+fn relay_is_denied_to_untrusted_clients_but_postmaster_is_accepted() {
+    let mut h = Harness::new(false);
+    let codes = h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<POSTMASTER@relay.test>\r\nDATA\r\nhi\r\n.\r\n");
+    assert_eq!(codes, [250, 250, 550, 250, 250, 354, 250]);
+    let out = Harness::new(false).send(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\n");
+    assert!(out.ends_with("550 5.7.1 Relaying denied\r\n"), "{out}");
+    let rcpts: Vec<String> = h.stored[0]
+        .recipients
+        .iter()
+        .map(|r| r.mailbox.to_string())
+        .collect();
+    assert_eq!(rcpts, ["postmaster@relay.test", "postmaster@relay.test"]);
+}
+
+#[test]
+fn overlong_command_line_is_refused_and_session_goes_on() {
+    let mut h = Harness::new(true);
+    let mut input = b"NOOP ".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 5000));
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    assert_eq!(h.codes(&input), [500, 250]);
+}
+
+#[test]
+fn overlong_line_split_over_reads_is_discarded_not_parsed() {
+    let mut h = Harness::new(true);
+    assert_eq!(h.codes(&[b'x'; 2000]), Vec::<u16>::new());
+    // The tail of the long line looks like a command, but it is discarded.
+    assert_eq!(h.codes(b"QUIT\r\nNOOP\r\n"), [500, 250]);
+    assert!(!h.session.is_closed());
+}
+
+#[test]
+fn smuggled_commands_in_data_are_never_executed() {
+    for ending in [
+        &b"\n.\n"[..],
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r\n\x00.\r\n",
+    ] {
+        let mut h = Harness::new(true);
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nSubject: one\r\n\r\nbody".to_vec();
+        input.extend_from_slice(ending);
+        input.extend_from_slice(b"MAIL FROM:<evil@x.org>\r\nRCPT TO:<victim@y.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n");
+        let codes = h.codes(&input);
+        assert!(
+            h.stored.len() <= 1,
+            "ending {ending:?} produced {} messages",
+            h.stored.len()
+        );
+        // Bare CR/LF endings are refused outright; the NUL one is content of one message.
+        if ending.contains(&0) {
+            assert_eq!(h.stored.len(), 1);
+            assert!(String::from_utf8_lossy(&h.stored[0].body).contains("smuggled"));
+        } else {
+            assert_eq!(codes, [250, 250, 250, 354, 550], "ending {ending:?}");
+            assert!(h.stored.is_empty());
+        }
+    }
+}
+
+#[test]
+fn too_big_data_is_read_to_the_end_and_refused() {
+    let mut h = Harness::new(true);
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\n".to_vec();
+    for _ in 0..30 {
+        input.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+    }
+    input.extend_from_slice(b".\r\nNOOP\r\n");
+    assert_eq!(h.codes(&input), [250, 250, 250, 354, 552, 250]);
+    assert!(h.stored.is_empty());
+}
+
+#[test]
+fn bdat_chunks_make_one_message() {
+    let mut h = Harness::new(true);
+    let codes = h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 5\r\nab\r\ncBDAT 3 LAST\r\nd\r\nNOOP\r\n");
+    assert_eq!(codes, [250, 250, 250, 250, 250, 250]);
+    assert_eq!(h.stored[0].body, b"ab\r\ncd\r\n");
+}
+
+#[test]
+fn bdat_chunk_split_across_reads() {
+    let mut h = Harness::new(true);
+    assert_eq!(
+        h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 10 LAST\r\nhello"),
+        [250, 250, 250]
+    );
+    assert_eq!(h.codes(b"\r\nabc"), [250]);
+    assert_eq!(h.stored[0].body, b"hello\r\nabc\r\n");
+}
+
+#[test]
+fn refused_bdat_octets_are_read_and_later_chunks_refused_until_rset() {
+    let mut h = Harness::new(true);
+    // The oversized chunk's octets contain a command that must not run.
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 1200\r\n".to_vec();
+    let mut chunk = b"QUIT\r\n".to_vec();
+    chunk.resize(1200, b'a');
+    input.extend_from_slice(&chunk);
+    input.extend_from_slice(b"BDAT 2 LAST\r\nok");
+    input.extend_from_slice(
+        b"RSET\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 4 LAST\r\nok\r\n",
+    );
+    assert_eq!(
+        h.codes(&input),
+        [250, 250, 250, 552, 503, 250, 250, 250, 250]
+    );
+    assert_eq!(h.stored.len(), 1);
+    assert!(!h.session.is_closed());
+}
+
+#[test]
+fn bdat_without_transaction_is_refused_after_reading_octets() {
+    let mut h = Harness::new(true);
+    assert_eq!(
+        h.codes(b"EHLO c\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"),
+        [250, 503, 250]
+    );
+}
+
+#[test]
+fn data_after_bdat_is_a_bad_sequence() {
+    let mut h = Harness::new(true);
+    assert_eq!(
+        h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 2\r\nabDATA\r\n"),
+        [250, 250, 250, 250, 503]
+    );
+}
+
+#[test]
+fn closes_after_twenty_errors() {
+    let mut h = Harness::new(true);
+    let out = h.send(&b"BOGUS\r\n".repeat(25));
+    assert_eq!(out.matches("500 5.5.2").count(), 20);
+    assert!(
+        out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"),
+        "{out}"
+    );
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn http_request_closes_the_session() {
+    let mut h = Harness::new(true);
+    let out = h.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("421 4.7.0"), "{out}");
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn mail_gate_refuses_new_transactions() {
+    let mut h = Harness::new(true);
+    h.session.set_mail_gate(Some(codes::disk_full()));
+    assert_eq!(h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\n"), [250, 452]);
+    h.session.set_mail_gate(None);
+    assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [250]);
+}
+
+#[test]
+fn store_failure_is_reported_and_session_continues() {
+    let mut h = Harness::new(true);
+    let mut out = Vec::new();
+    h.session
+        .feed(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
+    let Event::Message(_) = h.session.poll(&mut out) else {
+        panic!("no message")
+    };
+    // Pipelined NOOP is not answered before the message's own reply.
+    assert_eq!(h.session.poll(&mut out), Event::NeedInput);
+    h.session
+        .message_stored(Err(codes::spool_failed()), &mut out);
+    assert_eq!(h.session.poll(&mut out), Event::NeedInput);
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.ends_with("451 4.3.0 Local error storing message, try again later\r\n250 2.0.0 OK\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_non_greeting_reply_has_an_enhanced_code() {
+    let mut h = Harness::new(false);
+    let out = h.send(b"HELO c\r\nEHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRCPT TO:<postmaster>\r\nBDAT x\r\nDATA\r\n.\r\nVRFY\r\nNOOP\r\nRSET\r\nHELP\r\nFOO\r\nQUIT\r\n");
+    let mut after_ehlo = false;
+    for line in out.lines() {
+        if line.starts_with("250 DSN") {
+            after_ehlo = true;
+            continue;
+        }
+        if !after_ehlo {
+            continue;
+        }
+        let code = line.split(' ').nth(1).unwrap_or("");
+        let looks_enhanced =
+            code.split('.').count() == 3 && code.split('.').all(|p| p.parse::<u16>().is_ok());
+        assert!(looks_enhanced, "no enhanced code on {line:?}");
+    }
+}
