@@ -1,3 +1,6 @@
 //! Sluice: an outbound SMTP relay.
 
+pub mod config;
+pub mod metrics;
 pub mod smtp;
+pub mod spool;

@@ -1,0 +1,603 @@
+//! The YAML configuration: schema, defaults, validation.
+//!
+//! Values are validated while they are parsed (through the small types below), so every error
+//! names the key path and the line, e.g. `limits.max_hops: invalid type ... at line 7 column 13`.
+//! Relative paths are resolved against the directory of the config file.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::smtp::address::{self, Mailbox};
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The name Sluice uses in its greeting, EHLO reply and Received fields (default: the machine's hostname).
+    #[serde(default = "Hostname::system")]
+    pub hostname: Hostname,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    /// Where intake listens (default: one relay listener on 127.0.0.1:25).
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Clients allowed to relay on `relay` listeners (default: loopback only).
+    #[serde(default = "default_trusted")]
+    pub trusted_networks: Vec<Cidr>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Where mail to `<Postmaster>` goes (default: postmaster@hostname).
+    #[serde(default)]
+    pub postmaster: Option<MailboxValue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Directory of the spool (created if missing).
+    #[serde(default = "default_spool_path")]
+    pub path: PathBuf,
+    /// Below this much free space on the spool's file system, MAIL is answered 452 4.3.1.
+    #[serde(default = "default_min_free_space")]
+    pub min_free_space: u64,
+    /// Memory for the index's page cache, in bytes.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+    /// Size at which a body segment file is closed and a new one started, in bytes.
+    #[serde(default = "default_segment_size")]
+    pub segment_size: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub mode: ListenerMode,
+}
+
+/// Only `relay` exists in this build; `submission` and `submissions` need TLS and AUTH, which
+/// are not built yet, so they are refused rather than accepted and ignored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    #[default]
+    Relay,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Recipients per transaction; more get 452 4.5.3.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Messages with this many Received fields are refused (554 5.4.6).
+    #[serde(default = "default_max_hops")]
+    pub max_hops: usize,
+    /// Longest text line in a message, without CRLF (RFC 5321 says 998).
+    #[serde(default = "default_max_line_length")]
+    pub max_line_length: usize,
+    /// Concurrent intake connections in total; more get 421 4.7.0.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent intake connections from one client IP; more get 421 4.7.0.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Error replies after which a session is closed with 421 4.7.0.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: usize,
+    /// How long to wait for a command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: HumanDuration,
+    /// How long to wait for the next block of message data.
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus endpoint; `null` turns it off.
+    #[serde(default = "default_metrics_address")]
+    pub address: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Unix socket of the admin API, used by `sluice queue ...`.
+    #[serde(default = "default_admin_socket")]
+    pub socket: PathBuf,
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig {
+        address: "127.0.0.1:25".parse().unwrap(),
+        mode: ListenerMode::Relay,
+    }]
+}
+fn default_trusted() -> Vec<Cidr> {
+    vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()]
+}
+fn default_spool_path() -> PathBuf {
+    "/var/lib/sluice/spool".into()
+}
+fn default_min_free_space() -> u64 {
+    1 << 30
+}
+fn default_cache_capacity() -> u64 {
+    64 << 20
+}
+fn default_segment_size() -> u64 {
+    64 << 20
+}
+fn default_max_message_size() -> u64 {
+    50 << 20
+}
+fn default_max_recipients() -> usize {
+    1000
+}
+fn default_max_hops() -> usize {
+    100
+}
+fn default_max_line_length() -> usize {
+    crate::smtp::data::MAX_TEXT_LINE
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_max_connections_per_ip() -> usize {
+    100
+}
+fn default_max_errors() -> usize {
+    20
+}
+fn default_command_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_data_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(180))
+}
+fn default_metrics_address() -> Option<SocketAddr> {
+    Some("127.0.0.1:9187".parse().unwrap())
+}
+fn default_admin_socket() -> PathBuf {
+    "/run/sluice/admin.sock".into()
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            path: default_spool_path(),
+            min_free_space: default_min_free_space(),
+            cache_capacity: default_cache_capacity(),
+            segment_size: default_segment_size(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: default_max_message_size(),
+            max_recipients: default_max_recipients(),
+            max_hops: default_max_hops(),
+            max_line_length: default_max_line_length(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_errors: default_max_errors(),
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            address: default_metrics_address(),
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: default_admin_socket(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths in it are taken from its directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            serde_norway::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        config.validate(text)?;
+        for p in [&mut config.spool.path, &mut config.admin.socket] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Checks that span several keys; the line is found from the key's text.
+    fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let err =
+            |key: &str, msg: String| ConfigError(format!("{key}: {msg}{}", line_of(text, key)));
+        if self.listeners.is_empty() {
+            return Err(err("listeners", "at least one listener is required".into()));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|o| o.address == l.address) {
+                return Err(err(
+                    "listeners",
+                    format!("address {} is listed twice", l.address),
+                ));
+            }
+        }
+        let limits = &self.limits;
+        if limits.max_message_size == 0 || limits.max_recipients == 0 || limits.max_hops == 0 {
+            return Err(err(
+                "limits",
+                "max_message_size, max_recipients and max_hops must be positive".into(),
+            ));
+        }
+        if limits.max_line_length < crate::smtp::data::MAX_TEXT_LINE {
+            return Err(err(
+                "max_line_length",
+                "must be at least 998 (RFC 5321 4.5.3.1.6)".into(),
+            ));
+        }
+        if limits.max_connections == 0
+            || limits.max_connections_per_ip == 0
+            || limits.max_errors == 0
+        {
+            return Err(err(
+                "limits",
+                "connection and error limits must be positive".into(),
+            ));
+        }
+        if limits.command_timeout.0 < Duration::from_secs(1)
+            || limits.data_timeout.0 < Duration::from_secs(1)
+        {
+            return Err(err("limits", "timeouts must be at least 1s".into()));
+        }
+        if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
+            return Err(err(
+                "segment_size",
+                "must be between 1 MiB and 1 GiB".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn postmaster(&self) -> Mailbox {
+        match &self.postmaster {
+            Some(m) => m.0.clone(),
+            None => Mailbox {
+                local: "postmaster".into(),
+                domain: self.hostname.0.clone(),
+            },
+        }
+    }
+
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// ` at line N` for the first line that holds `key:`, or nothing if it is not written out.
+fn line_of(text: &str, key: &str) -> String {
+    let needle = format!("{key}:");
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .trim_start_matches("- ")
+                .trim_start_matches('{')
+                .trim_start()
+                .starts_with(&needle)
+                || l.contains(&format!(" {needle}"))
+        })
+        .map(|i| format!(" at line {}", i + 1))
+        .unwrap_or_default()
+}
+
+/// A fully qualified host name (RFC 5321 2.3.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hostname(pub String);
+
+impl Hostname {
+    fn system() -> Hostname {
+        let mut buf = [0u8; 256];
+        // SAFETY: buf is valid for 256 bytes and gethostname writes at most that many.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let name = if rc == 0 {
+            String::from_utf8_lossy(buf.split(|&b| b == 0).next().unwrap_or(b"")).into_owned()
+        } else {
+            String::new()
+        };
+        Hostname(if name.is_empty() {
+            "localhost.localdomain".into()
+        } else {
+            name
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Hostname {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let valid = s.is_ascii() && !s.starts_with('[') && address::check_domain(&s).is_ok();
+        if !valid {
+            return Err(de::Error::custom(format!("invalid host name {s:?}")));
+        }
+        Ok(Hostname(s.to_ascii_lowercase()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxValue(pub Mailbox);
+
+impl<'de> Deserialize<'de> for MailboxValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        address::parse_mailbox(&s, true)
+            .map(MailboxValue)
+            .map_err(|e| de::Error::custom(format!("invalid address {s:?}: {}", e.text())))
+    }
+}
+
+/// A network in CIDR notation; a bare address means a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // Clients on a dual-stack socket can appear as IPv4-mapped IPv6 addresses.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn mask_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let bits = prefix as usize;
+    let (full, rest) = (bits / 8, bits % 8);
+    if a[..full] != b[..full] {
+        return false;
+    }
+    rest == 0 || (a[full] ^ b[full]) & (0xffu8 << (8 - rest)) == 0
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("invalid network {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A duration written as `300`, `300s`, `5m`, `2h` or `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?} (examples: 30s, 5m, 2h)"))?;
+        let secs = match unit {
+            "" | "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86400,
+            _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
+        };
+        Ok(HumanDuration(Duration::from_secs(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(HumanDuration(Duration::from_secs(n))),
+            Raw::Text(t) => t.parse().map_err(de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, Path::new("/etc/sluice")).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn empty_config_gets_documented_defaults() {
+        let c = parse("hostname: relay.example.net\n").unwrap();
+        assert_eq!(c.limits.max_message_size, 52428800);
+        assert_eq!(c.limits.max_recipients, 1000);
+        assert_eq!(c.limits.max_hops, 100);
+        assert_eq!(c.listeners[0].address, "127.0.0.1:25".parse().unwrap());
+        assert_eq!(c.postmaster().to_string(), "postmaster@relay.example.net");
+        assert!(c.is_trusted("127.0.0.1".parse().unwrap()));
+        assert!(!c.is_trusted("127.0.0.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../config.example.yaml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.spool.path, Path::new("/etc/sluice/./var/spool"));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line_table() {
+        let table = [
+            (
+                "hostname: a.b\nbogus: 1\n",
+                "unknown field `bogus`",
+                "line 2",
+            ),
+            (
+                "hostname: a.b\nlimits:\n  max_hops: -1\n",
+                "limits.max_hops",
+                "line 3",
+            ),
+            (
+                "hostname: a.b\nlimits: { max_recipients: lots }\n",
+                "limits.max_recipients",
+                "line 2",
+            ),
+            (
+                "hostname: a.b\ntrusted_networks: [\"10.0.0.0/33\"]\n",
+                "trusted_networks: invalid prefix",
+                "line 2",
+            ),
+            (
+                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1\" }\n",
+                "listeners[0]",
+                "line 3",
+            ),
+            (
+                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: submission }\n",
+                "unknown variant `submission`",
+                "line 3",
+            ),
+            (
+                "hostname: a.b\nlisteners: []\n",
+                "listeners: at least one",
+                "line 2",
+            ),
+            (
+                "hostname: \"bad name\"\n",
+                "hostname: invalid host name",
+                "line 1",
+            ),
+            (
+                "hostname: a.b\npostmaster: nobody\n",
+                "postmaster: invalid address",
+                "line 2",
+            ),
+            (
+                "hostname: a.b\nlimits:\n  command_timeout: 5 minutes\n",
+                "limits.command_timeout",
+                "line 3",
+            ),
+            (
+                "hostname: a.b\nlimits:\n  max_line_length: 80\n",
+                "max_line_length: must be at least 998",
+                "line 3",
+            ),
+            (
+                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\" }\n  - { address: \"127.0.0.1:25\" }\n",
+                "listed twice",
+                "line 2",
+            ),
+        ];
+        for (text, key, line) in table {
+            let e = parse(text).expect_err(text);
+            assert!(e.contains(key) && e.contains(line), "{text:?} gave {e:?}");
+        }
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let net: Cidr = "192.168.1.0/24".parse().unwrap();
+        assert!(net.contains("192.168.1.77".parse().unwrap()));
+        assert!(!net.contains("192.168.2.1".parse().unwrap()));
+        assert!(net.contains("::ffff:192.168.1.5".parse().unwrap()));
+        let v6: Cidr = "2001:db8::/33".parse().unwrap();
+        assert!(v6.contains("2001:db8:7fff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db8:8000::1".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn durations_parse_and_refuse_nonsense() {
+        assert_eq!(
+            "5m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            "90".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(90)
+        );
+        assert!("5 weeks".parse::<HumanDuration>().is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! Every metric name in one place, with its help text. Names are prefixed `sluice_`.
+
+use std::net::SocketAddr;
+
+pub const CONNECTIONS_TOTAL: &str = "sluice_intake_connections_total";
+pub const CONNECTIONS_ACTIVE: &str = "sluice_intake_connections_active";
+pub const CONNECTIONS_REFUSED: &str = "sluice_intake_connections_refused_total";
+pub const MESSAGES_ACCEPTED: &str = "sluice_intake_messages_accepted_total";
+pub const MESSAGES_REJECTED: &str = "sluice_intake_rejected_total";
+pub const BYTES_ACCEPTED: &str = "sluice_intake_bytes_accepted_total";
+pub const COMMIT_LATENCY: &str = "sluice_spool_commit_latency_seconds";
+pub const SPOOL_FSYNC_SECONDS: &str = "sluice_spool_fsync_seconds";
+pub const SPOOL_MESSAGES_PER_FSYNC: &str = "sluice_spool_messages_per_fsync";
+pub const SPOOL_MESSAGES: &str = "sluice_spool_messages";
+
+/// Installs the Prometheus exporter on `address` (HTTP, path /metrics) and describes the metrics.
+pub fn install(address: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .set_buckets(&[
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ])
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(SPOOL_MESSAGES_PER_FSYNC.into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            )
+        })
+        .and_then(|b| b.install())
+        .map_err(|e| format!("metrics exporter on {address}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        "Intake connections accepted, by listener"
+    );
+    describe_gauge!(CONNECTIONS_ACTIVE, "Intake connections open now");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Intake connections refused with 421, by reason"
+    );
+    describe_counter!(
+        MESSAGES_ACCEPTED,
+        "Messages acknowledged with 250 after a durable commit"
+    );
+    describe_counter!(
+        MESSAGES_REJECTED,
+        "Intake replies refusing a message or command, by reason"
+    );
+    describe_counter!(BYTES_ACCEPTED, Unit::Bytes, "Message bytes acknowledged");
+    describe_histogram!(
+        COMMIT_LATENCY,
+        Unit::Seconds,
+        "From the end of a message's write to its durable commit"
+    );
+    describe_histogram!(
+        SPOOL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Duration of one group commit (flush and fsyncs)"
+    );
+    describe_histogram!(
+        SPOOL_MESSAGES_PER_FSYNC,
+        "Writes made durable by one group commit"
+    );
+    describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");
+}

@@ -1,0 +1,158 @@
+//! The spool: the only source of truth for accepted mail.
+//!
+//! A message is written (body, then its envelope), then the caller waits on [`Durable`]; the
+//! group committer resolves it only after an fsync that started after the write finished. The
+//! 250 is written only then.
+
+mod commit;
+pub mod queue_id;
+mod segments;
+mod sled_spool;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::smtp::address::{MailParams, Mailbox, RcptParams};
+
+pub use sled_spool::SledSpool;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolError {
+    /// An fsync failed. The spool refuses everything until it is reopened and recovered,
+    /// because after a failed fsync the kernel may have dropped the dirty pages.
+    Poisoned,
+    /// A write or read failed; the operation can be tried again.
+    Io(String),
+    /// Stored data does not match its checksum or cannot be decoded.
+    Corrupt(String),
+    NotFound,
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Poisoned => {
+                f.write_str("spool failed an fsync and refuses writes until restarted")
+            }
+            SpoolError::Io(e) => write!(f, "spool I/O error: {e}"),
+            SpoolError::Corrupt(e) => write!(f, "spool data corrupt: {e}"),
+            SpoolError::NotFound => f.write_str("no such message"),
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+impl From<std::io::Error> for SpoolError {
+    fn from(e: std::io::Error) -> Self {
+        SpoolError::Io(e.to_string())
+    }
+}
+
+impl From<sled::Error> for SpoolError {
+    fn from(e: sled::Error) -> Self {
+        SpoolError::Io(e.to_string())
+    }
+}
+
+/// Whether the spool can take new mail now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// Free space is below the configured threshold (452 4.3.1).
+    LowSpace,
+    /// An fsync failed (421 4.3.0 until restart).
+    Failed,
+}
+
+/// How the client earned the right to relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Identity {
+    /// Not trusted: only postmaster was accepted.
+    Anonymous,
+    TrustedNetwork,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipientState {
+    Queued,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientRecord {
+    pub mailbox: Mailbox,
+    pub params: RcptParams,
+    pub state: RecipientState,
+    pub attempts: u32,
+    pub last_reply: Option<String>,
+    /// Unix seconds of the next delivery attempt.
+    pub next_attempt: Option<u64>,
+}
+
+/// Where a body lives: a segment file, an offset, a length, and a CRC-32 to catch torn writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyRef {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub crc32: u32,
+}
+
+/// Everything about a message except its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub queue_id: String,
+    pub from: Option<Mailbox>,
+    pub params: MailParams,
+    pub recipients: Vec<RecipientRecord>,
+    pub client_ip: IpAddr,
+    pub helo: String,
+    pub identity: Identity,
+    pub listener: SocketAddr,
+    /// Unix seconds at arrival.
+    pub arrival: u64,
+    /// Filled in by the spool when the body is written.
+    pub body: Option<BodyRef>,
+}
+
+/// Resolves when the writes it stands for are durable (or failed to become so).
+#[must_use = "a message is not safe until its Durable resolves"]
+pub struct Durable(oneshot::Receiver<Result<(), SpoolError>>);
+
+impl Durable {
+    pub async fn wait(self) -> Result<(), SpoolError> {
+        self.0.await.unwrap_or(Err(SpoolError::Poisoned))
+    }
+
+    pub fn wait_blocking(self) -> Result<(), SpoolError> {
+        self.0.blocking_recv().unwrap_or(Err(SpoolError::Poisoned))
+    }
+}
+
+/// The spool interface; one backend (sled index + body segment files) today.
+pub trait Spool: Send + Sync {
+    /// A fresh queue id (needed before the body is final: Received names it).
+    fn new_queue_id(&self) -> String;
+    /// Writes a message whose body is the concatenation of `body_parts`. Wait on the result
+    /// before acknowledging the message.
+    fn store(&self, envelope: Envelope, body_parts: &[&[u8]]) -> Result<Durable, SpoolError>;
+    /// Replaces a stored envelope (recipient state changes); the body stays.
+    fn update(&self, envelope: &Envelope) -> Result<Durable, SpoolError>;
+    /// Removes a message whose recipients are all final.
+    fn remove(&self, queue_id: &str) -> Result<Durable, SpoolError>;
+    fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError>;
+    fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError>;
+    fn list(&self) -> Result<Vec<Envelope>, SpoolError>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn health(&self) -> Health;
+}

@@ -1,0 +1,171 @@
+//! Append-only body segment files.
+//!
+//! Bodies do not go into sled: sled writes large nodes to blob files it never fsyncs, and its
+//! `flush()` is only `sync_file_range`. Here a writer reserves a range of the current segment
+//! under a short lock, writes its body with `pwrite` outside the lock, and the committer
+//! fdatasyncs every segment written since its last commit: one fsync covers many bodies.
+//! A segment is deleted once no stored message refers to it (and it is no longer current).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{BodyRef, SpoolError};
+
+pub(super) struct Segments {
+    dir: PathBuf,
+    max_size: u64,
+    state: Mutex<State>,
+}
+
+struct State {
+    current: Arc<File>,
+    current_id: u64,
+    current_len: u64,
+    /// Live bodies per segment.
+    refs: HashMap<u64, usize>,
+}
+
+/// What a writer must hand to the committer after an append.
+pub(super) struct Appended {
+    pub body: BodyRef,
+    pub file: Arc<File>,
+    /// A new segment file was created: its directory entry needs an fsync too.
+    pub created: bool,
+    /// The segment closed by this append, if nothing refers to it any more.
+    pub garbage: Option<PathBuf>,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:012}.seg"))
+}
+
+impl Segments {
+    /// Opens the segment directory. `refs` counts the bodies the recovered index points to;
+    /// every other segment file holds nothing anyone acknowledged, and is deleted.
+    pub fn open(
+        dir: &Path,
+        max_size: u64,
+        refs: HashMap<u64, usize>,
+    ) -> Result<(Segments, u64), SpoolError> {
+        fs::create_dir_all(dir)?;
+        let mut highest = 0;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            highest = highest.max(id);
+            if !refs.contains_key(&id) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        // Never append to a segment from an earlier run: its tail may be torn.
+        let current_id = highest + 1;
+        let current = create(dir, current_id)?;
+        let state = State {
+            current: Arc::new(current),
+            current_id,
+            current_len: 0,
+            refs,
+        };
+        Ok((
+            Segments {
+                dir: dir.to_path_buf(),
+                max_size,
+                state: Mutex::new(state),
+            },
+            current_id,
+        ))
+    }
+
+    /// Appends one body made of `parts`.
+    pub fn append(&self, parts: &[&[u8]]) -> Result<Appended, SpoolError> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let (file, id, offset, created, garbage) = {
+            let mut s = self.state.lock().expect("segment lock");
+            let (mut created, mut garbage) = (false, None);
+            if s.current_len > 0 && s.current_len + total > self.max_size {
+                let closed = s.current_id;
+                if !s.refs.contains_key(&closed) {
+                    garbage = Some(segment_path(&self.dir, closed));
+                }
+                let id = s.current_id + 1;
+                s.current = Arc::new(create(&self.dir, id)?);
+                s.current_id = id;
+                s.current_len = 0;
+                created = true;
+            }
+            let offset = s.current_len;
+            s.current_len += total;
+            let id = s.current_id;
+            *s.refs.entry(id).or_insert(0) += 1;
+            (s.current.clone(), id, offset, created, garbage)
+        };
+        let mut crc = crc32fast::Hasher::new();
+        let mut at = offset;
+        for part in parts {
+            if let Err(e) = file.write_all_at(part, at) {
+                // The reserved range stays unused; the reference is dropped.
+                self.release(id);
+                return Err(e.into());
+            }
+            crc.update(part);
+            at += part.len() as u64;
+        }
+        Ok(Appended {
+            body: BodyRef {
+                segment: id,
+                offset,
+                len: total,
+                crc32: crc.finalize(),
+            },
+            file,
+            created,
+            garbage,
+        })
+    }
+
+    /// Drops one reference; returns the segment's path when nothing refers to it any more and
+    /// it is not the one being written, so the committer can delete it after the next commit.
+    pub fn release(&self, id: u64) -> Option<PathBuf> {
+        let mut s = self.state.lock().expect("segment lock");
+        let count = s.refs.get_mut(&id)?;
+        *count -= 1;
+        if *count > 0 {
+            return None;
+        }
+        s.refs.remove(&id);
+        (id != s.current_id).then(|| segment_path(&self.dir, id))
+    }
+
+    pub fn read(&self, body: &BodyRef) -> Result<Vec<u8>, SpoolError> {
+        let file = File::open(segment_path(&self.dir, body.segment))?;
+        let len =
+            usize::try_from(body.len).map_err(|_| SpoolError::Corrupt("body length".into()))?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, body.offset)?;
+        if crc32fast::hash(&buf) != body.crc32 {
+            return Err(SpoolError::Corrupt(format!(
+                "checksum mismatch in segment {}",
+                body.segment
+            )));
+        }
+        Ok(buf)
+    }
+}
+
+fn create(dir: &Path, id: u64) -> Result<File, SpoolError> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(segment_path(dir, id))?)
+}

@@ -1,0 +1,239 @@
+use super::*;
+use crate::smtp::address::{MailParams, Mailbox, RcptParams};
+use crate::spool::{Identity, RecipientRecord, RecipientState};
+
+fn config(dir: &Path) -> SpoolConfig {
+    SpoolConfig {
+        path: dir.to_path_buf(),
+        min_free_space: 0,
+        cache_capacity: 8 << 20,
+        segment_size: 1 << 20,
+    }
+}
+
+fn envelope(spool: &SledSpool, to: &str) -> Envelope {
+    Envelope {
+        queue_id: spool.new_queue_id(),
+        from: Some(Mailbox {
+            local: "a".into(),
+            domain: "x.org".into(),
+        }),
+        params: MailParams::default(),
+        recipients: vec![RecipientRecord {
+            mailbox: Mailbox {
+                local: to.into(),
+                domain: "y.org".into(),
+            },
+            params: RcptParams::default(),
+            state: RecipientState::Queued,
+            attempts: 0,
+            last_reply: None,
+            next_attempt: None,
+        }],
+        client_ip: "127.0.0.1".parse().unwrap(),
+        helo: "c.test".into(),
+        identity: Identity::TrustedNetwork,
+        listener: "127.0.0.1:25".parse().unwrap(),
+        arrival: 1,
+        body: None,
+    }
+}
+
+#[test]
+fn stored_messages_are_recovered_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = {
+        let spool = SledSpool::open(&config(dir.path())).unwrap();
+        (0..10)
+            .map(|i| {
+                let env = envelope(&spool, &format!("r{i}"));
+                let id = env.queue_id.clone();
+                spool
+                    .store(
+                        env,
+                        &[b"Received: x\r\n", format!("body {i}\r\n").as_bytes()],
+                    )
+                    .unwrap()
+                    .wait_blocking()
+                    .unwrap();
+                id
+            })
+            .collect()
+    };
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    assert_eq!(spool.len(), 10);
+    let listed = spool.list().unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|e| e.queue_id.clone())
+            .collect::<Vec<_>>(),
+        ids,
+        "listed in id (time) order"
+    );
+    assert_eq!(
+        spool.read_body(&listed[3]).unwrap(),
+        b"Received: x\r\nbody 3\r\n"
+    );
+    // New ids continue after the recovered ones.
+    assert!(spool.new_queue_id() > ids[9]);
+}
+
+#[test]
+fn update_and_remove_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keep, gone) = {
+        let spool = SledSpool::open(&config(dir.path())).unwrap();
+        let mut a = envelope(&spool, "a");
+        let b = envelope(&spool, "b");
+        let (ka, kb) = (a.queue_id.clone(), b.queue_id.clone());
+        spool
+            .store(a.clone(), &[b"a\r\n"])
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        spool
+            .store(b, &[b"b\r\n"])
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        a = spool.get(&ka).unwrap();
+        a.recipients[0].state = RecipientState::Delivered;
+        a.recipients[0].last_reply = Some("250 ok".into());
+        spool.update(&a).unwrap().wait_blocking().unwrap();
+        spool.remove(&kb).unwrap().wait_blocking().unwrap();
+        assert_eq!(spool.remove(&kb).err(), Some(SpoolError::NotFound));
+        (ka, kb)
+    };
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    assert_eq!(spool.len(), 1);
+    assert_eq!(
+        spool.get(&keep).unwrap().recipients[0].state,
+        RecipientState::Delivered
+    );
+    assert_eq!(spool.get(&gone).err(), Some(SpoolError::NotFound));
+}
+
+#[test]
+fn segments_roll_and_empty_ones_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    let big = vec![b'x'; 300 << 10];
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let env = envelope(&spool, &format!("r{i}"));
+        ids.push(env.queue_id.clone());
+        spool.store(env, &[&big]).unwrap().wait_blocking().unwrap();
+    }
+    let count = || fs::read_dir(dir.path().join("bodies")).unwrap().count();
+    assert!(
+        count() >= 3,
+        "1 MiB segments hold three 300 KiB bodies each"
+    );
+    for id in &ids {
+        spool.remove(id).unwrap().wait_blocking().unwrap();
+    }
+    assert_eq!(count(), 1, "only the current segment is left");
+}
+
+#[test]
+fn a_torn_body_drops_only_the_unacknowledged_index_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, torn) = {
+        let spool = SledSpool::open(&config(dir.path())).unwrap();
+        let g = envelope(&spool, "good");
+        let t = envelope(&spool, "torn");
+        let ids = (g.queue_id.clone(), t.queue_id.clone());
+        spool
+            .store(g, &[b"good body\r\n"])
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        spool
+            .store(t, &[&vec![b'y'; 4096]])
+            .unwrap()
+            .wait_blocking()
+            .unwrap();
+        ids
+    };
+    // Simulate power loss before the last body reached the disk: cut the segment short.
+    let seg = fs::read_dir(dir.path().join("bodies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let file = fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    file.set_len(100).unwrap();
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    assert_eq!(
+        spool
+            .list()
+            .unwrap()
+            .iter()
+            .map(|e| e.queue_id.clone())
+            .collect::<Vec<_>>(),
+        vec![good.clone()]
+    );
+    assert_eq!(spool.get(&torn).err(), Some(SpoolError::NotFound));
+    assert_eq!(
+        spool.read_body(&spool.get(&good).unwrap()).unwrap(),
+        b"good body\r\n"
+    );
+}
+
+#[test]
+fn a_flipped_byte_is_caught_by_the_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    let env = envelope(&spool, "a");
+    let id = env.queue_id.clone();
+    spool
+        .store(env, &[b"hello\r\n"])
+        .unwrap()
+        .wait_blocking()
+        .unwrap();
+    let env = spool.get(&id).unwrap();
+    let b = env.body.unwrap();
+    let path = dir
+        .path()
+        .join("bodies")
+        .join(format!("{:012}.seg", b.segment));
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"J", b.offset).unwrap();
+    assert!(matches!(spool.read_body(&env), Err(SpoolError::Corrupt(_))));
+}
+
+#[test]
+fn health_reports_low_space_below_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.min_free_space = u64::MAX;
+    let spool = SledSpool::open(&cfg).unwrap();
+    assert_eq!(spool.health(), Health::LowSpace);
+    let spool2_dir = tempfile::tempdir().unwrap();
+    let spool2 = SledSpool::open(&config(spool2_dir.path())).unwrap();
+    assert_eq!(spool2.health(), Health::Ok);
+}
+
+#[test]
+fn concurrent_writers_share_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let spool = &spool;
+            s.spawn(move || {
+                for i in 0..50 {
+                    let env = envelope(spool, &format!("t{t}m{i}"));
+                    spool
+                        .store(env, &[b"x\r\n"])
+                        .unwrap()
+                        .wait_blocking()
+                        .unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(spool.len(), 400);
+    assert_eq!(spool.list().unwrap().len(), 400);
+}
