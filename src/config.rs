@@ -47,7 +47,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Where mail to `<Postmaster>` goes (default: postmaster@hostname).
     #[serde(default)]
-    pub postmaster: Option<MailboxValue>,
+    pub postmaster: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +255,18 @@ impl Config {
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
         let err =
             |key: &str, msg: String| ConfigError(format!("{key}: {msg}{}", line_of(text, key)));
+        let host = &self.hostname.0;
+        if !host.is_ascii() || host.starts_with('[') || address::check_domain(host).is_err() {
+            return Err(err("hostname", format!("invalid host name {host:?}")));
+        }
+        if let Some(p) = &self.postmaster
+            && let Err(e) = address::parse_mailbox(p, true)
+        {
+            return Err(err(
+                "postmaster",
+                format!("invalid address {p:?}: {}", e.text()),
+            ));
+        }
         if self.listeners.is_empty() {
             return Err(err("listeners", "at least one listener is required".into()));
         }
@@ -303,9 +315,13 @@ impl Config {
     }
 
     pub fn postmaster(&self) -> Mailbox {
-        match &self.postmaster {
-            Some(m) => m.0.clone(),
-            None => Mailbox {
+        match self
+            .postmaster
+            .as_deref()
+            .map(|p| address::parse_mailbox(p, true))
+        {
+            Some(Ok(m)) => m,
+            _ => Mailbox {
                 local: "postmaster".into(),
                 domain: self.hostname.0.clone(),
             },
@@ -333,8 +349,9 @@ fn line_of(text: &str, key: &str) -> String {
         .unwrap_or_default()
 }
 
-/// A fully qualified host name (RFC 5321 2.3.5).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A fully qualified host name (RFC 5321 2.3.5), checked by `Config::validate`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Hostname(pub String);
 
 impl Hostname {
@@ -352,29 +369,6 @@ impl Hostname {
         } else {
             name
         })
-    }
-}
-
-impl<'de> Deserialize<'de> for Hostname {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let valid = s.is_ascii() && !s.starts_with('[') && address::check_domain(&s).is_ok();
-        if !valid {
-            return Err(de::Error::custom(format!("invalid host name {s:?}")));
-        }
-        Ok(Hostname(s.to_ascii_lowercase()))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MailboxValue(pub Mailbox);
-
-impl<'de> Deserialize<'de> for MailboxValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        address::parse_mailbox(&s, true)
-            .map(MailboxValue)
-            .map_err(|e| de::Error::custom(format!("invalid address {s:?}: {}", e.text())))
     }
 }
 
@@ -461,16 +455,20 @@ impl FromStr for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s, 5m, 2h or a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<HumanDuration, E> {
+                Ok(HumanDuration(Duration::from_secs(n)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                s.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(HumanDuration(Duration::from_secs(n))),
-            Raw::Text(t) => t.parse().map_err(de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
