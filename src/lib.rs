@@ -1,6 +1,9 @@
 //! Sluice: an outbound SMTP relay.
 
+pub mod admin;
 pub mod config;
+pub mod daemon;
+pub mod intake;
 pub mod metrics;
 pub mod smtp;
 pub mod spool;

@@ -1,1 +1,98 @@
-fn main() {}
+//! The `sluice` command line: parses arguments and hands over; no logic lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sluice::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A high-throughput outbound SMTP relay"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay.
+    Run {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (non-zero with the key and line on error).
+    CheckConfig {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+    },
+    /// Inspect the queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List every message with its queue id, sender, recipients and their states.
+    List {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load(path: &PathBuf) -> Result<Config, String> {
+    Config::load(path).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => load(&config).and_then(|c| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(sluice::daemon::run(c))
+        }),
+        Command::CheckConfig { config } => {
+            load(&config).map(|_| println!("{}: OK", config.display()))
+        }
+        Command::Queue {
+            command: QueueCommand::List { config, json },
+        } => load(&config).and_then(|c| {
+            let entries = sluice::admin::queue_list(&c)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", sluice::admin::format_table(&entries));
+            }
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -69,6 +69,28 @@ impl Reply {
         }
     }
 
+    /// A short label for refusals, used to count rejections by reason.
+    pub fn reason(&self) -> &'static str {
+        let e = self.enhanced.unwrap_or(Enhanced(0, 0, 0));
+        match (self.code, e.1, e.2) {
+            (550, 7, 1) => "relay_denied",
+            (554, 4, 6) => "too_many_hops",
+            (552, 3, 4) => "too_big",
+            (452, 5, 3) => "too_many_recipients",
+            (452, 3, 1) => "disk_full",
+            (451, 3, 0) | (421, 3, 0) => "spool_error",
+            (550, 6, 0) => "bad_message_data",
+            (553, _, _) => "bad_address",
+            (555, _, _) | (501, _, _) => "bad_arguments",
+            (503, _, _) => "bad_sequence",
+            (554, 5, 1) => "no_valid_recipients",
+            (421, 4, 2) => "timeout",
+            (421, _, _) => "closing",
+            (500, _, _) | (502, _, _) => "syntax",
+            _ => "other",
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_to(&mut out);

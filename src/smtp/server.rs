@@ -107,6 +107,8 @@ pub struct Session {
     errors: usize,
     /// Set by the driver when the spool cannot take mail; MAIL is answered with it.
     mail_gate: Option<Reply>,
+    /// Reasons of the refusals written since the driver last took them (for metrics).
+    refusals: Vec<&'static str>,
 }
 
 impl Session {
@@ -121,6 +123,7 @@ impl Session {
             phase: Phase::Command,
             errors: 0,
             mail_gate: None,
+            refusals: Vec::new(),
         }
     }
 
@@ -173,6 +176,7 @@ impl Session {
     /// Closes the session with a reply (timeout, shutdown).
     pub fn close_with(&mut self, reply: Reply, out: &mut Vec<u8>) {
         reply.write_to(out);
+        self.refusals.push(reply.reason());
         self.phase = Phase::Closed;
     }
 
@@ -243,9 +247,17 @@ impl Session {
         }
     }
 
+    /// The reasons of refusals written since the last call, oldest first.
+    pub fn take_refusals(&mut self) -> std::vec::Drain<'_, &'static str> {
+        self.refusals.drain(..)
+    }
+
     /// Writes a reply, counting errors; closes on 421 or when the error budget is spent.
     fn reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
         reply.write_to(out);
+        if reply.code >= 400 {
+            self.refusals.push(reply.reason());
+        }
         if reply.closes() {
             self.phase = Phase::Closed;
             return;

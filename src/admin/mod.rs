@@ -1,0 +1,192 @@
+//! The local admin API: a Unix socket the daemon serves, and the `sluice queue ...` client.
+//!
+//! sled locks its database, so while the daemon runs, `sluice queue list` must ask it; when no
+//! daemon answers, the client opens the spool itself.
+//!
+//! Protocol: the client sends one request line (`queue list`), the daemon answers with one JSON
+//! document and closes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::spool::{Envelope, Identity, RecipientState, SledSpool, Spool};
+
+/// One message as `sluice queue list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub queue_id: String,
+    pub from: String,
+    pub arrival: u64,
+    pub size: u64,
+    pub client_ip: String,
+    pub identity: Identity,
+    pub recipients: Vec<RecipientEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientEntry {
+    pub address: String,
+    pub state: RecipientState,
+    pub attempts: u32,
+    pub last_reply: Option<String>,
+    pub next_attempt: Option<u64>,
+}
+
+impl From<&Envelope> for QueueEntry {
+    fn from(e: &Envelope) -> Self {
+        QueueEntry {
+            queue_id: e.queue_id.clone(),
+            from: e.from.as_ref().map(|m| m.to_string()).unwrap_or_default(),
+            arrival: e.arrival,
+            size: e.body.map(|b| b.len).unwrap_or(0),
+            client_ip: e.client_ip.to_string(),
+            identity: e.identity.clone(),
+            recipients: e
+                .recipients
+                .iter()
+                .map(|r| RecipientEntry {
+                    address: r.mailbox.to_string(),
+                    state: r.state,
+                    attempts: r.attempts,
+                    last_reply: r.last_reply.clone(),
+                    next_attempt: r.next_attempt,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {
+    spool
+        .list()
+        .map(|v| v.iter().map(QueueEntry::from).collect())
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Response {
+    Queue(Vec<QueueEntry>),
+    Error(String),
+}
+
+/// Binds the admin socket (replacing a stale one). Only the daemon's user may connect.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    spool: Arc<dyn Spool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let spool = spool.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match line.trim() {
+                "queue list" => {
+                    let spool = spool.clone();
+                    match tokio::task::spawn_blocking(move || list(spool.as_ref())).await {
+                        Ok(Ok(entries)) => Response::Queue(entries),
+                        Ok(Err(e)) => Response::Error(e),
+                        Err(e) => Response::Error(e.to_string()),
+                    }
+                }
+                other => Response::Error(format!("unknown request {other:?}")),
+            };
+            let bytes = serde_json::to_vec(&response).unwrap_or_default();
+            let _ = reader.into_inner().write_all(&bytes).await;
+        });
+    }
+}
+
+/// `sluice queue list`: from the running daemon, or from the spool when no daemon answers.
+pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let from_daemon = runtime.block_on(async {
+        let mut stream = UnixStream::connect(&config.admin.socket).await.ok()?;
+        stream.write_all(b"queue list\n").await.ok()?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.ok()?;
+        Some(
+            serde_json::from_slice::<Response>(&buf)
+                .map_err(|e| format!("bad answer from daemon: {e}")),
+        )
+    });
+    match from_daemon {
+        Some(Ok(Response::Queue(entries))) => Ok(entries),
+        Some(Ok(Response::Error(e))) => Err(e),
+        Some(Err(e)) => Err(e),
+        None => {
+            let spool = SledSpool::open(&config.spool).map_err(|e| {
+                format!(
+                    "no daemon at {} and the spool cannot be opened: {e}",
+                    config.admin.socket.display()
+                )
+            })?;
+            let entries = list(spool.as_ref());
+            spool.close();
+            entries
+        }
+    }
+}
+
+/// The human-readable listing.
+pub fn format_table(entries: &[QueueEntry]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for e in entries {
+        let from = if e.from.is_empty() { "<>" } else { &e.from };
+        let _ = writeln!(
+            out,
+            "{}  {} bytes  from {}  client {}  arrived {}",
+            e.queue_id,
+            e.size,
+            from,
+            e.client_ip,
+            crate::intake::trace::rfc5322_date(e.arrival)
+        );
+        for r in &e.recipients {
+            let state = match r.state {
+                RecipientState::Queued => "queued",
+                RecipientState::Delivered => "delivered",
+                RecipientState::Failed => "failed",
+            };
+            let _ = write!(out, "    {}  {}  attempts {}", r.address, state, r.attempts);
+            if let Some(reply) = &r.last_reply {
+                let _ = write!(out, "  last reply: {reply}");
+            }
+            out.push('\n');
+        }
+    }
+    let _ = writeln!(out, "{} message(s)", entries.len());
+    out
+}

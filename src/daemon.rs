@@ -1,0 +1,96 @@
+//! Starts and stops the relay: spool, metrics, intake listeners, admin socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::intake::{self, IntakeContext};
+use crate::spool::SledSpool;
+
+/// A started relay. Tests start several in one process, each with its own spool.
+pub struct Running {
+    /// The bound listener addresses, in config order (port 0 resolved).
+    pub listeners: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    ctx: Arc<IntakeContext>,
+    spool: Arc<SledSpool>,
+}
+
+pub async fn start(config: Config) -> Result<Running, String> {
+    let config = Arc::new(config);
+    let spool_cfg = config.spool.clone();
+    let spool = tokio::task::spawn_blocking(move || SledSpool::open(&spool_cfg))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("spool {}: {e}", config.spool.path.display()))?;
+    if let Some(address) = config.metrics.address {
+        crate::metrics::install(address)?;
+    }
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|e| format!("listen on {}: {e}", l.address))?;
+        bound.push(listener);
+    }
+    let admin = crate::admin::bind(&config.admin.socket)
+        .map_err(|e| format!("admin socket {}: {e}", config.admin.socket.display()))?;
+
+    let (shutdown, watcher) = watch::channel(false);
+    let ctx = IntakeContext::new(config.clone(), spool.clone());
+    let mut tasks = JoinSet::new();
+    let mut listeners = Vec::new();
+    for (listener, cfg) in bound.into_iter().zip(&config.listeners) {
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%address, mode = ?cfg.mode, "listening");
+        listeners.push(address);
+        tasks.spawn(intake::serve(listener, ctx.clone(), watcher.clone()));
+    }
+    tasks.spawn(crate::admin::serve(admin, spool.clone(), watcher));
+    Ok(Running {
+        listeners,
+        shutdown,
+        tasks,
+        ctx,
+        spool,
+    })
+}
+
+impl Running {
+    /// Stops accepting, tells open sessions to close (421 4.3.2), waits up to `grace` for them,
+    /// then lets the spool's committer finish every pending commit.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        let deadline = Instant::now() + grace;
+        while self.ctx.limits.active() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = std::fs::remove_file(&self.ctx.config.admin.socket);
+        let spool = self.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+    }
+}
+
+/// `sluice run`: start, then serve until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let running = start(config).await?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    tracing::info!("ready");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down");
+    running.stop(Duration::from_secs(10)).await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Trace and fix-up header fields added at intake: Received (RFC 5321 4.4, RFC 3848),
+//! Message-ID and Date when missing (RFC 5322 3.6), and hop counting for loop detection.
+//! Pure functions over the message bytes; the clock is passed in.
+
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use crate::smtp::address::Mailbox;
+
+/// What the header section of a message contains, as far as intake cares.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeaderFacts {
+    pub received: usize,
+    pub message_id: Option<String>,
+    pub has_date: bool,
+}
+
+/// Scans the header section (up to the first empty line) for field names.
+pub fn scan_headers(body: &[u8]) -> HeaderFacts {
+    let mut facts = HeaderFacts::default();
+    let mut pos = 0;
+    let mut last_was_message_id = false;
+    while pos < body.len() {
+        let end = memchr::memchr(b'\n', &body[pos..]).map_or(body.len(), |i| pos + i + 1);
+        let line = &body[pos..end];
+        pos = end;
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if line.first().is_some_and(|&c| c == b' ' || c == b'\t') {
+            // Folded continuation of the previous field.
+            if last_was_message_id && let Some(id) = facts.message_id.as_mut() {
+                id.push_str(String::from_utf8_lossy(line).trim());
+            }
+            continue;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
+            break;
+        };
+        let name = &line[..colon];
+        last_was_message_id = name.eq_ignore_ascii_case(b"Message-ID");
+        if name.eq_ignore_ascii_case(b"Received") {
+            facts.received += 1;
+        } else if last_was_message_id {
+            facts.message_id = Some(
+                String::from_utf8_lossy(&line[colon + 1..])
+                    .trim()
+                    .to_string(),
+            );
+        } else if name.eq_ignore_ascii_case(b"Date") {
+            facts.has_date = true;
+        }
+    }
+    facts
+}
+
+/// The facts a Received field records.
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub client_ip: IpAddr,
+    pub hostname: &'a str,
+    /// RFC 3848 / RFC 6531 protocol name: SMTP, ESMTP, UTF8SMTP.
+    pub protocol: &'static str,
+    pub queue_id: &'a str,
+    /// Named only when the message has exactly one recipient, so Bcc recipients never leak.
+    pub single_recipient: Option<&'a Mailbox>,
+    pub unix_time: u64,
+}
+
+/// Builds the Received field, plus Message-ID and Date when the message lacks them.
+pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
+    let mut out = String::with_capacity(256);
+    let ip = match trace.client_ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("IPv6:{v6}"),
+        },
+    };
+    let date = rfc5322_date(trace.unix_time);
+    let _ = write!(
+        out,
+        "Received: from {} ([{ip}])\r\n\tby {} (Sluice) with {} id {}",
+        escape_helo(trace.helo),
+        trace.hostname,
+        trace.protocol,
+        trace.queue_id
+    );
+    if let Some(rcpt) = trace.single_recipient {
+        let _ = write!(out, "\r\n\tfor <{rcpt}>");
+    }
+    let _ = write!(out, "; {date}\r\n");
+    if facts.message_id.is_none() {
+        let _ = write!(
+            out,
+            "Message-ID: <{}@{}>\r\n",
+            trace.queue_id, trace.hostname
+        );
+    }
+    if !facts.has_date {
+        let _ = write!(out, "Date: {date}\r\n");
+    }
+    out
+}
+
+/// The HELO argument was syntax-checked, but it is client text: keep only characters that
+/// cannot end the comment, fold the field or smuggle another header.
+fn escape_helo(helo: &str) -> String {
+    helo.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-:[]".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// `Mon, 23 Nov 2026 18:08:34 +0000`: RFC 5322 3.3 with a numeric zone (UTC).
+pub fn rfc5322_date(unix: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix / 86400;
+    let secs = unix % 86400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc5322_dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_457_314),
+            "Mon, 23 Nov 2026 18:08:34 +0000"
+        );
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn scans_header_section_only() {
+        let msg = b"Received: a\r\nreceived: b\r\n\tfolded\r\nMessage-ID:\r\n <x@y>\r\nDate: now\r\n\r\nReceived: in body\r\n";
+        let f = scan_headers(msg);
+        assert_eq!(f.received, 2);
+        assert_eq!(f.message_id.as_deref(), Some("<x@y>"));
+        assert!(f.has_date);
+        assert_eq!(scan_headers(b"Subject: x\r\n\r\n"), HeaderFacts::default());
+    }
+
+    fn trace<'a>(rcpt: Option<&'a Mailbox>, helo: &'a str) -> Trace<'a> {
+        Trace {
+            helo,
+            client_ip: "::ffff:192.0.2.7".parse().unwrap(),
+            hostname: "relay.test",
+            protocol: "ESMTP",
+            queue_id: "0ABC",
+            single_recipient: rcpt,
+            unix_time: 0,
+        }
+    }
+
+    #[test]
+    fn received_names_one_recipient_only_when_there_is_exactly_one() {
+        let m = Mailbox {
+            local: "u".into(),
+            domain: "d.org".into(),
+        };
+        let with = prefix_fields(
+            &trace(Some(&m), "c.test"),
+            &HeaderFacts {
+                has_date: true,
+                message_id: Some("<a@b>".into()),
+                received: 0,
+            },
+        );
+        assert_eq!(
+            with,
+            "Received: from c.test ([192.0.2.7])\r\n\tby relay.test (Sluice) with ESMTP id 0ABC\r\n\tfor <u@d.org>; Thu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+        let without = prefix_fields(&trace(None, "c.test"), &HeaderFacts::default());
+        assert!(!without.contains("for <"));
+        assert!(without.contains("Message-ID: <0ABC@relay.test>\r\n"));
+        assert!(without.contains("Date: Thu, 1 Jan 1970"));
+    }
+
+    #[test]
+    fn helo_text_cannot_break_the_field() {
+        let out = prefix_fields(&trace(None, "bücher.de)\r\nX: y"), &HeaderFacts::default());
+        assert!(
+            out.starts_with("Received: from b?cher.de???X:?y ([192.0.2.7])"),
+            "{out}"
+        );
+    }
+}
