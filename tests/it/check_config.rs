@@ -1,0 +1,42 @@
+//! `sluice check-config` accepts the example and names key and line for bad configs.
+
+use crate::common::sluice;
+
+#[test]
+fn the_example_config_passes() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    let (ok, out, err) = sluice(&["check-config", "--config", example]);
+    assert!(ok, "{err}");
+    assert!(out.contains("OK"));
+}
+
+#[test]
+fn bad_configs_fail_with_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "hostname: a.test\nlimits:\n  max_hops: many\n",
+            "limits.max_hops",
+            "line 3",
+        ),
+        (
+            "hostname: a.test\nlisten: []\n",
+            "unknown field `listen`",
+            "line 2",
+        ),
+        (
+            "hostname: a.test\ntrusted_networks:\n  - 10.0.0.0/40\n",
+            "trusted_networks: invalid prefix length",
+            "line 3",
+        ),
+    ];
+    for (text, key, line) in cases {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, text).unwrap();
+        let (ok, _, err) = sluice(&["check-config", "--config", path.to_str().unwrap()]);
+        assert!(!ok, "{text} should fail");
+        assert!(err.contains(key) && err.contains(line), "{text:?}: {err}");
+    }
+    let (ok, _, err) = sluice(&["check-config", "--config", "/nonexistent/sluice.yaml"]);
+    assert!(!ok && err.contains("/nonexistent/sluice.yaml"), "{err}");
+}

@@ -1,0 +1,328 @@
+//! Shared harness: a relay on 127.0.0.1:0 with its own spool, a raw SMTP client, and the
+//! `sluice` binary for tests that must kill or trace a real process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use sluice::config::Config;
+use sluice::spool::{SledSpool, Spool};
+
+/// A relay running in a thread of its own with its own runtime, so tests can use blocking
+/// clients without starving it.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub config: Config,
+    /// Holds the spool and admin socket; removed when the relay is dropped.
+    _dir: tempfile::TempDir,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The base config of every test relay; `extra` is appended (top-level keys it repeats win).
+pub fn config_yaml(dir: &Path, extra: &str) -> String {
+    let mut yaml = format!(
+        "hostname: relay.test\nspool: {{ path: {spool} }}\nadmin: {{ socket: {admin} }}\nmetrics: {{ address: null }}\npostmaster: pm@admin.test\n",
+        spool = dir.join("spool").display(),
+        admin = dir.join("admin.sock").display()
+    );
+    let overridden: Vec<&str> = extra
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(k, _)| k))
+        .filter(|k| !k.starts_with(' '))
+        .collect();
+    yaml = yaml
+        .lines()
+        .filter(|l| !overridden.iter().any(|k| l.starts_with(&format!("{k}:"))))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if !extra.contains("listeners:") {
+        yaml.push_str("listeners:\n  - { address: \"127.0.0.1:0\", mode: relay }\n");
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+impl TestRelay {
+    pub fn start() -> TestRelay {
+        Self::with_config("")
+    }
+
+    pub fn with_config(extra: &str) -> TestRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&config_yaml(dir.path(), extra), dir.path()).unwrap();
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let cfg = config.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let running = sluice::daemon::start(cfg).await.unwrap();
+                addr_tx.send(running.listeners[0]).unwrap();
+                tokio::task::spawn_blocking(move || stop_rx.recv())
+                    .await
+                    .unwrap()
+                    .ok();
+                running.stop(Duration::from_secs(5)).await;
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("relay started");
+        TestRelay {
+            addr,
+            config,
+            _dir: dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Stops the relay and returns every stored message with its bytes.
+    pub fn stop_and_read(mut self) -> Vec<(sluice::spool::Envelope, String)> {
+        self.shutdown();
+        let spool = SledSpool::open(&self.config.spool).unwrap();
+        let out = spool.list().unwrap().into_iter().map(|e| {
+            let body = String::from_utf8_lossy(&spool.read_body(&e).unwrap()).into_owned();
+            (e, body)
+        });
+        let out = out.collect();
+        spool.close();
+        out
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A blocking SMTP client that reads replies line by line.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    pub greeting: Reply,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// All lines, without the code and separator.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        Self::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// Connects from a chosen local address (e.g. 127.0.0.2, an untrusted client).
+    pub fn connect_from(addr: SocketAddr, local: &str) -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let stream = rt.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+            socket.connect(addr).await.unwrap().into_std().unwrap()
+        });
+        stream.set_nonblocking(false).unwrap();
+        Self::from_stream(stream)
+    }
+
+    /// Connects from `local` and returns the first reply (for connections refused with 421).
+    pub fn connect_refused(addr: SocketAddr, local: &str) -> (u16, String) {
+        let c = Self::connect_from(addr, local);
+        (c.greeting.code, c.greeting.text())
+    }
+
+    fn from_stream(stream: TcpStream) -> Client {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let greeting = read_reply(&mut reader).expect("greeting");
+        Client { reader, greeting }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    pub fn reply(&mut self) -> Reply {
+        read_reply(&mut self.reader).expect("a reply")
+    }
+
+    /// Sends one command line and returns its reply.
+    pub fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Sends bytes and reads `n` replies.
+    pub fn pipeline(&mut self, bytes: &[u8], n: usize) -> Vec<Reply> {
+        self.send(bytes);
+        (0..n).map(|_| self.reply()).collect()
+    }
+
+    /// True when the server closed the connection (EOF before any further reply).
+    pub fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    /// EHLO, MAIL, RCPT..., DATA, body, dot; returns the final reply.
+    pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> Reply {
+        assert_eq!(self.cmd("EHLO client.test").code, 250);
+        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).code, 250);
+        for t in to {
+            assert_eq!(self.cmd(&format!("RCPT TO:<{t}>")).code, 250, "RCPT {t}");
+        }
+        assert_eq!(self.cmd("DATA").code, 354);
+        self.send(body.as_bytes());
+        self.send(b".\r\n");
+        self.reply()
+    }
+}
+
+fn read_reply(reader: &mut BufReader<TcpStream>) -> Option<Reply> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let code = line.get(..3)?.parse().ok()?;
+        lines.push(line.get(4..).unwrap_or("").to_string());
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Some(Reply { code, lines });
+        }
+    }
+}
+
+/// A `sluice run` child process whose listener address is read from its log.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub log: PathBuf,
+}
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+impl Daemon {
+    /// Runs `prefix... sluice run --config <dir>/config.yaml`, writing a config for `dir`.
+    pub fn spawn(dir: &Path, extra: &str, prefix: &[&str]) -> Daemon {
+        let config_path = dir.join("config.yaml");
+        if !config_path.exists() {
+            std::fs::write(&config_path, config_yaml(dir, extra)).unwrap();
+        }
+        let log = dir.join(format!(
+            "daemon-{}.log",
+            SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut args: Vec<&str> = prefix.to_vec();
+        args.extend([
+            sluice_bin(),
+            "run",
+            "--config",
+            config_path.to_str().unwrap(),
+        ]);
+        let mut child = Command::new(args[0])
+            .args(&args[1..])
+            .env("SLUICE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(addr) = text
+                .lines()
+                .find(|l| l.contains("listening"))
+                .and_then(|l| l.split("address=").nth(1))
+                .and_then(|r| r.split_whitespace().next())
+            {
+                let addr = addr.parse().unwrap();
+                return Daemon {
+                    child,
+                    addr,
+                    config_path,
+                    log,
+                };
+            }
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not start:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        // SIGKILL every process whose command line names this config: under strace that is
+        // the tracer and the daemon alike.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", self.config_path.to_str().unwrap()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `sluice ARGS...` to completion; returns (exit success, stdout, stderr).
+pub fn sluice(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(sluice_bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

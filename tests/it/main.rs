@@ -1,0 +1,20 @@
+//! Integration tests over real sockets on 127.0.0.1, one scenario per file, in one test
+//! binary so the suite links once.
+
+mod common;
+
+mod admin_queue_list;
+mod check_config;
+mod crash_recovery;
+mod disk_full;
+mod durability_strace;
+mod extensions;
+mod hop_limit;
+mod lettre_client;
+mod limits;
+mod metrics_endpoint;
+mod pipelining;
+mod postmaster;
+mod relay_denied;
+mod smuggling;
+mod timeouts;
