@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite in one command, on a fresh Debian machine with Rust:
+# installs the peers the tests use (Postfix's smtp-source/smtp-sink, swaks, strace, ...),
+# runs the Rust tests (unit and integration, over loopback), then the interop script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_install=""
+for cmd in smtp-source swaks strace curl bc pkill; do
+  command -v "$cmd" >/dev/null 2>&1 || need_install=yes
+done
+perl -MNet::SSLeay -MIO::Socket::SSL -MAuthen::SASL -e1 >/dev/null 2>&1 || need_install=yes
+if [ -n "$need_install" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
+    strace curl bc procps >/dev/null
+fi
+
+cargo test --all-targets
+cargo build --release
+bash tests/interop/run.sh

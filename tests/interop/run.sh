@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Interop and load check with clients nobody on this team wrote: swaks and Postfix's
+# smtp-source, against the release binary running config.example.yaml (copied to a temporary
+# directory, so its relative spool and socket land there). Loopback only.
+#
+# Checks: swaks gets a 250; an untrusted source address (127.0.0.2) is refused (swaks exit 24);
+# smtp-source with 20 sessions gets every message accepted; after kill -9 and a restart every
+# accepted message is still queued. Prints intake rate, commit latency and messages per fsync.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+bin="$repo/target/release/sluice"
+messages=${INTEROP_MESSAGES:-5000}
+work=$(mktemp -d)
+daemon_pid=""
+cleanup() {
+  [ -n "$daemon_pid" ] && kill -9 "$daemon_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() { echo "interop: FAIL: $*" >&2; tail -n 5 "$work"/daemon.*.log >&2 2>/dev/null; exit 1; }
+
+for tool in swaks smtp-source curl; do
+  command -v "$tool" >/dev/null || fail "$tool is not installed"
+done
+[ -x "$bin" ] || (cd "$repo" && cargo build --release --quiet)
+
+cp "$repo/config.example.yaml" "$work/config.yaml"
+"$bin" check-config --config "$work/config.yaml" >/dev/null || fail "check-config refused config.example.yaml"
+
+starts=0
+start_daemon() {
+  starts=$((starts + 1))
+  log="$work/daemon.$starts.log"
+  "$bin" run --config "$work/config.yaml" 2>"$log" &
+  daemon_pid=$!
+  disown "$daemon_pid"
+  for _ in $(seq 100); do
+    grep -q "ready" "$log" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  fail "daemon did not start"
+}
+
+queued() {
+  "$bin" queue list --config "$work/config.yaml" --json | grep -c '"queue_id"' || true
+}
+
+metric() { # metric NAME: the sample value of an unlabelled metric
+  curl -sf http://127.0.0.1:9187/metrics | awk -v n="$1" '$1 == n { print $2 }'
+}
+
+quantile() { # quantile HISTOGRAM Q: the upper bound of the bucket holding quantile Q
+  curl -sf http://127.0.0.1:9187/metrics | awk -v h="$1" -v q="$2" '
+    index($1, h "_bucket{le=\"") == 1 { split($1, a, "\""); le[n] = a[2]; c[n++] = $2 }
+    $1 == h "_count" { total = $2 }
+    END { for (i = 0; i < n; i++) if (c[i] >= q * total) { print le[i]; exit } }'
+}
+
+start_daemon
+
+echo "== swaks, trusted client"
+out=$(swaks --server 127.0.0.1:2525 --from alice@sender.test --to bob@dest.test --h-Subject "swaks interop" 2>&1) || fail "swaks exit $?: $out"
+echo "$out" | grep -q "250 2.0.0 OK queued as" || fail "no queued reply: $out"
+
+echo "== swaks, untrusted client 127.0.0.2 (relay must be denied)"
+set +e
+out=$(swaks --server 127.0.0.1:2525 --local-interface 127.0.0.2 --from a@outside.test --to victim@dest.test 2>&1)
+rc=$?
+set -e
+[ "$rc" -eq 24 ] || fail "expected swaks exit 24 (relay denied), got $rc: $out"
+echo "$out" | grep -q "550 5.7.1" || fail "no 550 5.7.1: $out"
+
+echo "== smtp-source: $messages messages of 1 KiB over 20 sessions"
+start=$(date +%s.%N)
+smtp-source -s 20 -m "$messages" -l 1024 -f load@sender.test -t sink@dest.test 127.0.0.1:2525 || fail "smtp-source failed"
+end=$(date +%s.%N)
+accepted=$(metric sluice_intake_messages_accepted_total)
+[ "$accepted" -eq $((messages + 1)) ] || fail "accepted $accepted, expected $((messages + 1))"
+rate=$(echo "$messages / ($end - $start)" | bc -l)
+lat_sum=$(metric sluice_spool_commit_latency_seconds_sum)
+lat_count=$(metric sluice_spool_commit_latency_seconds_count)
+mpf_sum=$(metric sluice_spool_messages_per_fsync_sum)
+mpf_count=$(metric sluice_spool_messages_per_fsync_count)
+printf 'intake: %.0f msg/s; commit latency mean %.2f ms, p50 <= %s s, p99 <= %s s; messages per fsync mean %.1f (%d fsync rounds)\n' \
+  "$rate" "$(echo "$lat_sum * 1000 / $lat_count" | bc -l)" \
+  "$(quantile sluice_spool_commit_latency_seconds 0.5)" "$(quantile sluice_spool_commit_latency_seconds 0.99)" \
+  "$(echo "$mpf_sum / $mpf_count" | bc -l)" "$mpf_count"
+
+echo "== kill -9, restart, everything acknowledged is still queued"
+before=$(queued)
+[ "$before" -eq $((messages + 1)) ] || fail "queue holds $before before the kill"
+kill -9 "$daemon_pid"
+while kill -0 "$daemon_pid" 2>/dev/null; do sleep 0.05; done
+daemon_pid=""
+start_daemon
+after=$(queued)
+[ "$after" -eq "$before" ] || fail "queue held $before before kill -9 and $after after restart"
+
+echo "interop: 4 passed, 0 failed"
