@@ -339,3 +339,73 @@ fn every_non_greeting_reply_has_an_enhanced_code() {
         assert!(looks_enhanced, "no enhanced code on {line:?}");
     }
 }
+
+/// Deterministic pseudo-random input (xorshift), mapped onto SMTP fragments so it reaches deep
+/// states: no input may panic the session, and every output line must be a well-formed reply.
+#[test]
+fn random_input_never_panics_and_replies_stay_well_formed() {
+    const FRAGMENTS: &[&[u8]] = &[
+        b"EHLO c\r\n",
+        b"HELO c\r\n",
+        b"MAIL FROM:<a@x.org>\r\n",
+        b"MAIL FROM:<>\r\n",
+        b"RCPT TO:<b@y.org>\r\n",
+        b"RCPT TO:<Postmaster>\r\n",
+        b"DATA\r\n",
+        b"BDAT 3\r\n",
+        b"BDAT 5 LAST\r\n",
+        b"BDAT 99999999999\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"QUIT\r\n",
+        b".\r\n",
+        b"\r\n.\r\n",
+        b"\n",
+        b"\r",
+        b".",
+        b"\x00",
+        b"\xff\xfe",
+        b"text line\r\n",
+        b"SIZE=5 ",
+        b"<",
+        b">",
+        b"@",
+        b" ",
+        b"GET / HTTP/1.0\r\n",
+        b"MAIL FROM:<\xc3\xa9@x>\r\n",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..3000 {
+        let mut h = Harness::new(next() % 2 == 0);
+        let mut input = Vec::new();
+        for _ in 0..(next() % 40) {
+            input.extend_from_slice(FRAGMENTS[(next() % FRAGMENTS.len() as u64) as usize]);
+            if next() % 10 == 0 {
+                input.extend(std::iter::repeat_n(b'x', (next() % 1500) as usize));
+            }
+        }
+        let mut out = String::new();
+        let mut rest = &input[..];
+        while !rest.is_empty() && !h.session.is_closed() {
+            let take = 1 + (next() as usize % rest.len());
+            out.push_str(&h.send(&rest[..take]));
+            rest = &rest[take..];
+        }
+        for line in out.split_terminator("\r\n") {
+            let b = line.as_bytes();
+            assert!(
+                b.len() >= 4
+                    && b[..3].iter().all(u8::is_ascii_digit)
+                    && (b[3] == b' ' || b[3] == b'-'),
+                "bad reply line {line:?}"
+            );
+        }
+        assert!(out.is_empty() || out.ends_with("\r\n"));
+    }
+}

@@ -127,6 +127,13 @@ pub struct Envelope {
 pub struct Durable(oneshot::Receiver<Result<(), SpoolError>>);
 
 impl Durable {
+    /// An already-decided outcome (for spool implementations that resolve at once).
+    pub fn resolved(result: Result<(), SpoolError>) -> Durable {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(result);
+        Durable(rx)
+    }
+
     pub async fn wait(self) -> Result<(), SpoolError> {
         self.0.await.unwrap_or(Err(SpoolError::Poisoned))
     }

@@ -17,4 +17,5 @@ mod pipelining;
 mod postmaster;
 mod relay_denied;
 mod smuggling;
+mod spool_failure;
 mod timeouts;
