@@ -435,15 +435,8 @@ impl Session {
         let take = available.min(*remaining) as usize;
         let bytes = &self.input[self.pos..self.pos + take];
         if refusal.is_none() {
-            let envelope = self
-                .envelope
-                .as_mut()
-                .expect("accepted chunk has an envelope");
-            let scanner = envelope
-                .chunks
-                .as_mut()
-                .expect("accepted chunk has a scanner");
-            scanner.feed(bytes, &mut envelope.body);
+            let (scanner, body) = accepted_chunks(&mut self.envelope);
+            scanner.feed(bytes, body);
         }
         self.pos += take;
         *remaining -= take as u64;
@@ -456,20 +449,12 @@ impl Session {
             self.reply(reply, out);
             return self.is_closed().then_some(Event::Close);
         }
-        let envelope = self
-            .envelope
-            .as_mut()
-            .expect("accepted chunk has an envelope");
-        let scanner = envelope
-            .chunks
-            .as_mut()
-            .expect("accepted chunk has a scanner");
+        let (scanner, body) = accepted_chunks(&mut self.envelope);
         if !last {
-            let octets = scanner.size() as u64;
-            codes::chunk_ok(octets).write_to(out);
+            codes::chunk_ok(scanner.size() as u64).write_to(out);
             return None;
         }
-        scanner.finish_chunks(&mut envelope.body);
+        scanner.finish_chunks(body);
         let violation = scanner.violation();
         self.finish_message(violation, out)
     }
@@ -502,6 +487,16 @@ impl Session {
             body: envelope.body,
         }))
     }
+}
+
+/// The BDAT scanner and body of a transaction whose chunk was accepted (both exist by then).
+fn accepted_chunks(envelope: &mut Option<Envelope>) -> (&mut BodyScanner, &mut Vec<u8>) {
+    let envelope = envelope.as_mut().expect("accepted chunk has an envelope");
+    let scanner = envelope
+        .chunks
+        .as_mut()
+        .expect("accepted chunk has a scanner");
+    (scanner, &mut envelope.body)
 }
 
 #[cfg(test)]

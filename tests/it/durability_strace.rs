@@ -34,16 +34,13 @@ fn parse(trace: &str) -> Vec<Call> {
             if let Some((n, args, start)) = open.remove(pid)
                 && n == name
             {
-                let ok = resumed
-                    .rsplit_once(" = ")
-                    .is_some_and(|(_, r)| !r.starts_with('-'));
                 calls.push(Call {
                     path: fd_path(&args),
                     name,
                     args,
                     start,
                     end: i,
-                    ok,
+                    ok: returned_ok(resumed),
                 });
             }
             continue;
@@ -56,20 +53,23 @@ fn parse(trace: &str) -> Vec<Call> {
         if rest.ends_with("<unfinished ...>") {
             open.insert(pid.to_string(), (name, args, i));
         } else {
-            let ok = rest
-                .rsplit_once(" = ")
-                .is_some_and(|(_, r)| !r.starts_with('-'));
             calls.push(Call {
                 path: fd_path(&args),
                 name,
                 args,
                 start: i,
                 end: i,
-                ok,
+                ok: returned_ok(rest),
             });
         }
     }
     calls
+}
+
+/// A call returned successfully: `= N`, not `= -1 EIO (...)`.
+fn returned_ok(line: &str) -> bool {
+    line.rsplit_once(" = ")
+        .is_some_and(|(_, r)| !r.starts_with('-'))
 }
 
 fn fd_path(args: &str) -> String {
