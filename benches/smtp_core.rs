@@ -39,6 +39,9 @@ fn session_pipelined(c: &mut Criterion) {
             local: "postmaster".into(),
             domain: "relay.example.net".into(),
         },
+        tls_available: false,
+        auth_available: false,
+        require_auth: false,
     });
     let body: String = (0..16)
         .map(|i| format!("Line {i} of a 1 KiB message body, padded out to sixty-four.\r\n"))
@@ -60,6 +63,8 @@ fn session_pipelined(c: &mut Criterion) {
             let client = ClientInfo {
                 ip: "127.0.0.1".parse().unwrap(),
                 relay_allowed: true,
+                plaintext_auth: false,
+                tls: None,
             };
             let mut s = Session::new(cfg.clone(), client);
             s.feed(&input);

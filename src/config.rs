@@ -41,6 +41,11 @@ pub struct Config {
     pub trusted_networks: Vec<Cidr>,
     #[serde(default)]
     pub limits: Limits,
+    /// TLS for STARTTLS and implicit-TLS listeners; without it no TLS is offered.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
@@ -75,13 +80,80 @@ pub struct ListenerConfig {
     pub mode: ListenerMode,
 }
 
-/// Only `relay` exists in this build; `submission` and `submissions` need TLS and AUTH, which
-/// are not built yet, so they are refused rather than accepted and ignored.
+/// `relay` (port 25): trusted networks and authenticated clients may relay.
+/// `submission` (587): AUTH required before MAIL, TLS (STARTTLS) before AUTH.
+/// `submissions` (465): the same rules over implicit TLS (RFC 8314).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerMode {
     #[default]
     Relay,
+    Submission,
+    Submissions,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; reloaded when the file changes.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: PathBuf,
+    /// Generate a self-signed certificate for `hostname` at start when the files are missing.
+    #[serde(default)]
+    pub self_signed_if_missing: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `user:hash` lines (argon2id; bcrypt and SHA-512-crypt accepted). Without it, no AUTH.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// Clients that may authenticate without TLS (default: none).
+    #[serde(default)]
+    pub plaintext_networks: Vec<Cidr>,
+    /// Failed AUTH attempts from one IP within `failure_window` before it is locked out.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    #[serde(default = "default_failure_window")]
+    pub failure_window: HumanDuration,
+    /// How long a locked-out IP gets 421 4.7.0.
+    #[serde(default = "default_lockout")]
+    pub lockout: HumanDuration,
+    /// Delay before answering a failed AUTH (slows guessing).
+    #[serde(default = "default_failure_delay")]
+    pub failure_delay: HumanDuration,
+    /// Name the authenticated user in Received (off: every recipient would see the login).
+    #[serde(default)]
+    pub received_identity: bool,
+}
+
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_failure_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+fn default_lockout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(900))
+}
+fn default_failure_delay() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users_file: None,
+            plaintext_networks: Vec::new(),
+            max_failures: default_max_failures(),
+            failure_window: default_failure_window(),
+            lockout: default_lockout(),
+            failure_delay: default_failure_delay(),
+            received_identity: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,12 +314,20 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut config: Config =
             serde_norway::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        config.validate(text)?;
-        for p in [&mut config.spool.path, &mut config.admin.socket] {
+        let mut paths: Vec<&mut PathBuf> = vec![&mut config.spool.path, &mut config.admin.socket];
+        if let Some(tls) = config.tls.as_mut() {
+            paths.push(&mut tls.certificate);
+            paths.push(&mut tls.private_key);
+        }
+        if let Some(users) = config.auth.users_file.as_mut() {
+            paths.push(users);
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
+        config.validate(text)?;
         Ok(config)
     }
 
@@ -277,6 +357,51 @@ impl Config {
                     format!("address {} is listed twice", l.address),
                 ));
             }
+        }
+        let needs_auth = self.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
+        if needs_auth && self.tls.is_none() {
+            return Err(err(
+                "listeners",
+                "submission and submissions listeners need a tls section".into(),
+            ));
+        }
+        if needs_auth && self.auth.users_file.is_none() {
+            return Err(err(
+                "listeners",
+                "submission and submissions listeners need auth.users_file".into(),
+            ));
+        }
+        if let Some(tls) = &self.tls
+            && !tls.self_signed_if_missing
+        {
+            for (key, path) in [
+                ("certificate", &tls.certificate),
+                ("private_key", &tls.private_key),
+            ] {
+                if !path.is_file() {
+                    return Err(err(
+                        key,
+                        format!(
+                            "file {} does not exist (or set self_signed_if_missing: true)",
+                            path.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(users) = &self.auth.users_file
+            && !users.is_file()
+        {
+            return Err(err(
+                "users_file",
+                format!(
+                    "file {} does not exist (create it with `sluice passwd USER`)",
+                    users.display()
+                ),
+            ));
+        }
+        if self.auth.max_failures == 0 {
+            return Err(err("max_failures", "must be at least 1".into()));
         }
         let limits = &self.limits;
         if limits.max_message_size == 0 || limits.max_recipients == 0 || limits.max_hops == 0 {
@@ -330,6 +455,10 @@ impl Config {
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_networks.iter().any(|n| n.contains(ip))
+    }
+
+    pub fn plaintext_auth_allowed(&self, ip: IpAddr) -> bool {
+        self.auth.plaintext_networks.iter().any(|n| n.contains(ip))
     }
 }
 
@@ -495,8 +624,9 @@ mod tests {
     #[test]
     fn the_example_config_is_valid() {
         let text = include_str!("../config.example.yaml");
-        let c = parse(text).unwrap();
-        assert_eq!(c.spool.path, Path::new("/etc/sluice/./var/spool"));
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let c = Config::parse(text, repo).unwrap();
+        assert_eq!(c.spool.path, repo.join("./var/spool"));
     }
 
     #[test]
@@ -528,8 +658,23 @@ mod tests {
                 "line 3",
             ),
             (
+                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: smtps }\n",
+                "unknown variant `smtps`",
+                "line 3",
+            ),
+            (
                 "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: submission }\n",
-                "unknown variant `submission`",
+                "need a tls section",
+                "line 2",
+            ),
+            (
+                "hostname: a.b\ntls:\n  certificate: /nonexistent/c.pem\n  private_key: /nonexistent/k.pem\n",
+                "certificate: file /nonexistent/c.pem does not exist",
+                "line 3",
+            ),
+            (
+                "hostname: a.b\nauth:\n  users_file: /nonexistent/users\n",
+                "users_file: file /nonexistent/users does not exist",
                 "line 3",
             ),
             (

@@ -29,6 +29,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("spool {}: {e}", config.spool.path.display()))?;
+    let ctx = IntakeContext::new(config.clone(), spool.clone())?;
     if let Some(address) = config.metrics.address {
         crate::metrics::install(address)?;
     }
@@ -43,14 +44,18 @@ pub async fn start(config: Config) -> Result<Running, String> {
         .map_err(|e| format!("admin socket {}: {e}", config.admin.socket.display()))?;
 
     let (shutdown, watcher) = watch::channel(false);
-    let ctx = IntakeContext::new(config.clone(), spool.clone());
     let mut tasks = JoinSet::new();
     let mut listeners = Vec::new();
     for (listener, cfg) in bound.into_iter().zip(&config.listeners) {
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%address, mode = ?cfg.mode, "listening");
         listeners.push(address);
-        tasks.spawn(intake::serve(listener, ctx.clone(), watcher.clone()));
+        tasks.spawn(intake::serve(
+            listener,
+            cfg.mode,
+            ctx.clone(),
+            watcher.clone(),
+        ));
     }
     tasks.spawn(crate::admin::serve(admin, spool.clone(), watcher));
     Ok(Running {

@@ -29,6 +29,9 @@ enum Command {
         #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
         config: PathBuf,
     },
+    /// Print a users-file line (`user:argon2id-hash`) for USER; the password is read from
+    /// stdin (asked twice, without echo, on a terminal).
+    Passwd { user: String },
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
@@ -70,6 +73,9 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())?;
             runtime.block_on(sluice::daemon::run(c))
         }),
+        Command::Passwd { user } => {
+            sluice::admin::users_file_line(&user).map(|line| println!("{line}"))
+        }
         Command::CheckConfig { config } => {
             load(&config).map(|_| println!("{}: OK", config.display()))
         }

@@ -6,6 +6,10 @@
 //! Protocol: the client sends one request line (`queue list`), the daemon answers with one JSON
 //! document and closes.
 
+mod passwd;
+
+pub use passwd::users_file_line;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;

@@ -1,7 +1,8 @@
-//! One intake connection: moves bytes between the socket and the sans-IO session, and turns
-//! finished transactions into durable spool entries before their 250.
+//! One intake connection: moves bytes between the socket and the sans-IO session, runs TLS
+//! handshakes and credential checks when the session asks, and turns finished transactions into
+//! durable spool entries before their 250.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,36 +11,73 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::IntakeContext;
+use super::auth::Verdict;
+use super::stream::Stream;
 use super::trace::{self, Trace};
+use crate::config::ListenerMode;
 use crate::metrics as m;
 use crate::smtp::reply::{Enhanced, Reply, codes};
-use crate::smtp::server::{ClientInfo, Event, Session, Transaction, Waiting};
+use crate::smtp::sasl::Credentials;
+use crate::smtp::server::{AuthOutcome, ClientInfo, Event, Session, TlsInfo, Transaction, Waiting};
 use crate::spool::{Envelope, Health, Identity, RecipientRecord, RecipientState, SpoolError};
 
 /// Bodies above this size are written from a blocking thread, not the async worker.
 const BLOCKING_WRITE_THRESHOLD: usize = 256 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Where a connection came in, and how.
+#[derive(Clone, Copy)]
+pub(super) struct Origin {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub mode: ListenerMode,
+    pub trusted: bool,
+}
+
 pub(super) async fn serve(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    mode: ListenerMode,
     ctx: Arc<IntakeContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let ip = peer.ip();
-    let trusted = ctx.config.is_trusted(ip);
-    let mut session = Session::new(
-        ctx.session.clone(),
-        ClientInfo {
-            ip,
-            relay_allowed: trusted,
-        },
-    );
+    let limit = ctx.config.limits.command_timeout.0;
+    let mut stream = Stream::Plain(tcp);
+    let mut implicit_tls = None;
+    if mode == ListenerMode::Submissions {
+        let Stream::Plain(tcp) = stream else { return };
+        match handshake(&ctx, tcp, limit).await {
+            Some((tls, info)) => {
+                stream = tls;
+                implicit_tls = Some(info);
+            }
+            None => return,
+        }
+    }
+    let origin = Origin {
+        peer,
+        local,
+        mode,
+        trusted: ctx.config.is_trusted(ip),
+    };
+    let client = ClientInfo {
+        ip,
+        relay_allowed: origin.trusted,
+        plaintext_auth: ctx.config.plaintext_auth_allowed(ip),
+        tls: implicit_tls,
+    };
+    let mut session = Session::new(ctx.session_config(mode), client);
     let mut out = Vec::with_capacity(4096);
     if ctx.spool.health() == Health::Failed {
         session.close_with(codes::spool_unavailable(), &mut out);
+    } else if ctx.failures.is_locked(ip, Instant::now()) {
+        session.close_with(
+            codes::closing("Too many authentication failures, try again later"),
+            &mut out,
+        );
     } else {
         session.greeting(&mut out);
     }
@@ -84,8 +122,27 @@ pub(super) async fn serve(
             match session.poll(&mut out) {
                 Event::NeedInput | Event::Close => break,
                 Event::Message(tx) => {
-                    let result = accept(&ctx, tx, peer, local, trusted).await;
+                    let result = accept(&ctx, tx, origin).await;
                     session.message_stored(result.as_deref().map_err(Clone::clone), &mut out);
+                }
+                Event::Authenticate(credentials) => {
+                    let outcome = authenticate(&ctx, ip, credentials).await;
+                    session.auth_result(outcome, &mut out);
+                }
+                Event::StartTls => {
+                    // The 220 goes out in plaintext; then the handshake owns the socket.
+                    if stream.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                    let Stream::Plain(tcp) = stream else { return };
+                    match handshake(&ctx, tcp, limit).await {
+                        Some((tls, info)) => {
+                            stream = tls;
+                            session.tls_started(info);
+                        }
+                        None => return,
+                    }
                 }
             }
         }
@@ -95,28 +152,114 @@ pub(super) async fn serve(
     }
 }
 
+/// Runs the server side of a TLS handshake; `None` (connection dropped) on failure or timeout.
+async fn handshake(
+    ctx: &IntakeContext,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+) -> Option<(Stream, TlsInfo)> {
+    let acceptor = ctx.tls.as_ref()?;
+    let peer = tcp.peer_addr().ok();
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => {
+            let info = super::tls::info(tls.get_ref().1);
+            metrics::counter!(m::TLS_HANDSHAKES, "version" => info.version.clone()).increment(1);
+            Some((Stream::Tls(Box::new(tls)), info))
+        }
+        Ok(Err(e)) => {
+            metrics::counter!(m::TLS_HANDSHAKE_FAILURES).increment(1);
+            tracing::info!(client = ?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!(m::TLS_HANDSHAKE_FAILURES).increment(1);
+            None
+        }
+    }
+}
+
+/// Checks credentials off the async workers (argon2 is slow on purpose), delays failures, and
+/// locks out an address that fails too often.
+async fn authenticate(
+    ctx: &Arc<IntakeContext>,
+    ip: IpAddr,
+    credentials: Credentials,
+) -> AuthOutcome {
+    if ctx.failures.is_locked(ip, Instant::now()) {
+        metrics::counter!(m::AUTH_ATTEMPTS, "result" => "locked_out").increment(1);
+        return AuthOutcome::LockedOut;
+    }
+    let Some(users) = ctx.users.clone() else {
+        return AuthOutcome::TemporaryFailure;
+    };
+    let username = credentials.username.clone();
+    let verdict = tokio::task::spawn_blocking(move || {
+        users.verify(&credentials.username, credentials.password.expose())
+    })
+    .await
+    .unwrap_or(Verdict::Unavailable);
+    match verdict {
+        Verdict::Valid => {
+            ctx.failures.record_success(ip);
+            metrics::counter!(m::AUTH_ATTEMPTS, "result" => "success").increment(1);
+            tracing::info!(user = %username, client = %ip, "authenticated");
+            AuthOutcome::Success(username)
+        }
+        Verdict::Invalid => {
+            metrics::counter!(m::AUTH_ATTEMPTS, "result" => "failure").increment(1);
+            tracing::warn!(user = %username, client = %ip, "authentication failed");
+            tokio::time::sleep(ctx.config.auth.failure_delay.0).await;
+            if ctx.failures.record_failure(ip, Instant::now()) {
+                tracing::warn!(client = %ip, lockout = ?ctx.config.auth.lockout.0, "too many authentication failures: locked out");
+                AuthOutcome::LockedOut
+            } else {
+                AuthOutcome::Failed
+            }
+        }
+        Verdict::Unavailable => {
+            metrics::counter!(m::AUTH_ATTEMPTS, "result" => "temporary_failure").increment(1);
+            AuthOutcome::TemporaryFailure
+        }
+    }
+}
+
+/// RFC 3848 / RFC 6531 protocol names for the Received `with` clause.
+fn protocol_name(tx: &Transaction) -> &'static str {
+    if !tx.esmtp {
+        return "SMTP";
+    }
+    match (tx.params.smtputf8, tx.tls.is_some(), tx.identity.is_some()) {
+        (false, false, false) => "ESMTP",
+        (false, true, false) => "ESMTPS",
+        (false, false, true) => "ESMTPA",
+        (false, true, true) => "ESMTPSA",
+        (true, false, false) => "UTF8SMTP",
+        (true, true, false) => "UTF8SMTPS",
+        (true, false, true) => "UTF8SMTPA",
+        (true, true, true) => "UTF8SMTPSA",
+    }
+}
+
 /// Checks, stamps and stores one message; `Ok(queue_id)` only once it is durable.
 async fn accept(
     ctx: &Arc<IntakeContext>,
-    tx: Transaction,
-    peer: SocketAddr,
-    local: SocketAddr,
-    trusted: bool,
+    mut tx: Transaction,
+    origin: Origin,
 ) -> Result<String, Reply> {
     let facts = trace::scan_headers(&tx.body);
     if facts.received >= ctx.config.limits.max_hops {
         return Err(codes::too_many_hops());
+    }
+    if (origin.mode != ListenerMode::Relay || tx.identity.is_some())
+        && let Some(fixed) = super::submission::fix_recipient_headers(&tx.body)
+    {
+        tx.body = fixed;
     }
     let queue_id = ctx.spool.new_queue_id();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let protocol = match (tx.esmtp, tx.params.smtputf8) {
-        (false, _) => "SMTP",
-        (true, false) => "ESMTP",
-        (true, true) => "UTF8SMTP",
-    };
     let single = match tx.recipients.as_slice() {
         [only] => Some(&only.mailbox),
         _ => None,
@@ -124,16 +267,31 @@ async fn accept(
     let prefix = trace::prefix_fields(
         &Trace {
             helo: &tx.helo,
-            client_ip: peer.ip(),
+            client_ip: origin.peer.ip(),
             hostname: &ctx.config.hostname.0,
-            protocol,
+            protocol: protocol_name(&tx),
             queue_id: &queue_id,
             single_recipient: single,
             unix_time: now,
+            tls: tx.tls.as_ref(),
+            identity: tx
+                .identity
+                .as_deref()
+                .filter(|_| ctx.config.auth.received_identity),
         },
         &facts,
     );
     let size = prefix.len() + tx.body.len();
+    let identity = match (&tx.identity, origin.trusted) {
+        (Some(user), _) => Identity::Authenticated(user.clone()),
+        (None, true) => Identity::TrustedNetwork,
+        (None, false) => Identity::Anonymous,
+    };
+    let tls_text = tx
+        .tls
+        .as_ref()
+        .map(|t| format!("{} {}", t.version, t.cipher))
+        .unwrap_or_else(|| "none".into());
     let envelope = Envelope {
         queue_id: queue_id.clone(),
         from: tx.from,
@@ -150,29 +308,22 @@ async fn accept(
                 next_attempt: Some(now),
             })
             .collect(),
-        client_ip: peer.ip(),
+        client_ip: origin.peer.ip(),
         helo: tx.helo,
-        identity: if trusted {
-            Identity::TrustedNetwork
-        } else {
-            Identity::Anonymous
-        },
-        listener: local,
+        identity: identity.clone(),
+        listener: origin.local,
         arrival: now,
         body: None,
     };
-    let log = LogFields {
-        from: envelope
-            .from
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_default(),
-        recipients: envelope.recipients.len(),
-        identity: envelope.identity.clone(),
-        message_id: facts
-            .message_id
-            .unwrap_or_else(|| format!("<{queue_id}@{}>", ctx.config.hostname.0)),
-    };
+    let from = envelope
+        .from
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_default();
+    let recipients = envelope.recipients.len();
+    let message_id = facts
+        .message_id
+        .unwrap_or_else(|| format!("<{queue_id}@{}>", ctx.config.hostname.0));
     let started = Instant::now();
     let stored = if tx.body.len() > BLOCKING_WRITE_THRESHOLD {
         let spool = ctx.spool.clone();
@@ -197,22 +348,17 @@ async fn accept(
     metrics::histogram!(m::COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
     metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
     metrics::counter!(m::BYTES_ACCEPTED).increment(size as u64);
+    // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
     tracing::info!(
         queue_id = %queue_id,
-        from = %log.from,
-        recipients = log.recipients,
+        from = %from,
+        recipients,
         size,
-        client = %peer.ip(),
-        identity = ?log.identity,
-        message_id = %log.message_id,
+        client = %origin.peer.ip(),
+        identity = %identity,
+        tls = %tls_text,
+        message_id = %message_id,
         "accepted"
     );
     Ok(queue_id)
-}
-
-struct LogFields {
-    from: String,
-    recipients: usize,
-    identity: Identity,
-    message_id: String,
 }

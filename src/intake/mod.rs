@@ -1,7 +1,11 @@
-//! Intake: listeners, connection limits, and the driver of the sans-IO SMTP session.
+//! Intake: listeners, TLS, AUTH, connection limits, and the driver of the sans-IO session.
 
+mod auth;
 mod connection;
 mod limits;
+mod stream;
+pub mod submission;
+pub mod tls;
 pub mod trace;
 
 use std::sync::Arc;
@@ -9,47 +13,86 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
-use crate::config::Config;
+use crate::config::{Config, ListenerMode};
 use crate::metrics as m;
 use crate::smtp::reply::codes;
 use crate::smtp::server::SessionConfig;
 use crate::spool::Spool;
 
+pub use auth::{FailureTracker, UsersFile, hash_password};
 pub use limits::ConnectionLimits;
 
 /// What every intake connection shares.
 pub struct IntakeContext {
     pub config: Arc<Config>,
-    pub session: Arc<SessionConfig>,
+    relay: Arc<SessionConfig>,
+    submission: Arc<SessionConfig>,
     pub spool: Arc<dyn Spool>,
     pub limits: Arc<ConnectionLimits>,
+    pub tls: Option<TlsAcceptor>,
+    pub users: Option<Arc<UsersFile>>,
+    pub failures: FailureTracker,
 }
 
 impl IntakeContext {
-    pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>) -> Arc<Self> {
+    /// Loads TLS material (generating a self-signed certificate if configured to) and the
+    /// users file.
+    pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>) -> Result<Arc<Self>, String> {
+        let tls = match &config.tls {
+            Some(t) => {
+                tls::ensure_certificate(t, &config.hostname.0)?;
+                Some(tls::acceptor(t)?)
+            }
+            None => None,
+        };
+        let users = match &config.auth.users_file {
+            Some(path) => Some(Arc::new(UsersFile::open(path)?)),
+            None => None,
+        };
         let l = &config.limits;
-        let session = Arc::new(SessionConfig {
-            hostname: config.hostname.0.clone(),
-            max_message_size: usize::try_from(l.max_message_size).unwrap_or(usize::MAX),
-            max_recipients: l.max_recipients,
-            max_line: l.max_line_length,
-            max_errors: l.max_errors,
-            postmaster: config.postmaster(),
-        });
+        let session = |require_auth| {
+            Arc::new(SessionConfig {
+                hostname: config.hostname.0.clone(),
+                max_message_size: usize::try_from(l.max_message_size).unwrap_or(usize::MAX),
+                max_recipients: l.max_recipients,
+                max_line: l.max_line_length,
+                max_errors: l.max_errors,
+                postmaster: config.postmaster(),
+                tls_available: tls.is_some(),
+                auth_available: users.is_some(),
+                require_auth,
+            })
+        };
+        let (relay, submission) = (session(false), session(true));
         let limits = ConnectionLimits::new(l.max_connections, l.max_connections_per_ip);
-        Arc::new(IntakeContext {
-            config,
-            session,
+        let a = &config.auth;
+        let failures = FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0);
+        Ok(Arc::new(IntakeContext {
+            relay,
+            submission,
             spool,
             limits,
-        })
+            tls,
+            users,
+            failures,
+            config,
+        }))
+    }
+
+    fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {
+        match mode {
+            ListenerMode::Relay => self.relay.clone(),
+            ListenerMode::Submission | ListenerMode::Submissions => self.submission.clone(),
+        }
     }
 }
 
 /// Accepts connections until `shutdown` turns true; each connection runs in its own task.
 pub async fn serve(
     listener: TcpListener,
+    mode: ListenerMode,
     ctx: Arc<IntakeContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -77,20 +120,23 @@ pub async fn serve(
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    connection::serve(stream, peer, local, ctx, shutdown).await;
+                    connection::serve(stream, peer, local, mode, ctx, shutdown).await;
                     drop(slot);
                 });
             }
             Err(refusal) => {
                 metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => refusal.label()).increment(1);
-                tokio::spawn(async move {
-                    let reply = codes::closing("Too many connections, try again later");
-                    let _ = tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        stream.write_all(&reply.to_bytes()),
-                    )
-                    .await;
-                });
+                // On an implicit-TLS port a plaintext 421 would be noise; just close.
+                if mode != ListenerMode::Submissions {
+                    tokio::spawn(async move {
+                        let reply = codes::closing("Too many connections, try again later");
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(5),
+                            stream.write_all(&reply.to_bytes()),
+                        )
+                        .await;
+                    });
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::smtp::address::Mailbox;
+use crate::smtp::server::TlsInfo;
 
 /// What the header section of a message contains, as far as intake cares.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -65,6 +66,10 @@ pub struct Trace<'a> {
     /// Named only when the message has exactly one recipient, so Bcc recipients never leak.
     pub single_recipient: Option<&'a Mailbox>,
     pub unix_time: u64,
+    /// TLS version and cipher, written as a comment (RFC 3848 names the protocol only).
+    pub tls: Option<&'a TlsInfo>,
+    /// The authenticated user, only when the operator asked for it in Received.
+    pub identity: Option<&'a str>,
 }
 
 /// Builds the Received field, plus Message-ID and Date when the message lacks them.
@@ -86,6 +91,17 @@ pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
         trace.protocol,
         trace.queue_id
     );
+    if let Some(tls) = trace.tls {
+        let _ = write!(
+            out,
+            "\r\n\t(using {} with cipher {})",
+            clean_comment(&tls.version),
+            clean_comment(&tls.cipher)
+        );
+    }
+    if let Some(user) = trace.identity {
+        let _ = write!(out, "\r\n\t(authenticated as {})", clean_comment(user));
+    }
     if let Some(rcpt) = trace.single_recipient {
         let _ = write!(out, "\r\n\tfor <{rcpt}>");
     }
@@ -109,6 +125,19 @@ fn escape_helo(helo: &str) -> String {
     helo.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || ".-:[]".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// Text inside a Received comment: nothing that could close it or break the line.
+fn clean_comment(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._@+-=".contains(c) {
                 c
             } else {
                 '?'
@@ -185,6 +214,8 @@ mod tests {
             queue_id: "0ABC",
             single_recipient: rcpt,
             unix_time: 0,
+            tls: None,
+            identity: None,
         }
     }
 
@@ -210,6 +241,26 @@ mod tests {
         assert!(!without.contains("for <"));
         assert!(without.contains("Message-ID: <0ABC@relay.test>\r\n"));
         assert!(without.contains("Date: Thu, 1 Jan 1970"));
+    }
+
+    #[test]
+    fn received_carries_tls_and_optionally_the_identity_as_comments() {
+        let tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        };
+        let mut t = trace(None, "c.test");
+        t.tls = Some(&tls);
+        t.identity = Some("al)ice\r\n");
+        let out = prefix_fields(
+            &t,
+            &HeaderFacts {
+                has_date: true,
+                message_id: Some("<a@b>".into()),
+                received: 0,
+            },
+        );
+        assert!(out.contains("\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\t(authenticated as al?ice??); "), "{out}");
     }
 
     #[test]

@@ -190,6 +190,9 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// ENVID, still xtext-encoded as received (RFC 3461 4.4).
     pub envid: Option<String>,
+    /// AUTH= (RFC 4954 5), xtext as received; `<>` means unknown submitter.
+    #[serde(default)]
+    pub auth: Option<String>,
 }
 
 /// NOTIFY= (RFC 3461 4.1): NEVER, or any of SUCCESS/FAILURE/DELAY.
@@ -252,6 +255,10 @@ pub fn parse_mail_params(text: &str) -> Result<MailParams, ParamError> {
             }
             ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => p.envid = Some(v.to_string()),
             ("ENVID", _) => return Err(ParamError::BadValue("Bad ENVID value")),
+            ("AUTH", Some(v)) if v == "<>" || (is_xtext(v) && v.len() <= 500) => {
+                p.auth = Some(v.to_string())
+            }
+            ("AUTH", _) => return Err(ParamError::BadValue("Bad AUTH value")),
             _ => return Err(ParamError::Unknown(key)),
         }
     }

@@ -8,8 +8,10 @@ pub const COMMAND_LINE: usize = 512;
 /// Extra octets RFC 3461 section 5 allows on MAIL and RCPT lines when DSN is advertised.
 pub const MAIL_DSN_EXTRA: usize = 100;
 pub const RCPT_DSN_EXTRA: usize = 500;
+/// AUTH command lines and SASL responses may be this long (RFC 4954 4).
+pub const AUTH_LINE: usize = 12288;
 /// The longest line the reader buffers before it gives up on finding CRLF.
-pub const MAX_LINE: usize = COMMAND_LINE + RCPT_DSN_EXTRA;
+pub const MAX_LINE: usize = AUTH_LINE;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -34,6 +36,12 @@ pub enum Command {
     Vrfy,
     Expn,
     Help,
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954 4).
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 /// An RCPT path: a mailbox, or the bare `Postmaster` that RFC 5321 4.5.1 requires us to accept.
@@ -49,6 +57,8 @@ pub enum CommandError {
     Syntax(&'static str),
     /// Line longer than the verb allows (500 5.5.2).
     LineTooLong,
+    /// AUTH line over 12288 octets (500 5.5.6, RFC 4954 6).
+    AuthLineTooLong,
     /// Wrong arguments (501 5.5.4).
     Arguments(&'static str),
     /// Path syntax (553 5.1.3).
@@ -66,6 +76,11 @@ impl CommandError {
         match self {
             CommandError::Syntax(t) => codes::syntax(t),
             CommandError::LineTooLong => codes::syntax("Line too long"),
+            CommandError::AuthLineTooLong => Reply::new(
+                500,
+                super::reply::Enhanced(5, 5, 6),
+                "Authentication exchange line is too long",
+            ),
             CommandError::Arguments(t) => codes::bad_arguments(t),
             CommandError::Address(AddressError::NeedsSmtpUtf8) => Reply::new(
                 553,
@@ -102,10 +117,15 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     let limit = match verb.as_str() {
         "MAIL" => COMMAND_LINE + MAIL_DSN_EXTRA,
         "RCPT" => COMMAND_LINE + RCPT_DSN_EXTRA,
+        "AUTH" => AUTH_LINE,
         _ => COMMAND_LINE,
     };
     if line.len() + 2 > limit {
-        return Err(CommandError::LineTooLong);
+        return Err(if verb == "AUTH" {
+            CommandError::AuthLineTooLong
+        } else {
+            CommandError::LineTooLong
+        });
     }
     let no_args = |cmd: Command| {
         if rest.trim().is_empty() {
@@ -131,8 +151,8 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" | "OPTIONS" | "DELETE" => {
             Err(CommandError::Http)
         }
-        "STARTTLS" => Err(CommandError::NotImplemented("STARTTLS not available")),
-        "AUTH" => Err(CommandError::NotImplemented("AUTH not available")),
+        "STARTTLS" => no_args(Command::StartTls),
+        "AUTH" => parse_auth(rest),
         "TURN" | "ETRN" | "ATRN" | "SAML" | "SEND" | "SOML" => {
             Err(CommandError::NotImplemented("Command not implemented"))
         }
@@ -213,6 +233,23 @@ fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
         Recipient::Mailbox(address::parse_mailbox(path, true).map_err(CommandError::Address)?)
     };
     Ok(Command::Rcpt { to, params })
+}
+
+fn parse_auth(rest: &str) -> Result<Command, CommandError> {
+    let mut words = rest.split_ascii_whitespace();
+    let mechanism = words
+        .next()
+        .ok_or(CommandError::Arguments(
+            "Syntax: AUTH mechanism [initial-response]",
+        ))?
+        .to_ascii_uppercase();
+    let initial = words.next().map(str::to_string);
+    if words.next().is_some() {
+        return Err(CommandError::Arguments(
+            "Syntax: AUTH mechanism [initial-response]",
+        ));
+    }
+    Ok(Command::Auth { mechanism, initial })
 }
 
 fn parse_bdat(rest: &str) -> Result<Command, CommandError> {
@@ -324,6 +361,21 @@ mod tests {
             ("NOOP anything", Command::Noop),
             ("QUIT", Command::Quit),
             ("VRFY someone", Command::Vrfy),
+            ("STARTTLS", Command::StartTls),
+            (
+                "AUTH plain AGEAYg==",
+                Command::Auth {
+                    mechanism: "PLAIN".into(),
+                    initial: Some("AGEAYg==".into()),
+                },
+            ),
+            (
+                "AUTH LOGIN",
+                Command::Auth {
+                    mechanism: "LOGIN".into(),
+                    initial: None,
+                },
+            ),
         ];
         for (line, expected) in table {
             assert_eq!(parse(line.as_bytes()), Ok(expected), "{line}");
@@ -347,6 +399,8 @@ mod tests {
             ("GET / HTTP/1.1", 421),
             ("CONNECT example.com:443 HTTP/1.1", 421),
             ("TURN", 502),
+            ("STARTTLS now", 501),
+            ("AUTH", 501),
         ];
         for (line, expected) in table {
             assert_eq!(code(line), expected, "{line}");

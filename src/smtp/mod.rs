@@ -5,4 +5,5 @@ pub mod address;
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod sasl;
 pub mod server;

@@ -85,6 +85,17 @@ impl Reply {
             (503, _, _) => "bad_sequence",
             (554, 5, 1) => "no_valid_recipients",
             (421, 4, 2) => "timeout",
+            (530, 7, 0) => "auth_required",
+            (538, 7, 11) => "encryption_required",
+            (535, 7, 8) => "auth_failed",
+            (421, 7, 0)
+                if self
+                    .lines
+                    .first()
+                    .is_some_and(|l| l.contains("authentication")) =>
+            {
+                "auth_locked_out"
+            }
             (421, _, _) => "closing",
             (500, _, _) | (502, _, _) => "syntax",
             _ => "other",

@@ -13,6 +13,11 @@ use super::address::{MailParams, Mailbox, RcptParams};
 use super::command::{self, Command, CommandError, Recipient};
 use super::data::{BodyScanner, Violation};
 use super::reply::{Reply, codes};
+use super::sasl::Credentials;
+
+mod auth;
+pub use auth::AuthOutcome;
+use auth::SaslStep;
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -24,14 +29,31 @@ pub struct SessionConfig {
     /// After this many error replies the session is closed with 421.
     pub max_errors: usize,
     pub postmaster: Mailbox,
+    /// STARTTLS can be offered (a certificate is configured).
+    pub tls_available: bool,
+    /// AUTH can be offered (a users file is configured).
+    pub auth_available: bool,
+    /// Submission rules: AUTH before MAIL (RFC 6409 4.3).
+    pub require_auth: bool,
+}
+
+/// The negotiated TLS parameters, for Received and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
 }
 
 /// What the driver knows about the client when the session starts.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub ip: IpAddr,
-    /// Whether recipients at any domain are accepted (trusted network; later, authenticated).
+    /// Whether recipients at any domain are accepted without AUTH (trusted network).
     pub relay_allowed: bool,
+    /// AUTH may be used without TLS from this address (`auth.plaintext_networks`).
+    pub plaintext_auth: bool,
+    /// Set for implicit TLS (RFC 8314): the session starts encrypted.
+    pub tls: Option<TlsInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +72,9 @@ pub struct Transaction {
     pub params: MailParams,
     pub recipients: Vec<Rcpt>,
     pub body: Vec<u8>,
+    pub tls: Option<TlsInfo>,
+    /// The authenticated user, if any.
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -58,6 +83,10 @@ pub enum Event {
     NeedInput,
     /// Store this message, then call [`Session::message_stored`].
     Message(Transaction),
+    /// Write the output (the 220), run the TLS handshake, then call [`Session::tls_started`].
+    StartTls,
+    /// Check these credentials, then call [`Session::auth_result`].
+    Authenticate(Credentials),
     /// Write the output buffer and close the connection.
     Close,
 }
@@ -83,8 +112,13 @@ struct Envelope {
 #[derive(Debug)]
 enum Phase {
     Command,
-    /// Discarding an overlong command line up to its LF.
-    DiscardLine,
+    /// Discarding an overlong line up to its LF, then answering with the reply.
+    DiscardLine(Reply),
+    /// Waiting for the client's next SASL response line.
+    AuthResponse(SaslStep),
+    AwaitingAuth,
+    /// STARTTLS accepted; nothing is read until the driver reports the handshake.
+    AwaitingTls,
     Data(BodyScanner),
     /// Reading a BDAT chunk: `accepted` chunks go to the envelope, others are read and dropped.
     Chunk {
@@ -109,13 +143,14 @@ pub struct Session {
     mail_gate: Option<Reply>,
     /// Reasons of the refusals written since the driver last took them (for metrics).
     refusals: Vec<&'static str>,
+    tls: Option<TlsInfo>,
+    identity: Option<String>,
 }
 
 impl Session {
     pub fn new(cfg: Arc<SessionConfig>, client: ClientInfo) -> Self {
         Session {
             cfg,
-            client,
             input: Vec::new(),
             pos: 0,
             helo: None,
@@ -124,6 +159,9 @@ impl Session {
             errors: 0,
             mail_gate: None,
             refusals: Vec::new(),
+            tls: client.tls.clone(),
+            identity: None,
+            client,
         }
     }
 
@@ -185,7 +223,14 @@ impl Session {
         loop {
             match &mut self.phase {
                 Phase::Closed => return Event::Close,
-                Phase::AwaitingStore => return Event::NeedInput,
+                Phase::AwaitingStore | Phase::AwaitingAuth | Phase::AwaitingTls => {
+                    return Event::NeedInput;
+                }
+                Phase::AuthResponse(_) => {
+                    if let Some(event) = self.read_sasl_line(out) {
+                        return event;
+                    }
+                }
                 Phase::Data(scanner) => {
                     let envelope = self.envelope.as_mut().expect("DATA phase has an envelope");
                     let (n, done) = scanner.feed(&self.input[self.pos..], &mut envelope.body);
@@ -203,11 +248,15 @@ impl Session {
                         return event;
                     }
                 }
-                Phase::DiscardLine => match memchr::memchr(b'\n', &self.input[self.pos..]) {
+                Phase::DiscardLine(_) => match memchr::memchr(b'\n', &self.input[self.pos..]) {
                     Some(i) => {
                         self.pos += i + 1;
-                        self.phase = Phase::Command;
-                        self.reply(CommandError::LineTooLong.reply(), out);
+                        let Phase::DiscardLine(reply) =
+                            std::mem::replace(&mut self.phase, Phase::Command)
+                        else {
+                            unreachable!()
+                        };
+                        self.reply(reply, out);
                     }
                     None => {
                         self.pos = self.input.len();
@@ -219,7 +268,7 @@ impl Session {
                     let Some(lf) = memchr::memchr(b'\n', rest) else {
                         if rest.len() > command::MAX_LINE {
                             self.pos = self.input.len();
-                            self.phase = Phase::DiscardLine;
+                            self.phase = Phase::DiscardLine(overlong(rest).reply());
                         }
                         return Event::NeedInput;
                     };
@@ -228,16 +277,22 @@ impl Session {
                     self.pos = line_end + 1;
                     let line = &self.input[line_start..line_end];
                     let result = match line.strip_suffix(b"\r") {
-                        _ if lf + 1 > command::MAX_LINE => Err(CommandError::LineTooLong),
+                        _ if lf + 1 > command::MAX_LINE => Err(overlong(line)),
                         None => Err(CommandError::Syntax("Bare LF in command line; use CRLF")),
                         Some(l) if l.contains(&b'\r') => {
                             Err(CommandError::Syntax("Bare CR in command line"))
                         }
                         Some(l) => command::parse(l),
                     };
-                    match result {
+                    let event = match result {
                         Ok(cmd) => self.command(cmd, out),
-                        Err(e) => self.reply(e.reply(), out),
+                        Err(e) => {
+                            self.reply(e.reply(), out);
+                            None
+                        }
+                    };
+                    if let Some(event) = event {
+                        return event;
                     }
                 }
             }
@@ -271,12 +326,13 @@ impl Session {
         }
     }
 
-    fn command(&mut self, cmd: Command, out: &mut Vec<u8>) {
+    /// Runs one command; returns an event when the driver must act before the session goes on.
+    fn command(&mut self, cmd: Command, out: &mut Vec<u8>) -> Option<Event> {
         match cmd {
             Command::Ehlo(name) => {
                 self.envelope = None;
                 let c = &self.cfg;
-                let lines = vec![
+                let mut lines = vec![
                     format!("{} greets {}", c.hostname, name),
                     "PIPELINING".into(),
                     format!("SIZE {}", c.max_message_size),
@@ -284,8 +340,14 @@ impl Session {
                     "SMTPUTF8".into(),
                     "ENHANCEDSTATUSCODES".into(),
                     "CHUNKING".into(),
-                    "DSN".into(),
                 ];
+                if c.tls_available && self.tls.is_none() {
+                    lines.push("STARTTLS".into());
+                }
+                if self.auth_offered() {
+                    lines.push("AUTH PLAIN LOGIN".into());
+                }
+                lines.push("DSN".into());
                 self.helo = Some((name, true));
                 Reply::plain(250, lines).write_to(out);
             }
@@ -340,7 +402,12 @@ impl Session {
                 codes::bye().write_to(out);
                 self.phase = Phase::Closed;
             }
+            Command::StartTls => return self.start_tls(out),
+            Command::Auth { mechanism, initial } => {
+                return self.auth(&mechanism, initial.as_deref(), out);
+            }
         }
+        None
     }
 
     fn mail(&mut self, from: Option<Mailbox>, params: MailParams) -> Reply {
@@ -349,6 +416,13 @@ impl Session {
         }
         if self.envelope.is_some() {
             return codes::bad_sequence("Nested MAIL command");
+        }
+        if self.cfg.require_auth && self.identity.is_none() {
+            return Reply::new(
+                530,
+                super::reply::Enhanced(5, 7, 0),
+                "Authentication required",
+            );
         }
         if params
             .size
@@ -388,7 +462,7 @@ impl Session {
                         .reply();
                 }
                 // Sluice has no local mailboxes: every other recipient is relayed.
-                if !self.client.relay_allowed {
+                if !self.client.relay_allowed && self.identity.is_none() {
                     return codes::relay_denied();
                 }
                 m
@@ -485,7 +559,18 @@ impl Session {
             params: envelope.params,
             recipients: envelope.recipients,
             body: envelope.body,
+            tls: self.tls.clone(),
+            identity: self.identity.clone(),
         }))
+    }
+}
+
+/// The error for a line too long to even parse: AUTH has its own code (RFC 4954 6).
+fn overlong(line: &[u8]) -> CommandError {
+    if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ") {
+        CommandError::AuthLineTooLong
+    } else {
+        CommandError::LineTooLong
     }
 }
 

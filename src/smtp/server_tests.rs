@@ -13,7 +13,17 @@ fn config() -> Arc<SessionConfig> {
             local: "postmaster".into(),
             domain: "relay.test".into(),
         },
+        tls_available: true,
+        auth_available: true,
+        require_auth: false,
     })
+}
+
+fn tls_info() -> TlsInfo {
+    TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+    }
 }
 
 struct Harness {
@@ -24,18 +34,27 @@ struct Harness {
 
 impl Harness {
     fn new(relay_allowed: bool) -> Self {
-        let client = ClientInfo {
-            ip: "127.0.0.1".parse().unwrap(),
-            relay_allowed,
-        };
+        Self::with(
+            config(),
+            ClientInfo {
+                ip: "127.0.0.1".parse().unwrap(),
+                relay_allowed,
+                plaintext_auth: false,
+                tls: None,
+            },
+        )
+    }
+
+    fn with(cfg: Arc<SessionConfig>, client: ClientInfo) -> Self {
         Harness {
-            session: Session::new(config(), client),
+            session: Session::new(cfg, client),
             stored: Vec::new(),
             next_id: 0,
         }
     }
 
-    /// Feeds one batch and returns everything the session wrote in response, storing messages.
+    /// Feeds one batch and returns everything the session wrote in response, storing messages
+    /// and answering STARTTLS and AUTH as a driver would (alice/right is the only good login).
     fn send(&mut self, input: &[u8]) -> String {
         let mut out = Vec::new();
         self.session.feed(input);
@@ -47,6 +66,16 @@ impl Harness {
                     self.next_id += 1;
                     let id = format!("ID{}", self.next_id);
                     self.session.message_stored(Ok(&id), &mut out);
+                }
+                Event::StartTls => self.session.tls_started(tls_info()),
+                Event::Authenticate(c) => {
+                    let ok = c.username == "alice" && c.password.expose() == "right";
+                    let outcome = if ok {
+                        AuthOutcome::Success(c.username)
+                    } else {
+                        AuthOutcome::Failed
+                    };
+                    self.session.auth_result(outcome, &mut out);
                 }
             }
         }
@@ -408,4 +437,183 @@ fn random_input_never_panics_and_replies_stay_well_formed() {
         }
         assert!(out.is_empty() || out.ends_with("\r\n"));
     }
+}
+
+fn b64(s: &str) -> String {
+    crate::smtp::sasl::encode(s)
+}
+
+fn untrusted_over_tls() -> Harness {
+    let client = ClientInfo {
+        ip: "192.0.2.9".parse().unwrap(),
+        relay_allowed: false,
+        plaintext_auth: false,
+        tls: Some(tls_info()),
+    };
+    Harness::with(config(), client)
+}
+
+#[test]
+fn starttls_discards_pipelined_plaintext_and_resets_the_session() {
+    let mut h = Harness::new(true);
+    let out = h.send(b"EHLO c\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<a@x.org>\r\n");
+    assert!(out.contains("250-STARTTLS\r\n"), "{out}");
+    assert!(
+        out.ends_with("220 2.0.0 Ready to start TLS\r\n"),
+        "nothing answered after STARTTLS: {out}"
+    );
+    // After the handshake the EHLO is forgotten and STARTTLS is no longer offered.
+    assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [503]);
+    let ehlo = h.send(b"EHLO c\r\n");
+    assert!(
+        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
+        "{ehlo}"
+    );
+    assert_eq!(h.codes(b"STARTTLS\r\n"), [503]);
+}
+
+#[test]
+fn auth_is_neither_offered_nor_accepted_in_plaintext() {
+    let mut h = Harness::new(false);
+    let ehlo = h.send(b"EHLO c\r\n");
+    assert!(!ehlo.contains("AUTH"), "{ehlo}");
+    let out = h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+    assert_eq!(
+        out,
+        "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
+    );
+}
+
+#[test]
+fn plaintext_networks_may_auth_without_tls() {
+    let client = ClientInfo {
+        ip: "10.0.0.5".parse().unwrap(),
+        relay_allowed: false,
+        plaintext_auth: true,
+        tls: None,
+    };
+    let mut h = Harness::with(config(), client);
+    assert!(h.send(b"EHLO c\r\n").contains("AUTH PLAIN LOGIN"));
+    assert_eq!(
+        h.codes(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes()),
+        [235]
+    );
+}
+
+#[test]
+fn auth_plain_and_login_flows_table() {
+    let cases: Vec<(String, Vec<u16>)> = vec![
+        (
+            format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")),
+            vec![235],
+        ),
+        (
+            format!("AUTH PLAIN {}\r\n", b64("alice\0alice\0right")),
+            vec![235],
+        ),
+        (
+            format!("AUTH PLAIN {}\r\n", b64("\0alice\0wrong")),
+            vec![535],
+        ),
+        (
+            format!("AUTH PLAIN {}\r\n", b64("bob\0alice\0right")),
+            vec![535],
+        ),
+        (
+            format!("AUTH PLAIN\r\n{}\r\n", b64("\0alice\0right")),
+            vec![334, 235],
+        ),
+        (
+            format!("AUTH LOGIN\r\n{}\r\n{}\r\n", b64("alice"), b64("right")),
+            vec![334, 334, 235],
+        ),
+        (
+            format!("AUTH LOGIN {}\r\n{}\r\n", b64("alice"), b64("wrong")),
+            vec![334, 535],
+        ),
+        ("AUTH PLAIN\r\n*\r\n".into(), vec![334, 501]),
+        ("AUTH LOGIN\r\n!!!\r\n".into(), vec![334, 501]),
+        ("AUTH CRAM-MD5\r\n".into(), vec![504]),
+        (
+            format!(
+                "AUTH PLAIN {}\r\nAUTH PLAIN {}\r\n",
+                b64("\0alice\0right"),
+                b64("\0alice\0right")
+            ),
+            vec![235, 503],
+        ),
+        (
+            format!(
+                "MAIL FROM:<a@x.org>\r\nAUTH PLAIN {}\r\n",
+                b64("\0alice\0right")
+            ),
+            vec![250, 503],
+        ),
+    ];
+    for (input, expected) in cases {
+        let mut h = untrusted_over_tls();
+        h.send(b"EHLO c\r\n");
+        assert_eq!(h.codes(input.as_bytes()), expected, "{input:?}");
+    }
+}
+
+#[test]
+fn a_cancelled_auth_answers_501_5_7_0() {
+    let mut h = untrusted_over_tls();
+    h.send(b"EHLO c\r\n");
+    assert!(
+        h.send(b"AUTH LOGIN\r\n*\r\n")
+            .ends_with("501 5.7.0 Authentication cancelled\r\n")
+    );
+}
+
+#[test]
+fn overlong_auth_lines_are_500_5_5_6() {
+    let mut h = untrusted_over_tls();
+    h.send(b"EHLO c\r\n");
+    let long = format!("AUTH PLAIN {}\r\n", "A".repeat(13000));
+    assert!(h.send(long.as_bytes()).starts_with("500 5.5.6"));
+    let out = h.send(format!("AUTH PLAIN\r\n{}\r\n", "A".repeat(13000)).as_bytes());
+    assert!(
+        out.ends_with("500 5.5.6 Authentication exchange line is too long\r\n"),
+        "{out}"
+    );
+    assert_eq!(h.codes(b"NOOP\r\n"), [250]);
+}
+
+#[test]
+fn authentication_grants_relay_to_an_untrusted_client() {
+    let mut h = untrusted_over_tls();
+    h.send(b"EHLO c\r\n");
+    assert_eq!(
+        h.codes(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRSET\r\n"),
+        [250, 550, 250]
+    );
+    h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+    assert_eq!(
+        h.codes(b"MAIL FROM:<a@x.org> AUTH=<>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nx\r\n.\r\n"),
+        [250, 250, 354, 250]
+    );
+    assert_eq!(h.stored[0].identity.as_deref(), Some("alice"));
+    assert_eq!(h.stored[0].tls, Some(tls_info()));
+}
+
+#[test]
+fn submission_requires_auth_before_mail() {
+    let mut cfg = (*config()).clone();
+    cfg.require_auth = true;
+    let client = ClientInfo {
+        ip: "127.0.0.1".parse().unwrap(),
+        relay_allowed: true,
+        plaintext_auth: false,
+        tls: Some(tls_info()),
+    };
+    let mut h = Harness::with(Arc::new(cfg), client);
+    h.send(b"EHLO c\r\n");
+    assert_eq!(
+        h.send(b"MAIL FROM:<a@x.org>\r\n"),
+        "530 5.7.0 Authentication required\r\n"
+    );
+    h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+    assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [250]);
 }

@@ -75,6 +75,18 @@ pub enum Identity {
     /// Not trusted: only postmaster was accepted.
     Anonymous,
     TrustedNetwork,
+    /// AUTH as this user.
+    Authenticated(String),
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Anonymous => f.write_str("anonymous"),
+            Identity::TrustedNetwork => f.write_str("trusted-network"),
+            Identity::Authenticated(user) => write!(f, "user:{user}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

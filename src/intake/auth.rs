@@ -1,0 +1,270 @@
+//! AUTH backing: the users file, password verification, and brute-force limits per client IP.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
+
+/// `user:hash` lines; `#` comments and blank lines are skipped. Re-read when the file changes.
+pub struct UsersFile {
+    path: PathBuf,
+    state: Mutex<Users>,
+    /// Verified against when the user does not exist, so timing does not tell who does.
+    dummy_hash: String,
+}
+
+struct Users {
+    modified: Option<SystemTime>,
+    hashes: HashMap<String, String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    /// The users file could not be read.
+    Unavailable,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn parse(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(u, h)| (u.to_string(), h.to_string()))
+        .collect()
+}
+
+impl UsersFile {
+    pub fn open(path: &Path) -> Result<UsersFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("users file {}: {e}", path.display()))?;
+        let hashes = parse(&text);
+        for (user, hash) in &hashes {
+            if scheme(hash).is_none() {
+                tracing::warn!(user = %user, file = %path.display(), "unsupported password hash; this user cannot log in");
+            }
+        }
+        Ok(UsersFile {
+            path: path.to_path_buf(),
+            state: Mutex::new(Users {
+                modified: modified(path),
+                hashes,
+            }),
+            dummy_hash: hash_password("not a real password").map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn hash_of(&self, user: &str) -> Result<Option<String>, ()> {
+        let mut s = self.state.lock().map_err(|_| ())?;
+        let now = modified(&self.path);
+        if now != s.modified {
+            match std::fs::read_to_string(&self.path) {
+                Ok(text) => {
+                    s.hashes = parse(&text);
+                    s.modified = now;
+                    tracing::info!(file = %self.path.display(), users = s.hashes.len(), "users file reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(file = %self.path.display(), error = %e, "users file unreadable");
+                    return Err(());
+                }
+            }
+        }
+        Ok(s.hashes.get(user).cloned())
+    }
+
+    /// Checks a password. CPU-heavy (argon2): call it from a blocking thread.
+    pub fn verify(&self, user: &str, password: &str) -> Verdict {
+        match self.hash_of(user) {
+            Err(()) => Verdict::Unavailable,
+            Ok(Some(hash)) if check(&hash, password) => Verdict::Valid,
+            Ok(Some(_)) => Verdict::Invalid,
+            Ok(None) => {
+                let _ = check(&self.dummy_hash, password);
+                Verdict::Invalid
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Argon2,
+    Bcrypt,
+    Sha512Crypt,
+}
+
+fn scheme(hash: &str) -> Option<Scheme> {
+    if hash.starts_with("$argon2") {
+        Some(Scheme::Argon2)
+    } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) {
+        Some(Scheme::Bcrypt)
+    } else if hash.starts_with("$6$") {
+        Some(Scheme::Sha512Crypt)
+    } else {
+        None
+    }
+}
+
+fn check(hash: &str, password: &str) -> bool {
+    match scheme(hash) {
+        Some(Scheme::Argon2) => PasswordHash::new(hash).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        }),
+        Some(Scheme::Bcrypt) => bcrypt::verify(password, hash).unwrap_or(false),
+        Some(Scheme::Sha512Crypt) => sha_crypt::sha512_check(password, hash).is_ok(),
+        None => false,
+    }
+}
+
+/// An argon2id hash (the argon2 crate's defaults) for the users file.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+/// Failed AUTH attempts per client IP; an IP with `max` failures within `window` is locked
+/// out for `lockout`.
+pub struct FailureTracker {
+    max: u32,
+    window: Duration,
+    lockout: Duration,
+    entries: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+struct Failures {
+    count: u32,
+    since: Instant,
+    locked_until: Option<Instant>,
+}
+
+impl FailureTracker {
+    pub fn new(max: u32, window: Duration, lockout: Duration) -> Self {
+        FailureTracker {
+            max,
+            window,
+            lockout,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_locked(&self, ip: IpAddr, now: Instant) -> bool {
+        let entries = self.entries.lock().expect("failure lock");
+        entries
+            .get(&ip)
+            .and_then(|e| e.locked_until)
+            .is_some_and(|until| now < until)
+    }
+
+    /// Records a failure; true when this one locks the IP out.
+    pub fn record_failure(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut entries = self.entries.lock().expect("failure lock");
+        if entries.len() > 100_000 {
+            entries.retain(|_, e| {
+                e.locked_until.is_some_and(|u| now < u) || now.duration_since(e.since) < self.window
+            });
+        }
+        let e = entries.entry(ip).or_insert(Failures {
+            count: 0,
+            since: now,
+            locked_until: None,
+        });
+        if now.duration_since(e.since) >= self.window || e.locked_until.is_some_and(|u| now >= u) {
+            *e = Failures {
+                count: 0,
+                since: now,
+                locked_until: None,
+            };
+        }
+        e.count += 1;
+        if e.count >= self.max {
+            e.locked_until = Some(now + self.lockout);
+            return true;
+        }
+        false
+    }
+
+    pub fn record_success(&self, ip: IpAddr) {
+        self.entries.lock().expect("failure lock").remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_argon2id_bcrypt_and_sha512_crypt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let argon = hash_password("pw-argon").unwrap();
+        assert!(argon.starts_with("$argon2id$"));
+        let bcrypt_hash = bcrypt::hash("pw-bcrypt", 4).unwrap();
+        // The `$6$` format that mkpasswd -m sha-512 writes.
+        let sha = sha_crypt::sha512_simple("pw-sha", &sha_crypt::Sha512Params::new(5000).unwrap())
+            .unwrap();
+        std::fs::write(
+            &path,
+            format!("# users\nalice:{argon}\nbob:{bcrypt_hash}\ncarol:{sha}\ndave:plaintext\n"),
+        )
+        .unwrap();
+        let users = UsersFile::open(&path).unwrap();
+        assert_eq!(users.verify("alice", "pw-argon"), Verdict::Valid);
+        assert_eq!(users.verify("alice", "wrong"), Verdict::Invalid);
+        assert_eq!(users.verify("bob", "pw-bcrypt"), Verdict::Valid);
+        assert_eq!(users.verify("carol", "pw-sha"), Verdict::Valid);
+        assert_eq!(
+            users.verify("dave", "plaintext"),
+            Verdict::Invalid,
+            "unhashed lines never log in"
+        );
+        assert_eq!(users.verify("nobody", "pw-argon"), Verdict::Invalid);
+    }
+
+    #[test]
+    fn users_file_changes_are_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        std::fs::write(&path, "").unwrap();
+        let users = UsersFile::open(&path).unwrap();
+        assert_eq!(users.verify("erin", "pw"), Verdict::Invalid);
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, format!("erin:{}\n", hash_password("pw").unwrap())).unwrap();
+        assert_eq!(users.verify("erin", "pw"), Verdict::Valid);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(users.verify("erin", "pw"), Verdict::Unavailable);
+    }
+
+    #[test]
+    fn locks_out_after_max_failures_within_the_window() {
+        let t = FailureTracker::new(3, Duration::from_secs(60), Duration::from_secs(300));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(!t.record_failure(ip, t0));
+        assert!(!t.record_failure(ip, t0 + Duration::from_secs(1)));
+        assert!(t.record_failure(ip, t0 + Duration::from_secs(2)));
+        assert!(t.is_locked(ip, t0 + Duration::from_secs(100)));
+        assert!(!t.is_locked(ip, t0 + Duration::from_secs(303)));
+        assert!(!t.is_locked("192.0.2.2".parse().unwrap(), t0));
+        // Failures spread wider than the window never lock.
+        let other: IpAddr = "192.0.2.3".parse().unwrap();
+        for i in 0..10 {
+            assert!(!t.record_failure(other, t0 + Duration::from_secs(61 * i)));
+        }
+    }
+}

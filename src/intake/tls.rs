@@ -1,0 +1,167 @@
+//! Intake TLS: rustls (ring provider, TLS 1.2 and 1.3 only, rustls' modern suites), with the
+//! certificate and key read from PEM files and reloaded when either file changes.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+use crate::smtp::server::TlsInfo;
+
+/// How often the files' modification times are checked, at most.
+const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Writes a self-signed certificate for `hostname` if the configured files are missing and
+/// `self_signed_if_missing` is set.
+pub fn ensure_certificate(cfg: &TlsConfig, hostname: &str) -> Result<(), String> {
+    if cfg.certificate.exists() && cfg.private_key.exists() {
+        return Ok(());
+    }
+    if !cfg.self_signed_if_missing {
+        return Err(format!(
+            "TLS certificate {} or key {} missing",
+            cfg.certificate.display(),
+            cfg.private_key.display()
+        ));
+    }
+    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
+        .map_err(|e| format!("generating a certificate: {e}"))?;
+    for path in [&cfg.certificate, &cfg.private_key] {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    write_private(
+        &cfg.private_key,
+        generated.signing_key.serialize_pem().as_bytes(),
+    )?;
+    fs::write(&cfg.certificate, generated.cert.pem())
+        .map_err(|e| format!("{}: {e}", cfg.certificate.display()))?;
+    tracing::warn!(certificate = %cfg.certificate.display(), hostname, "generated a self-signed TLS certificate; replace it with a real one");
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    CertifiedKey::from_der(chain, key_der, &provider())
+        .map(Arc::new)
+        .map_err(|e| format!("{}: {e}", key.display()))
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Serves the current certificate, re-reading the files when their modification time changes.
+/// A reload that fails keeps the previous certificate and logs why.
+struct ReloadingResolver {
+    cert: PathBuf,
+    key: PathBuf,
+    state: Mutex<Loaded>,
+}
+
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    stamps: (Option<SystemTime>, Option<SystemTime>),
+    checked: Instant,
+}
+
+impl fmt::Debug for ReloadingResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingResolver")
+            .field("cert", &self.cert)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for ReloadingResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut s = self.state.lock().ok()?;
+        if s.checked.elapsed() >= RELOAD_CHECK_INTERVAL {
+            s.checked = Instant::now();
+            let stamps = (modified(&self.cert), modified(&self.key));
+            if stamps != s.stamps {
+                match load(&self.cert, &self.key) {
+                    Ok(key) => {
+                        tracing::info!(certificate = %self.cert.display(), "TLS certificate reloaded");
+                        s.key = key;
+                        s.stamps = stamps;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous one")
+                    }
+                }
+            }
+        }
+        Some(s.key.clone())
+    }
+}
+
+/// Builds the acceptor (after [`ensure_certificate`]).
+pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
+    let key = load(&cfg.certificate, &cfg.private_key)?;
+    let resolver = ReloadingResolver {
+        cert: cfg.certificate.clone(),
+        key: cfg.private_key.clone(),
+        state: Mutex::new(Loaded {
+            key,
+            stamps: (modified(&cfg.certificate), modified(&cfg.private_key)),
+            checked: Instant::now(),
+        }),
+    };
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Version and cipher suite names as logged and written into Received.
+pub fn info(conn: &rustls::ServerConnection) -> TlsInfo {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    let cipher = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    TlsInfo { version, cipher }
+}
