@@ -35,22 +35,16 @@ fn session_pipelined(c: &mut Criterion) {
         max_recipients: 1000,
         max_line: 998,
         max_errors: 20,
-        postmaster: Mailbox {
-            local: "postmaster".into(),
-            domain: "relay.example.net".into(),
-        },
+        postmaster: Mailbox { local: "postmaster".into(), domain: "relay.example.net".into() },
         tls_available: false,
         auth_available: false,
         require_auth: false,
     });
-    let body: String = (0..16)
-        .map(|i| format!("Line {i} of a 1 KiB message body, padded out to sixty-four.\r\n"))
-        .collect();
+    let body: String = (0..16).map(|i| format!("Line {i} of a 1 KiB message body, padded out to sixty-four.\r\n")).collect();
     let mut input = b"EHLO client.example.org\r\n".to_vec();
     let messages = 100;
     for _ in 0..messages {
-        input
-            .extend_from_slice(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
+        input.extend_from_slice(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n");
         input.extend_from_slice(b"Subject: bench\r\n\r\n");
         input.extend_from_slice(body.as_bytes());
         input.extend_from_slice(b".\r\n");
@@ -60,12 +54,7 @@ fn session_pipelined(c: &mut Criterion) {
     g.bench_function("pipelined_1k_messages", |b| {
         let mut out = Vec::with_capacity(64 << 10);
         b.iter(|| {
-            let client = ClientInfo {
-                ip: "127.0.0.1".parse().unwrap(),
-                relay_allowed: true,
-                plaintext_auth: false,
-                tls: None,
-            };
+            let client = ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: None };
             let mut s = Session::new(cfg.clone(), client);
             s.feed(&input);
             out.clear();

@@ -205,10 +205,7 @@ pub struct AdminConfig {
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig {
-        address: "127.0.0.1:25".parse().unwrap(),
-        mode: ListenerMode::Relay,
-    }]
+    vec![ListenerConfig { address: "127.0.0.1:25".parse().unwrap(), mode: ListenerMode::Relay }]
 }
 fn default_trusted() -> Vec<Cidr> {
     vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()]
@@ -288,32 +285,26 @@ impl Default for Limits {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            address: default_metrics_address(),
-        }
+        MetricsConfig { address: default_metrics_address() }
     }
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            socket: default_admin_socket(),
-        }
+        AdminConfig { socket: default_admin_socket() }
     }
 }
 
 impl Config {
     /// Reads and validates a config file; relative paths in it are taken from its directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
     }
 
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let mut config: Config =
-            serde_norway::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let mut config: Config = serde_norway::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
         let mut paths: Vec<&mut PathBuf> = vec![&mut config.spool.path, &mut config.admin.socket];
         if let Some(tls) = config.tls.as_mut() {
             paths.push(&mut tls.certificate);
@@ -333,8 +324,7 @@ impl Config {
 
     /// Checks that span several keys; the line is found from the key's text.
     fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        let err =
-            |key: &str, msg: String| ConfigError(format!("{key}: {msg}{}", line_of(text, key)));
+        let err = |key: &str, msg: String| ConfigError(format!("{key}: {msg}{}", line_of(text, key)));
         let host = &self.hostname.0;
         if !host.is_ascii() || host.starts_with('[') || address::check_domain(host).is_err() {
             return Err(err("hostname", format!("invalid host name {host:?}")));
@@ -342,114 +332,63 @@ impl Config {
         if let Some(p) = &self.postmaster
             && let Err(e) = address::parse_mailbox(p, true)
         {
-            return Err(err(
-                "postmaster",
-                format!("invalid address {p:?}: {}", e.text()),
-            ));
+            return Err(err("postmaster", format!("invalid address {p:?}: {}", e.text())));
         }
         if self.listeners.is_empty() {
             return Err(err("listeners", "at least one listener is required".into()));
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|o| o.address == l.address) {
-                return Err(err(
-                    "listeners",
-                    format!("address {} is listed twice", l.address),
-                ));
+                return Err(err("listeners", format!("address {} is listed twice", l.address)));
             }
         }
         let needs_auth = self.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         if needs_auth && self.tls.is_none() {
-            return Err(err(
-                "listeners",
-                "submission and submissions listeners need a tls section".into(),
-            ));
+            return Err(err("listeners", "submission and submissions listeners need a tls section".into()));
         }
         if needs_auth && self.auth.users_file.is_none() {
-            return Err(err(
-                "listeners",
-                "submission and submissions listeners need auth.users_file".into(),
-            ));
+            return Err(err("listeners", "submission and submissions listeners need auth.users_file".into()));
         }
         if let Some(tls) = &self.tls
             && !tls.self_signed_if_missing
         {
-            for (key, path) in [
-                ("certificate", &tls.certificate),
-                ("private_key", &tls.private_key),
-            ] {
+            for (key, path) in [("certificate", &tls.certificate), ("private_key", &tls.private_key)] {
                 if !path.is_file() {
-                    return Err(err(
-                        key,
-                        format!(
-                            "file {} does not exist (or set self_signed_if_missing: true)",
-                            path.display()
-                        ),
-                    ));
+                    return Err(err(key, format!("file {} does not exist (or set self_signed_if_missing: true)", path.display())));
                 }
             }
         }
         if let Some(users) = &self.auth.users_file
             && !users.is_file()
         {
-            return Err(err(
-                "users_file",
-                format!(
-                    "file {} does not exist (create it with `sluice passwd USER`)",
-                    users.display()
-                ),
-            ));
+            return Err(err("users_file", format!("file {} does not exist (create it with `sluice passwd USER`)", users.display())));
         }
         if self.auth.max_failures == 0 {
             return Err(err("max_failures", "must be at least 1".into()));
         }
         let limits = &self.limits;
         if limits.max_message_size == 0 || limits.max_recipients == 0 || limits.max_hops == 0 {
-            return Err(err(
-                "limits",
-                "max_message_size, max_recipients and max_hops must be positive".into(),
-            ));
+            return Err(err("limits", "max_message_size, max_recipients and max_hops must be positive".into()));
         }
         if limits.max_line_length < crate::smtp::data::MAX_TEXT_LINE {
-            return Err(err(
-                "max_line_length",
-                "must be at least 998 (RFC 5321 4.5.3.1.6)".into(),
-            ));
+            return Err(err("max_line_length", "must be at least 998 (RFC 5321 4.5.3.1.6)".into()));
         }
-        if limits.max_connections == 0
-            || limits.max_connections_per_ip == 0
-            || limits.max_errors == 0
-        {
-            return Err(err(
-                "limits",
-                "connection and error limits must be positive".into(),
-            ));
+        if limits.max_connections == 0 || limits.max_connections_per_ip == 0 || limits.max_errors == 0 {
+            return Err(err("limits", "connection and error limits must be positive".into()));
         }
-        if limits.command_timeout.0 < Duration::from_secs(1)
-            || limits.data_timeout.0 < Duration::from_secs(1)
-        {
+        if limits.command_timeout.0 < Duration::from_secs(1) || limits.data_timeout.0 < Duration::from_secs(1) {
             return Err(err("limits", "timeouts must be at least 1s".into()));
         }
         if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
-            return Err(err(
-                "segment_size",
-                "must be between 1 MiB and 1 GiB".into(),
-            ));
+            return Err(err("segment_size", "must be between 1 MiB and 1 GiB".into()));
         }
         Ok(())
     }
 
     pub fn postmaster(&self) -> Mailbox {
-        match self
-            .postmaster
-            .as_deref()
-            .map(|p| address::parse_mailbox(p, true))
-        {
+        match self.postmaster.as_deref().map(|p| address::parse_mailbox(p, true)) {
             Some(Ok(m)) => m,
-            _ => Mailbox {
-                local: "postmaster".into(),
-                domain: self.hostname.0.clone(),
-            },
+            _ => Mailbox { local: "postmaster".into(), domain: self.hostname.0.clone() },
         }
     }
 
@@ -467,11 +406,7 @@ fn line_of(text: &str, key: &str) -> String {
     let needle = format!("{key}:");
     text.lines()
         .position(|l| {
-            l.trim_start()
-                .trim_start_matches("- ")
-                .trim_start_matches('{')
-                .trim_start()
-                .starts_with(&needle)
+            l.trim_start().trim_start_matches("- ").trim_start_matches('{').trim_start().starts_with(&needle)
                 || l.contains(&format!(" {needle}"))
         })
         .map(|i| format!(" at line {}", i + 1))
@@ -488,16 +423,8 @@ impl Hostname {
         let mut buf = [0u8; 256];
         // SAFETY: buf is valid for 256 bytes and gethostname writes at most that many.
         let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        let name = if rc == 0 {
-            String::from_utf8_lossy(buf.split(|&b| b == 0).next().unwrap_or(b"")).into_owned()
-        } else {
-            String::new()
-        };
-        Hostname(if name.is_empty() {
-            "localhost.localdomain".into()
-        } else {
-            name
-        })
+        let name = if rc == 0 { String::from_utf8_lossy(buf.split(|&b| b == 0).next().unwrap_or(b"")).into_owned() } else { String::new() };
+        Hostname(if name.is_empty() { "localhost.localdomain".into() } else { name })
     }
 }
 
@@ -542,11 +469,7 @@ impl FromStr for Cidr {
         let addr: IpAddr = addr.parse().map_err(|_| format!("invalid network {s:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&p| p <= max)
-                .ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
             None => max,
         };
         Ok(Cidr { addr, prefix })
@@ -568,9 +491,7 @@ impl FromStr for HumanDuration {
     fn from_str(s: &str) -> Result<Self, String> {
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?} (examples: 30s, 5m, 2h)"))?;
+        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (examples: 30s, 5m, 2h)"))?;
         let secs = match unit {
             "" | "s" => n,
             "m" => n * 60,
@@ -632,81 +553,25 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_line_table() {
         let table = [
-            (
-                "hostname: a.b\nbogus: 1\n",
-                "unknown field `bogus`",
-                "line 2",
-            ),
-            (
-                "hostname: a.b\nlimits:\n  max_hops: -1\n",
-                "limits.max_hops",
-                "line 3",
-            ),
-            (
-                "hostname: a.b\nlimits: { max_recipients: lots }\n",
-                "limits.max_recipients",
-                "line 2",
-            ),
-            (
-                "hostname: a.b\ntrusted_networks: [\"10.0.0.0/33\"]\n",
-                "trusted_networks: invalid prefix",
-                "line 2",
-            ),
-            (
-                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1\" }\n",
-                "listeners[0]",
-                "line 3",
-            ),
-            (
-                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: smtps }\n",
-                "unknown variant `smtps`",
-                "line 3",
-            ),
-            (
-                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: submission }\n",
-                "need a tls section",
-                "line 2",
-            ),
+            ("hostname: a.b\nbogus: 1\n", "unknown field `bogus`", "line 2"),
+            ("hostname: a.b\nlimits:\n  max_hops: -1\n", "limits.max_hops", "line 3"),
+            ("hostname: a.b\nlimits: { max_recipients: lots }\n", "limits.max_recipients", "line 2"),
+            ("hostname: a.b\ntrusted_networks: [\"10.0.0.0/33\"]\n", "trusted_networks: invalid prefix", "line 2"),
+            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1\" }\n", "listeners[0]", "line 3"),
+            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: smtps }\n", "unknown variant `smtps`", "line 3"),
+            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: submission }\n", "need a tls section", "line 2"),
             (
                 "hostname: a.b\ntls:\n  certificate: /nonexistent/c.pem\n  private_key: /nonexistent/k.pem\n",
                 "certificate: file /nonexistent/c.pem does not exist",
                 "line 3",
             ),
-            (
-                "hostname: a.b\nauth:\n  users_file: /nonexistent/users\n",
-                "users_file: file /nonexistent/users does not exist",
-                "line 3",
-            ),
-            (
-                "hostname: a.b\nlisteners: []\n",
-                "listeners: at least one",
-                "line 2",
-            ),
-            (
-                "hostname: \"bad name\"\n",
-                "hostname: invalid host name",
-                "line 1",
-            ),
-            (
-                "hostname: a.b\npostmaster: nobody\n",
-                "postmaster: invalid address",
-                "line 2",
-            ),
-            (
-                "hostname: a.b\nlimits:\n  command_timeout: 5 minutes\n",
-                "limits.command_timeout",
-                "line 3",
-            ),
-            (
-                "hostname: a.b\nlimits:\n  max_line_length: 80\n",
-                "max_line_length: must be at least 998",
-                "line 3",
-            ),
-            (
-                "hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\" }\n  - { address: \"127.0.0.1:25\" }\n",
-                "listed twice",
-                "line 2",
-            ),
+            ("hostname: a.b\nauth:\n  users_file: /nonexistent/users\n", "users_file: file /nonexistent/users does not exist", "line 3"),
+            ("hostname: a.b\nlisteners: []\n", "listeners: at least one", "line 2"),
+            ("hostname: \"bad name\"\n", "hostname: invalid host name", "line 1"),
+            ("hostname: a.b\npostmaster: nobody\n", "postmaster: invalid address", "line 2"),
+            ("hostname: a.b\nlimits:\n  command_timeout: 5 minutes\n", "limits.command_timeout", "line 3"),
+            ("hostname: a.b\nlimits:\n  max_line_length: 80\n", "max_line_length: must be at least 998", "line 3"),
+            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\" }\n  - { address: \"127.0.0.1:25\" }\n", "listed twice", "line 2"),
         ];
         for (text, key, line) in table {
             let e = parse(text).expect_err(text);
@@ -723,24 +588,13 @@ mod tests {
         let v6: Cidr = "2001:db8::/33".parse().unwrap();
         assert!(v6.contains("2001:db8:7fff::1".parse().unwrap()));
         assert!(!v6.contains("2001:db8:8000::1".parse().unwrap()));
-        assert!(
-            "0.0.0.0/0"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
+        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
     }
 
     #[test]
     fn durations_parse_and_refuse_nonsense() {
-        assert_eq!(
-            "5m".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(300)
-        );
-        assert_eq!(
-            "90".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(90)
-        );
+        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!("90".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
         assert!("5 weeks".parse::<HumanDuration>().is_err());
     }
 }

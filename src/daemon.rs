@@ -35,13 +35,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
     }
     let mut bound = Vec::new();
     for l in &config.listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|e| format!("listen on {}: {e}", l.address))?;
+        let listener = TcpListener::bind(l.address).await.map_err(|e| format!("listen on {}: {e}", l.address))?;
         bound.push(listener);
     }
-    let admin = crate::admin::bind(&config.admin.socket)
-        .map_err(|e| format!("admin socket {}: {e}", config.admin.socket.display()))?;
+    let admin = crate::admin::bind(&config.admin.socket).map_err(|e| format!("admin socket {}: {e}", config.admin.socket.display()))?;
 
     let (shutdown, watcher) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -50,21 +47,10 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%address, mode = ?cfg.mode, "listening");
         listeners.push(address);
-        tasks.spawn(intake::serve(
-            listener,
-            cfg.mode,
-            ctx.clone(),
-            watcher.clone(),
-        ));
+        tasks.spawn(intake::serve(listener, cfg.mode, ctx.clone(), watcher.clone()));
     }
     tasks.spawn(crate::admin::serve(admin, spool.clone(), watcher));
-    Ok(Running {
-        listeners,
-        shutdown,
-        tasks,
-        ctx,
-        spool,
-    })
+    Ok(Running { listeners, shutdown, tasks, ctx, spool })
 }
 
 impl Running {

@@ -7,11 +7,7 @@ use clap::{Parser, Subcommand};
 use sluice::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "sluice",
-    version,
-    about = "A high-throughput outbound SMTP relay"
-)]
+#[command(name = "sluice", version, about = "A high-throughput outbound SMTP relay")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,36 +54,21 @@ fn load(path: &std::path::Path) -> Result<Config, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Run { config } => load(&config).and_then(|c| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
             runtime.block_on(sluice::daemon::run(c))
         }),
-        Command::Passwd { user } => {
-            sluice::admin::users_file_line(&user).map(|line| println!("{line}"))
-        }
-        Command::CheckConfig { config } => {
-            load(&config).map(|_| println!("{}: OK", config.display()))
-        }
-        Command::Queue {
-            command: QueueCommand::List { config, json },
-        } => load(&config).and_then(|c| {
+        Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
+        Command::CheckConfig { config } => load(&config).map(|_| println!("{}: OK", config.display())),
+        Command::Queue { command: QueueCommand::List { config, json } } => load(&config).and_then(|c| {
             let entries = sluice::admin::queue_list(&c)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?
-                );
+                println!("{}", serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", sluice::admin::format_table(&entries));
             }

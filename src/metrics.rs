@@ -20,9 +20,7 @@ pub const AUTH_ATTEMPTS: &str = "sluice_intake_auth_total";
 pub fn install(address: SocketAddr) -> Result<(), String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(address)
-        .set_buckets(&[
-            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ])
+        .set_buckets(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
         .and_then(|b| {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(SPOOL_MESSAGES_PER_FSYNC.into()),
@@ -37,49 +35,17 @@ pub fn install(address: SocketAddr) -> Result<(), String> {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        CONNECTIONS_TOTAL,
-        "Intake connections accepted, by listener"
-    );
+    describe_counter!(CONNECTIONS_TOTAL, "Intake connections accepted, by listener");
     describe_gauge!(CONNECTIONS_ACTIVE, "Intake connections open now");
-    describe_counter!(
-        CONNECTIONS_REFUSED,
-        "Intake connections refused with 421, by reason"
-    );
-    describe_counter!(
-        MESSAGES_ACCEPTED,
-        "Messages acknowledged with 250 after a durable commit"
-    );
-    describe_counter!(
-        MESSAGES_REJECTED,
-        "Intake replies refusing a message or command, by reason"
-    );
+    describe_counter!(CONNECTIONS_REFUSED, "Intake connections refused with 421, by reason");
+    describe_counter!(MESSAGES_ACCEPTED, "Messages acknowledged with 250 after a durable commit");
+    describe_counter!(MESSAGES_REJECTED, "Intake replies refusing a message or command, by reason");
     describe_counter!(BYTES_ACCEPTED, Unit::Bytes, "Message bytes acknowledged");
-    describe_histogram!(
-        COMMIT_LATENCY,
-        Unit::Seconds,
-        "From the end of a message's write to its durable commit"
-    );
-    describe_histogram!(
-        SPOOL_FSYNC_SECONDS,
-        Unit::Seconds,
-        "Duration of one group commit (flush and fsyncs)"
-    );
-    describe_histogram!(
-        SPOOL_MESSAGES_PER_FSYNC,
-        "Writes made durable by one group commit"
-    );
+    describe_histogram!(COMMIT_LATENCY, Unit::Seconds, "From the end of a message's write to its durable commit");
+    describe_histogram!(SPOOL_FSYNC_SECONDS, Unit::Seconds, "Duration of one group commit (flush and fsyncs)");
+    describe_histogram!(SPOOL_MESSAGES_PER_FSYNC, "Writes made durable by one group commit");
     describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");
-    describe_counter!(
-        TLS_HANDSHAKES,
-        "Completed intake TLS handshakes, by protocol version"
-    );
-    describe_counter!(
-        TLS_HANDSHAKE_FAILURES,
-        "Intake TLS handshakes that failed or timed out"
-    );
-    describe_counter!(
-        AUTH_ATTEMPTS,
-        "AUTH attempts by result: success, failure, locked_out, temporary_failure"
-    );
+    describe_counter!(TLS_HANDSHAKES, "Completed intake TLS handshakes, by protocol version");
+    describe_counter!(TLS_HANDSHAKE_FAILURES, "Intake TLS handshakes that failed or timed out");
+    describe_counter!(AUTH_ATTEMPTS, "AUTH attempts by result: success, failure, locked_out, temporary_failure");
 }

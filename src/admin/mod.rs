@@ -68,10 +68,7 @@ impl From<&Envelope> for QueueEntry {
 }
 
 fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {
-    spool
-        .list()
-        .map(|v| v.iter().map(QueueEntry::from).collect())
-        .map_err(|e| e.to_string())
+    spool.list().map(|v| v.iter().map(QueueEntry::from).collect()).map_err(|e| e.to_string())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -95,11 +92,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(
-    listener: UnixListener,
-    spool: Arc<dyn Spool>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: UnixListener, spool: Arc<dyn Spool>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
@@ -131,31 +124,21 @@ pub async fn serve(
 
 /// `sluice queue list`: from the running daemon, or from the spool when no daemon answers.
 pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let from_daemon = runtime.block_on(async {
         let mut stream = UnixStream::connect(&config.admin.socket).await.ok()?;
         stream.write_all(b"queue list\n").await.ok()?;
         let mut buf = Vec::new();
         stream.read_to_end(&mut buf).await.ok()?;
-        Some(
-            serde_json::from_slice::<Response>(&buf)
-                .map_err(|e| format!("bad answer from daemon: {e}")),
-        )
+        Some(serde_json::from_slice::<Response>(&buf).map_err(|e| format!("bad answer from daemon: {e}")))
     });
     match from_daemon {
         Some(Ok(Response::Queue(entries))) => Ok(entries),
         Some(Ok(Response::Error(e))) => Err(e),
         Some(Err(e)) => Err(e),
         None => {
-            let spool = SledSpool::open(&config.spool).map_err(|e| {
-                format!(
-                    "no daemon at {} and the spool cannot be opened: {e}",
-                    config.admin.socket.display()
-                )
-            })?;
+            let spool = SledSpool::open(&config.spool)
+                .map_err(|e| format!("no daemon at {} and the spool cannot be opened: {e}", config.admin.socket.display()))?;
             let entries = list(spool.as_ref());
             spool.close();
             entries

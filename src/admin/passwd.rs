@@ -6,13 +6,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use crate::intake::hash_password;
 
 pub fn users_file_line(user: &str) -> Result<String, String> {
-    if user.is_empty()
-        || user.contains(':')
-        || user.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "invalid user name {user:?}: no colon, white space or control characters"
-        ));
+    if user.is_empty() || user.contains(':') || user.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("invalid user name {user:?}: no colon, white space or control characters"));
     }
     let stdin = io::stdin();
     let password = if stdin.is_terminal() {
@@ -24,10 +19,7 @@ pub fn users_file_line(user: &str) -> Result<String, String> {
         first
     } else {
         let mut line = String::new();
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        stdin.lock().read_line(&mut line).map_err(|e| e.to_string())?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
     if password.is_empty() {

@@ -7,9 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use argon2::Argon2;
-use argon2::password_hash::{
-    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
-};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 
 /// `user:hash` lines; `#` comments and blank lines are skipped. Re-read when the file changes.
 pub struct UsersFile {
@@ -47,8 +45,7 @@ fn parse(text: &str) -> HashMap<String, String> {
 
 impl UsersFile {
     pub fn open(path: &Path) -> Result<UsersFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("users file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("users file {}: {e}", path.display()))?;
         let hashes = parse(&text);
         for (user, hash) in &hashes {
             if scheme(hash).is_none() {
@@ -57,10 +54,7 @@ impl UsersFile {
         }
         Ok(UsersFile {
             path: path.to_path_buf(),
-            state: Mutex::new(Users {
-                modified: modified(path),
-                hashes,
-            }),
+            state: Mutex::new(Users { modified: modified(path), hashes }),
             dummy_hash: hash_password("not a real password").map_err(|e| e.to_string())?,
         })
     }
@@ -119,11 +113,7 @@ fn scheme(hash: &str) -> Option<Scheme> {
 
 fn check(hash: &str, password: &str) -> bool {
     match scheme(hash) {
-        Some(Scheme::Argon2) => PasswordHash::new(hash).is_ok_and(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        }),
+        Some(Scheme::Argon2) => PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok()),
         Some(Scheme::Bcrypt) => bcrypt::verify(password, hash).unwrap_or(false),
         Some(Scheme::Sha512Crypt) => sha_crypt::sha512_check(password, hash).is_ok(),
         None => false,
@@ -133,9 +123,7 @@ fn check(hash: &str, password: &str) -> bool {
 /// An argon2id hash (the argon2 crate's defaults) for the users file.
 pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
-    Ok(Argon2::default()
-        .hash_password(password.as_bytes(), &salt)?
-        .to_string())
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
 /// Failed AUTH attempts per client IP; an IP with `max` failures within `window` is locked
@@ -155,41 +143,23 @@ struct Failures {
 
 impl FailureTracker {
     pub fn new(max: u32, window: Duration, lockout: Duration) -> Self {
-        FailureTracker {
-            max,
-            window,
-            lockout,
-            entries: Mutex::new(HashMap::new()),
-        }
+        FailureTracker { max, window, lockout, entries: Mutex::new(HashMap::new()) }
     }
 
     pub fn is_locked(&self, ip: IpAddr, now: Instant) -> bool {
         let entries = self.entries.lock().expect("failure lock");
-        entries
-            .get(&ip)
-            .and_then(|e| e.locked_until)
-            .is_some_and(|until| now < until)
+        entries.get(&ip).and_then(|e| e.locked_until).is_some_and(|until| now < until)
     }
 
     /// Records a failure; true when this one locks the IP out.
     pub fn record_failure(&self, ip: IpAddr, now: Instant) -> bool {
         let mut entries = self.entries.lock().expect("failure lock");
         if entries.len() > 100_000 {
-            entries.retain(|_, e| {
-                e.locked_until.is_some_and(|u| now < u) || now.duration_since(e.since) < self.window
-            });
+            entries.retain(|_, e| e.locked_until.is_some_and(|u| now < u) || now.duration_since(e.since) < self.window);
         }
-        let e = entries.entry(ip).or_insert(Failures {
-            count: 0,
-            since: now,
-            locked_until: None,
-        });
+        let e = entries.entry(ip).or_insert(Failures { count: 0, since: now, locked_until: None });
         if now.duration_since(e.since) >= self.window || e.locked_until.is_some_and(|u| now >= u) {
-            *e = Failures {
-                count: 0,
-                since: now,
-                locked_until: None,
-            };
+            *e = Failures { count: 0, since: now, locked_until: None };
         }
         e.count += 1;
         if e.count >= self.max {
@@ -216,23 +186,14 @@ mod tests {
         assert!(argon.starts_with("$argon2id$"));
         let bcrypt_hash = bcrypt::hash("pw-bcrypt", 4).unwrap();
         // The `$6$` format that mkpasswd -m sha-512 writes.
-        let sha = sha_crypt::sha512_simple("pw-sha", &sha_crypt::Sha512Params::new(5000).unwrap())
-            .unwrap();
-        std::fs::write(
-            &path,
-            format!("# users\nalice:{argon}\nbob:{bcrypt_hash}\ncarol:{sha}\ndave:plaintext\n"),
-        )
-        .unwrap();
+        let sha = sha_crypt::sha512_simple("pw-sha", &sha_crypt::Sha512Params::new(5000).unwrap()).unwrap();
+        std::fs::write(&path, format!("# users\nalice:{argon}\nbob:{bcrypt_hash}\ncarol:{sha}\ndave:plaintext\n")).unwrap();
         let users = UsersFile::open(&path).unwrap();
         assert_eq!(users.verify("alice", "pw-argon"), Verdict::Valid);
         assert_eq!(users.verify("alice", "wrong"), Verdict::Invalid);
         assert_eq!(users.verify("bob", "pw-bcrypt"), Verdict::Valid);
         assert_eq!(users.verify("carol", "pw-sha"), Verdict::Valid);
-        assert_eq!(
-            users.verify("dave", "plaintext"),
-            Verdict::Invalid,
-            "unhashed lines never log in"
-        );
+        assert_eq!(users.verify("dave", "plaintext"), Verdict::Invalid, "unhashed lines never log in");
         assert_eq!(users.verify("nobody", "pw-argon"), Verdict::Invalid);
     }
 

@@ -57,27 +57,14 @@ pub(super) async fn serve(
             None => return,
         }
     }
-    let origin = Origin {
-        peer,
-        local,
-        mode,
-        trusted: ctx.config.is_trusted(ip),
-    };
-    let client = ClientInfo {
-        ip,
-        relay_allowed: origin.trusted,
-        plaintext_auth: ctx.config.plaintext_auth_allowed(ip),
-        tls: implicit_tls,
-    };
+    let origin = Origin { peer, local, mode, trusted: ctx.config.is_trusted(ip) };
+    let client = ClientInfo { ip, relay_allowed: origin.trusted, plaintext_auth: ctx.config.plaintext_auth_allowed(ip), tls: implicit_tls };
     let mut session = Session::new(ctx.session_config(mode), client);
     let mut out = Vec::with_capacity(4096);
     if ctx.spool.health() == Health::Failed {
         session.close_with(codes::spool_unavailable(), &mut out);
     } else if ctx.failures.is_locked(ip, Instant::now()) {
-        session.close_with(
-            codes::closing("Too many authentication failures, try again later"),
-            &mut out,
-        );
+        session.close_with(codes::closing("Too many authentication failures, try again later"), &mut out);
     } else {
         session.greeting(&mut out);
     }
@@ -153,11 +140,7 @@ pub(super) async fn serve(
 }
 
 /// Runs the server side of a TLS handshake; `None` (connection dropped) on failure or timeout.
-async fn handshake(
-    ctx: &IntakeContext,
-    tcp: TcpStream,
-    limit: std::time::Duration,
-) -> Option<(Stream, TlsInfo)> {
+async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Duration) -> Option<(Stream, TlsInfo)> {
     let acceptor = ctx.tls.as_ref()?;
     let peer = tcp.peer_addr().ok();
     match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
@@ -180,11 +163,7 @@ async fn handshake(
 
 /// Checks credentials off the async workers (argon2 is slow on purpose), delays failures, and
 /// locks out an address that fails too often.
-async fn authenticate(
-    ctx: &Arc<IntakeContext>,
-    ip: IpAddr,
-    credentials: Credentials,
-) -> AuthOutcome {
+async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credentials) -> AuthOutcome {
     if ctx.failures.is_locked(ip, Instant::now()) {
         metrics::counter!(m::AUTH_ATTEMPTS, "result" => "locked_out").increment(1);
         return AuthOutcome::LockedOut;
@@ -193,11 +172,9 @@ async fn authenticate(
         return AuthOutcome::TemporaryFailure;
     };
     let username = credentials.username.clone();
-    let verdict = tokio::task::spawn_blocking(move || {
-        users.verify(&credentials.username, credentials.password.expose())
-    })
-    .await
-    .unwrap_or(Verdict::Unavailable);
+    let verdict = tokio::task::spawn_blocking(move || users.verify(&credentials.username, credentials.password.expose()))
+        .await
+        .unwrap_or(Verdict::Unavailable);
     match verdict {
         Verdict::Valid => {
             ctx.failures.record_success(ip);
@@ -241,11 +218,7 @@ fn protocol_name(tx: &Transaction) -> &'static str {
 }
 
 /// Checks, stamps and stores one message; `Ok(queue_id)` only once it is durable.
-async fn accept(
-    ctx: &Arc<IntakeContext>,
-    mut tx: Transaction,
-    origin: Origin,
-) -> Result<String, Reply> {
+async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -> Result<String, Reply> {
     let facts = trace::scan_headers(&tx.body);
     if facts.received >= ctx.config.limits.max_hops {
         return Err(codes::too_many_hops());
@@ -256,10 +229,7 @@ async fn accept(
         tx.body = fixed;
     }
     let queue_id = ctx.spool.new_queue_id();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let single = match tx.recipients.as_slice() {
         [only] => Some(&only.mailbox),
         _ => None,
@@ -274,10 +244,7 @@ async fn accept(
             single_recipient: single,
             unix_time: now,
             tls: tx.tls.as_ref(),
-            identity: tx
-                .identity
-                .as_deref()
-                .filter(|_| ctx.config.auth.received_identity),
+            identity: tx.identity.as_deref().filter(|_| ctx.config.auth.received_identity),
         },
         &facts,
     );
@@ -287,11 +254,7 @@ async fn accept(
         (None, true) => Identity::TrustedNetwork,
         (None, false) => Identity::Anonymous,
     };
-    let tls_text = tx
-        .tls
-        .as_ref()
-        .map(|t| format!("{} {}", t.version, t.cipher))
-        .unwrap_or_else(|| "none".into());
+    let tls_text = tx.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)).unwrap_or_else(|| "none".into());
     let envelope = Envelope {
         queue_id: queue_id.clone(),
         from: tx.from,
@@ -315,15 +278,9 @@ async fn accept(
         arrival: now,
         body: None,
     };
-    let from = envelope
-        .from
-        .as_ref()
-        .map(|m| m.to_string())
-        .unwrap_or_default();
+    let from = envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default();
     let recipients = envelope.recipients.len();
-    let message_id = facts
-        .message_id
-        .unwrap_or_else(|| format!("<{queue_id}@{}>", ctx.config.hostname.0));
+    let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{}>", ctx.config.hostname.0));
     let started = Instant::now();
     let stored = if tx.body.len() > BLOCKING_WRITE_THRESHOLD {
         let spool = ctx.spool.clone();

@@ -42,11 +42,7 @@ pub struct Slot {
 
 impl ConnectionLimits {
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(ConnectionLimits {
-            max_total,
-            max_per_ip,
-            counts: Mutex::new(Counts::default()),
-        })
+        Arc::new(ConnectionLimits { max_total, max_per_ip, counts: Mutex::new(Counts::default()) })
     }
 
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
@@ -61,10 +57,7 @@ impl ConnectionLimits {
         *per_ip += 1;
         c.total += 1;
         metrics::gauge!(m::CONNECTIONS_ACTIVE).set(c.total as f64);
-        Ok(Slot {
-            limits: self.clone(),
-            ip,
-        })
+        Ok(Slot { limits: self.clone(), ip })
     }
 
     pub fn active(&self) -> usize {

@@ -69,16 +69,7 @@ impl IntakeContext {
         let limits = ConnectionLimits::new(l.max_connections, l.max_connections_per_ip);
         let a = &config.auth;
         let failures = FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0);
-        Ok(Arc::new(IntakeContext {
-            relay,
-            submission,
-            spool,
-            limits,
-            tls,
-            users,
-            failures,
-            config,
-        }))
+        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, users, failures, config }))
     }
 
     fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {
@@ -90,12 +81,7 @@ impl IntakeContext {
 }
 
 /// Accepts connections until `shutdown` turns true; each connection runs in its own task.
-pub async fn serve(
-    listener: TcpListener,
-    mode: ListenerMode,
-    ctx: Arc<IntakeContext>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, mode: ListenerMode, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -130,11 +116,7 @@ pub async fn serve(
                 if mode != ListenerMode::Submissions {
                     tokio::spawn(async move {
                         let reply = codes::closing("Too many connections, try again later");
-                        let _ = tokio::time::timeout(
-                            std::time::Duration::from_secs(5),
-                            stream.write_all(&reply.to_bytes()),
-                        )
-                        .await;
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.write_all(&reply.to_bytes())).await;
                     });
                 }
             }

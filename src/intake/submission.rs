@@ -5,9 +5,7 @@
 /// The rewritten message, or `None` when nothing needs to change (the common case: no copy).
 pub fn fix_recipient_headers(message: &[u8]) -> Option<Vec<u8>> {
     let (fields, body_start) = header_fields(message);
-    let is = |range: &(usize, usize), name: &[u8]| {
-        field_name(&message[range.0..range.1]).eq_ignore_ascii_case(name)
-    };
+    let is = |range: &(usize, usize), name: &[u8]| field_name(&message[range.0..range.1]).eq_ignore_ascii_case(name);
     let has_bcc = fields.iter().any(|f| is(f, b"Bcc"));
     let has_to_or_cc = fields.iter().any(|f| is(f, b"To") || is(f, b"Cc"));
     if !has_bcc && has_to_or_cc {
@@ -62,22 +60,13 @@ mod tests {
     #[test]
     fn removes_bcc_with_its_folded_lines() {
         let m = "From: a@x\r\nTo: b@y\r\nBcc: secret@z,\r\n hidden@z\r\nSubject: s\r\n\r\nBcc: body text stays\r\n";
-        assert_eq!(
-            fixed(m).unwrap(),
-            "From: a@x\r\nTo: b@y\r\nSubject: s\r\n\r\nBcc: body text stays\r\n"
-        );
+        assert_eq!(fixed(m).unwrap(), "From: a@x\r\nTo: b@y\r\nSubject: s\r\n\r\nBcc: body text stays\r\n");
     }
 
     #[test]
     fn adds_empty_bcc_when_no_to_or_cc_remain() {
-        assert_eq!(
-            fixed("From: a@x\r\nBCC: s@z\r\n\r\nbody\r\n").unwrap(),
-            "From: a@x\r\nBcc:\r\n\r\nbody\r\n"
-        );
-        assert_eq!(
-            fixed("From: a@x\r\n\r\nbody\r\n").unwrap(),
-            "From: a@x\r\nBcc:\r\n\r\nbody\r\n"
-        );
+        assert_eq!(fixed("From: a@x\r\nBCC: s@z\r\n\r\nbody\r\n").unwrap(), "From: a@x\r\nBcc:\r\n\r\nbody\r\n");
+        assert_eq!(fixed("From: a@x\r\n\r\nbody\r\n").unwrap(), "From: a@x\r\nBcc:\r\n\r\nbody\r\n");
     }
 
     #[test]

@@ -32,25 +32,16 @@ pub fn ensure_certificate(cfg: &TlsConfig, hostname: &str) -> Result<(), String>
         return Ok(());
     }
     if !cfg.self_signed_if_missing {
-        return Err(format!(
-            "TLS certificate {} or key {} missing",
-            cfg.certificate.display(),
-            cfg.private_key.display()
-        ));
+        return Err(format!("TLS certificate {} or key {} missing", cfg.certificate.display(), cfg.private_key.display()));
     }
-    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])
-        .map_err(|e| format!("generating a certificate: {e}"))?;
+    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()]).map_err(|e| format!("generating a certificate: {e}"))?;
     for path in [&cfg.certificate, &cfg.private_key] {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
-    write_private(
-        &cfg.private_key,
-        generated.signing_key.serialize_pem().as_bytes(),
-    )?;
-    fs::write(&cfg.certificate, generated.cert.pem())
-        .map_err(|e| format!("{}: {e}", cfg.certificate.display()))?;
+    write_private(&cfg.private_key, generated.signing_key.serialize_pem().as_bytes())?;
+    fs::write(&cfg.certificate, generated.cert.pem()).map_err(|e| format!("{}: {e}", cfg.certificate.display()))?;
     tracing::warn!(certificate = %cfg.certificate.display(), hostname, "generated a self-signed TLS certificate; replace it with a real one");
     Ok(())
 }
@@ -64,8 +55,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    f.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
@@ -76,11 +66,8 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
     if chain.is_empty() {
         return Err(format!("{}: no certificate found", cert.display()));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    CertifiedKey::from_der(chain, key_der, &provider())
-        .map(Arc::new)
-        .map_err(|e| format!("{}: {e}", key.display()))
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    CertifiedKey::from_der(chain, key_der, &provider()).map(Arc::new).map_err(|e| format!("{}: {e}", key.display()))
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -103,9 +90,7 @@ struct Loaded {
 
 impl fmt::Debug for ReloadingResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReloadingResolver")
-            .field("cert", &self.cert)
-            .finish()
+        f.debug_struct("ReloadingResolver").field("cert", &self.cert).finish()
     }
 }
 
@@ -138,11 +123,7 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
     let resolver = ReloadingResolver {
         cert: cfg.certificate.clone(),
         key: cfg.private_key.clone(),
-        state: Mutex::new(Loaded {
-            key,
-            stamps: (modified(&cfg.certificate), modified(&cfg.private_key)),
-            checked: Instant::now(),
-        }),
+        state: Mutex::new(Loaded { key, stamps: (modified(&cfg.certificate), modified(&cfg.private_key)), checked: Instant::now() }),
     };
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -159,9 +140,6 @@ pub fn info(conn: &rustls::ServerConnection) -> TlsInfo {
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
         other => format!("{other:?}"),
     };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
+    let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
     TlsInfo { version, cipher }
 }

@@ -43,11 +43,7 @@ pub fn scan_headers(body: &[u8]) -> HeaderFacts {
         if name.eq_ignore_ascii_case(b"Received") {
             facts.received += 1;
         } else if last_was_message_id {
-            facts.message_id = Some(
-                String::from_utf8_lossy(&line[colon + 1..])
-                    .trim()
-                    .to_string(),
-            );
+            facts.message_id = Some(String::from_utf8_lossy(&line[colon + 1..]).trim().to_string());
         } else if name.eq_ignore_ascii_case(b"Date") {
             facts.has_date = true;
         }
@@ -92,12 +88,7 @@ pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
         trace.queue_id
     );
     if let Some(tls) = trace.tls {
-        let _ = write!(
-            out,
-            "\r\n\t(using {} with cipher {})",
-            clean_comment(&tls.version),
-            clean_comment(&tls.cipher)
-        );
+        let _ = write!(out, "\r\n\t(using {} with cipher {})", clean_comment(&tls.version), clean_comment(&tls.cipher));
     }
     if let Some(user) = trace.identity {
         let _ = write!(out, "\r\n\t(authenticated as {})", clean_comment(user));
@@ -107,11 +98,7 @@ pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
     }
     let _ = write!(out, "; {date}\r\n");
     if facts.message_id.is_none() {
-        let _ = write!(
-            out,
-            "Message-ID: <{}@{}>\r\n",
-            trace.queue_id, trace.hostname
-        );
+        let _ = write!(out, "Message-ID: <{}@{}>\r\n", trace.queue_id, trace.hostname);
     }
     if !facts.has_date {
         let _ = write!(out, "Date: {date}\r\n");
@@ -122,36 +109,18 @@ pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
 /// The HELO argument was syntax-checked, but it is client text: keep only characters that
 /// cannot end the comment, fold the field or smuggle another header.
 fn escape_helo(helo: &str) -> String {
-    helo.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || ".-:[]".contains(c) {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    helo.chars().map(|c| if c.is_ascii_alphanumeric() || ".-:[]".contains(c) { c } else { '?' }).collect()
 }
 
 /// Text inside a Received comment: nothing that could close it or break the line.
 fn clean_comment(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._@+-=".contains(c) {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || "._@+-=".contains(c) { c } else { '?' }).collect()
 }
 
 /// `Mon, 23 Nov 2026 18:08:34 +0000`: RFC 5322 3.3 with a numeric zone (UTC).
 pub fn rfc5322_date(unix: u64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let days = unix / 86400;
     let secs = unix % 86400;
     let (y, m, d) = civil_from_days(days as i64);
@@ -188,10 +157,7 @@ mod tests {
     #[test]
     fn formats_rfc5322_dates() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(
-            rfc5322_date(1_795_457_314),
-            "Mon, 23 Nov 2026 18:08:34 +0000"
-        );
+        assert_eq!(rfc5322_date(1_795_457_314), "Mon, 23 Nov 2026 18:08:34 +0000");
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 
@@ -221,18 +187,9 @@ mod tests {
 
     #[test]
     fn received_names_one_recipient_only_when_there_is_exactly_one() {
-        let m = Mailbox {
-            local: "u".into(),
-            domain: "d.org".into(),
-        };
-        let with = prefix_fields(
-            &trace(Some(&m), "c.test"),
-            &HeaderFacts {
-                has_date: true,
-                message_id: Some("<a@b>".into()),
-                received: 0,
-            },
-        );
+        let m = Mailbox { local: "u".into(), domain: "d.org".into() };
+        let with =
+            prefix_fields(&trace(Some(&m), "c.test"), &HeaderFacts { has_date: true, message_id: Some("<a@b>".into()), received: 0 });
         assert_eq!(
             with,
             "Received: from c.test ([192.0.2.7])\r\n\tby relay.test (Sluice) with ESMTP id 0ABC\r\n\tfor <u@d.org>; Thu, 1 Jan 1970 00:00:00 +0000\r\n"
@@ -245,30 +202,17 @@ mod tests {
 
     #[test]
     fn received_carries_tls_and_optionally_the_identity_as_comments() {
-        let tls = TlsInfo {
-            version: "TLSv1.3".into(),
-            cipher: "TLS13_AES_256_GCM_SHA384".into(),
-        };
+        let tls = TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_256_GCM_SHA384".into() };
         let mut t = trace(None, "c.test");
         t.tls = Some(&tls);
         t.identity = Some("al)ice\r\n");
-        let out = prefix_fields(
-            &t,
-            &HeaderFacts {
-                has_date: true,
-                message_id: Some("<a@b>".into()),
-                received: 0,
-            },
-        );
+        let out = prefix_fields(&t, &HeaderFacts { has_date: true, message_id: Some("<a@b>".into()), received: 0 });
         assert!(out.contains("\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\t(authenticated as al?ice??); "), "{out}");
     }
 
     #[test]
     fn helo_text_cannot_break_the_field() {
         let out = prefix_fields(&trace(None, "bücher.de)\r\nX: y"), &HeaderFacts::default());
-        assert!(
-            out.starts_with("Received: from b?cher.de???X:?y ([192.0.2.7])"),
-            "{out}"
-        );
+        assert!(out.starts_with("Received: from b?cher.de???X:?y ([192.0.2.7])"), "{out}");
     }
 }

@@ -61,29 +61,20 @@ pub fn parse_mailbox(path: &str, utf8_allowed: bool) -> Result<Mailbox, AddressE
     }
     let mailbox = match path.strip_prefix('@') {
         Some(_) => {
-            let colon = path
-                .find(':')
-                .ok_or(AddressError::Syntax("Bad source route"))?;
+            let colon = path.find(':').ok_or(AddressError::Syntax("Bad source route"))?;
             for hop in path[..colon].split(',') {
-                let hop = hop
-                    .strip_prefix('@')
-                    .ok_or(AddressError::Syntax("Bad source route"))?;
+                let hop = hop.strip_prefix('@').ok_or(AddressError::Syntax("Bad source route"))?;
                 check_domain(hop)?;
             }
             &path[colon + 1..]
         }
         None => path,
     };
-    let at = mailbox
-        .rfind('@')
-        .ok_or(AddressError::Syntax("Address needs a domain"))?;
+    let at = mailbox.rfind('@').ok_or(AddressError::Syntax("Address needs a domain"))?;
     let (local, domain) = (&mailbox[..at], &mailbox[at + 1..]);
     check_local_part(local)?;
     check_domain(domain)?;
-    Ok(Mailbox {
-        local: local.to_string(),
-        domain: domain.to_string(),
-    })
+    Ok(Mailbox { local: local.to_string(), domain: domain.to_string() })
 }
 
 fn is_atext(c: char) -> bool {
@@ -98,9 +89,7 @@ fn check_local_part(local: &str) -> Result<(), AddressError> {
         return Err(AddressError::TooLong("Local part too long"));
     }
     if let Some(inner) = local.strip_prefix('"') {
-        let inner = inner
-            .strip_suffix('"')
-            .ok_or(AddressError::Syntax("Bad quoted string"))?;
+        let inner = inner.strip_suffix('"').ok_or(AddressError::Syntax("Bad quoted string"))?;
         let mut escaped = false;
         for c in inner.chars() {
             match (escaped, c) {
@@ -135,9 +124,7 @@ pub fn check_domain(domain: &str) -> Result<(), AddressError> {
         return Err(AddressError::TooLong("Domain too long"));
     }
     if let Some(literal) = domain.strip_prefix('[') {
-        let literal = literal
-            .strip_suffix(']')
-            .ok_or(AddressError::Syntax("Bad address literal"))?;
+        let literal = literal.strip_suffix(']').ok_or(AddressError::Syntax("Bad address literal"))?;
         return check_address_literal(literal);
     }
     for label in domain.split('.') {
@@ -145,9 +132,7 @@ pub fn check_domain(domain: &str) -> Result<(), AddressError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
         if !valid {
             return Err(AddressError::Syntax("Bad domain"));
         }
@@ -160,11 +145,7 @@ fn check_address_literal(literal: &str) -> Result<(), AddressError> {
         Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
         None => literal.parse::<std::net::Ipv4Addr>().is_ok(),
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(AddressError::Syntax("Bad address literal"))
-    }
+    if ok { Ok(()) } else { Err(AddressError::Syntax("Bad address literal")) }
 }
 
 /// BODY= values (RFC 6152); BINARYMIME is not advertised, so it is refused.
@@ -221,11 +202,10 @@ pub enum ParamError {
 
 /// Splits `KEY=VALUE` tokens; keywords are case-insensitive (RFC 5321 4.1.2 esmtp-keyword).
 fn split_params(text: &str) -> impl Iterator<Item = (String, Option<&str>)> {
-    text.split_ascii_whitespace()
-        .map(|token| match token.split_once('=') {
-            Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
-            None => (token.to_ascii_uppercase(), None),
-        })
+    text.split_ascii_whitespace().map(|token| match token.split_once('=') {
+        Some((k, v)) => (k.to_ascii_uppercase(), Some(v)),
+        None => (token.to_ascii_uppercase(), None),
+    })
 }
 
 pub fn parse_mail_params(text: &str) -> Result<MailParams, ParamError> {
@@ -233,10 +213,7 @@ pub fn parse_mail_params(text: &str) -> Result<MailParams, ParamError> {
     for (key, value) in split_params(text) {
         match (key.as_str(), value) {
             ("SIZE", Some(v)) => {
-                p.size = Some(
-                    v.parse()
-                        .map_err(|_| ParamError::BadValue("Bad SIZE value"))?,
-                );
+                p.size = Some(v.parse().map_err(|_| ParamError::BadValue("Bad SIZE value"))?);
             }
             ("BODY", Some(v)) => {
                 p.body = Some(match v.to_ascii_uppercase().as_str() {
@@ -255,9 +232,7 @@ pub fn parse_mail_params(text: &str) -> Result<MailParams, ParamError> {
             }
             ("ENVID", Some(v)) if is_xtext(v) && v.len() <= 100 => p.envid = Some(v.to_string()),
             ("ENVID", _) => return Err(ParamError::BadValue("Bad ENVID value")),
-            ("AUTH", Some(v)) if v == "<>" || (is_xtext(v) && v.len() <= 500) => {
-                p.auth = Some(v.to_string())
-            }
+            ("AUTH", Some(v)) if v == "<>" || (is_xtext(v) && v.len() <= 500) => p.auth = Some(v.to_string()),
             ("AUTH", _) => return Err(ParamError::BadValue("Bad AUTH value")),
             _ => return Err(ParamError::Unknown(key)),
         }
@@ -271,9 +246,7 @@ pub fn parse_rcpt_params(text: &str) -> Result<RcptParams, ParamError> {
         match (key.as_str(), value) {
             ("NOTIFY", Some(v)) => p.notify = Some(parse_notify(v)?),
             ("ORCPT", Some(v)) => {
-                let valid = v
-                    .split_once(';')
-                    .is_some_and(|(t, a)| !t.is_empty() && is_xtext(a) && !a.is_empty());
+                let valid = v.split_once(';').is_some_and(|(t, a)| !t.is_empty() && is_xtext(a) && !a.is_empty());
                 if !valid || v.len() > 500 {
                     return Err(ParamError::BadValue("Bad ORCPT value"));
                 }
@@ -339,11 +312,7 @@ mod tests {
         ];
         for (input, local, domain) in ok {
             let m = parse_mailbox(input, false).unwrap_or_else(|e| panic!("{input}: {e:?}"));
-            assert_eq!(
-                (m.local.as_str(), m.domain.as_str()),
-                (local, domain),
-                "{input}"
-            );
+            assert_eq!((m.local.as_str(), m.domain.as_str()), (local, domain), "{input}");
         }
     }
 
@@ -370,45 +339,29 @@ mod tests {
     #[test]
     fn enforces_rfc5321_length_limits() {
         let local = "a".repeat(65);
-        assert_eq!(
-            parse_mailbox(&format!("{local}@x.org"), false),
-            Err(AddressError::TooLong("Local part too long"))
-        );
+        assert_eq!(parse_mailbox(&format!("{local}@x.org"), false), Err(AddressError::TooLong("Local part too long")));
         let label = "a".repeat(63);
         let domain = [label.as_str(); 5].join(".");
-        assert!(matches!(
-            parse_mailbox(&format!("u@{domain}"), false),
-            Err(AddressError::TooLong(_))
-        ));
+        assert!(matches!(parse_mailbox(&format!("u@{domain}"), false), Err(AddressError::TooLong(_))));
         assert!(parse_mailbox(&format!("{}@x.org", "a".repeat(64)), false).is_ok());
     }
 
     #[test]
     fn requires_smtputf8_for_non_ascii() {
-        assert_eq!(
-            parse_mailbox("jörg@example.de", false),
-            Err(AddressError::NeedsSmtpUtf8)
-        );
+        assert_eq!(parse_mailbox("jörg@example.de", false), Err(AddressError::NeedsSmtpUtf8));
         assert!(parse_mailbox("jörg@bücher.de", true).is_ok());
     }
 
     #[test]
     fn parses_mail_parameters() {
-        let p =
-            parse_mail_params("SIZE=1000 BODY=8bitmime SMTPUTF8 RET=HDRS ENVID=abc+2B1").unwrap();
+        let p = parse_mail_params("SIZE=1000 BODY=8bitmime SMTPUTF8 RET=HDRS ENVID=abc+2B1").unwrap();
         assert_eq!(p.size, Some(1000));
         assert_eq!(p.body, Some(Body::EightBitMime));
         assert!(p.smtputf8);
         assert_eq!(p.ret, Some(Ret::Hdrs));
         assert_eq!(p.envid.as_deref(), Some("abc+2B1"));
-        assert_eq!(
-            parse_mail_params("FOO=1"),
-            Err(ParamError::Unknown("FOO".into()))
-        );
-        assert_eq!(
-            parse_mail_params("BODY=BINARYMIME"),
-            Err(ParamError::BadValue("Unsupported BODY value"))
-        );
+        assert_eq!(parse_mail_params("FOO=1"), Err(ParamError::Unknown("FOO".into())));
+        assert_eq!(parse_mail_params("BODY=BINARYMIME"), Err(ParamError::BadValue("Unsupported BODY value")));
         assert!(parse_mail_params("SIZE=x").is_err());
         assert!(parse_mail_params("ENVID=a+zz").is_err());
     }
@@ -416,20 +369,10 @@ mod tests {
     #[test]
     fn parses_rcpt_parameters() {
         let p = parse_rcpt_params("NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;u@x.org").unwrap();
-        assert_eq!(
-            p.notify,
-            Some(Notify {
-                success: true,
-                failure: true,
-                ..Notify::default()
-            })
-        );
+        assert_eq!(p.notify, Some(Notify { success: true, failure: true, ..Notify::default() }));
         assert_eq!(p.orcpt.as_deref(), Some("rfc822;u@x.org"));
         assert!(parse_rcpt_params("NOTIFY=NEVER,SUCCESS").is_err());
         assert!(parse_rcpt_params("ORCPT=nosemicolon").is_err());
-        assert_eq!(
-            parse_rcpt_params("XFOO"),
-            Err(ParamError::Unknown("XFOO".into()))
-        );
+        assert_eq!(parse_rcpt_params("XFOO"), Err(ParamError::Unknown("XFOO".into())));
     }
 }

@@ -76,21 +76,13 @@ impl CommandError {
         match self {
             CommandError::Syntax(t) => codes::syntax(t),
             CommandError::LineTooLong => codes::syntax("Line too long"),
-            CommandError::AuthLineTooLong => Reply::new(
-                500,
-                super::reply::Enhanced(5, 5, 6),
-                "Authentication exchange line is too long",
-            ),
+            CommandError::AuthLineTooLong => Reply::new(500, super::reply::Enhanced(5, 5, 6), "Authentication exchange line is too long"),
             CommandError::Arguments(t) => codes::bad_arguments(t),
-            CommandError::Address(AddressError::NeedsSmtpUtf8) => Reply::new(
-                553,
-                super::reply::Enhanced(5, 6, 7),
-                AddressError::NeedsSmtpUtf8.text(),
-            ),
-            CommandError::Address(e) => codes::bad_address(e.text()),
-            CommandError::Parameter(ParamError::Unknown(k)) => {
-                codes::bad_parameter(&format!("Unsupported parameter {}", truncate(k, 32)))
+            CommandError::Address(AddressError::NeedsSmtpUtf8) => {
+                Reply::new(553, super::reply::Enhanced(5, 6, 7), AddressError::NeedsSmtpUtf8.text())
             }
+            CommandError::Address(e) => codes::bad_address(e.text()),
+            CommandError::Parameter(ParamError::Unknown(k)) => codes::bad_parameter(&format!("Unsupported parameter {}", truncate(k, 32))),
             CommandError::Parameter(ParamError::BadValue(t)) => codes::bad_arguments(t),
             CommandError::Http => codes::closing("HTTP is not spoken here"),
             CommandError::NotImplemented(t) => codes::not_implemented(t),
@@ -107,8 +99,7 @@ fn truncate(s: &str, max: usize) -> &str {
 
 /// Parses one command line (CRLF already removed). `line_len` counts the CRLF, for the limits.
 pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
-    let line =
-        std::str::from_utf8(line).map_err(|_| CommandError::Syntax("Invalid UTF-8 in command"))?;
+    let line = std::str::from_utf8(line).map_err(|_| CommandError::Syntax("Invalid UTF-8 in command"))?;
     let (verb, rest) = match line.find(' ') {
         Some(i) => (&line[..i], &line[i + 1..]),
         None => (line, ""),
@@ -121,18 +112,10 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         _ => COMMAND_LINE,
     };
     if line.len() + 2 > limit {
-        return Err(if verb == "AUTH" {
-            CommandError::AuthLineTooLong
-        } else {
-            CommandError::LineTooLong
-        });
+        return Err(if verb == "AUTH" { CommandError::AuthLineTooLong } else { CommandError::LineTooLong });
     }
     let no_args = |cmd: Command| {
-        if rest.trim().is_empty() {
-            Ok(cmd)
-        } else {
-            Err(CommandError::Arguments("No arguments allowed"))
-        }
+        if rest.trim().is_empty() { Ok(cmd) } else { Err(CommandError::Arguments("No arguments allowed")) }
     };
     match verb.as_str() {
         "EHLO" => Ok(Command::Ehlo(parse_helo_arg(rest)?)),
@@ -148,14 +131,10 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
         "QUIT" => no_args(Command::Quit),
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
-        "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" | "OPTIONS" | "DELETE" => {
-            Err(CommandError::Http)
-        }
+        "GET" | "POST" | "HEAD" | "PUT" | "CONNECT" | "OPTIONS" | "DELETE" => Err(CommandError::Http),
         "STARTTLS" => no_args(Command::StartTls),
         "AUTH" => parse_auth(rest),
-        "TURN" | "ETRN" | "ATRN" | "SAML" | "SEND" | "SOML" => {
-            Err(CommandError::NotImplemented("Command not implemented"))
-        }
+        "TURN" | "ETRN" | "ATRN" | "SAML" | "SEND" | "SOML" => Err(CommandError::NotImplemented("Command not implemented")),
         _ => Err(CommandError::Syntax("Syntax error, command unrecognized")),
     }
 }
@@ -165,30 +144,19 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
 fn parse_helo_arg(rest: &str) -> Result<String, CommandError> {
     let arg = rest.trim();
     if arg.is_empty() || arg.contains(' ') {
-        return Err(CommandError::Arguments(
-            "EHLO/HELO requires a domain or address literal",
-        ));
+        return Err(CommandError::Arguments("EHLO/HELO requires a domain or address literal"));
     }
-    address::check_domain(arg)
-        .map_err(|_| CommandError::Arguments("Invalid domain or address literal"))?;
+    address::check_domain(arg).map_err(|_| CommandError::Arguments("Invalid domain or address literal"))?;
     Ok(arg.to_string())
 }
 
 /// Splits `FROM:<path> params` / `TO:<path> params`, tolerating a space after the colon.
 fn split_path<'a>(rest: &'a str, keyword: &str) -> Result<(&'a str, &'a str), CommandError> {
-    let head = rest
-        .get(..keyword.len())
-        .filter(|h| h.eq_ignore_ascii_case(keyword));
+    let head = rest.get(..keyword.len()).filter(|h| h.eq_ignore_ascii_case(keyword));
     let after = head
         .map(|_| rest[keyword.len()..].trim_start())
-        .ok_or(CommandError::Arguments(
-            "Syntax: expected FROM:<address> or TO:<address>",
-        ))?;
-    let inner = after
-        .strip_prefix('<')
-        .ok_or(CommandError::Address(AddressError::Syntax(
-            "Path must be in angle brackets",
-        )))?;
+        .ok_or(CommandError::Arguments("Syntax: expected FROM:<address> or TO:<address>"))?;
+    let inner = after.strip_prefix('<').ok_or(CommandError::Address(AddressError::Syntax("Path must be in angle brackets")))?;
     // A quoted local part may contain '>', so find the closing bracket outside quotes.
     let mut quoted = false;
     let mut escaped = false;
@@ -207,19 +175,13 @@ fn split_path<'a>(rest: &'a str, keyword: &str) -> Result<(&'a str, &'a str), Co
             _ => {}
         }
     }
-    Err(CommandError::Address(AddressError::Syntax(
-        "Missing closing angle bracket",
-    )))
+    Err(CommandError::Address(AddressError::Syntax("Missing closing angle bracket")))
 }
 
 fn parse_mail(rest: &str) -> Result<Command, CommandError> {
     let (path, params) = split_path(rest, "FROM:")?;
     let params = address::parse_mail_params(params).map_err(CommandError::Parameter)?;
-    let from = if path.is_empty() {
-        None
-    } else {
-        Some(address::parse_mailbox(path, params.smtputf8).map_err(CommandError::Address)?)
-    };
+    let from = if path.is_empty() { None } else { Some(address::parse_mailbox(path, params.smtputf8).map_err(CommandError::Address)?) };
     Ok(Command::Mail { from, params })
 }
 
@@ -237,17 +199,10 @@ fn parse_rcpt(rest: &str) -> Result<Command, CommandError> {
 
 fn parse_auth(rest: &str) -> Result<Command, CommandError> {
     let mut words = rest.split_ascii_whitespace();
-    let mechanism = words
-        .next()
-        .ok_or(CommandError::Arguments(
-            "Syntax: AUTH mechanism [initial-response]",
-        ))?
-        .to_ascii_uppercase();
+    let mechanism = words.next().ok_or(CommandError::Arguments("Syntax: AUTH mechanism [initial-response]"))?.to_ascii_uppercase();
     let initial = words.next().map(str::to_string);
     if words.next().is_some() {
-        return Err(CommandError::Arguments(
-            "Syntax: AUTH mechanism [initial-response]",
-        ));
+        return Err(CommandError::Arguments("Syntax: AUTH mechanism [initial-response]"));
     }
     Ok(Command::Auth { mechanism, initial })
 }
@@ -283,99 +238,34 @@ mod tests {
 
     #[test]
     fn parses_commands_table() {
-        let m = |l: &str, d: &str| {
-            Some(Mailbox {
-                local: l.into(),
-                domain: d.into(),
-            })
-        };
+        let m = |l: &str, d: &str| Some(Mailbox { local: l.into(), domain: d.into() });
         let table: Vec<(&str, Command)> = vec![
-            (
-                "EHLO client.example",
-                Command::Ehlo("client.example".into()),
-            ),
+            ("EHLO client.example", Command::Ehlo("client.example".into())),
             ("helo [192.0.2.1]", Command::Helo("[192.0.2.1]".into())),
-            (
-                "MAIL FROM:<>",
-                Command::Mail {
-                    from: None,
-                    params: MailParams::default(),
-                },
-            ),
-            (
-                "mail from:<a@b.org>",
-                Command::Mail {
-                    from: m("a", "b.org"),
-                    params: MailParams::default(),
-                },
-            ),
+            ("MAIL FROM:<>", Command::Mail { from: None, params: MailParams::default() }),
+            ("mail from:<a@b.org>", Command::Mail { from: m("a", "b.org"), params: MailParams::default() }),
             (
                 "MAIL FROM: <a@b.org> SIZE=10",
-                Command::Mail {
-                    from: m("a", "b.org"),
-                    params: MailParams {
-                        size: Some(10),
-                        ..Default::default()
-                    },
-                },
+                Command::Mail { from: m("a", "b.org"), params: MailParams { size: Some(10), ..Default::default() } },
             ),
-            (
-                "RCPT TO:<Postmaster>",
-                Command::Rcpt {
-                    to: Recipient::Postmaster,
-                    params: RcptParams::default(),
-                },
-            ),
-            (
-                "RCPT TO:<postmaster>",
-                Command::Rcpt {
-                    to: Recipient::Postmaster,
-                    params: RcptParams::default(),
-                },
-            ),
+            ("RCPT TO:<Postmaster>", Command::Rcpt { to: Recipient::Postmaster, params: RcptParams::default() }),
+            ("RCPT TO:<postmaster>", Command::Rcpt { to: Recipient::Postmaster, params: RcptParams::default() }),
             (
                 "RCPT TO:<\"a>b\"@c.org>",
                 Command::Rcpt {
-                    to: Recipient::Mailbox(Mailbox {
-                        local: "\"a>b\"".into(),
-                        domain: "c.org".into(),
-                    }),
+                    to: Recipient::Mailbox(Mailbox { local: "\"a>b\"".into(), domain: "c.org".into() }),
                     params: RcptParams::default(),
                 },
             ),
             ("DATA", Command::Data),
-            (
-                "BDAT 100 LAST",
-                Command::Bdat {
-                    size: 100,
-                    last: true,
-                },
-            ),
-            (
-                "BDAT 0",
-                Command::Bdat {
-                    size: 0,
-                    last: false,
-                },
-            ),
+            ("BDAT 100 LAST", Command::Bdat { size: 100, last: true }),
+            ("BDAT 0", Command::Bdat { size: 0, last: false }),
             ("NOOP anything", Command::Noop),
             ("QUIT", Command::Quit),
             ("VRFY someone", Command::Vrfy),
             ("STARTTLS", Command::StartTls),
-            (
-                "AUTH plain AGEAYg==",
-                Command::Auth {
-                    mechanism: "PLAIN".into(),
-                    initial: Some("AGEAYg==".into()),
-                },
-            ),
-            (
-                "AUTH LOGIN",
-                Command::Auth {
-                    mechanism: "LOGIN".into(),
-                    initial: None,
-                },
-            ),
+            ("AUTH plain AGEAYg==", Command::Auth { mechanism: "PLAIN".into(), initial: Some("AGEAYg==".into()) }),
+            ("AUTH LOGIN", Command::Auth { mechanism: "LOGIN".into(), initial: None }),
         ];
         for (line, expected) in table {
             assert_eq!(parse(line.as_bytes()), Ok(expected), "{line}");
@@ -413,11 +303,7 @@ mod tests {
         assert_eq!(parse(long_noop.as_bytes()), Err(CommandError::LineTooLong));
         // RCPT may use 500 more octets with DSN parameters.
         let domain = format!("{}.org", "d".repeat(60));
-        let rcpt = format!(
-            "RCPT TO:<{}@{domain}> ORCPT=rfc822;{}",
-            "a".repeat(60),
-            "x".repeat(480)
-        );
+        let rcpt = format!("RCPT TO:<{}@{domain}> ORCPT=rfc822;{}", "a".repeat(60), "x".repeat(480));
         assert!(rcpt.len() > COMMAND_LINE);
         assert!(parse(rcpt.as_bytes()).is_ok());
         let too_long = format!("RCPT TO:<a@b.org> ORCPT=rfc822;{}", "x".repeat(1100));

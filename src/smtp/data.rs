@@ -55,15 +55,7 @@ impl BodyScanner {
     }
 
     fn new(dot_mode: bool, max_size: usize, max_line: usize) -> Self {
-        BodyScanner {
-            state: State::LineStart,
-            dot_mode,
-            line_len: 0,
-            max_line,
-            max_size,
-            size: 0,
-            violation: None,
-        }
+        BodyScanner { state: State::LineStart, dot_mode, line_len: 0, max_line, max_size, size: 0, violation: None }
     }
 
     pub fn violation(&self) -> Option<Violation> {
@@ -228,12 +220,7 @@ mod tests {
 
     #[test]
     fn bare_line_endings_are_violations_table() {
-        let table: [&[u8]; 4] = [
-            b"a\nb\r\n.\r\n",
-            b"a\rb\r\n.\r\n",
-            b"a\r\n.\rb\r\n.\r\n",
-            b"\n.\r\n.\r\n",
-        ];
+        let table: [&[u8]; 4] = [b"a\nb\r\n.\r\n", b"a\rb\r\n.\r\n", b"a\r\n.\rb\r\n.\r\n", b"\n.\r\n.\r\n"];
         for input in table {
             let (_, _, done, v) = run_data(input);
             assert!(done, "{input:?}");

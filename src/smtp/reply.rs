@@ -25,20 +25,12 @@ pub struct Reply {
 impl Reply {
     /// A one-line reply with an enhanced status code.
     pub fn new(code: u16, enhanced: Enhanced, text: impl Into<String>) -> Self {
-        Reply {
-            code,
-            enhanced: Some(enhanced),
-            lines: vec![text.into()],
-        }
+        Reply { code, enhanced: Some(enhanced), lines: vec![text.into()] }
     }
 
     /// A reply without an enhanced code (greeting, HELO/EHLO: RFC 2034 section 3).
     pub fn plain(code: u16, lines: Vec<String>) -> Self {
-        Reply {
-            code,
-            enhanced: None,
-            lines,
-        }
+        Reply { code, enhanced: None, lines }
     }
 
     pub fn is_positive(&self) -> bool {
@@ -61,9 +53,7 @@ impl Reply {
             let sep = if i == last { ' ' } else { '-' };
             let line = sanitize(line);
             match self.enhanced {
-                Some(e) => {
-                    out.extend_from_slice(format!("{}{sep}{e} {line}\r\n", self.code).as_bytes())
-                }
+                Some(e) => out.extend_from_slice(format!("{}{sep}{e} {line}\r\n", self.code).as_bytes()),
                 None => out.extend_from_slice(format!("{}{sep}{line}\r\n", self.code).as_bytes()),
             }
         }
@@ -88,14 +78,7 @@ impl Reply {
             (530, 7, 0) => "auth_required",
             (538, 7, 11) => "encryption_required",
             (535, 7, 8) => "auth_failed",
-            (421, 7, 0)
-                if self
-                    .lines
-                    .first()
-                    .is_some_and(|l| l.contains("authentication")) =>
-            {
-                "auth_locked_out"
-            }
+            (421, 7, 0) if self.lines.first().is_some_and(|l| l.contains("authentication")) => "auth_locked_out",
             (421, _, _) => "closing",
             (500, _, _) | (502, _, _) => "syntax",
             _ => "other",
@@ -121,11 +104,7 @@ impl fmt::Display for Reply {
 
 /// Reply text may echo client input; a CR or LF there would forge extra reply lines.
 fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.bytes().any(|b| b == b'\r' || b == b'\n') {
-        text.replace(['\r', '\n'], " ").into()
-    } else {
-        text.into()
-    }
+    if text.bytes().any(|b| b == b'\r' || b == b'\n') { text.replace(['\r', '\n'], " ").into() } else { text.into() }
 }
 
 /// The replies the server session uses, named by meaning so call sites read as policy.
@@ -154,18 +133,10 @@ pub mod codes {
         Reply::new(221, E(2, 0, 0), "Bye")
     }
     pub fn vrfy() -> Reply {
-        Reply::new(
-            252,
-            E(2, 5, 0),
-            "Cannot VRFY user, but will accept message and attempt delivery",
-        )
+        Reply::new(252, E(2, 5, 0), "Cannot VRFY user, but will accept message and attempt delivery")
     }
     pub fn help() -> Reply {
-        Reply::new(
-            214,
-            E(2, 0, 0),
-            "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
-        )
+        Reply::new(214, E(2, 0, 0), "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT")
     }
     pub fn bad_sequence(text: &str) -> Reply {
         Reply::new(503, E(5, 5, 1), text)
@@ -186,11 +157,7 @@ pub mod codes {
         Reply::new(553, E(5, 1, 3), text)
     }
     pub fn too_big() -> Reply {
-        Reply::new(
-            552,
-            E(5, 3, 4),
-            "Message size exceeds fixed maximum message size",
-        )
+        Reply::new(552, E(5, 3, 4), "Message size exceeds fixed maximum message size")
     }
     pub fn too_many_recipients() -> Reply {
         Reply::new(452, E(4, 5, 3), "Too many recipients")
@@ -205,11 +172,7 @@ pub mod codes {
         Reply::new(554, E(5, 4, 6), "Too many hops (mail loop?)")
     }
     pub fn bad_line_endings() -> Reply {
-        Reply::new(
-            550,
-            E(5, 6, 0),
-            "Bare CR or LF in message; lines must end with CRLF",
-        )
+        Reply::new(550, E(5, 6, 0), "Bare CR or LF in message; lines must end with CRLF")
     }
     pub fn data_line_too_long() -> Reply {
         Reply::new(550, E(5, 6, 0), "Message line too long")
@@ -218,32 +181,16 @@ pub mod codes {
         Reply::new(421, E(4, 7, 0), text)
     }
     pub fn timeout() -> Reply {
-        Reply::new(
-            421,
-            E(4, 4, 2),
-            "Timeout waiting for input, closing connection",
-        )
+        Reply::new(421, E(4, 4, 2), "Timeout waiting for input, closing connection")
     }
     pub fn spool_failed() -> Reply {
-        Reply::new(
-            451,
-            E(4, 3, 0),
-            "Local error storing message, try again later",
-        )
+        Reply::new(451, E(4, 3, 0), "Local error storing message, try again later")
     }
     pub fn spool_unavailable() -> Reply {
-        Reply::new(
-            421,
-            E(4, 3, 0),
-            "Mail system unavailable (spool error), closing connection",
-        )
+        Reply::new(421, E(4, 3, 0), "Mail system unavailable (spool error), closing connection")
     }
     pub fn disk_full() -> Reply {
-        Reply::new(
-            452,
-            E(4, 3, 1),
-            "Insufficient system storage, try again later",
-        )
+        Reply::new(452, E(4, 3, 1), "Insufficient system storage, try again later")
     }
 }
 
@@ -253,10 +200,7 @@ mod tests {
 
     #[test]
     fn writes_single_line_with_enhanced_code() {
-        assert_eq!(
-            codes::relay_denied().to_bytes(),
-            b"550 5.7.1 Relaying denied\r\n"
-        );
+        assert_eq!(codes::relay_denied().to_bytes(), b"550 5.7.1 Relaying denied\r\n");
     }
 
     #[test]

@@ -53,9 +53,7 @@ pub fn decode_line(line: &str) -> Result<Vec<u8>, SaslError> {
 pub fn decode_plain(line: &str) -> Result<Credentials, SaslError> {
     let raw = decode_line(line)?;
     let mut parts = raw.split(|&b| b == 0);
-    let (Some(authzid), Some(user), Some(pass), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(authzid), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(SaslError::Malformed);
     };
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| SaslError::Malformed);
@@ -63,11 +61,7 @@ pub fn decode_plain(line: &str) -> Result<Credentials, SaslError> {
     if username.is_empty() {
         return Err(SaslError::Malformed);
     }
-    Ok(Credentials {
-        authzid: text(authzid)?,
-        username,
-        password: Secret(text(pass)?),
-    })
+    Ok(Credentials { authzid: text(authzid)?, username, password: Secret(text(pass)?) })
 }
 
 /// One LOGIN response (user name or password), as text.
@@ -86,21 +80,12 @@ mod tests {
     #[test]
     fn decodes_plain_table() {
         let c = decode_plain(&encode("\0alice\0s3cret")).unwrap();
-        assert_eq!(
-            (c.authzid.as_str(), c.username.as_str(), c.password.expose()),
-            ("", "alice", "s3cret")
-        );
+        assert_eq!((c.authzid.as_str(), c.username.as_str(), c.password.expose()), ("", "alice", "s3cret"));
         assert_eq!(decode_plain("*"), Err(SaslError::Cancelled));
         assert_eq!(decode_plain("not base64!"), Err(SaslError::Malformed));
-        assert_eq!(
-            decode_plain(&encode("alice\0s3cret")),
-            Err(SaslError::Malformed)
-        );
+        assert_eq!(decode_plain(&encode("alice\0s3cret")), Err(SaslError::Malformed));
         assert_eq!(decode_plain(&encode("\0\0pw")), Err(SaslError::Malformed));
-        assert_eq!(
-            decode_plain(&encode("a\0b\0c\0d")),
-            Err(SaslError::Malformed)
-        );
+        assert_eq!(decode_plain(&encode("a\0b\0c\0d")), Err(SaslError::Malformed));
     }
 
     #[test]

@@ -166,11 +166,7 @@ impl Session {
     }
 
     pub fn greeting(&self, out: &mut Vec<u8>) {
-        Reply::plain(
-            220,
-            vec![format!("{} ESMTP Sluice ready", self.cfg.hostname)],
-        )
-        .write_to(out);
+        Reply::plain(220, vec![format!("{} ESMTP Sluice ready", self.cfg.hostname)]).write_to(out);
     }
 
     /// Tells the session that new transactions cannot be stored now (`None`: they can).
@@ -251,11 +247,7 @@ impl Session {
                 Phase::DiscardLine(_) => match memchr::memchr(b'\n', &self.input[self.pos..]) {
                     Some(i) => {
                         self.pos += i + 1;
-                        let Phase::DiscardLine(reply) =
-                            std::mem::replace(&mut self.phase, Phase::Command)
-                        else {
-                            unreachable!()
-                        };
+                        let Phase::DiscardLine(reply) = std::mem::replace(&mut self.phase, Phase::Command) else { unreachable!() };
                         self.reply(reply, out);
                     }
                     None => {
@@ -279,9 +271,7 @@ impl Session {
                     let result = match line.strip_suffix(b"\r") {
                         _ if lf + 1 > command::MAX_LINE => Err(overlong(line)),
                         None => Err(CommandError::Syntax("Bare LF in command line; use CRLF")),
-                        Some(l) if l.contains(&b'\r') => {
-                            Err(CommandError::Syntax("Bare CR in command line"))
-                        }
+                        Some(l) if l.contains(&b'\r') => Err(CommandError::Syntax("Bare CR in command line")),
                         Some(l) => command::parse(l),
                     };
                     let event = match result {
@@ -366,16 +356,11 @@ impl Session {
             }
             Command::Data => match &self.envelope {
                 None => self.reply(codes::bad_sequence("Need MAIL and RCPT first"), out),
-                Some(e) if e.chunks.is_some() => {
-                    self.reply(codes::bad_sequence("DATA not allowed after BDAT"), out)
-                }
+                Some(e) if e.chunks.is_some() => self.reply(codes::bad_sequence("DATA not allowed after BDAT"), out),
                 Some(e) if e.recipients.is_empty() => self.reply(codes::no_valid_recipients(), out),
                 Some(_) => {
                     codes::start_data().write_to(out);
-                    self.phase = Phase::Data(BodyScanner::data(
-                        self.cfg.max_message_size,
-                        self.cfg.max_line,
-                    ));
+                    self.phase = Phase::Data(BodyScanner::data(self.cfg.max_message_size, self.cfg.max_line));
                 }
             },
             Command::Bdat { size, last } => {
@@ -384,11 +369,7 @@ impl Session {
                     // A refused chunk fails the transaction: later chunks are refused until RSET.
                     e.chunk_failed = true;
                 }
-                self.phase = Phase::Chunk {
-                    remaining: size,
-                    last,
-                    refusal,
-                };
+                self.phase = Phase::Chunk { remaining: size, last, refusal };
             }
             Command::Rset => {
                 self.envelope = None;
@@ -418,29 +399,15 @@ impl Session {
             return codes::bad_sequence("Nested MAIL command");
         }
         if self.cfg.require_auth && self.identity.is_none() {
-            return Reply::new(
-                530,
-                super::reply::Enhanced(5, 7, 0),
-                "Authentication required",
-            );
+            return Reply::new(530, super::reply::Enhanced(5, 7, 0), "Authentication required");
         }
-        if params
-            .size
-            .is_some_and(|s| s > self.cfg.max_message_size as u64)
-        {
+        if params.size.is_some_and(|s| s > self.cfg.max_message_size as u64) {
             return codes::too_big();
         }
         if let Some(reply) = &self.mail_gate {
             return reply.clone();
         }
-        self.envelope = Some(Envelope {
-            from,
-            params,
-            recipients: Vec::new(),
-            body: Vec::new(),
-            chunks: None,
-            chunk_failed: false,
-        });
+        self.envelope = Some(Envelope { from, params, recipients: Vec::new(), body: Vec::new(), chunks: None, chunk_failed: false });
         codes::sender_ok()
     }
 
@@ -450,16 +417,12 @@ impl Session {
         };
         let mailbox = match to {
             Recipient::Postmaster => self.cfg.postmaster.clone(),
-            Recipient::Mailbox(m)
-                if m.local.eq_ignore_ascii_case("postmaster")
-                    && m.domain.eq_ignore_ascii_case(&self.cfg.hostname) =>
-            {
+            Recipient::Mailbox(m) if m.local.eq_ignore_ascii_case("postmaster") && m.domain.eq_ignore_ascii_case(&self.cfg.hostname) => {
                 self.cfg.postmaster.clone()
             }
             Recipient::Mailbox(m) => {
                 if !m.is_ascii() && !envelope.params.smtputf8 {
-                    return CommandError::Address(super::address::AddressError::NeedsSmtpUtf8)
-                        .reply();
+                    return CommandError::Address(super::address::AddressError::NeedsSmtpUtf8).reply();
                 }
                 // Sluice has no local mailboxes: every other recipient is relayed.
                 if !self.client.relay_allowed && self.identity.is_none() {
@@ -486,9 +449,7 @@ impl Session {
         if envelope.recipients.is_empty() {
             return Some(codes::no_valid_recipients());
         }
-        let scanner = envelope
-            .chunks
-            .get_or_insert_with(|| BodyScanner::chunks(max, self.cfg.max_line));
+        let scanner = envelope.chunks.get_or_insert_with(|| BodyScanner::chunks(max, self.cfg.max_line));
         if scanner.size() as u64 + size > max as u64 {
             return Some(codes::too_big());
         }
@@ -497,14 +458,7 @@ impl Session {
 
     /// Reads BDAT octets (all of them, even for a refused chunk), then answers the chunk.
     fn read_chunk(&mut self, out: &mut Vec<u8>) -> Option<Event> {
-        let Phase::Chunk {
-            remaining,
-            last,
-            refusal,
-        } = &mut self.phase
-        else {
-            unreachable!()
-        };
+        let Phase::Chunk { remaining, last, refusal } = &mut self.phase else { unreachable!() };
         let available = (self.input.len() - self.pos) as u64;
         let take = available.min(*remaining) as usize;
         let bytes = &self.input[self.pos..self.pos + take];
@@ -535,10 +489,7 @@ impl Session {
 
     /// The end of a message: a refusal for a violation, or the transaction for the driver.
     fn finish_message(&mut self, violation: Option<Violation>, out: &mut Vec<u8>) -> Option<Event> {
-        let envelope = self
-            .envelope
-            .take()
-            .expect("a finished message has an envelope");
+        let envelope = self.envelope.take().expect("a finished message has an envelope");
         self.phase = Phase::Command;
         let refusal = match violation {
             Some(Violation::BareLineEnding) => Some(codes::bad_line_endings()),
@@ -567,20 +518,13 @@ impl Session {
 
 /// The error for a line too long to even parse: AUTH has its own code (RFC 4954 6).
 fn overlong(line: &[u8]) -> CommandError {
-    if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ") {
-        CommandError::AuthLineTooLong
-    } else {
-        CommandError::LineTooLong
-    }
+    if line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ") { CommandError::AuthLineTooLong } else { CommandError::LineTooLong }
 }
 
 /// The BDAT scanner and body of a transaction whose chunk was accepted (both exist by then).
 fn accepted_chunks(envelope: &mut Option<Envelope>) -> (&mut BodyScanner, &mut Vec<u8>) {
     let envelope = envelope.as_mut().expect("accepted chunk has an envelope");
-    let scanner = envelope
-        .chunks
-        .as_mut()
-        .expect("accepted chunk has a scanner");
+    let scanner = envelope.chunks.as_mut().expect("accepted chunk has a scanner");
     (scanner, &mut envelope.body)
 }
 

@@ -9,10 +9,7 @@ fn config() -> Arc<SessionConfig> {
         max_recipients: 3,
         max_line: 998,
         max_errors: 20,
-        postmaster: Mailbox {
-            local: "postmaster".into(),
-            domain: "relay.test".into(),
-        },
+        postmaster: Mailbox { local: "postmaster".into(), domain: "relay.test".into() },
         tls_available: true,
         auth_available: true,
         require_auth: false,
@@ -20,10 +17,7 @@ fn config() -> Arc<SessionConfig> {
 }
 
 fn tls_info() -> TlsInfo {
-    TlsInfo {
-        version: "TLSv1.3".into(),
-        cipher: "TLS13_AES_128_GCM_SHA256".into(),
-    }
+    TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() }
 }
 
 struct Harness {
@@ -34,23 +28,11 @@ struct Harness {
 
 impl Harness {
     fn new(relay_allowed: bool) -> Self {
-        Self::with(
-            config(),
-            ClientInfo {
-                ip: "127.0.0.1".parse().unwrap(),
-                relay_allowed,
-                plaintext_auth: false,
-                tls: None,
-            },
-        )
+        Self::with(config(), ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed, plaintext_auth: false, tls: None })
     }
 
     fn with(cfg: Arc<SessionConfig>, client: ClientInfo) -> Self {
-        Harness {
-            session: Session::new(cfg, client),
-            stored: Vec::new(),
-            next_id: 0,
-        }
+        Harness { session: Session::new(cfg, client), stored: Vec::new(), next_id: 0 }
     }
 
     /// Feeds one batch and returns everything the session wrote in response, storing messages
@@ -70,11 +52,7 @@ impl Harness {
                 Event::StartTls => self.session.tls_started(tls_info()),
                 Event::Authenticate(c) => {
                     let ok = c.username == "alice" && c.password.expose() == "right";
-                    let outcome = if ok {
-                        AuthOutcome::Success(c.username)
-                    } else {
-                        AuthOutcome::Failed
-                    };
+                    let outcome = if ok { AuthOutcome::Success(c.username) } else { AuthOutcome::Failed };
                     self.session.auth_result(outcome, &mut out);
                 }
             }
@@ -83,11 +61,7 @@ impl Harness {
     }
 
     fn codes(&mut self, input: &[u8]) -> Vec<u16> {
-        self.send(input)
-            .lines()
-            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
-            .map(|l| l[..3].parse().unwrap())
-            .collect()
+        self.send(input).lines().filter(|l| l.as_bytes().get(3) == Some(&b' ')).map(|l| l[..3].parse().unwrap()).collect()
     }
 }
 
@@ -95,22 +69,8 @@ impl Harness {
 fn answers_a_pipelined_transaction_in_one_batch() {
     let mut h = Harness::new(true);
     let out = h.send(b"EHLO c.test\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nSubject: t\r\n\r\nhi\r\n.\r\nQUIT\r\n");
-    let codes: Vec<&str> = out
-        .lines()
-        .filter(|l| l.as_bytes()[3] == b' ')
-        .map(|l| l.get(..9).unwrap_or(l))
-        .collect();
-    assert_eq!(
-        codes,
-        [
-            "250 DSN",
-            "250 2.1.0",
-            "250 2.1.5",
-            "354 2.0.0",
-            "250 2.0.0",
-            "221 2.0.0"
-        ]
-    );
+    let codes: Vec<&str> = out.lines().filter(|l| l.as_bytes()[3] == b' ').map(|l| l.get(..9).unwrap_or(l)).collect();
+    assert_eq!(codes, ["250 DSN", "250 2.1.0", "250 2.1.5", "354 2.0.0", "250 2.0.0", "221 2.0.0"]);
     assert_eq!(h.stored.len(), 1);
     assert_eq!(h.stored[0].body, b"Subject: t\r\n\r\nhi\r\n");
     assert!(h.session.is_closed());
@@ -120,19 +80,8 @@ fn answers_a_pipelined_transaction_in_one_batch() {
 fn advertises_extensions() {
     let mut h = Harness::new(true);
     let out = h.send(b"EHLO c.test\r\n");
-    for ext in [
-        "PIPELINING",
-        "SIZE 1000",
-        "8BITMIME",
-        "SMTPUTF8",
-        "ENHANCEDSTATUSCODES",
-        "CHUNKING",
-        "DSN",
-    ] {
-        assert!(
-            out.contains(&format!("250-{ext}\r\n")) || out.contains(&format!("250 {ext}\r\n")),
-            "{ext} missing in {out}"
-        );
+    for ext in ["PIPELINING", "SIZE 1000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"] {
+        assert!(out.contains(&format!("250-{ext}\r\n")) || out.contains(&format!("250 {ext}\r\n")), "{ext} missing in {out}");
     }
 }
 
@@ -149,7 +98,10 @@ fn reply_codes_table() {
         (b"EHLO c\r\nMAIL FROM:<a@@x.org>\r\n", vec![250, 553]),
         (b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<j\xc3\xb6rg@y.org>\r\n", vec![250, 250, 553]),
         (b"EHLO c\r\nMAIL FROM:<> SMTPUTF8\r\nRCPT TO:<j\xc3\xb6rg@y.org>\r\n", vec![250, 250, 250]),
-        (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<1@y.org>\r\nRCPT TO:<2@y.org>\r\nRCPT TO:<3@y.org>\r\nRCPT TO:<4@y.org>\r\n", vec![250, 250, 250, 250, 250, 452]),
+        (
+            b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<1@y.org>\r\nRCPT TO:<2@y.org>\r\nRCPT TO:<3@y.org>\r\nRCPT TO:<4@y.org>\r\n",
+            vec![250, 250, 250, 250, 250, 452],
+        ),
         (b"VRFY someone\r\nNOOP\r\nHELP\r\nRSET\r\n", vec![252, 250, 214, 250]),
         (b"EXPN list\r\nXYZZY\r\n", vec![502, 500]),
         (b"EHLO c\nNOOP\r\n", vec![500, 250]),
@@ -158,12 +110,7 @@ fn reply_codes_table() {
     ];
     for (input, expected) in table {
         let mut h = Harness::new(true);
-        assert_eq!(
-            h.codes(input),
-            expected,
-            "{}",
-            String::from_utf8_lossy(input)
-        );
+        assert_eq!(h.codes(input), expected, "{}", String::from_utf8_lossy(input));
     }
 }
 
@@ -174,11 +121,7 @@ fn relay_is_denied_to_untrusted_clients_but_postmaster_is_accepted() {
     assert_eq!(codes, [250, 250, 550, 250, 250, 354, 250]);
     let out = Harness::new(false).send(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\n");
     assert!(out.ends_with("550 5.7.1 Relaying denied\r\n"), "{out}");
-    let rcpts: Vec<String> = h.stored[0]
-        .recipients
-        .iter()
-        .map(|r| r.mailbox.to_string())
-        .collect();
+    let rcpts: Vec<String> = h.stored[0].recipients.iter().map(|r| r.mailbox.to_string()).collect();
     assert_eq!(rcpts, ["postmaster@relay.test", "postmaster@relay.test"]);
 }
 
@@ -202,23 +145,13 @@ fn overlong_line_split_over_reads_is_discarded_not_parsed() {
 
 #[test]
 fn smuggled_commands_in_data_are_never_executed() {
-    for ending in [
-        &b"\n.\n"[..],
-        b"\n.\r\n",
-        b"\r.\r\n",
-        b"\r\n.\r",
-        b"\r\n\x00.\r\n",
-    ] {
+    for ending in [&b"\n.\n"[..], b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r\n\x00.\r\n"] {
         let mut h = Harness::new(true);
         let mut input = b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nSubject: one\r\n\r\nbody".to_vec();
         input.extend_from_slice(ending);
         input.extend_from_slice(b"MAIL FROM:<evil@x.org>\r\nRCPT TO:<victim@y.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n");
         let codes = h.codes(&input);
-        assert!(
-            h.stored.len() <= 1,
-            "ending {ending:?} produced {} messages",
-            h.stored.len()
-        );
+        assert!(h.stored.len() <= 1, "ending {ending:?} produced {} messages", h.stored.len());
         // Bare CR/LF endings are refused outright; the NUL one is content of one message.
         if ending.contains(&0) {
             assert_eq!(h.stored.len(), 1);
@@ -253,10 +186,7 @@ fn bdat_chunks_make_one_message() {
 #[test]
 fn bdat_chunk_split_across_reads() {
     let mut h = Harness::new(true);
-    assert_eq!(
-        h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 10 LAST\r\nhello"),
-        [250, 250, 250]
-    );
+    assert_eq!(h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 10 LAST\r\nhello"), [250, 250, 250]);
     assert_eq!(h.codes(b"\r\nabc"), [250]);
     assert_eq!(h.stored[0].body, b"hello\r\nabc\r\n");
 }
@@ -270,13 +200,8 @@ fn refused_bdat_octets_are_read_and_later_chunks_refused_until_rset() {
     chunk.resize(1200, b'a');
     input.extend_from_slice(&chunk);
     input.extend_from_slice(b"BDAT 2 LAST\r\nok");
-    input.extend_from_slice(
-        b"RSET\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 4 LAST\r\nok\r\n",
-    );
-    assert_eq!(
-        h.codes(&input),
-        [250, 250, 250, 552, 503, 250, 250, 250, 250]
-    );
+    input.extend_from_slice(b"RSET\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 4 LAST\r\nok\r\n");
+    assert_eq!(h.codes(&input), [250, 250, 250, 552, 503, 250, 250, 250, 250]);
     assert_eq!(h.stored.len(), 1);
     assert!(!h.session.is_closed());
 }
@@ -284,19 +209,13 @@ fn refused_bdat_octets_are_read_and_later_chunks_refused_until_rset() {
 #[test]
 fn bdat_without_transaction_is_refused_after_reading_octets() {
     let mut h = Harness::new(true);
-    assert_eq!(
-        h.codes(b"EHLO c\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"),
-        [250, 503, 250]
-    );
+    assert_eq!(h.codes(b"EHLO c\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n"), [250, 503, 250]);
 }
 
 #[test]
 fn data_after_bdat_is_a_bad_sequence() {
     let mut h = Harness::new(true);
-    assert_eq!(
-        h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 2\r\nabDATA\r\n"),
-        [250, 250, 250, 250, 503]
-    );
+    assert_eq!(h.codes(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nBDAT 2\r\nabDATA\r\n"), [250, 250, 250, 250, 503]);
 }
 
 #[test]
@@ -304,10 +223,7 @@ fn closes_after_twenty_errors() {
     let mut h = Harness::new(true);
     let out = h.send(&b"BOGUS\r\n".repeat(25));
     assert_eq!(out.matches("500 5.5.2").count(), 20);
-    assert!(
-        out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("421 4.7.0 Too many errors, closing connection\r\n"), "{out}");
     assert!(h.session.is_closed());
 }
 
@@ -332,21 +248,14 @@ fn mail_gate_refuses_new_transactions() {
 fn store_failure_is_reported_and_session_continues() {
     let mut h = Harness::new(true);
     let mut out = Vec::new();
-    h.session
-        .feed(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
-    let Event::Message(_) = h.session.poll(&mut out) else {
-        panic!("no message")
-    };
+    h.session.feed(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
+    let Event::Message(_) = h.session.poll(&mut out) else { panic!("no message") };
     // Pipelined NOOP is not answered before the message's own reply.
     assert_eq!(h.session.poll(&mut out), Event::NeedInput);
-    h.session
-        .message_stored(Err(codes::spool_failed()), &mut out);
+    h.session.message_stored(Err(codes::spool_failed()), &mut out);
     assert_eq!(h.session.poll(&mut out), Event::NeedInput);
     let out = String::from_utf8(out).unwrap();
-    assert!(
-        out.ends_with("451 4.3.0 Local error storing message, try again later\r\n250 2.0.0 OK\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("451 4.3.0 Local error storing message, try again later\r\n250 2.0.0 OK\r\n"), "{out}");
 }
 
 #[test]
@@ -363,8 +272,7 @@ fn every_non_greeting_reply_has_an_enhanced_code() {
             continue;
         }
         let code = line.split(' ').nth(1).unwrap_or("");
-        let looks_enhanced =
-            code.split('.').count() == 3 && code.split('.').all(|p| p.parse::<u16>().is_ok());
+        let looks_enhanced = code.split('.').count() == 3 && code.split('.').all(|p| p.parse::<u16>().is_ok());
         assert!(looks_enhanced, "no enhanced code on {line:?}");
     }
 }
@@ -428,12 +336,7 @@ fn random_input_never_panics_and_replies_stay_well_formed() {
         }
         for line in out.split_terminator("\r\n") {
             let b = line.as_bytes();
-            assert!(
-                b.len() >= 4
-                    && b[..3].iter().all(u8::is_ascii_digit)
-                    && (b[3] == b' ' || b[3] == b'-'),
-                "bad reply line {line:?}"
-            );
+            assert!(b.len() >= 4 && b[..3].iter().all(u8::is_ascii_digit) && (b[3] == b' ' || b[3] == b'-'), "bad reply line {line:?}");
         }
         assert!(out.is_empty() || out.ends_with("\r\n"));
     }
@@ -444,12 +347,7 @@ fn b64(s: &str) -> String {
 }
 
 fn untrusted_over_tls() -> Harness {
-    let client = ClientInfo {
-        ip: "192.0.2.9".parse().unwrap(),
-        relay_allowed: false,
-        plaintext_auth: false,
-        tls: Some(tls_info()),
-    };
+    let client = ClientInfo { ip: "192.0.2.9".parse().unwrap(), relay_allowed: false, plaintext_auth: false, tls: Some(tls_info()) };
     Harness::with(config(), client)
 }
 
@@ -458,17 +356,11 @@ fn starttls_discards_pipelined_plaintext_and_resets_the_session() {
     let mut h = Harness::new(true);
     let out = h.send(b"EHLO c\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<a@x.org>\r\n");
     assert!(out.contains("250-STARTTLS\r\n"), "{out}");
-    assert!(
-        out.ends_with("220 2.0.0 Ready to start TLS\r\n"),
-        "nothing answered after STARTTLS: {out}"
-    );
+    assert!(out.ends_with("220 2.0.0 Ready to start TLS\r\n"), "nothing answered after STARTTLS: {out}");
     // After the handshake the EHLO is forgotten and STARTTLS is no longer offered.
     assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [503]);
     let ehlo = h.send(b"EHLO c\r\n");
-    assert!(
-        !ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"),
-        "{ehlo}"
-    );
+    assert!(!ehlo.contains("STARTTLS") && ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
     assert_eq!(h.codes(b"STARTTLS\r\n"), [503]);
 }
 
@@ -478,77 +370,32 @@ fn auth_is_neither_offered_nor_accepted_in_plaintext() {
     let ehlo = h.send(b"EHLO c\r\n");
     assert!(!ehlo.contains("AUTH"), "{ehlo}");
     let out = h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
-    assert_eq!(
-        out,
-        "538 5.7.11 Encryption required for requested authentication mechanism\r\n"
-    );
+    assert_eq!(out, "538 5.7.11 Encryption required for requested authentication mechanism\r\n");
 }
 
 #[test]
 fn plaintext_networks_may_auth_without_tls() {
-    let client = ClientInfo {
-        ip: "10.0.0.5".parse().unwrap(),
-        relay_allowed: false,
-        plaintext_auth: true,
-        tls: None,
-    };
+    let client = ClientInfo { ip: "10.0.0.5".parse().unwrap(), relay_allowed: false, plaintext_auth: true, tls: None };
     let mut h = Harness::with(config(), client);
     assert!(h.send(b"EHLO c\r\n").contains("AUTH PLAIN LOGIN"));
-    assert_eq!(
-        h.codes(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes()),
-        [235]
-    );
+    assert_eq!(h.codes(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes()), [235]);
 }
 
 #[test]
 fn auth_plain_and_login_flows_table() {
     let cases: Vec<(String, Vec<u16>)> = vec![
-        (
-            format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")),
-            vec![235],
-        ),
-        (
-            format!("AUTH PLAIN {}\r\n", b64("alice\0alice\0right")),
-            vec![235],
-        ),
-        (
-            format!("AUTH PLAIN {}\r\n", b64("\0alice\0wrong")),
-            vec![535],
-        ),
-        (
-            format!("AUTH PLAIN {}\r\n", b64("bob\0alice\0right")),
-            vec![535],
-        ),
-        (
-            format!("AUTH PLAIN\r\n{}\r\n", b64("\0alice\0right")),
-            vec![334, 235],
-        ),
-        (
-            format!("AUTH LOGIN\r\n{}\r\n{}\r\n", b64("alice"), b64("right")),
-            vec![334, 334, 235],
-        ),
-        (
-            format!("AUTH LOGIN {}\r\n{}\r\n", b64("alice"), b64("wrong")),
-            vec![334, 535],
-        ),
+        (format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")), vec![235]),
+        (format!("AUTH PLAIN {}\r\n", b64("alice\0alice\0right")), vec![235]),
+        (format!("AUTH PLAIN {}\r\n", b64("\0alice\0wrong")), vec![535]),
+        (format!("AUTH PLAIN {}\r\n", b64("bob\0alice\0right")), vec![535]),
+        (format!("AUTH PLAIN\r\n{}\r\n", b64("\0alice\0right")), vec![334, 235]),
+        (format!("AUTH LOGIN\r\n{}\r\n{}\r\n", b64("alice"), b64("right")), vec![334, 334, 235]),
+        (format!("AUTH LOGIN {}\r\n{}\r\n", b64("alice"), b64("wrong")), vec![334, 535]),
         ("AUTH PLAIN\r\n*\r\n".into(), vec![334, 501]),
         ("AUTH LOGIN\r\n!!!\r\n".into(), vec![334, 501]),
         ("AUTH CRAM-MD5\r\n".into(), vec![504]),
-        (
-            format!(
-                "AUTH PLAIN {}\r\nAUTH PLAIN {}\r\n",
-                b64("\0alice\0right"),
-                b64("\0alice\0right")
-            ),
-            vec![235, 503],
-        ),
-        (
-            format!(
-                "MAIL FROM:<a@x.org>\r\nAUTH PLAIN {}\r\n",
-                b64("\0alice\0right")
-            ),
-            vec![250, 503],
-        ),
+        (format!("AUTH PLAIN {}\r\nAUTH PLAIN {}\r\n", b64("\0alice\0right"), b64("\0alice\0right")), vec![235, 503]),
+        (format!("MAIL FROM:<a@x.org>\r\nAUTH PLAIN {}\r\n", b64("\0alice\0right")), vec![250, 503]),
     ];
     for (input, expected) in cases {
         let mut h = untrusted_over_tls();
@@ -561,10 +408,7 @@ fn auth_plain_and_login_flows_table() {
 fn a_cancelled_auth_answers_501_5_7_0() {
     let mut h = untrusted_over_tls();
     h.send(b"EHLO c\r\n");
-    assert!(
-        h.send(b"AUTH LOGIN\r\n*\r\n")
-            .ends_with("501 5.7.0 Authentication cancelled\r\n")
-    );
+    assert!(h.send(b"AUTH LOGIN\r\n*\r\n").ends_with("501 5.7.0 Authentication cancelled\r\n"));
 }
 
 #[test]
@@ -574,10 +418,7 @@ fn overlong_auth_lines_are_500_5_5_6() {
     let long = format!("AUTH PLAIN {}\r\n", "A".repeat(13000));
     assert!(h.send(long.as_bytes()).starts_with("500 5.5.6"));
     let out = h.send(format!("AUTH PLAIN\r\n{}\r\n", "A".repeat(13000)).as_bytes());
-    assert!(
-        out.ends_with("500 5.5.6 Authentication exchange line is too long\r\n"),
-        "{out}"
-    );
+    assert!(out.ends_with("500 5.5.6 Authentication exchange line is too long\r\n"), "{out}");
     assert_eq!(h.codes(b"NOOP\r\n"), [250]);
 }
 
@@ -585,15 +426,9 @@ fn overlong_auth_lines_are_500_5_5_6() {
 fn authentication_grants_relay_to_an_untrusted_client() {
     let mut h = untrusted_over_tls();
     h.send(b"EHLO c\r\n");
-    assert_eq!(
-        h.codes(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRSET\r\n"),
-        [250, 550, 250]
-    );
+    assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@y.org>\r\nRSET\r\n"), [250, 550, 250]);
     h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
-    assert_eq!(
-        h.codes(b"MAIL FROM:<a@x.org> AUTH=<>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nx\r\n.\r\n"),
-        [250, 250, 354, 250]
-    );
+    assert_eq!(h.codes(b"MAIL FROM:<a@x.org> AUTH=<>\r\nRCPT TO:<b@y.org>\r\nDATA\r\nx\r\n.\r\n"), [250, 250, 354, 250]);
     assert_eq!(h.stored[0].identity.as_deref(), Some("alice"));
     assert_eq!(h.stored[0].tls, Some(tls_info()));
 }
@@ -602,18 +437,10 @@ fn authentication_grants_relay_to_an_untrusted_client() {
 fn submission_requires_auth_before_mail() {
     let mut cfg = (*config()).clone();
     cfg.require_auth = true;
-    let client = ClientInfo {
-        ip: "127.0.0.1".parse().unwrap(),
-        relay_allowed: true,
-        plaintext_auth: false,
-        tls: Some(tls_info()),
-    };
+    let client = ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: Some(tls_info()) };
     let mut h = Harness::with(Arc::new(cfg), client);
     h.send(b"EHLO c\r\n");
-    assert_eq!(
-        h.send(b"MAIL FROM:<a@x.org>\r\n"),
-        "530 5.7.0 Authentication required\r\n"
-    );
+    assert_eq!(h.send(b"MAIL FROM:<a@x.org>\r\n"), "530 5.7.0 Authentication required\r\n");
     h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
     assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [250]);
 }

@@ -95,11 +95,7 @@ impl CommitQueue {
                 (std::mem::take(&mut p.waiters), std::mem::take(&mut p.batch))
             };
             let started = Instant::now();
-            let result = if self.is_poisoned() {
-                Err(SpoolError::Poisoned)
-            } else {
-                sync(&batch).map_err(|_| SpoolError::Poisoned)
-            };
+            let result = if self.is_poisoned() { Err(SpoolError::Poisoned) } else { sync(&batch).map_err(|_| SpoolError::Poisoned) };
             match &result {
                 Ok(()) => {
                     for path in &batch.garbage {
@@ -110,9 +106,7 @@ impl CommitQueue {
                 }
                 Err(_) => {
                     self.poisoned.store(true, Ordering::Release);
-                    tracing::error!(
-                        "spool fsync failed: refusing mail until the spool is reopened (restart sluice)"
-                    );
+                    tracing::error!("spool fsync failed: refusing mail until the spool is reopened (restart sluice)");
                 }
             }
             metrics::histogram!(m::SPOOL_FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
@@ -171,10 +165,7 @@ mod tests {
         let path = dir.path().join("old.seg");
         std::fs::write(&path, b"x").unwrap();
         let q = CommitQueue::default();
-        let d = q.request(Request {
-            garbage: Some(path.clone()),
-            ..Request::default()
-        });
+        let d = q.request(Request { garbage: Some(path.clone()), ..Request::default() });
         q.shutdown();
         q.run(|batch| {
             assert!(batch.garbage[0].exists(), "still there while syncing");

@@ -34,9 +34,7 @@ pub enum SpoolError {
 impl fmt::Display for SpoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SpoolError::Poisoned => {
-                f.write_str("spool failed an fsync and refuses writes until restarted")
-            }
+            SpoolError::Poisoned => f.write_str("spool failed an fsync and refuses writes until restarted"),
             SpoolError::Io(e) => write!(f, "spool I/O error: {e}"),
             SpoolError::Corrupt(e) => write!(f, "spool data corrupt: {e}"),
             SpoolError::NotFound => f.write_str("no such message"),

@@ -19,9 +19,7 @@ pub struct QueueIdGenerator {
 impl QueueIdGenerator {
     /// Starts after `high_water`, the largest id value ever issued by this spool.
     pub fn new(high_water: u64) -> Self {
-        QueueIdGenerator {
-            last: AtomicU64::new(high_water),
-        }
+        QueueIdGenerator { last: AtomicU64::new(high_water) }
     }
 
     /// The largest id value issued so far (persisted by the spool with every commit).
@@ -30,10 +28,7 @@ impl QueueIdGenerator {
     }
 
     pub fn next(&self) -> (u64, String) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
         self.next_at(now)
     }
 
@@ -42,10 +37,7 @@ impl QueueIdGenerator {
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let value = candidate.max(last + 1);
-            match self
-                .last
-                .compare_exchange_weak(last, value, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.last.compare_exchange_weak(last, value, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return (value, encode(value)),
                 Err(seen) => last = seen,
             }
@@ -81,12 +73,7 @@ mod tests {
         let g = QueueIdGenerator::new(0);
         let ids: Vec<String> = (0..1000).map(|_| g.next().1).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        assert!(ids.iter().all(|id| {
-            id.len() == 13
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
-        }));
+        assert!(ids.iter().all(|id| { id.len() == 13 && id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()) }));
     }
 
     #[test]

@@ -45,21 +45,13 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 impl Segments {
     /// Opens the segment directory. `refs` counts the bodies the recovered index points to;
     /// every other segment file holds nothing anyone acknowledged, and is deleted.
-    pub fn open(
-        dir: &Path,
-        max_size: u64,
-        refs: HashMap<u64, usize>,
-    ) -> Result<(Segments, u64), SpoolError> {
+    pub fn open(dir: &Path, max_size: u64, refs: HashMap<u64, usize>) -> Result<(Segments, u64), SpoolError> {
         fs::create_dir_all(dir)?;
         let mut highest = 0;
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".seg"))
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
             highest = highest.max(id);
@@ -70,20 +62,8 @@ impl Segments {
         // Never append to a segment from an earlier run: its tail may be torn.
         let current_id = highest + 1;
         let current = create(dir, current_id)?;
-        let state = State {
-            current: Arc::new(current),
-            current_id,
-            current_len: 0,
-            refs,
-        };
-        Ok((
-            Segments {
-                dir: dir.to_path_buf(),
-                max_size,
-                state: Mutex::new(state),
-            },
-            current_id,
-        ))
+        let state = State { current: Arc::new(current), current_id, current_len: 0, refs };
+        Ok((Segments { dir: dir.to_path_buf(), max_size, state: Mutex::new(state) }, current_id))
     }
 
     /// Appends one body made of `parts`.
@@ -120,17 +100,7 @@ impl Segments {
             crc.update(part);
             at += part.len() as u64;
         }
-        Ok(Appended {
-            body: BodyRef {
-                segment: id,
-                offset,
-                len: total,
-                crc32: crc.finalize(),
-            },
-            file,
-            created,
-            garbage,
-        })
+        Ok(Appended { body: BodyRef { segment: id, offset, len: total, crc32: crc.finalize() }, file, created, garbage })
     }
 
     /// Drops one reference; returns the segment's path when nothing refers to it any more and
@@ -148,24 +118,16 @@ impl Segments {
 
     pub fn read(&self, body: &BodyRef) -> Result<Vec<u8>, SpoolError> {
         let file = File::open(segment_path(&self.dir, body.segment))?;
-        let len =
-            usize::try_from(body.len).map_err(|_| SpoolError::Corrupt("body length".into()))?;
+        let len = usize::try_from(body.len).map_err(|_| SpoolError::Corrupt("body length".into()))?;
         let mut buf = vec![0; len];
         file.read_exact_at(&mut buf, body.offset)?;
         if crc32fast::hash(&buf) != body.crc32 {
-            return Err(SpoolError::Corrupt(format!(
-                "checksum mismatch in segment {}",
-                body.segment
-            )));
+            return Err(SpoolError::Corrupt(format!("checksum mismatch in segment {}", body.segment)));
         }
         Ok(buf)
     }
 }
 
 fn create(dir: &Path, id: u64) -> Result<File, SpoolError> {
-    Ok(OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(segment_path(dir, id))?)
+    Ok(OpenOptions::new().read(true).write(true).create_new(true).open(segment_path(dir, id))?)
 }

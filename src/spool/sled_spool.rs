@@ -56,11 +56,7 @@ impl SledSpool {
 
         let mut refs: HashMap<u64, usize> = HashMap::new();
         let mut envelopes = Vec::new();
-        let mut high_water = meta
-            .get(HIGH_WATER_KEY)?
-            .and_then(|v| v.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let mut high_water = meta.get(HIGH_WATER_KEY)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
         for item in messages.iter() {
             let (key, value) = item?;
             match serde_json::from_slice::<Envelope>(&value) {
@@ -74,20 +70,14 @@ impl SledSpool {
         let mut recovered = 0;
         for env in envelopes {
             high_water = high_water.max(queue_id::decode(&env.queue_id).unwrap_or(0));
-            let intact = env.body.is_some_and(|b| {
-                bodies_existing
-                    .len_of(b.segment)
-                    .is_some_and(|len| b.offset + b.len <= len)
-            });
+            let intact = env.body.is_some_and(|b| bodies_existing.len_of(b.segment).is_some_and(|len| b.offset + b.len <= len));
             if !intact {
                 // Only a message whose commit never completed (never acknowledged) can get here.
                 tracing::warn!(queue_id = %env.queue_id, "dropping index entry without a complete body");
                 messages.remove(env.queue_id.as_bytes())?;
                 continue;
             }
-            *refs
-                .entry(env.body.expect("checked intact").segment)
-                .or_insert(0) += 1;
+            *refs.entry(env.body.expect("checked intact").segment).or_insert(0) += 1;
             recovered += 1;
         }
         let (segments, _) = Segments::open(&bodies_dir, cfg.segment_size, refs)?;
@@ -106,23 +96,20 @@ impl SledSpool {
             let mut synced_blobs = HashSet::new();
             let bodies_dir = File::open(&bodies_dir)?;
             let blobs_dir = index_dir.join("blobs");
-            std::thread::Builder::new()
-                .name("spool-commit".into())
-                .spawn(move || {
-                    commits.run(|batch: &Batch| {
-                        for file in batch.segments.values() {
-                            file.sync_data()?;
-                        }
-                        if batch.new_segment {
-                            bodies_dir.sync_all()?;
-                        }
-                        meta.insert(HIGH_WATER_KEY, &ids.last().to_be_bytes())
-                            .map_err(io::Error::other)?;
-                        db.flush().map_err(io::Error::other)?;
-                        index_file.sync_data()?;
-                        sync_new_blobs(&blobs_dir, &mut synced_blobs)
-                    })
-                })?
+            std::thread::Builder::new().name("spool-commit".into()).spawn(move || {
+                commits.run(|batch: &Batch| {
+                    for file in batch.segments.values() {
+                        file.sync_data()?;
+                    }
+                    if batch.new_segment {
+                        bodies_dir.sync_all()?;
+                    }
+                    meta.insert(HIGH_WATER_KEY, &ids.last().to_be_bytes()).map_err(io::Error::other)?;
+                    db.flush().map_err(io::Error::other)?;
+                    index_file.sync_data()?;
+                    sync_new_blobs(&blobs_dir, &mut synced_blobs)
+                })
+            })?
         };
         metrics::gauge!(m::SPOOL_MESSAGES).set(recovered as f64);
         tracing::info!(path = %cfg.path.display(), messages = recovered, "spool opened");
@@ -211,33 +198,21 @@ impl Spool for SledSpool {
         if self.commits.is_poisoned() {
             return Err(SpoolError::Poisoned);
         }
-        let old = self
-            .messages
-            .remove(queue_id.as_bytes())?
-            .ok_or(SpoolError::NotFound)?;
-        let env: Envelope =
-            serde_json::from_slice(&old).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
+        let old = self.messages.remove(queue_id.as_bytes())?.ok_or(SpoolError::NotFound)?;
+        let env: Envelope = serde_json::from_slice(&old).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
         let garbage = env.body.and_then(|b| self.segments.release(b.segment));
         let n = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!(m::SPOOL_MESSAGES).set(n as f64);
-        Ok(self.commits.request(Request {
-            garbage,
-            ..Request::default()
-        }))
+        Ok(self.commits.request(Request { garbage, ..Request::default() }))
     }
 
     fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError> {
-        let value = self
-            .messages
-            .get(queue_id.as_bytes())?
-            .ok_or(SpoolError::NotFound)?;
+        let value = self.messages.get(queue_id.as_bytes())?.ok_or(SpoolError::NotFound)?;
         serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
     }
 
     fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
-        let body = envelope
-            .body
-            .ok_or_else(|| SpoolError::Corrupt("envelope without body".into()))?;
+        let body = envelope.body.ok_or_else(|| SpoolError::Corrupt("envelope without body".into()))?;
         self.segments.read(&body)
     }
 
@@ -274,11 +249,7 @@ impl BodyFiles {
         let mut map = HashMap::new();
         if let Ok(entries) = fs::read_dir(dir) {
             for entry in entries.flatten() {
-                let id = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".seg"))
-                    .and_then(|n| n.parse::<u64>().ok());
+                let id = entry.file_name().to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse::<u64>().ok());
                 if let (Some(id), Ok(meta)) = (id, entry.metadata()) {
                     map.insert(id, meta.len());
                 }

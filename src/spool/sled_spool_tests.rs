@@ -3,27 +3,16 @@ use crate::smtp::address::{MailParams, Mailbox, RcptParams};
 use crate::spool::{Identity, RecipientRecord, RecipientState};
 
 fn config(dir: &Path) -> SpoolConfig {
-    SpoolConfig {
-        path: dir.to_path_buf(),
-        min_free_space: 0,
-        cache_capacity: 8 << 20,
-        segment_size: 1 << 20,
-    }
+    SpoolConfig { path: dir.to_path_buf(), min_free_space: 0, cache_capacity: 8 << 20, segment_size: 1 << 20 }
 }
 
 fn envelope(spool: &SledSpool, to: &str) -> Envelope {
     Envelope {
         queue_id: spool.new_queue_id(),
-        from: Some(Mailbox {
-            local: "a".into(),
-            domain: "x.org".into(),
-        }),
+        from: Some(Mailbox { local: "a".into(), domain: "x.org".into() }),
         params: MailParams::default(),
         recipients: vec![RecipientRecord {
-            mailbox: Mailbox {
-                local: to.into(),
-                domain: "y.org".into(),
-            },
+            mailbox: Mailbox { local: to.into(), domain: "y.org".into() },
             params: RcptParams::default(),
             state: RecipientState::Queued,
             attempts: 0,
@@ -48,14 +37,7 @@ fn stored_messages_are_recovered_after_reopen() {
             .map(|i| {
                 let env = envelope(&spool, &format!("r{i}"));
                 let id = env.queue_id.clone();
-                spool
-                    .store(
-                        env,
-                        &[b"Received: x\r\n", format!("body {i}\r\n").as_bytes()],
-                    )
-                    .unwrap()
-                    .wait_blocking()
-                    .unwrap();
+                spool.store(env, &[b"Received: x\r\n", format!("body {i}\r\n").as_bytes()]).unwrap().wait_blocking().unwrap();
                 id
             })
             .collect()
@@ -63,18 +45,8 @@ fn stored_messages_are_recovered_after_reopen() {
     let spool = SledSpool::open(&config(dir.path())).unwrap();
     assert_eq!(spool.len(), 10);
     let listed = spool.list().unwrap();
-    assert_eq!(
-        listed
-            .iter()
-            .map(|e| e.queue_id.clone())
-            .collect::<Vec<_>>(),
-        ids,
-        "listed in id (time) order"
-    );
-    assert_eq!(
-        spool.read_body(&listed[3]).unwrap(),
-        b"Received: x\r\nbody 3\r\n"
-    );
+    assert_eq!(listed.iter().map(|e| e.queue_id.clone()).collect::<Vec<_>>(), ids, "listed in id (time) order");
+    assert_eq!(spool.read_body(&listed[3]).unwrap(), b"Received: x\r\nbody 3\r\n");
     // New ids continue after the recovered ones.
     assert!(spool.new_queue_id() > ids[9]);
 }
@@ -87,16 +59,8 @@ fn update_and_remove_are_durable() {
         let mut a = envelope(&spool, "a");
         let b = envelope(&spool, "b");
         let (ka, kb) = (a.queue_id.clone(), b.queue_id.clone());
-        spool
-            .store(a.clone(), &[b"a\r\n"])
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
-        spool
-            .store(b, &[b"b\r\n"])
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
+        spool.store(a.clone(), &[b"a\r\n"]).unwrap().wait_blocking().unwrap();
+        spool.store(b, &[b"b\r\n"]).unwrap().wait_blocking().unwrap();
         a = spool.get(&ka).unwrap();
         a.recipients[0].state = RecipientState::Delivered;
         a.recipients[0].last_reply = Some("250 ok".into());
@@ -107,10 +71,7 @@ fn update_and_remove_are_durable() {
     };
     let spool = SledSpool::open(&config(dir.path())).unwrap();
     assert_eq!(spool.len(), 1);
-    assert_eq!(
-        spool.get(&keep).unwrap().recipients[0].state,
-        RecipientState::Delivered
-    );
+    assert_eq!(spool.get(&keep).unwrap().recipients[0].state, RecipientState::Delivered);
     assert_eq!(spool.get(&gone).err(), Some(SpoolError::NotFound));
 }
 
@@ -126,10 +87,7 @@ fn segments_roll_and_empty_ones_are_deleted() {
         spool.store(env, &[&big]).unwrap().wait_blocking().unwrap();
     }
     let count = || fs::read_dir(dir.path().join("bodies")).unwrap().count();
-    assert!(
-        count() >= 3,
-        "1 MiB segments hold three 300 KiB bodies each"
-    );
+    assert!(count() >= 3, "1 MiB segments hold three 300 KiB bodies each");
     for id in &ids {
         spool.remove(id).unwrap().wait_blocking().unwrap();
     }
@@ -144,41 +102,18 @@ fn a_torn_body_drops_only_the_unacknowledged_index_entry() {
         let g = envelope(&spool, "good");
         let t = envelope(&spool, "torn");
         let ids = (g.queue_id.clone(), t.queue_id.clone());
-        spool
-            .store(g, &[b"good body\r\n"])
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
-        spool
-            .store(t, &[&vec![b'y'; 4096]])
-            .unwrap()
-            .wait_blocking()
-            .unwrap();
+        spool.store(g, &[b"good body\r\n"]).unwrap().wait_blocking().unwrap();
+        spool.store(t, &[&vec![b'y'; 4096]]).unwrap().wait_blocking().unwrap();
         ids
     };
     // Simulate power loss before the last body reached the disk: cut the segment short.
-    let seg = fs::read_dir(dir.path().join("bodies"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max()
-        .unwrap();
+    let seg = fs::read_dir(dir.path().join("bodies")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
     let file = fs::OpenOptions::new().write(true).open(&seg).unwrap();
     file.set_len(100).unwrap();
     let spool = SledSpool::open(&config(dir.path())).unwrap();
-    assert_eq!(
-        spool
-            .list()
-            .unwrap()
-            .iter()
-            .map(|e| e.queue_id.clone())
-            .collect::<Vec<_>>(),
-        vec![good.clone()]
-    );
+    assert_eq!(spool.list().unwrap().iter().map(|e| e.queue_id.clone()).collect::<Vec<_>>(), vec![good.clone()]);
     assert_eq!(spool.get(&torn).err(), Some(SpoolError::NotFound));
-    assert_eq!(
-        spool.read_body(&spool.get(&good).unwrap()).unwrap(),
-        b"good body\r\n"
-    );
+    assert_eq!(spool.read_body(&spool.get(&good).unwrap()).unwrap(), b"good body\r\n");
 }
 
 #[test]
@@ -187,17 +122,10 @@ fn a_flipped_byte_is_caught_by_the_checksum() {
     let spool = SledSpool::open(&config(dir.path())).unwrap();
     let env = envelope(&spool, "a");
     let id = env.queue_id.clone();
-    spool
-        .store(env, &[b"hello\r\n"])
-        .unwrap()
-        .wait_blocking()
-        .unwrap();
+    spool.store(env, &[b"hello\r\n"]).unwrap().wait_blocking().unwrap();
     let env = spool.get(&id).unwrap();
     let b = env.body.unwrap();
-    let path = dir
-        .path()
-        .join("bodies")
-        .join(format!("{:012}.seg", b.segment));
+    let path = dir.path().join("bodies").join(format!("{:012}.seg", b.segment));
     let file = fs::OpenOptions::new().write(true).open(path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&file, b"J", b.offset).unwrap();
     assert!(matches!(spool.read_body(&env), Err(SpoolError::Corrupt(_))));
@@ -225,11 +153,7 @@ fn concurrent_writers_share_fsyncs() {
             s.spawn(move || {
                 for i in 0..50 {
                     let env = envelope(spool, &format!("t{t}m{i}"));
-                    spool
-                        .store(env, &[b"x\r\n"])
-                        .unwrap()
-                        .wait_blocking()
-                        .unwrap();
+                    spool.store(env, &[b"x\r\n"]).unwrap().wait_blocking().unwrap();
                 }
             });
         }

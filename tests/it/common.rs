@@ -30,16 +30,8 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
         spool = dir.join("spool").display(),
         admin = dir.join("admin.sock").display()
     );
-    let overridden: Vec<&str> = extra
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(k, _)| k))
-        .filter(|k| !k.starts_with(' '))
-        .collect();
-    yaml = yaml
-        .lines()
-        .filter(|l| !overridden.iter().any(|k| l.starts_with(&format!("{k}:"))))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let overridden: Vec<&str> = extra.lines().filter_map(|l| l.split_once(':').map(|(k, _)| k)).filter(|k| !k.starts_with(' ')).collect();
+    yaml = yaml.lines().filter(|l| !overridden.iter().any(|k| l.starts_with(&format!("{k}:")))).map(|l| format!("{l}\n")).collect();
     if !extra.contains("listeners:") {
         yaml.push_str("listeners:\n  - { address: \"127.0.0.1:0\", mode: relay }\n");
     }
@@ -59,31 +51,16 @@ impl TestRelay {
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let cfg = config.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let running = sluice::daemon::start(cfg).await.unwrap();
                 addr_tx.send(running.listeners[0]).unwrap();
-                tokio::task::spawn_blocking(move || stop_rx.recv())
-                    .await
-                    .unwrap()
-                    .ok();
+                tokio::task::spawn_blocking(move || stop_rx.recv()).await.unwrap().ok();
                 running.stop(Duration::from_secs(5)).await;
             });
         });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("relay started");
-        TestRelay {
-            addr,
-            config,
-            _dir: dir,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("relay started");
+        TestRelay { addr, config, _dir: dir, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     pub fn client(&self) -> Client {
@@ -145,10 +122,7 @@ impl Client {
 
     /// Connects from a chosen local address (e.g. 127.0.0.2, an untrusted client).
     pub fn connect_from(addr: SocketAddr, local: &str) -> Client {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let stream = rt.block_on(async {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
@@ -165,9 +139,7 @@ impl Client {
     }
 
     fn from_stream(stream: TcpStream) -> Client {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut reader = BufReader::new(stream);
         let greeting = read_reply(&mut reader).expect("greeting");
         Client { reader, greeting }
@@ -248,18 +220,10 @@ impl Daemon {
         if !config_path.exists() {
             std::fs::write(&config_path, config_yaml(dir, extra)).unwrap();
         }
-        let log = dir.join(format!(
-            "daemon-{}.log",
-            SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        let log = dir.join(format!("daemon-{}.log", SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut args: Vec<&str> = prefix.to_vec();
-        args.extend([
-            sluice_bin(),
-            "run",
-            "--config",
-            config_path.to_str().unwrap(),
-        ]);
+        args.extend([sluice_bin(), "run", "--config", config_path.to_str().unwrap()]);
         let mut child = Command::new(args[0])
             .args(&args[1..])
             .env("SLUICE_LOG", "info")
@@ -278,12 +242,7 @@ impl Daemon {
                 .and_then(|r| r.split_whitespace().next())
             {
                 let addr = addr.parse().unwrap();
-                return Daemon {
-                    child,
-                    addr,
-                    config_path,
-                    log,
-                };
+                return Daemon { child, addr, config_path, log };
             }
             if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
                 let _ = child.kill();
@@ -297,9 +256,7 @@ impl Daemon {
     pub fn kill9(&mut self) {
         // SIGKILL every process whose command line names this config: under strace that is
         // the tracer and the daemon alike.
-        let _ = Command::new("pkill")
-            .args(["-9", "-f", self.config_path.to_str().unwrap()])
-            .status();
+        let _ = Command::new("pkill").args(["-9", "-f", self.config_path.to_str().unwrap()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -320,9 +277,5 @@ static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize:
 /// Runs `sluice ARGS...` to completion; returns (exit success, stdout, stderr).
 pub fn sluice(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(sluice_bin()).args(args).output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }

@@ -10,11 +10,7 @@ fn a_message_acknowledged_before_kill_9_is_there_after_restart() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let mut c = Client::connect(daemon.addr);
-        let r = c.send_mail(
-            "a@x.test",
-            &[&format!("r{i}@y.test")],
-            &format!("Subject: {i}\r\n\r\nbody {i}\r\n"),
-        );
+        let r = c.send_mail("a@x.test", &[&format!("r{i}@y.test")], &format!("Subject: {i}\r\n\r\nbody {i}\r\n"));
         assert_eq!(r.code, 250);
         ids.push(r.text().rsplit(' ').next().unwrap().to_string());
     }
@@ -22,27 +18,11 @@ fn a_message_acknowledged_before_kill_9_is_there_after_restart() {
     daemon.kill9();
 
     let restarted = Daemon::spawn(dir.path(), "", &[]);
-    assert!(
-        restarted.log_text().contains("messages=5"),
-        "{}",
-        restarted.log_text()
-    );
-    let (ok, out, err) = sluice(&[
-        "queue",
-        "list",
-        "--config",
-        restarted.config_path.to_str().unwrap(),
-        "--json",
-    ]);
+    assert!(restarted.log_text().contains("messages=5"), "{}", restarted.log_text());
+    let (ok, out, err) = sluice(&["queue", "list", "--config", restarted.config_path.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
     let entries: Vec<QueueEntry> = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        entries
-            .iter()
-            .map(|e| e.queue_id.clone())
-            .collect::<Vec<_>>(),
-        ids
-    );
+    assert_eq!(entries.iter().map(|e| e.queue_id.clone()).collect::<Vec<_>>(), ids);
     // The restarted daemon keeps accepting, with ids after the recovered ones.
     let mut c = Client::connect(restarted.addr);
     let r = c.send_mail("a@x.test", &["new@y.test"], "x\r\n");

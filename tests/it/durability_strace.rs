@@ -34,14 +34,7 @@ fn parse(trace: &str) -> Vec<Call> {
             if let Some((n, args, start)) = open.remove(pid)
                 && n == name
             {
-                calls.push(Call {
-                    path: fd_path(&args),
-                    name,
-                    args,
-                    start,
-                    end: i,
-                    ok: returned_ok(resumed),
-                });
+                calls.push(Call { path: fd_path(&args), name, args, start, end: i, ok: returned_ok(resumed) });
             }
             continue;
         }
@@ -53,14 +46,7 @@ fn parse(trace: &str) -> Vec<Call> {
         if rest.ends_with("<unfinished ...>") {
             open.insert(pid.to_string(), (name, args, i));
         } else {
-            calls.push(Call {
-                path: fd_path(&args),
-                name,
-                args,
-                start: i,
-                end: i,
-                ok: returned_ok(rest),
-            });
+            calls.push(Call { path: fd_path(&args), name, args, start: i, end: i, ok: returned_ok(rest) });
         }
     }
     calls
@@ -68,40 +54,22 @@ fn parse(trace: &str) -> Vec<Call> {
 
 /// A call returned successfully: `= N`, not `= -1 EIO (...)`.
 fn returned_ok(line: &str) -> bool {
-    line.rsplit_once(" = ")
-        .is_some_and(|(_, r)| !r.starts_with('-'))
+    line.rsplit_once(" = ").is_some_and(|(_, r)| !r.starts_with('-'))
 }
 
 fn fd_path(args: &str) -> String {
-    args.split_once('<')
-        .and_then(|(_, r)| r.split_once('>'))
-        .map(|(p, _)| p.to_string())
-        .unwrap_or_default()
+    args.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(p, _)| p.to_string()).unwrap_or_default()
 }
 
 #[test]
 fn every_250_follows_returned_fsyncs_of_its_body_and_index() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
         panic!("strace is required for this test (apt-get install strace; .ci/run installs it)");
     }
     let dir = tempfile::tempdir().unwrap();
     let trace_path = dir.path().join("trace.txt");
     let trace_arg = trace_path.to_str().unwrap().to_string();
-    let prefix = [
-        "strace",
-        "-f",
-        "-y",
-        "-s",
-        "256",
-        "-e",
-        "trace=fsync,fdatasync,write,sendto,pwrite64,pwritev,writev",
-        "-o",
-        &trace_arg,
-    ];
+    let prefix = ["strace", "-f", "-y", "-s", "256", "-e", "trace=fsync,fdatasync,write,sendto,pwrite64,pwritev,writev", "-o", &trace_arg];
     let mut daemon = Daemon::spawn(dir.path(), "", &prefix);
 
     let mut queue_ids = Vec::new();
@@ -113,11 +81,7 @@ fn every_250_follows_returned_fsyncs_of_its_body_and_index() {
                     let mut ids = Vec::new();
                     for i in 0..3 {
                         let mut c = Client::connect(addr);
-                        let r = c.send_mail(
-                            "a@x.test",
-                            &[&format!("t{t}m{i}@y.test")],
-                            &format!("Subject: {t}/{i}\r\n\r\nbody\r\n"),
-                        );
+                        let r = c.send_mail("a@x.test", &[&format!("t{t}m{i}@y.test")], &format!("Subject: {t}/{i}\r\n\r\nbody\r\n"));
                         assert_eq!(r.code, 250);
                         ids.push(r.text().rsplit(' ').next().unwrap().to_string());
                     }
@@ -138,34 +102,17 @@ fn every_250_follows_returned_fsyncs_of_its_body_and_index() {
     for qid in &queue_ids {
         let body_write = calls
             .iter()
-            .find(|c| {
-                c.name.starts_with("pwrite")
-                    && c.path.ends_with(".seg")
-                    && c.args.contains(&format!("id {qid}"))
-            })
+            .find(|c| c.name.starts_with("pwrite") && c.path.ends_with(".seg") && c.args.contains(&format!("id {qid}")))
             .unwrap_or_else(|| panic!("no body write for {qid}"));
         let reply = calls
             .iter()
-            .find(|c| {
-                (c.name == "sendto" || c.name == "write" || c.name == "writev")
-                    && c.args.contains(&format!("queued as {qid}"))
-            })
+            .find(|c| (c.name == "sendto" || c.name == "write" || c.name == "writev") && c.args.contains(&format!("queued as {qid}")))
             .unwrap_or_else(|| panic!("no 250 for {qid}"));
         let covering = |path_ok: &dyn Fn(&str) -> bool| {
-            calls
-                .iter()
-                .filter(is_sync)
-                .any(|c| path_ok(&c.path) && c.start > body_write.end && c.end < reply.start)
+            calls.iter().filter(is_sync).any(|c| path_ok(&c.path) && c.start > body_write.end && c.end < reply.start)
         };
-        assert!(
-            covering(&|p| p == body_write.path),
-            "{qid}: no fsync of {} between its write and its 250",
-            body_write.path
-        );
-        assert!(
-            covering(&|p| p.ends_with("/index/db")),
-            "{qid}: no fsync of the index between its write and its 250"
-        );
+        assert!(covering(&|p| p == body_write.path), "{qid}: no fsync of {} between its write and its 250", body_write.path);
+        assert!(covering(&|p| p.ends_with("/index/db")), "{qid}: no fsync of the index between its write and its 250");
     }
     assert_eq!(queue_ids.len(), 12);
 }
@@ -176,8 +123,5 @@ fn the_parser_joins_unfinished_calls() {
     let calls = parse(trace);
     assert_eq!(calls.len(), 2);
     let f = calls.iter().find(|c| c.name == "fdatasync").unwrap();
-    assert_eq!(
-        (f.start, f.end, f.path.as_str(), f.ok),
-        (0, 2, "/s/bodies/1.seg", true)
-    );
+    assert_eq!((f.start, f.end, f.path.as_str(), f.ok), (0, 2, "/s/bodies/1.seg", true));
 }

@@ -8,9 +8,7 @@ use crate::common::TestRelay;
 #[test]
 fn lettre_submits_and_the_message_is_spooled_with_trace_fields() {
     let relay = TestRelay::start();
-    let transport = SmtpTransport::builder_dangerous("127.0.0.1")
-        .port(relay.addr.port())
-        .build();
+    let transport = SmtpTransport::builder_dangerous("127.0.0.1").port(relay.addr.port()).build();
     let email = Message::builder()
         .from("Alice <alice@sender.test>".parse::<Mailbox>().unwrap())
         .to("bob@dest.test".parse::<Mailbox>().unwrap())
@@ -28,18 +26,10 @@ fn lettre_submits_and_the_message_is_spooled_with_trace_fields() {
     assert_eq!(env.queue_id, queue_id);
     assert_eq!(env.from.as_ref().unwrap().to_string(), "alice@sender.test");
     assert!(body.starts_with("Received: from "), "{body}");
-    assert!(
-        body.contains(&format!(
-            "by relay.test (Sluice) with ESMTP id {queue_id}\r\n\tfor <bob@dest.test>; "
-        )),
-        "{body}"
-    );
+    assert!(body.contains(&format!("by relay.test (Sluice) with ESMTP id {queue_id}\r\n\tfor <bob@dest.test>; ")), "{body}");
     assert!(body.contains("Subject: lettre interop\r\n"));
     assert!(body.contains("Hello from lettre\r\n"));
     // lettre sets Date but not Message-ID: Sluice adds exactly the missing one.
     assert_eq!(body.matches("\r\nDate: ").count(), 1, "{body}");
-    assert!(
-        body.contains(&format!("Message-ID: <{queue_id}@relay.test>")),
-        "{body}"
-    );
+    assert!(body.contains(&format!("Message-ID: <{queue_id}@relay.test>")), "{body}");
 }

@@ -8,13 +8,7 @@ fn message_size_limit_552_after_reading_the_data() {
     let mut c = relay.client();
     let body = "x".repeat(100) + "\r\n";
     let r = c.send_mail("a@x.test", &["b@y.test"], &body.repeat(30));
-    assert_eq!(
-        (r.code, r.text()),
-        (
-            552,
-            "5.3.4 Message size exceeds fixed maximum message size".into()
-        )
-    );
+    assert_eq!((r.code, r.text()), (552, "5.3.4 Message size exceeds fixed maximum message size".into()));
     assert_eq!(c.cmd("NOOP").code, 250);
 }
 
@@ -27,10 +21,7 @@ fn recipient_limit_452() {
     assert_eq!(c.cmd("RCPT TO:<1@y.test>").code, 250);
     assert_eq!(c.cmd("RCPT TO:<2@y.test>").code, 250);
     let r = c.cmd("RCPT TO:<3@y.test>");
-    assert_eq!(
-        (r.code, r.text()),
-        (452, "4.5.3 Too many recipients".into())
-    );
+    assert_eq!((r.code, r.text()), (452, "4.5.3 Too many recipients".into()));
 }
 
 #[test]
@@ -41,10 +32,7 @@ fn command_line_too_long_500_and_path_limits_553() {
     assert_eq!((r.code, r.text()), (500, "5.5.2 Line too long".into()));
     c.cmd("EHLO c.test");
     let r = c.cmd(&format!("MAIL FROM:<{}@x.test>", "l".repeat(65)));
-    assert_eq!(
-        (r.code, r.text()),
-        (553, "5.1.3 Local part too long".into())
-    );
+    assert_eq!((r.code, r.text()), (553, "5.1.3 Local part too long".into()));
     let long_domain = vec!["d".repeat(63); 4].join(".") + ".test";
     let r = c.cmd(&format!("MAIL FROM:<a@{long_domain}>"));
     assert_eq!(r.code, 553);
@@ -57,25 +45,10 @@ fn command_line_too_long_500_and_path_limits_553() {
 fn text_line_over_998_is_refused_550_5_6_0() {
     let relay = TestRelay::start();
     let mut c = relay.client();
-    let r = c.send_mail(
-        "a@x.test",
-        &["b@y.test"],
-        &format!("{}\r\n", "y".repeat(999)),
-    );
-    assert_eq!(
-        (r.code, r.text()),
-        (550, "5.6.0 Message line too long".into())
-    );
+    let r = c.send_mail("a@x.test", &["b@y.test"], &format!("{}\r\n", "y".repeat(999)));
+    assert_eq!((r.code, r.text()), (550, "5.6.0 Message line too long".into()));
     let mut c = relay.client();
-    assert_eq!(
-        c.send_mail(
-            "a@x.test",
-            &["b@y.test"],
-            &format!("{}\r\n", "y".repeat(998))
-        )
-        .code,
-        250
-    );
+    assert_eq!(c.send_mail("a@x.test", &["b@y.test"], &format!("{}\r\n", "y".repeat(998))).code, 250);
 }
 
 #[test]
@@ -97,21 +70,14 @@ fn twenty_errors_close_the_session_with_421() {
     }
     let last = c.pipeline(b"BOGUS\r\n", 2);
     assert_eq!(last[0].code, 500);
-    assert_eq!(
-        (last[1].code, last[1].text()),
-        (421, "4.7.0 Too many errors, closing connection".into())
-    );
+    assert_eq!((last[1].code, last[1].text()), (421, "4.7.0 Too many errors, closing connection".into()));
     assert!(c.is_closed());
 }
 
 #[test]
 fn http_verbs_get_421_and_close() {
     let relay = TestRelay::start();
-    for req in [
-        "GET / HTTP/1.1",
-        "POST /x HTTP/1.1",
-        "CONNECT a.test:443 HTTP/1.1",
-    ] {
+    for req in ["GET / HTTP/1.1", "POST /x HTTP/1.1", "CONNECT a.test:443 HTTP/1.1"] {
         let mut c = relay.client();
         let r = c.cmd(req);
         assert_eq!(r.code, 421, "{req}");
@@ -122,8 +88,7 @@ fn http_verbs_get_421_and_close() {
 
 #[test]
 fn connection_limits_total_and_per_ip_421() {
-    let relay =
-        TestRelay::with_config("limits: { max_connections: 3, max_connections_per_ip: 2 }\n");
+    let relay = TestRelay::with_config("limits: { max_connections: 3, max_connections_per_ip: 2 }\n");
     let _a = relay.client();
     let _b = relay.client();
     let mut refused = Client::connect_refused(relay.addr, "127.0.0.1");

@@ -5,17 +5,12 @@ use std::io::{Read, Write};
 use crate::common::{Client, Daemon};
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn scrape(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -25,17 +20,9 @@ fn scrape(port: u16) -> String {
 fn metrics_count_connections_messages_rejections_and_commits() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let daemon = Daemon::spawn(
-        dir.path(),
-        &format!("metrics: {{ address: \"127.0.0.1:{port}\" }}\n"),
-        &[],
-    );
+    let daemon = Daemon::spawn(dir.path(), &format!("metrics: {{ address: \"127.0.0.1:{port}\" }}\n"), &[]);
     let mut c = Client::connect(daemon.addr);
-    assert_eq!(
-        c.send_mail("a@x.test", &["b@y.test"], "Subject: m\r\n\r\nm\r\n")
-            .code,
-        250
-    );
+    assert_eq!(c.send_mail("a@x.test", &["b@y.test"], "Subject: m\r\n\r\nm\r\n").code, 250);
     let mut u = Client::connect_from(daemon.addr, "127.0.0.2");
     u.cmd("EHLO u.test");
     u.cmd("MAIL FROM:<a@x.test>");

@@ -12,19 +12,10 @@ fn a_pipelined_transaction_in_one_write_is_answered_in_order() {
     let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
     assert_eq!(codes, [250, 250, 250, 354]);
     // Body, end of data, and the next transaction in one more write.
-    let replies = c.pipeline(
-        b"Subject: p\r\n\r\none\r\n.\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<d@y.test>\r\nDATA\r\n",
-        4,
-    );
-    assert_eq!(
-        replies.iter().map(|r| r.code).collect::<Vec<_>>(),
-        [250, 250, 250, 354]
-    );
+    let replies = c.pipeline(b"Subject: p\r\n\r\none\r\n.\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<d@y.test>\r\nDATA\r\n", 4);
+    assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), [250, 250, 250, 354]);
     let replies = c.pipeline(b"two\r\n.\r\nQUIT\r\n", 2);
-    assert_eq!(
-        replies.iter().map(|r| r.code).collect::<Vec<_>>(),
-        [250, 221]
-    );
+    assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), [250, 221]);
     let stored = relay.stop_and_read();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].0.recipients.len(), 2);

@@ -15,11 +15,7 @@ fn untrusted_client_is_refused_at_rcpt_and_the_session_goes_on() {
     drop(c);
     // The same request from the trusted address is accepted.
     let mut t = relay.client();
-    assert_eq!(
-        t.send_mail("a@inside.test", &["b@elsewhere.test"], "x\r\n")
-            .code,
-        250
-    );
+    assert_eq!(t.send_mail("a@inside.test", &["b@elsewhere.test"], "x\r\n").code, 250);
     assert_eq!(relay.stop_and_read().len(), 1);
 }
 

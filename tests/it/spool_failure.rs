@@ -50,11 +50,7 @@ impl Spool for FailingSpool {
         0
     }
     fn health(&self) -> Health {
-        if self.poisoned.load(Ordering::SeqCst) {
-            Health::Failed
-        } else {
-            Health::Ok
-        }
+        if self.poisoned.load(Ordering::SeqCst) { Health::Failed } else { Health::Ok }
     }
 }
 
@@ -62,33 +58,16 @@ impl Spool for FailingSpool {
 fn failed_commit_is_451_and_failed_fsync_is_421_until_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = Arc::new(Config::parse(&config_yaml(dir.path(), ""), dir.path()).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, watch) = tokio::sync::watch::channel(false);
     let ctx = IntakeContext::new(config, Arc::new(FailingSpool::default())).unwrap();
-    rt.spawn(intake::serve(
-        listener,
-        sluice::config::ListenerMode::Relay,
-        ctx,
-        watch,
-    ));
+    rt.spawn(intake::serve(listener, sluice::config::ListenerMode::Relay, ctx, watch));
 
     let mut c = Client::connect(addr);
     let r = c.send_mail("a@x.test", &["b@y.test"], "one\r\n");
-    assert_eq!(
-        (r.code, r.text()),
-        (
-            451,
-            "4.3.0 Local error storing message, try again later".into()
-        )
-    );
+    assert_eq!((r.code, r.text()), (451, "4.3.0 Local error storing message, try again later".into()));
     // The session goes on after a 451; the next message hits the failed fsync.
     assert_eq!(c.cmd("MAIL FROM:<a@x.test>").code, 250);
     assert_eq!(c.cmd("RCPT TO:<b@y.test>").code, 250);

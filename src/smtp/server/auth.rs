@@ -58,12 +58,7 @@ impl Session {
         self.phase = Phase::Command;
     }
 
-    pub(super) fn auth(
-        &mut self,
-        mechanism: &str,
-        initial: Option<&str>,
-        out: &mut Vec<u8>,
-    ) -> Option<Event> {
+    pub(super) fn auth(&mut self, mechanism: &str, initial: Option<&str>, out: &mut Vec<u8>) -> Option<Event> {
         let refusal = if !self.cfg.auth_available {
             Some(codes::not_implemented("AUTH not available"))
         } else if self.helo.is_none() {
@@ -71,15 +66,9 @@ impl Session {
         } else if self.identity.is_some() {
             Some(codes::bad_sequence("Already authenticated"))
         } else if self.envelope.is_some() {
-            Some(codes::bad_sequence(
-                "AUTH not allowed during a mail transaction",
-            ))
+            Some(codes::bad_sequence("AUTH not allowed during a mail transaction"))
         } else if self.tls.is_none() && !self.client.plaintext_auth {
-            Some(Reply::new(
-                538,
-                Enhanced(5, 7, 11),
-                "Encryption required for requested authentication mechanism",
-            ))
+            Some(Reply::new(538, Enhanced(5, 7, 11), "Encryption required for requested authentication mechanism"))
         } else {
             None
         };
@@ -93,14 +82,7 @@ impl Session {
             ("LOGIN", Some(username)) => self.sasl_response(SaslStep::LoginUser, username, out),
             ("LOGIN", None) => self.challenge(SaslStep::LoginUser, "Username:", out),
             _ => {
-                self.reply(
-                    Reply::new(
-                        504,
-                        Enhanced(5, 5, 4),
-                        "Unrecognized authentication mechanism",
-                    ),
-                    out,
-                );
+                self.reply(Reply::new(504, Enhanced(5, 5, 4), "Unrecognized authentication mechanism"), out);
                 None
             }
         }
@@ -116,13 +98,7 @@ impl Session {
     /// Reads one SASL response line in `AuthResponse`.
     pub(super) fn read_sasl_line(&mut self, out: &mut Vec<u8>) -> Option<Event> {
         let rest = &self.input[self.pos..];
-        let too_long = || {
-            Reply::new(
-                500,
-                Enhanced(5, 5, 6),
-                "Authentication exchange line is too long",
-            )
-        };
+        let too_long = || Reply::new(500, Enhanced(5, 5, 6), "Authentication exchange line is too long");
         let Some(lf) = memchr::memchr(b'\n', rest) else {
             if rest.len() > command::AUTH_LINE {
                 self.pos = self.input.len();
@@ -130,13 +106,9 @@ impl Session {
             }
             return Some(Event::NeedInput);
         };
-        let line = String::from_utf8_lossy(&rest[..lf])
-            .trim_end_matches('\r')
-            .to_string();
+        let line = String::from_utf8_lossy(&rest[..lf]).trim_end_matches('\r').to_string();
         self.pos += lf + 1;
-        let Phase::AuthResponse(step) = std::mem::replace(&mut self.phase, Phase::Command) else {
-            unreachable!()
-        };
+        let Phase::AuthResponse(step) = std::mem::replace(&mut self.phase, Phase::Command) else { unreachable!() };
         if line.len() + 2 > command::AUTH_LINE {
             self.reply(too_long(), out);
             return None;
@@ -151,13 +123,8 @@ impl Session {
                 self.phase = Phase::AuthResponse(SaslStep::LoginPassword { username });
                 None
             }),
-            SaslStep::LoginPassword { username } => sasl::decode_login(line).map(|password| {
-                Some(Credentials {
-                    authzid: String::new(),
-                    username,
-                    password: Secret::new(password),
-                })
-            }),
+            SaslStep::LoginPassword { username } => sasl::decode_login(line)
+                .map(|password| Some(Credentials { authzid: String::new(), username, password: Secret::new(password) })),
         };
         match decoded {
             Ok(None) => {
@@ -166,10 +133,7 @@ impl Session {
             }
             // No proxy authorization: the authorization identity must be the user or empty.
             Ok(Some(c)) if !c.authzid.is_empty() && c.authzid != c.username => {
-                self.reply(
-                    Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid"),
-                    out,
-                );
+                self.reply(Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid"), out);
                 None
             }
             Ok(Some(credentials)) => {
@@ -178,18 +142,12 @@ impl Session {
             }
             Err(SaslError::Cancelled) => {
                 self.phase = Phase::Command;
-                self.reply(
-                    Reply::new(501, Enhanced(5, 7, 0), "Authentication cancelled"),
-                    out,
-                );
+                self.reply(Reply::new(501, Enhanced(5, 7, 0), "Authentication cancelled"), out);
                 None
             }
             Err(SaslError::Malformed) => {
                 self.phase = Phase::Command;
-                self.reply(
-                    Reply::new(501, Enhanced(5, 5, 2), "Invalid SASL response"),
-                    out,
-                );
+                self.reply(Reply::new(501, Enhanced(5, 5, 2), "Invalid SASL response"), out);
                 None
             }
         }
@@ -203,15 +161,9 @@ impl Session {
                 self.identity = Some(user);
                 Reply::new(235, Enhanced(2, 7, 0), "Authentication successful")
             }
-            AuthOutcome::Failed => {
-                Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid")
-            }
-            AuthOutcome::TemporaryFailure => {
-                Reply::new(454, Enhanced(4, 7, 0), "Temporary authentication failure")
-            }
-            AuthOutcome::LockedOut => {
-                codes::closing("Too many authentication failures, try again later")
-            }
+            AuthOutcome::Failed => Reply::new(535, Enhanced(5, 7, 8), "Authentication credentials invalid"),
+            AuthOutcome::TemporaryFailure => Reply::new(454, Enhanced(4, 7, 0), "Temporary authentication failure"),
+            AuthOutcome::LockedOut => codes::closing("Too many authentication failures, try again later"),
         };
         self.reply(reply, out);
     }
