@@ -15,8 +15,13 @@ use sluice::spool::{SledSpool, Spool};
 /// A relay running in a thread of its own with its own runtime, so tests can use blocking
 /// clients without starving it.
 pub struct TestRelay {
+    /// The first listener's address.
     pub addr: SocketAddr,
+    /// Every listener's address, in config order.
+    pub addrs: Vec<SocketAddr>,
     pub config: Config,
+    /// Directories holding files the config names (TLS, users), kept while the relay runs.
+    extra_dirs: Vec<tempfile::TempDir>,
     /// Holds the spool and admin socket; removed when the relay is dropped.
     _dir: tempfile::TempDir,
     stop: Option<mpsc::Sender<()>>,
@@ -54,13 +59,13 @@ impl TestRelay {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let running = sluice::daemon::start(cfg).await.unwrap();
-                addr_tx.send(running.listeners[0]).unwrap();
+                addr_tx.send(running.listeners.clone()).unwrap();
                 tokio::task::spawn_blocking(move || stop_rx.recv()).await.unwrap().ok();
                 running.stop(Duration::from_secs(5)).await;
             });
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("relay started");
-        TestRelay { addr, config, _dir: dir, stop: Some(stop_tx), thread: Some(thread) }
+        let addrs: Vec<SocketAddr> = addr_rx.recv_timeout(Duration::from_secs(20)).expect("relay started");
+        TestRelay { addr: addrs[0], addrs, config, extra_dirs: Vec::new(), _dir: dir, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     pub fn client(&self) -> Client {
@@ -96,9 +101,93 @@ impl Drop for TestRelay {
     }
 }
 
+/// A relay with TLS (self-signed for relay.test, generated at start), a users file holding
+/// `alice` / `right` (bcrypt, cost 4, so debug tests stay fast), and `extra` config.
+pub fn tls_auth_yaml(dir: &Path, extra: &str) -> String {
+    let users = dir.join("users");
+    std::fs::write(&users, format!("alice:{}\n", bcrypt::hash("right", 4).unwrap())).unwrap();
+    let mut yaml =
+        format!("tls: {{ certificate: {d}/cert.pem, private_key: {d}/key.pem, self_signed_if_missing: true }}\n", d = dir.display());
+    if !extra.contains("auth:") {
+        yaml.push_str(&format!("auth: {{ users_file: {}, failure_delay: 0s }}\n", users.display()));
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+impl TestRelay {
+    /// A relay from [`tls_auth_yaml`] whose files live in their own temporary directory.
+    pub fn with_tls(extra: &str) -> TestRelay {
+        let files = tempfile::tempdir().unwrap();
+        let mut relay = TestRelay::with_config(&tls_auth_yaml(files.path(), extra));
+        relay.extra_dirs.push(files);
+        relay
+    }
+
+    pub fn certificate(&self) -> PathBuf {
+        self.config.tls.as_ref().expect("TLS configured").certificate.clone()
+    }
+}
+
+/// The byte stream under a test client: plain, then TLS after STARTTLS or for implicit TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Gone,
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.read(buf),
+            Conn::Tls(s) => s.read(buf),
+            Conn::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Plain(s) => s.write(buf),
+            Conn::Tls(s) => s.write(buf),
+            Conn::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.flush(),
+            Conn::Tls(s) => s.flush(),
+            Conn::Gone => Ok(()),
+        }
+    }
+}
+
+/// TLS to `relay.test`, trusting only the relay's own certificate (real verification).
+fn tls_wrap(tcp: TcpStream, certificate: &Path) -> Conn {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(certificate).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("relay.test").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).expect("TLS handshake");
+    }
+    Conn::Tls(Box::new(stream))
+}
+
 /// A blocking SMTP client that reads replies line by line.
 pub struct Client {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Conn>,
     pub greeting: Reply,
 }
 
@@ -140,9 +229,29 @@ impl Client {
 
     fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut reader = BufReader::new(stream);
+        Self::from_conn(Conn::Plain(stream))
+    }
+
+    fn from_conn(conn: Conn) -> Client {
+        let mut reader = BufReader::new(conn);
         let greeting = read_reply(&mut reader).expect("greeting");
         Client { reader, greeting }
+    }
+
+    /// Implicit TLS (RFC 8314): the handshake comes before the greeting.
+    pub fn connect_tls(addr: SocketAddr, certificate: &Path) -> Client {
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self::from_conn(tls_wrap(tcp, certificate))
+    }
+
+    /// After a `220` to STARTTLS: runs the handshake on the same connection. Panics if the
+    /// server sent anything beyond the 220 (it must not answer pipelined plaintext).
+    pub fn start_tls(&mut self, certificate: &Path) {
+        assert!(self.reader.buffer().is_empty(), "bytes after the 220: {:?}", String::from_utf8_lossy(self.reader.buffer()));
+        let old = std::mem::replace(&mut self.reader, BufReader::new(Conn::Gone));
+        let Conn::Plain(tcp) = old.into_inner() else { panic!("already TLS") };
+        self.reader = BufReader::new(tls_wrap(tcp, certificate));
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -185,7 +294,7 @@ impl Client {
     }
 }
 
-fn read_reply(reader: &mut BufReader<TcpStream>) -> Option<Reply> {
+fn read_reply(reader: &mut BufReader<Conn>) -> Option<Reply> {
     let mut lines = Vec::new();
     loop {
         let mut line = String::new();

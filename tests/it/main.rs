@@ -4,6 +4,7 @@
 mod common;
 
 mod admin_queue_list;
+mod auth;
 mod check_config;
 mod crash_recovery;
 mod disk_full;
@@ -18,4 +19,7 @@ mod postmaster;
 mod relay_denied;
 mod smuggling;
 mod spool_failure;
+mod submission_fixes;
 mod timeouts;
+mod tls_implicit;
+mod tls_starttls;

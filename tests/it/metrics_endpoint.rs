@@ -20,7 +20,22 @@ fn scrape(port: u16) -> String {
 fn metrics_count_connections_messages_rejections_and_commits() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let daemon = Daemon::spawn(dir.path(), &format!("metrics: {{ address: \"127.0.0.1:{port}\" }}\n"), &[]);
+    let extra = crate::common::tls_auth_yaml(dir.path(), &format!("metrics: {{ address: \"127.0.0.1:{port}\" }}\n"));
+    let daemon = Daemon::spawn(dir.path(), &extra, &[]);
+    let mut t = Client::connect(daemon.addr);
+    t.cmd("EHLO c.test");
+    assert_eq!(t.cmd("STARTTLS").code, 220);
+    t.start_tls(&dir.path().join("cert.pem"));
+    t.cmd("EHLO c.test");
+    assert_eq!(t.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0right"))).code, 235);
+    assert_eq!(t.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0right"))).code, 503);
+    t.cmd("QUIT");
+    let mut f = Client::connect_from(daemon.addr, "127.0.0.2");
+    f.cmd("EHLO c.test");
+    assert_eq!(f.cmd("STARTTLS").code, 220);
+    f.start_tls(&dir.path().join("cert.pem"));
+    f.cmd("EHLO c.test");
+    assert_eq!(f.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0nope"))).code, 535);
     let mut c = Client::connect(daemon.addr);
     assert_eq!(c.send_mail("a@x.test", &["b@y.test"], "Subject: m\r\n\r\nm\r\n").code, 250);
     let mut u = Client::connect_from(daemon.addr, "127.0.0.2");
@@ -38,6 +53,10 @@ fn metrics_count_connections_messages_rejections_and_commits() {
         "sluice_spool_commit_latency_seconds_bucket",
         "sluice_spool_messages_per_fsync_bucket",
         "sluice_spool_messages 1",
+        "sluice_intake_tls_handshakes_total{version=\"TLSv1.3\"} 2",
+        "sluice_intake_auth_total{result=\"success\"} 1",
+        "sluice_intake_auth_total{result=\"failure\"} 1",
+        "sluice_intake_rejected_total{reason=\"auth_failed\"} 1",
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }

@@ -1,0 +1,126 @@
+//! AUTH PLAIN and LOGIN (RFC 4954) with lettre over STARTTLS and implicit TLS, refusals, and
+//! the brute-force limit.
+
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Message, SmtpTransport, Transport};
+
+use crate::common::{Client, TestRelay};
+
+const LISTENERS: &str = "listeners:\n  - { address: \"127.0.0.1:0\", mode: relay }\n  - { address: \"127.0.0.1:0\", mode: submission }\n  - { address: \"127.0.0.1:0\", mode: submissions }\n";
+
+fn transport(relay: &TestRelay, port: u16, implicit: bool, mechanism: Mechanism, password: &str) -> SmtpTransport {
+    let pem = std::fs::read(relay.certificate()).unwrap();
+    let params =
+        TlsParameters::builder("relay.test".into()).add_root_certificate(Certificate::from_pem(&pem).unwrap()).build_rustls().unwrap();
+    let tls = if implicit { Tls::Wrapper(params) } else { Tls::Required(params) };
+    SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(port)
+        .tls(tls)
+        .credentials(Credentials::new("alice".into(), password.into()))
+        .authentication(vec![mechanism])
+        .build()
+}
+
+fn email() -> Message {
+    Message::builder()
+        .from("alice@sender.test".parse::<Mailbox>().unwrap())
+        .to("bob@dest.test".parse::<Mailbox>().unwrap())
+        .subject("auth")
+        .body(String::from("hello\r\n"))
+        .unwrap()
+}
+
+#[test]
+fn lettre_submits_with_plain_and_login_over_starttls_and_implicit_tls() {
+    let relay = TestRelay::with_tls(LISTENERS);
+    let (submission, submissions) = (relay.addrs[1].port(), relay.addrs[2].port());
+    for (port, implicit, mechanism) in [
+        (submission, false, Mechanism::Plain),
+        (submission, false, Mechanism::Login),
+        (submissions, true, Mechanism::Plain),
+        (submissions, true, Mechanism::Login),
+    ] {
+        let t = transport(&relay, port, implicit, mechanism, "right");
+        t.send(&email()).unwrap_or_else(|e| panic!("port {port} {mechanism:?}: {e}"));
+    }
+    assert_eq!(relay.stop_and_read().len(), 4);
+}
+
+#[test]
+fn wrong_passwords_are_refused_535() {
+    let relay = TestRelay::with_tls(LISTENERS);
+    for mechanism in [Mechanism::Plain, Mechanism::Login] {
+        let err = transport(&relay, relay.addrs[1].port(), false, mechanism, "wrong").send(&email()).unwrap_err();
+        assert!(err.to_string().contains("535"), "{mechanism:?}: {err}");
+    }
+    assert!(relay.stop_and_read().is_empty());
+}
+
+#[test]
+fn auth_is_refused_in_plaintext_from_an_untrusted_address() {
+    let relay = TestRelay::with_tls(LISTENERS);
+    let mut c = Client::connect_from(relay.addr, "127.0.0.2");
+    let ehlo = c.cmd("EHLO c.test");
+    assert!(!ehlo.lines.iter().any(|l| l.starts_with("AUTH")), "{ehlo:?}");
+    let r = c.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0right")));
+    assert_eq!((r.code, r.text()), (538, "5.7.11 Encryption required for requested authentication mechanism".into()));
+}
+
+#[test]
+fn plaintext_networks_allow_auth_without_tls_and_only_them() {
+    let files = tempfile::tempdir().unwrap();
+    let auth =
+        format!("auth: {{ users_file: {}/users, plaintext_networks: [\"127.0.0.2/32\"], failure_delay: 0s }}\n", files.path().display());
+    let relay = TestRelay::with_config(&crate::common::tls_auth_yaml(files.path(), &auth));
+    let login = format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0right"));
+    let mut listed = Client::connect_from(relay.addr, "127.0.0.2");
+    assert!(listed.cmd("EHLO c.test").lines.contains(&"AUTH PLAIN LOGIN".to_string()));
+    assert_eq!(listed.cmd(&login).code, 235);
+    let mut neighbour = Client::connect_from(relay.addr, "127.0.0.3");
+    neighbour.cmd("EHLO c.test");
+    assert_eq!(neighbour.cmd(&login).code, 538);
+}
+
+#[test]
+fn authentication_lets_an_untrusted_client_relay() {
+    let relay = TestRelay::with_tls(&format!("trusted_networks: [\"127.0.0.1/32\"]\n{LISTENERS}"));
+    let mut c = Client::connect_from(relay.addr, "127.0.0.2");
+    c.cmd("EHLO c.test");
+    assert_eq!(c.cmd("STARTTLS").code, 220);
+    c.start_tls(&relay.certificate());
+    c.cmd("EHLO c.test");
+    c.cmd("MAIL FROM:<a@x.test>");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").code, 550, "not before AUTH");
+    c.cmd("RSET");
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0right"))).code, 235);
+    c.cmd("MAIL FROM:<a@x.test>");
+    assert_eq!(c.cmd("RCPT TO:<b@y.test>").code, 250, "relay after AUTH");
+}
+
+#[test]
+fn repeated_failures_lock_the_address_out_with_421() {
+    let files = tempfile::tempdir().unwrap();
+    let yaml = crate::common::tls_auth_yaml(
+        files.path(),
+        &format!("auth: {{ users_file: {}/users, max_failures: 3, lockout: 1h, failure_delay: 0s }}\n{LISTENERS}", files.path().display()),
+    );
+    let relay = TestRelay::with_config(&yaml);
+    let wrong = format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0wrong"));
+    let mut c = Client::connect_tls(relay.addrs[2], &relay.certificate());
+    c.cmd("EHLO c.test");
+    assert_eq!(c.cmd(&wrong).code, 535);
+    assert_eq!(c.cmd(&wrong).code, 535);
+    let r = c.cmd(&wrong);
+    assert_eq!(r.code, 421, "third failure locks out: {r:?}");
+    assert!(r.text().starts_with("4.7.0"));
+    assert!(c.is_closed());
+    // The lockout covers new connections from the address, even with the right password.
+    let mut again = Client::connect(relay.addrs[1]);
+    assert_eq!(again.greeting.code, 421);
+    assert!(again.is_closed());
+    // Other addresses are not affected.
+    let other = Client::connect_from(relay.addrs[1], "127.0.0.3");
+    assert_eq!(other.greeting.code, 220);
+}
