@@ -124,3 +124,21 @@ fn repeated_failures_lock_the_address_out_with_421() {
     let other = Client::connect_from(relay.addrs[1], "127.0.0.3");
     assert_eq!(other.greeting.code, 220);
 }
+
+#[test]
+fn failures_are_delayed_and_an_unreadable_users_file_is_454() {
+    let files = tempfile::tempdir().unwrap();
+    let auth = format!("auth: {{ users_file: {}/users, failure_delay: 1s }}\n", files.path().display());
+    let relay = TestRelay::with_config(&crate::common::tls_auth_yaml(files.path(), &auth));
+    let mut c = relay.client();
+    c.cmd("EHLO c.test");
+    c.cmd("STARTTLS");
+    c.start_tls(&relay.certificate());
+    c.cmd("EHLO c.test");
+    let started = std::time::Instant::now();
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0wrong"))).code, 535);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(950), "failure answered after {:?}", started.elapsed());
+    std::fs::remove_file(files.path().join("users")).unwrap();
+    let r = c.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0right")));
+    assert_eq!((r.code, r.text()), (454, "4.7.0 Temporary authentication failure".into()));
+}

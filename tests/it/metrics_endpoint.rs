@@ -35,7 +35,7 @@ fn metrics_count_connections_messages_rejections_and_commits() {
     assert_eq!(f.cmd("STARTTLS").code, 220);
     f.start_tls(&dir.path().join("cert.pem"));
     f.cmd("EHLO c.test");
-    assert_eq!(f.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0nope"))).code, 535);
+    assert_eq!(f.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0Zebra-Password-42"))).code, 535);
     let mut c = Client::connect(daemon.addr);
     assert_eq!(c.send_mail("a@x.test", &["b@y.test"], "Subject: m\r\n\r\nm\r\n").code, 250);
     let mut u = Client::connect_from(daemon.addr, "127.0.0.2");
@@ -45,6 +45,8 @@ fn metrics_count_connections_messages_rejections_and_commits() {
     u.cmd("QUIT");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let text = scrape(port);
+    let log = daemon.log_text();
+    assert!(log.contains("authentication failed") && !log.contains("Zebra-Password-42"), "passwords never reach the log:\n{log}");
     for needle in [
         "sluice_intake_connections_total{listener=",
         "sluice_intake_messages_accepted_total 1",
