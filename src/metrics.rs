@@ -12,6 +12,7 @@ pub const COMMIT_LATENCY: &str = "sluice_spool_commit_latency_seconds";
 pub const SPOOL_FSYNC_SECONDS: &str = "sluice_spool_fsync_seconds";
 pub const SPOOL_MESSAGES_PER_FSYNC: &str = "sluice_spool_messages_per_fsync";
 pub const SPOOL_MESSAGES: &str = "sluice_spool_messages";
+pub const SPOOL_BYTES: &str = "sluice_spool_bytes";
 pub const TLS_HANDSHAKES: &str = "sluice_intake_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "sluice_intake_tls_handshake_failures_total";
 pub const AUTH_ATTEMPTS: &str = "sluice_intake_auth_total";
@@ -45,6 +46,7 @@ fn describe() {
     describe_histogram!(SPOOL_FSYNC_SECONDS, Unit::Seconds, "Duration of one group commit (flush and fsyncs)");
     describe_histogram!(SPOOL_MESSAGES_PER_FSYNC, "Writes made durable by one group commit");
     describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");
+    describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Message bytes in the spool");
     describe_counter!(TLS_HANDSHAKES, "Completed intake TLS handshakes, by protocol version");
     describe_counter!(TLS_HANDSHAKE_FAILURES, "Intake TLS handshakes that failed or timed out");
     describe_counter!(AUTH_ATTEMPTS, "AUTH attempts by result: success, failure, locked_out, temporary_failure");

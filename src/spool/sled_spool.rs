@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +33,8 @@ pub struct SledSpool {
     committer: Mutex<Option<JoinHandle<()>>>,
     ids: Arc<QueueIdGenerator>,
     count: AtomicUsize,
+    /// Body bytes of the messages in the spool.
+    bytes: AtomicU64,
     path: PathBuf,
     min_free_space: u64,
     space: Mutex<Option<(Instant, bool)>>,
@@ -68,6 +70,7 @@ impl SledSpool {
         }
         let bodies_existing = BodyFiles::scan(&bodies_dir);
         let mut recovered = 0;
+        let mut recovered_bytes = 0;
         for env in envelopes {
             high_water = high_water.max(queue_id::decode(&env.queue_id).unwrap_or(0));
             let intact = env.body.is_some_and(|b| bodies_existing.len_of(b.segment).is_some_and(|len| b.offset + b.len <= len));
@@ -79,6 +82,7 @@ impl SledSpool {
             }
             *refs.entry(env.body.expect("checked intact").segment).or_insert(0) += 1;
             recovered += 1;
+            recovered_bytes += env.body.map_or(0, |b| b.len);
         }
         let (segments, _) = Segments::open(&bodies_dir, cfg.segment_size, refs)?;
         let ids = Arc::new(QueueIdGenerator::new(high_water));
@@ -112,6 +116,7 @@ impl SledSpool {
             })?
         };
         metrics::gauge!(m::SPOOL_MESSAGES).set(recovered as f64);
+        metrics::gauge!(m::SPOOL_BYTES).set(recovered_bytes as f64);
         tracing::info!(path = %cfg.path.display(), messages = recovered, "spool opened");
         Ok(Arc::new(SledSpool {
             messages,
@@ -120,6 +125,7 @@ impl SledSpool {
             committer: Mutex::new(Some(committer)),
             ids,
             count: AtomicUsize::new(recovered),
+            bytes: AtomicU64::new(recovered_bytes),
             path: cfg.path.clone(),
             min_free_space: cfg.min_free_space,
             space: Mutex::new(None),
@@ -175,7 +181,9 @@ impl Spool for SledSpool {
             return Err(e);
         }
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let bytes = self.bytes.fetch_add(appended.body.len, Ordering::Relaxed) + appended.body.len;
         metrics::gauge!(m::SPOOL_MESSAGES).set(n as f64);
+        metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
         Ok(self.commits.request(Request {
             segment: Some((appended.body.segment, appended.file)),
             new_segment: appended.created,
@@ -202,7 +210,10 @@ impl Spool for SledSpool {
         let env: Envelope = serde_json::from_slice(&old).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
         let garbage = env.body.and_then(|b| self.segments.release(b.segment));
         let n = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
+        let len = env.body.map_or(0, |b| b.len);
+        let bytes = self.bytes.fetch_sub(len, Ordering::Relaxed) - len;
         metrics::gauge!(m::SPOOL_MESSAGES).set(n as f64);
+        metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
         Ok(self.commits.request(Request { garbage, ..Request::default() }))
     }
 

@@ -55,6 +55,7 @@ fn metrics_count_connections_messages_rejections_and_commits() {
         "sluice_spool_commit_latency_seconds_bucket",
         "sluice_spool_messages_per_fsync_bucket",
         "sluice_spool_messages 1",
+        "sluice_spool_bytes ",
         "sluice_intake_tls_handshakes_total{version=\"TLSv1.3\"} 2",
         "sluice_intake_auth_total{result=\"success\"} 1",
         "sluice_intake_auth_total{result=\"failure\"} 1",
