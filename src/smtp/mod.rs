@@ -2,6 +2,7 @@
 //! State machines take bytes and return replies and events; the I/O layers drive them.
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod reply;

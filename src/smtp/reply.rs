@@ -102,6 +102,119 @@ impl fmt::Display for Reply {
     }
 }
 
+/// Why a server's reply could not be parsed (the connection is unusable after this).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    Malformed(String),
+    TooLong,
+}
+
+/// Longest reply line and whole reply the client accepts; RFC 5321 says 512 per line, but
+/// real servers send more, and a bound is all that matters here.
+const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY: usize = 64 * 1024;
+
+/// Incremental parser for server replies (the client side). Bytes past the first reply stay
+/// buffered for the next one, so pipelined replies that arrive together are all kept.
+#[derive(Debug, Default)]
+pub struct ReplyParser {
+    buf: Vec<u8>,
+    pos: usize,
+    lines: Vec<String>,
+    code: Option<u16>,
+    size: usize,
+}
+
+impl ReplyParser {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes received but not yet part of a complete reply.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next complete reply, if one has fully arrived.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ReplyError> {
+        loop {
+            let rest = &self.buf[self.pos..];
+            let Some(lf) = memchr::memchr(b'\n', rest) else {
+                return if rest.len() > MAX_REPLY_LINE { Err(ReplyError::TooLong) } else { Ok(None) };
+            };
+            let raw = &rest[..lf];
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            self.pos += lf + 1;
+            self.size += line.len();
+            if line.len() > MAX_REPLY_LINE || self.size > MAX_REPLY {
+                return Err(ReplyError::TooLong);
+            }
+            let text = String::from_utf8_lossy(line);
+            let code: u16 = text
+                .get(..3)
+                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|c| c.parse().ok())
+                .filter(|c| (200..600).contains(c))
+                .ok_or_else(|| ReplyError::Malformed(text.chars().take(80).collect()))?;
+            if self.code.is_some_and(|c| c != code) {
+                return Err(ReplyError::Malformed(format!("reply code changed within a reply: {text}")));
+            }
+            self.code = Some(code);
+            let (last, body) = match line.get(3) {
+                None => (true, ""),
+                Some(b' ') => (true, text.get(4..).unwrap_or("")),
+                Some(b'-') => (false, text.get(4..).unwrap_or("")),
+                Some(_) => return Err(ReplyError::Malformed(text.chars().take(80).collect())),
+            };
+            self.lines.push(body.to_string());
+            if last {
+                let lines = std::mem::take(&mut self.lines);
+                self.code = None;
+                self.size = 0;
+                return Ok(Some(Reply::parsed(code, lines)));
+            }
+        }
+    }
+}
+
+impl Reply {
+    /// Builds a received reply, moving a leading enhanced status code (RFC 2034) out of the
+    /// text of every line into `enhanced`.
+    pub fn parsed(code: u16, lines: Vec<String>) -> Reply {
+        let class = (code / 100) as u8;
+        let enhanced = lines.first().and_then(|l| parse_enhanced(l)).filter(|e| e.0 == class);
+        let lines = match enhanced {
+            Some(e) => {
+                let prefix = e.to_string();
+                lines.into_iter().map(|l| l.strip_prefix(&prefix).map(|r| r.trim_start().to_string()).unwrap_or(l)).collect()
+            }
+            None => lines,
+        };
+        Reply { code, enhanced, lines }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+fn parse_enhanced(text: &str) -> Option<Enhanced> {
+    let word = text.split_ascii_whitespace().next()?;
+    let mut parts = word.split('.');
+    let class: u8 = parts.next()?.parse().ok()?;
+    let subject: u16 = parts.next()?.parse().ok()?;
+    let detail: u16 = parts.next()?.parse().ok()?;
+    (parts.next().is_none() && matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000).then_some(Enhanced(class, subject, detail))
+}
+
 /// Reply text may echo client input; a CR or LF there would forge extra reply lines.
 fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
     if text.bytes().any(|b| b == b'\r' || b == b'\n') { text.replace(['\r', '\n'], " ").into() } else { text.into() }
@@ -207,6 +320,42 @@ mod tests {
     fn writes_multiline_without_enhanced_code() {
         let r = Reply::plain(250, vec!["host".into(), "PIPELINING".into(), "DSN".into()]);
         assert_eq!(r.to_bytes(), b"250-host\r\n250-PIPELINING\r\n250 DSN\r\n");
+    }
+
+    #[test]
+    fn parses_pipelined_and_multiline_replies_table() {
+        let mut p = ReplyParser::default();
+        p.feed(b"220-mx.example ESMTP\r\n220 ready\r\n250-mx greets\r\n250-PIPELINING\r\n250 SIZE 1000\r\n550 5.1.1 no such user\r\n25");
+        let r = p.next_reply().unwrap().unwrap();
+        assert_eq!((r.code, r.lines.clone()), (220, vec!["mx.example ESMTP".to_string(), "ready".to_string()]));
+        let r = p.next_reply().unwrap().unwrap();
+        assert_eq!(r.lines, ["mx greets", "PIPELINING", "SIZE 1000"]);
+        let r = p.next_reply().unwrap().unwrap();
+        assert_eq!((r.code, r.enhanced, r.lines[0].as_str()), (550, Some(Enhanced(5, 1, 1)), "no such user"));
+        assert_eq!(p.next_reply(), Ok(None), "a partial reply waits for more bytes");
+        p.feed(b"0 ok\r\n");
+        assert_eq!(p.next_reply().unwrap().unwrap().code, 250);
+    }
+
+    #[test]
+    fn refuses_malformed_replies() {
+        for bad in [&b"hello\r\n"[..], b"250-a\r\n251 b\r\n", b"999 x\r\n", b"25x ok\r\n"] {
+            let mut p = ReplyParser::default();
+            p.feed(bad);
+            assert!(p.next_reply().is_err(), "{bad:?}");
+        }
+        let mut p = ReplyParser::default();
+        p.feed(&vec![b'2'; 5000]);
+        assert_eq!(p.next_reply(), Err(ReplyError::TooLong));
+    }
+
+    #[test]
+    fn a_bare_code_line_and_a_mismatched_enhanced_class_are_kept_as_text() {
+        let mut p = ReplyParser::default();
+        p.feed(b"250\r\n450 5.1.1 odd\r\n");
+        assert_eq!(p.next_reply().unwrap().unwrap().lines, [""]);
+        let r = p.next_reply().unwrap().unwrap();
+        assert_eq!((r.enhanced, r.lines[0].as_str()), (None, "5.1.1 odd"));
     }
 
     #[test]

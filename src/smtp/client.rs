@@ -1,0 +1,558 @@
+//! The outbound SMTP client, sans-IO: replies in, commands and per-recipient outcomes out.
+//!
+//! One [`Client`] is one connection. The driver feeds what it read with [`Client::feed`] and
+//! calls [`Client::poll`] for events, writing whatever the client appended to the output
+//! buffer. [`Client::send`] starts a transaction when the client is ready. With PIPELINING
+//! (RFC 2920) MAIL, every RCPT and DATA go out in one write, and the body with its final dot in
+//! one more; without it, commands go lock-step. Replies are matched to commands in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::address::{Body, MailParams, Mailbox, RcptParams, Ret};
+use super::reply::{Enhanced, Reply, ReplyError, ReplyParser};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// Never send STARTTLS.
+    Never,
+    /// STARTTLS whenever offered (RFC 7435).
+    Opportunistic,
+    /// TLS or nothing: a server without STARTTLS is a temporary failure.
+    Required,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub ehlo_name: String,
+    /// A greeting naming this host means the route loops back to us (5.4.6).
+    pub our_hostname: String,
+    pub tls: TlsPolicy,
+}
+
+/// What the server's EHLO reply offers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub esmtp: bool,
+    pub pipelining: bool,
+    /// SIZE with its limit (0: no fixed limit).
+    pub size: Option<u64>,
+    pub eightbitmime: bool,
+    pub smtputf8: bool,
+    pub starttls: bool,
+    pub dsn: bool,
+    pub chunking: bool,
+}
+
+impl Capabilities {
+    fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities { esmtp: true, ..Capabilities::default() };
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let keyword = words.next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|w| w.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => caps.eightbitmime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "STARTTLS" => caps.starttls = true,
+                "DSN" => caps.dsn = true,
+                "CHUNKING" => caps.chunking = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// One transaction to send: the envelope and the message (unstuffed, CRLF line ends).
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub from: Option<Mailbox>,
+    pub params: MailParams,
+    pub recipients: Vec<(Mailbox, RcptParams)>,
+    pub body: Arc<Vec<u8>>,
+}
+
+impl Message {
+    fn needs_smtputf8(&self) -> bool {
+        self.params.smtputf8 || !self.from.as_ref().is_none_or(Mailbox::is_ascii) || self.recipients.iter().any(|(m, _)| !m.is_ascii())
+    }
+
+    fn is_8bit(&self) -> bool {
+        self.params.body == Some(Body::EightBitMime) || !self.body.is_ascii()
+    }
+}
+
+/// The result for one recipient of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Delivered(Reply),
+    /// Try again later.
+    Deferred(Reply),
+    /// Bounce.
+    Failed(Reply),
+    /// 452 too many recipients (RFC 5321 4.5.3.1.10): send again in a new transaction now.
+    Overflow,
+}
+
+impl RcptOutcome {
+    fn from_reply(reply: &Reply) -> RcptOutcome {
+        if reply.code < 400 {
+            RcptOutcome::Delivered(reply.clone())
+        } else if reply.code < 500 {
+            RcptOutcome::Deferred(reply.clone())
+        } else {
+            RcptOutcome::Failed(reply.clone())
+        }
+    }
+}
+
+/// Why the connection cannot be used any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The greeting was not 2xx (move on to the next host).
+    Greeting(Reply),
+    /// 421 or another reply that ends the session.
+    Closing(Reply),
+    /// The server's bytes are not SMTP.
+    Protocol(String),
+    /// `TlsPolicy::Required`, but the server offers no STARTTLS (or refused it).
+    TlsUnavailable,
+    /// The greeting names our own host: the route loops (5.4.6).
+    Loop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A transaction can be sent.
+    Ready,
+    /// Write the output (it ends with STARTTLS's 220 answer pending); run the TLS handshake and
+    /// call [`Client::tls_established`].
+    StartTls,
+    /// The transaction finished: one outcome per recipient, in order.
+    Done(Vec<RcptOutcome>),
+    /// The connection is unusable. Any transaction in flight was not delivered.
+    Failed(Failure),
+}
+
+/// Which timeout applies to the reply awaited now (RFC 5321 4.5.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    Greeting,
+    Command,
+    DataInit,
+    FinalDot,
+    Idle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Mail,
+    Rcpt(usize),
+    Data,
+    Dot,
+    Rset,
+    Quit,
+}
+
+struct Transaction {
+    msg: Message,
+    outcomes: Vec<Option<RcptOutcome>>,
+    accepted: usize,
+    /// MAIL failed: every recipient shares its reply.
+    aborted: Option<Reply>,
+    /// Lock-step: commands still to send, in order.
+    unsent: VecDeque<Expect>,
+    /// Only the dot was sent after 354 (no recipient was accepted).
+    dot_only: bool,
+}
+
+pub struct Client {
+    cfg: ClientConfig,
+    parser: ReplyParser,
+    caps: Capabilities,
+    tls_active: bool,
+    expect: VecDeque<Expect>,
+    tx: Option<Transaction>,
+    events: VecDeque<Event>,
+    ready: bool,
+    dead: bool,
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig) -> Client {
+        Client {
+            cfg,
+            parser: ReplyParser::default(),
+            caps: Capabilities::default(),
+            tls_active: false,
+            expect: VecDeque::from([Expect::Greeting]),
+            tx: None,
+            events: VecDeque::new(),
+            ready: false,
+            dead: false,
+        }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready && !self.dead
+    }
+
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    pub fn waiting(&self) -> Waiting {
+        match self.expect.front() {
+            None => Waiting::Idle,
+            Some(Expect::Greeting) => Waiting::Greeting,
+            Some(Expect::Data) => Waiting::DataInit,
+            Some(Expect::Dot) => Waiting::FinalDot,
+            Some(_) => Waiting::Command,
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.parser.feed(bytes);
+    }
+
+    /// Processes received replies; returns the next event, or `None` when more input is needed.
+    pub fn poll(&mut self, out: &mut Vec<u8>) -> Option<Event> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Some(e);
+            }
+            if self.dead {
+                return None;
+            }
+            let reply = match self.parser.next_reply() {
+                Ok(Some(r)) => r,
+                Ok(None) => return None,
+                Err(ReplyError::TooLong) => return Some(self.fail(Failure::Protocol("reply too long".into()))),
+                Err(ReplyError::Malformed(text)) => return Some(self.fail(Failure::Protocol(format!("malformed reply: {text}")))),
+            };
+            let Some(expect) = self.expect.pop_front() else {
+                return Some(self.fail(Failure::Protocol(format!("unexpected reply: {reply}"))));
+            };
+            self.handle(expect, reply, out);
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) -> Event {
+        self.dead = true;
+        self.ready = false;
+        self.expect.clear();
+        Event::Failed(failure)
+    }
+
+    fn push_fail(&mut self, failure: Failure) {
+        let e = self.fail(failure);
+        self.events.push_back(e);
+    }
+
+    fn set_ready(&mut self) {
+        self.ready = true;
+        self.events.push_back(Event::Ready);
+    }
+
+    fn command(&mut self, out: &mut Vec<u8>, line: &str, expect: Expect) {
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.expect.push_back(expect);
+    }
+
+    fn handle(&mut self, expect: Expect, reply: Reply, out: &mut Vec<u8>) {
+        // 421 ends the session whatever was asked (RFC 5321 3.8).
+        if reply.code == 421 && expect != Expect::Quit {
+            return self.push_fail(Failure::Closing(reply));
+        }
+        match expect {
+            Expect::Greeting => {
+                if reply.code != 220 {
+                    return self.push_fail(Failure::Greeting(reply));
+                }
+                let name = reply.lines.first().and_then(|l| l.split_ascii_whitespace().next()).unwrap_or("");
+                if name.eq_ignore_ascii_case(&self.cfg.our_hostname) {
+                    return self.push_fail(Failure::Loop);
+                }
+                let ehlo = format!("EHLO {}", self.cfg.ehlo_name);
+                self.command(out, &ehlo, Expect::Ehlo);
+            }
+            Expect::Ehlo if reply.code == 250 => {
+                self.caps = Capabilities::from_ehlo(&reply);
+                self.after_hello(out);
+            }
+            Expect::Ehlo if reply.is_permanent() => {
+                let helo = format!("HELO {}", self.cfg.ehlo_name);
+                self.command(out, &helo, Expect::Helo);
+            }
+            Expect::Helo if reply.code == 250 => {
+                self.caps = Capabilities::default();
+                self.after_hello(out);
+            }
+            Expect::Ehlo | Expect::Helo => self.push_fail(Failure::Closing(reply)),
+            Expect::StartTls if reply.code == 220 => self.events.push_back(Event::StartTls),
+            Expect::StartTls if self.cfg.tls == TlsPolicy::Required => self.push_fail(Failure::TlsUnavailable),
+            // Opportunistic: a refused STARTTLS means going on in plain text.
+            Expect::StartTls => self.set_ready(),
+            Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::Dot => self.transaction_reply(expect, reply, out),
+            Expect::Rset if reply.code == 250 => self.set_ready(),
+            Expect::Rset => self.push_fail(Failure::Closing(reply)),
+            Expect::Quit => self.dead = true,
+        }
+    }
+
+    fn after_hello(&mut self, out: &mut Vec<u8>) {
+        if !self.tls_active && self.cfg.tls != TlsPolicy::Never && self.caps.starttls {
+            self.command(out, "STARTTLS", Expect::StartTls);
+        } else if !self.tls_active && self.cfg.tls == TlsPolicy::Required {
+            self.push_fail(Failure::TlsUnavailable);
+        } else {
+            self.set_ready();
+        }
+    }
+
+    /// The TLS handshake after [`Event::StartTls`] succeeded: EHLO again (RFC 3207 4.2).
+    pub fn tls_established(&mut self, out: &mut Vec<u8>) {
+        self.tls_active = true;
+        self.caps = Capabilities::default();
+        let ehlo = format!("EHLO {}", self.cfg.ehlo_name);
+        self.command(out, &ehlo, Expect::Ehlo);
+    }
+
+    /// Ends the session politely.
+    pub fn quit(&mut self, out: &mut Vec<u8>) {
+        self.ready = false;
+        self.command(out, "QUIT", Expect::Quit);
+    }
+
+    /// Starts a transaction (only when ready). A message this server cannot take (size,
+    /// 8-bit, SMTPUTF8) is answered at once with `Done` and nothing is sent.
+    pub fn send(&mut self, msg: Message, out: &mut Vec<u8>) {
+        assert!(self.is_ready(), "send() needs a ready client");
+        if let Some(reply) = self.refusal(&msg) {
+            let outcomes = msg.recipients.iter().map(|_| RcptOutcome::Failed(reply.clone())).collect();
+            self.events.push_back(Event::Done(outcomes));
+            self.events.push_back(Event::Ready);
+            return;
+        }
+        self.ready = false;
+        let mut commands: VecDeque<Expect> = (0..msg.recipients.len()).map(Expect::Rcpt).collect();
+        commands.push_front(Expect::Mail);
+        commands.push_back(Expect::Data);
+        let n = msg.recipients.len();
+        self.tx = Some(Transaction { msg, outcomes: vec![None; n], accepted: 0, aborted: None, unsent: commands, dot_only: false });
+        if self.caps.pipelining {
+            while self.send_next(out) {}
+        } else {
+            self.send_next(out);
+        }
+    }
+
+    fn refusal(&self, msg: &Message) -> Option<Reply> {
+        if let Some(max) = self.caps.size.filter(|&m| m > 0)
+            && msg.body.len() as u64 > max
+        {
+            return Some(Reply::new(552, Enhanced(5, 3, 4), format!("Message too big for the destination (limit {max})")));
+        }
+        if msg.needs_smtputf8() && !self.caps.smtputf8 {
+            return Some(Reply::new(553, Enhanced(5, 6, 7), "The destination does not support SMTPUTF8"));
+        }
+        if msg.is_8bit() && !self.caps.eightbitmime {
+            return Some(Reply::new(554, Enhanced(5, 6, 3), "8-bit message and the destination lacks 8BITMIME"));
+        }
+        None
+    }
+
+    /// Writes the next unsent command of the transaction; false when there is none.
+    fn send_next(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(tx) = self.tx.as_mut() else { return false };
+        let Some(next) = tx.unsent.pop_front() else { return false };
+        let line = match next {
+            Expect::Mail => mail_command(&tx.msg, &self.caps),
+            Expect::Rcpt(i) => rcpt_command(&tx.msg.recipients[i], &self.caps),
+            _ => "DATA".to_string(),
+        };
+        self.command(out, &line, next);
+        true
+    }
+
+    fn transaction_reply(&mut self, expect: Expect, reply: Reply, out: &mut Vec<u8>) {
+        let pipelining = self.caps.pipelining;
+        let Some(tx) = self.tx.as_mut() else { return self.push_fail(Failure::Protocol("reply outside a transaction".into())) };
+        match expect {
+            Expect::Mail => {
+                if reply.code != 250 {
+                    tx.aborted = Some(reply);
+                    if !pipelining {
+                        // Nothing more of this transaction goes out.
+                        tx.unsent.clear();
+                        return self.finish(out);
+                    }
+                }
+            }
+            Expect::Rcpt(i) => {
+                if tx.aborted.is_none() {
+                    tx.outcomes[i] = match reply.code {
+                        250 | 251 => {
+                            tx.accepted += 1;
+                            None
+                        }
+                        452 if is_too_many_recipients(&reply) && tx.accepted > 0 => Some(RcptOutcome::Overflow),
+                        _ => Some(RcptOutcome::from_reply(&reply)),
+                    };
+                }
+                if !pipelining && matches!(tx.unsent.front(), Some(Expect::Data)) && tx.accepted == 0 {
+                    // Lock-step and nobody accepted: no DATA at all.
+                    tx.unsent.clear();
+                    return self.finish(out);
+                }
+            }
+            Expect::Data => {
+                if reply.code == 354 {
+                    if tx.accepted > 0 && tx.aborted.is_none() {
+                        dot_stuff(&tx.msg.body, out);
+                    } else {
+                        // 354 after every RCPT failed: only the final dot.
+                        tx.dot_only = true;
+                    }
+                    out.extend_from_slice(b".\r\n");
+                    self.expect.push_back(Expect::Dot);
+                    return;
+                }
+                if tx.aborted.is_none() {
+                    set_accepted(tx, &reply);
+                }
+                return self.finish(out);
+            }
+            Expect::Dot => {
+                if !tx.dot_only && tx.aborted.is_none() {
+                    set_accepted(tx, &reply);
+                }
+                let clean = reply.code == 250 && !tx.dot_only && tx.aborted.is_none();
+                return self.finish_with(out, clean);
+            }
+            _ => unreachable!("not a transaction reply"),
+        }
+        if !pipelining {
+            self.send_next(out);
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        self.finish_with(out, false);
+    }
+
+    /// Reports the outcomes; the connection is ready again after a clean 250, or after RSET.
+    fn finish_with(&mut self, out: &mut Vec<u8>, clean: bool) {
+        let Some(tx) = self.tx.take() else { return };
+        let shared = tx.aborted.clone();
+        let outcomes = tx
+            .outcomes
+            .into_iter()
+            .map(|o| match (&shared, o) {
+                (Some(mail_reply), _) => RcptOutcome::from_reply(mail_reply),
+                (None, Some(o)) => o,
+                // Accepted at RCPT but the transaction ended before a final reply set it.
+                (None, None) => RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 0), "Transaction ended without a final reply")),
+            })
+            .collect();
+        self.events.push_back(Event::Done(outcomes));
+        if clean {
+            self.set_ready();
+        } else {
+            self.command(out, "RSET", Expect::Rset);
+        }
+    }
+}
+
+/// After DATA or the final dot: every recipient accepted at RCPT shares this reply.
+fn set_accepted(tx: &mut Transaction, reply: &Reply) {
+    for o in tx.outcomes.iter_mut().filter(|o| o.is_none()) {
+        *o = Some(RcptOutcome::from_reply(reply));
+    }
+}
+
+fn is_too_many_recipients(reply: &Reply) -> bool {
+    reply.enhanced == Some(Enhanced(4, 5, 3)) || reply.lines.iter().any(|l| l.to_ascii_lowercase().contains("too many recipients"))
+}
+
+fn path(m: Option<&Mailbox>) -> String {
+    m.map(|m| format!("<{m}>")).unwrap_or_else(|| "<>".into())
+}
+
+fn mail_command(msg: &Message, caps: &Capabilities) -> String {
+    let mut line = format!("MAIL FROM:{}", path(msg.from.as_ref()));
+    if caps.size.is_some() {
+        line.push_str(&format!(" SIZE={}", msg.body.len()));
+    }
+    if caps.eightbitmime && msg.is_8bit() {
+        line.push_str(" BODY=8BITMIME");
+    }
+    if caps.smtputf8 && msg.needs_smtputf8() {
+        line.push_str(" SMTPUTF8");
+    }
+    if caps.dsn {
+        match msg.params.ret {
+            Some(Ret::Full) => line.push_str(" RET=FULL"),
+            Some(Ret::Hdrs) => line.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &msg.params.envid {
+            line.push_str(&format!(" ENVID={envid}"));
+        }
+    }
+    line
+}
+
+fn rcpt_command((mailbox, params): &(Mailbox, RcptParams), caps: &Capabilities) -> String {
+    let mut line = format!("RCPT TO:<{mailbox}>");
+    if caps.dsn {
+        if let Some(n) = params.notify {
+            let words: Vec<&str> = if n.never {
+                vec!["NEVER"]
+            } else {
+                [(n.success, "SUCCESS"), (n.failure, "FAILURE"), (n.delay, "DELAY")]
+                    .into_iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, w)| w)
+                    .collect()
+            };
+            line.push_str(&format!(" NOTIFY={}", words.join(",")));
+        }
+        if let Some(orcpt) = &params.orcpt {
+            line.push_str(&format!(" ORCPT={orcpt}"));
+        }
+    }
+    line
+}
+
+/// Appends the body with a dot doubled at the start of each line (RFC 5321 4.5.2); the body
+/// is made to end with CRLF so the final dot stands on its own line.
+pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
+    out.reserve(body.len() + body.len() / 64 + 2);
+    let mut line_start = true;
+    for chunk in body.split_inclusive(|&b| b == b'\n') {
+        if line_start && chunk.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(chunk);
+        line_start = chunk.ends_with(b"\n");
+    }
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

@@ -1,0 +1,278 @@
+//! The client against scripted replies: what it writes, and what it reports.
+
+use super::*;
+
+fn cfg(tls: TlsPolicy) -> ClientConfig {
+    ClientConfig { ehlo_name: "relay.test".into(), our_hostname: "relay.test".into(), tls }
+}
+
+fn mb(s: &str) -> Mailbox {
+    let (l, d) = s.split_once('@').unwrap();
+    Mailbox { local: l.into(), domain: d.into() }
+}
+
+fn message(rcpts: &[&str], body: &str) -> Message {
+    Message {
+        from: Some(mb("a@x.test")),
+        params: MailParams::default(),
+        recipients: rcpts.iter().map(|r| (mb(r), RcptParams::default())).collect(),
+        body: Arc::new(body.as_bytes().to_vec()),
+    }
+}
+
+/// Drives a client: feed server bytes, collect what it wrote and the events.
+struct Script {
+    client: Client,
+    written: Vec<u8>,
+    events: Vec<Event>,
+}
+
+impl Script {
+    fn new(tls: TlsPolicy) -> Self {
+        Script { client: Client::new(cfg(tls)), written: Vec::new(), events: Vec::new() }
+    }
+
+    fn server(&mut self, bytes: &str) -> String {
+        self.written.clear();
+        self.client.feed(bytes.as_bytes());
+        while let Some(e) = self.client.poll(&mut self.written) {
+            self.events.push(e);
+        }
+        String::from_utf8(self.written.clone()).unwrap()
+    }
+
+    fn send(&mut self, msg: Message) -> String {
+        self.written.clear();
+        self.client.send(msg, &mut self.written);
+        while let Some(e) = self.client.poll(&mut self.written) {
+            self.events.push(e);
+        }
+        String::from_utf8(self.written.clone()).unwrap()
+    }
+
+    fn ready(tls: TlsPolicy, ehlo: &str) -> Self {
+        let mut s = Script::new(tls);
+        assert_eq!(s.server("220 mx.dest.test ESMTP\r\n"), "EHLO relay.test\r\n");
+        s.server(ehlo);
+        assert_eq!(s.events.pop(), Some(Event::Ready));
+        s
+    }
+
+    fn done(&mut self) -> Vec<RcptOutcome> {
+        self.events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Event::Done(o) => Some(o.clone()),
+                _ => None,
+            })
+            .expect("a Done event")
+    }
+}
+
+const PIPELINED: &str = "250-mx.dest.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 DSN\r\n";
+
+#[test]
+fn pipelines_the_envelope_in_one_write_and_the_body_in_another() {
+    let mut s = Script::ready(TlsPolicy::Opportunistic, PIPELINED);
+    let sent = s.send(message(&["b@y.test", "c@y.test"], "Subject: x\r\n\r\n.hidden dot\r\n"));
+    assert_eq!(sent, "MAIL FROM:<a@x.test> SIZE=27\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n");
+    let body = s.server("250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go ahead\r\n");
+    assert_eq!(body, "Subject: x\r\n\r\n..hidden dot\r\n.\r\n");
+    assert_eq!(s.server("250 2.0.0 queued as X\r\n"), "");
+    let outcomes = s.done();
+    assert!(matches!(&outcomes[0], RcptOutcome::Delivered(r) if r.code == 250));
+    assert!(matches!(&outcomes[1], RcptOutcome::Failed(r) if r.enhanced == Some(Enhanced(5, 1, 1))));
+    assert_eq!(s.events.last(), Some(&Event::Ready), "clean 250: reusable without RSET");
+}
+
+#[test]
+fn lock_step_without_pipelining() {
+    let mut s = Script::ready(TlsPolicy::Never, "250-mx\r\n250 8BITMIME\r\n");
+    assert_eq!(s.send(message(&["b@y.test", "c@y.test"], "x\r\n")), "MAIL FROM:<a@x.test>\r\n");
+    assert_eq!(s.server("250 ok\r\n"), "RCPT TO:<b@y.test>\r\n");
+    assert_eq!(s.server("250 ok\r\n"), "RCPT TO:<c@y.test>\r\n");
+    assert_eq!(s.server("250 ok\r\n"), "DATA\r\n");
+    assert_eq!(s.server("354 go\r\n"), "x\r\n.\r\n");
+    s.server("250 ok\r\n");
+    assert!(s.done().iter().all(|o| matches!(o, RcptOutcome::Delivered(_))));
+}
+
+#[test]
+fn lock_step_skips_data_when_no_recipient_is_accepted() {
+    let mut s = Script::ready(TlsPolicy::Never, "250-mx\r\n250 8BITMIME\r\n");
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.server("250 ok\r\n");
+    assert_eq!(s.server("550 5.1.1 unknown\r\n"), "RSET\r\n");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(_)));
+    s.server("250 reset\r\n");
+    assert_eq!(s.events.last(), Some(&Event::Ready));
+}
+
+#[test]
+fn only_the_dot_is_sent_when_data_gets_354_after_every_rcpt_failed() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "secret body\r\n"));
+    let after = s.server("250 ok\r\n550 5.1.1 no\r\n354 go\r\n");
+    assert_eq!(after, ".\r\n");
+    assert_eq!(s.server("554 5.5.1 no valid recipients\r\n"), "RSET\r\n");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.code == 550));
+}
+
+#[test]
+fn a_refused_mail_command_applies_to_every_recipient() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test", "c@y.test"], "x\r\n"));
+    let out = s.server("451 4.3.0 try later\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n");
+    assert_eq!(out, "RSET\r\n");
+    assert!(s.done().iter().all(|o| matches!(o, RcptOutcome::Deferred(r) if r.code == 451)));
+}
+
+#[test]
+fn final_dot_reply_decides_for_every_accepted_recipient() {
+    for (reply, deferred) in [("452 4.3.1 full\r\n", true), ("554 5.6.0 rejected\r\n", false)] {
+        let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+        s.send(message(&["b@y.test", "c@y.test"], "x\r\n"));
+        s.server("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(s.server(reply), "RSET\r\n");
+        for o in s.done() {
+            assert_eq!(matches!(o, RcptOutcome::Deferred(_)), deferred, "{reply}");
+            assert_eq!(matches!(o, RcptOutcome::Failed(_)), !deferred, "{reply}");
+        }
+    }
+}
+
+#[test]
+fn too_many_recipients_overflow_into_a_new_transaction() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["1@y.test", "2@y.test", "3@y.test"], "x\r\n"));
+    s.server("250 ok\r\n250 ok\r\n452 4.5.3 Too many recipients\r\n452 4.5.3 Too many recipients\r\n354 go\r\n");
+    s.server("250 ok\r\n");
+    let o = s.done();
+    assert!(matches!(o[0], RcptOutcome::Delivered(_)));
+    assert_eq!(&o[1..], &[RcptOutcome::Overflow, RcptOutcome::Overflow]);
+}
+
+#[test]
+fn ehlo_refused_falls_back_to_helo_without_extensions() {
+    let mut s = Script::new(TlsPolicy::Opportunistic);
+    s.server("220 old.test SMTP\r\n");
+    assert_eq!(s.server("502 5.5.1 what?\r\n"), "HELO relay.test\r\n");
+    s.server("250 old.test\r\n");
+    assert_eq!(s.events.last(), Some(&Event::Ready));
+    // No PIPELINING after HELO: lock-step, and no SIZE parameter.
+    assert_eq!(s.send(message(&["b@y.test"], "x\r\n")), "MAIL FROM:<a@x.test>\r\n");
+}
+
+#[test]
+fn starttls_when_offered_then_ehlo_again() {
+    let mut s = Script::new(TlsPolicy::Opportunistic);
+    s.server("220 mx ESMTP\r\n");
+    assert_eq!(s.server("250-mx\r\n250-STARTTLS\r\n250 PIPELINING\r\n"), "STARTTLS\r\n");
+    s.server("220 2.0.0 go ahead\r\n");
+    assert_eq!(s.events.last(), Some(&Event::StartTls));
+    let mut out = Vec::new();
+    s.client.tls_established(&mut out);
+    assert_eq!(out, b"EHLO relay.test\r\n");
+    s.server("250-mx\r\n250 PIPELINING\r\n");
+    assert_eq!(s.events.last(), Some(&Event::Ready));
+    assert!(s.client.tls_active());
+}
+
+#[test]
+fn tls_policies_table() {
+    // (policy, EHLO reply, STARTTLS reply, expected last event)
+    let cases = [
+        (TlsPolicy::Required, "250-mx\r\n250 PIPELINING\r\n", None, Event::Failed(Failure::TlsUnavailable)),
+        (TlsPolicy::Required, "250-mx\r\n250 STARTTLS\r\n", Some("454 4.7.0 no TLS\r\n"), Event::Failed(Failure::TlsUnavailable)),
+        (TlsPolicy::Opportunistic, "250-mx\r\n250 STARTTLS\r\n", Some("454 4.7.0 no TLS\r\n"), Event::Ready),
+        (TlsPolicy::Never, "250-mx\r\n250 STARTTLS\r\n", None, Event::Ready),
+    ];
+    for (policy, ehlo, starttls, expected) in cases {
+        let mut s = Script::new(policy);
+        s.server("220 mx\r\n");
+        s.server(ehlo);
+        if let Some(r) = starttls {
+            s.server(r);
+        }
+        assert_eq!(s.events.last(), Some(&expected), "{policy:?} {ehlo:?}");
+    }
+}
+
+#[test]
+fn greeting_refusals_421_and_loops_fail_the_connection() {
+    let cases = [
+        ("554 5.7.1 go away\r\n", "greeting"),
+        ("421 4.3.2 busy\r\n", "closing"),
+        ("220 relay.test ESMTP\r\n", "loop"),
+        ("garbage\r\n", "protocol"),
+    ];
+    for (greeting, kind) in cases {
+        let mut s = Script::new(TlsPolicy::Never);
+        s.server(greeting);
+        let failed = match s.events.last() {
+            Some(Event::Failed(Failure::Greeting(_))) => "greeting",
+            Some(Event::Failed(Failure::Closing(_))) => "closing",
+            Some(Event::Failed(Failure::Loop)) => "loop",
+            Some(Event::Failed(Failure::Protocol(_))) => "protocol",
+            other => panic!("{greeting:?}: {other:?}"),
+        };
+        assert_eq!(failed, kind);
+    }
+}
+
+#[test]
+fn a_421_mid_transaction_fails_the_connection() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.server("250 ok\r\n421 4.7.0 closing\r\n");
+    assert!(matches!(s.events.last(), Some(Event::Failed(Failure::Closing(r))) if r.code == 421));
+    assert!(!s.client.is_ready());
+}
+
+#[test]
+fn messages_the_server_cannot_take_fail_without_a_word_sent() {
+    let mut s = Script::ready(TlsPolicy::Never, "250-mx\r\n250-SIZE 10\r\n250 PIPELINING\r\n");
+    assert_eq!(s.send(message(&["b@y.test"], "0123456789abcdef\r\n")), "");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.enhanced == Some(Enhanced(5, 3, 4))));
+    assert_eq!(s.events.last(), Some(&Event::Ready));
+    assert_eq!(s.send(message(&["b@y.test"], "caf\u{e9}\r\n")), "");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.enhanced == Some(Enhanced(5, 6, 3))));
+    let mut utf8 = message(&["zo\u{eb}@y.test"], "x\r\n");
+    utf8.params.smtputf8 = true;
+    assert_eq!(s.send(utf8), "");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.enhanced == Some(Enhanced(5, 6, 7))));
+}
+
+#[test]
+fn dsn_and_8bit_parameters_are_passed_on_when_offered() {
+    let mut s = Script::ready(TlsPolicy::Never, "250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 DSN\r\n");
+    let mut m = message(&["b@y.test"], "caf\u{e9}\r\n");
+    m.params.ret = Some(Ret::Hdrs);
+    m.params.envid = Some("ID+2B1".into());
+    m.params.smtputf8 = true;
+    m.recipients[0].1 = RcptParams {
+        notify: Some(crate::smtp::address::Notify { success: true, failure: true, ..Default::default() }),
+        orcpt: Some("rfc822;b@y.test".into()),
+    };
+    let sent = s.send(m);
+    assert_eq!(
+        sent,
+        "MAIL FROM:<a@x.test> BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=ID+2B1\r\nRCPT TO:<b@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@y.test\r\nDATA\r\n"
+    );
+}
+
+#[test]
+fn dot_stuffing_table() {
+    let cases: [(&[u8], &[u8]); 4] = [
+        (b".\r\n", b"..\r\n"),
+        (b"a\r\n.b\r\n..c\r\n", b"a\r\n..b\r\n...c\r\n"),
+        (b"no final newline", b"no final newline\r\n"),
+        (b"", b""),
+    ];
+    for (input, expected) in cases {
+        let mut out = Vec::new();
+        dot_stuff(input, &mut out);
+        assert_eq!(out, expected, "{input:?}");
+    }
+}
