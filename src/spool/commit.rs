@@ -41,9 +41,9 @@ struct Pending {
 /// A registration: what the writer touched.
 #[derive(Default)]
 pub(super) struct Request {
-    pub segment: Option<(u64, Arc<File>)>,
+    pub segments: Vec<(u64, Arc<File>)>,
     pub new_segment: bool,
-    pub garbage: Option<PathBuf>,
+    pub garbage: Vec<PathBuf>,
 }
 
 #[derive(Default)]
@@ -61,9 +61,7 @@ impl CommitQueue {
             return Durable(rx);
         }
         let mut p = self.pending.lock().expect("commit lock");
-        if let Some((id, file)) = req.segment {
-            p.batch.segments.insert(id, file);
-        }
+        p.batch.segments.extend(req.segments);
         p.batch.new_segment |= req.new_segment;
         p.batch.garbage.extend(req.garbage);
         p.waiters.push(tx);
@@ -165,7 +163,7 @@ mod tests {
         let path = dir.path().join("old.seg");
         std::fs::write(&path, b"x").unwrap();
         let q = CommitQueue::default();
-        let d = q.request(Request { garbage: Some(path.clone()), ..Request::default() });
+        let d = q.request(Request { garbage: vec![path.clone()], ..Request::default() });
         q.shutdown();
         q.run(|batch| {
             assert!(batch.garbage[0].exists(), "still there while syncing");

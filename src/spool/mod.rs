@@ -132,6 +132,23 @@ pub struct Envelope {
     pub body: Option<BodyRef>,
 }
 
+impl Envelope {
+    /// When the next delivery attempt is due (unix seconds): the earliest of the queued
+    /// recipients'. `None` when every recipient is final.
+    pub fn next_due(&self) -> Option<u64> {
+        self.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.next_attempt.unwrap_or(self.arrival)).min()
+    }
+}
+
+/// Index changes applied together: after a crash either all of them are there or none.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New messages (bounces), with their bodies.
+    pub store: Vec<(Envelope, Vec<u8>)>,
+    pub update: Vec<Envelope>,
+    pub remove: Vec<String>,
+}
+
 /// Resolves when the writes it stands for are durable (or failed to become so).
 #[must_use = "a message is not safe until its Durable resolves"]
 pub struct Durable(oneshot::Receiver<Result<(), SpoolError>>);
@@ -160,10 +177,21 @@ pub trait Spool: Send + Sync {
     /// Writes a message whose body is the concatenation of `body_parts`. Wait on the result
     /// before acknowledging the message.
     fn store(&self, envelope: Envelope, body_parts: &[&[u8]]) -> Result<Durable, SpoolError>;
+    /// Stores, updates and removes in one atomic index change and one commit (a bounce and
+    /// the recipient states that caused it land together).
+    fn apply(&self, changes: Changes) -> Result<Durable, SpoolError>;
     /// Replaces a stored envelope (recipient state changes); the body stays.
-    fn update(&self, envelope: &Envelope) -> Result<Durable, SpoolError>;
+    fn update(&self, envelope: &Envelope) -> Result<Durable, SpoolError> {
+        self.apply(Changes { update: vec![envelope.clone()], ..Changes::default() })
+    }
     /// Removes a message whose recipients are all final.
-    fn remove(&self, queue_id: &str) -> Result<Durable, SpoolError>;
+    fn remove(&self, queue_id: &str) -> Result<Durable, SpoolError> {
+        self.apply(Changes { remove: vec![queue_id.to_string()], ..Changes::default() })
+    }
+    /// Queue ids whose next attempt is due at `now` (unix seconds), earliest first.
+    fn due(&self, now: u64, limit: usize) -> Result<Vec<String>, SpoolError>;
+    /// The earliest scheduled attempt (unix seconds), if any message is queued.
+    fn next_due(&self) -> Result<Option<u64>, SpoolError>;
     fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError>;
     fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError>;
     fn list(&self) -> Result<Vec<Envelope>, SpoolError>;

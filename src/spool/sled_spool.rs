@@ -18,11 +18,30 @@ use std::time::{Duration, Instant};
 use super::commit::{Batch, CommitQueue, Request};
 use super::queue_id::{self, QueueIdGenerator};
 use super::segments::Segments;
-use super::{Durable, Envelope, Health, Spool, SpoolError};
+use super::{Changes, Durable, Envelope, Health, Spool, SpoolError};
 use crate::config::SpoolConfig;
 use crate::metrics as m;
 
 const HIGH_WATER_KEY: &[u8] = b"queue_id_high_water";
+/// Keys in the `messages` tree: `m` + queue id holds the envelope; `s` + next attempt (u64 BE)
+/// + queue id is the schedule entry. One tree, so a sled batch changes both atomically.
+const ENVELOPE: u8 = b'm';
+const SCHEDULE: u8 = b's';
+
+fn envelope_key(queue_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + queue_id.len());
+    k.push(ENVELOPE);
+    k.extend_from_slice(queue_id.as_bytes());
+    k
+}
+
+fn schedule_key(due: u64, queue_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + queue_id.len());
+    k.push(SCHEDULE);
+    k.extend_from_slice(&due.to_be_bytes());
+    k.extend_from_slice(queue_id.as_bytes());
+    k
+}
 /// How long a free-space reading is reused; statvfs per message would be wasted work.
 const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -47,19 +66,14 @@ impl SledSpool {
         let index_dir = cfg.path.join("index");
         let bodies_dir = cfg.path.join("bodies");
         fs::create_dir_all(&index_dir)?;
-        let db = sled::Config::new()
-            .path(&index_dir)
-            .cache_capacity(cfg.cache_capacity)
-            // Only the committer flushes; sled's own timer would only add I/O.
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_index(&index_dir, cfg.cache_capacity)?;
         let messages = db.open_tree("messages")?;
         let meta = db.open_tree("meta")?;
 
         let mut refs: HashMap<u64, usize> = HashMap::new();
         let mut envelopes = Vec::new();
         let mut high_water = meta.get(HIGH_WATER_KEY)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-        for item in messages.iter() {
+        for item in messages.scan_prefix([ENVELOPE]) {
             let (key, value) = item?;
             match serde_json::from_slice::<Envelope>(&value) {
                 Ok(env) => envelopes.push(env),
@@ -77,7 +91,10 @@ impl SledSpool {
             if !intact {
                 // Only a message whose commit never completed (never acknowledged) can get here.
                 tracing::warn!(queue_id = %env.queue_id, "dropping index entry without a complete body");
-                messages.remove(env.queue_id.as_bytes())?;
+                messages.remove(envelope_key(&env.queue_id))?;
+                if let Some(due) = env.next_due() {
+                    messages.remove(schedule_key(due, &env.queue_id))?;
+                }
                 continue;
             }
             *refs.entry(env.body.expect("checked intact").segment).or_insert(0) += 1;
@@ -132,18 +149,77 @@ impl SledSpool {
         }))
     }
 
+    /// Writes new messages' bodies, then changes the index in one atomic batch, then asks for
+    /// one commit covering all of it.
+    fn apply_parts(&self, stores: Vec<(Envelope, &[&[u8]])>, updates: &[Envelope], removals: &[String]) -> Result<Durable, SpoolError> {
+        if self.commits.is_poisoned() {
+            return Err(SpoolError::Poisoned);
+        }
+        let mut batch = sled::Batch::default();
+        let mut request = Request::default();
+        let mut appended_segments = Vec::new();
+        let (mut added, mut added_bytes) = (0usize, 0u64);
+        for (mut envelope, parts) in stores {
+            let appended = match self.segments.append(parts) {
+                Ok(a) => a,
+                Err(e) => {
+                    for seg in appended_segments {
+                        self.segments.release(seg);
+                    }
+                    return Err(e);
+                }
+            };
+            appended_segments.push(appended.body.segment);
+            envelope.body = Some(appended.body);
+            added += 1;
+            added_bytes += appended.body.len;
+            put(&mut batch, &envelope)?;
+            request.segments.push((appended.body.segment, appended.file));
+            request.new_segment |= appended.created;
+            request.garbage.extend(appended.garbage);
+        }
+        for envelope in updates {
+            let old = self.get(&envelope.queue_id)?;
+            if let Some(due) = old.next_due() {
+                batch.remove(schedule_key(due, &old.queue_id));
+            }
+            put(&mut batch, envelope)?;
+        }
+        let (mut removed, mut removed_bytes, mut released) = (0usize, 0u64, Vec::new());
+        for queue_id in removals {
+            let old = self.get(queue_id)?;
+            batch.remove(envelope_key(queue_id));
+            if let Some(due) = old.next_due() {
+                batch.remove(schedule_key(due, queue_id));
+            }
+            removed += 1;
+            removed_bytes += old.body.map_or(0, |b| b.len);
+            released.extend(old.body.map(|b| b.segment));
+        }
+        if let Err(e) = self.messages.apply_batch(batch) {
+            for seg in appended_segments {
+                self.segments.release(seg);
+            }
+            return Err(e.into());
+        }
+        for seg in released {
+            request.garbage.extend(self.segments.release(seg));
+        }
+        let n = self.count.fetch_add(added, Ordering::Relaxed) + added - removed;
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        let bytes = self.bytes.fetch_add(added_bytes, Ordering::Relaxed) + added_bytes - removed_bytes;
+        self.bytes.fetch_sub(removed_bytes, Ordering::Relaxed);
+        metrics::gauge!(m::SPOOL_MESSAGES).set(n as f64);
+        metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
+        Ok(self.commits.request(request))
+    }
+
     /// Stops the committer after it has made every pending write durable.
     pub fn close(&self) {
         self.commits.shutdown();
         if let Some(handle) = self.committer.lock().expect("committer lock").take() {
             let _ = handle.join();
         }
-    }
-
-    fn put(&self, env: &Envelope) -> Result<(), SpoolError> {
-        let bytes = serde_json::to_vec(env).map_err(|e| SpoolError::Io(e.to_string()))?;
-        self.messages.insert(env.queue_id.as_bytes(), bytes)?;
-        Ok(())
     }
 
     fn enough_space(&self) -> bool {
@@ -170,55 +246,18 @@ impl Spool for SledSpool {
         self.ids.next().1
     }
 
-    fn store(&self, mut envelope: Envelope, body_parts: &[&[u8]]) -> Result<Durable, SpoolError> {
-        if self.commits.is_poisoned() {
-            return Err(SpoolError::Poisoned);
-        }
-        let appended = self.segments.append(body_parts)?;
-        envelope.body = Some(appended.body);
-        if let Err(e) = self.put(&envelope) {
-            self.segments.release(appended.body.segment);
-            return Err(e);
-        }
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        let bytes = self.bytes.fetch_add(appended.body.len, Ordering::Relaxed) + appended.body.len;
-        metrics::gauge!(m::SPOOL_MESSAGES).set(n as f64);
-        metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
-        Ok(self.commits.request(Request {
-            segment: Some((appended.body.segment, appended.file)),
-            new_segment: appended.created,
-            garbage: appended.garbage,
-        }))
+    fn store(&self, envelope: Envelope, body_parts: &[&[u8]]) -> Result<Durable, SpoolError> {
+        self.apply_parts(vec![(envelope, body_parts)], &[], &[])
     }
 
-    fn update(&self, envelope: &Envelope) -> Result<Durable, SpoolError> {
-        if self.commits.is_poisoned() {
-            return Err(SpoolError::Poisoned);
-        }
-        if !self.messages.contains_key(envelope.queue_id.as_bytes())? {
-            return Err(SpoolError::NotFound);
-        }
-        self.put(envelope)?;
-        Ok(self.commits.request(Request::default()))
-    }
-
-    fn remove(&self, queue_id: &str) -> Result<Durable, SpoolError> {
-        if self.commits.is_poisoned() {
-            return Err(SpoolError::Poisoned);
-        }
-        let old = self.messages.remove(queue_id.as_bytes())?.ok_or(SpoolError::NotFound)?;
-        let env: Envelope = serde_json::from_slice(&old).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
-        let garbage = env.body.and_then(|b| self.segments.release(b.segment));
-        let n = self.count.fetch_sub(1, Ordering::Relaxed) - 1;
-        let len = env.body.map_or(0, |b| b.len);
-        let bytes = self.bytes.fetch_sub(len, Ordering::Relaxed) - len;
-        metrics::gauge!(m::SPOOL_MESSAGES).set(n as f64);
-        metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
-        Ok(self.commits.request(Request { garbage, ..Request::default() }))
+    fn apply(&self, changes: Changes) -> Result<Durable, SpoolError> {
+        let stores = changes.store.iter().map(|(e, b)| (e.clone(), [b.as_slice()])).collect::<Vec<_>>();
+        let stores = stores.iter().map(|(e, b)| (e.clone(), &b[..])).collect();
+        self.apply_parts(stores, &changes.update, &changes.remove)
     }
 
     fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError> {
-        let value = self.messages.get(queue_id.as_bytes())?.ok_or(SpoolError::NotFound)?;
+        let value = self.messages.get(envelope_key(queue_id))?.ok_or(SpoolError::NotFound)?;
         serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
     }
 
@@ -227,9 +266,29 @@ impl Spool for SledSpool {
         self.segments.read(&body)
     }
 
+    fn due(&self, now: u64, limit: usize) -> Result<Vec<String>, SpoolError> {
+        let end = schedule_key(now.saturating_add(1), "");
+        let mut ids = Vec::new();
+        for item in self.messages.range(vec![SCHEDULE]..end).take(limit) {
+            let (key, _) = item?;
+            ids.push(String::from_utf8_lossy(&key[9..]).into_owned());
+        }
+        Ok(ids)
+    }
+
+    fn next_due(&self) -> Result<Option<u64>, SpoolError> {
+        match self.messages.scan_prefix([SCHEDULE]).next() {
+            Some(item) => {
+                let (key, _) = item?;
+                Ok(key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
+            }
+            None => Ok(None),
+        }
+    }
+
     fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
         self.messages
-            .iter()
+            .scan_prefix([ENVELOPE])
             .map(|item| {
                 let (_, value) = item?;
                 serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
@@ -250,6 +309,33 @@ impl Spool for SledSpool {
             Health::Ok
         }
     }
+}
+
+/// Opens sled. A spool closed a moment ago may still hold its file lock while sled's I/O
+/// threads finish (they keep the database alive briefly), so a held lock is retried for up to
+/// two seconds before giving up.
+fn open_index(dir: &Path, cache_capacity: u64) -> Result<sled::Db, SpoolError> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        // Only the committer flushes; sled's own timer would only add I/O.
+        match sled::Config::new().path(dir).cache_capacity(cache_capacity).flush_every_ms(None).open() {
+            // sled reports a held lock as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.map_err(SpoolError::from),
+        }
+    }
+}
+
+/// Adds an envelope and its schedule entry to a batch.
+fn put(batch: &mut sled::Batch, envelope: &Envelope) -> Result<(), SpoolError> {
+    let bytes = serde_json::to_vec(envelope).map_err(|e| SpoolError::Io(e.to_string()))?;
+    batch.insert(envelope_key(&envelope.queue_id), bytes);
+    if let Some(due) = envelope.next_due() {
+        batch.insert(schedule_key(due, &envelope.queue_id), &[]);
+    }
+    Ok(())
 }
 
 /// Segment file lengths found on disk before recovery decides what to keep.

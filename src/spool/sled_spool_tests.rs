@@ -1,6 +1,6 @@
 use super::*;
 use crate::smtp::address::{MailParams, Mailbox, RcptParams};
-use crate::spool::{Identity, RecipientRecord, RecipientState};
+use crate::spool::{Changes, Identity, RecipientRecord, RecipientState};
 
 fn config(dir: &Path) -> SpoolConfig {
     SpoolConfig { path: dir.to_path_buf(), min_free_space: 0, cache_capacity: 8 << 20, segment_size: 1 << 20 }
@@ -160,4 +160,53 @@ fn concurrent_writers_share_fsyncs() {
     });
     assert_eq!(spool.len(), 400);
     assert_eq!(spool.list().unwrap().len(), 400);
+}
+
+#[test]
+fn the_schedule_index_follows_the_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    let mut early = envelope(&spool, "early");
+    early.recipients[0].next_attempt = Some(100);
+    let mut late = envelope(&spool, "late");
+    late.recipients[0].next_attempt = Some(500);
+    let (e, l) = (early.queue_id.clone(), late.queue_id.clone());
+    spool.store(late, &[b"l\r\n"]).unwrap().wait_blocking().unwrap();
+    spool.store(early, &[b"e\r\n"]).unwrap().wait_blocking().unwrap();
+    assert_eq!(spool.next_due().unwrap(), Some(100));
+    assert_eq!(spool.due(99, 10).unwrap(), Vec::<String>::new());
+    assert_eq!(spool.due(100, 10).unwrap(), vec![e.clone()]);
+    assert_eq!(spool.due(1000, 10).unwrap(), vec![e.clone(), l.clone()], "earliest first");
+    // Rescheduling moves the entry; a message with no queued recipient leaves the schedule.
+    let mut env = spool.get(&e).unwrap();
+    env.recipients[0].next_attempt = Some(800);
+    spool.update(&env).unwrap().wait_blocking().unwrap();
+    assert_eq!(spool.due(1000, 10).unwrap(), vec![l.clone(), e.clone()]);
+    env.recipients[0].state = RecipientState::Delivered;
+    spool.update(&env).unwrap().wait_blocking().unwrap();
+    assert_eq!(spool.due(1000, 10).unwrap(), vec![l.clone()]);
+    spool.remove(&l).unwrap().wait_blocking().unwrap();
+    assert_eq!(spool.next_due().unwrap(), None);
+}
+
+#[test]
+fn apply_stores_a_bounce_and_updates_its_cause_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (original, bounce) = {
+        let spool = SledSpool::open(&config(dir.path())).unwrap();
+        let env = envelope(&spool, "gone");
+        let id = env.queue_id.clone();
+        spool.store(env, &[b"original\r\n"]).unwrap().wait_blocking().unwrap();
+        let mut failed = spool.get(&id).unwrap();
+        failed.recipients[0].state = RecipientState::Failed;
+        let dsn = envelope(&spool, "sender");
+        let dsn_id = dsn.queue_id.clone();
+        let changes = Changes { store: vec![(dsn, b"bounce\r\n".to_vec())], update: vec![failed], remove: vec![] };
+        spool.apply(changes).unwrap().wait_blocking().unwrap();
+        (id, dsn_id)
+    };
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    assert_eq!(spool.get(&original).unwrap().recipients[0].state, RecipientState::Failed);
+    assert_eq!(spool.read_body(&spool.get(&bounce).unwrap()).unwrap(), b"bounce\r\n");
+    assert_eq!(spool.due(u64::MAX - 1, 10).unwrap(), vec![bounce], "only the bounce is queued");
 }

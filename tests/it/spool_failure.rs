@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sluice::config::Config;
 use sluice::intake::{self, IntakeContext};
-use sluice::spool::{Durable, Envelope, Health, Spool, SpoolError};
+use sluice::spool::{Changes, Durable, Envelope, Health, Spool, SpoolError};
 
 use crate::common::{Client, config_yaml};
 
@@ -31,11 +31,14 @@ impl Spool for FailingSpool {
             }
         }
     }
-    fn update(&self, _: &Envelope) -> Result<Durable, SpoolError> {
+    fn apply(&self, _: Changes) -> Result<Durable, SpoolError> {
         Err(SpoolError::Poisoned)
     }
-    fn remove(&self, _: &str) -> Result<Durable, SpoolError> {
-        Err(SpoolError::Poisoned)
+    fn due(&self, _: u64, _: usize) -> Result<Vec<String>, SpoolError> {
+        Ok(Vec::new())
+    }
+    fn next_due(&self) -> Result<Option<u64>, SpoolError> {
+        Ok(None)
     }
     fn get(&self, _: &str) -> Result<Envelope, SpoolError> {
         Err(SpoolError::NotFound)
