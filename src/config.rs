@@ -47,6 +47,10 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -127,6 +131,237 @@ pub struct AuthConfig {
     /// Name the authenticated user in Received (off: every recipient would see the login).
     #[serde(default)]
     pub received_identity: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Name servers as `ip:port`; empty means those of /etc/resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<SocketAddr>,
+    /// Per query.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { nameservers: Vec::new(), timeout: default_dns_timeout() }
+    }
+}
+
+fn default_dns_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Any,
+    Ipv4,
+    Ipv6,
+}
+
+/// Opportunistic STARTTLS (RFC 7435) or none; per-domain `required` arrives with TLS policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    #[default]
+    Opportunistic,
+    None,
+}
+
+/// A fixed next hop: `[host]:port`, `host:port`, `[192.0.2.1]:25` or just `host` (port 25).
+/// Brackets mean "no MX lookup" (RFC 5321 5.1 style); a bare host is an MX lookup target too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub host: String,
+    pub port: u16,
+    /// Written in brackets: use the host's address records, never its MX.
+    pub no_mx: bool,
+}
+
+impl FromStr for NextHop {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host_part, port) = match s.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?),
+            _ => (s, 25),
+        };
+        let (host, no_mx) = match host_part.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inner) => (inner, true),
+            None => (host_part, false),
+        };
+        let valid = !host.is_empty() && (host.parse::<IpAddr>().is_ok() || address::check_domain(host).is_ok());
+        if !valid || port == 0 {
+            return Err(format!("invalid next hop {s:?} (examples: \"[mail.example.net]:25\", \"[192.0.2.7]:2525\")"));
+        }
+        Ok(NextHop { host: host.to_ascii_lowercase(), port, no_mx })
+    }
+}
+
+impl<'de> Deserialize<'de> for NextHop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = NextHop;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a next hop such as \"[mail.example.net]:25\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NextHop, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Port for MX delivery (25; other values are for test setups).
+    #[serde(default = "default_delivery_port")]
+    pub port: u16,
+    /// Name sent in EHLO (default: hostname).
+    #[serde(default)]
+    pub ehlo_name: Option<Hostname>,
+    /// Local address outgoing connections are made from.
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// Send everything to this next hop instead of looking up MX records.
+    #[serde(default)]
+    pub smarthost: Option<NextHop>,
+    /// Per recipient domain: a next hop instead of MX.
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, NextHop>,
+    /// Accept recipients at address literals (`user@[192.0.2.1]`); refused at RCPT otherwise.
+    #[serde(default)]
+    pub address_literals: bool,
+    #[serde(default)]
+    pub tls: OutboundTls,
+    #[serde(default = "default_max_recipients_per_transaction")]
+    pub max_recipients_per_transaction: usize,
+    /// Transactions on one connection before it is closed.
+    #[serde(default = "default_max_deliveries_per_connection")]
+    pub max_deliveries_per_connection: usize,
+    /// Concurrent connections to one next-hop address.
+    #[serde(default = "default_max_connections_per_destination")]
+    pub max_connections_per_destination: usize,
+    /// Messages being delivered at once, in total.
+    #[serde(default = "default_max_concurrent_deliveries")]
+    pub max_concurrent_deliveries: usize,
+    /// An idle pooled connection is closed after this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Waits between attempts; the last one repeats.
+    #[serde(default = "default_retry")]
+    pub retry: Vec<HumanDuration>,
+    /// After this long in the queue a message bounces.
+    #[serde(default = "default_max_age")]
+    pub max_age: HumanDuration,
+    #[serde(default)]
+    pub timeouts: ClientTimeouts,
+}
+
+/// Client timeouts (RFC 5321 4.5.3.2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeouts {
+    #[serde(default = "default_connect_timeout")]
+    pub connect: HumanDuration,
+    #[serde(default = "five_minutes")]
+    pub greeting: HumanDuration,
+    /// MAIL, RCPT and other commands.
+    #[serde(default = "five_minutes")]
+    pub command: HumanDuration,
+    /// The reply to DATA.
+    #[serde(default = "default_data_init")]
+    pub data_init: HumanDuration,
+    /// Each write of message data.
+    #[serde(default = "default_data_block")]
+    pub data_block: HumanDuration,
+    /// The reply to the final dot; short values manufacture duplicates.
+    #[serde(default = "default_final_dot")]
+    pub final_dot: HumanDuration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            connect: default_connect_timeout(),
+            greeting: five_minutes(),
+            command: five_minutes(),
+            data_init: default_data_init(),
+            data_block: default_data_block(),
+            final_dot: default_final_dot(),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            port: default_delivery_port(),
+            ehlo_name: None,
+            source_address: None,
+            ip_family: IpFamily::Any,
+            smarthost: None,
+            routes: Default::default(),
+            address_literals: false,
+            tls: OutboundTls::Opportunistic,
+            max_recipients_per_transaction: default_max_recipients_per_transaction(),
+            max_deliveries_per_connection: default_max_deliveries_per_connection(),
+            max_connections_per_destination: default_max_connections_per_destination(),
+            max_concurrent_deliveries: default_max_concurrent_deliveries(),
+            idle_timeout: default_idle_timeout(),
+            retry: default_retry(),
+            max_age: default_max_age(),
+            timeouts: ClientTimeouts::default(),
+        }
+    }
+}
+
+fn default_delivery_port() -> u16 {
+    25
+}
+fn default_max_recipients_per_transaction() -> usize {
+    100
+}
+fn default_max_deliveries_per_connection() -> usize {
+    1000
+}
+fn default_max_connections_per_destination() -> usize {
+    20
+}
+fn default_max_concurrent_deliveries() -> usize {
+    1000
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_retry() -> Vec<HumanDuration> {
+    [60, 300, 900, 1800, 3600, 7200].into_iter().map(|s| HumanDuration(Duration::from_secs(s))).collect()
+}
+fn default_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5 * 86400))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn five_minutes() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_data_init() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+fn default_data_block() -> HumanDuration {
+    HumanDuration(Duration::from_secs(180))
+}
+fn default_final_dot() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
 }
 
 fn default_max_failures() -> u32 {
@@ -364,6 +599,25 @@ impl Config {
         {
             return Err(err("users_file", format!("file {} does not exist (create it with `sluice passwd USER`)", users.display())));
         }
+        let d = &self.delivery;
+        if let Some(name) = &d.ehlo_name
+            && (!name.0.contains('.') || address::check_domain(&name.0).is_err())
+        {
+            return Err(err("ehlo_name", format!("{:?} is not a fully qualified domain name", name.0)));
+        }
+        if d.retry.is_empty() || d.retry.iter().any(|r| r.0.is_zero()) {
+            return Err(err("retry", "needs at least one interval, none of them zero".into()));
+        }
+        if d.max_recipients_per_transaction == 0
+            || d.max_deliveries_per_connection == 0
+            || d.max_connections_per_destination == 0
+            || d.max_concurrent_deliveries == 0
+        {
+            return Err(err("delivery", "recipient, delivery and connection limits must be positive".into()));
+        }
+        if let Some(domain) = d.routes.keys().find(|k| address::check_domain(k).is_err()) {
+            return Err(err("routes", format!("{domain:?} is not a domain")));
+        }
         if self.auth.max_failures == 0 {
             return Err(err("max_failures", "must be at least 1".into()));
         }
@@ -384,6 +638,11 @@ impl Config {
             return Err(err("segment_size", "must be between 1 MiB and 1 GiB".into()));
         }
         Ok(())
+    }
+
+    /// The EHLO name of outgoing connections.
+    pub fn ehlo_name(&self) -> &str {
+        self.delivery.ehlo_name.as_ref().map_or(&self.hostname.0, |h| &h.0)
     }
 
     pub fn postmaster(&self) -> Mailbox {
@@ -567,6 +826,10 @@ mod tests {
                 "line 3",
             ),
             ("hostname: a.b\nauth:\n  users_file: /nonexistent/users\n", "users_file: file /nonexistent/users does not exist", "line 3"),
+            ("hostname: a.b\ndelivery:\n  smarthost: \"[bad host]:25\"\n", "delivery.smarthost: invalid next hop", "line 3"),
+            ("hostname: a.b\ndelivery:\n  ehlo_name: localhost\n", "ehlo_name: \"localhost\" is not a fully qualified", "line 3"),
+            ("hostname: a.b\ndelivery:\n  retry: []\n", "retry: needs at least one interval", "line 3"),
+            ("hostname: a.b\ndelivery:\n  ip_family: ipv5\n", "delivery.ip_family: unknown variant", "line 3"),
             ("hostname: a.b\nlisteners: []\n", "listeners: at least one", "line 2"),
             ("hostname: \"bad name\"\n", "hostname: invalid host name", "line 1"),
             ("hostname: a.b\npostmaster: nobody\n", "postmaster: invalid address", "line 2"),
@@ -578,6 +841,16 @@ mod tests {
             let e = parse(text).expect_err(text);
             assert!(e.contains(key) && e.contains(line), "{text:?} gave {e:?}");
         }
+    }
+
+    #[test]
+    fn next_hops_parse() {
+        let h: NextHop = "[mail.example.net]:2525".parse().unwrap();
+        assert_eq!(h, NextHop { host: "mail.example.net".into(), port: 2525, no_mx: true });
+        assert_eq!("relay.example.net".parse::<NextHop>().unwrap(), NextHop { host: "relay.example.net".into(), port: 25, no_mx: false });
+        assert_eq!("[192.0.2.7]".parse::<NextHop>().unwrap(), NextHop { host: "192.0.2.7".into(), port: 25, no_mx: true });
+        assert!("[x]:0".parse::<NextHop>().is_err());
+        assert!("host:port".parse::<NextHop>().is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod delivery;
 pub mod intake;
 pub mod metrics;
 pub mod smtp;

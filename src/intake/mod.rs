@@ -63,6 +63,7 @@ impl IntakeContext {
                 tls_available: tls.is_some(),
                 auth_available: users.is_some(),
                 require_auth,
+                address_literals: config.delivery.address_literals,
             })
         };
         let (relay, submission) = (session(false), session(true));

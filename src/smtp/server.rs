@@ -35,6 +35,8 @@ pub struct SessionConfig {
     pub auth_available: bool,
     /// Submission rules: AUTH before MAIL (RFC 6409 4.3).
     pub require_auth: bool,
+    /// Accept recipients at address literals (`user@[192.0.2.1]`).
+    pub address_literals: bool,
 }
 
 /// The negotiated TLS parameters, for Received and logs.
@@ -421,6 +423,9 @@ impl Session {
                 self.cfg.postmaster.clone()
             }
             Recipient::Mailbox(m) => {
+                if m.is_address_literal() && !self.cfg.address_literals {
+                    return Reply::new(550, super::reply::Enhanced(5, 1, 2), "Recipients at address literals are not accepted");
+                }
                 if !m.is_ascii() && !envelope.params.smtputf8 {
                     return CommandError::Address(super::address::AddressError::NeedsSmtpUtf8).reply();
                 }

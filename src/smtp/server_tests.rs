@@ -13,6 +13,7 @@ fn config() -> Arc<SessionConfig> {
         tls_available: true,
         auth_available: true,
         require_auth: false,
+        address_literals: false,
     })
 }
 
@@ -107,6 +108,7 @@ fn reply_codes_table() {
         (b"EHLO c\nNOOP\r\n", vec![500, 250]),
         (b"EHLO c\rx\r\n", vec![500]),
         (b"HELO\r\nHELO not_valid\r\nHELO [1.2.3.4]\r\n", vec![501, 501, 250]),
+        (b"EHLO c\r\nMAIL FROM:<a@x.org>\r\nRCPT TO:<b@[192.0.2.1]>\r\n", vec![250, 250, 550]),
     ];
     for (input, expected) in table {
         let mut h = Harness::new(true);

@@ -1,0 +1,147 @@
+//! DNS for delivery: MX and address lookups through hickory-resolver, with answers sorted into
+//! the cases routing cares about. hickory caches answers by their TTL.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+
+use crate::config::{DnsConfig, IpFamily};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxAnswer {
+    /// (preference, exchange) pairs; the exchange is "." for a null MX (RFC 7505).
+    Mx(Vec<(u16, String)>),
+    /// The domain exists but has no MX: implicit MX (RFC 5321 5.1).
+    NoMx,
+    /// NXDOMAIN.
+    NoDomain,
+    /// SERVFAIL, timeout, refused: try again later, never fall back to A/AAAA.
+    Temporary(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddrAnswer {
+    Addrs(Vec<IpAddr>),
+    /// The name exists (or not) but has no address of the wanted family.
+    None,
+    Temporary(String),
+}
+
+pub struct Dns {
+    resolver: TokioResolver,
+}
+
+/// The A-label (punycode) form of a domain, as DNS and the client on the wire need it.
+pub fn ascii_domain(domain: &str) -> Option<String> {
+    Name::from_utf8(domain).ok().map(|n| n.to_ascii().trim_end_matches('.').to_ascii_lowercase())
+}
+
+impl Dns {
+    pub fn new(cfg: &DnsConfig) -> Result<Dns, String> {
+        let mut builder = if cfg.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| format!("reading /etc/resolv.conf: {e}"))?
+        } else {
+            let servers = cfg.nameservers.iter().map(server).collect();
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+        };
+        let opts = builder.options_mut();
+        opts.timeout = cfg.timeout.0;
+        opts.attempts = 2;
+        // Absolute names only: a search domain must never turn an MX target into another host.
+        opts.ndots = 0;
+        builder.build().map_err(|e| format!("DNS resolver: {e}")).map(|resolver| Dns { resolver })
+    }
+
+    pub async fn mx(&self, domain: &str) -> MxAnswer {
+        let Some(name) = fqdn(domain) else { return MxAnswer::NoDomain };
+        match self.resolver.lookup(name, RecordType::MX).await {
+            Ok(lookup) => {
+                let mx: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase())),
+                        _ => None,
+                    })
+                    .map(|(p, e)| (p, if e.is_empty() { ".".to_string() } else { e }))
+                    .collect();
+                if mx.is_empty() { MxAnswer::NoMx } else { MxAnswer::Mx(mx) }
+            }
+            Err(e) => match classify(&e) {
+                Negative::NoDomain => MxAnswer::NoDomain,
+                Negative::NoData => MxAnswer::NoMx,
+                Negative::Temporary(why) => MxAnswer::Temporary(why),
+            },
+        }
+    }
+
+    pub async fn addrs(&self, host: &str, family: IpFamily) -> AddrAnswer {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return AddrAnswer::Addrs(vec![ip]);
+        }
+        let Some(name) = fqdn(host) else { return AddrAnswer::None };
+        let kinds: &[RecordType] = match family {
+            IpFamily::Any => &[RecordType::A, RecordType::AAAA],
+            IpFamily::Ipv4 => &[RecordType::A],
+            IpFamily::Ipv6 => &[RecordType::AAAA],
+        };
+        let mut addrs = Vec::new();
+        let mut temporary = None;
+        for &kind in kinds {
+            match self.resolver.lookup(name.clone(), kind).await {
+                Ok(lookup) => addrs.extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })),
+                Err(e) => {
+                    if let Negative::Temporary(why) = classify(&e) {
+                        temporary = Some(why);
+                    }
+                }
+            }
+        }
+        match (addrs.is_empty(), temporary) {
+            (false, _) => AddrAnswer::Addrs(addrs),
+            (true, Some(why)) => AddrAnswer::Temporary(why),
+            (true, None) => AddrAnswer::None,
+        }
+    }
+}
+
+fn server(addr: &SocketAddr) -> NameServerConfig {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = addr.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = addr.port();
+    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+}
+
+fn fqdn(domain: &str) -> Option<Name> {
+    let mut name = Name::from_utf8(domain).ok()?;
+    name.set_fqdn(true);
+    Some(name)
+}
+
+enum Negative {
+    NoDomain,
+    NoData,
+    Temporary(String),
+}
+
+fn classify(e: &NetError) -> Negative {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(nr)) if nr.response_code == ResponseCode::NXDomain => Negative::NoDomain,
+        NetError::Dns(DnsError::NoRecordsFound(nr)) if nr.response_code == ResponseCode::NoError => Negative::NoData,
+        other => Negative::Temporary(other.to_string()),
+    }
+}
+
+/// How long lookups may take in total before delivery gives up for this attempt.
+pub const LOOKUP_BUDGET: Duration = Duration::from_secs(60);

@@ -1,0 +1,5 @@
+//! Delivery: routing (DNS, routes, smarthost), connections and the pool, and the attempt that
+//! sends one message's recipients to their destinations.
+
+pub mod dns;
+pub mod route;
