@@ -6,5 +6,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod intake;
 pub mod metrics;
+pub mod queue;
 pub mod smtp;
 pub mod spool;
+pub mod stream;

@@ -16,6 +16,15 @@ pub const SPOOL_BYTES: &str = "sluice_spool_bytes";
 pub const TLS_HANDSHAKES: &str = "sluice_intake_tls_handshakes_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "sluice_intake_tls_handshake_failures_total";
 pub const AUTH_ATTEMPTS: &str = "sluice_intake_auth_total";
+pub const DELIVERY_CONNECTIONS_OPENED: &str = "sluice_delivery_connections_opened_total";
+pub const DELIVERY_CONNECTIONS_REUSED: &str = "sluice_delivery_connections_reused_total";
+pub const DELIVERY_ATTEMPTS: &str = "sluice_delivery_attempts_total";
+pub const DELIVERED: &str = "sluice_delivery_delivered_total";
+pub const DEFERRED: &str = "sluice_delivery_deferred_total";
+pub const BOUNCED: &str = "sluice_delivery_bounced_total";
+pub const DELIVERY_TLS: &str = "sluice_delivery_tls_total";
+pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
+pub const QUEUE_IN_FLIGHT: &str = "sluice_queue_in_flight";
 
 /// Installs the Prometheus exporter on `address` (HTTP, path /metrics) and describes the metrics.
 pub fn install(address: SocketAddr) -> Result<(), String> {
@@ -49,5 +58,14 @@ fn describe() {
     describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Message bytes in the spool");
     describe_counter!(TLS_HANDSHAKES, "Completed intake TLS handshakes, by protocol version");
     describe_counter!(TLS_HANDSHAKE_FAILURES, "Intake TLS handshakes that failed or timed out");
+    describe_counter!(DELIVERY_CONNECTIONS_OPENED, "Outbound connections opened");
+    describe_counter!(DELIVERY_CONNECTIONS_REUSED, "Outbound transactions sent over a pooled connection");
+    describe_counter!(DELIVERY_ATTEMPTS, "Delivery attempts of one message to one destination");
+    describe_counter!(DELIVERED, "Recipients delivered");
+    describe_counter!(DEFERRED, "Recipients deferred for a later attempt");
+    describe_counter!(BOUNCED, "Recipients bounced, by status class");
+    describe_counter!(DELIVERY_TLS, "Outbound connections by TLS version (or none)");
+    describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "From arrival to the 250 of the destination, per recipient");
+    describe_gauge!(QUEUE_IN_FLIGHT, "Messages being delivered now");
     describe_counter!(AUTH_ATTEMPTS, "AUTH attempts by result: success, failure, locked_out, temporary_failure");
 }

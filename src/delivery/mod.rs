@@ -1,5 +1,8 @@
 //! Delivery: routing (DNS, routes, smarthost), connections and the pool, and the attempt that
 //! sends one message's recipients to their destinations.
 
+pub mod attempt;
+pub mod connection;
 pub mod dns;
+pub mod pool;
 pub mod route;

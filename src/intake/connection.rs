@@ -12,7 +12,9 @@ use tokio::sync::watch;
 
 use super::IntakeContext;
 use super::auth::Verdict;
-use super::stream::Stream;
+use crate::stream;
+
+type Stream = stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 use super::trace::{self, Trace};
 use crate::config::ListenerMode;
 use crate::metrics as m;

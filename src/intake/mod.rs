@@ -3,7 +3,6 @@
 mod auth;
 mod connection;
 mod limits;
-mod stream;
 pub mod submission;
 pub mod tls;
 pub mod trace;

@@ -1,0 +1,161 @@
+//! One delivery attempt of a group of recipients to one destination: try its targets in order,
+//! over pooled connections, and report one result per recipient.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::connection::{ConnError, Connection, Settings};
+use super::dns::Dns;
+use super::pool::Pool;
+use super::route::Target;
+use crate::config::{Config, OutboundTls};
+use crate::metrics as m;
+use crate::smtp::client::{Failure, Message, RcptOutcome, TlsPolicy};
+use crate::smtp::reply::{Enhanced, Reply};
+
+/// A recipient's result, with the host that gave it (for Remote-MTA in bounces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempted {
+    pub outcome: RcptOutcome,
+    pub remote: Option<String>,
+}
+
+/// Everything delivery shares: config, DNS, the pool and connection settings.
+pub struct Delivery {
+    pub config: Arc<Config>,
+    pub dns: Dns,
+    pub pool: Pool,
+    pub settings: Settings,
+    /// Our listener addresses, for loop detection.
+    pub own: Vec<SocketAddr>,
+}
+
+/// How often a pooled connection that turns out dead is replaced before giving up on a target.
+const STALE_RETRIES: usize = 2;
+
+impl Delivery {
+    pub fn new(config: Arc<Config>, own: Vec<SocketAddr>) -> Result<Arc<Delivery>, String> {
+        let d = &config.delivery;
+        let dns = Dns::new(&config.dns)?;
+        let pool = Pool::new(d.max_connections_per_destination, d.max_deliveries_per_connection, d.idle_timeout.0);
+        let settings = Settings {
+            ehlo_name: config.ehlo_name().to_string(),
+            our_hostname: config.hostname.0.clone(),
+            source_address: d.source_address,
+            timeouts: d.timeouts.clone(),
+            tls: super::connection::opportunistic_tls(),
+        };
+        Ok(Arc::new(Delivery { dns, pool, settings, own, config }))
+    }
+
+    fn tls_policy(&self) -> TlsPolicy {
+        match self.config.delivery.tls {
+            OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
+            OutboundTls::None => TlsPolicy::Never,
+        }
+    }
+
+    /// A pooled connection to `target` (true: reused), or a new one.
+    async fn connection(&self, target: &Target) -> Result<(Connection, bool), ConnError> {
+        if let Some(conn) = self.pool.take(target.addr) {
+            return Ok((conn, true));
+        }
+        let permit = self.pool.permit(target.addr).await;
+        if let Some(conn) = self.pool.take(target.addr) {
+            // Another delivery finished while we waited for room.
+            return Ok((conn, true));
+        }
+        let policy = self.tls_policy();
+        let opened = match Connection::open(target.clone(), policy, &self.settings, permit).await {
+            // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
+            Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
+                tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
+                let permit = self.pool.permit(target.addr).await;
+                Connection::open(target.clone(), TlsPolicy::Never, &self.settings, permit).await
+            }
+            other => other,
+        }?;
+        metrics::counter!(m::DELIVERY_CONNECTIONS_OPENED).increment(1);
+        let tls = opened.tls.as_deref().and_then(|t| t.split(' ').next()).unwrap_or("none").to_string();
+        metrics::counter!(m::DELIVERY_TLS, "version" => tls).increment(1);
+        tracing::debug!(host = %target.host, addr = %target.addr, tls = ?opened.tls, "connected");
+        Ok((opened, false))
+    }
+
+    /// Sends `msg` to the first target that takes it. Recipients a 452 left over go out in a
+    /// new transaction at once. A target that cannot be reached or refuses the session is
+    /// skipped for the next one; a session lost during a transaction defers what is left.
+    pub async fn send(&self, targets: &[Target], msg: Message) -> Vec<Attempted> {
+        let n = msg.recipients.len();
+        let mut results: Vec<Option<Attempted>> = vec![None; n];
+        let mut pending: Vec<usize> = (0..n).collect();
+        let mut last_error = String::from("no destination address to try");
+        'targets: for target in targets {
+            let mut stale = 0;
+            while !pending.is_empty() {
+                let (mut conn, reused) = match self.connection(target).await {
+                    Ok(c) => c,
+                    Err(ConnError::Smtp(Failure::Loop)) => {
+                        let reply = Reply::new(554, Enhanced(5, 4, 6), format!("{} greets with our own name: mail loop", target.host));
+                        fill(&mut results, &pending, &reply, Some(&target.host));
+                        return finish(results);
+                    }
+                    Err(e) => {
+                        last_error = format!("{} [{}]: {e}", target.host, target.addr);
+                        tracing::info!(host = %target.host, addr = %target.addr, error = %e, "destination host failed; trying the next");
+                        continue 'targets;
+                    }
+                };
+                let sub = Message { recipients: pending.iter().map(|&i| msg.recipients[i].clone()).collect(), ..msg.clone() };
+                match conn.transact(sub, &self.settings).await {
+                    Ok(outcomes) => {
+                        self.pool.put(conn);
+                        let mut overflow = Vec::new();
+                        for (k, outcome) in outcomes.into_iter().enumerate() {
+                            let i = pending[k];
+                            match outcome {
+                                RcptOutcome::Overflow => overflow.push(i),
+                                o => results[i] = Some(Attempted { outcome: o, remote: Some(target.host.clone()) }),
+                            }
+                        }
+                        pending = overflow;
+                    }
+                    Err(ConnError::Lost(e)) if reused && stale < STALE_RETRIES => {
+                        // The server closed an idle pooled connection: not an attempt.
+                        stale += 1;
+                        tracing::debug!(host = %target.host, error = %e, "pooled connection was dead; reconnecting");
+                    }
+                    Err(e) => {
+                        let reply = Reply::new(451, Enhanced(4, 4, 2), format!("{} [{}]: {e}", target.host, target.addr));
+                        fill(&mut results, &pending, &reply, Some(&target.host));
+                        return finish(results);
+                    }
+                }
+            }
+            break;
+        }
+        if !pending.is_empty() {
+            let reply = Reply::new(451, Enhanced(4, 4, 1), format!("No destination host accepted the connection; last: {last_error}"));
+            fill(&mut results, &pending, &reply, None);
+        }
+        finish(results)
+    }
+}
+
+fn fill(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remote: Option<&str>) {
+    let outcome = if reply.is_permanent() { RcptOutcome::Failed(reply.clone()) } else { RcptOutcome::Deferred(reply.clone()) };
+    for &i in which {
+        if results[i].is_none() {
+            results[i] = Some(Attempted { outcome: outcome.clone(), remote: remote.map(str::to_string) });
+        }
+    }
+}
+
+fn finish(results: Vec<Option<Attempted>>) -> Vec<Attempted> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(Attempted { outcome: RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 0), "Not attempted")), remote: None })
+        })
+        .collect()
+}

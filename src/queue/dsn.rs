@@ -1,0 +1,197 @@
+//! Delivery status notifications (RFC 3464, RFC 3461): one multipart/report per event,
+//! listing every recipient that failed in it. Pure: the clock and ids are passed in.
+
+use std::fmt::Write;
+
+use super::outcome::Failure;
+use crate::intake::trace::rfc5322_date;
+use crate::smtp::address::Ret;
+use crate::spool::Envelope;
+
+/// Originals larger than this are returned as headers only when RET was not given.
+const FULL_RETURN_LIMIT: usize = 100 * 1024;
+
+/// Whether the sender asked to hear about this recipient's failure (NOTIFY default: FAILURE).
+pub fn wants_failure_notice(env: &Envelope, index: usize) -> bool {
+    env.recipients[index].params.notify.is_none_or(|n| n.failure)
+}
+
+pub struct Bounce<'a> {
+    pub hostname: &'a str,
+    /// The bounce's own queue id (for Message-ID and the boundary).
+    pub queue_id: &'a str,
+    pub to: String,
+    pub now: u64,
+}
+
+/// RFC 3461 4 xtext: `+XX` escapes.
+fn xtext_decode(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'+'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Builds the bounce message (CRLF line ends) for `failures` of `env`.
+pub fn bounce(b: &Bounce<'_>, env: &Envelope, failures: &[Failure], original: &[u8]) -> Vec<u8> {
+    let date = rfc5322_date(b.now);
+    let boundary = format!("{}/{}", b.queue_id, b.hostname);
+    let mut m = String::with_capacity(2048);
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\nTo: {to}\r\nSubject: Undelivered Mail Returned to Sender\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated message.\r\n\r\n",
+        host = b.hostname,
+        to = b.to,
+        id = b.queue_id,
+    );
+    let _ = write!(
+        m,
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThis is the mail system at {host}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n",
+        host = b.hostname
+    );
+    for f in failures {
+        let r = &env.recipients[f.index];
+        let _ = write!(m, "<{}>: {}\r\n", r.mailbox, f.reply);
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {}\r\nX-Sluice-Queue-ID: {}\r\n",
+        b.hostname, env.queue_id
+    );
+    if let Some(envid) = &env.params.envid {
+        let _ = write!(m, "Original-Envelope-Id: {}\r\n", xtext_decode(envid));
+    }
+    let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(env.arrival));
+    for f in failures {
+        let r = &env.recipients[f.index];
+        let status = f.reply.enhanced.map(|e| e.to_string()).unwrap_or_else(|| format!("{}.0.0", f.reply.code / 100));
+        let _ = write!(m, "\r\nFinal-Recipient: rfc822; {}\r\n", r.mailbox);
+        if let Some(orcpt) = &r.params.orcpt
+            && let Some((kind, addr)) = orcpt.split_once(';')
+        {
+            let _ = write!(m, "Original-Recipient: {kind}; {}\r\n", xtext_decode(addr));
+        }
+        let _ = write!(m, "Action: failed\r\nStatus: {status}\r\n");
+        if let Some(remote) = &f.remote {
+            let _ = write!(m, "Remote-MTA: dns; {remote}\r\n");
+        }
+        let _ = write!(m, "Diagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {date}\r\n", f.reply);
+    }
+    let headers_only = match env.params.ret {
+        Some(Ret::Hdrs) => true,
+        Some(Ret::Full) => false,
+        None => original.len() > FULL_RETURN_LIMIT,
+    };
+    let mut out = m.into_bytes();
+    if headers_only {
+        let end = find_header_end(original);
+        out.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes());
+        out.extend_from_slice(&original[..end]);
+    } else {
+        out.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes());
+        out.extend_from_slice(original);
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// The header section, up to and including the empty line (or everything if there is none).
+fn find_header_end(message: &[u8]) -> usize {
+    memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::{MailParams, Mailbox, Notify, RcptParams};
+    use crate::smtp::reply::{Enhanced, Reply};
+    use crate::spool::{Identity, RecipientRecord, RecipientState};
+
+    fn env(ret: Option<Ret>) -> Envelope {
+        let rcpt = |l: &str, orcpt: Option<&str>, notify: Option<Notify>| RecipientRecord {
+            mailbox: Mailbox { local: l.into(), domain: "y.test".into() },
+            params: RcptParams { notify, orcpt: orcpt.map(str::to_string) },
+            state: RecipientState::Failed,
+            attempts: 1,
+            last_reply: None,
+            next_attempt: None,
+        };
+        Envelope {
+            queue_id: "ORIG".into(),
+            from: Some(Mailbox { local: "a".into(), domain: "x.test".into() }),
+            params: MailParams { ret, envid: Some("env+2Bid".into()), ..MailParams::default() },
+            recipients: vec![
+                rcpt("gone", Some("rfc822;gone+2Bx@y.test"), None),
+                rcpt("full", None, None),
+                rcpt("quiet", None, Some(Notify { never: true, ..Notify::default() })),
+            ],
+            client_ip: "127.0.0.1".parse().unwrap(),
+            helo: "c".into(),
+            identity: Identity::TrustedNetwork,
+            listener: "127.0.0.1:25".parse().unwrap(),
+            arrival: 0,
+            body: None,
+        }
+    }
+
+    fn failures() -> Vec<Failure> {
+        vec![
+            Failure { index: 0, reply: Reply::new(550, Enhanced(5, 1, 1), "no such user"), remote: Some("mx.y.test".into()) },
+            Failure { index: 1, reply: Reply::new(552, Enhanced(5, 2, 2), "mailbox full"), remote: None },
+        ]
+    }
+
+    fn text(ret: Option<Ret>, original: &[u8]) -> String {
+        let b = Bounce { hostname: "relay.test", queue_id: "BOUNCE1", to: "<a@x.test>".into(), now: 60 };
+        String::from_utf8(bounce(&b, &env(ret), &failures(), original)).unwrap()
+    }
+
+    #[test]
+    fn the_report_carries_every_rfc3464_field() {
+        let t = text(None, b"Subject: hi\r\n\r\nbody\r\n");
+        for needle in [
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Auto-Submitted: auto-replied\r\n",
+            "Reporting-MTA: dns; relay.test\r\n",
+            "Original-Envelope-Id: env+id\r\n",
+            "Arrival-Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n",
+            "Final-Recipient: rfc822; gone@y.test\r\nOriginal-Recipient: rfc822; gone+x@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\nLast-Attempt-Date: Thu, 1 Jan 1970 00:01:00 +0000\r\n",
+            "Final-Recipient: rfc822; full@y.test\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n",
+            "Content-Type: message/rfc822\r\n\r\nSubject: hi\r\n\r\nbody\r\n",
+            "--BOUNCE1/relay.test--\r\n",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+        assert_eq!(t.matches("Original-Recipient").count(), 1, "only where ORCPT was given");
+        assert!(!t.contains("quiet@y.test"), "only the failures of this event");
+    }
+
+    #[test]
+    fn ret_hdrs_returns_the_header_section_only() {
+        let t = text(Some(Ret::Hdrs), b"Subject: hi\r\n\r\nsecret body\r\n");
+        assert!(t.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n\r\n"), "{t}");
+        assert!(!t.contains("secret body"));
+    }
+
+    #[test]
+    fn notify_never_suppresses_the_notice() {
+        let e = env(None);
+        assert!(wants_failure_notice(&e, 0));
+        assert!(!wants_failure_notice(&e, 2));
+    }
+}

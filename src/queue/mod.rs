@@ -1,0 +1,4 @@
+//! The queue: when each message is due, and what an attempt's results do to it.
+
+pub mod dsn;
+pub mod outcome;

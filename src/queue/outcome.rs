@@ -1,0 +1,164 @@
+//! Recording an attempt's results on the envelope: delivered and failed recipients become
+//! final, deferred ones get their next attempt from the retry schedule until `max_age`, when
+//! they fail as expired. Pure: `now` is passed in.
+
+use std::time::Duration;
+
+use crate::delivery::attempt::Attempted;
+use crate::smtp::client::RcptOutcome;
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::spool::{Envelope, RecipientState};
+
+pub struct RetryPolicy<'a> {
+    /// Waits between attempts; the last repeats.
+    pub schedule: &'a [Duration],
+    pub max_age: Duration,
+}
+
+impl RetryPolicy<'_> {
+    /// Unix seconds of the next attempt after `attempts` attempts.
+    pub fn next_attempt(&self, attempts: u32, now: u64) -> u64 {
+        let i = (attempts.max(1) as usize - 1).min(self.schedule.len() - 1);
+        now + self.schedule[i].as_secs().max(1)
+    }
+}
+
+/// A recipient that failed in this attempt, for the bounce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub index: usize,
+    pub reply: Reply,
+    pub remote: Option<String>,
+}
+
+/// What an attempt changed, for metrics and logs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub delivered: usize,
+    pub deferred: usize,
+    pub failed: Vec<Failure>,
+}
+
+pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, policy: &RetryPolicy<'_>) -> Tally {
+    let mut tally = Tally::default();
+    let expired = now >= env.arrival.saturating_add(policy.max_age.as_secs());
+    for (index, attempted) in results {
+        let r = &mut env.recipients[*index];
+        r.attempts += 1;
+        match &attempted.outcome {
+            RcptOutcome::Delivered(reply) => {
+                r.state = RecipientState::Delivered;
+                r.last_reply = Some(reply.to_string());
+                r.next_attempt = None;
+                tally.delivered += 1;
+            }
+            RcptOutcome::Failed(reply) => {
+                r.state = RecipientState::Failed;
+                r.last_reply = Some(reply.to_string());
+                r.next_attempt = None;
+                tally.failed.push(Failure { index: *index, reply: reply.clone(), remote: attempted.remote.clone() });
+            }
+            RcptOutcome::Deferred(_) | RcptOutcome::Overflow if expired => {
+                let last = match &attempted.outcome {
+                    RcptOutcome::Deferred(reply) => reply.to_string(),
+                    _ => "too many recipients".to_string(),
+                };
+                let reply =
+                    Reply::new(554, Enhanced(5, 4, 7), format!("Delivery time expired after {} attempts; last: {last}", r.attempts));
+                r.state = RecipientState::Failed;
+                r.last_reply = Some(reply.to_string());
+                r.next_attempt = None;
+                tally.failed.push(Failure { index: *index, reply, remote: attempted.remote.clone() });
+            }
+            RcptOutcome::Deferred(reply) => {
+                r.last_reply = Some(reply.to_string());
+                r.next_attempt = Some(policy.next_attempt(r.attempts, now));
+                tally.deferred += 1;
+            }
+            RcptOutcome::Overflow => {
+                r.next_attempt = Some(now);
+                tally.deferred += 1;
+            }
+        }
+    }
+    tally
+}
+
+/// Every recipient is delivered or failed: the message can leave the spool.
+pub fn is_final(env: &Envelope) -> bool {
+    env.recipients.iter().all(|r| r.state != RecipientState::Queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::{MailParams, Mailbox, RcptParams};
+    use crate::spool::{Identity, RecipientRecord};
+
+    fn env(n: usize) -> Envelope {
+        Envelope {
+            queue_id: "Q".into(),
+            from: Some(Mailbox { local: "a".into(), domain: "x.test".into() }),
+            params: MailParams::default(),
+            recipients: (0..n)
+                .map(|i| RecipientRecord {
+                    mailbox: Mailbox { local: format!("r{i}"), domain: "y.test".into() },
+                    params: RcptParams::default(),
+                    state: RecipientState::Queued,
+                    attempts: 0,
+                    last_reply: None,
+                    next_attempt: Some(1000),
+                })
+                .collect(),
+            client_ip: "127.0.0.1".parse().unwrap(),
+            helo: "c".into(),
+            identity: Identity::TrustedNetwork,
+            listener: "127.0.0.1:25".parse().unwrap(),
+            arrival: 1000,
+            body: None,
+        }
+    }
+
+    fn att(o: RcptOutcome) -> Attempted {
+        Attempted { outcome: o, remote: Some("mx.y.test".into()) }
+    }
+
+    const SCHEDULE: [Duration; 3] = [Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(3600)];
+
+    #[test]
+    fn retry_schedule_steps_then_repeats_its_last_interval() {
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400) };
+        let waits: Vec<u64> = (1..=5).map(|a| p.next_attempt(a, 0)).collect();
+        assert_eq!(waits, [60, 300, 3600, 3600, 3600]);
+    }
+
+    #[test]
+    fn outcomes_set_states_and_the_next_attempt() {
+        let mut e = env(3);
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400) };
+        let results = [
+            (0, att(RcptOutcome::Delivered(Reply::new(250, Enhanced(2, 0, 0), "ok")))),
+            (1, att(RcptOutcome::Failed(Reply::new(550, Enhanced(5, 1, 1), "unknown")))),
+            (2, att(RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 3, 0), "later")))),
+        ];
+        let t = record(&mut e, &results, 2000, &p);
+        assert_eq!((t.delivered, t.deferred, t.failed.len()), (1, 1, 1));
+        assert_eq!(e.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(e.recipients[1].state, RecipientState::Failed);
+        assert_eq!(e.recipients[2].next_attempt, Some(2060));
+        assert_eq!(e.recipients[2].last_reply.as_deref(), Some("451 4.3.0 later"));
+        assert!(!is_final(&e));
+        assert_eq!(e.next_due(), Some(2060));
+    }
+
+    #[test]
+    fn deferral_past_max_age_fails_as_expired() {
+        let mut e = env(1);
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(600) };
+        let t = record(&mut e, &[(0, att(RcptOutcome::Deferred(Reply::new(421, Enhanced(4, 7, 0), "busy"))))], 1600, &p);
+        assert_eq!(t.failed.len(), 1);
+        assert_eq!(t.failed[0].reply.enhanced, Some(Enhanced(5, 4, 7)));
+        assert!(t.failed[0].reply.to_string().contains("last: 421 4.7.0 busy"));
+        assert!(is_final(&e));
+    }
+}
