@@ -220,6 +220,9 @@ impl<'de> Deserialize<'de> for NextHop {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
+    /// Accept and spool mail but deliver nothing (maintenance; a queue on hold).
+    #[serde(default)]
+    pub paused: bool,
     /// Port for MX delivery (25; other values are for test setups).
     #[serde(default = "default_delivery_port")]
     pub port: u16,
@@ -304,6 +307,7 @@ impl Default for ClientTimeouts {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
+            paused: false,
             port: default_delivery_port(),
             ehlo_name: None,
             source_address: None,

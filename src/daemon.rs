@@ -49,6 +49,13 @@ pub async fn start(config: Config) -> Result<Running, String> {
         listeners.push(address);
         tasks.spawn(intake::serve(listener, cfg.mode, ctx.clone(), watcher.clone()));
     }
+    if config.delivery.paused {
+        tracing::warn!("delivery is paused: mail is accepted and kept in the queue");
+    } else {
+        let delivery = crate::delivery::attempt::Delivery::new(config.clone(), listeners.clone())?;
+        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery, ctx.stored.clone());
+        tasks.spawn(runner.run(watcher.clone()));
+    }
     tasks.spawn(crate::admin::serve(admin, spool.clone(), watcher));
     Ok(Running { listeners, shutdown, tasks, ctx, spool })
 }

@@ -33,6 +33,8 @@ pub struct IntakeContext {
     pub tls: Option<TlsAcceptor>,
     pub users: Option<Arc<UsersFile>>,
     pub failures: FailureTracker,
+    /// Woken after every stored message, so the queue runner starts on it at once.
+    pub stored: Arc<tokio::sync::Notify>,
 }
 
 impl IntakeContext {
@@ -69,7 +71,8 @@ impl IntakeContext {
         let limits = ConnectionLimits::new(l.max_connections, l.max_connections_per_ip);
         let a = &config.auth;
         let failures = FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0);
-        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, users, failures, config }))
+        let stored = Arc::new(tokio::sync::Notify::new());
+        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, users, failures, stored, config }))
     }
 
     fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {

@@ -2,3 +2,4 @@
 
 pub mod dsn;
 pub mod outcome;
+pub mod runner;

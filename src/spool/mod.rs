@@ -75,6 +75,8 @@ pub enum Identity {
     TrustedNetwork,
     /// AUTH as this user.
     Authenticated(String),
+    /// A bounce this server generated.
+    Bounce,
 }
 
 impl fmt::Display for Identity {
@@ -83,6 +85,7 @@ impl fmt::Display for Identity {
             Identity::Anonymous => f.write_str("anonymous"),
             Identity::TrustedNetwork => f.write_str("trusted-network"),
             Identity::Authenticated(user) => write!(f, "user:{user}"),
+            Identity::Bounce => f.write_str("bounce"),
         }
     }
 }
@@ -192,6 +195,8 @@ pub trait Spool: Send + Sync {
     fn due(&self, now: u64, limit: usize) -> Result<Vec<String>, SpoolError>;
     /// The earliest scheduled attempt (unix seconds), if any message is queued.
     fn next_due(&self) -> Result<Option<u64>, SpoolError>;
+    /// The first `limit` schedule entries: (due, queue id), earliest first.
+    fn upcoming(&self, limit: usize) -> Result<Vec<(u64, String)>, SpoolError>;
     fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError>;
     fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError>;
     fn list(&self) -> Result<Vec<Envelope>, SpoolError>;

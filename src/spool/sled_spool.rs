@@ -276,6 +276,16 @@ impl Spool for SledSpool {
         Ok(ids)
     }
 
+    fn upcoming(&self, limit: usize) -> Result<Vec<(u64, String)>, SpoolError> {
+        let mut out = Vec::new();
+        for item in self.messages.scan_prefix([SCHEDULE]).take(limit) {
+            let (key, _) = item?;
+            let due = key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            out.push((due, String::from_utf8_lossy(&key[9..]).into_owned()));
+        }
+        Ok(out)
+    }
+
     fn next_due(&self) -> Result<Option<u64>, SpoolError> {
         match self.messages.scan_prefix([SCHEDULE]).next() {
             Some(item) => {

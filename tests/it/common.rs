@@ -37,6 +37,14 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
     );
     let overridden: Vec<&str> = extra.lines().filter_map(|l| l.split_once(':').map(|(k, _)| k)).filter(|k| !k.starts_with(' ')).collect();
     yaml = yaml.lines().filter(|l| !overridden.iter().any(|k| l.starts_with(&format!("{k}:")))).map(|l| format!("{l}\n")).collect();
+    // Tests never reach the system resolver: a dead loopback name server unless a test brings
+    // its own, and delivery on hold unless a test configures it.
+    if !extra.contains("dns:") {
+        yaml.push_str("dns: { nameservers: [\"127.0.0.1:9\"], timeout: 1s }\n");
+    }
+    if !extra.contains("delivery:") {
+        yaml.push_str("delivery: { paused: true }\n");
+    }
     if !extra.contains("listeners:") {
         yaml.push_str("listeners:\n  - { address: \"127.0.0.1:0\", mode: relay }\n");
     }

@@ -40,6 +40,9 @@ impl Spool for FailingSpool {
     fn next_due(&self) -> Result<Option<u64>, SpoolError> {
         Ok(None)
     }
+    fn upcoming(&self, _: usize) -> Result<Vec<(u64, String)>, SpoolError> {
+        Ok(Vec::new())
+    }
     fn get(&self, _: &str) -> Result<Envelope, SpoolError> {
         Err(SpoolError::NotFound)
     }

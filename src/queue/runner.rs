@@ -1,0 +1,239 @@
+//! The queue runner: hands due messages to delivery and records what happened.
+//!
+//! Only the schedule index is consulted (earliest first), so deferred mail is never held in
+//! memory. The runner sleeps until the next due time, a new message, or a finished delivery;
+//! it never polls in a loop.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+
+use super::dsn;
+use super::outcome::{self, RetryPolicy, Tally};
+use crate::config::Config;
+use crate::delivery::attempt::{Attempted, Delivery};
+use crate::delivery::route::{self, Route};
+use crate::metrics as m;
+use crate::smtp::client::{Message, RcptOutcome};
+use crate::spool::{Changes, Envelope, Identity, RecipientRecord, RecipientState, Spool, SpoolError};
+
+/// The longest the runner sleeps without a reason; a safety net, not a poll.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+pub struct Runner {
+    spool: Arc<dyn Spool>,
+    delivery: Arc<Delivery>,
+    config: Arc<Config>,
+    /// Woken by intake (new mail) and by finished deliveries.
+    pub notify: Arc<Notify>,
+    in_flight: Mutex<HashSet<String>>,
+    permits: Arc<Semaphore>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Runner {
+    pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>) -> Arc<Runner> {
+        let config = delivery.config.clone();
+        let permits = Arc::new(Semaphore::new(config.delivery.max_concurrent_deliveries));
+        Arc::new(Runner { spool, delivery, config, notify, in_flight: Mutex::new(HashSet::new()), permits })
+    }
+
+    /// Dispatches due messages until shut down; deliveries under way finish on their own.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut reap = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let sleep = self.dispatch();
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = reap.tick() => self.delivery.pool.reap(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Starts every due message there is room for; returns how long to sleep.
+    fn dispatch(self: &Arc<Self>) -> Duration {
+        let now = unix_now();
+        let busy = self.in_flight.lock().expect("in-flight lock").len();
+        let upcoming = match self.spool.upcoming(busy + 256) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the queue schedule failed");
+                return Duration::from_secs(5);
+            }
+        };
+        for (due, queue_id) in upcoming {
+            if self.in_flight.lock().expect("in-flight lock").contains(&queue_id) {
+                continue;
+            }
+            if due > now {
+                return Duration::from_secs(due - now).min(MAX_SLEEP);
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                // Full: a finishing delivery wakes the runner.
+                return MAX_SLEEP;
+            };
+            self.in_flight.lock().expect("in-flight lock").insert(queue_id.clone());
+            metrics::gauge!(m::QUEUE_IN_FLIGHT).increment(1.0);
+            let runner = self.clone();
+            tokio::spawn(async move { runner.deliver(queue_id, permit).await });
+        }
+        MAX_SLEEP
+    }
+
+    async fn deliver(self: Arc<Self>, queue_id: String, _permit: OwnedSemaphorePermit) {
+        if let Err(e) = self.attempt(&queue_id).await {
+            tracing::error!(queue_id = %queue_id, error = %e, "delivery attempt could not be recorded");
+        }
+        self.in_flight.lock().expect("in-flight lock").remove(&queue_id);
+        metrics::gauge!(m::QUEUE_IN_FLIGHT).decrement(1.0);
+        self.notify.notify_one();
+    }
+
+    /// One attempt for every due recipient of a message, then one atomic spool change.
+    async fn attempt(&self, queue_id: &str) -> Result<(), SpoolError> {
+        let mut env = match self.spool.get(queue_id) {
+            Ok(e) => e,
+            Err(SpoolError::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let spool = self.spool.clone();
+        let read = env.clone();
+        let body = match tokio::task::spawn_blocking(move || spool.read_body(&read)).await {
+            Ok(Ok(b)) => Arc::new(b),
+            Ok(Err(e)) => return self.park(env, &format!("message body unreadable: {e}")).await,
+            Err(e) => return Err(SpoolError::Io(e.to_string())),
+        };
+        let now = unix_now();
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in env.recipients.iter().enumerate() {
+            if r.state == RecipientState::Queued && r.next_attempt.unwrap_or(env.arrival) <= now {
+                groups.entry(route::destination_key(&r.mailbox.domain, &self.config)).or_default().push(i);
+            }
+        }
+        let mut results: Vec<(usize, Attempted)> = Vec::new();
+        for indexes in groups.values() {
+            metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
+            let domain = env.recipients[indexes[0]].mailbox.domain.clone();
+            match route::route(&domain, &self.config, &self.delivery.own, &self.delivery.dns).await {
+                Route::Fail(reply) => {
+                    results.extend(indexes.iter().map(|&i| (i, Attempted { outcome: RcptOutcome::Failed(reply.clone()), remote: None })))
+                }
+                Route::Defer(reply) => {
+                    results.extend(indexes.iter().map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None })))
+                }
+                Route::Targets(targets) => {
+                    for chunk in indexes.chunks(self.config.delivery.max_recipients_per_transaction) {
+                        let msg = Message {
+                            from: env.from.clone(),
+                            params: env.params.clone(),
+                            recipients: chunk
+                                .iter()
+                                .map(|&i| (env.recipients[i].mailbox.clone(), env.recipients[i].params.clone()))
+                                .collect(),
+                            body: body.clone(),
+                        };
+                        let attempted = self.delivery.send(&targets, msg).await;
+                        results.extend(chunk.iter().copied().zip(attempted));
+                    }
+                }
+            }
+        }
+        let d = &self.config.delivery;
+        let schedule: Vec<Duration> = d.retry.iter().map(|r| r.0).collect();
+        let policy = RetryPolicy { schedule: &schedule, max_age: d.max_age.0 };
+        let now = unix_now();
+        let tally = outcome::record(&mut env, &results, now, &policy);
+        self.log_results(&env, &results, &tally, now);
+        let mut changes = Changes::default();
+        if let Some(bounce) = self.bounce(&env, &tally, &body, now) {
+            changes.store.push(bounce);
+        }
+        if outcome::is_final(&env) {
+            changes.remove.push(env.queue_id.clone());
+        } else {
+            changes.update.push(env);
+        }
+        self.spool.apply(changes)?.wait().await
+    }
+
+    /// A message that cannot be read is retried in an hour, not in a hot loop.
+    async fn park(&self, mut env: Envelope, why: &str) -> Result<(), SpoolError> {
+        tracing::error!(queue_id = %env.queue_id, "{why}");
+        let later = unix_now() + 3600;
+        for r in env.recipients.iter_mut().filter(|r| r.state == RecipientState::Queued) {
+            r.next_attempt = Some(later);
+            r.last_reply = Some(why.to_string());
+        }
+        self.spool.update(&env)?.wait().await
+    }
+
+    fn log_results(&self, env: &Envelope, results: &[(usize, Attempted)], tally: &Tally, now: u64) {
+        for (i, a) in results {
+            let r = &env.recipients[*i];
+            let status = match r.state {
+                RecipientState::Delivered => "delivered",
+                RecipientState::Failed => "bounced",
+                RecipientState::Queued => "deferred",
+            };
+            tracing::info!(queue_id = %env.queue_id, to = %r.mailbox, status, remote = a.remote.as_deref().unwrap_or("-"), reply = r.last_reply.as_deref().unwrap_or(""), "delivery");
+            if r.state == RecipientState::Delivered {
+                metrics::histogram!(m::DELIVERY_LATENCY).record(now.saturating_sub(env.arrival) as f64);
+            }
+        }
+        metrics::counter!(m::DELIVERED).increment(tally.delivered as u64);
+        metrics::counter!(m::DEFERRED).increment(tally.deferred as u64);
+        for f in &tally.failed {
+            let class = if f.reply.code >= 500 { "5xx" } else { "4xx" };
+            metrics::counter!(m::BOUNCED, "class" => class).increment(1);
+        }
+    }
+
+    /// The bounce for this attempt's failures, if anyone should get one: the sender, or the
+    /// postmaster when a bounce of ours failed. Null-sender mail gets none (no bounce loops).
+    fn bounce(&self, env: &Envelope, tally: &Tally, original: &[u8], now: u64) -> Option<(Envelope, Vec<u8>)> {
+        let postmaster = self.config.postmaster();
+        let failures: Vec<_> = tally.failed.iter().filter(|f| dsn::wants_failure_notice(env, f.index)).cloned().collect();
+        let to = match (&env.from, &env.identity) {
+            _ if failures.is_empty() => return None,
+            (Some(sender), _) => sender.clone(),
+            // Our own bounce failed; tell the postmaster, unless that is what failed.
+            (None, Identity::Bounce) if failures.iter().all(|f| env.recipients[f.index].mailbox != postmaster) => postmaster,
+            (None, _) => {
+                tracing::info!(queue_id = %env.queue_id, "no bounce for a null-sender message");
+                return None;
+            }
+        };
+        let queue_id = self.spool.new_queue_id();
+        let b = dsn::Bounce { hostname: &self.config.hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now };
+        let body = dsn::bounce(&b, env, &failures, original);
+        let envelope = Envelope {
+            queue_id,
+            from: None,
+            params: Default::default(),
+            recipients: vec![RecipientRecord {
+                mailbox: to,
+                params: Default::default(),
+                state: RecipientState::Queued,
+                attempts: 0,
+                last_reply: None,
+                next_attempt: Some(now),
+            }],
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            helo: self.config.hostname.0.clone(),
+            identity: Identity::Bounce,
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+            arrival: now,
+            body: None,
+        };
+        tracing::info!(queue_id = %env.queue_id, bounce = %envelope.queue_id, to = %envelope.recipients[0].mailbox, recipients = failures.len(), "bounce queued");
+        Some((envelope, body))
+    }
+}
