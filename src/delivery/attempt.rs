@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::connection::{ConnError, Connection, Settings};
 use super::dns::Dns;
-use super::pool::Pool;
+use super::pool::{Checkout, Pool};
 use super::route::Target;
 use crate::config::{Config, OutboundTls};
 use crate::metrics as m;
@@ -57,14 +57,10 @@ impl Delivery {
 
     /// A pooled connection to `target` (true: reused), or a new one.
     async fn connection(&self, target: &Target) -> Result<(Connection, bool), ConnError> {
-        if let Some(conn) = self.pool.take(target.addr) {
-            return Ok((conn, true));
-        }
-        let permit = self.pool.permit(target.addr).await;
-        if let Some(conn) = self.pool.take(target.addr) {
-            // Another delivery finished while we waited for room.
-            return Ok((conn, true));
-        }
+        let permit = match self.pool.checkout(target.addr).await {
+            Checkout::Pooled(conn) => return Ok((*conn, true)),
+            Checkout::New(permit) => permit,
+        };
         let policy = self.tls_policy();
         let opened = match Connection::open(target.clone(), policy, &self.settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).

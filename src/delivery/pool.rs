@@ -11,14 +11,26 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::Connection;
 use crate::metrics as m;
 
+pub enum Checkout {
+    Pooled(Box<Connection>),
+    New(OwnedSemaphorePermit),
+}
+
+/// Per next-hop address: the connection cap, and a signal for connections put back.
+#[derive(Clone)]
+struct Limit {
+    slots: Arc<Semaphore>,
+    returned: Arc<Notify>,
+}
+
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
-    limits: Mutex<HashMap<SocketAddr, Arc<Semaphore>>>,
+    limits: Mutex<HashMap<SocketAddr, Limit>>,
     max_per_destination: usize,
     max_deliveries: usize,
     idle_timeout: Duration,
@@ -43,31 +55,43 @@ impl Pool {
         None
     }
 
-    /// Waits for room for one more connection to `addr`.
-    pub async fn permit(&self, addr: SocketAddr) -> OwnedSemaphorePermit {
-        let semaphore = {
-            let mut limits = self.limits.lock().expect("pool lock");
-            limits.entry(addr).or_insert_with(|| Arc::new(Semaphore::new(self.max_per_destination))).clone()
-        };
-        if semaphore.available_permits() == 0 {
-            // Every slot is taken; an idle connection holding one is better closed than kept.
-            self.close_idle(addr);
-        }
-        semaphore.acquire_owned().await.expect("pool semaphores are never closed")
+    fn limit(&self, addr: SocketAddr) -> Limit {
+        let mut limits = self.limits.lock().expect("pool lock");
+        limits
+            .entry(addr)
+            .or_insert_with(|| Limit { slots: Arc::new(Semaphore::new(self.max_per_destination)), returned: Arc::new(Notify::new()) })
+            .clone()
     }
 
-    fn close_idle(&self, addr: SocketAddr) {
-        if let Some(list) = self.idle.lock().expect("pool lock").get_mut(&addr)
-            && !list.is_empty()
-        {
-            list.remove(0);
+    /// A pooled connection to `addr`, or room for a new one: whichever comes first. Pooled
+    /// connections keep their slot, so a waiter must watch both the idle list and the cap.
+    pub async fn checkout(&self, addr: SocketAddr) -> Checkout {
+        let Limit { slots: semaphore, returned } = self.limit(addr);
+        loop {
+            if let Some(conn) = self.take(addr) {
+                return Checkout::Pooled(Box::new(conn));
+            }
+            if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+                return Checkout::New(permit);
+            }
+            tokio::select! {
+                permit = semaphore.clone().acquire_owned() => return Checkout::New(permit.expect("pool semaphores are never closed")),
+                _ = returned.notified() => {}
+            }
         }
+    }
+
+    /// Room for one more connection to `addr` (for a retry on the same host).
+    pub async fn permit(&self, addr: SocketAddr) -> OwnedSemaphorePermit {
+        self.limit(addr).slots.acquire_owned().await.expect("pool semaphores are never closed")
     }
 
     /// Returns a connection after a transaction; it is kept only if it can be reused.
     pub fn put(&self, conn: Connection) {
         if conn.is_ready() && conn.deliveries < self.max_deliveries {
-            self.idle.lock().expect("pool lock").entry(conn.target.addr).or_default().push(conn);
+            let addr = conn.target.addr;
+            self.idle.lock().expect("pool lock").entry(addr).or_default().push(conn);
+            self.limit(addr).returned.notify_one();
         }
     }
 

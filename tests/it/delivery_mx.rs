@@ -1,0 +1,34 @@
+//! MX delivery end to end: DNS on loopback, a pipelined transaction to the destination.
+
+use std::time::Duration;
+
+use crate::common::TestRelay;
+use crate::peers::dest::{Behavior, Dest};
+use crate::peers::dns::{TestDns, Zone};
+
+/// A relay that delivers over the test DNS to `port`, retrying every second.
+pub fn delivering_relay(dns: &TestDns, port: u16, delivery_extra: &str) -> TestRelay {
+    TestRelay::with_config(&format!("{}delivery:\n  port: {port}\n  retry: [1s]\n{delivery_extra}", dns.config()))
+}
+
+#[test]
+fn mail_reaches_the_mx_host_in_one_pipelined_transaction() {
+    // The destination answers MAIL only after it has read DATA: a lock-step client fails.
+    let dest = Dest::start(Behavior { hold_mail_until_data: true, ..Behavior::default() });
+    let dns = TestDns::start(Zone::default().mx("dest.test", &[(10, "mx.dest.test")]).a("mx.dest.test", "127.0.0.1"));
+    let relay = delivering_relay(&dns, dest.addr.port(), "");
+    let mut c = relay.client();
+    assert_eq!(c.send_mail("a@sender.test", &["b@dest.test", "c@dest.test"], "Subject: mx\r\n\r\n..dotted line\r\nbody\r\n").code, 250);
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    assert!(!dest.state.lock().unwrap().lockstep_detected, "the relay did not pipeline");
+    assert_eq!(got[0].from, "a@sender.test");
+    assert_eq!(got[0].rcpts, ["b@dest.test", "c@dest.test"], "one transaction for one destination");
+    assert!(got[0].body.contains("by relay.test (Sluice) with ESMTP id"), "{}", got[0].body);
+    assert!(got[0].body.contains("\r\n.dotted line\r\nbody\r\n"), "dot-stuffing round trip: {}", got[0].body);
+    // Delivered messages leave the queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sluice::admin::queue_list(&relay.config).unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "message still queued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,106 @@
+//! An authoritative DNS server on loopback (hickory-server with a table as its zone), so
+//! delivery tests never touch the system resolver. Names listed as SERVFAIL answer that to MX.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Metadata, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, MX};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+#[derive(Default, Clone)]
+pub struct Zone {
+    pub mx: HashMap<String, Vec<(u16, String)>>,
+    pub a: HashMap<String, Vec<Ipv4Addr>>,
+    pub servfail: HashSet<String>,
+}
+
+impl Zone {
+    pub fn mx(mut self, domain: &str, records: &[(u16, &str)]) -> Self {
+        self.mx.insert(domain.into(), records.iter().map(|(p, h)| (*p, h.to_string())).collect());
+        self
+    }
+    pub fn a(mut self, host: &str, ip: &str) -> Self {
+        self.a.entry(host.into()).or_default().push(ip.parse().unwrap());
+        self
+    }
+    pub fn servfail(mut self, domain: &str) -> Self {
+        self.servfail.insert(domain.into());
+        self
+    }
+}
+
+struct Handler(Arc<Zone>);
+
+fn name(n: &str) -> Name {
+    let mut name = Name::from_utf8(n).unwrap();
+    name.set_fqdn(true);
+    name
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+        let info = request.request_info().expect("one query");
+        let qname = info.query.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let qtype = info.query.query_type();
+        let zone = &self.0;
+        let builder = MessageResponseBuilder::from_message_request(request);
+        // SERVFAIL for MX only: an A record is there, so a resolver that fell back to it would
+        // be caught delivering.
+        if qtype == RecordType::MX && zone.servfail.contains(&qname) {
+            let msg = builder.error_msg(&request.metadata, ResponseCode::ServFail);
+            return response.send_response(msg).await.expect("send");
+        }
+        let exists = zone.mx.contains_key(&qname) || zone.a.contains_key(&qname);
+        let mut records = Vec::new();
+        match qtype {
+            RecordType::MX => {
+                for (pref, host) in zone.mx.get(&qname).into_iter().flatten() {
+                    records.push(Record::from_rdata(name(&qname), 60, RData::MX(MX::new(*pref, name(host)))));
+                }
+            }
+            RecordType::A => {
+                for ip in zone.a.get(&qname).into_iter().flatten() {
+                    records.push(Record::from_rdata(name(&qname), 60, RData::A(A(*ip))));
+                }
+            }
+            _ => {}
+        }
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        metadata.response_code = if exists { ResponseCode::NoError } else { ResponseCode::NXDomain };
+        let msg = builder.build(metadata, records.iter(), [], [], []);
+        response.send_response(msg).await.expect("send")
+    }
+}
+
+pub struct TestDns {
+    pub addr: SocketAddr,
+}
+
+impl TestDns {
+    /// Serves `zone` on a UDP port of 127.0.0.1 from a thread of its own until the process ends.
+    pub fn start(zone: Zone) -> TestDns {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                tx.send(socket.local_addr().unwrap()).unwrap();
+                let mut server = hickory_server::Server::new(Handler(Arc::new(zone)));
+                server.register_socket(socket);
+                let _ = server.block_until_done().await;
+            });
+        });
+        TestDns { addr: rx.recv().unwrap() }
+    }
+
+    pub fn config(&self) -> String {
+        format!("dns: {{ nameservers: [\"{}\"], timeout: 2s }}\n", self.addr)
+    }
+}
