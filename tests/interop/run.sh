@@ -6,8 +6,10 @@
 # Checks: swaks gets a 250; an untrusted source address (127.0.0.2) is refused (swaks exit 24);
 # swaks submits with AUTH PLAIN and LOGIN over STARTTLS and implicit TLS; a wrong password fails
 # AUTH (exit 28); submission without AUTH gets 530; smtp-source with 20 sessions gets every
-# message accepted; after kill -9 and a restart every accepted message is still queued.
-# Prints intake rate, commit latency and messages per fsync.
+# message accepted while the smarthost (smtp-sink) is down; after kill -9 and a restart every
+# accepted message is still queued; once smtp-sink runs, every accepted message arrives there
+# exactly once. Then a relay run, smtp-source -> Sluice -> smtp-sink. Prints intake rate,
+# commit latency, messages per fsync and delivered messages per second.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,19 +19,24 @@ work=$(mktemp -d)
 daemon_pid=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill -9 "$daemon_pid" 2>/dev/null || true
+  [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 fail() { echo "interop: FAIL: $*" >&2; tail -n 5 "$work"/daemon.*.log >&2 2>/dev/null; exit 1; }
 
-for tool in swaks smtp-source curl; do
+sink_pid=""
+for tool in swaks smtp-source smtp-sink curl; do
   command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
 [ -x "$bin" ] || (cd "$repo" && cargo build --release --quiet)
 
 cp "$repo/config.example.yaml" "$repo/config.example.users" "$work/"
 mv "$work/config.example.yaml" "$work/config.yaml"
+# Retry every second so the queue drains soon after the sink starts.
+sed -i 's/^  retry: .*/  retry: [1s]/' "$work/config.yaml"
+grep -q '^  retry: \[1s\]' "$work/config.yaml" || fail "could not shorten the retry schedule"
 "$bin" check-config --config "$work/config.yaml" >/dev/null || fail "check-config refused config.example.yaml"
 
 starts=0
@@ -113,7 +120,7 @@ printf 'intake: %.0f msg/s; commit latency mean %.2f ms, p50 <= %s s, p99 <= %s 
   "$(quantile sluice_spool_commit_latency_seconds 0.5)" "$(quantile sluice_spool_commit_latency_seconds 0.99)" \
   "$(echo "$mpf_sum / $mpf_count" | bc -l)" "$mpf_count"
 
-echo "== kill -9, restart, everything acknowledged is still queued"
+echo "== kill -9, restart, everything acknowledged is still queued (the smarthost is down)"
 before=$(queued)
 [ "$before" -eq "$expected" ] || fail "queue holds $before before the kill"
 kill -9 "$daemon_pid"
@@ -123,4 +130,31 @@ start_daemon
 after=$(queued)
 [ "$after" -eq "$before" ] || fail "queue held $before before kill -9 and $after after restart"
 
-echo "interop: 7 passed, 0 failed"
+sink_count() { # transactions smtp-sink has accepted so far
+  tr '\r' '\n' < "$work/sink.out" | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2
+}
+wait_sink() { # wait_sink N SECONDS
+  local deadline=$((SECONDS + $2))
+  while [ "$(sink_count || echo 0)" != "$1" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "smtp-sink has $(sink_count) of $1 messages"
+    sleep 0.1
+  done
+}
+
+echo "== smtp-sink as the smarthost: the queue drains, every message arrives once"
+smtp-sink -u nobody -c 127.0.0.1:2526 1000 > "$work/sink.out" 2>&1 &
+sink_pid=$!
+wait_sink "$expected" 120
+for _ in $(seq 100); do [ "$(queued)" -eq 0 ] && break; sleep 0.1; done
+[ "$(queued)" -eq 0 ] || fail "$(queued) messages still queued after delivery"
+
+echo "== relay: $messages messages of 1 KiB over 20 sessions, smtp-source -> Sluice -> smtp-sink"
+start=$(date +%s.%N)
+smtp-source -s 20 -m "$messages" -l 1024 -f load@sender.test -t sink@dest.test 127.0.0.1:2525 || fail "smtp-source failed"
+accepted_at=$(date +%s.%N)
+wait_sink $((expected + messages)) 300
+end=$(date +%s.%N)
+printf 'relay: intake %.0f msg/s; delivered %.0f msg/s (all %d at smtp-sink after %.2f s)\n' \
+  "$(echo "$messages / ($accepted_at - $start)" | bc -l)" "$(echo "$messages / ($end - $start)" | bc -l)" "$messages" "$(echo "$end - $start" | bc -l)"
+
+echo "interop: 9 passed, 0 failed"
