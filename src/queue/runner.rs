@@ -20,6 +20,9 @@ use crate::metrics as m;
 use crate::smtp::client::{Message, RcptOutcome};
 use crate::spool::{Changes, Envelope, Identity, RecipientRecord, RecipientState, Spool, SpoolError};
 
+/// Bodies above this size are read on a blocking thread.
+const BLOCKING_READ_THRESHOLD: u64 = 256 * 1024;
+
 /// The longest the runner sleeps without a reason; a safety net, not a poll.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
@@ -104,12 +107,17 @@ impl Runner {
             Err(SpoolError::NotFound) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let spool = self.spool.clone();
-        let read = env.clone();
-        let body = match tokio::task::spawn_blocking(move || spool.read_body(&read)).await {
-            Ok(Ok(b)) => Arc::new(b),
-            Ok(Err(e)) => return self.park(env, &format!("message body unreadable: {e}")).await,
-            Err(e) => return Err(SpoolError::Io(e.to_string())),
+        // Small bodies are in the page cache and read in microseconds: a thread hop would cost more.
+        let large = env.body.is_some_and(|b| b.len > BLOCKING_READ_THRESHOLD);
+        let read = if large {
+            let (spool, read) = (self.spool.clone(), env.clone());
+            tokio::task::spawn_blocking(move || spool.read_body(&read)).await.unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))
+        } else {
+            self.spool.read_body(&env)
+        };
+        let body = match read {
+            Ok(b) => Arc::new(b),
+            Err(e) => return self.park(env, &format!("message body unreadable: {e}")).await,
         };
         let now = unix_now();
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();

@@ -26,6 +26,8 @@ struct State {
     current_len: u64,
     /// Live bodies per segment.
     refs: HashMap<u64, usize>,
+    /// Open handles for reading, so a delivery does not open and close a file per message.
+    readers: HashMap<u64, Arc<File>>,
 }
 
 /// What a writer must hand to the committer after an append.
@@ -62,7 +64,9 @@ impl Segments {
         // Never append to a segment from an earlier run: its tail may be torn.
         let current_id = highest + 1;
         let current = create(dir, current_id)?;
-        let state = State { current: Arc::new(current), current_id, current_len: 0, refs };
+        let current = Arc::new(current);
+        let readers = HashMap::from([(current_id, current.clone())]);
+        let state = State { current, current_id, current_len: 0, refs, readers };
         Ok((Segments { dir: dir.to_path_buf(), max_size, state: Mutex::new(state) }, current_id))
     }
 
@@ -76,10 +80,13 @@ impl Segments {
                 let closed = s.current_id;
                 if !s.refs.contains_key(&closed) {
                     garbage = Some(segment_path(&self.dir, closed));
+                    s.readers.remove(&closed);
                 }
                 let id = s.current_id + 1;
                 s.current = Arc::new(create(&self.dir, id)?);
                 s.current_id = id;
+                let current = s.current.clone();
+                s.readers.insert(id, current);
                 s.current_len = 0;
                 created = true;
             }
@@ -113,11 +120,25 @@ impl Segments {
             return None;
         }
         s.refs.remove(&id);
-        (id != s.current_id).then(|| segment_path(&self.dir, id))
+        if id == s.current_id {
+            return None;
+        }
+        s.readers.remove(&id);
+        Some(segment_path(&self.dir, id))
+    }
+
+    fn reader(&self, id: u64) -> Result<Arc<File>, SpoolError> {
+        let mut s = self.state.lock().expect("segment lock");
+        if let Some(f) = s.readers.get(&id) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(segment_path(&self.dir, id))?);
+        s.readers.insert(id, f.clone());
+        Ok(f)
     }
 
     pub fn read(&self, body: &BodyRef) -> Result<Vec<u8>, SpoolError> {
-        let file = File::open(segment_path(&self.dir, body.segment))?;
+        let file = self.reader(body.segment)?;
         let len = usize::try_from(body.len).map_err(|_| SpoolError::Corrupt("body length".into()))?;
         let mut buf = vec![0; len];
         file.read_exact_at(&mut buf, body.offset)?;
