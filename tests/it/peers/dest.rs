@@ -19,7 +19,7 @@ pub struct Behavior {
     pub after_dot: Arc<DotRule>,
     /// Answer MAIL only after DATA was read (5 s limit): only a pipelining client passes.
     pub hold_mail_until_data: bool,
-    /// Close the connection after reading this many body lines of the first transaction.
+    /// Close the connection after reading this many body lines, the first time only.
     pub drop_mid_data: Option<usize>,
 }
 
@@ -52,6 +52,7 @@ pub struct DestState {
     pub max_open: usize,
     pub lockstep_detected: bool,
     dots: usize,
+    dropped: bool,
 }
 
 pub struct Dest {
@@ -240,8 +241,8 @@ fn receive_body(
             break;
         }
         lines += 1;
-        if b.drop_mid_data == Some(lines) && s.lock().unwrap().dots == 0 {
-            // Simulate a crash mid-DATA: close without a reply.
+        if b.drop_mid_data == Some(lines) && !std::mem::replace(&mut s.lock().unwrap().dropped, true) {
+            // Simulate a crash mid-DATA, once: close without a reply.
             let _ = out.shutdown(std::net::Shutdown::Both);
             return Ok(());
         }
