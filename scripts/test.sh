@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite in one command, on a fresh Debian machine with Rust:
-# installs the peers the tests use (Postfix's smtp-source/smtp-sink, swaks, strace, ...),
+# installs the peers the tests use (Postfix's smtp-source/smtp-sink, swaks, strace, Python's
+# aiosmtpd, ...),
 # runs the Rust tests (unit and integration, over loopback), then the interop script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ if [ -n "$need_install" ]; then
     postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
     strace curl bc procps >/dev/null
 fi
+
+python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install --quiet aiosmtpd
 
 cargo test --all-targets
 cargo build --release

@@ -168,6 +168,9 @@ pub fn format_table(entries: &[QueueEntry]) -> String {
                 RecipientState::Failed => "failed",
             };
             let _ = write!(out, "    {}  {}  attempts {}", r.address, state, r.attempts);
+            if let (RecipientState::Queued, Some(next)) = (r.state, r.next_attempt) {
+                let _ = write!(out, "  next attempt {}", crate::intake::trace::rfc5322_date(next));
+            }
             if let Some(reply) = &r.last_reply {
                 let _ = write!(out, "  last reply: {reply}");
             }

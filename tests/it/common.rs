@@ -20,6 +20,8 @@ pub struct TestRelay {
     /// Every listener's address, in config order.
     pub addrs: Vec<SocketAddr>,
     pub config: Config,
+    /// The YAML the relay was started from.
+    yaml: String,
     /// Directories holding files the config names (TLS, users), kept while the relay runs.
     extra_dirs: Vec<tempfile::TempDir>,
     /// Holds the spool and admin socket; removed when the relay is dropped.
@@ -59,7 +61,8 @@ impl TestRelay {
 
     pub fn with_config(extra: &str) -> TestRelay {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::parse(&config_yaml(dir.path(), extra), dir.path()).unwrap();
+        let yaml = config_yaml(dir.path(), extra);
+        let config = Config::parse(&yaml, dir.path()).unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let cfg = config.clone();
@@ -73,7 +76,7 @@ impl TestRelay {
             });
         });
         let addrs: Vec<SocketAddr> = addr_rx.recv_timeout(Duration::from_secs(20)).expect("relay started");
-        TestRelay { addr: addrs[0], addrs, config, extra_dirs: Vec::new(), _dir: dir, stop: Some(stop_tx), thread: Some(thread) }
+        TestRelay { addr: addrs[0], addrs, config, yaml, extra_dirs: Vec::new(), _dir: dir, stop: Some(stop_tx), thread: Some(thread) }
     }
 
     pub fn client(&self) -> Client {
@@ -130,6 +133,13 @@ impl TestRelay {
         let mut relay = TestRelay::with_config(&tls_auth_yaml(files.path(), extra));
         relay.extra_dirs.push(files);
         relay
+    }
+
+    /// A config file equivalent to this relay's, for running `sluice` commands against it.
+    pub fn config_path(&self) -> String {
+        let path = self._dir.path().join("config.yaml");
+        std::fs::write(&path, &self.yaml).unwrap();
+        path.to_str().unwrap().to_string()
     }
 
     pub fn certificate(&self) -> PathBuf {

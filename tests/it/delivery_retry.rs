@@ -26,6 +26,11 @@ fn a_temporary_failure_is_retried_then_delivered() {
         {
             assert!(r.last_reply.as_deref().unwrap_or("").starts_with("451 4.3.0"), "{r:?}");
             assert!(r.next_attempt.is_some());
+            let (ok, table, _) = crate::common::sluice(&["queue", "list", "--config", &relay.config_path()]);
+            assert!(
+                ok && table.contains("b@dest.test  queued  attempts 1  next attempt ") && table.contains("last reply: 451 4.3.0"),
+                "{table}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no deferral recorded: {q:?}");
