@@ -64,3 +64,45 @@ fn metrics_count_connections_messages_rejections_and_commits() {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
 }
+
+#[test]
+fn delivery_metrics_count_outcomes_and_connections() {
+    use crate::peers::dest::{Behavior, Dest};
+    use crate::peers::dns::{TestDns, Zone};
+    let dest = Dest::start(Behavior {
+        rcpt: std::sync::Arc::new(|addr, _| if addr.starts_with("no@") { "550 5.1.1 no".into() } else { "250 2.1.5 ok".into() }),
+        ..Behavior::default()
+    });
+    let dns = TestDns::start(Zone::default().mx("dest.test", &[(10, "mx.dest.test")]).a("mx.dest.test", "127.0.0.1"));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra =
+        format!("{}metrics: {{ address: \"127.0.0.1:{port}\" }}\ndelivery:\n  port: {}\n  retry: [1s]\n", dns.config(), dest.addr.port());
+    let daemon = Daemon::spawn(dir.path(), &extra, &[]);
+    // One at a time, so the pool's reuse is deterministic: one connection, then reused.
+    for i in 0..3 {
+        let mut c = Client::connect(daemon.addr);
+        assert_eq!(c.send_mail("", &[&format!("r{i}@dest.test")], "x\r\n").code, 250);
+        dest.wait_for(i + 1, std::time::Duration::from_secs(20));
+    }
+    let mut c = Client::connect(daemon.addr);
+    assert_eq!(c.send_mail("", &["no@dest.test"], "x\r\n").code, 250);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut text = scrape(port);
+    while !text.contains("sluice_delivery_bounced_total") {
+        assert!(std::time::Instant::now() < deadline, "no bounce counted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        text = scrape(port);
+    }
+    for needle in [
+        "sluice_delivery_delivered_total 3",
+        "sluice_delivery_bounced_total{class=\"5xx\"} 1",
+        "sluice_delivery_connections_opened_total 1",
+        "sluice_delivery_connections_reused_total 3",
+        "sluice_delivery_tls_total{version=\"none\"} 1",
+        "sluice_delivery_latency_seconds_count 3",
+        "sluice_delivery_attempts_total 4",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+}
