@@ -7,6 +7,18 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+/// `TLSv1.3 TLS13_AES_256_GCM_SHA384`-style names of a negotiated session, for logs, metrics
+/// and Received, on either side of a connection.
+pub fn tls_names<D>(conn: &rustls::ConnectionCommon<D>) -> (String, String) {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    };
+    let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    (version, cipher)
+}
+
 pub enum Stream<T> {
     Plain(TcpStream),
     Tls(Box<T>),

@@ -225,12 +225,7 @@ impl Connection {
             .map_err(|_| ConnError::Tls("handshake timed out".into()))?
             .map_err(|e| ConnError::Tls(e.to_string()))?;
         let (_, session) = tls.get_ref();
-        let version = match session.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-            other => format!("{other:?}"),
-        };
-        let cipher = session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        let (version, cipher) = stream::tls_names(session);
         self.tls = Some(format!("{version} {cipher}"));
         self.stream = Stream::Tls(Box::new(tls));
         self.client.tls_established(&mut self.out);

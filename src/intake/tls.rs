@@ -135,11 +135,6 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
 
 /// Version and cipher suite names as logged and written into Received.
 pub fn info(conn: &rustls::ServerConnection) -> TlsInfo {
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        other => format!("{other:?}"),
-    };
-    let cipher = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    let (version, cipher) = crate::stream::tls_names(conn);
     TlsInfo { version, cipher }
 }
