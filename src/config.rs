@@ -163,12 +163,14 @@ pub enum IpFamily {
     Ipv6,
 }
 
-/// Opportunistic STARTTLS (RFC 7435) or none; per-domain `required` arrives with TLS policy.
+/// Outbound TLS: `opportunistic` (STARTTLS when offered, any certificate: RFC 7435), `required`
+/// (STARTTLS with a certificate valid for the MX name, or no delivery), or `none`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboundTls {
     #[default]
     Opportunistic,
+    Required,
     None,
 }
 
@@ -245,6 +247,12 @@ pub struct DeliveryConfig {
     pub address_literals: bool,
     #[serde(default)]
     pub tls: OutboundTls,
+    /// Per recipient domain, a TLS policy other than `tls`.
+    #[serde(default)]
+    pub tls_policies: std::collections::BTreeMap<String, OutboundTls>,
+    /// PEM certificates trusted for `required` TLS besides the WebPKI roots (private CAs).
+    #[serde(default)]
+    pub tls_trust: Vec<PathBuf>,
     #[serde(default = "default_max_recipients_per_transaction")]
     pub max_recipients_per_transaction: usize,
     /// Transactions on one connection before it is closed.
@@ -316,6 +324,8 @@ impl Default for DeliveryConfig {
             routes: Default::default(),
             address_literals: false,
             tls: OutboundTls::Opportunistic,
+            tls_policies: Default::default(),
+            tls_trust: Vec::new(),
             max_recipients_per_transaction: default_max_recipients_per_transaction(),
             max_deliveries_per_connection: default_max_deliveries_per_connection(),
             max_connections_per_destination: default_max_connections_per_destination(),
@@ -552,6 +562,7 @@ impl Config {
         if let Some(users) = config.auth.users_file.as_mut() {
             paths.push(users);
         }
+        paths.extend(config.delivery.tls_trust.iter_mut());
         for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -619,8 +630,11 @@ impl Config {
         {
             return Err(err("delivery", "recipient, delivery and connection limits must be positive".into()));
         }
-        if let Some(domain) = d.routes.keys().find(|k| address::check_domain(k).is_err()) {
-            return Err(err("routes", format!("{domain:?} is not a domain")));
+        if let Some(domain) = d.routes.keys().chain(d.tls_policies.keys()).find(|k| address::check_domain(k).is_err()) {
+            return Err(err("delivery", format!("{domain:?} is not a domain")));
+        }
+        if let Some(missing) = d.tls_trust.iter().find(|p| !p.is_file()) {
+            return Err(err("tls_trust", format!("file {} does not exist", missing.display())));
         }
         if self.auth.max_failures == 0 {
             return Err(err("max_failures", "must be at least 1".into()));

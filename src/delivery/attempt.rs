@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::connection::{ConnError, Connection, Settings};
 use super::dns::Dns;
-use super::pool::{Checkout, Pool};
+use super::pool::{Checkout, Pool, PoolKey};
 use super::route::Target;
 use crate::config::{Config, OutboundTls};
 use crate::metrics as m;
@@ -44,25 +44,28 @@ impl Delivery {
             source_address: d.source_address,
             timeouts: d.timeouts.clone(),
             tls: super::connection::opportunistic_tls(),
+            verified_tls: super::connection::verified_tls(&d.tls_trust)?,
         };
         Ok(Arc::new(Delivery { dns, pool, settings, own, config }))
     }
 
-    fn tls_policy(&self) -> TlsPolicy {
-        match self.config.delivery.tls {
+    /// The TLS policy for mail to `domain`: its entry in `tls_policies`, else `tls`.
+    pub fn tls_policy(&self, domain: &str) -> TlsPolicy {
+        let d = &self.config.delivery;
+        match d.tls_policies.get(&domain.to_ascii_lowercase()).copied().unwrap_or(d.tls) {
             OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
+            OutboundTls::Required => TlsPolicy::Required,
             OutboundTls::None => TlsPolicy::Never,
         }
     }
 
     /// A pooled connection to `target` (true: reused), or a new one.
-    async fn connection(&self, target: &Target) -> Result<(Connection, bool), ConnError> {
-        let permit = match self.pool.checkout(target.addr).await {
+    async fn connection(&self, target: &Target, policy: TlsPolicy) -> Result<(Connection, bool), ConnError> {
+        let permit = match self.pool.checkout(&PoolKey::new(target, policy)).await {
             Checkout::Pooled(conn) => return Ok((*conn, true)),
             Checkout::New(permit) => permit,
         };
-        let policy = self.tls_policy();
-        let opened = match Connection::open(target.clone(), policy, &self.settings, permit).await {
+        let mut opened = match Connection::open(target.clone(), policy, &self.settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
             Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
                 tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
@@ -71,6 +74,8 @@ impl Delivery {
             }
             other => other,
         }?;
+        // A plain-text fallback still serves this policy's pool.
+        opened.policy = policy;
         metrics::counter!(m::DELIVERY_CONNECTIONS_OPENED).increment(1);
         let tls = opened.tls.as_deref().and_then(|t| t.split(' ').next()).unwrap_or("none").to_string();
         metrics::counter!(m::DELIVERY_TLS, "version" => tls).increment(1);
@@ -81,15 +86,16 @@ impl Delivery {
     /// Sends `msg` to the first target that takes it. Recipients a 452 left over go out in a
     /// new transaction at once. A target that cannot be reached or refuses the session is
     /// skipped for the next one; a session lost during a transaction defers what is left.
-    pub async fn send(&self, targets: &[Target], msg: Message) -> Vec<Attempted> {
+    pub async fn send(&self, targets: &[Target], msg: Message, policy: TlsPolicy) -> Vec<Attempted> {
         let n = msg.recipients.len();
         let mut results: Vec<Option<Attempted>> = vec![None; n];
         let mut pending: Vec<usize> = (0..n).collect();
         let mut last_error = String::from("no destination address to try");
+        let mut tls_failures = 0;
         'targets: for target in targets {
             let mut stale = 0;
             while !pending.is_empty() {
-                let (mut conn, reused) = match self.connection(target).await {
+                let (mut conn, reused) = match self.connection(target, policy).await {
                     Ok(c) => c,
                     Err(ConnError::Smtp(Failure::Loop)) => {
                         let reply = Reply::new(554, Enhanced(5, 4, 6), format!("{} greets with our own name: mail loop", target.host));
@@ -97,6 +103,9 @@ impl Delivery {
                         return finish(results);
                     }
                     Err(e) => {
+                        if matches!(e, ConnError::Tls(_) | ConnError::Smtp(Failure::TlsUnavailable)) {
+                            tls_failures += 1;
+                        }
                         last_error = format!("{} [{}]: {e}", target.host, target.addr);
                         tracing::info!(host = %target.host, addr = %target.addr, error = %e, "destination host failed; trying the next");
                         continue 'targets;
@@ -131,7 +140,11 @@ impl Delivery {
             break;
         }
         if !pending.is_empty() {
-            let reply = Reply::new(451, Enhanced(4, 4, 1), format!("No destination host accepted the connection; last: {last_error}"));
+            let reply = if tls_failures == targets.len() && !targets.is_empty() {
+                Reply::new(451, Enhanced(4, 7, 4), format!("TLS required, and no destination host could provide it; last: {last_error}"))
+            } else {
+                Reply::new(451, Enhanced(4, 4, 1), format!("No destination host accepted the connection; last: {last_error}"))
+            };
             fill(&mut results, &pending, &reply, None);
         }
         finish(results)

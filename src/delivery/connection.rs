@@ -59,7 +59,10 @@ pub struct Settings {
     pub our_hostname: String,
     pub source_address: Option<std::net::IpAddr>,
     pub timeouts: ClientTimeouts,
+    /// Opportunistic TLS: any certificate.
     pub tls: Arc<rustls::ClientConfig>,
+    /// Required TLS: WebPKI roots plus `delivery.tls_trust`, checked against the MX name.
+    pub verified_tls: Arc<rustls::ClientConfig>,
 }
 
 pub struct Connection {
@@ -73,6 +76,7 @@ pub struct Connection {
     /// Set when STARTTLS succeeded: `version cipher`.
     pub tls: Option<String>,
     pub idle_since: Instant,
+    pub policy: TlsPolicy,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -108,6 +112,7 @@ impl Connection {
             deliveries: 0,
             tls: None,
             idle_since: Instant::now(),
+            policy,
             _permit: permit,
         };
         match conn.drive(settings, |e| matches!(e, Event::Ready)).await? {
@@ -219,7 +224,8 @@ impl Connection {
             return Err(ConnError::Tls("STARTTLS on a TLS connection".into()));
         };
         let name = ServerName::try_from(self.target.host.clone()).map_err(|e| ConnError::Tls(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(settings.tls.clone());
+        let config = if self.policy == TlsPolicy::Required { settings.verified_tls.clone() } else { settings.tls.clone() };
+        let connector = tokio_rustls::TlsConnector::from(config);
         let tls = tokio::time::timeout(settings.timeouts.command.0, connector.connect(name, tcp))
             .await
             .map_err(|_| ConnError::Tls("handshake timed out".into()))?
@@ -271,6 +277,25 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The client TLS configuration for required STARTTLS: the WebPKI roots and `extra` PEM files.
+pub fn verified_tls(extra: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    for path in extra {
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for cert in certs {
+            roots.add(cert.map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The client TLS configuration for opportunistic STARTTLS.

@@ -4,7 +4,9 @@
 //! A connection goes back only when it is ready (its last transaction ended with a clean 250
 //! or an answered RSET) and has carried fewer than `max_deliveries` transactions. The key is
 //! the next-hop address alone because the TLS policy, source address and EHLO name are the
-//! same for every connection of this process (per-domain TLS policy will add to the key).
+//! same for every connection of this process; the TLS policy is part of the key, and for
+//! `required` so is the verified host name, so an unverified connection never serves a domain
+//! that requires TLS.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +16,24 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::Connection;
+use super::route::Target;
+use crate::smtp::client::TlsPolicy;
+
+/// What makes two connections interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub addr: SocketAddr,
+    pub policy: TlsPolicy,
+    /// The name the certificate was verified for (`required` only).
+    pub verified_name: Option<String>,
+}
+
+impl PoolKey {
+    pub fn new(target: &Target, policy: TlsPolicy) -> PoolKey {
+        let verified_name = (policy == TlsPolicy::Required).then(|| target.host.clone());
+        PoolKey { addr: target.addr, policy, verified_name }
+    }
+}
 use crate::metrics as m;
 
 pub enum Checkout {
@@ -29,7 +49,8 @@ struct Limit {
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Connection>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<Connection>>>,
+    /// Keyed by address alone: the cap counts every connection to a host.
     limits: Mutex<HashMap<SocketAddr, Limit>>,
     max_per_destination: usize,
     max_deliveries: usize,
@@ -42,9 +63,9 @@ impl Pool {
     }
 
     /// An idle, still fresh connection to `addr`, if one is pooled.
-    pub fn take(&self, addr: SocketAddr) -> Option<Connection> {
+    pub fn take(&self, key: &PoolKey) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(key)?;
         while let Some(conn) = list.pop() {
             if conn.idle_since.elapsed() < self.idle_timeout {
                 metrics::counter!(m::DELIVERY_CONNECTIONS_REUSED).increment(1);
@@ -65,10 +86,10 @@ impl Pool {
 
     /// A pooled connection to `addr`, or room for a new one: whichever comes first. Pooled
     /// connections keep their slot, so a waiter must watch both the idle list and the cap.
-    pub async fn checkout(&self, addr: SocketAddr) -> Checkout {
-        let Limit { slots: semaphore, returned } = self.limit(addr);
+    pub async fn checkout(&self, key: &PoolKey) -> Checkout {
+        let Limit { slots: semaphore, returned } = self.limit(key.addr);
         loop {
-            if let Some(conn) = self.take(addr) {
+            if let Some(conn) = self.take(key) {
                 return Checkout::Pooled(Box::new(conn));
             }
             if let Ok(permit) = semaphore.clone().try_acquire_owned() {
@@ -89,8 +110,9 @@ impl Pool {
     /// Returns a connection after a transaction; it is kept only if it can be reused.
     pub fn put(&self, conn: Connection) {
         if conn.is_ready() && conn.deliveries < self.max_deliveries {
-            let addr = conn.target.addr;
-            self.idle.lock().expect("pool lock").entry(addr).or_default().push(conn);
+            let key = PoolKey::new(&conn.target, conn.policy);
+            let addr = key.addr;
+            self.idle.lock().expect("pool lock").entry(key).or_default().push(conn);
             self.limit(addr).returned.notify_one();
         }
     }

@@ -138,6 +138,7 @@ impl Runner {
                     results.extend(indexes.iter().map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None })))
                 }
                 Route::Targets(targets) => {
+                    let policy = self.delivery.tls_policy(&domain);
                     for chunk in indexes.chunks(self.config.delivery.max_recipients_per_transaction) {
                         let msg = Message {
                             from: env.from.clone(),
@@ -148,7 +149,7 @@ impl Runner {
                                 .collect(),
                             body: body.clone(),
                         };
-                        let attempted = self.delivery.send(&targets, msg).await;
+                        let attempted = self.delivery.send(&targets, msg, policy).await;
                         results.extend(chunk.iter().copied().zip(attempted));
                     }
                 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::address::{Body, MailParams, Mailbox, RcptParams, Ret};
 use super::reply::{Enhanced, Reply, ReplyError, ReplyParser};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsPolicy {
     /// Never send STARTTLS.
     Never,

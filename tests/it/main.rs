@@ -17,6 +17,7 @@ mod delivery_restart;
 mod delivery_retry;
 mod delivery_split;
 mod delivery_tls;
+mod delivery_tls_required;
 mod disk_full;
 mod durability_strace;
 mod extensions;
