@@ -273,6 +273,9 @@ pub struct DeliveryConfig {
     /// After this long in the queue a message bounces.
     #[serde(default = "default_max_age")]
     pub max_age: HumanDuration,
+    /// After this long in the queue the sender gets one delay notice per recipient; 0: never.
+    #[serde(default = "default_delay_warning")]
+    pub delay_warning: HumanDuration,
     #[serde(default)]
     pub timeouts: ClientTimeouts,
 }
@@ -333,6 +336,7 @@ impl Default for DeliveryConfig {
             idle_timeout: default_idle_timeout(),
             retry: default_retry(),
             max_age: default_max_age(),
+            delay_warning: default_delay_warning(),
             timeouts: ClientTimeouts::default(),
         }
     }
@@ -361,6 +365,9 @@ fn default_retry() -> Vec<HumanDuration> {
 }
 fn default_max_age() -> HumanDuration {
     HumanDuration(Duration::from_secs(5 * 86400))
+}
+fn default_delay_warning() -> HumanDuration {
+    HumanDuration(Duration::from_secs(4 * 3600))
 }
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))

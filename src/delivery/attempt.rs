@@ -18,6 +18,8 @@ use crate::smtp::reply::{Enhanced, Reply};
 pub struct Attempted {
     pub outcome: RcptOutcome,
     pub remote: Option<String>,
+    /// The host that answered offers DSN (RFC 3461), so NOTIFY went on with the message.
+    pub remote_dsn: bool,
 }
 
 /// Everything delivery shares: config, DNS, the pool and connection settings.
@@ -114,13 +116,14 @@ impl Delivery {
                 let sub = Message { recipients: pending.iter().map(|&i| msg.recipients[i].clone()).collect(), ..msg.clone() };
                 match conn.transact(sub, &self.settings).await {
                     Ok(outcomes) => {
+                        let remote_dsn = conn.offers_dsn();
                         self.pool.put(conn);
                         let mut overflow = Vec::new();
                         for (k, outcome) in outcomes.into_iter().enumerate() {
                             let i = pending[k];
                             match outcome {
                                 RcptOutcome::Overflow => overflow.push(i),
-                                o => results[i] = Some(Attempted { outcome: o, remote: Some(target.host.clone()) }),
+                                o => results[i] = Some(Attempted { outcome: o, remote: Some(target.host.clone()), remote_dsn }),
                             }
                         }
                         pending = overflow;
@@ -155,7 +158,7 @@ fn fill(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remot
     let outcome = if reply.is_permanent() { RcptOutcome::Failed(reply.clone()) } else { RcptOutcome::Deferred(reply.clone()) };
     for &i in which {
         if results[i].is_none() {
-            results[i] = Some(Attempted { outcome: outcome.clone(), remote: remote.map(str::to_string) });
+            results[i] = Some(Attempted { outcome: outcome.clone(), remote: remote.map(str::to_string), remote_dsn: false });
         }
     }
 }
@@ -164,7 +167,11 @@ fn finish(results: Vec<Option<Attempted>>) -> Vec<Attempted> {
     results
         .into_iter()
         .map(|r| {
-            r.unwrap_or(Attempted { outcome: RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 0), "Not attempted")), remote: None })
+            r.unwrap_or(Attempted {
+                outcome: RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 0), "Not attempted")),
+                remote: None,
+                remote_dsn: false,
+            })
         })
         .collect()
 }

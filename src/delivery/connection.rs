@@ -125,6 +125,10 @@ impl Connection {
         self.client.is_ready()
     }
 
+    pub fn offers_dsn(&self) -> bool {
+        self.client.capabilities().dsn
+    }
+
     /// Sends one transaction; the outcomes once the server has answered it. The connection is
     /// left ready for reuse when possible (after a clean 250, or after RSET).
     pub async fn transact(&mut self, msg: Message, settings: &Settings) -> Result<Vec<RcptOutcome>, ConnError> {

@@ -271,6 +271,7 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
                 attempts: 0,
                 last_reply: None,
                 next_attempt: Some(now),
+                delay_notified: false,
             })
             .collect(),
         client_ip: origin.peer.ip(),

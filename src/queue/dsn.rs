@@ -1,9 +1,10 @@
 //! Delivery status notifications (RFC 3464, RFC 3461): one multipart/report per event,
-//! listing every recipient that failed in it. Pure: the clock and ids are passed in.
+//! listing every recipient the sender is to hear about from it (failed, delayed, relayed).
+//! Pure: the clock and ids are passed in.
 
 use std::fmt::Write;
 
-use super::outcome::Failure;
+use super::outcome::{Action, Notice};
 use crate::intake::trace::rfc5322_date;
 use crate::smtp::address::Ret;
 use crate::spool::Envelope;
@@ -16,12 +17,14 @@ pub fn wants_failure_notice(env: &Envelope, index: usize) -> bool {
     env.recipients[index].params.notify.is_none_or(|n| n.failure)
 }
 
-pub struct Bounce<'a> {
+pub struct Report<'a> {
     pub hostname: &'a str,
-    /// The bounce's own queue id (for Message-ID and the boundary).
+    /// The report's own queue id (for Message-ID and the boundary).
     pub queue_id: &'a str,
     pub to: String,
     pub now: u64,
+    /// For delay notices: when delivery will be given up (unix seconds).
+    pub retry_until: Option<u64>,
 }
 
 /// RFC 3461 4 xtext: `+XX` escapes.
@@ -44,24 +47,35 @@ fn xtext_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Builds the bounce message (CRLF line ends) for `failures` of `env`.
-pub fn bounce(b: &Bounce<'_>, env: &Envelope, failures: &[Failure], original: &[u8]) -> Vec<u8> {
+/// Builds the report (CRLF line ends) for `notices` of `env`.
+pub fn report(b: &Report<'_>, env: &Envelope, notices: &[Notice], original: &[u8]) -> Vec<u8> {
     let date = rfc5322_date(b.now);
+    let any = |a: Action| notices.iter().any(|n| n.action == a);
+    let (subject, intro) = if any(Action::Failed) {
+        ("Undelivered Mail Returned to Sender", "Your message could not be delivered to one or more recipients.")
+    } else if any(Action::Delayed) {
+        (
+            "Delayed Mail (still being retried)",
+            "Your message has not been delivered yet to one or more recipients.\r\nDelivery will be retried; you need not send it again.",
+        )
+    } else {
+        ("Successful Mail Delivery Report", "Your message was relayed to a server that sends no delivery notices.")
+    };
     let boundary = format!("{}/{}", b.queue_id, b.hostname);
     let mut m = String::with_capacity(2048);
     let _ = write!(
         m,
-        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\nTo: {to}\r\nSubject: Undelivered Mail Returned to Sender\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated message.\r\n\r\n",
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\nThis is a MIME-encapsulated message.\r\n\r\n",
         host = b.hostname,
         to = b.to,
         id = b.queue_id,
     );
     let _ = write!(
         m,
-        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThis is the mail system at {host}.\r\n\r\nYour message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n",
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThis is the mail system at {host}.\r\n\r\n{intro}\r\n\r\n",
         host = b.hostname
     );
-    for f in failures {
+    for f in notices {
         let r = &env.recipients[f.index];
         let _ = write!(m, "<{}>: {}\r\n", r.mailbox, f.reply);
     }
@@ -74,25 +88,34 @@ pub fn bounce(b: &Bounce<'_>, env: &Envelope, failures: &[Failure], original: &[
         let _ = write!(m, "Original-Envelope-Id: {}\r\n", xtext_decode(envid));
     }
     let _ = write!(m, "Arrival-Date: {}\r\n", rfc5322_date(env.arrival));
-    for f in failures {
+    for f in notices {
         let r = &env.recipients[f.index];
         let status = f.reply.enhanced.map(|e| e.to_string()).unwrap_or_else(|| format!("{}.0.0", f.reply.code / 100));
+        let action = match f.action {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
+        };
         let _ = write!(m, "\r\nFinal-Recipient: rfc822; {}\r\n", r.mailbox);
         if let Some(orcpt) = &r.params.orcpt
             && let Some((kind, addr)) = orcpt.split_once(';')
         {
             let _ = write!(m, "Original-Recipient: {kind}; {}\r\n", xtext_decode(addr));
         }
-        let _ = write!(m, "Action: failed\r\nStatus: {status}\r\n");
+        let _ = write!(m, "Action: {action}\r\nStatus: {status}\r\n");
         if let Some(remote) = &f.remote {
             let _ = write!(m, "Remote-MTA: dns; {remote}\r\n");
         }
         let _ = write!(m, "Diagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {date}\r\n", f.reply);
+        if let (Action::Delayed, Some(until)) = (f.action, b.retry_until) {
+            let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322_date(until));
+        }
     }
-    let headers_only = match env.params.ret {
-        Some(Ret::Hdrs) => true,
-        Some(Ret::Full) => false,
-        None => original.len() > FULL_RETURN_LIMIT,
+    // The whole original only with a failure, and then as RET asks; otherwise the headers.
+    let headers_only = match (any(Action::Failed), env.params.ret) {
+        (false, _) | (true, Some(Ret::Hdrs)) => true,
+        (true, Some(Ret::Full)) => false,
+        (true, None) => original.len() > FULL_RETURN_LIMIT,
     };
     let mut out = m.into_bytes();
     if headers_only {
@@ -130,6 +153,7 @@ mod tests {
             attempts: 1,
             last_reply: None,
             next_attempt: None,
+            delay_notified: false,
         };
         Envelope {
             queue_id: "ORIG".into(),
@@ -149,16 +173,36 @@ mod tests {
         }
     }
 
-    fn failures() -> Vec<Failure> {
+    fn failures() -> Vec<Notice> {
         vec![
-            Failure { index: 0, reply: Reply::new(550, Enhanced(5, 1, 1), "no such user"), remote: Some("mx.y.test".into()) },
-            Failure { index: 1, reply: Reply::new(552, Enhanced(5, 2, 2), "mailbox full"), remote: None },
+            Notice {
+                index: 0,
+                action: Action::Failed,
+                reply: Reply::new(550, Enhanced(5, 1, 1), "no such user"),
+                remote: Some("mx.y.test".into()),
+            },
+            Notice { index: 1, action: Action::Failed, reply: Reply::new(552, Enhanced(5, 2, 2), "mailbox full"), remote: None },
         ]
     }
 
     fn text(ret: Option<Ret>, original: &[u8]) -> String {
-        let b = Bounce { hostname: "relay.test", queue_id: "BOUNCE1", to: "<a@x.test>".into(), now: 60 };
-        String::from_utf8(bounce(&b, &env(ret), &failures(), original)).unwrap()
+        let b = Report { hostname: "relay.test", queue_id: "BOUNCE1", to: "<a@x.test>".into(), now: 60, retry_until: None };
+        String::from_utf8(report(&b, &env(ret), &failures(), original)).unwrap()
+    }
+
+    #[test]
+    fn delay_and_relayed_notices_carry_their_action_and_headers_only() {
+        let notices = vec![
+            Notice { index: 0, action: Action::Delayed, reply: Reply::new(451, Enhanced(4, 4, 1), "no answer"), remote: None },
+            Notice { index: 1, action: Action::Relayed, reply: Reply::new(250, Enhanced(2, 0, 0), "ok"), remote: Some("old.test".into()) },
+        ];
+        let b = Report { hostname: "relay.test", queue_id: "D1", to: "<a@x.test>".into(), now: 60, retry_until: Some(86400) };
+        let t = String::from_utf8(report(&b, &env(Some(Ret::Full)), &notices, b"Subject: hi\r\n\r\nsecret\r\n")).unwrap();
+        assert!(t.contains("Subject: Delayed Mail (still being retried)"), "{t}");
+        assert!(t.contains("Action: delayed\r\nStatus: 4.4.1\r\n"), "{t}");
+        assert!(t.contains("Will-Retry-Until: Fri, 2 Jan 1970 00:00:00 +0000"), "{t}");
+        assert!(t.contains("Action: relayed\r\nStatus: 2.0.0\r\nRemote-MTA: dns; old.test"), "{t}");
+        assert!(t.contains("text/rfc822-headers") && !t.contains("secret"), "headers only without a failure");
     }
 
     #[test]

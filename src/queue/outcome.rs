@@ -13,6 +13,8 @@ pub struct RetryPolicy<'a> {
     /// Waits between attempts; the last repeats.
     pub schedule: &'a [Duration],
     pub max_age: Duration,
+    /// After this long in the queue a deferred recipient's sender is told once (None: never).
+    pub delay_warning: Option<Duration>,
 }
 
 impl RetryPolicy<'_> {
@@ -23,20 +25,34 @@ impl RetryPolicy<'_> {
     }
 }
 
-/// A recipient that failed in this attempt, for the bounce.
+/// RFC 3464 Action of a recipient in a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Failed,
+    Delayed,
+    /// Delivered to a next hop that offers no DSN, so no further success notice will come.
+    Relayed,
+}
+
+/// A recipient the sender is to hear about, from this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
+pub struct Notice {
     pub index: usize,
+    pub action: Action,
     pub reply: Reply,
     pub remote: Option<String>,
 }
 
-/// What an attempt changed, for metrics and logs.
+/// What an attempt changed, for metrics, logs and the report.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     pub delivered: usize,
     pub deferred: usize,
-    pub failed: Vec<Failure>,
+    pub failed: Vec<Notice>,
+    /// Deferred past `delay_warning` for the first time, and NOTIFY allows DELAY.
+    pub delayed: Vec<Notice>,
+    /// Delivered with NOTIFY=SUCCESS to a next hop without DSN.
+    pub relayed: Vec<Notice>,
 }
 
 pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, policy: &RetryPolicy<'_>) -> Tally {
@@ -51,12 +67,20 @@ pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, poli
                 r.last_reply = Some(reply.to_string());
                 r.next_attempt = None;
                 tally.delivered += 1;
+                if !attempted.remote_dsn && r.params.notify.is_some_and(|n| n.success) {
+                    tally.relayed.push(Notice {
+                        index: *index,
+                        action: Action::Relayed,
+                        reply: reply.clone(),
+                        remote: attempted.remote.clone(),
+                    });
+                }
             }
             RcptOutcome::Failed(reply) => {
                 r.state = RecipientState::Failed;
                 r.last_reply = Some(reply.to_string());
                 r.next_attempt = None;
-                tally.failed.push(Failure { index: *index, reply: reply.clone(), remote: attempted.remote.clone() });
+                tally.failed.push(Notice { index: *index, action: Action::Failed, reply: reply.clone(), remote: attempted.remote.clone() });
             }
             RcptOutcome::Deferred(_) | RcptOutcome::Overflow if expired => {
                 let last = match &attempted.outcome {
@@ -68,12 +92,22 @@ pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, poli
                 r.state = RecipientState::Failed;
                 r.last_reply = Some(reply.to_string());
                 r.next_attempt = None;
-                tally.failed.push(Failure { index: *index, reply, remote: attempted.remote.clone() });
+                tally.failed.push(Notice { index: *index, action: Action::Failed, reply, remote: attempted.remote.clone() });
             }
             RcptOutcome::Deferred(reply) => {
                 r.last_reply = Some(reply.to_string());
                 r.next_attempt = Some(policy.next_attempt(r.attempts, now));
                 tally.deferred += 1;
+                let overdue = policy.delay_warning.is_some_and(|w| now >= env.arrival.saturating_add(w.as_secs()));
+                if overdue && !r.delay_notified && r.params.notify.is_none_or(|n| n.delay) {
+                    r.delay_notified = true;
+                    tally.delayed.push(Notice {
+                        index: *index,
+                        action: Action::Delayed,
+                        reply: reply.clone(),
+                        remote: attempted.remote.clone(),
+                    });
+                }
             }
             RcptOutcome::Overflow => {
                 r.next_attempt = Some(now);
@@ -108,6 +142,7 @@ mod tests {
                     attempts: 0,
                     last_reply: None,
                     next_attempt: Some(1000),
+                    delay_notified: false,
                 })
                 .collect(),
             client_ip: "127.0.0.1".parse().unwrap(),
@@ -120,14 +155,14 @@ mod tests {
     }
 
     fn att(o: RcptOutcome) -> Attempted {
-        Attempted { outcome: o, remote: Some("mx.y.test".into()) }
+        Attempted { outcome: o, remote: Some("mx.y.test".into()), remote_dsn: false }
     }
 
     const SCHEDULE: [Duration; 3] = [Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(3600)];
 
     #[test]
     fn retry_schedule_steps_then_repeats_its_last_interval() {
-        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400) };
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400), delay_warning: None };
         let waits: Vec<u64> = (1..=5).map(|a| p.next_attempt(a, 0)).collect();
         assert_eq!(waits, [60, 300, 3600, 3600, 3600]);
     }
@@ -135,7 +170,7 @@ mod tests {
     #[test]
     fn outcomes_set_states_and_the_next_attempt() {
         let mut e = env(3);
-        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400) };
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400), delay_warning: None };
         let results = [
             (0, att(RcptOutcome::Delivered(Reply::new(250, Enhanced(2, 0, 0), "ok")))),
             (1, att(RcptOutcome::Failed(Reply::new(550, Enhanced(5, 1, 1), "unknown")))),
@@ -152,9 +187,39 @@ mod tests {
     }
 
     #[test]
+    fn a_delay_notice_goes_out_once_and_only_when_notify_allows() {
+        use crate::smtp::address::Notify;
+        let mut e = env(2);
+        e.recipients[1].params.notify = Some(Notify { failure: true, ..Notify::default() });
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400), delay_warning: Some(Duration::from_secs(100)) };
+        let later = || att(RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 3, 0), "later")));
+        let early = record(&mut e, &[(0, later()), (1, later())], 1050, &p);
+        assert!(early.delayed.is_empty(), "not overdue yet");
+        let first = record(&mut e, &[(0, later()), (1, later())], 1200, &p);
+        assert_eq!(first.delayed.iter().map(|n| n.index).collect::<Vec<_>>(), [0], "NOTIFY without DELAY gets none");
+        let second = record(&mut e, &[(0, later())], 1300, &p);
+        assert!(second.delayed.is_empty(), "only once");
+    }
+
+    #[test]
+    fn success_notices_only_where_the_next_hop_cannot_carry_them() {
+        use crate::smtp::address::Notify;
+        let mut e = env(2);
+        for r in &mut e.recipients {
+            r.params.notify = Some(Notify { success: true, ..Notify::default() });
+        }
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400), delay_warning: None };
+        let ok = Reply::new(250, Enhanced(2, 0, 0), "ok");
+        let without = Attempted { outcome: RcptOutcome::Delivered(ok.clone()), remote: Some("old.test".into()), remote_dsn: false };
+        let with = Attempted { outcome: RcptOutcome::Delivered(ok), remote: Some("new.test".into()), remote_dsn: true };
+        let t = record(&mut e, &[(0, without), (1, with)], 2000, &p);
+        assert_eq!(t.relayed.iter().map(|n| (n.index, n.action)).collect::<Vec<_>>(), [(0, Action::Relayed)]);
+    }
+
+    #[test]
     fn deferral_past_max_age_fails_as_expired() {
         let mut e = env(1);
-        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(600) };
+        let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(600), delay_warning: None };
         let t = record(&mut e, &[(0, att(RcptOutcome::Deferred(Reply::new(421, Enhanced(4, 7, 0), "busy"))))], 1600, &p);
         assert_eq!(t.failed.len(), 1);
         assert_eq!(t.failed[0].reply.enhanced, Some(Enhanced(5, 4, 7)));

@@ -131,12 +131,16 @@ impl Runner {
             metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
             let domain = env.recipients[indexes[0]].mailbox.domain.clone();
             match route::route(&domain, &self.config, &self.delivery.own, &self.delivery.dns).await {
-                Route::Fail(reply) => {
-                    results.extend(indexes.iter().map(|&i| (i, Attempted { outcome: RcptOutcome::Failed(reply.clone()), remote: None })))
-                }
-                Route::Defer(reply) => {
-                    results.extend(indexes.iter().map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None })))
-                }
+                Route::Fail(reply) => results.extend(
+                    indexes
+                        .iter()
+                        .map(|&i| (i, Attempted { outcome: RcptOutcome::Failed(reply.clone()), remote: None, remote_dsn: false })),
+                ),
+                Route::Defer(reply) => results.extend(
+                    indexes
+                        .iter()
+                        .map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None, remote_dsn: false })),
+                ),
                 Route::Targets(targets) => {
                     let policy = self.delivery.tls_policy(&domain);
                     for chunk in indexes.chunks(self.config.delivery.max_recipients_per_transaction) {
@@ -157,12 +161,13 @@ impl Runner {
         }
         let d = &self.config.delivery;
         let schedule: Vec<Duration> = d.retry.iter().map(|r| r.0).collect();
-        let policy = RetryPolicy { schedule: &schedule, max_age: d.max_age.0 };
+        let delay_warning = Some(d.delay_warning.0).filter(|w| !w.is_zero());
+        let policy = RetryPolicy { schedule: &schedule, max_age: d.max_age.0, delay_warning };
         let now = unix_now();
         let tally = outcome::record(&mut env, &results, now, &policy);
         self.log_results(&env, &results, &tally, now);
         let mut changes = Changes::default();
-        if let Some(bounce) = self.bounce(&env, &tally, &body, now) {
+        if let Some(bounce) = self.report(&env, &tally, &body, now) {
             changes.store.push(bounce);
         }
         if outcome::is_final(&env) {
@@ -205,24 +210,37 @@ impl Runner {
         }
     }
 
-    /// The bounce for this attempt's failures, if anyone should get one: the sender, or the
-    /// postmaster when a bounce of ours failed. Null-sender mail gets none (no bounce loops).
-    fn bounce(&self, env: &Envelope, tally: &Tally, original: &[u8], now: u64) -> Option<(Envelope, Vec<u8>)> {
+    /// The report for this attempt (failures, delay warnings, relayed notices), if anyone
+    /// should get one: the sender, or the postmaster when a bounce of ours failed. Null-sender
+    /// mail gets none (no bounce loops).
+    fn report(&self, env: &Envelope, tally: &Tally, original: &[u8], now: u64) -> Option<(Envelope, Vec<u8>)> {
         let postmaster = self.config.postmaster();
         let failures: Vec<_> = tally.failed.iter().filter(|f| dsn::wants_failure_notice(env, f.index)).cloned().collect();
         let to = match (&env.from, &env.identity) {
-            _ if failures.is_empty() => return None,
             (Some(sender), _) => sender.clone(),
             // Our own bounce failed; tell the postmaster, unless that is what failed.
-            (None, Identity::Bounce) if failures.iter().all(|f| env.recipients[f.index].mailbox != postmaster) => postmaster,
+            (None, Identity::Bounce) if !failures.is_empty() && failures.iter().all(|f| env.recipients[f.index].mailbox != postmaster) => {
+                postmaster
+            }
             (None, _) => {
-                tracing::info!(queue_id = %env.queue_id, "no bounce for a null-sender message");
+                if !failures.is_empty() {
+                    tracing::info!(queue_id = %env.queue_id, "no bounce for a null-sender message");
+                }
                 return None;
             }
         };
+        let notices: Vec<_> = if env.from.is_some() {
+            failures.into_iter().chain(tally.delayed.clone()).chain(tally.relayed.clone()).collect()
+        } else {
+            failures
+        };
+        if notices.is_empty() {
+            return None;
+        }
         let queue_id = self.spool.new_queue_id();
-        let b = dsn::Bounce { hostname: &self.config.hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now };
-        let body = dsn::bounce(&b, env, &failures, original);
+        let retry_until = Some(env.arrival + self.config.delivery.max_age.0.as_secs());
+        let b = dsn::Report { hostname: &self.config.hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now, retry_until };
+        let body = dsn::report(&b, env, &notices, original);
         let envelope = Envelope {
             queue_id,
             from: None,
@@ -234,6 +252,7 @@ impl Runner {
                 attempts: 0,
                 last_reply: None,
                 next_attempt: Some(now),
+                delay_notified: false,
             }],
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             helo: self.config.hostname.0.clone(),
@@ -242,7 +261,7 @@ impl Runner {
             arrival: now,
             body: None,
         };
-        tracing::info!(queue_id = %env.queue_id, bounce = %envelope.queue_id, to = %envelope.recipients[0].mailbox, recipients = failures.len(), "bounce queued");
+        tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = %envelope.recipients[0].mailbox, recipients = notices.len(), "delivery status notification queued");
         Some((envelope, body))
     }
 }

@@ -107,6 +107,9 @@ pub struct RecipientRecord {
     pub last_reply: Option<String>,
     /// Unix seconds of the next delivery attempt.
     pub next_attempt: Option<u64>,
+    /// A delay notice was sent for this recipient (only one is sent).
+    #[serde(default)]
+    pub delay_notified: bool,
 }
 
 /// Where a body lives: a segment file, an offset, a length, and a CRC-32 to catch torn writes.

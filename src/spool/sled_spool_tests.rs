@@ -18,6 +18,7 @@ fn envelope(spool: &SledSpool, to: &str) -> Envelope {
             attempts: 0,
             last_reply: None,
             next_attempt: None,
+            delay_notified: false,
         }],
         client_ip: "127.0.0.1".parse().unwrap(),
         helo: "c.test".into(),

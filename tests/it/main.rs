@@ -12,6 +12,7 @@ mod delivery_dns;
 mod delivery_failures;
 mod delivery_mx;
 mod delivery_next_mx;
+mod delivery_notices;
 mod delivery_pool;
 mod delivery_restart;
 mod delivery_retry;
