@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::commit::{Batch, CommitQueue, Request};
 use super::queue_id::{self, QueueIdGenerator};
 use super::segments::Segments;
-use super::{Changes, Durable, Envelope, Health, Spool, SpoolError};
+use super::{BodyRef, Changes, Durable, Envelope, Health, Spool, SpoolError};
 use crate::config::SpoolConfig;
 use crate::metrics as m;
 
@@ -70,37 +70,42 @@ impl SledSpool {
         let messages = db.open_tree("messages")?;
         let meta = db.open_tree("meta")?;
 
+        // Recovery streams over the index and decodes only what it needs, so a spool of a
+        // million deferred messages does not pass through memory all at once.
         let mut refs: HashMap<u64, usize> = HashMap::new();
-        let mut envelopes = Vec::new();
         let mut high_water = meta.get(HIGH_WATER_KEY)?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+        let bodies_existing = BodyFiles::scan(&bodies_dir);
+        let (mut recovered, mut recovered_bytes) = (0usize, 0u64);
+        let mut torn = Vec::new();
         for item in messages.scan_prefix([ENVELOPE]) {
             let (key, value) = item?;
-            match serde_json::from_slice::<Envelope>(&value) {
-                Ok(env) => envelopes.push(env),
+            let view: RecoveryView = match serde_json::from_slice(&value) {
+                Ok(v) => v,
                 Err(e) => {
                     tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "undecodable envelope left in the spool index");
+                    continue;
                 }
+            };
+            high_water = high_water.max(queue_id::decode(&view.queue_id).unwrap_or(0));
+            match view.body.filter(|b| bodies_existing.len_of(b.segment).is_some_and(|len| b.offset + b.len <= len)) {
+                Some(body) => {
+                    *refs.entry(body.segment).or_insert(0) += 1;
+                    recovered += 1;
+                    recovered_bytes += body.len;
+                }
+                None => torn.push(view.queue_id),
             }
         }
-        let bodies_existing = BodyFiles::scan(&bodies_dir);
-        let mut recovered = 0;
-        let mut recovered_bytes = 0;
-        for env in envelopes {
-            high_water = high_water.max(queue_id::decode(&env.queue_id).unwrap_or(0));
-            let intact = env.body.is_some_and(|b| bodies_existing.len_of(b.segment).is_some_and(|len| b.offset + b.len <= len));
-            if !intact {
-                // Only a message whose commit never completed (never acknowledged) can get here.
-                tracing::warn!(queue_id = %env.queue_id, "dropping index entry without a complete body");
-                messages.remove(envelope_key(&env.queue_id))?;
-                if let Some(due) = env.next_due() {
-                    messages.remove(schedule_key(due, &env.queue_id))?;
-                }
-                continue;
+        for queue_id in torn {
+            // Only a message whose commit never completed (never acknowledged) can get here.
+            tracing::warn!(queue_id = %queue_id, "dropping index entry without a complete body");
+            if let Some(value) = messages.remove(envelope_key(&queue_id))?
+                && let Some(due) = serde_json::from_slice::<Envelope>(&value).ok().and_then(|e| e.next_due())
+            {
+                messages.remove(schedule_key(due, &queue_id))?;
             }
-            *refs.entry(env.body.expect("checked intact").segment).or_insert(0) += 1;
-            recovered += 1;
-            recovered_bytes += env.body.map_or(0, |b| b.len);
         }
+        release_free_heap();
         let (segments, _) = Segments::open(&bodies_dir, cfg.segment_size, refs)?;
         let ids = Arc::new(QueueIdGenerator::new(high_water));
 
@@ -318,6 +323,22 @@ impl Spool for SledSpool {
         } else {
             Health::Ok
         }
+    }
+}
+
+/// The part of an envelope recovery needs; serde skips the rest without allocating it.
+#[derive(serde::Deserialize)]
+struct RecoveryView {
+    queue_id: String,
+    body: Option<BodyRef>,
+}
+
+/// Hands heap freed after recovery back to the kernel: glibc keeps it otherwise, and a large
+/// recovered spool would leave the daemon's resident size far above what it uses.
+fn release_free_heap() {
+    // SAFETY: malloc_trim only returns unused heap pages; it is safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
