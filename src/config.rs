@@ -239,6 +239,9 @@ pub struct DeliveryConfig {
     /// Send everything to this next hop instead of looking up MX records.
     #[serde(default)]
     pub smarthost: Option<NextHop>,
+    /// Log in to the smarthost (over TLS verified like `required`, never in plain text).
+    #[serde(default)]
+    pub smarthost_auth: Option<SmarthostAuth>,
     /// Per recipient domain: a next hop instead of MX.
     #[serde(default)]
     pub routes: std::collections::BTreeMap<String, NextHop>,
@@ -278,6 +281,14 @@ pub struct DeliveryConfig {
     pub delay_warning: HumanDuration,
     #[serde(default)]
     pub timeouts: ClientTimeouts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostAuth {
+    pub username: String,
+    /// A file holding the password (its first line), readable by the service only.
+    pub password_file: PathBuf,
 }
 
 /// Client timeouts (RFC 5321 4.5.3.2).
@@ -324,6 +335,7 @@ impl Default for DeliveryConfig {
             source_address: None,
             ip_family: IpFamily::Any,
             smarthost: None,
+            smarthost_auth: None,
             routes: Default::default(),
             address_literals: false,
             tls: OutboundTls::Opportunistic,
@@ -570,6 +582,9 @@ impl Config {
             paths.push(users);
         }
         paths.extend(config.delivery.tls_trust.iter_mut());
+        if let Some(auth) = config.delivery.smarthost_auth.as_mut() {
+            paths.push(&mut auth.password_file);
+        }
         for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -639,6 +654,14 @@ impl Config {
         }
         if let Some(domain) = d.routes.keys().chain(d.tls_policies.keys()).find(|k| address::check_domain(k).is_err()) {
             return Err(err("delivery", format!("{domain:?} is not a domain")));
+        }
+        if let Some(auth) = &d.smarthost_auth {
+            if d.smarthost.is_none() {
+                return Err(err("smarthost_auth", "needs delivery.smarthost".into()));
+            }
+            if !auth.password_file.is_file() {
+                return Err(err("password_file", format!("file {} does not exist", auth.password_file.display())));
+            }
         }
         if let Some(missing) = d.tls_trust.iter().find(|p| !p.is_file()) {
             return Err(err("tls_trust", format!("file {} does not exist", missing.display())));

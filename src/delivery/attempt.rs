@@ -47,13 +47,31 @@ impl Delivery {
             timeouts: d.timeouts.clone(),
             tls: super::connection::opportunistic_tls(),
             verified_tls: super::connection::verified_tls(&d.tls_trust)?,
+            login: match &d.smarthost_auth {
+                Some(a) => {
+                    let text = std::fs::read_to_string(&a.password_file).map_err(|e| format!("{}: {e}", a.password_file.display()))?;
+                    let password = text.lines().next().unwrap_or("").to_string();
+                    Some((a.username.clone(), crate::smtp::sasl::Secret::new(password)))
+                }
+                None => None,
+            },
         };
         Ok(Arc::new(Delivery { dns, pool, settings, own, config }))
     }
 
-    /// The TLS policy for mail to `domain`: its entry in `tls_policies`, else `tls`.
+    /// Mail to `domain` goes to the smarthost with a login: over required TLS, logged in.
+    pub fn logs_in(&self, domain: &str) -> bool {
+        let d = &self.config.delivery;
+        d.smarthost.is_some() && d.smarthost_auth.is_some() && !d.routes.contains_key(&domain.to_ascii_lowercase())
+    }
+
+    /// The TLS policy for mail to `domain`: required for a smarthost login, else its entry in
+    /// `tls_policies`, else `tls`.
     pub fn tls_policy(&self, domain: &str) -> TlsPolicy {
         let d = &self.config.delivery;
+        if self.logs_in(domain) {
+            return TlsPolicy::Required;
+        }
         match d.tls_policies.get(&domain.to_ascii_lowercase()).copied().unwrap_or(d.tls) {
             OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
             OutboundTls::Required => TlsPolicy::Required,
@@ -62,17 +80,17 @@ impl Delivery {
     }
 
     /// A pooled connection to `target` (true: reused), or a new one.
-    async fn connection(&self, target: &Target, policy: TlsPolicy) -> Result<(Connection, bool), ConnError> {
-        let permit = match self.pool.checkout(&PoolKey::new(target, policy)).await {
+    async fn connection(&self, target: &Target, policy: TlsPolicy, login: bool) -> Result<(Connection, bool), ConnError> {
+        let permit = match self.pool.checkout(&PoolKey::new(target, policy, login)).await {
             Checkout::Pooled(conn) => return Ok((*conn, true)),
             Checkout::New(permit) => permit,
         };
-        let mut opened = match Connection::open(target.clone(), policy, &self.settings, permit).await {
+        let mut opened = match Connection::open(target.clone(), policy, login, &self.settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
             Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
                 tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
                 let permit = self.pool.permit(target.addr).await;
-                Connection::open(target.clone(), TlsPolicy::Never, &self.settings, permit).await
+                Connection::open(target.clone(), TlsPolicy::Never, login, &self.settings, permit).await
             }
             other => other,
         }?;
@@ -88,7 +106,7 @@ impl Delivery {
     /// Sends `msg` to the first target that takes it. Recipients a 452 left over go out in a
     /// new transaction at once. A target that cannot be reached or refuses the session is
     /// skipped for the next one; a session lost during a transaction defers what is left.
-    pub async fn send(&self, targets: &[Target], msg: Message, policy: TlsPolicy) -> Vec<Attempted> {
+    pub async fn send(&self, targets: &[Target], msg: Message, policy: TlsPolicy, login: bool) -> Vec<Attempted> {
         let n = msg.recipients.len();
         let mut results: Vec<Option<Attempted>> = vec![None; n];
         let mut pending: Vec<usize> = (0..n).collect();
@@ -97,7 +115,7 @@ impl Delivery {
         'targets: for target in targets {
             let mut stale = 0;
             while !pending.is_empty() {
-                let (mut conn, reused) = match self.connection(target, policy).await {
+                let (mut conn, reused) = match self.connection(target, policy, login).await {
                     Ok(c) => c,
                     Err(ConnError::Smtp(Failure::Loop)) => {
                         let reply = Reply::new(554, Enhanced(5, 4, 6), format!("{} greets with our own name: mail loop", target.host));

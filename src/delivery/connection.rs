@@ -47,6 +47,7 @@ impl std::fmt::Display for ConnError {
             ConnError::Smtp(Failure::Protocol(e)) => write!(f, "protocol error: {e}"),
             ConnError::Smtp(Failure::TlsUnavailable) => f.write_str("TLS required but not offered"),
             ConnError::Smtp(Failure::Loop) => f.write_str("the server greets with our own name (mail loop)"),
+            ConnError::Smtp(Failure::Auth(r)) => write!(f, "login refused: {r}"),
             ConnError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnError::Lost(e) => write!(f, "connection lost: {e}"),
         }
@@ -63,6 +64,8 @@ pub struct Settings {
     pub tls: Arc<rustls::ClientConfig>,
     /// Required TLS: WebPKI roots plus `delivery.tls_trust`, checked against the MX name.
     pub verified_tls: Arc<rustls::ClientConfig>,
+    /// Smarthost credentials (user, password).
+    pub login: Option<(String, crate::smtp::sasl::Secret)>,
 }
 
 pub struct Connection {
@@ -77,14 +80,18 @@ pub struct Connection {
     pub tls: Option<String>,
     pub idle_since: Instant,
     pub policy: TlsPolicy,
+    /// Logged in with the smarthost credentials.
+    pub login: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Connection {
     /// Connects and runs greeting, EHLO and (policy permitting) STARTTLS.
+    /// With `login`, the smarthost credentials are presented after TLS.
     pub async fn open(
         target: Target,
         policy: TlsPolicy,
+        login: bool,
         settings: &Settings,
         permit: OwnedSemaphorePermit,
     ) -> Result<Connection, ConnError> {
@@ -102,7 +109,8 @@ impl Connection {
             .map_err(|e| ConnError::Connect(format!("{}: {e}", target.addr)))?;
         // Without NODELAY each pipelined write waits for the peer's delayed ACK.
         let _ = tcp.set_nodelay(true);
-        let cfg = ClientConfig { ehlo_name: settings.ehlo_name.clone(), our_hostname: settings.our_hostname.clone(), tls: policy };
+        let auth = if login { settings.login.clone() } else { None };
+        let cfg = ClientConfig { ehlo_name: settings.ehlo_name.clone(), our_hostname: settings.our_hostname.clone(), tls: policy, auth };
         let mut conn = Connection {
             stream: Stream::Plain(tcp),
             client: Client::new(cfg),
@@ -113,6 +121,7 @@ impl Connection {
             tls: None,
             idle_since: Instant::now(),
             policy,
+            login,
             _permit: permit,
         };
         match conn.drive(settings, |e| matches!(e, Event::Ready)).await? {

@@ -26,12 +26,14 @@ pub struct PoolKey {
     pub policy: TlsPolicy,
     /// The name the certificate was verified for (`required` only).
     pub verified_name: Option<String>,
+    /// Logged in with the smarthost credentials.
+    pub login: bool,
 }
 
 impl PoolKey {
-    pub fn new(target: &Target, policy: TlsPolicy) -> PoolKey {
+    pub fn new(target: &Target, policy: TlsPolicy, login: bool) -> PoolKey {
         let verified_name = (policy == TlsPolicy::Required).then(|| target.host.clone());
-        PoolKey { addr: target.addr, policy, verified_name }
+        PoolKey { addr: target.addr, policy, verified_name, login }
     }
 }
 use crate::metrics as m;
@@ -110,7 +112,7 @@ impl Pool {
     /// Returns a connection after a transaction; it is kept only if it can be reused.
     pub fn put(&self, conn: Connection) {
         if conn.is_ready() && conn.deliveries < self.max_deliveries {
-            let key = PoolKey::new(&conn.target, conn.policy);
+            let key = PoolKey::new(&conn.target, conn.policy, conn.login);
             let addr = key.addr;
             self.idle.lock().expect("pool lock").entry(key).or_default().push(conn);
             self.limit(addr).returned.notify_one();

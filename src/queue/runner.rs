@@ -153,7 +153,7 @@ impl Runner {
                                 .collect(),
                             body: body.clone(),
                         };
-                        let attempted = self.delivery.send(&targets, msg, policy).await;
+                        let attempted = self.delivery.send(&targets, msg, policy, self.delivery.logs_in(&domain)).await;
                         results.extend(chunk.iter().copied().zip(attempted));
                     }
                 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::address::{Body, MailParams, Mailbox, RcptParams, Ret};
 use super::reply::{Enhanced, Reply, ReplyError, ReplyParser};
+use super::sasl::{self, Secret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TlsPolicy {
@@ -28,6 +29,8 @@ pub struct ClientConfig {
     /// A greeting naming this host means the route loops back to us (5.4.6).
     pub our_hostname: String,
     pub tls: TlsPolicy,
+    /// Log in after EHLO (smarthosts). Sent only over TLS, never in plain text.
+    pub auth: Option<(String, Secret)>,
 }
 
 /// What the server's EHLO reply offers.
@@ -42,6 +45,8 @@ pub struct Capabilities {
     pub starttls: bool,
     pub dsn: bool,
     pub chunking: bool,
+    /// SASL mechanisms offered with AUTH (upper case).
+    pub auth: Vec<String>,
 }
 
 impl Capabilities {
@@ -58,6 +63,7 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "DSN" => caps.dsn = true,
                 "CHUNKING" => caps.chunking = true,
+                "AUTH" => caps.auth = words.map(str::to_ascii_uppercase).collect(),
                 _ => {}
             }
         }
@@ -121,6 +127,8 @@ pub enum Failure {
     TlsUnavailable,
     /// The greeting names our own host: the route loops (5.4.6).
     Loop,
+    /// Our login was refused, or cannot be made (no TLS, no common mechanism).
+    Auth(Reply),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +160,8 @@ enum Expect {
     Ehlo,
     Helo,
     StartTls,
+    /// AUTH; for LOGIN, `true` while the password is still to be sent.
+    Auth(bool),
     Mail,
     Rcpt(usize),
     Data,
@@ -303,7 +313,13 @@ impl Client {
             Expect::StartTls if reply.code == 220 => self.events.push_back(Event::StartTls),
             Expect::StartTls if self.cfg.tls == TlsPolicy::Required => self.push_fail(Failure::TlsUnavailable),
             // Opportunistic: a refused STARTTLS means going on in plain text.
-            Expect::StartTls => self.set_ready(),
+            Expect::StartTls => self.after_tls_decision(out),
+            Expect::Auth(true) if reply.code == 334 => {
+                let password = self.cfg.auth.as_ref().map(|(_, p)| sasl::encode(p.expose())).unwrap_or_default();
+                self.command(out, &password, Expect::Auth(false));
+            }
+            Expect::Auth(_) if reply.code == 235 => self.set_ready(),
+            Expect::Auth(_) => self.push_fail(Failure::Auth(reply)),
             Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::Dot => self.transaction_reply(expect, reply, out),
             Expect::Rset if reply.code == 250 => self.set_ready(),
             Expect::Rset => self.push_fail(Failure::Closing(reply)),
@@ -317,7 +333,24 @@ impl Client {
         } else if !self.tls_active && self.cfg.tls == TlsPolicy::Required {
             self.push_fail(Failure::TlsUnavailable);
         } else {
-            self.set_ready();
+            self.after_tls_decision(out);
+        }
+    }
+
+    /// TLS is settled (on, or off by policy or refusal): log in if asked to, then ready.
+    fn after_tls_decision(&mut self, out: &mut Vec<u8>) {
+        let Some((user, password)) = self.cfg.auth.clone() else { return self.set_ready() };
+        let refuse = |text: &str| Failure::Auth(Reply::new(530, Enhanced(5, 7, 0), text.to_string()));
+        if !self.tls_active {
+            return self.push_fail(refuse("Not sending credentials without TLS"));
+        }
+        if self.caps.auth.iter().any(|m| m == "PLAIN") {
+            let response = sasl::encode(&format!("\0{user}\0{}", password.expose()));
+            self.command(out, &format!("AUTH PLAIN {response}"), Expect::Auth(false));
+        } else if self.caps.auth.iter().any(|m| m == "LOGIN") {
+            self.command(out, &format!("AUTH LOGIN {}", sasl::encode(&user)), Expect::Auth(true));
+        } else {
+            self.push_fail(refuse("The server offers neither AUTH PLAIN nor AUTH LOGIN"));
         }
     }
 

@@ -3,7 +3,7 @@
 use super::*;
 
 fn cfg(tls: TlsPolicy) -> ClientConfig {
-    ClientConfig { ehlo_name: "relay.test".into(), our_hostname: "relay.test".into(), tls }
+    ClientConfig { ehlo_name: "relay.test".into(), our_hostname: "relay.test".into(), tls, auth: None }
 }
 
 fn mb(s: &str) -> Mailbox {
@@ -275,4 +275,47 @@ fn dot_stuffing_table() {
         dot_stuff(input, &mut out);
         assert_eq!(out, expected, "{input:?}");
     }
+}
+
+fn with_login(tls: TlsPolicy) -> Script {
+    let mut s = Script::new(tls);
+    s.client = Client::new(ClientConfig { auth: Some(("alice".into(), sasl::Secret::new("pw".into()))), ..cfg(tls) });
+    s
+}
+
+#[test]
+fn logs_in_with_plain_after_starttls() {
+    let mut s = with_login(TlsPolicy::Required);
+    s.server("220 smart.test ESMTP\r\n");
+    assert_eq!(s.server("250-smart\r\n250-STARTTLS\r\n250 AUTH LOGIN PLAIN\r\n"), "STARTTLS\r\n");
+    s.server("220 go\r\n");
+    let mut out = Vec::new();
+    s.client.tls_established(&mut out);
+    let auth = s.server("250-smart\r\n250-PIPELINING\r\n250 AUTH LOGIN PLAIN\r\n");
+    assert_eq!(auth, format!("AUTH PLAIN {}\r\n", sasl::encode("\0alice\0pw")));
+    s.server("235 2.7.0 ok\r\n");
+    assert_eq!(s.events.last(), Some(&Event::Ready));
+}
+
+#[test]
+fn logs_in_with_login_when_plain_is_not_offered() {
+    let mut s = with_login(TlsPolicy::Required);
+    s.server("220 smart.test ESMTP\r\n");
+    s.server("250-smart\r\n250 STARTTLS\r\n");
+    s.server("220 go\r\n");
+    let mut out = Vec::new();
+    s.client.tls_established(&mut out);
+    assert_eq!(s.server("250-smart\r\n250 AUTH LOGIN\r\n"), format!("AUTH LOGIN {}\r\n", sasl::encode("alice")));
+    assert_eq!(s.server("334 UGFzc3dvcmQ6\r\n"), format!("{}\r\n", sasl::encode("pw")));
+    s.server("535 5.7.8 bad credentials\r\n");
+    assert!(matches!(s.events.last(), Some(Event::Failed(Failure::Auth(r))) if r.code == 535));
+}
+
+#[test]
+fn credentials_never_go_out_in_plain_text() {
+    let mut s = with_login(TlsPolicy::Opportunistic);
+    s.server("220 smart.test ESMTP\r\n");
+    let out = s.server("250-smart\r\n250 AUTH PLAIN\r\n");
+    assert!(!out.contains("AUTH"), "{out}");
+    assert!(matches!(s.events.last(), Some(Event::Failed(Failure::Auth(_)))));
 }

@@ -16,6 +16,7 @@ mod delivery_notices;
 mod delivery_pool;
 mod delivery_restart;
 mod delivery_retry;
+mod delivery_smarthost;
 mod delivery_split;
 mod delivery_tls;
 mod delivery_tls_required;

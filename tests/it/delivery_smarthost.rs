@@ -1,0 +1,65 @@
+//! A smarthost that requires a login: another Sluice's submission port (AUTH after STARTTLS),
+//! reached over TLS verified against `tls_trust`, with credentials from a file.
+
+use std::time::{Duration, Instant};
+
+use crate::common::TestRelay;
+use crate::peers::dns::{TestDns, Zone};
+
+fn relay_via(smarthost: &TestRelay, dns: &TestDns, password: &str) -> (TestRelay, tempfile::TempDir) {
+    let files = tempfile::tempdir().unwrap();
+    let password_file = files.path().join("smarthost.password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    let relay = TestRelay::with_config(&format!(
+        "{}delivery:\n  smarthost: \"[smart.test]:{}\"\n  smarthost_auth: {{ username: alice, password_file: {} }}\n  tls_trust: [{}]\n  retry: [1s]\n",
+        dns.config(),
+        smarthost.addr.port(),
+        password_file.display(),
+        smarthost.certificate().display()
+    ));
+    (relay, files)
+}
+
+fn smarthost() -> TestRelay {
+    TestRelay::with_tls("hostname: smart.test\nlisteners:\n  - { address: \"127.0.0.1:0\", mode: submission }\n")
+}
+
+#[test]
+fn relays_through_a_smarthost_with_a_login_over_verified_tls() {
+    let smart = smarthost();
+    let dns = TestDns::start(Zone::default().a("smart.test", "127.0.0.1"));
+    let (relay, _files) = relay_via(&smart, &dns, "right");
+    let mut c = relay.client();
+    assert_eq!(c.send_mail("a@sender.test", &["b@anywhere.test"], "Subject: via smarthost\r\n\r\nx\r\n").code, 250);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sluice::admin::queue_list(&smart.config).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "nothing reached the smarthost");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stored = smart.stop_and_read();
+    assert!(stored[0].1.contains(" with ESMTPSA id "), "{}", stored[0].1);
+    assert_eq!(stored[0].0.identity, sluice::spool::Identity::Authenticated("alice".into()));
+}
+
+#[test]
+fn a_refused_login_defers_with_the_smarthost_reply() {
+    let smart = smarthost();
+    let dns = TestDns::start(Zone::default().a("smart.test", "127.0.0.1"));
+    let (relay, _files) = relay_via(&smart, &dns, "wrong");
+    let mut c = relay.client();
+    assert_eq!(c.send_mail("a@sender.test", &["b@anywhere.test"], "x\r\n").code, 250);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = sluice::admin::queue_list(&relay.config).unwrap();
+        if let Some(r) = q.first().map(|e| e.recipients[0].clone())
+            && r.attempts >= 1
+        {
+            let reply = r.last_reply.unwrap_or_default();
+            assert!(reply.starts_with("451 ") && reply.contains("login refused: 535 5.7.8"), "{reply}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sluice::admin::queue_list(&smart.config).unwrap().is_empty());
+}
