@@ -20,6 +20,7 @@ pub struct Running {
     tasks: JoinSet<()>,
     ctx: Arc<IntakeContext>,
     spool: Arc<SledSpool>,
+    runner: Option<Arc<crate::queue::runner::Runner>>,
 }
 
 pub async fn start(config: Config) -> Result<Running, String> {
@@ -49,25 +50,29 @@ pub async fn start(config: Config) -> Result<Running, String> {
         listeners.push(address);
         tasks.spawn(intake::serve(listener, cfg.mode, ctx.clone(), watcher.clone()));
     }
-    if config.delivery.paused {
+    let runner = if config.delivery.paused {
         tracing::warn!("delivery is paused: mail is accepted and kept in the queue");
+        None
     } else {
         let delivery = crate::delivery::attempt::Delivery::new(config.clone(), listeners.clone())?;
         let runner = crate::queue::runner::Runner::new(spool.clone(), delivery, ctx.stored.clone());
-        tasks.spawn(runner.run(watcher.clone()));
-    }
+        tasks.spawn(runner.clone().run(watcher.clone()));
+        Some(runner)
+    };
     tasks.spawn(crate::admin::serve(admin, spool.clone(), watcher));
-    Ok(Running { listeners, shutdown, tasks, ctx, spool })
+    Ok(Running { listeners, shutdown, tasks, ctx, spool, runner })
 }
 
 impl Running {
-    /// Stops accepting, tells open sessions to close (421 4.3.2), waits up to `grace` for them,
-    /// then lets the spool's committer finish every pending commit.
+    /// Stops accepting and starting deliveries, tells open sessions to close (421 4.3.2),
+    /// waits up to `grace` for them and for deliveries under way (so their outcomes are
+    /// recorded, not repeated after the restart), then lets the committer finish every commit.
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         let deadline = Instant::now() + grace;
-        while self.ctx.limits.active() > 0 && Instant::now() < deadline {
+        let busy = |r: &Option<Arc<crate::queue::runner::Runner>>| r.as_ref().map_or(0, |r| r.in_flight());
+        while (self.ctx.limits.active() > 0 || busy(&self.runner) > 0) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = std::fs::remove_file(&self.ctx.config.admin.socket);

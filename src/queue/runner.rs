@@ -47,6 +47,11 @@ impl Runner {
         Arc::new(Runner { spool, delivery, config, notify, in_flight: Mutex::new(HashSet::new()), permits })
     }
 
+    /// Messages being delivered now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().expect("in-flight lock").len()
+    }
+
     /// Dispatches due messages until shut down; deliveries under way finish on their own.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut reap = tokio::time::interval(Duration::from_secs(1));
