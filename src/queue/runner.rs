@@ -69,16 +69,18 @@ impl Runner {
     /// Starts every due message there is room for; returns how long to sleep.
     fn dispatch(self: &Arc<Self>) -> Duration {
         let now = unix_now();
-        let busy = self.in_flight.lock().expect("in-flight lock").len();
-        let upcoming = match self.spool.upcoming(busy + 256) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        let limit = in_flight.len() + 256;
+        let upcoming = match self.spool.upcoming(limit) {
             Ok(u) => u,
             Err(e) => {
                 tracing::error!(error = %e, "reading the queue schedule failed");
                 return Duration::from_secs(5);
             }
         };
+        let more = upcoming.len() == limit;
         for (due, queue_id) in upcoming {
-            if self.in_flight.lock().expect("in-flight lock").contains(&queue_id) {
+            if in_flight.contains(&queue_id) {
                 continue;
             }
             if due > now {
@@ -88,12 +90,13 @@ impl Runner {
                 // Full: a finishing delivery wakes the runner.
                 return MAX_SLEEP;
             };
-            self.in_flight.lock().expect("in-flight lock").insert(queue_id.clone());
+            in_flight.insert(queue_id.clone());
             metrics::gauge!(m::QUEUE_IN_FLIGHT).increment(1.0);
             let runner = self.clone();
             tokio::spawn(async move { runner.deliver(queue_id, permit).await });
         }
-        MAX_SLEEP
+        // The scan stopped at its limit with everything due: look again at once.
+        if more { Duration::ZERO } else { MAX_SLEEP }
     }
 
     async fn deliver(self: Arc<Self>, queue_id: String, _permit: OwnedSemaphorePermit) {
