@@ -11,6 +11,21 @@ pub fn delivering_relay(dns: &TestDns, port: u16, delivery_extra: &str) -> TestR
     TestRelay::with_config(&format!("{}delivery:\n  port: {port}\n  retry: [1s]\n{delivery_extra}", dns.config()))
 }
 
+/// Waits until the first queued message's first recipient has an attempt recorded.
+pub fn first_attempt(relay: &TestRelay) -> sluice::admin::RecipientEntry {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = sluice::admin::queue_list(&relay.config).unwrap();
+        if let Some(r) = q.first().map(|e| e.recipients[0].clone())
+            && r.attempts >= 1
+        {
+            return r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no attempt recorded: {q:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn mail_reaches_the_mx_host_in_one_pipelined_transaction() {
     // The destination answers MAIL only after it has read DATA: a lock-step client fails.
