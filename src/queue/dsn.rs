@@ -33,9 +33,10 @@ fn xtext_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
+        // Bytes, not str slices: a slice inside a multi-byte character would panic.
         if b[i] == b'+'
             && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
         {
             out.push(v);
             i += 3;
@@ -230,6 +231,13 @@ mod tests {
         let t = text(Some(Ret::Hdrs), b"Subject: hi\r\n\r\nsecret body\r\n");
         assert!(t.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n\r\n"), "{t}");
         assert!(!t.contains("secret body"));
+    }
+
+    #[test]
+    fn xtext_decoding_never_panics_on_odd_input() {
+        assert_eq!(xtext_decode("a+2Bb"), "a+b");
+        assert_eq!(xtext_decode("+é+"), "+é+");
+        assert_eq!(xtext_decode("é+2"), "é+2");
     }
 
     #[test]

@@ -319,3 +319,63 @@ fn credentials_never_go_out_in_plain_text() {
     assert!(!out.contains("AUTH"), "{out}");
     assert!(matches!(s.events.last(), Some(Event::Failed(Failure::Auth(_)))));
 }
+
+/// Server replies are untrusted: random bytes, split anywhere, at any point of a session,
+/// must never panic the client, and every event must be one of the documented ones.
+#[test]
+fn random_server_bytes_never_panic_the_client() {
+    const PIECES: &[&str] = &[
+        "220 mx ESMTP\r\n",
+        "250-mx\r\n",
+        "250-PIPELINING\r\n",
+        "250-STARTTLS\r\n",
+        "250-AUTH PLAIN\r\n",
+        "250 SIZE 5\r\n",
+        "250 ok\r\n",
+        "354 go\r\n",
+        "452 4.5.3 Too many recipients\r\n",
+        "550 5.1.1 no\r\n",
+        "421 bye\r\n",
+        "334 \r\n",
+        "235 ok\r\n",
+        "220 go\r\n",
+        "\r\n",
+        "\n",
+        "25",
+        "0-",
+        "999 x\r\n",
+        "\u{e9}\u{e9}",
+        "250-\r\n251 x\r\n",
+    ];
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..3000 {
+        let tls = [TlsPolicy::Never, TlsPolicy::Opportunistic, TlsPolicy::Required][round % 3];
+        let mut client =
+            Client::new(ClientConfig { auth: (round % 2 == 0).then(|| ("u".into(), sasl::Secret::new("p".into()))), ..cfg(tls) });
+        let mut out = Vec::new();
+        let mut input = String::new();
+        for _ in 0..(next() % 30) {
+            input.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+        }
+        let bytes = input.as_bytes();
+        let mut at = 0;
+        while at < bytes.len() {
+            let take = 1 + (next() as usize % (bytes.len() - at));
+            client.feed(&bytes[at..at + take]);
+            at += take;
+            while let Some(event) = client.poll(&mut out) {
+                match event {
+                    Event::StartTls => client.tls_established(&mut out),
+                    Event::Ready if next() % 2 == 0 => client.send(message(&["b@y.test", "c@y.test"], "x\r\n"), &mut out),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
