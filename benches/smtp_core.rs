@@ -55,7 +55,8 @@ fn session_pipelined(c: &mut Criterion) {
     g.bench_function("pipelined_1k_messages", |b| {
         let mut out = Vec::with_capacity(64 << 10);
         b.iter(|| {
-            let client = ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: None };
+            let client =
+                ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: None, tls_required: false };
             let mut s = Session::new(cfg.clone(), client);
             s.feed(&input);
             out.clear();

@@ -46,6 +46,9 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// Which clients must STARTTLS before MAIL, per network.
+    #[serde(default)]
+    pub starttls_policy: StarttlsPolicy,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -397,6 +400,20 @@ fn default_final_dot() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
 
+/// STARTTLS required or not, per client network: the most specific listed network wins. A
+/// client matching neither list: loopback may use plain text, others must use TLS on
+/// submission listeners and may use plain text on relay listeners.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StarttlsPolicy {
+    /// Clients that must issue STARTTLS before MAIL (530 5.7.0 otherwise).
+    #[serde(default)]
+    pub require_tls: Vec<Cidr>,
+    /// Clients that may send in plain text (a scanner that cannot do TLS).
+    #[serde(default)]
+    pub allow_plaintext: Vec<Cidr>,
+}
+
 fn default_max_failures() -> u32 {
     5
 }
@@ -666,6 +683,9 @@ impl Config {
         if let Some(missing) = d.tls_trust.iter().find(|p| !p.is_file()) {
             return Err(err("tls_trust", format!("file {} does not exist", missing.display())));
         }
+        if !self.starttls_policy.require_tls.is_empty() && self.tls.is_none() {
+            return Err(err("require_tls", "needs a tls section to offer STARTTLS".into()));
+        }
         if self.auth.max_failures == 0 {
             return Err(err("max_failures", "must be at least 1".into()));
         }
@@ -706,6 +726,20 @@ impl Config {
 
     pub fn plaintext_auth_allowed(&self, ip: IpAddr) -> bool {
         self.auth.plaintext_networks.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether a client at `ip` must STARTTLS before MAIL on a listener of this mode.
+    pub fn tls_required(&self, ip: IpAddr, mode: ListenerMode) -> bool {
+        let p = &self.starttls_policy;
+        let best = |list: &[Cidr]| list.iter().filter(|n| n.contains(ip)).map(|n| n.prefix).max();
+        match (best(&p.require_tls), best(&p.allow_plaintext)) {
+            (Some(r), Some(a)) => r > a,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            // Unlisted: loopback and `auth.plaintext_networks` may use plain text; others must
+            // use TLS on submission listeners.
+            (None, None) => mode != ListenerMode::Relay && !ip.to_canonical().is_loopback() && !self.plaintext_auth_allowed(ip),
+        }
     }
 }
 
@@ -899,6 +933,18 @@ mod tests {
         assert_eq!("[192.0.2.7]".parse::<NextHop>().unwrap(), NextHop { host: "192.0.2.7".into(), port: 25, no_mx: true });
         assert!("[x]:0".parse::<NextHop>().is_err());
         assert!("host:port".parse::<NextHop>().is_err());
+    }
+
+    #[test]
+    fn starttls_policy_most_specific_network_wins() {
+        let c = parse("hostname: a.b\ntls: { certificate: /c.pem, private_key: /k.pem, self_signed_if_missing: true }\nstarttls_policy:\n  require_tls: [\"10.0.0.0/8\"]\n  allow_plaintext: [\"10.1.2.3/32\"]\n").unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(c.tls_required(ip("10.9.9.9"), ListenerMode::Relay));
+        assert!(!c.tls_required(ip("10.1.2.3"), ListenerMode::Relay), "the scanner");
+        assert!(!c.tls_required(ip("192.0.2.1"), ListenerMode::Relay), "unlisted, relay");
+        assert!(c.tls_required(ip("192.0.2.1"), ListenerMode::Submission), "unlisted, submission");
+        assert!(!c.tls_required(ip("127.0.0.1"), ListenerMode::Submission), "loopback");
+        assert!(parse("hostname: a.b\nstarttls_policy: { require_tls: [\"10.0.0.0/8\"] }\n").is_err(), "needs tls");
     }
 
     #[test]

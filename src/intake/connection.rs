@@ -60,7 +60,13 @@ pub(super) async fn serve(
         }
     }
     let origin = Origin { peer, local, mode, trusted: ctx.config.is_trusted(ip) };
-    let client = ClientInfo { ip, relay_allowed: origin.trusted, plaintext_auth: ctx.config.plaintext_auth_allowed(ip), tls: implicit_tls };
+    let client = ClientInfo {
+        ip,
+        relay_allowed: origin.trusted,
+        plaintext_auth: ctx.config.plaintext_auth_allowed(ip),
+        tls: implicit_tls,
+        tls_required: ctx.config.tls_required(ip, mode),
+    };
     let mut session = Session::new(ctx.session_config(mode), client);
     let mut out = Vec::with_capacity(4096);
     if ctx.spool.health() == Health::Failed {

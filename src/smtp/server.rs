@@ -56,6 +56,8 @@ pub struct ClientInfo {
     pub plaintext_auth: bool,
     /// Set for implicit TLS (RFC 8314): the session starts encrypted.
     pub tls: Option<TlsInfo>,
+    /// The client must STARTTLS before MAIL (per-network policy).
+    pub tls_required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -399,6 +401,9 @@ impl Session {
         }
         if self.envelope.is_some() {
             return codes::bad_sequence("Nested MAIL command");
+        }
+        if self.client.tls_required && self.tls.is_none() {
+            return Reply::new(530, super::reply::Enhanced(5, 7, 0), "Must issue a STARTTLS command first");
         }
         if self.cfg.require_auth && self.identity.is_none() {
             return Reply::new(530, super::reply::Enhanced(5, 7, 0), "Authentication required");

@@ -29,7 +29,10 @@ struct Harness {
 
 impl Harness {
     fn new(relay_allowed: bool) -> Self {
-        Self::with(config(), ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed, plaintext_auth: false, tls: None })
+        Self::with(
+            config(),
+            ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed, plaintext_auth: false, tls: None, tls_required: false },
+        )
     }
 
     fn with(cfg: Arc<SessionConfig>, client: ClientInfo) -> Self {
@@ -349,7 +352,13 @@ fn b64(s: &str) -> String {
 }
 
 fn untrusted_over_tls() -> Harness {
-    let client = ClientInfo { ip: "192.0.2.9".parse().unwrap(), relay_allowed: false, plaintext_auth: false, tls: Some(tls_info()) };
+    let client = ClientInfo {
+        ip: "192.0.2.9".parse().unwrap(),
+        relay_allowed: false,
+        plaintext_auth: false,
+        tls: Some(tls_info()),
+        tls_required: false,
+    };
     Harness::with(config(), client)
 }
 
@@ -377,7 +386,7 @@ fn auth_is_neither_offered_nor_accepted_in_plaintext() {
 
 #[test]
 fn plaintext_networks_may_auth_without_tls() {
-    let client = ClientInfo { ip: "10.0.0.5".parse().unwrap(), relay_allowed: false, plaintext_auth: true, tls: None };
+    let client = ClientInfo { ip: "10.0.0.5".parse().unwrap(), relay_allowed: false, plaintext_auth: true, tls: None, tls_required: false };
     let mut h = Harness::with(config(), client);
     assert!(h.send(b"EHLO c\r\n").contains("AUTH PLAIN LOGIN"));
     assert_eq!(h.codes(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes()), [235]);
@@ -439,10 +448,27 @@ fn authentication_grants_relay_to_an_untrusted_client() {
 fn submission_requires_auth_before_mail() {
     let mut cfg = (*config()).clone();
     cfg.require_auth = true;
-    let client = ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: Some(tls_info()) };
+    let client = ClientInfo {
+        ip: "127.0.0.1".parse().unwrap(),
+        relay_allowed: true,
+        plaintext_auth: false,
+        tls: Some(tls_info()),
+        tls_required: false,
+    };
     let mut h = Harness::with(Arc::new(cfg), client);
     h.send(b"EHLO c\r\n");
     assert_eq!(h.send(b"MAIL FROM:<a@x.org>\r\n"), "530 5.7.0 Authentication required\r\n");
     h.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+    assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [250]);
+}
+
+#[test]
+fn a_client_that_must_use_tls_gets_530_at_mail_until_starttls() {
+    let client = ClientInfo { ip: "10.0.0.9".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: None, tls_required: true };
+    let mut h = Harness::with(config(), client);
+    h.send(b"EHLO c\r\n");
+    assert_eq!(h.send(b"MAIL FROM:<a@x.org>\r\n"), "530 5.7.0 Must issue a STARTTLS command first\r\n");
+    h.send(b"STARTTLS\r\n");
+    h.send(b"EHLO c\r\n");
     assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [250]);
 }

@@ -35,6 +35,7 @@ mod relay_denied;
 mod shutdown_drain;
 mod smuggling;
 mod spool_failure;
+mod starttls_policy;
 mod submission_fixes;
 mod timeouts;
 mod tls_implicit;
