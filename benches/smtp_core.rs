@@ -7,7 +7,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice::smtp::address::Mailbox;
 use sluice::smtp::command;
-use sluice::smtp::server::{ClientInfo, Event, Session, SessionConfig};
+use sluice::smtp::server::{ClientInfo, Event, RecipientRule, Session, SessionConfig};
 
 fn parse_commands(c: &mut Criterion) {
     let lines: [&[u8]; 4] = [
@@ -40,6 +40,7 @@ fn session_pipelined(c: &mut Criterion) {
         auth_available: false,
         require_auth: false,
         address_literals: false,
+        tls_only_recipients: RecipientRule::never(),
     });
     let body: String = (0..16).map(|i| format!("Line {i} of a 1 KiB message body, padded out to sixty-four.\r\n")).collect();
     let mut input = b"EHLO client.example.org\r\n".to_vec();

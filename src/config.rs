@@ -49,6 +49,10 @@ pub struct Config {
     /// Which clients must STARTTLS before MAIL, per network.
     #[serde(default)]
     pub starttls_policy: StarttlsPolicy,
+    /// Addresses or domains whose mail must travel encrypted: refused at RCPT over plain text
+    /// (530 5.7.0), delivered only over verified TLS (`required`), never in plain text.
+    #[serde(default)]
+    pub require_tls_recipients: Vec<MailboxOrDomain>,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -728,6 +732,11 @@ impl Config {
         self.auth.plaintext_networks.iter().any(|n| n.contains(ip))
     }
 
+    /// Whether mail to `mailbox` must only travel over TLS.
+    pub fn requires_tls(&self, mailbox: &Mailbox) -> bool {
+        self.require_tls_recipients.iter().any(|e| e.matches(mailbox))
+    }
+
     /// Whether a client at `ip` must STARTTLS before MAIL on a listener of this mode.
     pub fn tls_required(&self, ip: IpAddr, mode: ListenerMode) -> bool {
         let p = &self.starttls_policy;
@@ -767,6 +776,35 @@ impl Hostname {
         let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
         let name = if rc == 0 { String::from_utf8_lossy(buf.split(|&b| b == 0).next().unwrap_or(b"")).into_owned() } else { String::new() };
         Hostname(if name.is_empty() { "localhost.localdomain".into() } else { name })
+    }
+}
+
+/// `user@example.org` (one mailbox) or `example.org` (every mailbox at the domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailboxOrDomain {
+    Mailbox(String, String),
+    Domain(String),
+}
+
+impl MailboxOrDomain {
+    pub fn matches(&self, m: &Mailbox) -> bool {
+        match self {
+            MailboxOrDomain::Mailbox(local, domain) => m.local == *local && m.domain.eq_ignore_ascii_case(domain),
+            MailboxOrDomain::Domain(domain) => m.domain.eq_ignore_ascii_case(domain),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MailboxOrDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.contains('@') {
+            let m = address::parse_mailbox(&s, true).map_err(|e| de::Error::custom(format!("invalid address {s:?}: {}", e.text())))?;
+            Ok(MailboxOrDomain::Mailbox(m.local, m.domain))
+        } else {
+            address::check_domain(&s).map_err(|_| de::Error::custom(format!("invalid domain {s:?}")))?;
+            Ok(MailboxOrDomain::Domain(s))
+        }
     }
 }
 

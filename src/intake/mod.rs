@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::{Config, ListenerMode};
 use crate::metrics as m;
 use crate::smtp::reply::codes;
-use crate::smtp::server::SessionConfig;
+use crate::smtp::server::{RecipientRule, SessionConfig};
 use crate::spool::Spool;
 
 pub use auth::{FailureTracker, UsersFile, hash_password};
@@ -65,6 +65,10 @@ impl IntakeContext {
                 auth_available: users.is_some(),
                 require_auth,
                 address_literals: config.delivery.address_literals,
+                tls_only_recipients: {
+                    let config = config.clone();
+                    RecipientRule(Arc::new(move |m| config.requires_tls(m)))
+                },
             })
         };
         let (relay, submission) = (session(false), session(true));

@@ -128,14 +128,16 @@ impl Runner {
             Err(e) => return self.park(env, &format!("message body unreadable: {e}")).await,
         };
         let now = unix_now();
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // Recipients that must travel over TLS get transactions of their own.
+        let mut groups: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RecipientState::Queued && r.next_attempt.unwrap_or(env.arrival) <= now {
-                groups.entry(route::destination_key(&r.mailbox.domain, &self.config)).or_default().push(i);
+                let key = (route::destination_key(&r.mailbox.domain, &self.config), self.config.requires_tls(&r.mailbox));
+                groups.entry(key).or_default().push(i);
             }
         }
         let mut results: Vec<(usize, Attempted)> = Vec::new();
-        for indexes in groups.values() {
+        for ((_, tls_only), indexes) in &groups {
             metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
             let domain = env.recipients[indexes[0]].mailbox.domain.clone();
             match route::route(&domain, &self.config, &self.delivery.own, &self.delivery.dns).await {
@@ -150,7 +152,7 @@ impl Runner {
                         .map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None, remote_dsn: false })),
                 ),
                 Route::Targets(targets) => {
-                    let policy = self.delivery.tls_policy(&domain);
+                    let policy = if *tls_only { crate::smtp::client::TlsPolicy::Required } else { self.delivery.tls_policy(&domain) };
                     for chunk in indexes.chunks(self.config.delivery.max_recipients_per_transaction) {
                         let msg = Message {
                             from: env.from.clone(),

@@ -37,6 +37,28 @@ pub struct SessionConfig {
     pub require_auth: bool,
     /// Accept recipients at address literals (`user@[192.0.2.1]`).
     pub address_literals: bool,
+    /// Recipients that may only be given over TLS.
+    pub tls_only_recipients: RecipientRule,
+}
+
+/// A test on recipients that policy outside the protocol supplies.
+#[derive(Clone)]
+pub struct RecipientRule(pub Arc<dyn Fn(&Mailbox) -> bool + Send + Sync>);
+
+impl RecipientRule {
+    pub fn never() -> RecipientRule {
+        RecipientRule(Arc::new(|_| false))
+    }
+
+    pub fn matches(&self, m: &Mailbox) -> bool {
+        (self.0)(m)
+    }
+}
+
+impl std::fmt::Debug for RecipientRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecipientRule")
+    }
 }
 
 /// The negotiated TLS parameters, for Received and logs.
@@ -430,6 +452,13 @@ impl Session {
             Recipient::Mailbox(m) => {
                 if m.is_address_literal() && !self.cfg.address_literals {
                     return Reply::new(550, super::reply::Enhanced(5, 1, 2), "Recipients at address literals are not accepted");
+                }
+                if self.tls.is_none() && self.cfg.tls_only_recipients.matches(&m) {
+                    return Reply::new(
+                        530,
+                        super::reply::Enhanced(5, 7, 0),
+                        "Must issue a STARTTLS command first: this recipient requires TLS",
+                    );
                 }
                 if !m.is_ascii() && !envelope.params.smtputf8 {
                     return CommandError::Address(super::address::AddressError::NeedsSmtpUtf8).reply();

@@ -14,6 +14,7 @@ fn config() -> Arc<SessionConfig> {
         auth_available: true,
         require_auth: false,
         address_literals: false,
+        tls_only_recipients: RecipientRule(Arc::new(|m: &Mailbox| m.domain == "tls-only.test")),
     })
 }
 
@@ -471,4 +472,16 @@ fn a_client_that_must_use_tls_gets_530_at_mail_until_starttls() {
     h.send(b"STARTTLS\r\n");
     h.send(b"EHLO c\r\n");
     assert_eq!(h.codes(b"MAIL FROM:<a@x.org>\r\n"), [250]);
+}
+
+#[test]
+fn a_tls_only_recipient_is_refused_over_plain_text() {
+    let mut h = Harness::new(true);
+    h.send(b"EHLO c\r\nMAIL FROM:<a@x.org>\r\n");
+    let out = h.send(b"RCPT TO:<ceo@tls-only.test>\r\nRCPT TO:<b@y.org>\r\n");
+    assert_eq!(out, "530 5.7.0 Must issue a STARTTLS command first: this recipient requires TLS\r\n250 2.1.5 Recipient OK\r\n");
+    let mut t = untrusted_over_tls();
+    t.send(b"EHLO c\r\n");
+    t.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
+    assert_eq!(t.codes(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<ceo@tls-only.test>\r\n"), [250, 250]);
 }

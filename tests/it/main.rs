@@ -32,6 +32,7 @@ mod peers;
 mod pipelining;
 mod postmaster;
 mod relay_denied;
+mod require_tls_recipients;
 mod shutdown_drain;
 mod smuggling;
 mod spool_failure;
