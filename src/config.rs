@@ -49,6 +49,10 @@ pub struct Config {
     /// Which clients must STARTTLS before MAIL, per network.
     #[serde(default)]
     pub starttls_policy: StarttlsPolicy,
+    /// Client certificates by SHA-256 fingerprint (hex, colons optional) -> identity name; a
+    /// client presenting one may relay, like after AUTH.
+    #[serde(default)]
+    pub client_certificates: std::collections::BTreeMap<String, String>,
     /// Addresses or domains whose mail must travel encrypted: refused at RCPT over plain text
     /// (530 5.7.0), delivered only over verified TLS (`required`), never in plain text.
     #[serde(default)]
@@ -89,6 +93,9 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     #[serde(default)]
     pub mode: ListenerMode,
+    /// Ask TLS clients for a certificate; listed ones (`client_certificates`) get relay rights.
+    #[serde(default)]
+    pub request_client_certificates: bool,
 }
 
 /// `relay` (port 25): trusted networks and authenticated clients may relay.
@@ -494,7 +501,7 @@ pub struct AdminConfig {
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig { address: "127.0.0.1:25".parse().unwrap(), mode: ListenerMode::Relay }]
+    vec![ListenerConfig { address: "127.0.0.1:25".parse().unwrap(), mode: ListenerMode::Relay, request_client_certificates: false }]
 }
 fn default_trusted() -> Vec<Cidr> {
     vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()]
@@ -687,6 +694,12 @@ impl Config {
         if let Some(missing) = d.tls_trust.iter().find(|p| !p.is_file()) {
             return Err(err("tls_trust", format!("file {} does not exist", missing.display())));
         }
+        if let Some(bad) = self.client_certificates.keys().find(|k| fingerprint_key(k).is_none()) {
+            return Err(err("client_certificates", format!("{bad:?} is not a SHA-256 fingerprint (64 hex digits)")));
+        }
+        if self.listeners.iter().any(|l| l.request_client_certificates) && self.tls.is_none() {
+            return Err(err("request_client_certificates", "needs a tls section".into()));
+        }
         if !self.starttls_policy.require_tls.is_empty() && self.tls.is_none() {
             return Err(err("require_tls", "needs a tls section to offer STARTTLS".into()));
         }
@@ -732,6 +745,11 @@ impl Config {
         self.auth.plaintext_networks.iter().any(|n| n.contains(ip))
     }
 
+    /// The identity a client certificate with this SHA-256 fingerprint (lower-case hex) maps to.
+    pub fn certificate_identity(&self, fingerprint: &str) -> Option<&str> {
+        self.client_certificates.iter().find(|(k, _)| fingerprint_key(k).as_deref() == Some(fingerprint)).map(|(_, v)| v.as_str())
+    }
+
     /// Whether mail to `mailbox` must only travel over TLS.
     pub fn requires_tls(&self, mailbox: &Mailbox) -> bool {
         self.require_tls_recipients.iter().any(|e| e.matches(mailbox))
@@ -750,6 +768,12 @@ impl Config {
             (None, None) => mode != ListenerMode::Relay && !ip.to_canonical().is_loopback() && !self.plaintext_auth_allowed(ip),
         }
     }
+}
+
+/// A fingerprint as written in the config, normalised to lower-case hex without colons.
+fn fingerprint_key(text: &str) -> Option<String> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
 /// ` at line N` for the first line that holds `key:`, or nothing if it is not written out.

@@ -48,7 +48,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let address = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%address, mode = ?cfg.mode, "listening");
         listeners.push(address);
-        tasks.spawn(intake::serve(listener, cfg.mode, ctx.clone(), watcher.clone()));
+        tasks.spawn(intake::serve(listener, cfg.clone(), ctx.clone(), watcher.clone()));
     }
     let runner = if config.delivery.paused {
         tracing::warn!("delivery is paused: mail is accepted and kept in the queue");

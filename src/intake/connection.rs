@@ -41,6 +41,7 @@ pub(super) async fn serve(
     peer: SocketAddr,
     local: SocketAddr,
     mode: ListenerMode,
+    client_certs: bool,
     ctx: Arc<IntakeContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -51,7 +52,7 @@ pub(super) async fn serve(
     let mut implicit_tls = None;
     if mode == ListenerMode::Submissions {
         let Stream::Plain(tcp) = stream else { return };
-        match handshake(&ctx, tcp, limit).await {
+        match handshake(&ctx, tcp, limit, client_certs).await {
             Some((tls, info)) => {
                 stream = tls;
                 implicit_tls = Some(info);
@@ -131,7 +132,7 @@ pub(super) async fn serve(
                     }
                     out.clear();
                     let Stream::Plain(tcp) = stream else { return };
-                    match handshake(&ctx, tcp, limit).await {
+                    match handshake(&ctx, tcp, limit, client_certs).await {
                         Some((tls, info)) => {
                             stream = tls;
                             session.tls_started(info);
@@ -148,12 +149,12 @@ pub(super) async fn serve(
 }
 
 /// Runs the server side of a TLS handshake; `None` (connection dropped) on failure or timeout.
-async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Duration) -> Option<(Stream, TlsInfo)> {
-    let acceptor = ctx.tls.as_ref()?;
+async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Duration, client_certs: bool) -> Option<(Stream, TlsInfo)> {
+    let acceptor = if client_certs { ctx.tls_client_certs.as_ref()? } else { ctx.tls.as_ref()? };
     let peer = tcp.peer_addr().ok();
     match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
-            let info = super::tls::info(tls.get_ref().1);
+            let info = super::tls::info(tls.get_ref().1, |f| ctx.config.certificate_identity(f).map(str::to_string));
             metrics::counter!(m::TLS_HANDSHAKES, "version" => info.version.clone()).increment(1);
             Some((Stream::Tls(Box::new(tls)), info))
         }
@@ -257,10 +258,12 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
         &facts,
     );
     let size = prefix.len() + tx.body.len();
-    let identity = match (&tx.identity, origin.trusted) {
-        (Some(user), _) => Identity::Authenticated(user.clone()),
-        (None, true) => Identity::TrustedNetwork,
-        (None, false) => Identity::Anonymous,
+    let certificate = tx.tls.as_ref().and_then(|t| t.certificate_identity.clone());
+    let identity = match (&tx.identity, origin.trusted, certificate) {
+        (Some(user), _, _) => Identity::Authenticated(user.clone()),
+        (None, _, Some(name)) => Identity::Certificate(name),
+        (None, true, None) => Identity::TrustedNetwork,
+        (None, false, None) => Identity::Anonymous,
     };
     let tls_text = tx.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)).unwrap_or_else(|| "none".into());
     let envelope = Envelope {

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ListenerMode};
+use crate::config::{Config, ListenerConfig, ListenerMode};
 use crate::metrics as m;
 use crate::smtp::reply::codes;
 use crate::smtp::server::{RecipientRule, SessionConfig};
@@ -31,6 +31,8 @@ pub struct IntakeContext {
     pub spool: Arc<dyn Spool>,
     pub limits: Arc<ConnectionLimits>,
     pub tls: Option<TlsAcceptor>,
+    /// The same, asking clients for certificates (listeners with `request_client_certificates`).
+    pub tls_client_certs: Option<TlsAcceptor>,
     pub users: Option<Arc<UsersFile>>,
     pub failures: FailureTracker,
     /// Woken after every stored message, so the queue runner starts on it at once.
@@ -41,12 +43,12 @@ impl IntakeContext {
     /// Loads TLS material (generating a self-signed certificate if configured to) and the
     /// users file.
     pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>) -> Result<Arc<Self>, String> {
-        let tls = match &config.tls {
+        let (tls, tls_client_certs) = match &config.tls {
             Some(t) => {
                 tls::ensure_certificate(t, &config.hostname.0)?;
-                Some(tls::acceptor(t)?)
+                (Some(tls::acceptor(t, false)?), Some(tls::acceptor(t, true)?))
             }
-            None => None,
+            None => (None, None),
         };
         let users = match &config.auth.users_file {
             Some(path) => Some(Arc::new(UsersFile::open(path)?)),
@@ -76,7 +78,7 @@ impl IntakeContext {
         let a = &config.auth;
         let failures = FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0);
         let stored = Arc::new(tokio::sync::Notify::new());
-        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, users, failures, stored, config }))
+        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, config }))
     }
 
     fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {
@@ -88,7 +90,9 @@ impl IntakeContext {
 }
 
 /// Accepts connections until `shutdown` turns true; each connection runs in its own task.
-pub async fn serve(listener: TcpListener, mode: ListenerMode, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, spec: ListenerConfig, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
+    let mode = spec.mode;
+    let client_certs = spec.request_client_certificates;
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -113,7 +117,7 @@ pub async fn serve(listener: TcpListener, mode: ListenerMode, ctx: Arc<IntakeCon
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    connection::serve(stream, peer, local, mode, ctx, shutdown).await;
+                    connection::serve(stream, peer, local, mode, client_certs, ctx, shutdown).await;
                     drop(slot);
                 });
             }

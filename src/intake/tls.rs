@@ -117,24 +117,84 @@ impl ResolvesServerCert for ReloadingResolver {
     }
 }
 
-/// Builds the acceptor (after [`ensure_certificate`]).
-pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
+/// Asks clients for a certificate without requiring one, and accepts any: which certificates
+/// mean something is decided after the handshake, by fingerprint (`client_certificates`).
+/// The handshake signature is still checked, so the client holds the certificate's key.
+#[derive(Debug)]
+struct AnyClientCertificate(Arc<CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Builds the acceptor (after [`ensure_certificate`]); with `client_certificates`, clients are
+/// asked for a certificate.
+pub fn acceptor(cfg: &TlsConfig, client_certificates: bool) -> Result<TlsAcceptor, String> {
     let key = load(&cfg.certificate, &cfg.private_key)?;
     let resolver = ReloadingResolver {
         cert: cfg.certificate.clone(),
         key: cfg.private_key.clone(),
         state: Mutex::new(Loaded { key, stamps: (modified(&cfg.certificate), modified(&cfg.private_key)), checked: Instant::now() }),
     };
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| e.to_string())?;
+    let builder = if client_certificates {
+        builder.with_client_cert_verifier(Arc::new(AnyClientCertificate(provider())))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_cert_resolver(Arc::new(resolver));
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Version and cipher suite names as logged and written into Received.
-pub fn info(conn: &rustls::ServerConnection) -> TlsInfo {
+/// Version and cipher suite names as logged and written into Received, and the identity of a
+/// client certificate that `identify` knows by its SHA-256 fingerprint (lower-case hex).
+pub fn info(conn: &rustls::ServerConnection, identify: impl Fn(&str) -> Option<String>) -> TlsInfo {
+    use sha2::Digest;
     let (version, cipher) = crate::stream::tls_names(conn);
-    TlsInfo { version, cipher }
+    let fingerprint = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|cert| sha2::Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let certificate_identity = fingerprint.as_deref().and_then(&identify);
+    if let (Some(f), None) = (&fingerprint, &certificate_identity) {
+        tracing::info!(fingerprint = %f, "unlisted client certificate: no rights");
+    }
+    TlsInfo { version, cipher, certificate_identity }
 }

@@ -93,6 +93,9 @@ pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
     if let Some(user) = trace.identity {
         let _ = write!(out, "\r\n\t(authenticated as {})", clean_comment(user));
     }
+    if let Some(name) = trace.tls.and_then(|t| t.certificate_identity.as_deref()) {
+        let _ = write!(out, "\r\n\t(client certificate {})", clean_comment(name));
+    }
     if let Some(rcpt) = trace.single_recipient {
         let _ = write!(out, "\r\n\tfor <{rcpt}>");
     }
@@ -202,7 +205,7 @@ mod tests {
 
     #[test]
     fn received_carries_tls_and_optionally_the_identity_as_comments() {
-        let tls = TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_256_GCM_SHA384".into() };
+        let tls = TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_256_GCM_SHA384".into(), certificate_identity: None };
         let mut t = trace(None, "c.test");
         t.tls = Some(&tls);
         t.identity = Some("al)ice\r\n");

@@ -66,6 +66,8 @@ impl std::fmt::Debug for RecipientRule {
 pub struct TlsInfo {
     pub version: String,
     pub cipher: String,
+    /// The identity of a listed client certificate: relay rights, like AUTH.
+    pub certificate_identity: Option<String>,
 }
 
 /// What the driver knows about the client when the session starts.
@@ -464,7 +466,8 @@ impl Session {
                     return CommandError::Address(super::address::AddressError::NeedsSmtpUtf8).reply();
                 }
                 // Sluice has no local mailboxes: every other recipient is relayed.
-                if !self.client.relay_allowed && self.identity.is_none() {
+                let certified = self.tls.as_ref().is_some_and(|t| t.certificate_identity.is_some());
+                if !self.client.relay_allowed && self.identity.is_none() && !certified {
                     return codes::relay_denied();
                 }
                 m

@@ -19,7 +19,7 @@ fn config() -> Arc<SessionConfig> {
 }
 
 fn tls_info() -> TlsInfo {
-    TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() }
+    TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into(), certificate_identity: None }
 }
 
 struct Harness {

@@ -77,6 +77,8 @@ pub enum Identity {
     Authenticated(String),
     /// A bounce this server generated.
     Bounce,
+    /// A listed TLS client certificate, by its configured name.
+    Certificate(String),
 }
 
 impl fmt::Display for Identity {
@@ -86,6 +88,7 @@ impl fmt::Display for Identity {
             Identity::TrustedNetwork => f.write_str("trusted-network"),
             Identity::Authenticated(user) => write!(f, "user:{user}"),
             Identity::Bounce => f.write_str("bounce"),
+            Identity::Certificate(name) => write!(f, "certificate:{name}"),
         }
     }
 }

@@ -181,19 +181,34 @@ impl Write for Conn {
     }
 }
 
+/// A client certificate and its key, as PEM.
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 /// TLS to `relay.test`, trusting only the relay's own certificate (real verification).
 fn tls_wrap(tcp: TcpStream, certificate: &Path) -> Conn {
+    tls_wrap_with(tcp, certificate, None)
+}
+
+fn tls_wrap_with(tcp: TcpStream, certificate: &Path, client: Option<&ClientCert>) -> Conn {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(certificate).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+    let config = match client {
+        Some(c) => {
+            let chain = vec![rustls::pki_types::CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()];
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
+            config.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => config.with_no_client_auth(),
+    };
     let name = rustls::pki_types::ServerName::try_from("relay.test").unwrap();
     let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
     let mut stream = rustls::StreamOwned::new(conn, tcp);
@@ -265,6 +280,14 @@ impl Client {
 
     /// After a `220` to STARTTLS: runs the handshake on the same connection. Panics if the
     /// server sent anything beyond the 220 (it must not answer pipelined plaintext).
+    /// As [`Client::start_tls`], presenting a client certificate.
+    pub fn start_tls_with_cert(&mut self, certificate: &Path, client: &ClientCert) {
+        assert!(self.reader.buffer().is_empty());
+        let old = std::mem::replace(&mut self.reader, BufReader::new(Conn::Gone));
+        let Conn::Plain(tcp) = old.into_inner() else { panic!("already TLS") };
+        self.reader = BufReader::new(tls_wrap_with(tcp, certificate, Some(client)));
+    }
+
     pub fn start_tls(&mut self, certificate: &Path) {
         assert!(self.reader.buffer().is_empty(), "bytes after the 220: {:?}", String::from_utf8_lossy(self.reader.buffer()));
         let old = std::mem::replace(&mut self.reader, BufReader::new(Conn::Gone));

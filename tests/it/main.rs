@@ -6,6 +6,7 @@ mod common;
 mod admin_queue_list;
 mod auth;
 mod check_config;
+mod client_certificates;
 mod crash_recovery;
 mod delivery_bounce;
 mod delivery_dns;

@@ -69,7 +69,9 @@ fn failed_commit_is_451_and_failed_fsync_is_421_until_restart() {
     let addr = listener.local_addr().unwrap();
     let (_stop, watch) = tokio::sync::watch::channel(false);
     let ctx = IntakeContext::new(config, Arc::new(FailingSpool::default())).unwrap();
-    rt.spawn(intake::serve(listener, sluice::config::ListenerMode::Relay, ctx, watch));
+    let spec =
+        sluice::config::ListenerConfig { address: addr, mode: sluice::config::ListenerMode::Relay, request_client_certificates: false };
+    rt.spawn(intake::serve(listener, spec, ctx, watch));
 
     let mut c = Client::connect(addr);
     let r = c.send_mail("a@x.test", &["b@y.test"], "one\r\n");
