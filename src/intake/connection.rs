@@ -118,7 +118,7 @@ pub(super) async fn serve(
             match session.poll(&mut out) {
                 Event::NeedInput | Event::Close => break,
                 Event::Message(tx) => {
-                    let result = accept(&ctx, tx, origin).await;
+                    let result = accept(&ctx, *tx, origin).await;
                     session.message_stored(result.as_deref().map_err(Clone::clone), &mut out);
                 }
                 Event::Authenticate(credentials) => {

@@ -110,7 +110,7 @@ pub enum Event {
     /// Replies so far are in the output buffer; feed more input.
     NeedInput,
     /// Store this message, then call [`Session::message_stored`].
-    Message(Transaction),
+    Message(Box<Transaction>),
     /// Write the output (the 220), run the TLS handshake, then call [`Session::tls_started`].
     StartTls,
     /// Check these credentials, then call [`Session::auth_result`].
@@ -545,7 +545,7 @@ impl Session {
         }
         let (helo, esmtp) = self.helo.clone().expect("MAIL requires HELO");
         self.phase = Phase::AwaitingStore;
-        Some(Event::Message(Transaction {
+        Some(Event::Message(Box::new(Transaction {
             helo,
             esmtp,
             from: envelope.from,
@@ -554,7 +554,7 @@ impl Session {
             body: envelope.body,
             tls: self.tls.clone(),
             identity: self.identity.clone(),
-        }))
+        })))
     }
 }
 

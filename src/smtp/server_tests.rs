@@ -49,7 +49,7 @@ impl Harness {
             match self.session.poll(&mut out) {
                 Event::NeedInput | Event::Close => break,
                 Event::Message(tx) => {
-                    self.stored.push(tx);
+                    self.stored.push(*tx);
                     self.next_id += 1;
                     let id = format!("ID{}", self.next_id);
                     self.session.message_stored(Ok(&id), &mut out);
