@@ -7,12 +7,15 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
 
 use crate::smtp::address::{self, Mailbox};
+
+#[path = "config_values.rs"]
+mod values;
+pub use values::{Cidr, HumanDuration, MailboxOrDomain, NextHop};
 
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -186,51 +189,6 @@ pub enum OutboundTls {
     Opportunistic,
     Required,
     None,
-}
-
-/// A fixed next hop: `[host]:port`, `host:port`, `[192.0.2.1]:25` or just `host` (port 25).
-/// Brackets mean "no MX lookup" (RFC 5321 5.1 style); a bare host is an MX lookup target too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NextHop {
-    pub host: String,
-    pub port: u16,
-    /// Written in brackets: use the host's address records, never its MX.
-    pub no_mx: bool,
-}
-
-impl FromStr for NextHop {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (host_part, port) = match s.rsplit_once(':') {
-            Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?),
-            _ => (s, 25),
-        };
-        let (host, no_mx) = match host_part.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(inner) => (inner, true),
-            None => (host_part, false),
-        };
-        let valid = !host.is_empty() && (host.parse::<IpAddr>().is_ok() || address::check_domain(host).is_ok());
-        if !valid || port == 0 {
-            return Err(format!("invalid next hop {s:?} (examples: \"[mail.example.net]:25\", \"[192.0.2.7]:2525\")"));
-        }
-        Ok(NextHop { host: host.to_ascii_lowercase(), port, no_mx })
-    }
-}
-
-impl<'de> Deserialize<'de> for NextHop {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = NextHop;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a next hop such as \"[mail.example.net]:25\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<NextHop, E> {
-                s.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -758,7 +716,7 @@ impl Config {
     /// Whether a client at `ip` must STARTTLS before MAIL on a listener of this mode.
     pub fn tls_required(&self, ip: IpAddr, mode: ListenerMode) -> bool {
         let p = &self.starttls_policy;
-        let best = |list: &[Cidr]| list.iter().filter(|n| n.contains(ip)).map(|n| n.prefix).max();
+        let best = |list: &[Cidr]| list.iter().filter(|n| n.contains(ip)).map(Cidr::prefix).max();
         match (best(&p.require_tls), best(&p.allow_plaintext)) {
             (Some(r), Some(a)) => r > a,
             (Some(_), None) => true,
@@ -803,228 +761,6 @@ impl Hostname {
     }
 }
 
-/// `user@example.org` (one mailbox) or `example.org` (every mailbox at the domain).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MailboxOrDomain {
-    Mailbox(String, String),
-    Domain(String),
-}
-
-impl MailboxOrDomain {
-    pub fn matches(&self, m: &Mailbox) -> bool {
-        match self {
-            MailboxOrDomain::Mailbox(local, domain) => m.local == *local && m.domain.eq_ignore_ascii_case(domain),
-            MailboxOrDomain::Domain(domain) => m.domain.eq_ignore_ascii_case(domain),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for MailboxOrDomain {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.contains('@') {
-            let m = address::parse_mailbox(&s, true).map_err(|e| de::Error::custom(format!("invalid address {s:?}: {}", e.text())))?;
-            Ok(MailboxOrDomain::Mailbox(m.local, m.domain))
-        } else {
-            address::check_domain(&s).map_err(|_| de::Error::custom(format!("invalid domain {s:?}")))?;
-            Ok(MailboxOrDomain::Domain(s))
-        }
-    }
-}
-
-/// A network in CIDR notation; a bare address means a single host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        // Clients on a dual-stack socket can appear as IPv4-mapped IPv6 addresses.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
-            _ => false,
-        }
-    }
-}
-
-fn mask_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let bits = prefix as usize;
-    let (full, rest) = (bits / 8, bits % 8);
-    if a[..full] != b[..full] {
-        return false;
-    }
-    rest == 0 || (a[full] ^ b[full]) & (0xffu8 << (8 - rest)) == 0
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("invalid network {s:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(de::Error::custom)
-    }
-}
-
-/// A duration written as `300`, `300s`, `5m`, `2h` or `1d`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (examples: 30s, 5m, 2h)"))?;
-        let secs = match unit {
-            "" | "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" => n * 86400,
-            _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
-        };
-        Ok(HumanDuration(Duration::from_secs(secs)))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl de::Visitor<'_> for Visitor {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration such as 30s, 5m, 2h or a number of seconds")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration(Duration::from_secs(n)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
-                s.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Config, String> {
-        Config::parse(text, Path::new("/etc/sluice")).map_err(|e| e.0)
-    }
-
-    #[test]
-    fn empty_config_gets_documented_defaults() {
-        let c = parse("hostname: relay.example.net\n").unwrap();
-        assert_eq!(c.limits.max_message_size, 52428800);
-        assert_eq!(c.limits.max_recipients, 1000);
-        assert_eq!(c.limits.max_hops, 100);
-        assert_eq!(c.listeners[0].address, "127.0.0.1:25".parse().unwrap());
-        assert_eq!(c.postmaster().to_string(), "postmaster@relay.example.net");
-        assert!(c.is_trusted("127.0.0.1".parse().unwrap()));
-        assert!(!c.is_trusted("127.0.0.2".parse().unwrap()));
-    }
-
-    #[test]
-    fn the_example_config_is_valid() {
-        let text = include_str!("../config.example.yaml");
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let c = Config::parse(text, repo).unwrap();
-        assert_eq!(c.spool.path, repo.join("./var/spool"));
-    }
-
-    #[test]
-    fn errors_name_the_key_and_line_table() {
-        let table = [
-            ("hostname: a.b\nbogus: 1\n", "unknown field `bogus`", "line 2"),
-            ("hostname: a.b\nlimits:\n  max_hops: -1\n", "limits.max_hops", "line 3"),
-            ("hostname: a.b\nlimits: { max_recipients: lots }\n", "limits.max_recipients", "line 2"),
-            ("hostname: a.b\ntrusted_networks: [\"10.0.0.0/33\"]\n", "trusted_networks: invalid prefix", "line 2"),
-            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1\" }\n", "listeners[0]", "line 3"),
-            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: smtps }\n", "unknown variant `smtps`", "line 3"),
-            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: submission }\n", "need a tls section", "line 2"),
-            (
-                "hostname: a.b\ntls:\n  certificate: /nonexistent/c.pem\n  private_key: /nonexistent/k.pem\n",
-                "certificate: file /nonexistent/c.pem does not exist",
-                "line 3",
-            ),
-            ("hostname: a.b\nauth:\n  users_file: /nonexistent/users\n", "users_file: file /nonexistent/users does not exist", "line 3"),
-            ("hostname: a.b\ndelivery:\n  smarthost: \"[bad host]:25\"\n", "delivery.smarthost: invalid next hop", "line 3"),
-            ("hostname: a.b\ndelivery:\n  ehlo_name: localhost\n", "ehlo_name: \"localhost\" is not a fully qualified", "line 3"),
-            ("hostname: a.b\ndelivery:\n  retry: []\n", "retry: needs at least one interval", "line 3"),
-            ("hostname: a.b\ndelivery:\n  ip_family: ipv5\n", "delivery.ip_family: unknown variant", "line 3"),
-            ("hostname: a.b\nlisteners: []\n", "listeners: at least one", "line 2"),
-            ("hostname: \"bad name\"\n", "hostname: invalid host name", "line 1"),
-            ("hostname: a.b\npostmaster: nobody\n", "postmaster: invalid address", "line 2"),
-            ("hostname: a.b\nlimits:\n  command_timeout: 5 minutes\n", "limits.command_timeout", "line 3"),
-            ("hostname: a.b\nlimits:\n  max_line_length: 80\n", "max_line_length: must be at least 998", "line 3"),
-            ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\" }\n  - { address: \"127.0.0.1:25\" }\n", "listed twice", "line 2"),
-        ];
-        for (text, key, line) in table {
-            let e = parse(text).expect_err(text);
-            assert!(e.contains(key) && e.contains(line), "{text:?} gave {e:?}");
-        }
-    }
-
-    #[test]
-    fn next_hops_parse() {
-        let h: NextHop = "[mail.example.net]:2525".parse().unwrap();
-        assert_eq!(h, NextHop { host: "mail.example.net".into(), port: 2525, no_mx: true });
-        assert_eq!("relay.example.net".parse::<NextHop>().unwrap(), NextHop { host: "relay.example.net".into(), port: 25, no_mx: false });
-        assert_eq!("[192.0.2.7]".parse::<NextHop>().unwrap(), NextHop { host: "192.0.2.7".into(), port: 25, no_mx: true });
-        assert!("[x]:0".parse::<NextHop>().is_err());
-        assert!("host:port".parse::<NextHop>().is_err());
-    }
-
-    #[test]
-    fn starttls_policy_most_specific_network_wins() {
-        let c = parse("hostname: a.b\ntls: { certificate: /c.pem, private_key: /k.pem, self_signed_if_missing: true }\nstarttls_policy:\n  require_tls: [\"10.0.0.0/8\"]\n  allow_plaintext: [\"10.1.2.3/32\"]\n").unwrap();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(c.tls_required(ip("10.9.9.9"), ListenerMode::Relay));
-        assert!(!c.tls_required(ip("10.1.2.3"), ListenerMode::Relay), "the scanner");
-        assert!(!c.tls_required(ip("192.0.2.1"), ListenerMode::Relay), "unlisted, relay");
-        assert!(c.tls_required(ip("192.0.2.1"), ListenerMode::Submission), "unlisted, submission");
-        assert!(!c.tls_required(ip("127.0.0.1"), ListenerMode::Submission), "loopback");
-        assert!(parse("hostname: a.b\nstarttls_policy: { require_tls: [\"10.0.0.0/8\"] }\n").is_err(), "needs tls");
-    }
-
-    #[test]
-    fn cidr_matching() {
-        let net: Cidr = "192.168.1.0/24".parse().unwrap();
-        assert!(net.contains("192.168.1.77".parse().unwrap()));
-        assert!(!net.contains("192.168.2.1".parse().unwrap()));
-        assert!(net.contains("::ffff:192.168.1.5".parse().unwrap()));
-        let v6: Cidr = "2001:db8::/33".parse().unwrap();
-        assert!(v6.contains("2001:db8:7fff::1".parse().unwrap()));
-        assert!(!v6.contains("2001:db8:8000::1".parse().unwrap()));
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
-    }
-
-    #[test]
-    fn durations_parse_and_refuse_nonsense() {
-        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
-        assert_eq!("90".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
-        assert!("5 weeks".parse::<HumanDuration>().is_err());
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

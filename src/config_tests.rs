@@ -1,0 +1,101 @@
+//! Config parsing, defaults and error messages.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("/etc/sluice")).map_err(|e| e.0)
+}
+
+#[test]
+fn empty_config_gets_documented_defaults() {
+    let c = parse("hostname: relay.example.net\n").unwrap();
+    assert_eq!(c.limits.max_message_size, 52428800);
+    assert_eq!(c.limits.max_recipients, 1000);
+    assert_eq!(c.limits.max_hops, 100);
+    assert_eq!(c.listeners[0].address, "127.0.0.1:25".parse().unwrap());
+    assert_eq!(c.postmaster().to_string(), "postmaster@relay.example.net");
+    assert!(c.is_trusted("127.0.0.1".parse().unwrap()));
+    assert!(!c.is_trusted("127.0.0.2".parse().unwrap()));
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let text = include_str!("../config.example.yaml");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = Config::parse(text, repo).unwrap();
+    assert_eq!(c.spool.path, repo.join("./var/spool"));
+}
+
+#[test]
+fn errors_name_the_key_and_line_table() {
+    let table = [
+        ("hostname: a.b\nbogus: 1\n", "unknown field `bogus`", "line 2"),
+        ("hostname: a.b\nlimits:\n  max_hops: -1\n", "limits.max_hops", "line 3"),
+        ("hostname: a.b\nlimits: { max_recipients: lots }\n", "limits.max_recipients", "line 2"),
+        ("hostname: a.b\ntrusted_networks: [\"10.0.0.0/33\"]\n", "trusted_networks: invalid prefix", "line 2"),
+        ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1\" }\n", "listeners[0]", "line 3"),
+        ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: smtps }\n", "unknown variant `smtps`", "line 3"),
+        ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\", mode: submission }\n", "need a tls section", "line 2"),
+        (
+            "hostname: a.b\ntls:\n  certificate: /nonexistent/c.pem\n  private_key: /nonexistent/k.pem\n",
+            "certificate: file /nonexistent/c.pem does not exist",
+            "line 3",
+        ),
+        ("hostname: a.b\nauth:\n  users_file: /nonexistent/users\n", "users_file: file /nonexistent/users does not exist", "line 3"),
+        ("hostname: a.b\ndelivery:\n  smarthost: \"[bad host]:25\"\n", "delivery.smarthost: invalid next hop", "line 3"),
+        ("hostname: a.b\ndelivery:\n  ehlo_name: localhost\n", "ehlo_name: \"localhost\" is not a fully qualified", "line 3"),
+        ("hostname: a.b\ndelivery:\n  retry: []\n", "retry: needs at least one interval", "line 3"),
+        ("hostname: a.b\ndelivery:\n  ip_family: ipv5\n", "delivery.ip_family: unknown variant", "line 3"),
+        ("hostname: a.b\nlisteners: []\n", "listeners: at least one", "line 2"),
+        ("hostname: \"bad name\"\n", "hostname: invalid host name", "line 1"),
+        ("hostname: a.b\npostmaster: nobody\n", "postmaster: invalid address", "line 2"),
+        ("hostname: a.b\nlimits:\n  command_timeout: 5 minutes\n", "limits.command_timeout", "line 3"),
+        ("hostname: a.b\nlimits:\n  max_line_length: 80\n", "max_line_length: must be at least 998", "line 3"),
+        ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\" }\n  - { address: \"127.0.0.1:25\" }\n", "listed twice", "line 2"),
+    ];
+    for (text, key, line) in table {
+        let e = parse(text).expect_err(text);
+        assert!(e.contains(key) && e.contains(line), "{text:?} gave {e:?}");
+    }
+}
+
+#[test]
+fn next_hops_parse() {
+    let h: NextHop = "[mail.example.net]:2525".parse().unwrap();
+    assert_eq!(h, NextHop { host: "mail.example.net".into(), port: 2525, no_mx: true });
+    assert_eq!("relay.example.net".parse::<NextHop>().unwrap(), NextHop { host: "relay.example.net".into(), port: 25, no_mx: false });
+    assert_eq!("[192.0.2.7]".parse::<NextHop>().unwrap(), NextHop { host: "192.0.2.7".into(), port: 25, no_mx: true });
+    assert!("[x]:0".parse::<NextHop>().is_err());
+    assert!("host:port".parse::<NextHop>().is_err());
+}
+
+#[test]
+fn starttls_policy_most_specific_network_wins() {
+    let c = parse("hostname: a.b\ntls: { certificate: /c.pem, private_key: /k.pem, self_signed_if_missing: true }\nstarttls_policy:\n  require_tls: [\"10.0.0.0/8\"]\n  allow_plaintext: [\"10.1.2.3/32\"]\n").unwrap();
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(c.tls_required(ip("10.9.9.9"), ListenerMode::Relay));
+    assert!(!c.tls_required(ip("10.1.2.3"), ListenerMode::Relay), "the scanner");
+    assert!(!c.tls_required(ip("192.0.2.1"), ListenerMode::Relay), "unlisted, relay");
+    assert!(c.tls_required(ip("192.0.2.1"), ListenerMode::Submission), "unlisted, submission");
+    assert!(!c.tls_required(ip("127.0.0.1"), ListenerMode::Submission), "loopback");
+    assert!(parse("hostname: a.b\nstarttls_policy: { require_tls: [\"10.0.0.0/8\"] }\n").is_err(), "needs tls");
+}
+
+#[test]
+fn cidr_matching() {
+    let net: Cidr = "192.168.1.0/24".parse().unwrap();
+    assert!(net.contains("192.168.1.77".parse().unwrap()));
+    assert!(!net.contains("192.168.2.1".parse().unwrap()));
+    assert!(net.contains("::ffff:192.168.1.5".parse().unwrap()));
+    let v6: Cidr = "2001:db8::/33".parse().unwrap();
+    assert!(v6.contains("2001:db8:7fff::1".parse().unwrap()));
+    assert!(!v6.contains("2001:db8:8000::1".parse().unwrap()));
+    assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+}
+
+#[test]
+fn durations_parse_and_refuse_nonsense() {
+    assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+    assert_eq!("90".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
+    assert!("5 weeks".parse::<HumanDuration>().is_err());
+}

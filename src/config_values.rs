@@ -1,0 +1,184 @@
+//! Small config value types that check themselves while they are parsed, so an error names
+//! the key and the line: networks, durations, next hops, mailboxes or domains.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, de};
+
+use crate::smtp::address::{self, Mailbox};
+
+/// A fixed next hop: `[host]:port`, `host:port`, `[192.0.2.1]:25` or just `host` (port 25).
+/// Brackets mean "no MX lookup" (RFC 5321 5.1 style); a bare host is an MX lookup target too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub host: String,
+    pub port: u16,
+    /// Written in brackets: use the host's address records, never its MX.
+    pub no_mx: bool,
+}
+
+impl FromStr for NextHop {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host_part, port) = match s.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && !p.contains(']') => (h, p.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?),
+            _ => (s, 25),
+        };
+        let (host, no_mx) = match host_part.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(inner) => (inner, true),
+            None => (host_part, false),
+        };
+        let valid = !host.is_empty() && (host.parse::<IpAddr>().is_ok() || address::check_domain(host).is_ok());
+        if !valid || port == 0 {
+            return Err(format!("invalid next hop {s:?} (examples: \"[mail.example.net]:25\", \"[192.0.2.7]:2525\")"));
+        }
+        Ok(NextHop { host: host.to_ascii_lowercase(), port, no_mx })
+    }
+}
+
+impl<'de> Deserialize<'de> for NextHop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = NextHop;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a next hop such as \"[mail.example.net]:25\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NextHop, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// `user@example.org` (one mailbox) or `example.org` (every mailbox at the domain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailboxOrDomain {
+    Mailbox(String, String),
+    Domain(String),
+}
+
+impl MailboxOrDomain {
+    pub fn matches(&self, m: &Mailbox) -> bool {
+        match self {
+            MailboxOrDomain::Mailbox(local, domain) => m.local == *local && m.domain.eq_ignore_ascii_case(domain),
+            MailboxOrDomain::Domain(domain) => m.domain.eq_ignore_ascii_case(domain),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MailboxOrDomain {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.contains('@') {
+            let m = address::parse_mailbox(&s, true).map_err(|e| de::Error::custom(format!("invalid address {s:?}: {}", e.text())))?;
+            Ok(MailboxOrDomain::Mailbox(m.local, m.domain))
+        } else {
+            address::check_domain(&s).map_err(|_| de::Error::custom(format!("invalid domain {s:?}")))?;
+            Ok(MailboxOrDomain::Domain(s))
+        }
+    }
+}
+
+/// A network in CIDR notation; a bare address means a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// The prefix length: more is more specific.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // Clients on a dual-stack socket can appear as IPv4-mapped IPv6 addresses.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => mask_eq(&net.octets(), &ip.octets(), self.prefix),
+            _ => false,
+        }
+    }
+}
+
+fn mask_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let bits = prefix as usize;
+    let (full, rest) = (bits / 8, bits % 8);
+    if a[..full] != b[..full] {
+        return false;
+    }
+    rest == 0 || (a[full] ^ b[full]) & (0xffu8 << (8 - rest)) == 0
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("invalid network {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(|| format!("invalid prefix length in {s:?}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+/// A duration written as `300`, `300s`, `5m`, `2h` or `1d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (examples: 30s, 5m, 2h)"))?;
+        let secs = match unit {
+            "" | "s" => n,
+            "m" => n * 60,
+            "h" => n * 3600,
+            "d" => n * 86400,
+            _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
+        };
+        Ok(HumanDuration(Duration::from_secs(secs)))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as 30s, 5m, 2h or a number of seconds")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<HumanDuration, E> {
+                Ok(HumanDuration(Duration::from_secs(n)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
