@@ -321,6 +321,20 @@ impl Client {
         matches!(self.reader.read(&mut buf), Ok(0) | Err(_))
     }
 
+    /// EHLO, then the given MAIL and RCPT command lines (parameters and all, each must get
+    /// 250), DATA, body, dot; returns the final reply.
+    pub fn send_lines(&mut self, mail: &str, rcpts: &[&str], body: &str) -> Reply {
+        assert_eq!(self.cmd("EHLO client.test").code, 250);
+        assert_eq!(self.cmd(mail).code, 250, "{mail}");
+        for rcpt in rcpts {
+            assert_eq!(self.cmd(rcpt).code, 250, "{rcpt}");
+        }
+        assert_eq!(self.cmd("DATA").code, 354);
+        self.send(body.as_bytes());
+        self.send(b".\r\n");
+        self.reply()
+    }
+
     /// EHLO, MAIL, RCPT..., DATA, body, dot; returns the final reply.
     pub fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> Reply {
         assert_eq!(self.cmd("EHLO client.test").code, 250);

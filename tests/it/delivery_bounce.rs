@@ -18,14 +18,12 @@ fn a_rejected_recipient_bounces_with_every_dsn_field() {
         Zone::default().mx("dest.test", &[(10, "mx.dest.test")]).mx("sender.test", &[(10, "mx.dest.test")]).a("mx.dest.test", "127.0.0.1");
     let dns = TestDns::start(zone);
     let relay = delivering_relay(&dns, dest.addr.port(), "");
-    let mut c = relay.client();
-    c.cmd("EHLO c.test");
-    c.cmd("MAIL FROM:<a@sender.test> RET=HDRS ENVID=my+2Benv");
-    c.cmd("RCPT TO:<ok@dest.test>");
-    assert_eq!(c.cmd("RCPT TO:<nobody@dest.test> ORCPT=rfc822;orig+2Bnobody@dest.test").code, 250);
-    c.cmd("DATA");
-    c.send(b"Subject: to bounce\r\n\r\nsecret body\r\n.\r\n");
-    assert_eq!(c.reply().code, 250);
+    let reply = relay.client().send_lines(
+        "MAIL FROM:<a@sender.test> RET=HDRS ENVID=my+2Benv",
+        &["RCPT TO:<ok@dest.test>", "RCPT TO:<nobody@dest.test> ORCPT=rfc822;orig+2Bnobody@dest.test"],
+        "Subject: to bounce\r\n\r\nsecret body\r\n",
+    );
+    assert_eq!(reply.code, 250);
     // The original reaches ok@, and the bounce reaches the sender's MX with a null sender.
     let got = dest.wait_for(2, Duration::from_secs(20));
     let bounce = got.iter().find(|t| t.from.is_empty()).expect("a bounce with MAIL FROM:<>");

@@ -41,6 +41,8 @@ pub struct Received {
     pub conn: usize,
     pub from: String,
     pub rcpts: Vec<String>,
+    /// The accepted RCPT command lines as sent, parameters included.
+    pub rcpt_lines: Vec<String>,
     pub body: String,
 }
 
@@ -180,7 +182,7 @@ fn session(stream: TcpStream, b: &Behavior, s: &Mutex<DestState>, conn: usize) -
                         let r = (b.rcpt)(&addr, accepted);
                         if r.starts_with('2') {
                             accepted += 1;
-                            rcpts.push(addr);
+                            rcpts.push(l.clone());
                         }
                         all.push(r);
                     }
@@ -199,7 +201,7 @@ fn session(stream: TcpStream, b: &Behavior, s: &Mutex<DestState>, conn: usize) -
                 let r = (b.rcpt)(&addr, accepted);
                 if r.starts_with('2') {
                     accepted += 1;
-                    rcpts.push(addr);
+                    rcpts.push(cmd.clone());
                 }
                 replies.push(r);
             }
@@ -255,7 +257,13 @@ fn receive_body(
     };
     let reply = (b.after_dot)(n);
     if reply.starts_with('2') {
-        s.lock().unwrap().transactions.push(Received { conn, from: from.to_string(), rcpts: rcpts.to_vec(), body });
+        s.lock().unwrap().transactions.push(Received {
+            conn,
+            from: from.to_string(),
+            rcpts: rcpts.iter().map(|l| path_of(l)).collect(),
+            rcpt_lines: rcpts.to_vec(),
+            body,
+        });
     }
     out.write_all(format!("{reply}\r\n").as_bytes())
 }
