@@ -24,5 +24,7 @@ fi
 python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install --quiet aiosmtpd
 
 cargo test --all-targets
+# The delivery tests again with the workers on epoll (the run above uses io_uring).
+SLUICE_TEST_IO=epoll cargo test --test it delivery
 cargo build --release
 bash tests/interop/run.sh

@@ -171,6 +171,17 @@ fn default_dns_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
 
+/// The delivery workers' I/O: `auto` (io_uring where the kernel allows it, else epoll),
+/// `uring` (refuse to start without it), or `epoll`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IpFamily {
@@ -197,6 +208,11 @@ pub struct DeliveryConfig {
     /// Accept and spool mail but deliver nothing (maintenance; a queue on hold).
     #[serde(default)]
     pub paused: bool,
+    #[serde(default)]
+    pub io: IoBackend,
+    /// Delivery worker threads; 0: one per core.
+    #[serde(default)]
+    pub workers: usize,
     /// Port for MX delivery (25; other values are for test setups).
     #[serde(default = "default_delivery_port")]
     pub port: u16,
@@ -301,6 +317,8 @@ impl Default for ClientTimeouts {
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
+            io: IoBackend::default(),
+            workers: 0,
             paused: false,
             port: default_delivery_port(),
             ehlo_name: None,

@@ -24,6 +24,7 @@ pub const DEFERRED: &str = "sluice_delivery_deferred_total";
 pub const BOUNCED: &str = "sluice_delivery_bounced_total";
 pub const DELIVERY_TLS: &str = "sluice_delivery_tls_total";
 pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
+pub const DELIVERY_IO_BACKEND: &str = "sluice_delivery_io_backend";
 pub const QUEUE_IN_FLIGHT: &str = "sluice_queue_in_flight";
 
 /// Installs the Prometheus exporter on `address` (HTTP, path /metrics) and describes the metrics.
@@ -65,6 +66,7 @@ fn describe() {
     describe_counter!(DEFERRED, "Recipients deferred for a later attempt");
     describe_counter!(BOUNCED, "Recipients bounced, by status class");
     describe_counter!(DELIVERY_TLS, "Outbound connections by TLS version (or none)");
+    describe_gauge!(DELIVERY_IO_BACKEND, "1 for the I/O backend the delivery workers run on (io_uring or epoll)");
     describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "From arrival to the 250 of the destination, per recipient");
     describe_gauge!(QUEUE_IN_FLIGHT, "Messages being delivered now");
     describe_counter!(AUTH_ATTEMPTS, "AUTH attempts by result: success, failure, locked_out, temporary_failure");

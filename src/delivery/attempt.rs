@@ -8,6 +8,8 @@ use super::connection::{ConnError, Connection, Settings};
 use super::dns::Dns;
 use super::pool::{Checkout, Pool, PoolKey};
 use super::route::Target;
+use super::transport::Transport;
+use super::workers::Workers;
 use crate::config::{Config, OutboundTls};
 use crate::metrics as m;
 use crate::smtp::client::{Failure, Message, RcptOutcome, TlsPolicy};
@@ -22,14 +24,20 @@ pub struct Attempted {
     pub remote_dsn: bool,
 }
 
-/// Everything delivery shares: config, DNS, the pool and connection settings.
+/// Everything delivery shares: config, DNS, connection settings and the workers.
 pub struct Delivery {
     pub config: Arc<Config>,
     pub dns: Dns,
-    pub pool: Pool,
-    pub settings: Settings,
+    pub settings: Arc<Settings>,
     /// Our listener addresses, for loop detection.
     pub own: Vec<SocketAddr>,
+    pub workers: Workers,
+}
+
+/// One worker's half of delivery: its pool, and the attempt itself.
+pub struct Sender<T> {
+    pub settings: Arc<Settings>,
+    pub pool: Pool<T>,
 }
 
 /// How often a pooled connection that turns out dead is replaced before giving up on a target.
@@ -39,14 +47,13 @@ impl Delivery {
     pub fn new(config: Arc<Config>, own: Vec<SocketAddr>) -> Result<Arc<Delivery>, String> {
         let d = &config.delivery;
         let dns = Dns::new(&config.dns)?;
-        let pool = Pool::new(d.max_connections_per_destination, d.max_deliveries_per_connection, d.idle_timeout.0);
-        let settings = Settings {
+        let settings = Arc::new(Settings {
             ehlo_name: config.ehlo_name().to_string(),
             our_hostname: config.hostname.0.clone(),
             source_address: d.source_address,
             timeouts: d.timeouts.clone(),
-            tls: super::connection::opportunistic_tls(),
-            verified_tls: super::connection::verified_tls(&d.tls_trust)?,
+            tls: super::tls::opportunistic_tls(),
+            verified_tls: super::tls::verified_tls(&d.tls_trust)?,
             login: match &d.smarthost_auth {
                 Some(a) => {
                     let text = std::fs::read_to_string(&a.password_file).map_err(|e| format!("{}: {e}", a.password_file.display()))?;
@@ -55,8 +62,14 @@ impl Delivery {
                 }
                 None => None,
             },
-        };
-        Ok(Arc::new(Delivery { dns, pool, settings, own, config }))
+        });
+        let workers = Workers::start(&config, settings.clone())?;
+        Ok(Arc::new(Delivery { dns, settings, own, config, workers }))
+    }
+
+    /// Sends `msg` on one of the workers; see `Sender::send`.
+    pub async fn send(&self, targets: Vec<Target>, msg: Message, policy: TlsPolicy, login: bool) -> Vec<Attempted> {
+        self.workers.send(targets, msg, policy, login).await
     }
 
     /// Mail to `domain` goes to the smarthost with a login: over required TLS, logged in.
@@ -78,9 +91,11 @@ impl Delivery {
             OutboundTls::None => TlsPolicy::Never,
         }
     }
+}
 
+impl<T: Transport> Sender<T> {
     /// A pooled connection to `target` (true: reused), or a new one.
-    async fn connection(&self, target: &Target, policy: TlsPolicy, login: bool) -> Result<(Connection, bool), ConnError> {
+    async fn connection(&self, target: &Target, policy: TlsPolicy, login: bool) -> Result<(Connection<T>, bool), ConnError> {
         let permit = match self.pool.checkout(&PoolKey::new(target, policy, login)).await {
             Checkout::Pooled(conn) => return Ok((*conn, true)),
             Checkout::New(permit) => permit,

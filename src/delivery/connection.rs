@@ -1,29 +1,21 @@
-//! One outbound connection: moves bytes between a socket and the sans-IO SMTP client.
+//! One outbound connection: moves bytes between a transport and the sans-IO SMTP client.
 //!
-//! Output is written while input is read, so a server that answers before it has read a whole
-//! pipelined batch can never deadlock the two (RFC 2920 3.1). The read buffer lives on the
-//! connection, so replies that arrive together are all kept (pipelining depends on it).
+//! Output is written while input is read (see `transport.rs`), so a server that answers
+//! before it has read a whole pipelined batch can never deadlock the two (RFC 2920 3.1). The
+//! read buffer lives on the transport, so replies that arrive together are all kept.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use rustls::pki_types::ServerName;
 
+use super::pool::Slot;
 use super::route::Target;
+use super::tls::TlsLink;
+use super::transport::{Sink, Transport};
 use crate::config::ClientTimeouts;
 use crate::smtp::client::{Client, ClientConfig, Event, Failure, Message, RcptOutcome, TlsPolicy, Waiting};
-use crate::stream;
-
-type Stream = stream::Stream<tokio_rustls::client::TlsStream<TcpStream>>;
-
-const READ_BUFFER: usize = 16 * 1024;
 
 /// Why a connection ended before it could do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,10 +60,47 @@ pub struct Settings {
     pub login: Option<(String, crate::smtp::sasl::Secret)>,
 }
 
-pub struct Connection {
-    stream: Stream,
+/// The bytes under the SMTP dialogue: plain, or TLS after STARTTLS.
+enum Link<T> {
+    Plain(T),
+    Tls(Box<TlsLink<T>>),
+    /// Between giving the plain transport to the handshake and the handshake finishing.
+    Closed,
+}
+
+fn not_connected() -> io::Error {
+    io::ErrorKind::NotConnected.into()
+}
+
+impl<T: Transport> Link<T> {
+    async fn read(&mut self, sink: Sink<'_>) -> io::Result<usize> {
+        match self {
+            Link::Plain(t) => t.read(sink).await,
+            Link::Tls(t) => t.read(sink).await,
+            Link::Closed => Err(not_connected()),
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8], block: Duration, sink: Sink<'_>) -> io::Result<()> {
+        match self {
+            Link::Plain(t) => t.write_all(data, block, sink).await,
+            Link::Tls(t) => t.write_all(data, block, sink).await,
+            Link::Closed => Err(not_connected()),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        match self {
+            Link::Plain(t) => t.shutdown(),
+            Link::Tls(t) => t.shutdown().await,
+            Link::Closed => {}
+        }
+    }
+}
+
+pub struct Connection<T> {
+    link: Link<T>,
     client: Client,
-    buf: Vec<u8>,
     out: Vec<u8>,
     pub target: Target,
     /// Transactions completed on this connection.
@@ -82,39 +111,32 @@ pub struct Connection {
     pub policy: TlsPolicy,
     /// Logged in with the smarthost credentials.
     pub login: bool,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
-impl Connection {
+impl<T> Connection<T> {
+    pub fn is_ready(&self) -> bool {
+        self.client.is_ready()
+    }
+
+    pub fn offers_dsn(&self) -> bool {
+        self.client.capabilities().dsn
+    }
+}
+
+impl<T: Transport> Connection<T> {
     /// Connects and runs greeting, EHLO and (policy permitting) STARTTLS.
     /// With `login`, the smarthost credentials are presented after TLS.
-    pub async fn open(
-        target: Target,
-        policy: TlsPolicy,
-        login: bool,
-        settings: &Settings,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<Connection, ConnError> {
-        let socket = match target.addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(|e| ConnError::Connect(e.to_string()))?;
-        if let Some(source) = settings.source_address {
-            socket.bind(SocketAddr::new(source, 0)).map_err(|e| ConnError::Connect(format!("bind {source}: {e}")))?;
-        }
-        let tcp = tokio::time::timeout(settings.timeouts.connect.0, socket.connect(target.addr))
+    pub async fn open(target: Target, policy: TlsPolicy, login: bool, settings: &Settings, slot: Slot) -> Result<Connection<T>, ConnError> {
+        let transport = tokio::time::timeout(settings.timeouts.connect.0, T::connect(target.addr, settings.source_address))
             .await
             .map_err(|_| ConnError::Connect(format!("{} timed out", target.addr)))?
             .map_err(|e| ConnError::Connect(format!("{}: {e}", target.addr)))?;
-        // Without NODELAY each pipelined write waits for the peer's delayed ACK.
-        let _ = tcp.set_nodelay(true);
         let auth = if login { settings.login.clone() } else { None };
         let cfg = ClientConfig { ehlo_name: settings.ehlo_name.clone(), our_hostname: settings.our_hostname.clone(), tls: policy, auth };
         let mut conn = Connection {
-            stream: Stream::Plain(tcp),
+            link: Link::Plain(transport),
             client: Client::new(cfg),
-            buf: vec![0; READ_BUFFER],
             out: Vec::with_capacity(4096),
             target,
             deliveries: 0,
@@ -122,20 +144,12 @@ impl Connection {
             idle_since: Instant::now(),
             policy,
             login,
-            _permit: permit,
+            _slot: slot,
         };
         match conn.drive(settings, |e| matches!(e, Event::Ready)).await? {
             Event::Ready => Ok(conn),
             other => Err(ConnError::Lost(format!("unexpected {other:?}"))),
         }
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.client.is_ready()
-    }
-
-    pub fn offers_dsn(&self) -> bool {
-        self.client.capabilities().dsn
     }
 
     /// Sends one transaction; the outcomes once the server has answered it. The connection is
@@ -158,7 +172,7 @@ impl Connection {
     pub async fn quit(mut self, settings: &Settings) {
         self.client.quit(&mut self.out);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.flush(settings)).await;
-        let _ = self.stream.shutdown().await;
+        self.link.shutdown().await;
     }
 
     /// Runs the dialogue until an event `stop` accepts; failures end it with an error.
@@ -197,130 +211,47 @@ impl Connection {
 
     async fn read_once(&mut self, settings: &Settings) -> Result<(), ConnError> {
         let limit = self.reply_timeout(&settings.timeouts);
-        match tokio::time::timeout(limit, self.stream.read(&mut self.buf)).await {
+        let Connection { link, client, .. } = self;
+        let sink = &mut |b: &[u8]| {
+            client.feed(b);
+            Ok(())
+        };
+        let read = link.read(sink);
+        match tokio::time::timeout(limit, read).await {
             Err(_) => Err(ConnError::Lost(format!("no reply within {limit:?}"))),
             Ok(Ok(0)) => Err(ConnError::Lost("connection closed by the server".into())),
-            Ok(Ok(n)) => {
-                self.client.feed(&self.buf[..n]);
-                Ok(())
-            }
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(ConnError::Lost(e.to_string())),
         }
     }
 
     /// Writes the pending output while reading whatever the server sends meanwhile.
     async fn flush(&mut self, settings: &Settings) -> Result<(), ConnError> {
-        let data = std::mem::take(&mut self.out);
-        let block = settings.timeouts.data_block.0;
-        let (mut rd, mut wr) = tokio::io::split(&mut self.stream);
-        let mut written = 0;
-        while written < data.len() {
-            tokio::select! {
-                r = tokio::time::timeout(block, wr.write(&data[written..])) => match r {
-                    Err(_) => return Err(ConnError::Lost(format!("write stalled for {block:?}"))),
-                    Ok(Err(e)) => return Err(ConnError::Lost(e.to_string())),
-                    Ok(Ok(0)) => return Err(ConnError::Lost("write returned 0".into())),
-                    Ok(Ok(n)) => written += n,
-                },
-                r = rd.read(&mut self.buf) => match r {
-                    Ok(0) => return Err(ConnError::Lost("connection closed by the server".into())),
-                    Ok(n) => self.client.feed(&self.buf[..n]),
-                    Err(e) => return Err(ConnError::Lost(e.to_string())),
-                },
-            }
+        if self.out.is_empty() {
+            return Ok(());
         }
-        wr.flush().await.map_err(|e| ConnError::Lost(e.to_string()))
+        let Connection { link, client, out, .. } = self;
+        let sink = &mut |b: &[u8]| {
+            client.feed(b);
+            Ok(())
+        };
+        let result = link.write_all(out, settings.timeouts.data_block.0, sink).await;
+        out.clear();
+        result.map_err(|e| ConnError::Lost(e.to_string()))
     }
 
     async fn upgrade(&mut self, settings: &Settings) -> Result<(), ConnError> {
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+        let Link::Plain(plain) = std::mem::replace(&mut self.link, Link::Closed) else {
             return Err(ConnError::Tls("STARTTLS on a TLS connection".into()));
         };
         let name = ServerName::try_from(self.target.host.clone()).map_err(|e| ConnError::Tls(e.to_string()))?;
         let config = if self.policy == TlsPolicy::Required { settings.verified_tls.clone() } else { settings.tls.clone() };
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let tls = tokio::time::timeout(settings.timeouts.command.0, connector.connect(name, tcp))
-            .await
-            .map_err(|_| ConnError::Tls("handshake timed out".into()))?
-            .map_err(|e| ConnError::Tls(e.to_string()))?;
-        let (_, session) = tls.get_ref();
-        let (version, cipher) = stream::tls_names(session);
-        self.tls = Some(format!("{version} {cipher}"));
-        self.stream = Stream::Tls(Box::new(tls));
+        let tls = TlsLink::connect(plain, config, name, settings.timeouts.command.0).await.map_err(|e| ConnError::Tls(e.to_string()))?;
+        self.tls = Some(tls.describe());
+        self.link = Link::Tls(Box::new(tls));
         self.client.tls_established(&mut self.out);
         Ok(())
     }
-}
-
-/// Opportunistic TLS (RFC 7435): any certificate is accepted, because the alternative is
-/// plain text. Signatures are still checked, so the session keys are the server's.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The client TLS configuration for required STARTTLS: the WebPKI roots and `extra` PEM files.
-pub fn verified_tls(extra: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-    for path in extra {
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for cert in certs {
-            roots.add(cert.map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// The client TLS configuration for opportunistic STARTTLS.
-pub fn opportunistic_tls() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("TLS 1.2 and 1.3 are supported by the ring provider")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
 }
 
 impl From<io::Error> for ConnError {

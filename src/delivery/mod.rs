@@ -6,3 +6,10 @@ pub mod connection;
 pub mod dns;
 pub mod pool;
 pub mod route;
+pub mod tls;
+pub mod transport;
+pub mod uring;
+pub mod workers;
+
+#[cfg(test)]
+mod transport_tests;

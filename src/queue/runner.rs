@@ -54,13 +54,11 @@ impl Runner {
 
     /// Dispatches due messages until shut down; deliveries under way finish on their own.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut reap = tokio::time::interval(Duration::from_secs(1));
         loop {
             let sleep = self.dispatch();
             tokio::select! {
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
-                _ = reap.tick() => self.delivery.pool.reap(),
                 _ = shutdown.changed() => return,
             }
         }
@@ -163,7 +161,7 @@ impl Runner {
                                 .collect(),
                             body: body.clone(),
                         };
-                        let attempted = self.delivery.send(&targets, msg, policy, self.delivery.logs_in(&domain)).await;
+                        let attempted = self.delivery.send(targets.clone(), msg, policy, self.delivery.logs_in(&domain)).await;
                         results.extend(chunk.iter().copied().zip(attempted));
                     }
                 }

@@ -8,8 +8,9 @@
 # AUTH (exit 28); submission without AUTH gets 530; smtp-source with 20 sessions gets every
 # message accepted while the smarthost (smtp-sink) is down; after kill -9 and a restart every
 # accepted message is still queued; once smtp-sink runs, every accepted message arrives there
-# exactly once. Then a relay run, smtp-source -> Sluice -> smtp-sink. Prints intake rate,
-# commit latency, messages per fsync and delivered messages per second.
+# exactly once. Then relay runs, smtp-source -> Sluice -> smtp-sink, with the delivery workers on
+# io_uring and then on epoll. Prints intake rate, commit latency, messages per fsync and
+# delivered messages per second.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -164,13 +165,28 @@ for _ in $(seq 100); do [ "$(ls "$work/maildir/new" 2>/dev/null | wc -l)" -ge 2 
 [ "$(ls "$work/maildir/new" | wc -l)" -eq 2 ] || fail "aiosmtpd received $(ls "$work/maildir/new" 2>/dev/null | wc -l) of 2 messages"
 grep -q "by relay.example.net (Sluice)" "$work"/maildir/new/* || fail "no Sluice Received field at aiosmtpd"
 
-echo "== relay: $messages messages of 1 KiB over 20 sessions, smtp-source -> Sluice -> smtp-sink"
-start=$(date +%s.%N)
-smtp-source -s 20 -m "$messages" -l 1024 -f load@sender.test -t sink@dest.test 127.0.0.1:2525 || fail "smtp-source failed"
-accepted_at=$(date +%s.%N)
-wait_sink $((expected + messages)) 300
-end=$(date +%s.%N)
-printf 'relay: intake %.0f msg/s; delivered %.0f msg/s (all %d at smtp-sink after %.2f s)\n' \
-  "$(echo "$messages / ($accepted_at - $start)" | bc -l)" "$(echo "$messages / ($end - $start)" | bc -l)" "$messages" "$(echo "$end - $start" | bc -l)"
+relay_run() { # relay_run BACKEND: smtp-source -> Sluice -> smtp-sink; prints the rates
+  grep -q "delivery workers started backend=\"$1\"" "$log" || fail "the daemon does not deliver over $1"
+  echo "== relay ($1): $messages messages of 1 KiB over 20 sessions, smtp-source -> Sluice -> smtp-sink"
+  local before start accepted_at end
+  before=$(sink_count)
+  start=$(date +%s.%N)
+  smtp-source -s 20 -m "$messages" -l 1024 -f load@sender.test -t sink@dest.test 127.0.0.1:2525 || fail "smtp-source failed"
+  accepted_at=$(date +%s.%N)
+  wait_sink $((before + messages)) 300
+  end=$(date +%s.%N)
+  printf 'relay (%s): intake %.0f msg/s; delivered %.0f msg/s (all %d at smtp-sink after %.2f s)\n' "$1" \
+    "$(echo "$messages / ($accepted_at - $start)" | bc -l)" "$(echo "$messages / ($end - $start)" | bc -l)" "$messages" "$(echo "$end - $start" | bc -l)"
+}
 
-echo "interop: 10 passed, 0 failed"
+relay_run io_uring
+
+echo "== the same daemon configuration on epoll (delivery.io: epoll)"
+kill -TERM "$daemon_pid"
+for _ in $(seq 100); do kill -0 "$daemon_pid" 2>/dev/null || break; sleep 0.1; done
+sed -i 's/^  io: auto/  io: epoll/' "$work/config.yaml"
+grep -q '^  io: epoll' "$work/config.yaml" || fail "could not select epoll"
+start_daemon
+relay_run epoll
+
+echo "interop: 11 passed, 0 failed"

@@ -50,8 +50,22 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
     if !extra.contains("listeners:") {
         yaml.push_str("listeners:\n  - { address: \"127.0.0.1:0\", mode: relay }\n");
     }
-    yaml.push_str(extra);
+    yaml.push_str(&with_test_io(extra));
     yaml
+}
+
+/// `SLUICE_TEST_IO=epoll` (or `uring`) runs every delivering test relay on that I/O backend,
+/// so CI runs the delivery tests on both; a test that sets `io:` itself keeps its own.
+fn with_test_io(extra: &str) -> String {
+    let Ok(io) = std::env::var("SLUICE_TEST_IO") else { return extra.to_string() };
+    if extra.contains(" io:") || extra.contains("{ io:") {
+        return extra.to_string();
+    }
+    if extra.contains("delivery:\n") {
+        extra.replacen("delivery:\n", &format!("delivery:\n  io: {io}\n"), 1)
+    } else {
+        extra.replacen("delivery: {", &format!("delivery: {{ io: {io},"), 1)
+    }
 }
 
 impl TestRelay {
@@ -380,6 +394,11 @@ pub fn sluice_bin() -> &'static str {
 impl Daemon {
     /// Runs `prefix... sluice run --config <dir>/config.yaml`, writing a config for `dir`.
     pub fn spawn(dir: &Path, extra: &str, prefix: &[&str]) -> Daemon {
+        Self::spawn_with(dir, extra, prefix, |_| {})
+    }
+
+    /// `spawn`, with `adjust` applied to the command first (a pre-exec hook, say).
+    pub fn spawn_with(dir: &Path, extra: &str, prefix: &[&str], adjust: impl FnOnce(&mut Command)) -> Daemon {
         let config_path = dir.join("config.yaml");
         if !config_path.exists() {
             std::fs::write(&config_path, config_yaml(dir, extra)).unwrap();
@@ -388,14 +407,10 @@ impl Daemon {
         let log_file = std::fs::File::create(&log).unwrap();
         let mut args: Vec<&str> = prefix.to_vec();
         args.extend([sluice_bin(), "run", "--config", config_path.to_str().unwrap()]);
-        let mut child = Command::new(args[0])
-            .args(&args[1..])
-            .env("SLUICE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(args[0]);
+        command.args(&args[1..]).env("SLUICE_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
+        adjust(&mut command);
+        let mut child = command.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
