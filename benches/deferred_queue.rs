@@ -56,6 +56,7 @@ fn main() {
                         identity: Identity::TrustedNetwork,
                         listener: "127.0.0.1:25".parse().unwrap(),
                         arrival: tomorrow - 86400,
+                        arrival_ms: None,
                         body: None,
                     };
                     spool.store(env, &[body.as_bytes()]).unwrap().wait_blocking().unwrap();

@@ -38,6 +38,13 @@ pub fn install(address: SocketAddr) -> Result<(), String> {
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
             )
         })
+        .and_then(|b| {
+            // From a relay on the LAN (milliseconds) to a retried destination (hours, days).
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(DELIVERY_LATENCY.into()),
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0],
+            )
+        })
         .and_then(|b| b.install())
         .map_err(|e| format!("metrics exporter on {address}: {e}"))?;
     describe();

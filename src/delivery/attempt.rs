@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::connection::{ConnError, Connection, Settings};
 use super::dns::Dns;
-use super::pool::{Checkout, Pool, PoolKey};
+use super::pool::{Checkout, Pool, PoolKey, Slot};
 use super::route::Target;
 use super::transport::Transport;
 use super::workers::Workers;
@@ -94,17 +94,31 @@ impl Delivery {
 }
 
 impl<T: Transport> Sender<T> {
-    /// A pooled connection to `target` (true: reused), or a new one.
-    async fn connection(&self, target: &Target, policy: TlsPolicy, login: bool) -> Result<(Connection<T>, bool), ConnError> {
-        let permit = match self.pool.checkout(&PoolKey::new(target, policy, login)).await {
-            Checkout::Pooled(conn) => return Ok((*conn, true)),
-            Checkout::New(permit) => permit,
+    /// A pooled connection to `target` (true: reused), or a new one (with `slot` when the
+    /// dispatcher reserved one).
+    async fn connection(
+        &self,
+        target: &Target,
+        policy: TlsPolicy,
+        login: bool,
+        slot: Option<Slot>,
+    ) -> Result<(Connection<T>, bool), ConnError> {
+        let key = PoolKey::new(target, policy, login);
+        let permit = match slot {
+            Some(slot) => match self.pool.take(&key) {
+                Some(conn) => return Ok((conn, true)),
+                None => slot,
+            },
+            None => match self.pool.checkout(&key).await {
+                Checkout::Pooled(conn) => return Ok((*conn, true)),
+                Checkout::New(slot) => slot,
+            },
         };
         let mut opened = match Connection::open(target.clone(), policy, login, &self.settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
             Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
                 tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
-                let permit = self.pool.permit(target.addr).await;
+                let permit = self.pool.slot(target.addr).await;
                 Connection::open(target.clone(), TlsPolicy::Never, login, &self.settings, permit).await
             }
             other => other,
@@ -121,7 +135,8 @@ impl<T: Transport> Sender<T> {
     /// Sends `msg` to the first target that takes it. Recipients a 452 left over go out in a
     /// new transaction at once. A target that cannot be reached or refuses the session is
     /// skipped for the next one; a session lost during a transaction defers what is left.
-    pub async fn send(&self, targets: &[Target], msg: Message, policy: TlsPolicy, login: bool) -> Vec<Attempted> {
+    /// `slot`, reserved at dispatch, is for a new connection to the first target.
+    pub async fn send(&self, targets: &[Target], mut slot: Option<Slot>, msg: Message, policy: TlsPolicy, login: bool) -> Vec<Attempted> {
         let n = msg.recipients.len();
         let mut results: Vec<Option<Attempted>> = vec![None; n];
         let mut pending: Vec<usize> = (0..n).collect();
@@ -130,7 +145,8 @@ impl<T: Transport> Sender<T> {
         'targets: for target in targets {
             let mut stale = 0;
             while !pending.is_empty() {
-                let (mut conn, reused) = match self.connection(target, policy, login).await {
+                let reserved = slot.take().filter(|s| s.is_for(target.addr));
+                let (mut conn, reused) = match self.connection(target, policy, login, reserved).await {
                     Ok(c) => c,
                     Err(ConnError::Smtp(Failure::Loop)) => {
                         let reply = Reply::new(554, Enhanced(5, 4, 6), format!("{} greets with our own name: mail loop", target.host));

@@ -169,10 +169,21 @@ impl<T: Transport> Connection<T> {
         Ok(outcomes)
     }
 
+    /// QUIT, then wait (briefly) for the server to close: the slot this connection holds is
+    /// freed when it drops, and the server must not see its next connection before this one ends.
     pub async fn quit(mut self, settings: &Settings) {
         self.client.quit(&mut self.out);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.flush(settings)).await;
-        self.link.shutdown().await;
+        let linger = async {
+            let _ = self.flush(settings).await;
+            self.link.shutdown().await;
+            let mut ignore = |_: &[u8]| Ok(());
+            while let Ok(n) = self.link.read(&mut ignore).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), linger).await;
     }
 
     /// Runs the dialogue until an event `stop` accepts; failures end it with an error.

@@ -9,10 +9,14 @@
 //! unverified connection never serves a domain that requires TLS), and whether it logged in.
 //! Source address and EHLO name are the same for every connection of this process.
 //!
-//! A worker that waits for a slot while holding no connection to that address, and another
-//! worker keeps idle ones, would wait for the idle timeout: so such a waiter tells the other
-//! workers to shed their idle connections to that address, and a connection put back while it
-//! waits is closed. Jobs are sent where connections are (`Limits::pick_worker`), so this is rare.
+//! Jobs are placed by `Limits::assign`: where a connection is idle; else with a slot taken at
+//! dispatch, on the worker holding fewest; else on the worker holding most, to wait for one to
+//! come back. So a worker waits only where its own connections will return. Should one wait
+//! while holding none (a connection died and another worker took its slot), the others shed
+//! idle connections to that address rather than leave it waiting for an idle timeout.
+//!
+//! A slot is released only after its connection has closed (QUIT, then the server's close),
+//! so the destination never sees more than the cap, not even for a moment.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -24,8 +28,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::connection::Connection;
+use super::connection::{Connection, Settings};
 use super::route::Target;
+use super::transport::Transport;
 use crate::metrics as m;
 use crate::smtp::client::TlsPolicy;
 
@@ -49,34 +54,34 @@ impl PoolKey {
 
 /// The cap for one next-hop address, shared by every worker.
 pub struct Limit {
+    addr: SocketAddr,
     slots: Arc<Semaphore>,
     /// Per worker: checkouts waiting for a slot.
     waiting_on: Vec<AtomicUsize>,
-    /// Per worker: connections it holds (busy or idle), and of those, idle ones. Jobs go where
-    /// a connection is idle, or when the cap is reached where one will come back.
+    /// Per worker: slots it holds (connections, and jobs on their way with a slot), and how
+    /// many of its connections are idle.
     open_on: Vec<AtomicUsize>,
     idle_on: Vec<AtomicUsize>,
-    /// Per worker: jobs sent to it and not finished (they will hold a connection soon).
-    assigned_on: Vec<AtomicUsize>,
 }
 
-/// A job sent to a worker, counted until it finishes.
-pub struct Assigned {
-    limit: Arc<Limit>,
-    pub worker: usize,
-}
-
-impl Drop for Assigned {
-    fn drop(&mut self) {
-        self.limit.assigned_on[self.worker].fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// A connection's share of its address's cap: held for as long as the connection lives.
+/// A connection's share of its address's cap: held until the connection has closed.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
     limit: Arc<Limit>,
     worker: usize,
+}
+
+impl Slot {
+    fn new(permit: OwnedSemaphorePermit, limit: Arc<Limit>, worker: usize) -> Slot {
+        limit.open_on[worker].fetch_add(1, Ordering::SeqCst);
+        Slot { _permit: permit, limit, worker }
+    }
+}
+
+impl Slot {
+    pub fn is_for(&self, addr: SocketAddr) -> bool {
+        self.limit.addr == addr
+    }
 }
 
 impl Drop for Slot {
@@ -85,12 +90,22 @@ impl Drop for Slot {
     }
 }
 
+/// Where a job goes, with the slot for a new connection when one was free.
+pub struct Assignment {
+    pub worker: usize,
+    pub slot: Option<Slot>,
+}
+
 /// Every address's cap; one per process.
 pub struct Limits {
     map: Mutex<HashMap<SocketAddr, Arc<Limit>>>,
     max_per_destination: usize,
-    /// One signal per worker: "shed idle connections others are waiting for".
+    /// One signal per worker: "shed idle connections a starved worker waits for".
     shed: Vec<Arc<Notify>>,
+}
+
+fn per_worker(n: usize) -> Vec<AtomicUsize> {
+    (0..n).map(|_| AtomicUsize::new(0)).collect()
 }
 
 impl Limits {
@@ -99,40 +114,37 @@ impl Limits {
     }
 
     fn get(&self, addr: SocketAddr) -> Arc<Limit> {
-        let workers = self.shed.len();
+        let n = self.shed.len();
         let mut map = self.map.lock().expect("limits lock");
         map.entry(addr)
             .or_insert_with(|| {
                 Arc::new(Limit {
+                    addr,
                     slots: Arc::new(Semaphore::new(self.max_per_destination)),
-                    waiting_on: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-                    open_on: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-                    idle_on: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-                    assigned_on: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+                    waiting_on: per_worker(n),
+                    open_on: per_worker(n),
+                    idle_on: per_worker(n),
                 })
             })
             .clone()
     }
 
-    /// The worker a job for `addr` should go to, looking from `start` on: one with an idle
-    /// connection; else, while the cap leaves room, the one with the fewest connections (new
-    /// connections spread over the cores); else the one holding the most, where the job waits
-    /// for one to come back. The job counts as assigned until `Assigned` is dropped.
-    pub fn assign(&self, addr: SocketAddr, start: usize) -> Assigned {
+    /// Places a job for `addr`, looking at workers from `start` on (see the module comment).
+    pub fn assign(&self, addr: SocketAddr, start: usize) -> Assignment {
         let limit = self.get(addr);
         let n = self.shed.len();
         let order = (0..n).map(|i| (start + i) % n);
-        let load = |w: usize| limit.open_on[w].load(Ordering::SeqCst).max(limit.assigned_on[w].load(Ordering::SeqCst));
-        let worker = if let Some(w) = order.clone().find(|&w| limit.idle_on[w].load(Ordering::SeqCst) > 0) {
-            w
-        } else if (0..n).map(load).sum::<usize>() < self.max_per_destination {
-            order.min_by_key(|&w| load(w)).unwrap_or(start)
-        } else {
-            order.max_by_key(|&w| limit.open_on[w].load(Ordering::SeqCst)).unwrap_or(start)
-        };
-        limit.assigned_on[worker].fetch_add(1, Ordering::SeqCst);
-        Assigned { limit, worker }
+        let held = |w: usize| limit.open_on[w].load(Ordering::SeqCst);
+        if let Some(worker) = order.clone().find(|&w| limit.idle_on[w].load(Ordering::SeqCst) > 0) {
+            return Assignment { worker, slot: None };
+        }
+        if let Ok(permit) = limit.slots.clone().try_acquire_owned() {
+            let worker = order.min_by_key(|&w| held(w)).unwrap_or(start);
+            return Assignment { worker, slot: Some(Slot::new(permit, limit.clone(), worker)) };
+        }
+        Assignment { worker: order.max_by_key(|&w| held(w)).unwrap_or(start), slot: None }
     }
+
     pub fn shed_signal(&self, worker: usize) -> Arc<Notify> {
         self.shed[worker].clone()
     }
@@ -149,6 +161,7 @@ pub struct Pool<T> {
     /// Per address: the signal for connections put back.
     returned: RefCell<HashMap<SocketAddr, Rc<Notify>>>,
     limits: Arc<Limits>,
+    settings: Arc<Settings>,
     worker: usize,
     max_deliveries: usize,
     idle_timeout: Duration,
@@ -166,14 +179,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
-impl<T> Pool<T> {
-    pub fn new(limits: Arc<Limits>, worker: usize, max_deliveries: usize, idle_timeout: Duration) -> Pool<T> {
-        Pool { idle: RefCell::default(), returned: RefCell::default(), limits, worker, max_deliveries, idle_timeout }
-    }
-
-    fn slot(&self, permit: OwnedSemaphorePermit, limit: Arc<Limit>) -> Slot {
-        limit.open_on[self.worker].fetch_add(1, Ordering::SeqCst);
-        Slot { _permit: permit, limit, worker: self.worker }
+impl<T: Transport> Pool<T> {
+    pub fn new(limits: Arc<Limits>, settings: Arc<Settings>, worker: usize, max_deliveries: usize, idle_timeout: Duration) -> Pool<T> {
+        Pool { idle: RefCell::default(), returned: RefCell::default(), limits, settings, worker, max_deliveries, idle_timeout }
     }
 
     fn count_idle(&self, addr: SocketAddr, added: usize, removed: usize) {
@@ -182,28 +190,43 @@ impl<T> Pool<T> {
         limit.idle_on[self.worker].fetch_sub(removed, Ordering::SeqCst);
     }
 
-    /// An idle, still fresh connection for `key`, if this worker has one.
-    pub fn take(&self, key: &PoolKey) -> Option<Connection<T>> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(key)?;
-        while let Some(conn) = list.pop() {
-            self.count_idle(key.addr, 0, 1);
-            if conn.idle_since.elapsed() < self.idle_timeout {
-                metrics::counter!(m::DELIVERY_CONNECTIONS_REUSED).increment(1);
-                return Some(conn);
-            }
-            // Expired: dropped (closed) here.
-        }
-        None
+    /// Closes a connection politely in the background; its slot is freed once it has closed.
+    fn retire(&self, conn: Connection<T>) {
+        let settings = self.settings.clone();
+        tokio::task::spawn_local(async move { conn.quit(&settings).await });
     }
 
-    /// Another worker waits for `addr` and holds no connection that could come back to it.
+    /// An idle, still fresh connection for `key`, if this worker has one.
+    pub fn take(&self, key: &PoolKey) -> Option<Connection<T>> {
+        let mut expired = Vec::new();
+        let found = {
+            let mut idle = self.idle.borrow_mut();
+            let list = idle.get_mut(key)?;
+            let mut found = None;
+            while let Some(conn) = list.pop() {
+                self.count_idle(key.addr, 0, 1);
+                if conn.idle_since.elapsed() < self.idle_timeout {
+                    found = Some(conn);
+                    break;
+                }
+                expired.push(conn);
+            }
+            found
+        };
+        expired.into_iter().for_each(|c| self.retire(c));
+        if found.is_some() {
+            metrics::counter!(m::DELIVERY_CONNECTIONS_REUSED).increment(1);
+        }
+        found
+    }
+
+    /// Another worker waits for `addr` and holds no slot that could come back to it.
     fn wanted_elsewhere(&self, limit: &Limit) -> bool {
         (0..limit.waiting_on.len())
             .any(|w| w != self.worker && limit.waiting_on[w].load(Ordering::SeqCst) > 0 && limit.open_on[w].load(Ordering::SeqCst) == 0)
     }
 
-    /// A pooled connection for `key`, or room for a new one: whichever comes first. Pooled
+    /// A pooled connection for `key`, or a slot for a new one: whichever comes first. Pooled
     /// connections keep their slot, so a waiter must watch both the idle list and the cap.
     pub async fn checkout(&self, key: &PoolKey) -> Checkout<T> {
         let limit = self.limits.get(key.addr);
@@ -212,42 +235,45 @@ impl<T> Pool<T> {
                 return Checkout::Pooled(Box::new(conn));
             }
             if let Ok(permit) = limit.slots.clone().try_acquire_owned() {
-                return Checkout::New(self.slot(permit, limit));
+                return Checkout::New(Slot::new(permit, limit, self.worker));
             }
             let returned = self.returned.borrow_mut().entry(key.addr).or_default().clone();
             limit.waiting_on[self.worker].fetch_add(1, Ordering::SeqCst);
             let _waiting = Waiting { limit: &limit, worker: self.worker };
-            for (i, shed) in self.limits.shed.iter().enumerate() {
-                if i != self.worker {
-                    shed.notify_one();
+            if limit.open_on[self.worker].load(Ordering::SeqCst) == 0 {
+                for (i, shed) in self.limits.shed.iter().enumerate() {
+                    if i != self.worker {
+                        shed.notify_one();
+                    }
                 }
             }
             tokio::select! {
                 permit = limit.slots.clone().acquire_owned() => {
-                    return Checkout::New(self.slot(permit.expect("pool semaphores are never closed"), limit.clone()));
+                    let permit = permit.expect("pool semaphores are never closed");
+                    return Checkout::New(Slot::new(permit, limit.clone(), self.worker));
                 }
                 _ = returned.notified() => {}
             }
         }
     }
 
-    /// Room for one more connection to `addr` (for a retry on the same host).
-    pub async fn permit(&self, addr: SocketAddr) -> Slot {
+    /// A slot for one more connection to `addr` (for a retry on the same host).
+    pub async fn slot(&self, addr: SocketAddr) -> Slot {
         let limit = self.limits.get(addr);
         let permit = limit.slots.clone().acquire_owned().await.expect("pool semaphores are never closed");
-        self.slot(permit, limit)
+        Slot::new(permit, limit, self.worker)
     }
 
     /// Returns a connection after a transaction; it is kept only if it can be reused and no
-    /// other worker waits for its slot.
+    /// starved worker waits for its slot.
     pub fn put(&self, conn: Connection<T>) {
-        if !conn.is_ready() || conn.deliveries >= self.max_deliveries {
-            return;
+        if !conn.is_ready() {
+            return; // In an unknown state: closed at once.
         }
         let key = PoolKey::new(&conn.target, conn.policy, conn.login);
         let addr = key.addr;
-        if self.wanted_elsewhere(&self.limits.get(addr)) {
-            return;
+        if conn.deliveries >= self.max_deliveries || self.wanted_elsewhere(&self.limits.get(addr)) {
+            return self.retire(conn);
         }
         self.idle.borrow_mut().entry(key).or_default().push(conn);
         self.count_idle(addr, 1, 0);
@@ -256,28 +282,29 @@ impl<T> Pool<T> {
         }
     }
 
-    /// Closes idle connections whose slots other workers wait for.
-    pub fn shed(&self) {
-        let wanted: Vec<SocketAddr> =
-            self.idle.borrow().keys().map(|k| k.addr).filter(|&a| self.wanted_elsewhere(&self.limits.get(a))).collect();
-        let mut idle = self.idle.borrow_mut();
-        for (key, list) in idle.iter_mut() {
-            if wanted.contains(&key.addr) {
-                self.count_idle(key.addr, 0, list.len());
-                list.clear();
+    /// Takes out the idle connections `drop_it` picks, and retires them.
+    fn retire_idle(&self, drop_it: impl Fn(&PoolKey, &Connection<T>) -> bool) {
+        let mut gone = Vec::new();
+        {
+            let mut idle = self.idle.borrow_mut();
+            for (key, list) in idle.iter_mut() {
+                let (out, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|c| drop_it(key, c));
+                *list = keep;
+                self.count_idle(key.addr, 0, out.len());
+                gone.extend(out);
             }
+            idle.retain(|_, list| !list.is_empty());
         }
-        idle.retain(|_, list| !list.is_empty());
+        gone.into_iter().for_each(|c| self.retire(c));
+    }
+
+    /// Closes idle connections whose slots a starved worker waits for.
+    pub fn shed(&self) {
+        self.retire_idle(|key, _| self.wanted_elsewhere(&self.limits.get(key.addr)));
     }
 
     /// Closes idle connections past the idle timeout; called periodically.
     pub fn reap(&self) {
-        let mut idle = self.idle.borrow_mut();
-        for (key, list) in idle.iter_mut() {
-            let before = list.len();
-            list.retain(|c| c.idle_since.elapsed() < self.idle_timeout);
-            self.count_idle(key.addr, 0, before - list.len());
-        }
-        idle.retain(|_, list| !list.is_empty());
+        self.retire_idle(|_, c| c.idle_since.elapsed() >= self.idle_timeout);
     }
 }

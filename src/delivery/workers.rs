@@ -12,7 +12,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::attempt::{Attempted, Sender};
 use super::connection::Settings;
-use super::pool::{Limits, Pool};
+use super::pool::{Limits, Pool, Slot};
 use super::route::Target;
 use super::transport::{Epoll, Transport};
 use super::uring::{self, Uring};
@@ -56,6 +56,8 @@ impl Backend {
 
 struct Job {
     targets: Vec<Target>,
+    /// A slot for a new connection to the first target, taken at dispatch.
+    slot: Option<Slot>,
     msg: Message,
     policy: TlsPolicy,
     login: bool,
@@ -104,9 +106,14 @@ impl Workers {
         let n = msg.recipients.len();
         let (done, result) = oneshot::channel();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
-        let assigned = targets.first().map(|t| self.limits.assign(t.addr, start));
-        let worker = assigned.as_ref().map_or(start, |a| a.worker);
-        let job = Job { targets, msg, policy, login, done };
+        let (worker, slot) = match targets.first() {
+            Some(t) => {
+                let a = self.limits.assign(t.addr, start);
+                (a.worker, a.slot)
+            }
+            None => (start, None),
+        };
+        let job = Job { targets, slot, msg, policy, login, done };
         if self.queues[worker].send(job).is_ok()
             && let Ok(attempted) = result.await
         {
@@ -145,8 +152,8 @@ fn run_thread(backend: Backend, settings: Arc<Settings>, pool: PoolConfig, jobs:
 async fn serve<T: Transport>(settings: Arc<Settings>, pool: PoolConfig, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let shed: Arc<Notify> = pool.limits.shed_signal(pool.worker);
     let sender = std::rc::Rc::new(Sender::<T> {
+        pool: Pool::new(pool.limits.clone(), settings.clone(), pool.worker, pool.max_deliveries, pool.idle_timeout),
         settings,
-        pool: Pool::new(pool.limits.clone(), pool.worker, pool.max_deliveries, pool.idle_timeout),
     });
     let mut reap = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -155,7 +162,7 @@ async fn serve<T: Transport>(settings: Arc<Settings>, pool: PoolConfig, mut jobs
                 let Some(job) = job else { return };
                 let sender = sender.clone();
                 tokio::task::spawn_local(async move {
-                    let attempted = sender.send(&job.targets, job.msg, job.policy, job.login).await;
+                    let attempted = sender.send(&job.targets, job.slot, job.msg, job.policy, job.login).await;
                     let _ = job.done.send(attempted);
                 });
             }

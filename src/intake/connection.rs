@@ -238,7 +238,8 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
         tx.body = fixed;
     }
     let queue_id = ctx.spool.new_queue_id();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = since_epoch.as_secs();
     let single = match tx.recipients.as_slice() {
         [only] => Some(&only.mailbox),
         _ => None,
@@ -288,6 +289,7 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
         identity: identity.clone(),
         listener: origin.local,
         arrival: now,
+        arrival_ms: Some(since_epoch.as_millis() as u64),
         body: None,
     };
     let from = envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default();

@@ -150,6 +150,7 @@ mod tests {
             identity: Identity::TrustedNetwork,
             listener: "127.0.0.1:25".parse().unwrap(),
             arrival: 1000,
+            arrival_ms: None,
             body: None,
         }
     }

@@ -36,6 +36,10 @@ pub struct Runner {
     permits: Arc<Semaphore>,
 }
 
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -207,7 +211,11 @@ impl Runner {
             };
             tracing::info!(queue_id = %env.queue_id, to = %r.mailbox, status, remote = a.remote.as_deref().unwrap_or("-"), reply = r.last_reply.as_deref().unwrap_or(""), "delivery");
             if r.state == RecipientState::Delivered {
-                metrics::histogram!(m::DELIVERY_LATENCY).record(now.saturating_sub(env.arrival) as f64);
+                let latency = match env.arrival_ms {
+                    Some(ms) => unix_now_ms().saturating_sub(ms) as f64 / 1000.0,
+                    None => now.saturating_sub(env.arrival) as f64,
+                };
+                metrics::histogram!(m::DELIVERY_LATENCY).record(latency);
             }
         }
         metrics::counter!(m::DELIVERED).increment(tally.delivered as u64);
@@ -267,6 +275,7 @@ impl Runner {
             identity: Identity::Bounce,
             listener: SocketAddr::from(([127, 0, 0, 1], 0)),
             arrival: now,
+            arrival_ms: None,
             body: None,
         };
         tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = %envelope.recipients[0].mailbox, recipients = notices.len(), "delivery status notification queued");

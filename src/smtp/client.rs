@@ -569,21 +569,51 @@ fn rcpt_command((mailbox, params): &(Mailbox, RcptParams), caps: &Capabilities) 
     line
 }
 
+/// The longest line sent, without CRLF (RFC 5321 4.5.3.1.6).
+const MAX_LINE: usize = 998;
+
 /// Appends the body with a dot doubled at the start of each line (RFC 5321 4.5.2); the body
-/// is made to end with CRLF so the final dot stands on its own line.
+/// is made to end with CRLF so the final dot stands on its own line. Lines over 998 octets
+/// (accepted when `limits.max_line_length` is raised) are broken by inserting CRLF SP, as
+/// Postfix does: a header line becomes a folded one, and MIME structure survives.
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
     out.reserve(body.len() + body.len() / 64 + 2);
     let mut line_start = true;
     for chunk in body.split_inclusive(|&b| b == b'\n') {
-        if line_start && chunk.first() == Some(&b'.') {
+        let doubled = line_start && chunk.first() == Some(&b'.');
+        if doubled {
             out.push(b'.');
         }
-        out.extend_from_slice(chunk);
+        let content = chunk.strip_suffix(b"\r\n").unwrap_or(chunk);
+        let limit = MAX_LINE - usize::from(doubled);
+        if content.len() <= limit {
+            out.extend_from_slice(chunk);
+        } else {
+            fold_line(content, limit, out);
+            out.extend_from_slice(&chunk[content.len()..]);
+        }
         line_start = chunk.ends_with(b"\n");
     }
     if !body.is_empty() && !body.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Writes `content` as lines of at most `first` octets, then `MAX_LINE` counting the leading
+/// space, never cutting a UTF-8 sequence apart.
+fn fold_line(mut content: &[u8], first: usize, out: &mut Vec<u8>) {
+    let mut limit = first;
+    while content.len() > limit {
+        let mut cut = limit;
+        while cut > limit - 3 && content[cut] & 0xC0 == 0x80 {
+            cut -= 1;
+        }
+        out.extend_from_slice(&content[..cut]);
+        out.extend_from_slice(b"\r\n ");
+        content = &content[cut..];
+        limit = MAX_LINE - 1;
+    }
+    out.extend_from_slice(content);
 }
 
 #[cfg(test)]

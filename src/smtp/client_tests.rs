@@ -277,6 +277,40 @@ fn dot_stuffing_table() {
     }
 }
 
+#[test]
+fn lines_over_998_octets_are_broken_with_crlf_space() {
+    // 2,500 octets with a two-byte character straddling the first break, then a dot line.
+    let mut long = vec![b'a'; 997];
+    long.extend_from_slice("é".as_bytes());
+    long.extend(std::iter::repeat_n(b'b', 1501));
+    let mut body = long.clone();
+    body.extend_from_slice(b"\r\n.");
+    body.extend(std::iter::repeat_n(b'c', 998));
+    body.extend_from_slice(b"\r\nshort\r\n");
+    let mut out = Vec::new();
+    dot_stuff(&body, &mut out);
+    let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l)).collect();
+    assert!(lines.iter().all(|l| l.len() <= 998), "{:?}", lines.iter().map(|l| l.len()).collect::<Vec<_>>());
+    // The character moved whole to the continuation line.
+    assert_eq!(lines[0], &long[..997]);
+    assert!(lines[1].starts_with(" é".as_bytes()));
+    // Unfolding (removing CRLF SP) gives the original line back.
+    let unfolded: Vec<u8> =
+        [lines[0], lines[1], lines[2]].iter().enumerate().flat_map(|(i, l)| if i == 0 { l } else { &l[1..] }).copied().collect();
+    assert_eq!(unfolded, long);
+    // The dot line: doubled, so 997 octets fit after the extra dot.
+    assert_eq!(lines[3].len(), 998);
+    assert!(lines[3].starts_with(b".."));
+    assert_eq!(lines[4], b" cc");
+    assert_eq!(lines[5], b"short");
+    // Lines at the limit are left alone.
+    let mut exact = vec![b'x'; 998];
+    exact.extend_from_slice(b"\r\n");
+    let mut out = Vec::new();
+    dot_stuff(&exact, &mut out);
+    assert_eq!(out, exact);
+}
+
 fn with_login(tls: TlsPolicy) -> Script {
     let mut s = Script::new(tls);
     s.client = Client::new(ClientConfig { auth: Some(("alice".into(), sasl::Secret::new("pw".into()))), ..cfg(tls) });

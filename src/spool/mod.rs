@@ -137,6 +137,10 @@ pub struct Envelope {
     pub listener: SocketAddr,
     /// Unix seconds at arrival.
     pub arrival: u64,
+    /// Unix milliseconds at arrival, for the delivery latency histogram (absent in envelopes
+    /// written before it existed, and in bounces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_ms: Option<u64>,
     /// Filled in by the spool when the body is written.
     pub body: Option<BodyRef>,
 }

@@ -25,6 +25,7 @@ fn envelope(spool: &SledSpool, to: &str) -> Envelope {
         identity: Identity::TrustedNetwork,
         listener: "127.0.0.1:25".parse().unwrap(),
         arrival: 1,
+        arrival_ms: None,
         body: None,
     }
 }

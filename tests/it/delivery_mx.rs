@@ -47,3 +47,21 @@ fn mail_reaches_the_mx_host_in_one_pipelined_transaction() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn lines_longer_than_998_octets_are_broken_on_the_way_out() {
+    let dest = Dest::start(Behavior::default());
+    let dns = TestDns::start(Zone::default().mx("dest.test", &[(10, "mx.dest.test")]).a("mx.dest.test", "127.0.0.1"));
+    let relay = TestRelay::with_config(&format!(
+        "{}limits: {{ max_line_length: 5000 }}\ndelivery:\n  port: {}\n  retry: [1s]\n",
+        dns.config(),
+        dest.addr.port()
+    ));
+    let long = "x".repeat(3000);
+    let mut c = relay.client();
+    assert_eq!(c.send_mail("a@sender.test", &["b@dest.test"], &format!("Subject: long\r\n\r\n{long}\r\nend\r\n")).code, 250);
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    let body = &got[0].body;
+    assert!(body.split("\r\n").all(|l| l.len() <= 998), "a line over 998 octets went out");
+    assert!(body.replace("\r\n ", "").contains(&format!("\r\n{long}\r\nend\r\n")), "the long line does not unfold to the original");
+}

@@ -31,8 +31,8 @@ fn twenty_messages_use_at_most_the_configured_connections() {
     assert!(st.connections <= 2, "{} connections opened for 20 messages", st.connections);
 }
 
-/// Four workers share one destination's cap of three: never more open at once, and
-/// connections are reused across messages (jobs go to the worker holding an idle connection).
+/// Four workers share one destination's cap of three: never more open at once, and the three
+/// connections carry every message.
 #[test]
 fn workers_share_the_cap_of_one_destination() {
     let dest = Dest::start(Behavior::default());
@@ -53,5 +53,6 @@ fn workers_share_the_cap_of_one_destination() {
     assert_eq!(got.len(), 60);
     let st = dest.state.lock().unwrap();
     assert!(st.max_open <= 3, "{} connections were open at once", st.max_open);
-    assert!(st.connections <= 20, "{} connections opened for 60 messages: pooled connections were not reused", st.connections);
+    // Jobs go where connections are, so none is closed to make room for another.
+    assert!(st.connections <= 3, "{} connections opened for 60 messages", st.connections);
 }

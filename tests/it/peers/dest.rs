@@ -84,8 +84,12 @@ impl Dest {
                         st.max_open = st.max_open.max(st.open);
                         st.connections
                     };
+                    // The socket closes only after the count drops, so a client that opens its
+                    // next connection once this one closed is never counted twice.
+                    let keep = stream.try_clone().ok();
                     let _ = session(stream, &b, &s, conn);
                     s.lock().unwrap().open -= 1;
+                    drop(keep);
                 });
             }
         });
