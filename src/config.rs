@@ -252,6 +252,22 @@ pub struct DeliveryConfig {
     /// Concurrent connections to one next-hop address.
     #[serde(default = "default_max_connections_per_destination")]
     pub max_connections_per_destination: usize,
+    /// Outbound connections in total.
+    #[serde(default = "default_max_outbound_connections")]
+    pub max_connections: usize,
+    /// Per destination, new connections at most this fast ("10/s"; default: no limit).
+    #[serde(default)]
+    pub connection_rate: Option<crate::shaping::rate::Rate>,
+    /// Per destination, messages at most this fast ("500/min", "10000/h burst 100"; default:
+    /// no limit).
+    #[serde(default)]
+    pub message_rate: Option<crate::shaping::rate::Rate>,
+    /// Suspension of destinations that throttle us or cannot be reached.
+    #[serde(default)]
+    pub backoff: crate::shaping::config::BackoffConfig,
+    /// Overrides of the limits above for the destinations each rule matches.
+    #[serde(default)]
+    pub destinations: Vec<crate::shaping::config::DestinationRule>,
     /// Messages being delivered at once, in total.
     #[serde(default = "default_max_concurrent_deliveries")]
     pub max_concurrent_deliveries: usize,
@@ -334,6 +350,11 @@ impl Default for DeliveryConfig {
             max_recipients_per_transaction: default_max_recipients_per_transaction(),
             max_deliveries_per_connection: default_max_deliveries_per_connection(),
             max_connections_per_destination: default_max_connections_per_destination(),
+            max_connections: default_max_outbound_connections(),
+            connection_rate: None,
+            message_rate: None,
+            backoff: Default::default(),
+            destinations: Vec::new(),
             max_concurrent_deliveries: default_max_concurrent_deliveries(),
             idle_timeout: default_idle_timeout(),
             retry: default_retry(),
@@ -355,6 +376,9 @@ fn default_max_deliveries_per_connection() -> usize {
 }
 fn default_max_connections_per_destination() -> usize {
     20
+}
+fn default_max_outbound_connections() -> usize {
+    1000
 }
 fn default_max_concurrent_deliveries() -> usize {
     1000
@@ -653,8 +677,15 @@ impl Config {
             || d.max_deliveries_per_connection == 0
             || d.max_connections_per_destination == 0
             || d.max_concurrent_deliveries == 0
+            || d.max_connections == 0
         {
             return Err(err("delivery", "recipient, delivery and connection limits must be positive".into()));
+        }
+        for rule in &d.destinations {
+            rule.check().map_err(|e| err("destinations", e))?;
+        }
+        if d.backoff.initial.0.is_zero() || d.backoff.max.0 < d.backoff.initial.0 || d.backoff.after_failures == 0 {
+            return Err(err("backoff", "initial must be positive, max at least initial, after_failures at least 1".into()));
         }
         if let Some(domain) = d.routes.keys().chain(d.tls_policies.keys()).find(|k| address::check_domain(k).is_err()) {
             return Err(err("delivery", format!("{domain:?} is not a domain")));

@@ -59,7 +59,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tasks.spawn(runner.clone().run(watcher.clone()));
         Some(runner)
     };
-    tasks.spawn(crate::admin::serve(admin, spool.clone(), watcher));
+    let delivery = runner.as_ref().map(|r| r.delivery());
+    tasks.spawn(crate::admin::serve(admin, spool.clone(), config.clone(), delivery, watcher));
     Ok(Running { listeners, shutdown, tasks, ctx, spool, runner })
 }
 

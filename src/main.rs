@@ -45,6 +45,15 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Per destination: queued messages and recipients, the oldest's age, connections open,
+    /// message rate, and whether it is suspended (until when, and why).
+    Summary {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load(path: &std::path::Path) -> Result<Config, String> {
@@ -71,6 +80,16 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?);
             } else {
                 print!("{}", sluice::admin::format_table(&entries));
+            }
+            Ok(())
+        }),
+        Command::Queue { command: QueueCommand::Summary { config, json } } => load(&config).and_then(|c| {
+            let rows = sluice::admin::queue_summary(&c)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+            } else {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                print!("{}", sluice::admin::format_summary(&rows, now));
             }
             Ok(())
         }),

@@ -25,6 +25,9 @@ pub const BOUNCED: &str = "sluice_delivery_bounced_total";
 pub const DELIVERY_TLS: &str = "sluice_delivery_tls_total";
 pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
 pub const DELIVERY_IO_BACKEND: &str = "sluice_delivery_io_backend";
+pub const DESTINATION_SUSPENDED: &str = "sluice_destination_suspended";
+pub const DESTINATION_SUSPENSIONS: &str = "sluice_destination_suspensions_total";
+pub const SHAPING_POSTPONED: &str = "sluice_shaping_postponed_total";
 pub const QUEUE_IN_FLIGHT: &str = "sluice_queue_in_flight";
 
 /// Installs the Prometheus exporter on `address` (HTTP, path /metrics) and describes the metrics.
@@ -73,6 +76,9 @@ fn describe() {
     describe_counter!(DEFERRED, "Recipients deferred for a later attempt");
     describe_counter!(BOUNCED, "Recipients bounced, by status class");
     describe_counter!(DELIVERY_TLS, "Outbound connections by TLS version (or none)");
+    describe_gauge!(DESTINATION_SUSPENDED, "1 while a destination is suspended (it throttled us, or could not be reached)");
+    describe_counter!(DESTINATION_SUSPENSIONS, "Destination suspensions, by reason (throttled, unreachable)");
+    describe_counter!(SHAPING_POSTPONED, "Recipient groups put back in the queue by shaping, by reason (suspended, rate)");
     describe_gauge!(DELIVERY_IO_BACKEND, "1 for the I/O backend the delivery workers run on (io_uring or epoll)");
     describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "From arrival to the 250 of the destination, per recipient");
     describe_gauge!(QUEUE_IN_FLIGHT, "Messages being delivered now");

@@ -3,12 +3,14 @@
 //! sled locks its database, so while the daemon runs, `sluice queue list` must ask it; when no
 //! daemon answers, the client opens the spool itself.
 //!
-//! Protocol: the client sends one request line (`queue list`), the daemon answers with one JSON
-//! document and closes.
+//! Protocol: the client sends one request line (`queue list`, `queue summary`), the daemon
+//! answers with one JSON document and closes.
 
 mod passwd;
+mod summary;
 
 pub use passwd::users_file_line;
+pub use summary::{DestinationSummary, format_summary};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -75,6 +77,7 @@ fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {
 #[serde(rename_all = "snake_case")]
 enum Response {
     Queue(Vec<QueueEntry>),
+    Summary(Vec<DestinationSummary>),
     Error(String),
 }
 
@@ -92,13 +95,36 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, spool: Arc<dyn Spool>, mut shutdown: watch::Receiver<bool>) {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The summary from the spool and, when delivery runs, its live state.
+fn summarize(
+    spool: &dyn Spool,
+    config: &Config,
+    delivery: Option<&crate::delivery::attempt::Delivery>,
+) -> Result<Vec<DestinationSummary>, String> {
+    let envelopes = spool.list().map_err(|e| e.to_string())?;
+    Ok(match delivery {
+        Some(d) => summary::summarize(&envelopes, &d.shaper, d.shaper.states(unix_now())),
+        None => summary::summarize(&envelopes, &crate::shaping::Shaper::new(config), Vec::new()),
+    })
+}
+
+pub async fn serve(
+    listener: UnixListener,
+    spool: Arc<dyn Spool>,
+    config: Arc<Config>,
+    delivery: Option<Arc<crate::delivery::attempt::Delivery>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
-        let spool = spool.clone();
+        let (spool, config, delivery) = (spool.clone(), config.clone(), delivery.clone());
         tokio::spawn(async move {
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
@@ -114,6 +140,14 @@ pub async fn serve(listener: UnixListener, spool: Arc<dyn Spool>, mut shutdown: 
                         Err(e) => Response::Error(e.to_string()),
                     }
                 }
+                "queue summary" => {
+                    let spool = spool.clone();
+                    match tokio::task::spawn_blocking(move || summarize(spool.as_ref(), &config, delivery.as_deref())).await {
+                        Ok(Ok(rows)) => Response::Summary(rows),
+                        Ok(Err(e)) => Response::Error(e),
+                        Err(e) => Response::Error(e.to_string()),
+                    }
+                }
                 other => Response::Error(format!("unknown request {other:?}")),
             };
             let bytes = serde_json::to_vec(&response).unwrap_or_default();
@@ -122,27 +156,44 @@ pub async fn serve(listener: UnixListener, spool: Arc<dyn Spool>, mut shutdown: 
     }
 }
 
-/// `sluice queue list`: from the running daemon, or from the spool when no daemon answers.
-pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let from_daemon = runtime.block_on(async {
+/// Asks the running daemon; None when none answers.
+fn ask(config: &Config, request: &str) -> Option<Result<Response, String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async {
         let mut stream = UnixStream::connect(&config.admin.socket).await.ok()?;
-        stream.write_all(b"queue list\n").await.ok()?;
+        stream.write_all(format!("{request}\n").as_bytes()).await.ok()?;
         let mut buf = Vec::new();
         stream.read_to_end(&mut buf).await.ok()?;
         Some(serde_json::from_slice::<Response>(&buf).map_err(|e| format!("bad answer from daemon: {e}")))
-    });
-    match from_daemon {
+    })
+}
+
+/// Runs `f` on the spool itself (no daemon holds it).
+fn offline<T>(config: &Config, f: impl FnOnce(&dyn Spool) -> Result<T, String>) -> Result<T, String> {
+    let spool = SledSpool::open(&config.spool)
+        .map_err(|e| format!("no daemon at {} and the spool cannot be opened: {e}", config.admin.socket.display()))?;
+    let result = f(spool.as_ref());
+    spool.close();
+    result
+}
+
+/// `sluice queue list`: from the running daemon, or from the spool when no daemon answers.
+pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, String> {
+    match ask(config, "queue list") {
         Some(Ok(Response::Queue(entries))) => Ok(entries),
-        Some(Ok(Response::Error(e))) => Err(e),
-        Some(Err(e)) => Err(e),
-        None => {
-            let spool = SledSpool::open(&config.spool)
-                .map_err(|e| format!("no daemon at {} and the spool cannot be opened: {e}", config.admin.socket.display()))?;
-            let entries = list(spool.as_ref());
-            spool.close();
-            entries
-        }
+        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
+        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
+        None => offline(config, list),
+    }
+}
+
+/// `sluice queue summary`: live from the daemon, or counts from the spool when none answers.
+pub fn queue_summary(config: &Config) -> Result<Vec<DestinationSummary>, String> {
+    match ask(config, "queue summary") {
+        Some(Ok(Response::Summary(rows))) => Ok(rows),
+        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
+        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
+        None => offline(config, |spool| summarize(spool, config, None)),
     }
 }
 

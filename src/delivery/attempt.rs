@@ -12,6 +12,8 @@ use super::transport::Transport;
 use super::workers::Workers;
 use crate::config::{Config, OutboundTls};
 use crate::metrics as m;
+use crate::shaping::Bucket;
+use crate::shaping::health::Signal;
 use crate::smtp::client::{Failure, Message, RcptOutcome, TlsPolicy};
 use crate::smtp::reply::{Enhanced, Reply};
 
@@ -24,6 +26,17 @@ pub struct Attempted {
     pub remote_dsn: bool,
 }
 
+/// One attempt's results, and what it said about the destination (for backoff).
+pub struct Report {
+    pub results: Vec<Attempted>,
+    pub signal: Signal,
+}
+
+/// A reply that asks us to slow down: 421, or any 4.7.x (such as 4.7.28, "rate limited").
+fn throttles(reply: &Reply) -> bool {
+    reply.code == 421 || (reply.code / 100 == 4 && reply.enhanced.is_some_and(|e| e.1 == 7))
+}
+
 /// Everything delivery shares: config, DNS, connection settings and the workers.
 pub struct Delivery {
     pub config: Arc<Config>,
@@ -32,6 +45,7 @@ pub struct Delivery {
     /// Our listener addresses, for loop detection.
     pub own: Vec<SocketAddr>,
     pub workers: Workers,
+    pub shaper: crate::shaping::Shaper,
 }
 
 /// One worker's half of delivery: its pool, and the attempt itself.
@@ -64,12 +78,13 @@ impl Delivery {
             },
         });
         let workers = Workers::start(&config, settings.clone())?;
-        Ok(Arc::new(Delivery { dns, settings, own, config, workers }))
+        let shaper = crate::shaping::Shaper::new(&config);
+        Ok(Arc::new(Delivery { dns, settings, own, config, workers, shaper }))
     }
 
     /// Sends `msg` on one of the workers; see `Sender::send`.
-    pub async fn send(&self, targets: Vec<Target>, msg: Message, policy: TlsPolicy, login: bool) -> Vec<Attempted> {
-        self.workers.send(targets, msg, policy, login).await
+    pub async fn send(&self, targets: Vec<Target>, bucket: Arc<Bucket>, msg: Message, policy: TlsPolicy, login: bool) -> Report {
+        self.workers.send(targets, bucket, msg, policy, login).await
     }
 
     /// Mail to `domain` goes to the smarthost with a login: over required TLS, logged in.
@@ -102,23 +117,29 @@ impl<T: Transport> Sender<T> {
         policy: TlsPolicy,
         login: bool,
         slot: Option<Slot>,
+        bucket: &Bucket,
     ) -> Result<(Connection<T>, bool), ConnError> {
         let key = PoolKey::new(target, policy, login);
+        let cap = bucket.cap(target);
         let permit = match slot {
             Some(slot) => match self.pool.take(&key) {
                 Some(conn) => return Ok((conn, true)),
                 None => slot,
             },
-            None => match self.pool.checkout(&key).await {
+            None => match self.pool.checkout(&key, &cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await {
                 Checkout::Pooled(conn) => return Ok((*conn, true)),
                 Checkout::New(slot) => slot,
             },
         };
+        let wait = bucket.connection_wait();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
         let mut opened = match Connection::open(target.clone(), policy, login, &self.settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
             Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
                 tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
-                let permit = self.pool.slot(target.addr).await;
+                let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
                 Connection::open(target.clone(), TlsPolicy::Never, login, &self.settings, permit).await
             }
             other => other,
@@ -136,8 +157,18 @@ impl<T: Transport> Sender<T> {
     /// new transaction at once. A target that cannot be reached or refuses the session is
     /// skipped for the next one; a session lost during a transaction defers what is left.
     /// `slot`, reserved at dispatch, is for a new connection to the first target.
-    pub async fn send(&self, targets: &[Target], mut slot: Option<Slot>, msg: Message, policy: TlsPolicy, login: bool) -> Vec<Attempted> {
+    pub async fn send(
+        &self,
+        targets: &[Target],
+        mut slot: Option<Slot>,
+        bucket: &Bucket,
+        msg: Message,
+        policy: TlsPolicy,
+        login: bool,
+    ) -> Report {
         let n = msg.recipients.len();
+        let mut answered = false;
+        let mut throttled: Option<String> = None;
         let mut results: Vec<Option<Attempted>> = vec![None; n];
         let mut pending: Vec<usize> = (0..n).collect();
         let mut last_error = String::from("no destination address to try");
@@ -145,15 +176,20 @@ impl<T: Transport> Sender<T> {
         'targets: for target in targets {
             let mut stale = 0;
             while !pending.is_empty() {
-                let reserved = slot.take().filter(|s| s.is_for(target.addr));
-                let (mut conn, reused) = match self.connection(target, policy, login, reserved).await {
+                let reserved = slot.take().filter(|s| *s.cap() == bucket.cap(target));
+                let (mut conn, reused) = match self.connection(target, policy, login, reserved, bucket).await {
                     Ok(c) => c,
                     Err(ConnError::Smtp(Failure::Loop)) => {
                         let reply = Reply::new(554, Enhanced(5, 4, 6), format!("{} greets with our own name: mail loop", target.host));
                         fill(&mut results, &pending, &reply, Some(&target.host));
-                        return finish(results);
+                        return finish(results, Signal::Answered);
                     }
                     Err(e) => {
+                        if let ConnError::Smtp(Failure::Greeting(r) | Failure::Closing(r)) = &e
+                            && throttles(r)
+                        {
+                            throttled = Some(format!("{} [{}]: {r}", target.host, target.addr));
+                        }
                         if matches!(e, ConnError::Tls(_) | ConnError::Smtp(Failure::TlsUnavailable)) {
                             tls_failures += 1;
                         }
@@ -165,6 +201,13 @@ impl<T: Transport> Sender<T> {
                 let sub = Message { recipients: pending.iter().map(|&i| msg.recipients[i].clone()).collect(), ..msg.clone() };
                 match conn.transact(sub, &self.settings).await {
                     Ok(outcomes) => {
+                        answered = true;
+                        if let Some(r) = outcomes.iter().find_map(|o| match o {
+                            RcptOutcome::Deferred(r) if throttles(r) => Some(r),
+                            _ => None,
+                        }) {
+                            throttled = Some(format!("{}: {r}", target.host));
+                        }
                         let remote_dsn = conn.offers_dsn();
                         self.pool.put(conn);
                         let mut overflow = Vec::new();
@@ -183,14 +226,25 @@ impl<T: Transport> Sender<T> {
                         tracing::debug!(host = %target.host, error = %e, "pooled connection was dead; reconnecting");
                     }
                     Err(e) => {
+                        if let ConnError::Smtp(Failure::Closing(r)) = &e
+                            && throttles(r)
+                        {
+                            throttled = Some(format!("{}: {r}", target.host));
+                        }
                         let reply = Reply::new(451, Enhanced(4, 4, 2), format!("{} [{}]: {e}", target.host, target.addr));
                         fill(&mut results, &pending, &reply, Some(&target.host));
-                        return finish(results);
+                        let signal = throttled.map_or(Signal::Answered, Signal::Throttled);
+                        return finish(results, signal);
                     }
                 }
             }
             break;
         }
+        let signal = match throttled {
+            Some(why) => Signal::Throttled(why),
+            None if answered || pending.is_empty() => Signal::Answered,
+            None => Signal::Unreachable(last_error.clone()),
+        };
         if !pending.is_empty() {
             let reply = if tls_failures == targets.len() && !targets.is_empty() {
                 Reply::new(451, Enhanced(4, 7, 4), format!("TLS required, and no destination host could provide it; last: {last_error}"))
@@ -199,7 +253,7 @@ impl<T: Transport> Sender<T> {
             };
             fill(&mut results, &pending, &reply, None);
         }
-        finish(results)
+        finish(results, signal)
     }
 }
 
@@ -212,8 +266,8 @@ fn fill(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remot
     }
 }
 
-fn finish(results: Vec<Option<Attempted>>) -> Vec<Attempted> {
-    results
+fn finish(results: Vec<Option<Attempted>>, signal: Signal) -> Report {
+    let results = results
         .into_iter()
         .map(|r| {
             r.unwrap_or(Attempted {
@@ -222,5 +276,6 @@ fn finish(results: Vec<Option<Attempted>>) -> Vec<Attempted> {
                 remote_dsn: false,
             })
         })
-        .collect()
+        .collect();
+    Report { results, signal }
 }

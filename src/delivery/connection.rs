@@ -111,10 +111,15 @@ pub struct Connection<T> {
     pub policy: TlsPolicy,
     /// Logged in with the smarthost credentials.
     pub login: bool,
-    _slot: Slot,
+    slot: Slot,
 }
 
 impl<T> Connection<T> {
+    /// The share of its connection cap this connection holds.
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
     pub fn is_ready(&self) -> bool {
         self.client.is_ready()
     }
@@ -144,7 +149,7 @@ impl<T: Transport> Connection<T> {
             idle_since: Instant::now(),
             policy,
             login,
-            _slot: slot,
+            slot,
         };
         match conn.drive(settings, |e| matches!(e, Event::Ready)).await? {
             Event::Ready => Ok(conn),

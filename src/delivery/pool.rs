@@ -32,6 +32,7 @@ use super::connection::{Connection, Settings};
 use super::route::Target;
 use super::transport::Transport;
 use crate::metrics as m;
+use crate::shaping::CapKey;
 use crate::smtp::client::TlsPolicy;
 
 /// What makes two connections interchangeable.
@@ -52,10 +53,12 @@ impl PoolKey {
     }
 }
 
-/// The cap for one next-hop address, shared by every worker.
+/// One connection cap (a next-hop address, or a shaping rule's hosts), shared by every worker.
 pub struct Limit {
-    addr: SocketAddr,
+    key: CapKey,
     slots: Arc<Semaphore>,
+    /// Transactions a connection under this cap carries before it is closed.
+    max_deliveries: usize,
     /// Per worker: checkouts waiting for a slot.
     waiting_on: Vec<AtomicUsize>,
     /// Per worker: slots it holds (connections, and jobs on their way with a slot), and how
@@ -67,26 +70,30 @@ pub struct Limit {
 /// A connection's share of its address's cap: held until the connection has closed.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    /// A share of `delivery.max_connections`.
+    _total: OwnedSemaphorePermit,
     limit: Arc<Limit>,
     worker: usize,
+    /// The destination's count of connections (for `sluice queue summary`).
+    active: Arc<AtomicUsize>,
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, limit: Arc<Limit>, worker: usize) -> Slot {
+    fn new(permit: OwnedSemaphorePermit, total: OwnedSemaphorePermit, limit: Arc<Limit>, worker: usize, active: &Arc<AtomicUsize>) -> Slot {
         limit.open_on[worker].fetch_add(1, Ordering::SeqCst);
-        Slot { _permit: permit, limit, worker }
+        active.fetch_add(1, Ordering::SeqCst);
+        Slot { _permit: permit, _total: total, limit, worker, active: active.clone() }
     }
-}
 
-impl Slot {
-    pub fn is_for(&self, addr: SocketAddr) -> bool {
-        self.limit.addr == addr
+    pub fn cap(&self) -> &CapKey {
+        &self.limit.key
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.limit.open_on[self.worker].fetch_sub(1, Ordering::SeqCst);
+        self.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -96,10 +103,11 @@ pub struct Assignment {
     pub slot: Option<Slot>,
 }
 
-/// Every address's cap; one per process.
+/// Every cap; one per process.
 pub struct Limits {
-    map: Mutex<HashMap<SocketAddr, Arc<Limit>>>,
-    max_per_destination: usize,
+    map: Mutex<HashMap<CapKey, Arc<Limit>>>,
+    /// `delivery.max_connections`, over every cap.
+    total: Arc<Semaphore>,
     /// One signal per worker: "shed idle connections a starved worker waits for".
     shed: Vec<Arc<Notify>>,
 }
@@ -109,18 +117,24 @@ fn per_worker(n: usize) -> Vec<AtomicUsize> {
 }
 
 impl Limits {
-    pub fn new(max_per_destination: usize, workers: usize) -> Limits {
-        Limits { map: Mutex::new(HashMap::new()), max_per_destination, shed: (0..workers).map(|_| Arc::new(Notify::new())).collect() }
+    pub fn new(total: usize, workers: usize) -> Limits {
+        Limits {
+            map: Mutex::new(HashMap::new()),
+            total: Arc::new(Semaphore::new(total)),
+            shed: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
+        }
     }
 
-    fn get(&self, addr: SocketAddr) -> Arc<Limit> {
+    /// The limit for `cap`, created with `max` connections and `max_deliveries` each.
+    fn get(&self, cap: &CapKey, max: usize, max_deliveries: usize) -> Arc<Limit> {
         let n = self.shed.len();
         let mut map = self.map.lock().expect("limits lock");
-        map.entry(addr)
+        map.entry(cap.clone())
             .or_insert_with(|| {
                 Arc::new(Limit {
-                    addr,
-                    slots: Arc::new(Semaphore::new(self.max_per_destination)),
+                    key: cap.clone(),
+                    max_deliveries,
+                    slots: Arc::new(Semaphore::new(max)),
                     waiting_on: per_worker(n),
                     open_on: per_worker(n),
                     idle_on: per_worker(n),
@@ -129,18 +143,25 @@ impl Limits {
             .clone()
     }
 
-    /// Places a job for `addr`, looking at workers from `start` on (see the module comment).
-    pub fn assign(&self, addr: SocketAddr, start: usize) -> Assignment {
-        let limit = self.get(addr);
+    /// A free slot under `limit` and the total, if there is one now.
+    fn try_slot(&self, limit: &Arc<Limit>, worker: usize, active: &Arc<AtomicUsize>) -> Option<Slot> {
+        let permit = limit.slots.clone().try_acquire_owned().ok()?;
+        let total = self.total.clone().try_acquire_owned().ok()?;
+        Some(Slot::new(permit, total, limit.clone(), worker, active))
+    }
+
+    /// Places a job under `cap`, looking at workers from `start` on (see the module comment).
+    pub fn assign(&self, cap: &CapKey, max: usize, max_deliveries: usize, active: &Arc<AtomicUsize>, start: usize) -> Assignment {
+        let limit = self.get(cap, max, max_deliveries);
         let n = self.shed.len();
         let order = (0..n).map(|i| (start + i) % n);
         let held = |w: usize| limit.open_on[w].load(Ordering::SeqCst);
         if let Some(worker) = order.clone().find(|&w| limit.idle_on[w].load(Ordering::SeqCst) > 0) {
             return Assignment { worker, slot: None };
         }
-        if let Ok(permit) = limit.slots.clone().try_acquire_owned() {
-            let worker = order.min_by_key(|&w| held(w)).unwrap_or(start);
-            return Assignment { worker, slot: Some(Slot::new(permit, limit.clone(), worker)) };
+        let worker = order.clone().min_by_key(|&w| held(w)).unwrap_or(start);
+        if let Some(slot) = self.try_slot(&limit, worker, active) {
+            return Assignment { worker, slot: Some(slot) };
         }
         Assignment { worker: order.max_by_key(|&w| held(w)).unwrap_or(start), slot: None }
     }
@@ -158,12 +179,11 @@ pub enum Checkout<T> {
 /// One worker's idle connections. Not shared between threads.
 pub struct Pool<T> {
     idle: RefCell<HashMap<PoolKey, Vec<Connection<T>>>>,
-    /// Per address: the signal for connections put back.
-    returned: RefCell<HashMap<SocketAddr, Rc<Notify>>>,
+    /// Per cap: the signal for connections put back.
+    returned: RefCell<HashMap<CapKey, Rc<Notify>>>,
     limits: Arc<Limits>,
     settings: Arc<Settings>,
     worker: usize,
-    max_deliveries: usize,
     idle_timeout: Duration,
 }
 
@@ -180,12 +200,12 @@ impl Drop for Waiting<'_> {
 }
 
 impl<T: Transport> Pool<T> {
-    pub fn new(limits: Arc<Limits>, settings: Arc<Settings>, worker: usize, max_deliveries: usize, idle_timeout: Duration) -> Pool<T> {
-        Pool { idle: RefCell::default(), returned: RefCell::default(), limits, settings, worker, max_deliveries, idle_timeout }
+    pub fn new(limits: Arc<Limits>, settings: Arc<Settings>, worker: usize, idle_timeout: Duration) -> Pool<T> {
+        Pool { idle: RefCell::default(), returned: RefCell::default(), limits, settings, worker, idle_timeout }
     }
 
-    fn count_idle(&self, addr: SocketAddr, added: usize, removed: usize) {
-        let limit = self.limits.get(addr);
+    fn count_idle(&self, conn: &Connection<T>, added: usize, removed: usize) {
+        let limit = &conn.slot().limit;
         limit.idle_on[self.worker].fetch_add(added, Ordering::SeqCst);
         limit.idle_on[self.worker].fetch_sub(removed, Ordering::SeqCst);
     }
@@ -204,7 +224,7 @@ impl<T: Transport> Pool<T> {
             let list = idle.get_mut(key)?;
             let mut found = None;
             while let Some(conn) = list.pop() {
-                self.count_idle(key.addr, 0, 1);
+                self.count_idle(&conn, 0, 1);
                 if conn.idle_since.elapsed() < self.idle_timeout {
                     found = Some(conn);
                     break;
@@ -226,18 +246,21 @@ impl<T: Transport> Pool<T> {
             .any(|w| w != self.worker && limit.waiting_on[w].load(Ordering::SeqCst) > 0 && limit.open_on[w].load(Ordering::SeqCst) == 0)
     }
 
-    /// A pooled connection for `key`, or a slot for a new one: whichever comes first. Pooled
-    /// connections keep their slot, so a waiter must watch both the idle list and the cap.
-    pub async fn checkout(&self, key: &PoolKey) -> Checkout<T> {
-        let limit = self.limits.get(key.addr);
+    /// A pooled connection for `key`, or a slot under `cap` for a new one: whichever comes
+    /// first. Pooled connections keep their slot, so a waiter watches the idle list and the cap.
+    pub async fn checkout(&self, key: &PoolKey, cap: &CapKey, max: usize, max_deliveries: usize, active: &Arc<AtomicUsize>) -> Checkout<T> {
+        let limit = self.limits.get(cap, max, max_deliveries);
         loop {
             if let Some(conn) = self.take(key) {
                 return Checkout::Pooled(Box::new(conn));
             }
-            if let Ok(permit) = limit.slots.clone().try_acquire_owned() {
-                return Checkout::New(Slot::new(permit, limit, self.worker));
+            if let Some(slot) = self.limits.try_slot(&limit, self.worker, active) {
+                return Checkout::New(slot);
             }
-            let returned = self.returned.borrow_mut().entry(key.addr).or_default().clone();
+            // An idle connection under the same cap to another host of the rule: close it to
+            // make room rather than wait for it to time out.
+            self.retire_idle_once(|k, c| c.slot().cap() == cap && k != key);
+            let returned = self.returned.borrow_mut().entry(cap.clone()).or_default().clone();
             limit.waiting_on[self.worker].fetch_add(1, Ordering::SeqCst);
             let _waiting = Waiting { limit: &limit, worker: self.worker };
             if limit.open_on[self.worker].load(Ordering::SeqCst) == 0 {
@@ -250,18 +273,20 @@ impl<T: Transport> Pool<T> {
             tokio::select! {
                 permit = limit.slots.clone().acquire_owned() => {
                     let permit = permit.expect("pool semaphores are never closed");
-                    return Checkout::New(Slot::new(permit, limit.clone(), self.worker));
+                    let total = self.limits.total.clone().acquire_owned().await.expect("pool semaphores are never closed");
+                    return Checkout::New(Slot::new(permit, total, limit.clone(), self.worker, active));
                 }
                 _ = returned.notified() => {}
             }
         }
     }
 
-    /// A slot for one more connection to `addr` (for a retry on the same host).
-    pub async fn slot(&self, addr: SocketAddr) -> Slot {
-        let limit = self.limits.get(addr);
+    /// Another slot under `cap` (for a retry on the same host).
+    pub async fn slot(&self, cap: &CapKey, max: usize, max_deliveries: usize, active: &Arc<AtomicUsize>) -> Slot {
+        let limit = self.limits.get(cap, max, max_deliveries);
         let permit = limit.slots.clone().acquire_owned().await.expect("pool semaphores are never closed");
-        Slot::new(permit, limit, self.worker)
+        let total = self.limits.total.clone().acquire_owned().await.expect("pool semaphores are never closed");
+        Slot::new(permit, total, limit, self.worker, active)
     }
 
     /// Returns a connection after a transaction; it is kept only if it can be reused and no
@@ -271,36 +296,47 @@ impl<T: Transport> Pool<T> {
             return; // In an unknown state: closed at once.
         }
         let key = PoolKey::new(&conn.target, conn.policy, conn.login);
-        let addr = key.addr;
-        if conn.deliveries >= self.max_deliveries || self.wanted_elsewhere(&self.limits.get(addr)) {
+        let limit = conn.slot().limit.clone();
+        if conn.deliveries >= limit.max_deliveries || self.wanted_elsewhere(&limit) {
             return self.retire(conn);
         }
+        self.count_idle(&conn, 1, 0);
         self.idle.borrow_mut().entry(key).or_default().push(conn);
-        self.count_idle(addr, 1, 0);
-        if let Some(returned) = self.returned.borrow().get(&addr) {
+        if let Some(returned) = self.returned.borrow().get(&limit.key) {
             returned.notify_one();
         }
     }
 
-    /// Takes out the idle connections `drop_it` picks, and retires them.
-    fn retire_idle(&self, drop_it: impl Fn(&PoolKey, &Connection<T>) -> bool) {
+    /// Takes out the idle connections `drop_it` picks (at most `limit`), and retires them.
+    fn retire_idle_up_to(&self, limit: usize, drop_it: impl Fn(&PoolKey, &Connection<T>) -> bool) {
         let mut gone = Vec::new();
         {
             let mut idle = self.idle.borrow_mut();
             for (key, list) in idle.iter_mut() {
-                let (out, keep): (Vec<_>, Vec<_>) = list.drain(..).partition(|c| drop_it(key, c));
-                *list = keep;
-                self.count_idle(key.addr, 0, out.len());
-                gone.extend(out);
+                let mut i = 0;
+                while i < list.len() && gone.len() < limit {
+                    if drop_it(key, &list[i]) { gone.push(list.swap_remove(i)) } else { i += 1 }
+                }
             }
             idle.retain(|_, list| !list.is_empty());
         }
-        gone.into_iter().for_each(|c| self.retire(c));
+        for conn in gone {
+            self.count_idle(&conn, 0, 1);
+            self.retire(conn);
+        }
+    }
+
+    fn retire_idle(&self, drop_it: impl Fn(&PoolKey, &Connection<T>) -> bool) {
+        self.retire_idle_up_to(usize::MAX, drop_it);
+    }
+
+    fn retire_idle_once(&self, drop_it: impl Fn(&PoolKey, &Connection<T>) -> bool) {
+        self.retire_idle_up_to(1, drop_it);
     }
 
     /// Closes idle connections whose slots a starved worker waits for.
     pub fn shed(&self) {
-        self.retire_idle(|key, _| self.wanted_elsewhere(&self.limits.get(key.addr)));
+        self.retire_idle(|_, c| self.wanted_elsewhere(&c.slot().limit));
     }
 
     /// Closes idle connections past the idle timeout; called periodically.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::attempt::{Attempted, Sender};
+use super::attempt::{Attempted, Report, Sender};
 use super::connection::Settings;
 use super::pool::{Limits, Pool, Slot};
 use super::route::Target;
@@ -18,6 +18,8 @@ use super::transport::{Epoll, Transport};
 use super::uring::{self, Uring};
 use crate::config::{Config, IoBackend};
 use crate::metrics as m;
+use crate::shaping::Bucket;
+use crate::shaping::health::Signal;
 use crate::smtp::client::{Message, RcptOutcome, TlsPolicy};
 use crate::smtp::reply::{Enhanced, Reply};
 
@@ -58,10 +60,11 @@ struct Job {
     targets: Vec<Target>,
     /// A slot for a new connection to the first target, taken at dispatch.
     slot: Option<Slot>,
+    bucket: Arc<Bucket>,
     msg: Message,
     policy: TlsPolicy,
     login: bool,
-    done: oneshot::Sender<Vec<Attempted>>,
+    done: oneshot::Sender<Report>,
 }
 
 pub struct Workers {
@@ -79,17 +82,12 @@ impl Workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let limits = Arc::new(Limits::new(d.max_connections_per_destination, count));
+        let limits = Arc::new(Limits::new(d.max_connections, count));
         let mut queues = Vec::with_capacity(count);
         for worker in 0..count {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.push(tx);
-            let pool = PoolConfig {
-                limits: limits.clone(),
-                worker,
-                max_deliveries: d.max_deliveries_per_connection,
-                idle_timeout: d.idle_timeout.0,
-            };
+            let pool = PoolConfig { limits: limits.clone(), worker, idle_timeout: d.idle_timeout.0 };
             let settings = settings.clone();
             std::thread::Builder::new()
                 .name(format!("sluice-delivery-{worker}"))
@@ -102,18 +100,18 @@ impl Workers {
     }
 
     /// Sends `msg` to the first of `targets` that takes it, on the next worker in turn.
-    pub async fn send(&self, targets: Vec<Target>, msg: Message, policy: TlsPolicy, login: bool) -> Vec<Attempted> {
+    pub async fn send(&self, targets: Vec<Target>, bucket: Arc<Bucket>, msg: Message, policy: TlsPolicy, login: bool) -> Report {
         let n = msg.recipients.len();
         let (done, result) = oneshot::channel();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         let (worker, slot) = match targets.first() {
             Some(t) => {
-                let a = self.limits.assign(t.addr, start);
+                let a = self.limits.assign(&bucket.cap(t), bucket.max_connections, bucket.max_deliveries, &bucket.active, start);
                 (a.worker, a.slot)
             }
             None => (start, None),
         };
-        let job = Job { targets, slot, msg, policy, login, done };
+        let job = Job { targets, slot, bucket, msg, policy, login, done };
         if self.queues[worker].send(job).is_ok()
             && let Ok(attempted) = result.await
         {
@@ -122,14 +120,14 @@ impl Workers {
         // Only when a worker died (a bug): the recipients are tried again later.
         tracing::error!(worker, "delivery worker is gone");
         let reply = Reply::new(451, Enhanced(4, 3, 0), "Delivery worker unavailable");
-        vec![Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false }; n]
+        let results = vec![Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false }; n];
+        Report { results, signal: Signal::Answered }
     }
 }
 
 struct PoolConfig {
     limits: Arc<Limits>,
     worker: usize,
-    max_deliveries: usize,
     idle_timeout: std::time::Duration,
 }
 
@@ -151,10 +149,8 @@ fn run_thread(backend: Backend, settings: Arc<Settings>, pool: PoolConfig, jobs:
 /// A worker's loop: take jobs, run each as a task of its own, keep the pool tidy.
 async fn serve<T: Transport>(settings: Arc<Settings>, pool: PoolConfig, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let shed: Arc<Notify> = pool.limits.shed_signal(pool.worker);
-    let sender = std::rc::Rc::new(Sender::<T> {
-        pool: Pool::new(pool.limits.clone(), settings.clone(), pool.worker, pool.max_deliveries, pool.idle_timeout),
-        settings,
-    });
+    let sender =
+        std::rc::Rc::new(Sender::<T> { pool: Pool::new(pool.limits.clone(), settings.clone(), pool.worker, pool.idle_timeout), settings });
     let mut reap = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -162,7 +158,7 @@ async fn serve<T: Transport>(settings: Arc<Settings>, pool: PoolConfig, mut jobs
                 let Some(job) = job else { return };
                 let sender = sender.clone();
                 tokio::task::spawn_local(async move {
-                    let attempted = sender.send(&job.targets, job.slot, job.msg, job.policy, job.login).await;
+                    let attempted = sender.send(&job.targets, job.slot, &job.bucket, job.msg, job.policy, job.login).await;
                     let _ = job.done.send(attempted);
                 });
             }

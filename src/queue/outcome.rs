@@ -55,6 +55,29 @@ pub struct Tally {
     pub relayed: Vec<Notice>,
 }
 
+/// Recipients shaping held back (a suspended destination, a full rate queue): not an attempt,
+/// so they only move to `until` with the reason as their last reply. Once the message is past
+/// `max_age` they are handed to `record` as deferred instead, which bounces them as expired.
+pub fn postpone(
+    env: &mut Envelope,
+    postponed: &[(usize, u64, String)],
+    results: &mut Vec<(usize, Attempted)>,
+    now: u64,
+    policy: &RetryPolicy<'_>,
+) {
+    let expired = now >= env.arrival.saturating_add(policy.max_age.as_secs());
+    for (index, until, why) in postponed {
+        if expired {
+            let reply = Reply::new(451, Enhanced(4, 4, 5), why.clone());
+            results.push((*index, Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false }));
+        } else {
+            let r = &mut env.recipients[*index];
+            r.next_attempt = Some(*until);
+            r.last_reply = Some(format!("451 4.4.5 {why}"));
+        }
+    }
+}
+
 pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, policy: &RetryPolicy<'_>) -> Tally {
     let mut tally = Tally::default();
     let expired = now >= env.arrival.saturating_add(policy.max_age.as_secs());

@@ -51,6 +51,10 @@ impl Runner {
         Arc::new(Runner { spool, delivery, config, notify, in_flight: Mutex::new(HashSet::new()), permits })
     }
 
+    pub fn delivery(&self) -> Arc<Delivery> {
+        self.delivery.clone()
+    }
+
     /// Messages being delivered now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.lock().expect("in-flight lock").len()
@@ -58,11 +62,13 @@ impl Runner {
 
     /// Dispatches due messages until shut down; deliveries under way finish on their own.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut prune = tokio::time::interval(Duration::from_secs(60));
         loop {
             let sleep = self.dispatch();
             tokio::select! {
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
+                _ = prune.tick() => self.delivery.shaper.prune(unix_now()),
                 _ = shutdown.changed() => return,
             }
         }
@@ -139,6 +145,9 @@ impl Runner {
             }
         }
         let mut results: Vec<(usize, Attempted)> = Vec::new();
+        // Held back by shaping (not attempts): recipient, when to try again, why.
+        let mut postponed: Vec<(usize, u64, String)> = Vec::new();
+        let priority = env.params.priority.unwrap_or(0);
         for ((_, tls_only), indexes) in &groups {
             metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
             let domain = env.recipients[indexes[0]].mailbox.domain.clone();
@@ -154,8 +163,27 @@ impl Runner {
                         .map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None, remote_dsn: false })),
                 ),
                 Route::Targets(targets) => {
+                    let shaper = &self.delivery.shaper;
+                    let bucket = shaper.bucket(&domain, &targets);
+                    if let Some((until, why)) = bucket.suspended(now) {
+                        metrics::counter!(m::SHAPING_POSTPONED, "reason" => "suspended").increment(1);
+                        let why = format!("Destination {} suspended: {why}", bucket.name);
+                        postponed.extend(indexes.iter().map(|&i| (i, until, why.clone())));
+                        continue;
+                    }
                     let policy = if *tls_only { crate::smtp::client::TlsPolicy::Required } else { self.delivery.tls_policy(&domain) };
-                    for chunk in indexes.chunks(self.config.delivery.max_recipients_per_transaction) {
+                    let chunks: Vec<&[usize]> = indexes.chunks(bucket.max_recipients).collect();
+                    for (k, chunk) in chunks.iter().enumerate() {
+                        if let Some(queue) = &bucket.messages
+                            && let Err(wait) = queue.acquire(priority, bucket.max_waiting()).await
+                        {
+                            // Too many wait in memory already: back to the queue on disk.
+                            metrics::counter!(m::SHAPING_POSTPONED, "reason" => "rate").increment(1);
+                            let until = unix_now() + wait.as_secs().max(1);
+                            let why = format!("Waiting for the message rate of {} ({})", bucket.name, queue.rate());
+                            postponed.extend(chunks[k..].iter().flat_map(|c| c.iter()).map(|&i| (i, until, why.clone())));
+                            break;
+                        }
                         let msg = Message {
                             from: env.from.clone(),
                             params: env.params.clone(),
@@ -165,8 +193,9 @@ impl Runner {
                                 .collect(),
                             body: body.clone(),
                         };
-                        let attempted = self.delivery.send(targets.clone(), msg, policy, self.delivery.logs_in(&domain)).await;
-                        results.extend(chunk.iter().copied().zip(attempted));
+                        let report = self.delivery.send(targets.clone(), bucket.clone(), msg, policy, self.delivery.logs_in(&domain)).await;
+                        shaper.record(&bucket, &report.signal, unix_now());
+                        results.extend(chunk.iter().copied().zip(report.results));
                     }
                 }
             }
@@ -176,6 +205,7 @@ impl Runner {
         let delay_warning = Some(d.delay_warning.0).filter(|w| !w.is_zero());
         let policy = RetryPolicy { schedule: &schedule, max_age: d.max_age.0, delay_warning };
         let now = unix_now();
+        outcome::postpone(&mut env, &postponed, &mut results, now, &policy);
         let tally = outcome::record(&mut env, &results, now, &policy);
         self.log_results(&env, &results, &tally, now);
         let mut changes = Changes::default();

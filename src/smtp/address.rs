@@ -174,6 +174,10 @@ pub struct MailParams {
     /// AUTH= (RFC 4954 5), xtext as received; `<>` means unknown submitter.
     #[serde(default)]
     pub auth: Option<String>,
+    /// MT-PRIORITY= (RFC 6710), -9 (lowest) to 9; after intake's policy, the priority the
+    /// message is delivered with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i8>,
 }
 
 /// NOTIFY= (RFC 3461 4.1): NEVER, or any of SUCCESS/FAILURE/DELAY.
@@ -234,6 +238,13 @@ pub fn parse_mail_params(text: &str) -> Result<MailParams, ParamError> {
             ("ENVID", _) => return Err(ParamError::BadValue("Bad ENVID value")),
             ("AUTH", Some(v)) if v == "<>" || (is_xtext(v) && v.len() <= 500) => p.auth = Some(v.to_string()),
             ("AUTH", _) => return Err(ParamError::BadValue("Bad AUTH value")),
+            ("MT-PRIORITY", Some(v)) => {
+                let n: i8 = v.strip_prefix('+').unwrap_or(v).parse().map_err(|_| ParamError::BadValue("Bad MT-PRIORITY value"))?;
+                if !(-9..=9).contains(&n) || v.len() > 2 {
+                    return Err(ParamError::BadValue("MT-PRIORITY must be between -9 and 9"));
+                }
+                p.priority = Some(n);
+            }
             _ => return Err(ParamError::Unknown(key)),
         }
     }

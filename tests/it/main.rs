@@ -35,6 +35,7 @@ mod pipelining;
 mod postmaster;
 mod relay_denied;
 mod require_tls_recipients;
+mod shaping;
 mod shutdown_drain;
 mod smuggling;
 mod spool_failure;

@@ -44,6 +44,8 @@ pub struct Received {
     /// The accepted RCPT command lines as sent, parameters included.
     pub rcpt_lines: Vec<String>,
     pub body: String,
+    /// When the final dot was accepted.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -267,6 +269,7 @@ fn receive_body(
             rcpts: rcpts.iter().map(|l| path_of(l)).collect(),
             rcpt_lines: rcpts.to_vec(),
             body,
+            at: std::time::Instant::now(),
         });
     }
     out.write_all(format!("{reply}\r\n").as_bytes())

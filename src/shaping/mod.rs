@@ -1,0 +1,229 @@
+//! Traffic shaping per destination: message and connection rates, connection caps, recipients
+//! per transaction, connections' lifetimes, and suspension when a destination throttles us or
+//! cannot be reached.
+//!
+//! A destination is what a `delivery.destinations` rule matches (by recipient domain, or by
+//! the MX host names of its route, so every domain at one provider shares one set of limits),
+//! or else the recipient domain with the `delivery` defaults. Connection caps of the defaults
+//! count per next-hop address (`delivery.max_connections_per_destination`); a rule's cap
+//! counts every connection to any of its hosts.
+
+pub mod config;
+pub mod health;
+pub mod queue;
+pub mod rate;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use self::config::matches;
+use self::health::{Backoff, Health, Signal};
+use self::queue::RateQueue;
+use self::rate::{Gcra, Rate};
+use crate::config::Config;
+use crate::delivery::route::Target;
+use crate::metrics as m;
+
+/// What a connection cap counts: connections to one next-hop address, or to any host of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CapKey {
+    Addr(SocketAddr),
+    Rule(usize),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BucketKey {
+    Rule(usize),
+    Domain(String),
+}
+
+/// One destination's limits and state.
+pub struct Bucket {
+    key: BucketKey,
+    pub name: String,
+    pub max_connections: usize,
+    pub max_deliveries: usize,
+    pub max_recipients: usize,
+    /// Messages wait here for their turn (None: no message rate).
+    pub messages: Option<RateQueue>,
+    connection_rate: Option<(Rate, Mutex<Gcra>)>,
+    origin: Instant,
+    health: Mutex<Health>,
+    /// Connections open for this destination now.
+    pub active: Arc<AtomicUsize>,
+}
+
+impl Bucket {
+    pub fn cap(&self, target: &Target) -> CapKey {
+        match self.key {
+            BucketKey::Rule(i) => CapKey::Rule(i),
+            BucketKey::Domain(_) => CapKey::Addr(target.addr),
+        }
+    }
+
+    /// Books a new connection under the connection rate; how long to wait before opening it.
+    pub fn connection_wait(&self) -> Duration {
+        match &self.connection_rate {
+            Some((_, gcra)) => gcra.lock().expect("gcra lock").reserve(self.origin.elapsed()),
+            None => Duration::ZERO,
+        }
+    }
+
+    pub fn connection_rate(&self) -> Option<Rate> {
+        self.connection_rate.as_ref().map(|(r, _)| *r)
+    }
+
+    /// Until when (unix seconds) and why, if suspended at `now`.
+    pub fn suspended(&self, now: u64) -> Option<(u64, String)> {
+        self.health.lock().expect("health lock").suspended(now).map(|(t, r)| (t, r.to_string()))
+    }
+
+    /// Messages that may wait in memory for the rate: about two seconds' worth.
+    pub fn max_waiting(&self) -> usize {
+        self.messages.as_ref().map_or(0, |q| ((q.rate().per_second() * 2.0) as usize).clamp(8, 1000))
+    }
+}
+
+pub struct Shaper {
+    rules: Vec<config::DestinationRule>,
+    defaults: config::DestinationRule,
+    backoff: Backoff,
+    buckets: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
+    /// Domains found (through their MX hosts) to belong to a rule, for the queue summary.
+    ruled: Mutex<HashMap<String, usize>>,
+}
+
+/// Domains remembered in `ruled` at most (a summary convenience, not a cache that must hold).
+const MAX_RULED: usize = 100_000;
+
+impl Shaper {
+    pub fn new(config: &Config) -> Shaper {
+        let d = &config.delivery;
+        let defaults = config::DestinationRule {
+            max_connections: Some(d.max_connections_per_destination),
+            connection_rate: d.connection_rate,
+            message_rate: d.message_rate,
+            max_deliveries_per_connection: Some(d.max_deliveries_per_connection),
+            max_recipients_per_transaction: Some(d.max_recipients_per_transaction),
+            ..Default::default()
+        };
+        let backoff = Backoff { initial: d.backoff.initial.0, max: d.backoff.max.0, after_failures: d.backoff.after_failures };
+        Shaper { rules: d.destinations.clone(), defaults, backoff, buckets: Mutex::new(HashMap::new()), ruled: Mutex::new(HashMap::new()) }
+    }
+
+    /// The destination mail to `domain` over `targets` belongs to.
+    pub fn bucket(&self, domain: &str, targets: &[Target]) -> Arc<Bucket> {
+        let rule = self
+            .rules
+            .iter()
+            .position(|r| r.domains.iter().any(|p| matches(p, domain)) || r.mx.iter().any(|p| targets.iter().any(|t| matches(p, &t.host))));
+        let key = match rule {
+            Some(i) => {
+                let mut ruled = self.ruled.lock().expect("ruled lock");
+                if ruled.len() >= MAX_RULED {
+                    ruled.clear();
+                }
+                ruled.insert(domain.to_ascii_lowercase(), i);
+                BucketKey::Rule(i)
+            }
+            None => BucketKey::Domain(domain.to_ascii_lowercase()),
+        };
+        let mut buckets = self.buckets.lock().expect("buckets lock");
+        buckets.entry(key.clone()).or_insert_with(|| Arc::new(self.make(key))).clone()
+    }
+
+    fn make(&self, key: BucketKey) -> Bucket {
+        let (name, rule) = match &key {
+            BucketKey::Rule(i) => (self.rules[*i].label(), &self.rules[*i]),
+            BucketKey::Domain(d) => (d.clone(), &self.defaults),
+        };
+        let d = &self.defaults;
+        let pick = |own: Option<usize>, default: Option<usize>| own.or(default).unwrap_or(1);
+        let message_rate = rule.message_rate.or(d.message_rate);
+        let connection_rate = rule.connection_rate.or(d.connection_rate);
+        Bucket {
+            key,
+            name,
+            max_connections: pick(rule.max_connections, d.max_connections),
+            max_deliveries: pick(rule.max_deliveries_per_connection, d.max_deliveries_per_connection),
+            max_recipients: pick(rule.max_recipients_per_transaction, d.max_recipients_per_transaction),
+            messages: message_rate.map(RateQueue::new),
+            connection_rate: connection_rate.map(|r| (r, Mutex::new(Gcra::new(&r)))),
+            origin: Instant::now(),
+            health: Mutex::new(Health::default()),
+            active: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Records what an attempt said about a destination; suspends or resumes it.
+    pub fn record(&self, bucket: &Bucket, signal: &Signal, now: u64) {
+        let mut health = bucket.health.lock().expect("health lock");
+        let was = health.suspended(now).is_some();
+        if health.record(signal, now, &self.backoff) {
+            let (until, reason) = health.suspended(now).expect("just suspended");
+            tracing::warn!(destination = %bucket.name, until, reason, "destination suspended");
+            let kind = if matches!(signal, Signal::Throttled(_)) { "throttled" } else { "unreachable" };
+            metrics::counter!(m::DESTINATION_SUSPENSIONS, "destination" => bucket.name.clone(), "reason" => kind).increment(1);
+            metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(1.0);
+        } else if was && *signal == Signal::Answered {
+            tracing::info!(destination = %bucket.name, "destination resumed");
+            metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(0.0);
+        }
+    }
+
+    /// The destination name mail to `domain` is counted under: a rule's, else the domain.
+    pub fn destination_of(&self, domain: &str) -> String {
+        let domain = domain.to_ascii_lowercase();
+        let rule = self.rules.iter().position(|r| r.domains.iter().any(|p| matches(p, &domain)));
+        match rule.or_else(|| self.ruled.lock().expect("ruled lock").get(&domain).copied()) {
+            Some(i) => self.rules[i].label(),
+            None => domain,
+        }
+    }
+
+    /// Every destination seen, for `sluice queue summary`.
+    pub fn states(&self, now: u64) -> Vec<DestinationState> {
+        let buckets = self.buckets.lock().expect("buckets lock");
+        buckets
+            .values()
+            .map(|b| DestinationState {
+                name: b.name.clone(),
+                message_rate: b.messages.as_ref().map(|q| q.rate().to_string()),
+                waiting: b.messages.as_ref().map_or(0, |q| q.waiting()),
+                connections: b.active.load(Ordering::SeqCst),
+                max_connections: b.max_connections,
+                suspended: b.suspended(now),
+            })
+            .collect()
+    }
+
+    /// Forgets per-domain destinations nobody uses and that hold no state worth keeping.
+    pub fn prune(&self, now: u64) {
+        self.buckets.lock().expect("buckets lock").retain(|key, b| {
+            matches!(key, BucketKey::Rule(_))
+                || Arc::strong_count(b) > 1
+                || b.suspended(now).is_some()
+                || b.messages.as_ref().is_some_and(|q| q.waiting() > 0)
+                || *b.health.lock().expect("health lock") != Health::default()
+        });
+    }
+}
+
+/// A destination's state as the admin interface shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DestinationState {
+    pub name: String,
+    pub message_rate: Option<String>,
+    /// Messages waiting in memory for the rate.
+    pub waiting: usize,
+    /// Connections open now.
+    pub connections: usize,
+    pub max_connections: usize,
+    /// Until (unix seconds) and why.
+    pub suspended: Option<(u64, String)>,
+}

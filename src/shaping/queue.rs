@@ -1,0 +1,209 @@
+//! A rate limiter that callers wait on in priority order: higher MT-PRIORITY first, then first
+//! come, first served. Only the caller at the head of the line sleeps on a timer (until its
+//! token); the others sleep until they reach the head. Nobody polls.
+//!
+//! A caller that would join a line already `max_waiting` long (counting only those that go
+//! before it) is told how long it would wait instead, so the message can go back to the
+//! queue on disk rather than hold memory and a delivery slot while it waits.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::rate::{Gcra, Rate};
+
+/// Position in line: higher priority first (so the priority is negated), then arrival order.
+type Place = (i16, u64);
+
+pub struct RateQueue {
+    rate: Rate,
+    origin: Instant,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    gcra: Gcra,
+    line: BTreeMap<Place, Arc<Notify>>,
+    next: u64,
+}
+
+impl Inner {
+    fn wake_head(&self) {
+        if let Some(head) = self.line.values().next() {
+            head.notify_one();
+        }
+    }
+}
+
+/// Leaves the line if the waiting caller goes away (shutdown, a dropped task).
+struct InLine<'a> {
+    queue: &'a RateQueue,
+    place: Place,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.queue.inner.lock().expect("rate queue lock");
+        if inner.line.remove(&self.place).is_some() {
+            inner.wake_head();
+        }
+    }
+}
+
+impl RateQueue {
+    pub fn new(rate: Rate) -> RateQueue {
+        RateQueue { rate, origin: Instant::now(), inner: Mutex::new(Inner { gcra: Gcra::new(&rate), line: BTreeMap::new(), next: 0 }) }
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    fn now(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    /// Callers in line now.
+    pub fn waiting(&self) -> usize {
+        self.inner.lock().expect("rate queue lock").line.len()
+    }
+
+    /// Waits for a token. `Err(wait)`: the line ahead is `max_waiting` long already, and this
+    /// is about how long the caller would wait.
+    pub async fn acquire(&self, priority: i8, max_waiting: usize) -> Result<(), Duration> {
+        let (place, signal) = {
+            let mut inner = self.inner.lock().expect("rate queue lock");
+            let place = (-i16::from(priority), inner.next);
+            let ahead = inner.line.range(..place).count();
+            if ahead >= max_waiting {
+                let wait = inner.gcra.wait(self.now()) + inner.gcra.interval() * (ahead as u32 + 1);
+                return Err(wait);
+            }
+            inner.next += 1;
+            let signal = Arc::new(Notify::new());
+            inner.line.insert(place, signal.clone());
+            (place, signal)
+        };
+        let in_line = InLine { queue: self, place };
+        loop {
+            let wait = {
+                let mut inner = self.inner.lock().expect("rate queue lock");
+                if inner.line.keys().next() != Some(&place) {
+                    None
+                } else {
+                    let now = self.now();
+                    let wait = inner.gcra.wait(now);
+                    if wait.is_zero() {
+                        inner.gcra.reserve(now);
+                        inner.line.remove(&place);
+                        inner.wake_head();
+                        std::mem::forget(in_line);
+                        return Ok(());
+                    }
+                    Some(wait)
+                }
+            };
+            match wait {
+                // Someone goes first: wait to become the head.
+                None => signal.notified().await,
+                // At the head: sleep until the token, unless a higher priority arrives meanwhile.
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = signal.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn order_of(arrivals: &[(i8, &'static str)], rate: &str) -> Vec<&'static str> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let queue = Arc::new(RateQueue::new(rate.parse().unwrap()));
+            let done = Arc::new(Mutex::new(Vec::new()));
+            let mut tasks = Vec::new();
+            for &(priority, name) in arrivals {
+                let (q, d) = (queue.clone(), done.clone());
+                tasks.push(tokio::spawn(async move {
+                    q.acquire(priority, 100).await.unwrap();
+                    d.lock().unwrap().push((name, tokio::time::Instant::now()));
+                }));
+                // Each arrives a moment after the one before.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let done = done.lock().unwrap();
+            // Virtual time: tokens were 1 s apart exactly.
+            for pair in done.windows(2) {
+                let gap = pair[1].1 - pair[0].1;
+                assert!(gap >= Duration::from_millis(990), "tokens {gap:?} apart");
+            }
+            done.iter().map(|(n, _)| *n).collect()
+        })
+    }
+
+    #[test]
+    fn same_priority_goes_first_come_first_served() {
+        assert_eq!(order_of(&[(0, "a"), (0, "b"), (0, "c"), (0, "d")], "1/s"), ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn higher_priority_overtakes_those_still_waiting() {
+        // "a" takes the first token at once; "b" waits; "urgent" arrives later but goes next.
+        assert_eq!(order_of(&[(0, "a"), (0, "b"), (0, "c"), (5, "urgent"), (-3, "bulk")], "1/s"), ["a", "urgent", "b", "c", "bulk"]);
+    }
+
+    #[test]
+    fn a_full_line_sends_callers_back_with_their_wait() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let queue = Arc::new(RateQueue::new("2/s".parse().unwrap()));
+            queue.acquire(0, 2).await.unwrap();
+            let (q1, q2) = (queue.clone(), queue.clone());
+            let t1 = tokio::spawn(async move { q1.acquire(0, 2).await });
+            let t2 = tokio::spawn(async move { q2.acquire(0, 2).await });
+            tokio::task::yield_now().await;
+            assert_eq!(queue.waiting(), 2);
+            // Two ahead: about three intervals (500 ms each) to wait.
+            let wait = queue.acquire(0, 2).await.unwrap_err();
+            assert!(wait >= Duration::from_millis(1500) && wait <= Duration::from_millis(2000), "{wait:?}");
+            // A higher priority still gets in line: nobody of its priority is ahead.
+            let q3 = queue.clone();
+            let t3 = tokio::spawn(async move { q3.acquire(9, 2).await });
+            assert!(t1.await.unwrap().is_ok() && t2.await.unwrap().is_ok() && t3.await.unwrap().is_ok());
+            assert_eq!(queue.waiting(), 0);
+        });
+    }
+
+    #[test]
+    fn a_caller_that_leaves_the_line_lets_the_next_one_go() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let queue = Arc::new(RateQueue::new("1/s".parse().unwrap()));
+            queue.acquire(0, 10).await.unwrap();
+            let q = queue.clone();
+            let head = tokio::spawn(async move { q.acquire(0, 10).await });
+            tokio::task::yield_now().await;
+            let q = queue.clone();
+            let next = tokio::spawn(async move { q.acquire(0, 10).await });
+            tokio::task::yield_now().await;
+            head.abort();
+            let start = tokio::time::Instant::now();
+            next.await.unwrap().unwrap();
+            assert!(start.elapsed() <= Duration::from_secs(1));
+            assert_eq!(queue.waiting(), 0);
+        });
+    }
+}
