@@ -99,6 +99,9 @@ pub struct ListenerConfig {
     /// Ask TLS clients for a certificate; listed ones (`client_certificates`) get relay rights.
     #[serde(default)]
     pub request_client_certificates: bool,
+    /// Delivery priority (-9 to 9) of mail that names none (MT-PRIORITY, RFC 6710).
+    #[serde(default)]
+    pub default_priority: i8,
 }
 
 /// `relay` (port 25): trusted networks and authenticated clients may relay.
@@ -148,6 +151,9 @@ pub struct AuthConfig {
     /// Name the authenticated user in Received (off: every recipient would see the login).
     #[serde(default)]
     pub received_identity: bool,
+    /// Per user, the delivery priority (-9 to 9) of mail that names none; over the listener's.
+    #[serde(default)]
+    pub user_priorities: std::collections::BTreeMap<String, i8>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -448,6 +454,7 @@ impl Default for AuthConfig {
             lockout: default_lockout(),
             failure_delay: default_failure_delay(),
             received_identity: false,
+            user_priorities: Default::default(),
         }
     }
 }
@@ -482,6 +489,13 @@ pub struct Limits {
     /// How long to wait for the next block of message data.
     #[serde(default = "default_data_timeout")]
     pub data_timeout: HumanDuration,
+    /// Messages accepted from one client IP at most this fast ("100/min"); over it, MAIL gets
+    /// 451 4.7.0 and the sender retries later. Default: no limit.
+    #[serde(default)]
+    pub messages_per_ip: Option<crate::shaping::rate::Rate>,
+    /// The same per authenticated user (or client-certificate identity).
+    #[serde(default)]
+    pub messages_per_user: Option<crate::shaping::rate::Rate>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -501,7 +515,12 @@ pub struct AdminConfig {
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
-    vec![ListenerConfig { address: "127.0.0.1:25".parse().unwrap(), mode: ListenerMode::Relay, request_client_certificates: false }]
+    vec![ListenerConfig {
+        address: "127.0.0.1:25".parse().unwrap(),
+        mode: ListenerMode::Relay,
+        request_client_certificates: false,
+        default_priority: 0,
+    }]
 }
 fn default_trusted() -> Vec<Cidr> {
     vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()]
@@ -575,6 +594,8 @@ impl Default for Limits {
             max_errors: default_max_errors(),
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
+            messages_per_ip: None,
+            messages_per_user: None,
         }
     }
 }
@@ -709,6 +730,12 @@ impl Config {
         }
         if !self.starttls_policy.require_tls.is_empty() && self.tls.is_none() {
             return Err(err("require_tls", "needs a tls section to offer STARTTLS".into()));
+        }
+        if self.listeners.iter().any(|l| !(-9..=9).contains(&l.default_priority)) {
+            return Err(err("default_priority", "must be between -9 and 9 (RFC 6710)".into()));
+        }
+        if self.auth.user_priorities.values().any(|p| !(-9..=9).contains(p)) {
+            return Err(err("user_priorities", "priorities must be between -9 and 9 (RFC 6710)".into()));
         }
         if self.auth.max_failures == 0 {
             return Err(err("max_failures", "must be at least 1".into()));

@@ -34,18 +34,20 @@ pub(super) struct Origin {
     pub local: SocketAddr,
     pub mode: ListenerMode,
     pub trusted: bool,
+    /// The listener's priority for mail that names none.
+    pub default_priority: i8,
 }
 
 pub(super) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    mode: ListenerMode,
-    client_certs: bool,
+    spec: crate::config::ListenerConfig,
     ctx: Arc<IntakeContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let (mode, client_certs) = (spec.mode, spec.request_client_certificates);
     let ip = peer.ip();
     let limit = ctx.config.limits.command_timeout.0;
     let mut stream = Stream::Plain(tcp);
@@ -60,7 +62,7 @@ pub(super) async fn serve(
             None => return,
         }
     }
-    let origin = Origin { peer, local, mode, trusted: ctx.config.is_trusted(ip) };
+    let origin = Origin { peer, local, mode, trusted: ctx.config.is_trusted(ip), default_priority: spec.default_priority };
     let client = ClientInfo {
         ip,
         relay_allowed: origin.trusted,
@@ -110,7 +112,7 @@ pub(super) async fn serve(
         };
         session.feed(&buf[..n]);
         session.set_mail_gate(match ctx.spool.health() {
-            Health::Ok => None,
+            Health::Ok => ctx.rates.gate(ip, session.sender_identity()),
             Health::LowSpace => Some(codes::disk_full()),
             Health::Failed => Some(codes::spool_unavailable()),
         });
@@ -267,6 +269,11 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
         (None, false, None) => Identity::Anonymous,
     };
     let tls_text = tx.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)).unwrap_or_else(|| "none".into());
+    // The rate limits count the authenticated user, else the client certificate's identity.
+    let sender = tx.identity.clone().or_else(|| tx.tls.as_ref().and_then(|t| t.certificate_identity.clone()));
+    // MT-PRIORITY as given; else the user's default; else the listener's.
+    let user_priority = tx.identity.as_ref().and_then(|u| ctx.config.auth.user_priorities.get(u).copied());
+    tx.params.priority = tx.params.priority.or(user_priority).or(Some(origin.default_priority).filter(|&p| p != 0));
     let envelope = Envelope {
         queue_id: queue_id.clone(),
         from: tx.from,
@@ -317,6 +324,7 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
         });
     }
     ctx.stored.notify_one();
+    ctx.rates.count(origin.peer.ip(), sender.as_deref());
     metrics::histogram!(m::COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
     metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
     metrics::counter!(m::BYTES_ACCEPTED).increment(size as u64);

@@ -3,6 +3,7 @@
 mod auth;
 mod connection;
 mod limits;
+mod rates;
 pub mod submission;
 pub mod tls;
 pub mod trace;
@@ -37,6 +38,8 @@ pub struct IntakeContext {
     pub failures: FailureTracker,
     /// Woken after every stored message, so the queue runner starts on it at once.
     pub stored: Arc<tokio::sync::Notify>,
+    /// Messages per client IP and per user.
+    pub rates: rates::SenderRates,
 }
 
 impl IntakeContext {
@@ -78,7 +81,8 @@ impl IntakeContext {
         let a = &config.auth;
         let failures = FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0);
         let stored = Arc::new(tokio::sync::Notify::new());
-        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, config }))
+        let rates = rates::SenderRates::new(config.limits.messages_per_ip, config.limits.messages_per_user);
+        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, rates, config }))
     }
 
     fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {
@@ -92,7 +96,6 @@ impl IntakeContext {
 /// Accepts connections until `shutdown` turns true; each connection runs in its own task.
 pub async fn serve(listener: TcpListener, spec: ListenerConfig, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
     let mode = spec.mode;
-    let client_certs = spec.request_client_certificates;
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -116,8 +119,9 @@ pub async fn serve(listener: TcpListener, spec: ListenerConfig, ctx: Arc<IntakeC
             Ok(slot) => {
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
+                let spec = spec.clone();
                 tokio::spawn(async move {
-                    connection::serve(stream, peer, local, mode, client_certs, ctx, shutdown).await;
+                    connection::serve(stream, peer, local, spec, ctx, shutdown).await;
                     drop(slot);
                 });
             }

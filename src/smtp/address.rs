@@ -375,6 +375,11 @@ mod tests {
         assert_eq!(parse_mail_params("BODY=BINARYMIME"), Err(ParamError::BadValue("Unsupported BODY value")));
         assert!(parse_mail_params("SIZE=x").is_err());
         assert!(parse_mail_params("ENVID=a+zz").is_err());
+        assert_eq!(parse_mail_params("MT-PRIORITY=+3").unwrap().priority, Some(3));
+        assert_eq!(parse_mail_params("MT-PRIORITY=-9").unwrap().priority, Some(-9));
+        for bad in ["MT-PRIORITY=10", "MT-PRIORITY=-10", "MT-PRIORITY=x", "MT-PRIORITY", "MT-PRIORITY=+-1"] {
+            assert!(parse_mail_params(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Capabilities {
     pub starttls: bool,
     pub dsn: bool,
     pub chunking: bool,
+    /// MT-PRIORITY (RFC 6710).
+    pub mt_priority: bool,
     /// SASL mechanisms offered with AUTH (upper case).
     pub auth: Vec<String>,
 }
@@ -63,6 +65,7 @@ impl Capabilities {
                 "STARTTLS" => caps.starttls = true,
                 "DSN" => caps.dsn = true,
                 "CHUNKING" => caps.chunking = true,
+                "MT-PRIORITY" => caps.mt_priority = true,
                 "AUTH" => caps.auth = words.map(str::to_ascii_uppercase).collect(),
                 _ => {}
             }
@@ -543,6 +546,10 @@ fn mail_command(msg: &Message, caps: &Capabilities) -> String {
         if let Some(envid) = &msg.params.envid {
             line.push_str(&format!(" ENVID={envid}"));
         }
+    }
+    // RFC 6710 4.1: a relay passes the priority on to a next hop that supports it.
+    if let (true, Some(p)) = (caps.mt_priority, msg.params.priority) {
+        line.push_str(&format!(" MT-PRIORITY={p}"));
     }
     line
 }

@@ -245,6 +245,16 @@ fn messages_the_server_cannot_take_fail_without_a_word_sent() {
 }
 
 #[test]
+fn mt_priority_goes_only_to_a_next_hop_that_offers_it() {
+    let mut with = Script::ready(TlsPolicy::Never, "250-mx\r\n250-PIPELINING\r\n250 MT-PRIORITY MIXER\r\n");
+    let mut m = message(&["b@y.test"], "x\r\n");
+    m.params.priority = Some(-4);
+    assert_eq!(with.send(m.clone()), "MAIL FROM:<a@x.test> MT-PRIORITY=-4\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    let mut without = Script::ready(TlsPolicy::Never, "250-mx\r\n250 PIPELINING\r\n");
+    assert_eq!(without.send(m), "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+}
+
+#[test]
 fn dsn_and_8bit_parameters_are_passed_on_when_offered() {
     let mut s = Script::ready(TlsPolicy::Never, "250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 DSN\r\n");
     let mut m = message(&["b@y.test"], "caf\u{e9}\r\n");

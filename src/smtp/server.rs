@@ -197,6 +197,11 @@ impl Session {
         Reply::plain(220, vec![format!("{} ESMTP Sluice ready", self.cfg.hostname)]).write_to(out);
     }
 
+    /// Who sends: the AUTH identity, else that of a listed client certificate.
+    pub fn sender_identity(&self) -> Option<&str> {
+        self.identity.as_deref().or(self.tls.as_ref().and_then(|t| t.certificate_identity.as_deref()))
+    }
+
     /// Tells the session that new transactions cannot be stored now (`None`: they can).
     pub fn set_mail_gate(&mut self, reply: Option<Reply>) {
         self.mail_gate = reply;
@@ -358,6 +363,8 @@ impl Session {
                     "SMTPUTF8".into(),
                     "ENHANCEDSTATUSCODES".into(),
                     "CHUNKING".into(),
+                    // RFC 6710 9.2: priorities only reorder mail within this relay's queues.
+                    "MT-PRIORITY MIXER".into(),
                 ];
                 if c.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS".into());

@@ -33,6 +33,7 @@ mod passwd;
 mod peers;
 mod pipelining;
 mod postmaster;
+mod priority_and_rates;
 mod relay_denied;
 mod require_tls_recipients;
 mod shaping;

@@ -69,8 +69,12 @@ fn failed_commit_is_451_and_failed_fsync_is_421_until_restart() {
     let addr = listener.local_addr().unwrap();
     let (_stop, watch) = tokio::sync::watch::channel(false);
     let ctx = IntakeContext::new(config, Arc::new(FailingSpool::default())).unwrap();
-    let spec =
-        sluice::config::ListenerConfig { address: addr, mode: sluice::config::ListenerMode::Relay, request_client_certificates: false };
+    let spec = sluice::config::ListenerConfig {
+        address: addr,
+        mode: sluice::config::ListenerMode::Relay,
+        request_client_certificates: false,
+        default_priority: 0,
+    };
     rt.spawn(intake::serve(listener, spec, ctx, watch));
 
     let mut c = Client::connect(addr);

@@ -1,0 +1,108 @@
+//! Intake rate limits per client IP and per authenticated user (`limits.messages_per_ip`,
+//! `limits.messages_per_user`): one sender cannot swamp the relay. Over the rate, MAIL gets
+//! 451 4.7.0, a temporary refusal, so well-behaved senders retry later and lose nothing.
+//!
+//! The check happens at MAIL (the session's mail gate); the count when a message is stored,
+//! so only accepted mail uses up the rate.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::shaping::rate::{Gcra, Rate};
+use crate::smtp::reply::{Enhanced, Reply};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Sender {
+    Ip(IpAddr),
+    User(String),
+}
+
+pub struct SenderRates {
+    per_ip: Option<Rate>,
+    per_user: Option<Rate>,
+    origin: Instant,
+    limiters: Mutex<HashMap<Sender, Gcra>>,
+}
+
+/// Limiters kept before idle ones are dropped.
+const PRUNE_AT: usize = 10_000;
+
+impl SenderRates {
+    pub fn new(per_ip: Option<Rate>, per_user: Option<Rate>) -> SenderRates {
+        SenderRates { per_ip, per_user, origin: Instant::now(), limiters: Mutex::new(HashMap::new()) }
+    }
+
+    fn senders(&self, ip: IpAddr, user: Option<&str>) -> Vec<(Sender, Rate)> {
+        let mut v = Vec::new();
+        if let Some(r) = self.per_ip {
+            v.push((Sender::Ip(ip), r));
+        }
+        if let (Some(r), Some(u)) = (self.per_user, user) {
+            v.push((Sender::User(u.to_string()), r));
+        }
+        v
+    }
+
+    /// The refusal for a MAIL from this sender now, if it is over its rate.
+    pub fn gate(&self, ip: IpAddr, user: Option<&str>) -> Option<Reply> {
+        let now = self.origin.elapsed();
+        let limiters = self.limiters.lock().expect("rates lock");
+        for (sender, rate) in self.senders(ip, user) {
+            let wait = limiters.get(&sender).map_or(Duration::ZERO, |g| g.wait(now));
+            if !wait.is_zero() {
+                let who = match sender {
+                    Sender::Ip(ip) => format!("from {ip}"),
+                    Sender::User(u) => format!("from user {u}"),
+                };
+                let text = format!("Too many messages {who} (limit {rate}); try again in {} s", wait.as_secs().max(1));
+                return Some(Reply::new(451, Enhanced(4, 7, 0), text));
+            }
+        }
+        None
+    }
+
+    /// Counts an accepted message against the sender's rates.
+    pub fn count(&self, ip: IpAddr, user: Option<&str>) {
+        let senders = self.senders(ip, user);
+        if senders.is_empty() {
+            return;
+        }
+        let now = self.origin.elapsed();
+        let mut limiters = self.limiters.lock().expect("rates lock");
+        if limiters.len() >= PRUNE_AT {
+            limiters.retain(|_, g| !g.wait(now).is_zero());
+        }
+        for (sender, rate) in senders {
+            limiters.entry(sender).or_insert_with(|| Gcra::new(&rate)).reserve(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_per_ip_and_per_user() {
+        let rates = SenderRates::new(Some("2/min".parse().unwrap()), Some("1/h burst 3".parse().unwrap()));
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        assert!(rates.gate(a, None).is_none());
+        rates.count(a, None);
+        // 2/min without burst: the next one 30 s later.
+        let refusal = rates.gate(a, None).expect("over the rate");
+        assert_eq!((refusal.code, refusal.enhanced), (451, Some(Enhanced(4, 7, 0))));
+        assert!(rates.gate(b, None).is_none(), "another IP has its own rate");
+        // The user's burst of 3 holds across IPs; the IP limit counts too.
+        rates.count(b, Some("alice"));
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        rates.count(c, Some("alice"));
+        let d: IpAddr = "192.0.2.4".parse().unwrap();
+        assert!(rates.gate(d, Some("alice")).is_none());
+        rates.count(d, Some("alice"));
+        let e: IpAddr = "192.0.2.5".parse().unwrap();
+        let refusal = rates.gate(e, Some("alice")).expect("alice is over her rate");
+        assert!(refusal.to_string().contains("user alice"), "{refusal}");
+    }
+}
