@@ -179,7 +179,7 @@ impl Runner {
                         {
                             // Too many wait in memory already: back to the queue on disk.
                             metrics::counter!(m::SHAPING_POSTPONED, "reason" => "rate").increment(1);
-                            let until = unix_now() + wait.as_secs().max(1);
+                            let until = unix_now() + bucket.come_back_in(wait).as_secs_f64().ceil().max(1.0) as u64;
                             let why = format!("Waiting for the message rate of {} ({})", bucket.name, queue.rate());
                             postponed.extend(chunks[k..].iter().flat_map(|c| c.iter()).map(|&i| (i, until, why.clone())));
                             break;

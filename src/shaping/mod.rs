@@ -56,6 +56,9 @@ pub struct Bucket {
     health: Mutex<Health>,
     /// Connections open for this destination now.
     pub active: Arc<AtomicUsize>,
+    /// Messages sent back to the queue on disk get successive slots after this time (from
+    /// `origin`), so each comes back about when its turn comes, once, in order.
+    booked: Mutex<Duration>,
 }
 
 impl Bucket {
@@ -83,9 +86,22 @@ impl Bucket {
         self.health.lock().expect("health lock").suspended(now).map(|(t, r)| (t, r.to_string()))
     }
 
-    /// Messages that may wait in memory for the rate: about two seconds' worth.
+    /// For a message the rate line turned away (`wait` would have been its wait in line): how
+    /// long until it should come back. Slots follow each other at the rate, so a long queue
+    /// on disk comes back in order and just in time, not all at once over and over. It comes
+    /// back two seconds early, while the line still holds messages for its wait.
+    pub fn come_back_in(&self, wait: Duration) -> Duration {
+        let Some(queue) = &self.messages else { return wait };
+        let now = self.origin.elapsed();
+        let mut booked = self.booked.lock().expect("booked lock");
+        let slot = (*booked).max(now + wait);
+        *booked = slot + queue.rate().interval();
+        (slot - now).saturating_sub(Duration::from_secs(2))
+    }
+
+    /// Messages that may wait in memory for the rate: about four seconds' worth.
     pub fn max_waiting(&self) -> usize {
-        self.messages.as_ref().map_or(0, |q| ((q.rate().per_second() * 2.0) as usize).clamp(8, 1000))
+        self.messages.as_ref().map_or(0, |q| ((q.rate().per_second() * 4.0) as usize).clamp(16, 2000))
     }
 }
 
@@ -157,6 +173,7 @@ impl Shaper {
             origin: Instant::now(),
             health: Mutex::new(Health::default()),
             active: Arc::new(AtomicUsize::new(0)),
+            booked: Mutex::new(Duration::ZERO),
         }
     }
 

@@ -136,10 +136,14 @@ impl Gcra {
         self.tat.saturating_sub(self.tolerance).saturating_sub(now)
     }
 
-    /// Books the next event: it may pass after the returned wait.
+    /// Books the next event: it may pass after the returned wait. An event up to one
+    /// interval late keeps the schedule (a waiter's timer fires a little after its token, and
+    /// that must not slow the rate down); later than that, the schedule starts again from now,
+    /// so idle time never piles up into a burst.
     pub fn reserve(&mut self, now: Duration) -> Duration {
         let wait = self.wait(now);
-        self.tat = self.tat.max(now) + self.interval;
+        let base = if now > self.tat + self.interval { now } else { self.tat.max(now.saturating_sub(self.interval)) };
+        self.tat = base + self.interval;
         wait
     }
 
@@ -183,6 +187,20 @@ mod tests {
         let t2 = t0 + Duration::from_secs(5);
         assert_eq!(g.reserve(t2), Duration::ZERO);
         assert_eq!(g.reserve(t2), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn late_wakeups_do_not_slow_the_rate_down() {
+        // Each waiter wakes 3 ms after its token (a timer's usual lateness), at 50/s.
+        let mut g = Gcra::new(&rate("50/s"));
+        let mut now = Duration::from_secs(1);
+        let end = now + Duration::from_secs(60);
+        let mut passed = 0;
+        while now < end {
+            now += g.reserve(now) + Duration::from_millis(3);
+            passed += 1;
+        }
+        assert!((2999..=3001).contains(&passed), "{passed} events in 60 s at 50/s");
     }
 
     #[test]

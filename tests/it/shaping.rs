@@ -135,3 +135,24 @@ fn an_unreachable_destination_is_suspended_after_the_configured_failures() {
     let list = sluice::admin::queue_list(&relay.config).unwrap();
     assert_eq!(list[0].recipients[0].attempts, 2, "two attempts, then no more while suspended");
 }
+
+#[test]
+fn new_connections_follow_the_connection_rate() {
+    let dest = Dest::start(Behavior::default());
+    let dns = dns_for(&["conn.test"]);
+    // One message per connection, so every message needs a new one: at most 4 a second.
+    let relay =
+        relay(&dns, &dest, "  destinations:\n    - { domains: [conn.test], connection_rate: \"4/s\", max_deliveries_per_connection: 1 }\n");
+    let mut c = relay.client();
+    for i in 0..6 {
+        assert_eq!(c.send_mail("a@sender.test", &[&format!("r{i}@conn.test")], "x\r\n").code, 250);
+    }
+    dest.wait_for(6, Duration::from_secs(20));
+    let st = dest.state.lock().unwrap();
+    assert!(st.connections >= 6, "{} connections for 6 messages at one delivery each", st.connections);
+    let opened = &st.opened;
+    for (k, t) in opened.iter().enumerate() {
+        let earliest = Duration::from_millis(250 * k as u64).saturating_sub(Duration::from_millis(100));
+        assert!(*t - opened[0] >= earliest, "connection {k} opened {:?} after the first: faster than 4/s", *t - opened[0]);
+    }
+}

@@ -57,6 +57,8 @@ pub struct DestState {
     pub lockstep_detected: bool,
     dots: usize,
     dropped: bool,
+    /// When each connection was accepted.
+    pub opened: Vec<std::time::Instant>,
 }
 
 pub struct Dest {
@@ -82,6 +84,7 @@ impl Dest {
                     let conn = {
                         let mut st = s.lock().unwrap();
                         st.connections += 1;
+                        st.opened.push(std::time::Instant::now());
                         st.open += 1;
                         st.max_open = st.max_open.max(st.open);
                         st.connections
