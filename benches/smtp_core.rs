@@ -41,6 +41,7 @@ fn session_pipelined(c: &mut Criterion) {
         require_auth: false,
         address_literals: false,
         tls_only_recipients: RecipientRule::never(),
+        check_recipient_domains: false,
     });
     let body: String = (0..16).map(|i| format!("Line {i} of a 1 KiB message body, padded out to sixty-four.\r\n")).collect();
     let mut input = b"EHLO client.example.org\r\n".to_vec();

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -123,6 +123,13 @@ pub(super) async fn serve(
                     let result = accept(&ctx, *tx, origin).await;
                     session.message_stored(result.as_deref().map_err(Clone::clone), &mut out);
                 }
+                Event::CheckRecipient(domain) => {
+                    let refusal = match &ctx.dns {
+                        Some(dns) => null_mx_refusal(dns, &domain).await,
+                        None => None,
+                    };
+                    session.recipient_checked(refusal, &mut out);
+                }
                 Event::Authenticate(credentials) => {
                     let outcome = authenticate(&ctx, ip, credentials).await;
                     session.auth_result(outcome, &mut out);
@@ -225,6 +232,21 @@ fn protocol_name(tx: &Transaction) -> &'static str {
         (true, true, false) => "UTF8SMTPS",
         (true, false, true) => "UTF8SMTPA",
         (true, true, true) => "UTF8SMTPSA",
+    }
+}
+
+/// How long RCPT waits for the null MX answer; a slower resolver leaves the recipient to the
+/// queue (which bounces it later), so a submission client never hangs on DNS.
+const NULL_MX_BUDGET: Duration = Duration::from_millis(300);
+
+/// 556 5.1.10 for a recipient domain that publishes a null MX (RFC 7505 4.2); any other
+/// answer, a DNS failure or no answer within the budget included, leaves it to the queue.
+async fn null_mx_refusal(dns: &crate::delivery::dns::Dns, domain: &str) -> Option<Reply> {
+    match tokio::time::timeout(NULL_MX_BUDGET, dns.mx(domain)).await.ok()? {
+        crate::delivery::dns::MxAnswer::Mx(records) if records.len() == 1 && records[0].1 == "." => {
+            Some(Reply::new(556, Enhanced(5, 1, 10), format!("Recipient domain {domain} accepts no mail (null MX)")))
+        }
+        _ => None,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct IntakeContext {
     pub stored: Arc<tokio::sync::Notify>,
     /// Messages per client IP and per user.
     pub rates: rates::SenderRates,
+    /// For the null MX check at RCPT on submission listeners.
+    pub dns: Option<crate::delivery::dns::Dns>,
 }
 
 impl IntakeContext {
@@ -74,6 +76,8 @@ impl IntakeContext {
                     let config = config.clone();
                     RecipientRule(Arc::new(move |m| config.requires_tls(m)))
                 },
+                // Submission only: there the sender is a person who can fix the address now.
+                check_recipient_domains: require_auth,
             })
         };
         let (relay, submission) = (session(false), session(true));
@@ -82,7 +86,9 @@ impl IntakeContext {
         let failures = FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0);
         let stored = Arc::new(tokio::sync::Notify::new());
         let rates = rates::SenderRates::new(config.limits.messages_per_ip, config.limits.messages_per_user);
-        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, rates, config }))
+        let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
+        let dns = if submits { Some(crate::delivery::dns::Dns::new(&config.dns)?) } else { None };
+        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, rates, dns, config }))
     }
 
     fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {

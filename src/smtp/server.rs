@@ -39,6 +39,9 @@ pub struct SessionConfig {
     pub address_literals: bool,
     /// Recipients that may only be given over TLS.
     pub tls_only_recipients: RecipientRule,
+    /// Ask the driver about each recipient's domain before accepting it (null MX on
+    /// submission: RFC 7505 says refuse at once rather than queue a certain failure).
+    pub check_recipient_domains: bool,
 }
 
 /// A test on recipients that policy outside the protocol supplies.
@@ -115,6 +118,8 @@ pub enum Event {
     StartTls,
     /// Check these credentials, then call [`Session::auth_result`].
     Authenticate(Credentials),
+    /// Check this recipient domain, then call [`Session::recipient_checked`].
+    CheckRecipient(String),
     /// Write the output buffer and close the connection.
     Close,
 }
@@ -145,6 +150,8 @@ enum Phase {
     /// Waiting for the client's next SASL response line.
     AuthResponse(SaslStep),
     AwaitingAuth,
+    /// A recipient waits for the driver's verdict on its domain.
+    AwaitingRecipientCheck(Box<Rcpt>),
     /// STARTTLS accepted; nothing is read until the driver reports the handshake.
     AwaitingTls,
     Data(BodyScanner),
@@ -240,6 +247,23 @@ impl Session {
         }
     }
 
+    /// The verdict on the domain of the recipient from the last [`Event::CheckRecipient`]:
+    /// `None` accepts it, a reply refuses it.
+    pub fn recipient_checked(&mut self, refusal: Option<Reply>, out: &mut Vec<u8>) {
+        let Phase::AwaitingRecipientCheck(rcpt) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            debug_assert!(false, "recipient_checked without a recipient waiting");
+            return;
+        };
+        match (refusal, self.envelope.as_mut()) {
+            (Some(reply), _) => self.reply(reply, out),
+            (None, Some(envelope)) => {
+                envelope.recipients.push(*rcpt);
+                codes::recipient_ok().write_to(out);
+            }
+            (None, None) => self.reply(codes::bad_sequence("Need MAIL before RCPT"), out),
+        }
+    }
+
     /// Closes the session with a reply (timeout, shutdown).
     pub fn close_with(&mut self, reply: Reply, out: &mut Vec<u8>) {
         reply.write_to(out);
@@ -252,7 +276,7 @@ impl Session {
         loop {
             match &mut self.phase {
                 Phase::Closed => return Event::Close,
-                Phase::AwaitingStore | Phase::AwaitingAuth | Phase::AwaitingTls => {
+                Phase::AwaitingStore | Phase::AwaitingAuth | Phase::AwaitingTls | Phase::AwaitingRecipientCheck(_) => {
                     return Event::NeedInput;
                 }
                 Phase::AuthResponse(_) => {
@@ -385,10 +409,22 @@ impl Session {
                 let reply = self.mail(from, params);
                 self.reply(reply, out);
             }
-            Command::Rcpt { to, params } => {
-                let reply = self.rcpt(to, params);
-                self.reply(reply, out);
-            }
+            Command::Rcpt { to, params } => match self.rcpt(to, params) {
+                Ok(rcpt)
+                    if self.cfg.check_recipient_domains && !rcpt.mailbox.is_address_literal() && rcpt.mailbox != self.cfg.postmaster =>
+                {
+                    let domain = rcpt.mailbox.domain.clone();
+                    self.phase = Phase::AwaitingRecipientCheck(Box::new(rcpt));
+                    return Some(Event::CheckRecipient(domain));
+                }
+                Ok(rcpt) => {
+                    if let Some(envelope) = self.envelope.as_mut() {
+                        envelope.recipients.push(rcpt);
+                    }
+                    codes::recipient_ok().write_to(out);
+                }
+                Err(reply) => self.reply(reply, out),
+            },
             Command::Data => match &self.envelope {
                 None => self.reply(codes::bad_sequence("Need MAIL and RCPT first"), out),
                 Some(e) if e.chunks.is_some() => self.reply(codes::bad_sequence("DATA not allowed after BDAT"), out),
@@ -449,9 +485,10 @@ impl Session {
         codes::sender_ok()
     }
 
-    fn rcpt(&mut self, to: Recipient, params: RcptParams) -> Reply {
+    /// The recipient, if every rule allows it; else the refusal.
+    fn rcpt(&mut self, to: Recipient, params: RcptParams) -> Result<Rcpt, Reply> {
         let Some(envelope) = self.envelope.as_mut() else {
-            return codes::bad_sequence("Need MAIL before RCPT");
+            return Err(codes::bad_sequence("Need MAIL before RCPT"));
         };
         let mailbox = match to {
             Recipient::Postmaster => self.cfg.postmaster.clone(),
@@ -460,31 +497,30 @@ impl Session {
             }
             Recipient::Mailbox(m) => {
                 if m.is_address_literal() && !self.cfg.address_literals {
-                    return Reply::new(550, super::reply::Enhanced(5, 1, 2), "Recipients at address literals are not accepted");
+                    return Err(Reply::new(550, super::reply::Enhanced(5, 1, 2), "Recipients at address literals are not accepted"));
                 }
                 if self.tls.is_none() && self.cfg.tls_only_recipients.matches(&m) {
-                    return Reply::new(
+                    return Err(Reply::new(
                         530,
                         super::reply::Enhanced(5, 7, 0),
                         "Must issue a STARTTLS command first: this recipient requires TLS",
-                    );
+                    ));
                 }
                 if !m.is_ascii() && !envelope.params.smtputf8 {
-                    return CommandError::Address(super::address::AddressError::NeedsSmtpUtf8).reply();
+                    return Err(CommandError::Address(super::address::AddressError::NeedsSmtpUtf8).reply());
                 }
                 // Sluice has no local mailboxes: every other recipient is relayed.
                 let certified = self.tls.as_ref().is_some_and(|t| t.certificate_identity.is_some());
                 if !self.client.relay_allowed && self.identity.is_none() && !certified {
-                    return codes::relay_denied();
+                    return Err(codes::relay_denied());
                 }
                 m
             }
         };
         if envelope.recipients.len() >= self.cfg.max_recipients {
-            return codes::too_many_recipients();
+            return Err(codes::too_many_recipients());
         }
-        envelope.recipients.push(Rcpt { mailbox, params });
-        codes::recipient_ok()
+        Ok(Rcpt { mailbox, params })
     }
 
     fn chunk_refusal(&mut self, size: u64) -> Option<Reply> {

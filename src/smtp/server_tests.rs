@@ -15,6 +15,7 @@ fn config() -> Arc<SessionConfig> {
         require_auth: false,
         address_literals: false,
         tls_only_recipients: RecipientRule(Arc::new(|m: &Mailbox| m.domain == "tls-only.test")),
+        check_recipient_domains: false,
     })
 }
 
@@ -59,6 +60,11 @@ impl Harness {
                     let ok = c.username == "alice" && c.password.expose() == "right";
                     let outcome = if ok { AuthOutcome::Success(c.username) } else { AuthOutcome::Failed };
                     self.session.auth_result(outcome, &mut out);
+                }
+                // "null.test" stands for a domain with a null MX.
+                Event::CheckRecipient(domain) => {
+                    let refusal = (domain == "null.test").then(|| Reply::new(556, crate::smtp::reply::Enhanced(5, 1, 10), "null MX"));
+                    self.session.recipient_checked(refusal, &mut out);
                 }
             }
         }
@@ -484,4 +490,19 @@ fn a_tls_only_recipient_is_refused_over_plain_text() {
     t.send(b"EHLO c\r\n");
     t.send(format!("AUTH PLAIN {}\r\n", b64("\0alice\0right")).as_bytes());
     assert_eq!(t.codes(b"MAIL FROM:<a@x.org>\r\nRCPT TO:<ceo@tls-only.test>\r\n"), [250, 250]);
+}
+
+#[test]
+fn recipient_domains_are_checked_in_order_when_configured() {
+    let cfg = Arc::new(SessionConfig { check_recipient_domains: true, ..(*config()).clone() });
+    let client =
+        ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: None, tls_required: false };
+    let mut h = Harness::with(cfg, client);
+    // Pipelined: each RCPT waits for its verdict, the replies stay in order, the session goes on.
+    let codes = h.codes(
+        b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@null.test>\r\nRCPT TO:<c@ok.test>\r\nRCPT TO:<postmaster>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    assert_eq!(codes, [250, 250, 556, 250, 250, 354, 250]);
+    let rcpts: Vec<String> = h.stored[0].recipients.iter().map(|r| r.mailbox.to_string()).collect();
+    assert_eq!(rcpts, ["c@ok.test", "postmaster@relay.test"]);
 }

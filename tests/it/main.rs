@@ -29,6 +29,7 @@ mod hop_limit;
 mod lettre_client;
 mod limits;
 mod metrics_endpoint;
+mod null_mx_submission;
 mod passwd;
 mod peers;
 mod pipelining;
