@@ -296,6 +296,8 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
     // MT-PRIORITY as given; else the user's default; else the listener's.
     let user_priority = tx.identity.as_ref().and_then(|u| ctx.config.auth.user_priorities.get(u).copied());
     tx.params.priority = tx.params.priority.or(user_priority).or(Some(origin.default_priority).filter(|&p| p != 0));
+    // RFC 8689 5: the header field is ignored when REQUIRETLS was given.
+    tx.params.tls_optional = facts.tls_required_no && !tx.params.requiretls;
     let envelope = Envelope {
         queue_id: queue_id.clone(),
         from: tx.from,

@@ -14,6 +14,9 @@ pub struct HeaderFacts {
     pub received: usize,
     pub message_id: Option<String>,
     pub has_date: bool,
+    /// `TLS-Required: No` (RFC 8689 5): the sender asks that recipient-side TLS policy be
+    /// ignored for this message.
+    pub tls_required_no: bool,
 }
 
 /// Scans the header section (up to the first empty line) for field names.
@@ -46,6 +49,8 @@ pub fn scan_headers(body: &[u8]) -> HeaderFacts {
             facts.message_id = Some(String::from_utf8_lossy(&line[colon + 1..]).trim().to_string());
         } else if name.eq_ignore_ascii_case(b"Date") {
             facts.has_date = true;
+        } else if name.eq_ignore_ascii_case(b"TLS-Required") {
+            facts.tls_required_no = String::from_utf8_lossy(&line[colon + 1..]).trim().eq_ignore_ascii_case("no");
         }
     }
     facts
@@ -191,8 +196,10 @@ mod tests {
     #[test]
     fn received_names_one_recipient_only_when_there_is_exactly_one() {
         let m = Mailbox { local: "u".into(), domain: "d.org".into() };
-        let with =
-            prefix_fields(&trace(Some(&m), "c.test"), &HeaderFacts { has_date: true, message_id: Some("<a@b>".into()), received: 0 });
+        let with = prefix_fields(
+            &trace(Some(&m), "c.test"),
+            &HeaderFacts { has_date: true, message_id: Some("<a@b>".into()), ..Default::default() },
+        );
         assert_eq!(
             with,
             "Received: from c.test ([192.0.2.7])\r\n\tby relay.test (Sluice) with ESMTP id 0ABC\r\n\tfor <u@d.org>; Thu, 1 Jan 1970 00:00:00 +0000\r\n"
@@ -209,7 +216,7 @@ mod tests {
         let mut t = trace(None, "c.test");
         t.tls = Some(&tls);
         t.identity = Some("al)ice\r\n");
-        let out = prefix_fields(&t, &HeaderFacts { has_date: true, message_id: Some("<a@b>".into()), received: 0 });
+        let out = prefix_fields(&t, &HeaderFacts { has_date: true, message_id: Some("<a@b>".into()), ..Default::default() });
         assert!(out.contains("\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\t(authenticated as al?ice??); "), "{out}");
     }
 

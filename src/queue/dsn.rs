@@ -113,11 +113,14 @@ pub fn report(b: &Report<'_>, env: &Envelope, notices: &[Notice], original: &[u8
         }
     }
     // The whole original only with a failure, and then as RET asks; otherwise the headers.
-    let headers_only = match (any(Action::Failed), env.params.ret) {
-        (false, _) | (true, Some(Ret::Hdrs)) => true,
-        (true, Some(Ret::Full)) => false,
-        (true, None) => original.len() > FULL_RETURN_LIMIT,
-    };
+    // A REQUIRETLS message's content goes back only as headers: the report itself travels
+    // without REQUIRETLS (RFC 8689 5).
+    let headers_only = env.params.requiretls
+        || match (any(Action::Failed), env.params.ret) {
+            (false, _) | (true, Some(Ret::Hdrs)) => true,
+            (true, Some(Ret::Full)) => false,
+            (true, None) => original.len() > FULL_RETURN_LIMIT,
+        };
     let mut out = m.into_bytes();
     if headers_only {
         let end = find_header_end(original);

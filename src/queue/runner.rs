@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::delivery::attempt::{Attempted, Delivery};
 use crate::delivery::route::{self, Route};
 use crate::metrics as m;
-use crate::smtp::client::{Message, RcptOutcome};
+use crate::smtp::client::{Message, RcptOutcome, TlsPolicy};
+use crate::smtp::reply::{Enhanced, Reply};
 use crate::spool::{Changes, Envelope, Identity, RecipientRecord, RecipientState, Spool, SpoolError};
 
 /// Bodies above this size are read on a blocking thread.
@@ -140,7 +141,10 @@ impl Runner {
         let mut groups: BTreeMap<(String, bool), Vec<usize>> = BTreeMap::new();
         for (i, r) in env.recipients.iter().enumerate() {
             if r.state == RecipientState::Queued && r.next_attempt.unwrap_or(env.arrival) <= now {
-                let key = (route::destination_key(&r.mailbox.domain, &self.config), self.config.requires_tls(&r.mailbox));
+                // `TLS-Required: No` sets the recipient side's policy aside (intake never sets
+                // `tls_optional` together with REQUIRETLS).
+                let tls_only = !env.params.tls_optional && self.config.requires_tls(&r.mailbox);
+                let key = (route::destination_key(&r.mailbox.domain, &self.config), tls_only);
                 groups.entry(key).or_default().push(i);
             }
         }
@@ -162,6 +166,19 @@ impl Runner {
                         .iter()
                         .map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None, remote_dsn: false })),
                 ),
+                Route::Targets(_) if env.params.requiretls && !self.has_configured_route(&domain) => {
+                    // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
+                    // MX records; neither exists here), so only a configured route qualifies.
+                    let reply = Reply::new(
+                        550,
+                        Enhanced(5, 7, 30),
+                        format!(
+                            "REQUIRETLS support required: no authenticated route to {domain} (only configured routes and smarthosts qualify)"
+                        ),
+                    );
+                    let failed = Attempted { outcome: RcptOutcome::Failed(reply), remote: None, remote_dsn: false };
+                    results.extend(indexes.iter().map(|&i| (i, failed.clone())));
+                }
                 Route::Targets(targets) => {
                     let shaper = &self.delivery.shaper;
                     let bucket = shaper.bucket(&domain, &targets);
@@ -171,7 +188,7 @@ impl Runner {
                         postponed.extend(indexes.iter().map(|&i| (i, until, why.clone())));
                         continue;
                     }
-                    let policy = if *tls_only { crate::smtp::client::TlsPolicy::Required } else { self.delivery.tls_policy(&domain) };
+                    let policy = self.policy_for(&env, &domain, *tls_only);
                     let chunks: Vec<&[usize]> = indexes.chunks(bucket.max_recipients).collect();
                     for (k, chunk) in chunks.iter().enumerate() {
                         if let Some(queue) = &bucket.messages
@@ -218,6 +235,25 @@ impl Runner {
             changes.update.push(env);
         }
         self.spool.apply(changes)?.wait().await
+    }
+
+    /// Mail to `domain` goes to a smarthost or a route from the config (not MX records).
+    fn has_configured_route(&self, domain: &str) -> bool {
+        let d = &self.config.delivery;
+        d.smarthost.is_some() || d.routes.contains_key(&domain.to_ascii_lowercase())
+    }
+
+    /// Verified TLS for REQUIRETLS and TLS-only recipients; the domain's policy otherwise,
+    /// where `TLS-Required: No` turns `required` into opportunistic (never for a smarthost
+    /// login, which protects our credentials, not the message).
+    fn policy_for(&self, env: &Envelope, domain: &str, tls_only: bool) -> TlsPolicy {
+        if env.params.requiretls || tls_only {
+            return TlsPolicy::Required;
+        }
+        match self.delivery.tls_policy(domain) {
+            TlsPolicy::Required if env.params.tls_optional && !self.delivery.logs_in(domain) => TlsPolicy::Opportunistic,
+            policy => policy,
+        }
     }
 
     /// A message that cannot be read is retried in an hour, not in a hot loop.

@@ -178,6 +178,13 @@ pub struct MailParams {
     /// message is delivered with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i8>,
+    /// REQUIRETLS (RFC 8689): deliver only over verified TLS to hosts that offer REQUIRETLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
+    /// Not an SMTP parameter: intake sets it from a `TLS-Required: No` header field (RFC 8689
+    /// 5), and delivery then ignores the recipient side's TLS policy for this message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_optional: bool,
 }
 
 /// NOTIFY= (RFC 3461 4.1): NEVER, or any of SUCCESS/FAILURE/DELAY.
@@ -238,6 +245,7 @@ pub fn parse_mail_params(text: &str) -> Result<MailParams, ParamError> {
             ("ENVID", _) => return Err(ParamError::BadValue("Bad ENVID value")),
             ("AUTH", Some(v)) if v == "<>" || (is_xtext(v) && v.len() <= 500) => p.auth = Some(v.to_string()),
             ("AUTH", _) => return Err(ParamError::BadValue("Bad AUTH value")),
+            ("REQUIRETLS", None) => p.requiretls = true,
             ("MT-PRIORITY", Some(v)) => {
                 let n: i8 = v.strip_prefix('+').unwrap_or(v).parse().map_err(|_| ParamError::BadValue("Bad MT-PRIORITY value"))?;
                 if !(-9..=9).contains(&n) || v.len() > 2 {

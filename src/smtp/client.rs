@@ -47,6 +47,8 @@ pub struct Capabilities {
     pub chunking: bool,
     /// MT-PRIORITY (RFC 6710).
     pub mt_priority: bool,
+    /// REQUIRETLS (RFC 8689).
+    pub requiretls: bool,
     /// SASL mechanisms offered with AUTH (upper case).
     pub auth: Vec<String>,
 }
@@ -66,6 +68,7 @@ impl Capabilities {
                 "DSN" => caps.dsn = true,
                 "CHUNKING" => caps.chunking = true,
                 "MT-PRIORITY" => caps.mt_priority = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 "AUTH" => caps.auth = words.map(str::to_ascii_uppercase).collect(),
                 _ => {}
             }
@@ -406,6 +409,14 @@ impl Client {
         if msg.is_8bit() && !self.caps.eightbitmime {
             return Some(Reply::new(554, Enhanced(5, 6, 3), "8-bit message and the destination lacks 8BITMIME"));
         }
+        // RFC 8689 4.2.1: only over TLS verified for the host, to a host offering REQUIRETLS.
+        if msg.params.requiretls && !(self.cfg.tls == TlsPolicy::Required && self.tls_active() && self.caps.requiretls) {
+            return Some(Reply::new(
+                550,
+                Enhanced(5, 7, 30),
+                "REQUIRETLS support required: the destination does not offer it over verified TLS",
+            ));
+        }
         None
     }
 
@@ -546,6 +557,9 @@ fn mail_command(msg: &Message, caps: &Capabilities) -> String {
         if let Some(envid) = &msg.params.envid {
             line.push_str(&format!(" ENVID={envid}"));
         }
+    }
+    if msg.params.requiretls {
+        line.push_str(" REQUIRETLS");
     }
     // RFC 6710 4.1: a relay passes the priority on to a next hop that supports it.
     if let (true, Some(p)) = (caps.mt_priority, msg.params.priority) {

@@ -423,3 +423,32 @@ fn random_server_bytes_never_panic_the_client() {
         }
     }
 }
+
+/// A client past STARTTLS with `policy`, the server's second EHLO answered with `caps`.
+fn over_tls(policy: TlsPolicy, caps: &str) -> Script {
+    let mut s = Script::new(policy);
+    s.server("220 mx.test ESMTP\r\n");
+    assert_eq!(s.server("250-mx\r\n250 STARTTLS\r\n"), "STARTTLS\r\n");
+    s.server("220 go\r\n");
+    let mut out = Vec::new();
+    s.client.tls_established(&mut out);
+    s.server(caps);
+    s
+}
+
+#[test]
+fn requiretls_goes_only_over_verified_tls_to_a_host_that_offers_it() {
+    let mut m = message(&["b@y.test"], "x\r\n");
+    m.params.requiretls = true;
+    let mut ok = over_tls(TlsPolicy::Required, "250-mx\r\n250-PIPELINING\r\n250 REQUIRETLS\r\n");
+    assert_eq!(ok.send(m.clone()), "MAIL FROM:<a@x.test> REQUIRETLS\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    // Not offered, or TLS only opportunistic: nothing is sent, the recipient fails 5.7.30.
+    for (policy, caps) in [
+        (TlsPolicy::Required, "250-mx\r\n250 PIPELINING\r\n"),
+        (TlsPolicy::Opportunistic, "250-mx\r\n250-PIPELINING\r\n250 REQUIRETLS\r\n"),
+    ] {
+        let mut s = over_tls(policy, caps);
+        assert_eq!(s.send(m.clone()), "", "{policy:?} {caps:?}");
+        assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.enhanced == Some(Enhanced(5, 7, 30))));
+    }
+}

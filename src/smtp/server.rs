@@ -393,6 +393,10 @@ impl Session {
                 if c.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS".into());
                 }
+                // RFC 8689 4.1: REQUIRETLS is only meaningful (and accepted) over TLS.
+                if self.tls.is_some() {
+                    lines.push("REQUIRETLS".into());
+                }
                 if self.auth_offered() {
                     lines.push("AUTH PLAIN LOGIN".into());
                 }
@@ -474,6 +478,9 @@ impl Session {
         }
         if self.cfg.require_auth && self.identity.is_none() {
             return Reply::new(530, super::reply::Enhanced(5, 7, 0), "Authentication required");
+        }
+        if params.requiretls && self.tls.is_none() {
+            return Reply::new(530, super::reply::Enhanced(5, 7, 10), "REQUIRETLS needs a TLS session: issue STARTTLS first");
         }
         if params.size.is_some_and(|s| s > self.cfg.max_message_size as u64) {
             return codes::too_big();

@@ -506,3 +506,15 @@ fn recipient_domains_are_checked_in_order_when_configured() {
     let rcpts: Vec<String> = h.stored[0].recipients.iter().map(|r| r.mailbox.to_string()).collect();
     assert_eq!(rcpts, ["c@ok.test", "postmaster@relay.test"]);
 }
+
+#[test]
+fn requiretls_is_offered_and_accepted_only_over_tls() {
+    let mut h = Harness::new(true);
+    let plain = h.send(b"EHLO c\r\nMAIL FROM:<a@x.test> REQUIRETLS\r\n");
+    assert!(!plain.contains("250-REQUIRETLS") && !plain.contains("250 REQUIRETLS"), "{plain}");
+    assert!(plain.ends_with("530 5.7.10 REQUIRETLS needs a TLS session: issue STARTTLS first\r\n"), "{plain}");
+    h.send(b"STARTTLS\r\n");
+    let secure = h.send(b"EHLO c\r\nMAIL FROM:<a@x.test> REQUIRETLS\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
+    assert!(secure.contains("250-REQUIRETLS\r\n"), "{secure}");
+    assert!(h.stored[0].params.requiretls);
+}

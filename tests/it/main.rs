@@ -37,6 +37,7 @@ mod postmaster;
 mod priority_and_rates;
 mod relay_denied;
 mod require_tls_recipients;
+mod requiretls;
 mod shaping;
 mod shutdown_drain;
 mod smuggling;
