@@ -198,6 +198,20 @@ impl<T: Transport> Sender<T> {
                         continue 'targets;
                     }
                 };
+                // RFC 7293 3.3: an RRVS check the next hop cannot make fails the recipient
+                // (unless it said ";C").
+                if !conn.offers_rrvs() {
+                    let (unchecked, rest): (Vec<usize>, Vec<usize>) =
+                        pending.iter().partition(|&&i| msg.recipients[i].1.rrvs_must_be_checked());
+                    let reply =
+                        Reply::new(550, Enhanced(5, 7, 19), format!("RRVS test cannot be completed: {} does not offer RRVS", target.host));
+                    fill(&mut results, &unchecked, &reply, Some(&target.host));
+                    pending = rest;
+                    if pending.is_empty() {
+                        self.pool.put(conn);
+                        break;
+                    }
+                }
                 let sub = Message { recipients: pending.iter().map(|&i| msg.recipients[i].clone()).collect(), ..msg.clone() };
                 match conn.transact(sub, &self.settings).await {
                     Ok(outcomes) => {

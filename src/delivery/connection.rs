@@ -127,6 +127,10 @@ impl<T> Connection<T> {
     pub fn offers_dsn(&self) -> bool {
         self.client.capabilities().dsn
     }
+
+    pub fn offers_rrvs(&self) -> bool {
+        self.client.capabilities().rrvs
+    }
 }
 
 impl<T: Transport> Connection<T> {

@@ -152,7 +152,7 @@ mod tests {
     fn env(ret: Option<Ret>) -> Envelope {
         let rcpt = |l: &str, orcpt: Option<&str>, notify: Option<Notify>| RecipientRecord {
             mailbox: Mailbox { local: l.into(), domain: "y.test".into() },
-            params: RcptParams { notify, orcpt: orcpt.map(str::to_string) },
+            params: RcptParams { notify, orcpt: orcpt.map(str::to_string), rrvs: None },
             state: RecipientState::Failed,
             attempts: 1,
             last_reply: None,

@@ -201,6 +201,30 @@ pub struct RcptParams {
     pub notify: Option<Notify>,
     /// ORCPT as `addr-type;xtext`, kept encoded (RFC 3461 4.2).
     pub orcpt: Option<String>,
+    /// RRVS (RFC 7293) as given: `date-time` with an optional `;C` (continue) or `;R`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rrvs: Option<String>,
+}
+
+impl RcptParams {
+    /// RRVS given without `;C`: if the check cannot be passed on, the recipient fails
+    /// (RFC 7293 3.3); with `;C` delivery continues without it.
+    pub fn rrvs_must_be_checked(&self) -> bool {
+        self.rrvs.as_deref().is_some_and(|v| !v.to_ascii_uppercase().ends_with(";C"))
+    }
+}
+
+/// An RFC 3339 date-time, roughly: `2014-04-03T23:01:00Z` or with an offset and fraction.
+fn is_date_time(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() >= 20
+        && b.len() <= 40
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't')
+        && b[13] == b':'
+        && b.iter().all(|c| c.is_ascii_digit() || b"-:+.TtZz".contains(c))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,6 +294,13 @@ pub fn parse_rcpt_params(text: &str) -> Result<RcptParams, ParamError> {
                     return Err(ParamError::BadValue("Bad ORCPT value"));
                 }
                 p.orcpt = Some(v.to_string());
+            }
+            ("RRVS", Some(v)) => {
+                let (time, action) = v.split_once(';').map_or((v, None), |(t, a)| (t, Some(a)));
+                if !is_date_time(time) || action.is_some_and(|a| !a.eq_ignore_ascii_case("C") && !a.eq_ignore_ascii_case("R")) {
+                    return Err(ParamError::BadValue("Bad RRVS value"));
+                }
+                p.rrvs = Some(v.to_string());
             }
             _ => return Err(ParamError::Unknown(key)),
         }
@@ -383,6 +414,13 @@ mod tests {
         assert_eq!(parse_mail_params("BODY=BINARYMIME"), Err(ParamError::BadValue("Unsupported BODY value")));
         assert!(parse_mail_params("SIZE=x").is_err());
         assert!(parse_mail_params("ENVID=a+zz").is_err());
+        let p = parse_rcpt_params("RRVS=2014-04-03T23:01:00Z;C").unwrap();
+        assert_eq!(p.rrvs.as_deref(), Some("2014-04-03T23:01:00Z;C"));
+        assert!(!p.rrvs_must_be_checked());
+        assert!(parse_rcpt_params("RRVS=2014-04-03T23:01:00.5+02:00").unwrap().rrvs_must_be_checked());
+        for bad in ["RRVS=yesterday", "RRVS=2014-04-03T23:01:00Z;X", "RRVS"] {
+            assert!(parse_rcpt_params(bad).is_err(), "{bad}");
+        }
         assert_eq!(parse_mail_params("MT-PRIORITY=+3").unwrap().priority, Some(3));
         assert_eq!(parse_mail_params("MT-PRIORITY=-9").unwrap().priority, Some(-9));
         for bad in ["MT-PRIORITY=10", "MT-PRIORITY=-10", "MT-PRIORITY=x", "MT-PRIORITY", "MT-PRIORITY=+-1"] {

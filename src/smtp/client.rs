@@ -49,6 +49,8 @@ pub struct Capabilities {
     pub mt_priority: bool,
     /// REQUIRETLS (RFC 8689).
     pub requiretls: bool,
+    /// RRVS (RFC 7293).
+    pub rrvs: bool,
     /// SASL mechanisms offered with AUTH (upper case).
     pub auth: Vec<String>,
 }
@@ -69,6 +71,7 @@ impl Capabilities {
                 "CHUNKING" => caps.chunking = true,
                 "MT-PRIORITY" => caps.mt_priority = true,
                 "REQUIRETLS" => caps.requiretls = true,
+                "RRVS" => caps.rrvs = true,
                 "AUTH" => caps.auth = words.map(str::to_ascii_uppercase).collect(),
                 _ => {}
             }
@@ -586,6 +589,11 @@ fn rcpt_command((mailbox, params): &(Mailbox, RcptParams), caps: &Capabilities) 
         if let Some(orcpt) = &params.orcpt {
             line.push_str(&format!(" ORCPT={orcpt}"));
         }
+    }
+    // Without RRVS at the next hop, recipients that need the check never get here (see
+    // `delivery::attempt`); those with ";C" go on without it.
+    if let (true, Some(rrvs)) = (caps.rrvs, &params.rrvs) {
+        line.push_str(&format!(" RRVS={rrvs}"));
     }
     line
 }

@@ -264,6 +264,7 @@ fn dsn_and_8bit_parameters_are_passed_on_when_offered() {
     m.recipients[0].1 = RcptParams {
         notify: Some(crate::smtp::address::Notify { success: true, failure: true, ..Default::default() }),
         orcpt: Some("rfc822;b@y.test".into()),
+        rrvs: None,
     };
     let sent = s.send(m);
     assert_eq!(

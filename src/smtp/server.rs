@@ -389,6 +389,8 @@ impl Session {
                     "CHUNKING".into(),
                     // RFC 6710 9.2: priorities only reorder mail within this relay's queues.
                     "MT-PRIORITY MIXER".into(),
+                    // RFC 7293: accepted and passed on (Sluice holds no mailboxes to check).
+                    "RRVS".into(),
                 ];
                 if c.tls_available && self.tls.is_none() {
                     lines.push("STARTTLS".into());

@@ -38,6 +38,7 @@ mod priority_and_rates;
 mod relay_denied;
 mod require_tls_recipients;
 mod requiretls;
+mod rrvs;
 mod shaping;
 mod shutdown_drain;
 mod smuggling;
