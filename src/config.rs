@@ -68,6 +68,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The local submission socket of `sluice sendmail`.
+    #[serde(default)]
+    pub sendmail: crate::sendmail::SendmailConfig,
     /// Where mail to `<Postmaster>` goes (default: postmaster@hostname).
     #[serde(default)]
     pub postmaster: Option<String>,
@@ -622,7 +625,7 @@ impl Config {
 
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = serde_norway::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        let mut paths: Vec<&mut PathBuf> = vec![&mut config.spool.path, &mut config.admin.socket];
+        let mut paths: Vec<&mut PathBuf> = vec![&mut config.spool.path, &mut config.admin.socket, &mut config.sendmail.socket];
         if let Some(tls) = config.tls.as_mut() {
             paths.push(&mut tls.certificate);
             paths.push(&mut tls.private_key);

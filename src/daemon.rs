@@ -40,6 +40,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
         bound.push(listener);
     }
     let admin = crate::admin::bind(&config.admin.socket).map_err(|e| format!("admin socket {}: {e}", config.admin.socket.display()))?;
+    let sendmail = crate::intake::local::bind(&config.sendmail.socket)
+        .map_err(|e| format!("sendmail socket {}: {e}", config.sendmail.socket.display()))?;
 
     let (shutdown, watcher) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -59,6 +61,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tasks.spawn(runner.clone().run(watcher.clone()));
         Some(runner)
     };
+    tasks.spawn(crate::intake::local::serve(sendmail, ctx.clone(), watcher.clone()));
     let delivery = runner.as_ref().map(|r| r.delivery());
     tasks.spawn(crate::admin::serve(admin, spool.clone(), config.clone(), delivery, watcher));
     Ok(Running { listeners, shutdown, tasks, ctx, spool, runner })

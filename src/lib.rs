@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod intake;
 pub mod metrics;
 pub mod queue;
+pub mod sendmail;
 pub mod shaping;
 pub mod smtp;
 pub mod spool;

@@ -28,6 +28,13 @@ enum Command {
     /// Print a users-file line (`user:argon2id-hash`) for USER; the password is read from
     /// stdin (asked twice, without echo, on a terminal).
     Passwd { user: String },
+    /// The sendmail command line (cron, PHP, scripts): see `sluice sendmail -h` for nothing;
+    /// flags as sendmail's: -t -i -oi -f -F -bm -bs -C. Also runs when invoked as `sendmail`.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
@@ -61,6 +68,12 @@ fn load(path: &std::path::Path) -> Result<Config, String> {
 }
 
 fn main() -> ExitCode {
+    // Installed as /usr/sbin/sendmail (a symlink): sendmail's command line, not ours.
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv.first().map(|a| std::path::Path::new(a).file_name().unwrap_or_default().to_string_lossy().into_owned());
+    if invoked_as.as_deref() == Some("sendmail") {
+        return ExitCode::from(sluice::sendmail::main(&argv[1..]));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
@@ -72,6 +85,7 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
             runtime.block_on(sluice::daemon::run(c))
         }),
+        Command::Sendmail { args } => return ExitCode::from(sluice::sendmail::main(&args)),
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
         Command::CheckConfig { config } => load(&config).map(|_| println!("{}: OK", config.display())),
         Command::Queue { command: QueueCommand::List { config, json } } => load(&config).and_then(|c| {

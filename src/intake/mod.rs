@@ -3,6 +3,7 @@
 mod auth;
 mod connection;
 mod limits;
+pub mod local;
 mod rates;
 pub mod submission;
 pub mod tls;

@@ -22,14 +22,14 @@ pub fn fix_recipient_headers(message: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn field_name(field: &[u8]) -> &[u8] {
+pub(crate) fn field_name(field: &[u8]) -> &[u8] {
     let end = memchr::memchr(b':', field).unwrap_or(field.len());
     field[..end].trim_ascii_end()
 }
 
 /// Byte ranges of each header field (with its folded continuation lines and CRLF), and where
 /// the rest of the message (the empty line and the body) starts.
-fn header_fields(message: &[u8]) -> (Vec<(usize, usize)>, usize) {
+pub(crate) fn header_fields(message: &[u8]) -> (Vec<(usize, usize)>, usize) {
     let mut fields: Vec<(usize, usize)> = Vec::new();
     let mut pos = 0;
     while pos < message.len() {

@@ -114,6 +114,31 @@ pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
     out
 }
 
+/// Received (plus Message-ID and Date when missing) for mail a local user submitted.
+pub fn local_prefix(
+    hostname: &str,
+    queue_id: &str,
+    user: &str,
+    uid: u32,
+    single: Option<&Mailbox>,
+    unix_time: u64,
+    facts: &HeaderFacts,
+) -> String {
+    let date = rfc5322_date(unix_time);
+    let mut out = format!("Received: by {hostname} (Sluice) with local id {queue_id}\r\n\t(from user {} uid {uid})", clean_comment(user));
+    if let Some(rcpt) = single {
+        let _ = write!(out, "\r\n\tfor <{rcpt}>");
+    }
+    let _ = write!(out, "; {date}\r\n");
+    if facts.message_id.is_none() {
+        let _ = write!(out, "Message-ID: <{queue_id}@{hostname}>\r\n");
+    }
+    if !facts.has_date {
+        let _ = write!(out, "Date: {date}\r\n");
+    }
+    out
+}
+
 /// The HELO argument was syntax-checked, but it is client text: keep only characters that
 /// cannot end the comment, fold the field or smuggle another header.
 fn escape_helo(helo: &str) -> String {

@@ -79,6 +79,8 @@ pub enum Identity {
     Bounce,
     /// A listed TLS client certificate, by its configured name.
     Certificate(String),
+    /// A local system user, through `sluice sendmail`.
+    Local(String),
 }
 
 impl fmt::Display for Identity {
@@ -89,6 +91,7 @@ impl fmt::Display for Identity {
             Identity::Authenticated(user) => write!(f, "user:{user}"),
             Identity::Bounce => f.write_str("bounce"),
             Identity::Certificate(name) => write!(f, "certificate:{name}"),
+            Identity::Local(user) => write!(f, "local:{user}"),
         }
     }
 }

@@ -1,0 +1,184 @@
+//! The local submission socket behind `sluice sendmail`. Any local user may connect; the
+//! kernel tells us who (SO_PEERCRED), and that user's identity (user@hostname) is the return
+//! path unless the user is in `sendmail.trusted_users` and asked for another with `-f`. The
+//! message gets the section-5 header treatment (see `sendmail::headers`) and is stored like any
+//! other: the answer comes once it is durable.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use super::IntakeContext;
+use crate::metrics as m;
+use crate::sendmail::{EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Request, Response, headers};
+use crate::smtp::address::{self, Mailbox};
+use crate::spool::{Envelope, Identity, RecipientRecord, RecipientState};
+
+/// Binds the socket (replacing a stale one), open to every local user.
+pub fn bind(path: &std::path::Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
+            _ = shutdown.changed() => return,
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { handle(stream, ctx).await });
+    }
+}
+
+/// The login name of `uid`, from the password database.
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwuid_r writes into `pwd` and `buf`, both alive and sized as passed; the
+    // name pointer it returns points into `buf`, read before `buf` is dropped.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name is a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+fn refused(exit: u8, text: impl Into<String>) -> Response {
+    Response::Refused { exit, text: text.into() }
+}
+
+async fn handle(stream: UnixStream, ctx: Arc<IntakeContext>) {
+    let uid = match stream.peer_cred() {
+        Ok(c) => c.uid(),
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    let response = match read_request(&mut reader, &ctx).await {
+        Ok((request, message)) => accept(&ctx, uid, request, message).await,
+        Err(r) => r,
+    };
+    let mut line = serde_json::to_vec(&response).unwrap_or_default();
+    line.push(b'\n');
+    let _ = reader.into_inner().write_all(&line).await;
+}
+
+async fn read_request(reader: &mut BufReader<UnixStream>, ctx: &IntakeContext) -> Result<(Request, Vec<u8>), Response> {
+    let mut head = Vec::new();
+    let n = (&mut *reader).take(64 * 1024).read_until(b'\n', &mut head).await.map_err(|e| refused(EX_SOFTWARE, e.to_string()))?;
+    let request: Request = serde_json::from_slice(&head[..n]).map_err(|e| refused(EX_SOFTWARE, format!("bad request: {e}")))?;
+    if request.size as u64 > ctx.config.limits.max_message_size {
+        return Err(refused(EX_DATAERR, format!("message too big (limit {} bytes)", ctx.config.limits.max_message_size)));
+    }
+    let mut message = vec![0; request.size];
+    reader.read_exact(&mut message).await.map_err(|e| refused(EX_SOFTWARE, e.to_string()))?;
+    Ok((request, message))
+}
+
+async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: Vec<u8>) -> Response {
+    let config = &ctx.config;
+    let user = user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
+    let hostname = &config.hostname.0;
+    let own = format!("{user}@{hostname}");
+    let trusted = config.sendmail.trusted_users.contains(&user);
+    // The return path: the user's own identity, unless a trusted user asked for another.
+    let return_path = match request.from.as_deref().map(str::trim) {
+        Some("" | "<>") if trusted => None,
+        Some(f) if trusted => Some(f.trim_start_matches('<').trim_end_matches('>').to_string()),
+        _ => Some(own.clone()),
+    };
+    let from = match return_path.as_deref().map(|p| address::parse_mailbox(p, true)) {
+        None => None,
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => return refused(EX_DATAERR, format!("bad return path: {}", e.text())),
+    };
+    if request.from.is_some() && !trusted {
+        tracing::info!(user = %user, "sendmail -f ignored: the user is not in sendmail.trusted_users");
+    }
+    let prepared = headers::prepare(&message, request.extract, &own, request.full_name.as_deref());
+    let mut recipients: Vec<Mailbox> = Vec::new();
+    for text in request.recipients.iter().chain(&prepared.recipients) {
+        // A bare local name is the local user at our host, as sendmail has it.
+        let text = if text.contains('@') { text.clone() } else { format!("{text}@{hostname}") };
+        match address::parse_mailbox(text.trim_start_matches('<').trim_end_matches('>'), true) {
+            Ok(m) if !recipients.contains(&m) => recipients.push(m),
+            Ok(_) => {}
+            Err(e) => return refused(EX_DATAERR, format!("bad recipient {text}: {}", e.text())),
+        }
+    }
+    if recipients.is_empty() {
+        return refused(EX_USAGE, "no recipients");
+    }
+    if recipients.len() > config.limits.max_recipients {
+        return refused(EX_DATAERR, format!("too many recipients (limit {})", config.limits.max_recipients));
+    }
+    let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+    if let Some(reply) = ctx.rates.gate(loopback, Some(&user)) {
+        return refused(EX_TEMPFAIL, reply.to_string());
+    }
+    let facts = super::trace::scan_headers(&prepared.message);
+    if facts.received >= config.limits.max_hops {
+        return refused(EX_DATAERR, "too many Received fields (mail loop?)");
+    }
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = since_epoch.as_secs();
+    let queue_id = ctx.spool.new_queue_id();
+    let single = (recipients.len() == 1).then(|| &recipients[0]);
+    let prefix = super::trace::local_prefix(hostname, &queue_id, &user, uid, single, now, &facts);
+    let user_priority = config.auth.user_priorities.get(&user).copied();
+    let params = crate::smtp::address::MailParams { priority: user_priority, tls_optional: facts.tls_required_no, ..Default::default() };
+    let envelope = Envelope {
+        queue_id: queue_id.clone(),
+        from,
+        params,
+        recipients: recipients
+            .iter()
+            .map(|m| RecipientRecord {
+                mailbox: m.clone(),
+                params: Default::default(),
+                state: RecipientState::Queued,
+                attempts: 0,
+                last_reply: None,
+                next_attempt: Some(now),
+                delay_notified: false,
+            })
+            .collect(),
+        client_ip: loopback,
+        helo: "localhost".into(),
+        identity: Identity::Local(user.clone()),
+        listener: std::net::SocketAddr::new(loopback, 0),
+        arrival: now,
+        arrival_ms: Some(since_epoch.as_millis() as u64),
+        body: None,
+    };
+    let stored = match ctx.spool.store(envelope, &[prefix.as_bytes(), &prepared.message]) {
+        Ok(d) => d.wait().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
+        tracing::error!(queue_id = %queue_id, error = %e, "local message not stored");
+        // Temporary either way: the caller (cron, a script) may try again; nothing was kept.
+        return refused(EX_TEMPFAIL, format!("the queue cannot take mail now: {e}"));
+    }
+    ctx.stored.notify_one();
+    ctx.rates.count(loopback, Some(&user));
+    metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
+    let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{hostname}>"));
+    tracing::info!(queue_id = %queue_id, from = %return_path.unwrap_or_default(), recipients = recipients.len(), identity = %format!("local:{user}"), uid, message_id = %message_id, "accepted");
+    Response::Queued(queue_id)
+}

@@ -1,0 +1,76 @@
+//! `sendmail -bs`: SMTP on stdin and stdout (what some MUAs and scripts speak), by the same
+//! sans-IO session the listeners use; each message goes to the daemon like any other.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use super::{EX_OK, EX_SOFTWARE, Options, Request, Response, submit};
+use crate::config::Config;
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::smtp::server::{ClientInfo, Event, RecipientRule, Session, SessionConfig};
+
+pub fn run(config: &Config, _o: &Options) -> u8 {
+    let l = &config.limits;
+    let cfg = Arc::new(SessionConfig {
+        hostname: config.hostname.0.clone(),
+        max_message_size: usize::try_from(l.max_message_size).unwrap_or(usize::MAX),
+        max_recipients: l.max_recipients,
+        max_line: l.max_line_length,
+        max_errors: l.max_errors,
+        postmaster: config.postmaster(),
+        tls_available: false,
+        auth_available: false,
+        require_auth: false,
+        address_literals: config.delivery.address_literals,
+        tls_only_recipients: RecipientRule::never(),
+        check_recipient_domains: false,
+    });
+    // The local user may send anywhere; the daemon applies the return-path rules.
+    let client =
+        ClientInfo { ip: std::net::Ipv4Addr::LOCALHOST.into(), relay_allowed: true, plaintext_auth: false, tls: None, tls_required: false };
+    let mut session = Session::new(cfg, client);
+    let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut out = Vec::new();
+    session.greeting(&mut out);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if stdout.write_all(&out).and_then(|_| stdout.flush()).is_err() {
+            return EX_SOFTWARE;
+        }
+        out.clear();
+        let n = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => return EX_OK,
+            Ok(n) => n,
+        };
+        session.feed(&buf[..n]);
+        loop {
+            match session.poll(&mut out) {
+                Event::NeedInput => break,
+                Event::Close => {
+                    let _ = stdout.write_all(&out).and_then(|_| stdout.flush());
+                    return EX_OK;
+                }
+                Event::Message(tx) => {
+                    let request = Request {
+                        from: Some(tx.from.as_ref().map(|m| m.to_string()).unwrap_or_default()),
+                        full_name: None,
+                        extract: false,
+                        recipients: tx.recipients.iter().map(|r| r.mailbox.to_string()).collect(),
+                        size: tx.body.len(),
+                    };
+                    let result = match submit(&config.sendmail.socket, &request, &tx.body) {
+                        Response::Queued(id) => Ok(id),
+                        Response::Refused { exit, text } => {
+                            let code = if exit == super::EX_TEMPFAIL || exit == super::EX_UNAVAILABLE { 451 } else { 554 };
+                            let class = (code / 100) as u8;
+                            Err(Reply::new(code, Enhanced(class, 3, 0), text))
+                        }
+                    };
+                    session.message_stored(result.as_deref().map_err(Clone::clone), &mut out);
+                }
+                // Never offered here.
+                Event::StartTls | Event::Authenticate(_) | Event::CheckRecipient(_) => return EX_SOFTWARE,
+            }
+        }
+    }
+}

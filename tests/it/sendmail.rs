@@ -1,0 +1,88 @@
+//! `sluice sendmail`: the local submission command (-t, -i, -f, -F, -bs, recipients as
+//! arguments, invoked as `sendmail`), handing mail to the daemon over its socket.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Daemon, sluice_bin};
+use crate::peers::dest::{Behavior, Dest};
+
+fn me() -> String {
+    String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string()
+}
+
+/// Runs `program args...` with `input` on stdin; (exit code, stderr).
+fn run(program: &str, args: &[&str], input: &[u8]) -> (i32, String) {
+    let mut child = Command::new(program).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+}
+
+fn daemon(dir: &std::path::Path, dest: &Dest, trusted: &str) -> Daemon {
+    let extra = format!(
+        "sendmail: {{ socket: {}/sendmail.sock, trusted_users: [{trusted}] }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  retry: [1s]\n",
+        dir.display(),
+        dest.addr.port()
+    );
+    Daemon::spawn(dir, &extra, &[])
+}
+
+#[test]
+fn sendmail_t_builds_the_envelope_from_headers_with_the_callers_identity() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), &dest, "");
+    let config = d.config_path.to_str().unwrap().to_string();
+    // What cron and PHP pipe: bare LF, Bcc, a group; -f from an untrusted user is ignored.
+    let input = b"From: App <app@x.test>\nTo: a@y.test, team: b@y.test, c@y.test;\nBcc: secret@y.test\nSubject: report\n\nline one\n.\nnot the end with -i\n";
+    let (code, out) = run(sluice_bin(), &["sendmail", "-C", &config, "-t", "-i", "-f", "forged@x.test", "extra@y.test"], input);
+    assert_eq!(code, 0, "{out}");
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    let me = me();
+    assert_eq!(got[0].from, format!("{me}@relay.test"), "the caller's identity, not -f");
+    let mut rcpts = got[0].rcpts.clone();
+    rcpts.sort();
+    assert_eq!(rcpts, ["a@y.test", "b@y.test", "c@y.test", "extra@y.test", "secret@y.test"]);
+    let body = &got[0].body;
+    assert!(!body.contains("secret@y.test"), "Bcc removed: {body}");
+    assert!(body.contains(&format!("Sender: <{me}@relay.test>\r\n")), "{body}");
+    assert!(body.contains("\r\nline one\r\n.\r\nnot the end with -i\r\n"), "CRLF, and the dot kept with -i: {body}");
+    assert!(body.contains("with local id") && body.contains(&format!("(from user {me} uid")), "{body}");
+}
+
+#[test]
+fn trusted_users_may_set_the_return_path_and_a_dot_ends_input_without_i() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), &dest, &me());
+    let config = d.config_path.to_str().unwrap().to_string();
+    let input = b"Subject: x\n\nbefore\n.\nafter\n";
+    let (code, out) = run(sluice_bin(), &["sendmail", "-C", &config, "-fbounces@x.test", "-F", "Cron Daemon", "to@y.test"], input);
+    assert_eq!(code, 0, "{out}");
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].from, "bounces@x.test");
+    assert!(got[0].body.contains(&format!("From: \"Cron Daemon\" <{}@relay.test>\r\n", me())), "{}", got[0].body);
+    assert!(got[0].body.ends_with("\r\n\r\nbefore\r\n"), "{}", got[0].body);
+}
+
+#[test]
+fn sendmail_bs_speaks_smtp_and_the_binary_answers_to_the_name_sendmail() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let d = daemon(dir.path(), &dest, "");
+    let config = d.config_path.to_str().unwrap().to_string();
+    let link = dir.path().join("sendmail");
+    std::os::unix::fs::symlink(sluice_bin(), &link).unwrap();
+    let dialogue = b"EHLO local\r\nMAIL FROM:<me@x.test>\r\nRCPT TO:<bs@y.test>\r\nDATA\r\nSubject: bs\r\n\r\nhi\r\n.\r\nQUIT\r\n";
+    let (code, out) = run(link.to_str().unwrap(), &["-C", &config, "-bs"], dialogue);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("250 2.0.0") && out.contains("221"), "{out}");
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].rcpts, ["bs@y.test"]);
+    // No daemon: EX_UNAVAILABLE (69), and nothing is written anywhere.
+    drop(d);
+    let (code, out) = run(link.to_str().unwrap(), &["-C", &config, "x@y.test"], b"Subject: x\n\nx\n");
+    assert_eq!(code, 69, "{out}");
+}
