@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_install=""
-for cmd in smtp-source swaks strace curl bc pkill; do
+for cmd in smtp-source swaks strace curl bc pkill systemd-analyze; do
   command -v "$cmd" >/dev/null 2>&1 || need_install=yes
 done
 perl -MNet::SSLeay -MIO::Socket::SSL -MAuthen::SASL -e1 >/dev/null 2>&1 || need_install=yes
@@ -18,7 +18,7 @@ if [ -n "$need_install" ]; then
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
-    strace curl bc procps >/dev/null
+    strace curl bc procps systemd >/dev/null
 fi
 
 python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install --quiet aiosmtpd
@@ -28,3 +28,4 @@ cargo test --all-targets
 SLUICE_TEST_IO=epoll cargo test --test it delivery
 cargo build --release
 bash tests/interop/run.sh
+bash systemd/check.sh

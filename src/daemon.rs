@@ -92,11 +92,33 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tracing::info!("ready");
+    crate::notify::notify("READY=1");
+    if let Some(every) = crate::notify::watchdog_interval() {
+        // Fed while the runtime runs and the spool can commit; a failed fsync poisons the
+        // spool for good, and then a restart (which systemd makes on a starved watchdog)
+        // reopens and recovers it.
+        let spool = running.spool.clone();
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                tokio::time::sleep(every).await;
+                if crate::spool::Spool::health(spool.as_ref()) == crate::spool::Health::Failed {
+                    if !warned {
+                        tracing::error!("the spool has failed; the watchdog is no longer fed, so systemd restarts the daemon");
+                        warned = true;
+                    }
+                } else {
+                    crate::notify::notify("WATCHDOG=1");
+                }
+            }
+        });
+    }
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
     tracing::info!("shutting down");
+    crate::notify::notify("STOPPING=1");
     running.stop(Duration::from_secs(10)).await;
     tracing::info!("stopped");
     Ok(())

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod delivery;
 pub mod intake;
 pub mod metrics;
+pub mod notify;
 pub mod queue;
 pub mod sendmail;
 pub mod shaping;

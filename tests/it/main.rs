@@ -39,6 +39,7 @@ mod relay_denied;
 mod require_tls_recipients;
 mod requiretls;
 mod rrvs;
+mod sd_notify;
 mod sendmail;
 mod shaping;
 mod shutdown_drain;
