@@ -2,7 +2,8 @@
 # The whole test suite in one command, on a fresh Debian machine with Rust:
 # installs the peers the tests use (Postfix's smtp-source/smtp-sink, swaks, strace, Python's
 # aiosmtpd, ...),
-# runs the Rust tests (unit and integration, over loopback), then the interop script.
+# runs the Rust tests (unit and integration, over loopback), then the interop script, the
+# systemd unit check, and (as root) the appliance image build and its QEMU boot test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,3 +30,20 @@ SLUICE_TEST_IO=epoll cargo test --test it delivery
 cargo build --release
 bash tests/interop/run.sh
 bash systemd/check.sh
+
+# The appliance: building the image needs root (mmdebstrap, chroot); the boot test runs it
+# under QEMU. Installing qemu-system-x86 replaces the machine's newer qemu-utils with
+# Debian 12's, which still has qemu-img.
+if [ "$(id -u)" -eq 0 ]; then
+  if ! command -v mmdebstrap >/dev/null || ! command -v qemu-system-x86_64 >/dev/null || [ ! -f /usr/share/OVMF/OVMF_CODE_4M.fd ] \
+    || ! command -v mcopy >/dev/null || ! command -v qemu-img >/dev/null; then
+    apt-get update -qq
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      mmdebstrap dosfstools mtools fdisk e2fsprogs ovmf qemu-system-x86 >/dev/null
+    env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+  fi
+  bash image/build.sh
+  bash image/boot-test.sh
+else
+  echo "test.sh: not root: the appliance image build and boot test were skipped" >&2
+fi

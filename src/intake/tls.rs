@@ -26,9 +26,12 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Writes a self-signed certificate for `hostname` if the configured files are missing and
-/// `self_signed_if_missing` is set.
+/// `self_signed_if_missing` is set. Empty files count as missing: they are what a power loss
+/// right after a first start leaves of files written without fsync (by an older version, or
+/// by hand), and a generated certificate can always be generated again.
 pub fn ensure_certificate(cfg: &TlsConfig, hostname: &str) -> Result<(), String> {
-    if cfg.certificate.exists() && cfg.private_key.exists() {
+    let present = |p: &Path| fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    if present(&cfg.certificate) && present(&cfg.private_key) {
         return Ok(());
     }
     if !cfg.self_signed_if_missing {
@@ -40,22 +43,27 @@ pub fn ensure_certificate(cfg: &TlsConfig, hostname: &str) -> Result<(), String>
             fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
-    write_private(&cfg.private_key, generated.signing_key.serialize_pem().as_bytes())?;
-    fs::write(&cfg.certificate, generated.cert.pem()).map_err(|e| format!("{}: {e}", cfg.certificate.display()))?;
+    write_durably(&cfg.private_key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_durably(&cfg.certificate, generated.cert.pem().as_bytes(), 0o644)?;
     tracing::warn!(certificate = %cfg.certificate.display(), hostname, "generated a self-signed TLS certificate; replace it with a real one");
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+/// Writes `path` so that after a crash or power loss it holds either nothing or all of
+/// `bytes`: a temporary file, fsync, rename over, fsync of the directory. (The appliance's
+/// boot test cuts the power right after the first start; without this the certificate came
+/// back empty and the daemon could not start.)
+fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    f.write_all(bytes).map_err(|e| format!("{}: {e}", path.display()))
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
 }
 
 fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
@@ -197,4 +205,32 @@ pub fn info(conn: &rustls::ServerConnection, identify: impl Fn(&str) -> Option<S
         tracing::info!(fingerprint = %f, "unlisted client certificate: no rights");
     }
     TlsInfo { version, cipher, certificate_identity }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config(dir: &Path) -> TlsConfig {
+        TlsConfig { certificate: dir.join("tls/cert.pem"), private_key: dir.join("tls/key.pem"), self_signed_if_missing: true }
+    }
+
+    #[test]
+    fn a_missing_or_empty_certificate_is_generated_and_a_real_one_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        ensure_certificate(&cfg, "relay.test").unwrap();
+        let first = fs::read(&cfg.certificate).unwrap();
+        assert!(first.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert_eq!(fs::metadata(&cfg.private_key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!cfg.certificate.with_extension("tmp").exists());
+        // Kept as it is while present.
+        ensure_certificate(&cfg, "relay.test").unwrap();
+        assert_eq!(fs::read(&cfg.certificate).unwrap(), first);
+        // What a power loss left of an unsynced write: generated again.
+        fs::write(&cfg.certificate, b"").unwrap();
+        ensure_certificate(&cfg, "relay.test").unwrap();
+        assert!(fs::read(&cfg.certificate).unwrap().starts_with(b"-----BEGIN CERTIFICATE-----"));
+    }
 }
