@@ -1,0 +1,250 @@
+//! The `delivery` section: routing, outbound TLS, limits, retries and timeouts (its shaping
+//! keys' types live in `shaping::config`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Hostname, HumanDuration, NextHop};
+
+/// The delivery workers' I/O: `auto` (io_uring where the kernel allows it, else epoll),
+/// `uring` (refuse to start without it), or `epoll`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Any,
+    Ipv4,
+    Ipv6,
+}
+
+/// Outbound TLS: `opportunistic` (STARTTLS when offered, any certificate: RFC 7435), `required`
+/// (STARTTLS with a certificate valid for the MX name, or no delivery), or `none`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    #[default]
+    Opportunistic,
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Accept and spool mail but deliver nothing (maintenance; a queue on hold).
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub io: IoBackend,
+    /// Delivery worker threads; 0: one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Port for MX delivery (25; other values are for test setups).
+    #[serde(default = "default_delivery_port")]
+    pub port: u16,
+    /// Name sent in EHLO (default: hostname).
+    #[serde(default)]
+    pub ehlo_name: Option<Hostname>,
+    /// Local address outgoing connections are made from.
+    #[serde(default)]
+    pub source_address: Option<IpAddr>,
+    #[serde(default)]
+    pub ip_family: IpFamily,
+    /// Send everything to this next hop instead of looking up MX records.
+    #[serde(default)]
+    pub smarthost: Option<NextHop>,
+    /// Log in to the smarthost (over TLS verified like `required`, never in plain text).
+    #[serde(default)]
+    pub smarthost_auth: Option<SmarthostAuth>,
+    /// Per recipient domain: a next hop instead of MX.
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, NextHop>,
+    /// Accept recipients at address literals (`user@[192.0.2.1]`); refused at RCPT otherwise.
+    #[serde(default)]
+    pub address_literals: bool,
+    #[serde(default)]
+    pub tls: OutboundTls,
+    /// Per recipient domain, a TLS policy other than `tls`.
+    #[serde(default)]
+    pub tls_policies: std::collections::BTreeMap<String, OutboundTls>,
+    /// PEM certificates trusted for `required` TLS besides the WebPKI roots (private CAs).
+    #[serde(default)]
+    pub tls_trust: Vec<PathBuf>,
+    #[serde(default = "default_max_recipients_per_transaction")]
+    pub max_recipients_per_transaction: usize,
+    /// Transactions on one connection before it is closed.
+    #[serde(default = "default_max_deliveries_per_connection")]
+    pub max_deliveries_per_connection: usize,
+    /// Concurrent connections to one next-hop address.
+    #[serde(default = "default_max_connections_per_destination")]
+    pub max_connections_per_destination: usize,
+    /// Outbound connections in total.
+    #[serde(default = "default_max_outbound_connections")]
+    pub max_connections: usize,
+    /// Per destination, new connections at most this fast ("10/s"; default: no limit).
+    #[serde(default)]
+    pub connection_rate: Option<crate::shaping::rate::Rate>,
+    /// Per destination, messages at most this fast ("500/min", "10000/h burst 100"; default:
+    /// no limit).
+    #[serde(default)]
+    pub message_rate: Option<crate::shaping::rate::Rate>,
+    /// Suspension of destinations that throttle us or cannot be reached.
+    #[serde(default)]
+    pub backoff: crate::shaping::config::BackoffConfig,
+    /// Overrides of the limits above for the destinations each rule matches.
+    #[serde(default)]
+    pub destinations: Vec<crate::shaping::config::DestinationRule>,
+    /// Messages being delivered at once, in total.
+    #[serde(default = "default_max_concurrent_deliveries")]
+    pub max_concurrent_deliveries: usize,
+    /// An idle pooled connection is closed after this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
+    /// Waits between attempts; the last one repeats.
+    #[serde(default = "default_retry")]
+    pub retry: Vec<HumanDuration>,
+    /// After this long in the queue a message bounces.
+    #[serde(default = "default_max_age")]
+    pub max_age: HumanDuration,
+    /// After this long in the queue the sender gets one delay notice per recipient; 0: never.
+    #[serde(default = "default_delay_warning")]
+    pub delay_warning: HumanDuration,
+    #[serde(default)]
+    pub timeouts: ClientTimeouts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostAuth {
+    pub username: String,
+    /// A file holding the password (its first line), readable by the service only.
+    pub password_file: PathBuf,
+}
+
+/// Client timeouts (RFC 5321 4.5.3.2).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeouts {
+    #[serde(default = "default_connect_timeout")]
+    pub connect: HumanDuration,
+    #[serde(default = "five_minutes")]
+    pub greeting: HumanDuration,
+    /// MAIL, RCPT and other commands.
+    #[serde(default = "five_minutes")]
+    pub command: HumanDuration,
+    /// The reply to DATA.
+    #[serde(default = "default_data_init")]
+    pub data_init: HumanDuration,
+    /// Each write of message data.
+    #[serde(default = "default_data_block")]
+    pub data_block: HumanDuration,
+    /// The reply to the final dot; short values manufacture duplicates.
+    #[serde(default = "default_final_dot")]
+    pub final_dot: HumanDuration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            connect: default_connect_timeout(),
+            greeting: five_minutes(),
+            command: five_minutes(),
+            data_init: default_data_init(),
+            data_block: default_data_block(),
+            final_dot: default_final_dot(),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            io: IoBackend::default(),
+            workers: 0,
+            paused: false,
+            port: default_delivery_port(),
+            ehlo_name: None,
+            source_address: None,
+            ip_family: IpFamily::Any,
+            smarthost: None,
+            smarthost_auth: None,
+            routes: Default::default(),
+            address_literals: false,
+            tls: OutboundTls::Opportunistic,
+            tls_policies: Default::default(),
+            tls_trust: Vec::new(),
+            max_recipients_per_transaction: default_max_recipients_per_transaction(),
+            max_deliveries_per_connection: default_max_deliveries_per_connection(),
+            max_connections_per_destination: default_max_connections_per_destination(),
+            max_connections: default_max_outbound_connections(),
+            connection_rate: None,
+            message_rate: None,
+            backoff: Default::default(),
+            destinations: Vec::new(),
+            max_concurrent_deliveries: default_max_concurrent_deliveries(),
+            idle_timeout: default_idle_timeout(),
+            retry: default_retry(),
+            max_age: default_max_age(),
+            delay_warning: default_delay_warning(),
+            timeouts: ClientTimeouts::default(),
+        }
+    }
+}
+
+fn default_delivery_port() -> u16 {
+    25
+}
+fn default_max_recipients_per_transaction() -> usize {
+    100
+}
+fn default_max_deliveries_per_connection() -> usize {
+    1000
+}
+fn default_max_connections_per_destination() -> usize {
+    20
+}
+fn default_max_outbound_connections() -> usize {
+    1000
+}
+fn default_max_concurrent_deliveries() -> usize {
+    1000
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_retry() -> Vec<HumanDuration> {
+    [60, 300, 900, 1800, 3600, 7200].into_iter().map(|s| HumanDuration(Duration::from_secs(s))).collect()
+}
+fn default_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5 * 86400))
+}
+fn default_delay_warning() -> HumanDuration {
+    HumanDuration(Duration::from_secs(4 * 3600))
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn five_minutes() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_data_init() -> HumanDuration {
+    HumanDuration(Duration::from_secs(120))
+}
+fn default_data_block() -> HumanDuration {
+    HumanDuration(Duration::from_secs(180))
+}
+fn default_final_dot() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
