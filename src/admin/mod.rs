@@ -81,8 +81,9 @@ enum Response {
     Error(String),
 }
 
-/// Binds the admin socket (replacing a stale one). Only the daemon's user may connect.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Binds a daemon socket at `path` (replacing a stale one) with permissions `mode`: 0o600 for
+/// the admin socket (only the daemon's user), 0o666 for the sendmail socket (every local user).
+pub fn bind_socket(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -91,7 +92,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         _ => {}
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 

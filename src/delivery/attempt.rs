@@ -200,7 +200,7 @@ impl<T: Transport> Sender<T> {
                 };
                 // RFC 7293 3.3: an RRVS check the next hop cannot make fails the recipient
                 // (unless it said ";C").
-                if !conn.offers_rrvs() {
+                if !conn.offers_rrvs() && pending.iter().any(|&i| msg.recipients[i].1.rrvs_must_be_checked()) {
                     let (unchecked, rest): (Vec<usize>, Vec<usize>) =
                         pending.iter().partition(|&&i| msg.recipients[i].1.rrvs_must_be_checked());
                     let reply =

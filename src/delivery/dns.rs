@@ -25,6 +25,13 @@ pub enum MxAnswer {
     Temporary(String),
 }
 
+impl MxAnswer {
+    /// A null MX (RFC 7505): one record, preference 0 by convention, exchange ".".
+    pub fn is_null(&self) -> bool {
+        matches!(self, MxAnswer::Mx(records) if records.len() == 1 && records[0].1 == ".")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddrAnswer {
     Addrs(Vec<IpAddr>),

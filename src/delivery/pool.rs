@@ -15,6 +15,10 @@
 //! while holding none (a connection died and another worker took its slot), the others shed
 //! idle connections to that address rather than leave it waiting for an idle timeout.
 //!
+//! Every slot also holds a share of `delivery.max_connections`. While a checkout waits for such
+//! a share, idle connections (to any address, on every worker) are given up, since each holds
+//! one: otherwise mail to one destination would wait for the idle timeout of another's.
+//!
 //! A slot is released only after its connection has closed (QUIT, then the server's close),
 //! so the destination never sees more than the cap, not even for a moment.
 
@@ -108,6 +112,8 @@ pub struct Limits {
     map: Mutex<HashMap<CapKey, Arc<Limit>>>,
     /// `delivery.max_connections`, over every cap.
     total: Arc<Semaphore>,
+    /// Checkouts waiting for a share of `total`.
+    total_waiting: AtomicUsize,
     /// One signal per worker: "shed idle connections a starved worker waits for".
     shed: Vec<Arc<Notify>>,
 }
@@ -121,6 +127,7 @@ impl Limits {
         Limits {
             map: Mutex::new(HashMap::new()),
             total: Arc::new(Semaphore::new(total)),
+            total_waiting: AtomicUsize::new(0),
             shed: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
         }
     }
@@ -240,10 +247,41 @@ impl<T: Transport> Pool<T> {
         found
     }
 
-    /// Another worker waits for `addr` and holds no slot that could come back to it.
+    /// An idle connection under `limit` should be given up: a checkout waits for a share of
+    /// the global cap, or another worker waits for this cap holding no slot that could come
+    /// back to it.
     fn wanted_elsewhere(&self, limit: &Limit) -> bool {
-        (0..limit.waiting_on.len())
-            .any(|w| w != self.worker && limit.waiting_on[w].load(Ordering::SeqCst) > 0 && limit.open_on[w].load(Ordering::SeqCst) == 0)
+        self.limits.total_waiting.load(Ordering::SeqCst) > 0
+            || (0..limit.waiting_on.len())
+                .any(|w| w != self.worker && limit.waiting_on[w].load(Ordering::SeqCst) > 0 && limit.open_on[w].load(Ordering::SeqCst) == 0)
+    }
+
+    /// Asks every worker, this one first, to give up what `wanted_elsewhere` picks.
+    fn shed_everywhere(&self) {
+        self.shed();
+        for (i, shed) in self.limits.shed.iter().enumerate() {
+            if i != self.worker {
+                shed.notify_one();
+            }
+        }
+    }
+
+    /// A share of the global cap: at once if one is free, else after idle connections
+    /// everywhere have been given up for it.
+    async fn total_share(&self) -> OwnedSemaphorePermit {
+        if let Ok(share) = self.limits.total.clone().try_acquire_owned() {
+            return share;
+        }
+        self.limits.total_waiting.fetch_add(1, Ordering::SeqCst);
+        struct Done<'a>(&'a AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _done = Done(&self.limits.total_waiting);
+        self.shed_everywhere();
+        self.limits.total.clone().acquire_owned().await.expect("pool semaphores are never closed")
     }
 
     /// A pooled connection for `key`, or a slot under `cap` for a new one: whichever comes
@@ -273,7 +311,7 @@ impl<T: Transport> Pool<T> {
             tokio::select! {
                 permit = limit.slots.clone().acquire_owned() => {
                     let permit = permit.expect("pool semaphores are never closed");
-                    let total = self.limits.total.clone().acquire_owned().await.expect("pool semaphores are never closed");
+                    let total = self.total_share().await;
                     return Checkout::New(Slot::new(permit, total, limit.clone(), self.worker, active));
                 }
                 _ = returned.notified() => {}
@@ -285,7 +323,7 @@ impl<T: Transport> Pool<T> {
     pub async fn slot(&self, cap: &CapKey, max: usize, max_deliveries: usize, active: &Arc<AtomicUsize>) -> Slot {
         let limit = self.limits.get(cap, max, max_deliveries);
         let permit = limit.slots.clone().acquire_owned().await.expect("pool semaphores are never closed");
-        let total = self.limits.total.clone().acquire_owned().await.expect("pool semaphores are never closed");
+        let total = self.total_share().await;
         Slot::new(permit, total, limit, self.worker, active)
     }
 

@@ -51,7 +51,9 @@ pub fn destination_key(domain: &str, cfg: &Config) -> String {
     }
 }
 
-fn next_hop<'a>(domain: &str, cfg: &'a Config) -> Option<&'a NextHop> {
+/// The configured next hop for (lower-case) `domain`: its route, else the smarthost; `None`
+/// when its mail goes by MX records.
+pub fn next_hop<'a>(domain: &str, cfg: &'a Config) -> Option<&'a NextHop> {
     cfg.delivery.routes.get(domain).or(cfg.delivery.smarthost.as_ref())
 }
 
@@ -114,7 +116,7 @@ async fn mx_targets<R: Resolve>(domain: &str, port: u16, cfg: &Config, dns: &R) 
                 Route::Defer(Reply::new(451, Enhanced(4, 4, 3), format!("Address lookup for {domain} failed: {why}")))
             }
         },
-        MxAnswer::Mx(records) if records.len() == 1 && records[0].1 == "." => {
+        answer if answer.is_null() => {
             Route::Fail(Reply::new(556, Enhanced(5, 1, 10), format!("Domain {domain} accepts no mail (null MX)")))
         }
         MxAnswer::Mx(records) => {

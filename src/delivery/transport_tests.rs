@@ -120,3 +120,27 @@ fn uring_reads_while_it_writes() {
 fn uring_tls_reads_while_it_writes() {
     on_uring(true);
 }
+
+/// `delivery.source_address`: the connection comes from the configured address. On io_uring
+/// this takes the other path (socket bound and connected by tokio, then handed over).
+async fn peer_seen_from<T: Transport>(source: std::net::IpAddr) -> std::net::IpAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = std::thread::spawn(move || listener.accept().unwrap().1.ip());
+    let mut t = T::connect(addr, Some(source)).await.unwrap();
+    // The socket is usable after the hand-over.
+    t.write_all(b"x", Duration::from_secs(5), &mut |_| Ok(())).await.unwrap();
+    accept.join().unwrap()
+}
+
+#[test]
+fn both_transports_connect_from_the_source_address() {
+    let source: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    assert_eq!(rt.block_on(peer_seen_from::<Epoll>(source)), source);
+    if uring::probe().is_ok() {
+        assert_eq!(tokio_uring::start(peer_seen_from::<Uring>(source)), source);
+    } else {
+        assert_eq!(std::env::var("SLUICE_TEST_IO").as_deref(), Ok("epoll"), "io_uring is unavailable");
+    }
+}

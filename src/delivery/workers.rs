@@ -71,7 +71,6 @@ pub struct Workers {
     queues: Vec<mpsc::UnboundedSender<Job>>,
     next: AtomicUsize,
     limits: Arc<Limits>,
-    pub backend: Backend,
 }
 
 impl Workers {
@@ -96,7 +95,7 @@ impl Workers {
         }
         tracing::info!(backend = backend.name(), workers = count, "delivery workers started");
         metrics::gauge!(m::DELIVERY_IO_BACKEND, "backend" => backend.name()).set(1.0);
-        Ok(Workers { queues, next: AtomicUsize::new(0), limits, backend })
+        Ok(Workers { queues, next: AtomicUsize::new(0), limits })
     }
 
     /// Sends `msg` to the first of `targets` that takes it, on the next worker in turn.

@@ -21,7 +21,7 @@ use crate::metrics as m;
 use crate::smtp::reply::{Enhanced, Reply, codes};
 use crate::smtp::sasl::Credentials;
 use crate::smtp::server::{AuthOutcome, ClientInfo, Event, Session, TlsInfo, Transaction, Waiting};
-use crate::spool::{Envelope, Health, Identity, RecipientRecord, RecipientState, SpoolError};
+use crate::spool::{Envelope, Health, Identity, RecipientRecord, SpoolError};
 
 /// Bodies above this size are written from a blocking thread, not the async worker.
 const BLOCKING_WRITE_THRESHOLD: usize = 256 * 1024;
@@ -242,12 +242,8 @@ const NULL_MX_BUDGET: Duration = Duration::from_millis(300);
 /// 556 5.1.10 for a recipient domain that publishes a null MX (RFC 7505 4.2); any other
 /// answer, a DNS failure or no answer within the budget included, leaves it to the queue.
 async fn null_mx_refusal(dns: &crate::delivery::dns::Dns, domain: &str) -> Option<Reply> {
-    match tokio::time::timeout(NULL_MX_BUDGET, dns.mx(domain)).await.ok()? {
-        crate::delivery::dns::MxAnswer::Mx(records) if records.len() == 1 && records[0].1 == "." => {
-            Some(Reply::new(556, Enhanced(5, 1, 10), format!("Recipient domain {domain} accepts no mail (null MX)")))
-        }
-        _ => None,
-    }
+    let answer = tokio::time::timeout(NULL_MX_BUDGET, dns.mx(domain)).await.ok()?;
+    answer.is_null().then(|| Reply::new(556, Enhanced(5, 1, 10), format!("Recipient domain {domain} accepts no mail (null MX)")))
 }
 
 /// Checks, stamps and stores one message; `Ok(queue_id)` only once it is durable.
@@ -302,19 +298,7 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
         queue_id: queue_id.clone(),
         from: tx.from,
         params: tx.params,
-        recipients: tx
-            .recipients
-            .into_iter()
-            .map(|r| RecipientRecord {
-                mailbox: r.mailbox,
-                params: r.params,
-                state: RecipientState::Queued,
-                attempts: 0,
-                last_reply: None,
-                next_attempt: Some(now),
-                delay_notified: false,
-            })
-            .collect(),
+        recipients: tx.recipients.into_iter().map(|r| RecipientRecord::queued(r.mailbox, r.params, now)).collect(),
         client_ip: origin.peer.ip(),
         helo: tx.helo,
         identity: identity.clone(),

@@ -15,22 +15,7 @@ use super::IntakeContext;
 use crate::metrics as m;
 use crate::sendmail::{EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Request, Response, headers};
 use crate::smtp::address::{self, Mailbox};
-use crate::spool::{Envelope, Identity, RecipientRecord, RecipientState};
-
-/// Binds the socket (replacing a stale one), open to every local user.
-pub fn bind(path: &std::path::Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
-}
+use crate::spool::{Envelope, Identity, RecipientRecord};
 
 pub async fn serve(listener: UnixListener, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -146,18 +131,7 @@ async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: V
         queue_id: queue_id.clone(),
         from,
         params,
-        recipients: recipients
-            .iter()
-            .map(|m| RecipientRecord {
-                mailbox: m.clone(),
-                params: Default::default(),
-                state: RecipientState::Queued,
-                attempts: 0,
-                last_reply: None,
-                next_attempt: Some(now),
-                delay_notified: false,
-            })
-            .collect(),
+        recipients: recipients.iter().map(|m| RecipientRecord::queued(m.clone(), Default::default(), now)).collect(),
         client_ip: loopback,
         helo: "localhost".into(),
         identity: Identity::Local(user.clone()),

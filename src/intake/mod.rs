@@ -63,22 +63,16 @@ impl IntakeContext {
         let l = &config.limits;
         let session = |require_auth| {
             Arc::new(SessionConfig {
-                hostname: config.hostname.0.clone(),
-                max_message_size: usize::try_from(l.max_message_size).unwrap_or(usize::MAX),
-                max_recipients: l.max_recipients,
-                max_line: l.max_line_length,
-                max_errors: l.max_errors,
-                postmaster: config.postmaster(),
                 tls_available: tls.is_some(),
                 auth_available: users.is_some(),
                 require_auth,
-                address_literals: config.delivery.address_literals,
                 tls_only_recipients: {
                     let config = config.clone();
                     RecipientRule(Arc::new(move |m| config.requires_tls(m)))
                 },
                 // Submission only: there the sender is a person who can fix the address now.
                 check_recipient_domains: require_auth,
+                ..plain_session_config(&config)
             })
         };
         let (relay, submission) = (session(false), session(true));
@@ -97,6 +91,27 @@ impl IntakeContext {
             ListenerMode::Relay => self.relay.clone(),
             ListenerMode::Submission | ListenerMode::Submissions => self.submission.clone(),
         }
+    }
+}
+
+/// The session settings that follow from the config alone: limits, names, address literals;
+/// no TLS, no AUTH, no recipient policies (the listeners add those; `sendmail -bs` uses it
+/// as it is).
+pub fn plain_session_config(config: &Config) -> SessionConfig {
+    let l = &config.limits;
+    SessionConfig {
+        hostname: config.hostname.0.clone(),
+        max_message_size: usize::try_from(l.max_message_size).unwrap_or(usize::MAX),
+        max_recipients: l.max_recipients,
+        max_line: l.max_line_length,
+        max_errors: l.max_errors,
+        postmaster: config.postmaster(),
+        tls_available: false,
+        auth_available: false,
+        require_auth: false,
+        address_literals: config.delivery.address_literals,
+        tls_only_recipients: RecipientRule::never(),
+        check_recipient_domains: false,
     }
 }
 

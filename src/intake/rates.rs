@@ -47,6 +47,10 @@ impl SenderRates {
 
     /// The refusal for a MAIL from this sender now, if it is over its rate.
     pub fn gate(&self, ip: IpAddr, user: Option<&str>) -> Option<Reply> {
+        // Asked on every read of every session: nothing to do (and no lock) without limits.
+        if self.per_ip.is_none() && self.per_user.is_none() {
+            return None;
+        }
         let now = self.origin.elapsed();
         let limiters = self.limiters.lock().expect("rates lock");
         for (sender, rate) in self.senders(ip, user) {

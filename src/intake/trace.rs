@@ -104,14 +104,19 @@ pub fn prefix_fields(trace: &Trace<'_>, facts: &HeaderFacts) -> String {
     if let Some(rcpt) = trace.single_recipient {
         let _ = write!(out, "\r\n\tfor <{rcpt}>");
     }
+    end_received(&mut out, &date, trace.queue_id, trace.hostname, facts);
+    out
+}
+
+/// Ends a Received field with its date, and adds Message-ID and Date when the message has none.
+fn end_received(out: &mut String, date: &str, queue_id: &str, hostname: &str, facts: &HeaderFacts) {
     let _ = write!(out, "; {date}\r\n");
     if facts.message_id.is_none() {
-        let _ = write!(out, "Message-ID: <{}@{}>\r\n", trace.queue_id, trace.hostname);
+        let _ = write!(out, "Message-ID: <{queue_id}@{hostname}>\r\n");
     }
     if !facts.has_date {
         let _ = write!(out, "Date: {date}\r\n");
     }
-    out
 }
 
 /// Received (plus Message-ID and Date when missing) for mail a local user submitted.
@@ -129,13 +134,7 @@ pub fn local_prefix(
     if let Some(rcpt) = single {
         let _ = write!(out, "\r\n\tfor <{rcpt}>");
     }
-    let _ = write!(out, "; {date}\r\n");
-    if facts.message_id.is_none() {
-        let _ = write!(out, "Message-ID: <{queue_id}@{hostname}>\r\n");
-    }
-    if !facts.has_date {
-        let _ = write!(out, "Date: {date}\r\n");
-    }
+    end_received(&mut out, &date, queue_id, hostname, facts);
     out
 }
 

@@ -166,7 +166,7 @@ impl Runner {
                         .iter()
                         .map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None, remote_dsn: false })),
                 ),
-                Route::Targets(_) if env.params.requiretls && !self.has_configured_route(&domain) => {
+                Route::Targets(_) if env.params.requiretls && route::next_hop(&domain.to_ascii_lowercase(), &self.config).is_none() => {
                     // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
                     // MX records; neither exists here), so only a configured route qualifies.
                     let reply = Reply::new(
@@ -235,12 +235,6 @@ impl Runner {
             changes.update.push(env);
         }
         self.spool.apply(changes)?.wait().await
-    }
-
-    /// Mail to `domain` goes to a smarthost or a route from the config (not MX records).
-    fn has_configured_route(&self, domain: &str) -> bool {
-        let d = &self.config.delivery;
-        d.smarthost.is_some() || d.routes.contains_key(&domain.to_ascii_lowercase())
     }
 
     /// Verified TLS for REQUIRETLS and TLS-only recipients; the domain's policy otherwise,
@@ -327,15 +321,7 @@ impl Runner {
             queue_id,
             from: None,
             params: Default::default(),
-            recipients: vec![RecipientRecord {
-                mailbox: to,
-                params: Default::default(),
-                state: RecipientState::Queued,
-                attempts: 0,
-                last_reply: None,
-                next_attempt: Some(now),
-                delay_notified: false,
-            }],
+            recipients: vec![RecipientRecord::queued(to, Default::default(), now)],
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             helo: self.config.hostname.0.clone(),
             identity: Identity::Bounce,

@@ -13,7 +13,7 @@
 pub mod headers;
 mod smtp;
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
@@ -26,7 +26,6 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_UNAVAILABLE: u8 = 69;
 pub const EX_SOFTWARE: u8 = 70;
 pub const EX_TEMPFAIL: u8 = 75;
-pub const EX_NOPERM: u8 = 77;
 pub const EX_CONFIG: u8 = 78;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,7 +200,7 @@ pub fn main(args: &[String]) -> u8 {
         }
     };
     if o.smtp {
-        return smtp::run(&config, &o);
+        return smtp::run(&config);
     }
     if o.recipients.is_empty() && !o.extract {
         eprintln!("sendmail: no recipients (give addresses, or -t to read them from the message)");
@@ -228,13 +227,6 @@ pub fn main(args: &[String]) -> u8 {
             exit
         }
     }
-}
-
-/// Reads exactly `n` bytes (the daemon side uses the async equivalent).
-pub fn read_exact(input: &mut impl Read, n: usize) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0; n];
-    input.read_exact(&mut buf)?;
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -4,27 +4,13 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use super::{EX_OK, EX_SOFTWARE, Options, Request, Response, submit};
+use super::{EX_OK, EX_SOFTWARE, Request, Response, submit};
 use crate::config::Config;
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::smtp::server::{ClientInfo, Event, RecipientRule, Session, SessionConfig};
+use crate::smtp::server::{ClientInfo, Event, Session};
 
-pub fn run(config: &Config, _o: &Options) -> u8 {
-    let l = &config.limits;
-    let cfg = Arc::new(SessionConfig {
-        hostname: config.hostname.0.clone(),
-        max_message_size: usize::try_from(l.max_message_size).unwrap_or(usize::MAX),
-        max_recipients: l.max_recipients,
-        max_line: l.max_line_length,
-        max_errors: l.max_errors,
-        postmaster: config.postmaster(),
-        tls_available: false,
-        auth_available: false,
-        require_auth: false,
-        address_literals: config.delivery.address_literals,
-        tls_only_recipients: RecipientRule::never(),
-        check_recipient_domains: false,
-    });
+pub fn run(config: &Config) -> u8 {
+    let cfg = Arc::new(crate::intake::plain_session_config(config));
     // The local user may send anywhere; the daemon applies the return-path rules.
     let client =
         ClientInfo { ip: std::net::Ipv4Addr::LOCALHOST.into(), relay_allowed: true, plaintext_auth: false, tls: None, tls_required: false };

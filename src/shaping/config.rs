@@ -37,6 +37,16 @@ impl DestinationRule {
         self.name.clone().or_else(|| self.domains.first().or(self.mx.first()).cloned()).unwrap_or_default()
     }
 
+    /// One of the rule's domain patterns matches `domain`.
+    pub fn names_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|p| matches(p, domain))
+    }
+
+    /// One of the rule's MX patterns matches `host`.
+    pub fn names_host(&self, host: &str) -> bool {
+        self.mx.iter().any(|p| matches(p, host))
+    }
+
     /// Problems a config check reports.
     pub fn check(&self) -> Result<(), String> {
         if self.domains.is_empty() && self.mx.is_empty() {

@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use self::config::matches;
 use self::health::{Backoff, Health, Signal};
 use self::queue::RateQueue;
-use self::rate::{Gcra, Rate};
+use self::rate::Gcra;
 use crate::config::Config;
 use crate::delivery::route::Target;
 use crate::metrics as m;
@@ -51,7 +50,8 @@ pub struct Bucket {
     pub max_recipients: usize,
     /// Messages wait here for their turn (None: no message rate).
     pub messages: Option<RateQueue>,
-    connection_rate: Option<(Rate, Mutex<Gcra>)>,
+    /// New connections (None: no connection rate).
+    connections: Option<Mutex<Gcra>>,
     origin: Instant,
     health: Mutex<Health>,
     /// Connections open for this destination now.
@@ -71,14 +71,10 @@ impl Bucket {
 
     /// Books a new connection under the connection rate; how long to wait before opening it.
     pub fn connection_wait(&self) -> Duration {
-        match &self.connection_rate {
-            Some((_, gcra)) => gcra.lock().expect("gcra lock").reserve(self.origin.elapsed()),
+        match &self.connections {
+            Some(gcra) => gcra.lock().expect("gcra lock").reserve(self.origin.elapsed()),
             None => Duration::ZERO,
         }
-    }
-
-    pub fn connection_rate(&self) -> Option<Rate> {
-        self.connection_rate.as_ref().map(|(r, _)| *r)
     }
 
     /// Until when (unix seconds) and why, if suspended at `now`.
@@ -134,10 +130,7 @@ impl Shaper {
 
     /// The destination mail to `domain` over `targets` belongs to.
     pub fn bucket(&self, domain: &str, targets: &[Target]) -> Arc<Bucket> {
-        let rule = self
-            .rules
-            .iter()
-            .position(|r| r.domains.iter().any(|p| matches(p, domain)) || r.mx.iter().any(|p| targets.iter().any(|t| matches(p, &t.host))));
+        let rule = self.rules.iter().position(|r| r.names_domain(domain) || targets.iter().any(|t| r.names_host(&t.host)));
         let key = match rule {
             Some(i) => {
                 let mut ruled = self.ruled.lock().expect("ruled lock");
@@ -169,7 +162,7 @@ impl Shaper {
             max_deliveries: pick(rule.max_deliveries_per_connection, d.max_deliveries_per_connection),
             max_recipients: pick(rule.max_recipients_per_transaction, d.max_recipients_per_transaction),
             messages: message_rate.map(RateQueue::new),
-            connection_rate: connection_rate.map(|r| (r, Mutex::new(Gcra::new(&r)))),
+            connections: connection_rate.map(|r| Mutex::new(Gcra::new(&r))),
             origin: Instant::now(),
             health: Mutex::new(Health::default()),
             active: Arc::new(AtomicUsize::new(0)),
@@ -196,7 +189,7 @@ impl Shaper {
     /// The destination name mail to `domain` is counted under: a rule's, else the domain.
     pub fn destination_of(&self, domain: &str) -> String {
         let domain = domain.to_ascii_lowercase();
-        let rule = self.rules.iter().position(|r| r.domains.iter().any(|p| matches(p, &domain)));
+        let rule = self.rules.iter().position(|r| r.names_domain(&domain));
         match rule.or_else(|| self.ruled.lock().expect("ruled lock").get(&domain).copied()) {
             Some(i) => self.rules[i].label(),
             None => domain,

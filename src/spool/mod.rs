@@ -118,6 +118,21 @@ pub struct RecipientRecord {
     pub delay_notified: bool,
 }
 
+impl RecipientRecord {
+    /// A recipient just accepted: queued, due at `now`, never tried.
+    pub fn queued(mailbox: Mailbox, params: RcptParams, now: u64) -> RecipientRecord {
+        RecipientRecord {
+            mailbox,
+            params,
+            state: RecipientState::Queued,
+            attempts: 0,
+            last_reply: None,
+            next_attempt: Some(now),
+            delay_notified: false,
+        }
+    }
+}
+
 /// Where a body lives: a segment file, an offset, a length, and a CRC-32 to catch torn writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BodyRef {

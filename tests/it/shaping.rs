@@ -45,6 +45,11 @@ fn message_rate_and_connection_cap_hold_across_domains_of_one_provider() {
             });
         }
     });
+    // While they wait their turn, the summary shows the rule's rate, cap and open connections.
+    let rows = sluice::admin::queue_summary(&relay.config).unwrap();
+    let row = rows.iter().find(|r| r.destination == "provider").unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!((row.message_rate.as_deref(), row.max_connections), (Some("10/s"), Some(2)), "{row:?}");
+    assert!(row.connections <= 2 && row.messages > 0 && row.suspended.is_none(), "{row:?}");
     let got = dest.wait_for(n, Duration::from_secs(30));
     assert_eq!(got.len(), n, "every message arrives");
     let st = dest.state.lock().unwrap();
@@ -155,4 +160,54 @@ fn new_connections_follow_the_connection_rate() {
         let earliest = Duration::from_millis(250 * k as u64).saturating_sub(Duration::from_millis(100));
         assert!(*t - opened[0] >= earliest, "connection {k} opened {:?} after the first: faster than 4/s", *t - opened[0]);
     }
+}
+
+#[test]
+fn a_rules_recipients_per_transaction_split_one_message() {
+    let dest = Dest::start(Behavior::default());
+    let dns = dns_for(&["split.test"]);
+    let relay = relay(&dns, &dest, "  destinations:\n    - { domains: [split.test], max_recipients_per_transaction: 2 }\n");
+    let mut c = relay.client();
+    let rcpts: Vec<String> = (0..5).map(|i| format!("r{i}@split.test")).collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    assert_eq!(c.send_mail("a@sender.test", &rcpts, "x\r\n").code, 250);
+    let got = dest.wait_for(3, Duration::from_secs(20));
+    let sizes: Vec<usize> = got.iter().map(|t| t.rcpts.len()).collect();
+    assert_eq!(sizes, [2, 2, 1], "transactions of at most 2 recipients");
+}
+
+#[test]
+fn the_global_connection_limit_holds_across_destinations() {
+    // One server reached at two addresses: two per-address caps of 5, one global cap of 1.
+    let dest = Dest::start_on(
+        "0.0.0.0:0",
+        Behavior {
+            after_dot: Arc::new(|_| {
+                std::thread::sleep(Duration::from_millis(30));
+                "250 2.0.0 ok".into()
+            }),
+            ..Behavior::default()
+        },
+    );
+    let port = dest.addr.port();
+    let dns = TestDns::start(Zone::default());
+    let relay = TestRelay::with_config(&format!(
+        "{}delivery:\n  retry: [1s]\n  max_connections: 1\n  routes: {{ \"one.test\": \"[127.0.0.1]:{port}\", \"two.test\": \"[127.0.0.2]:{port}\" }}\n",
+        dns.config()
+    ));
+    std::thread::scope(|s| {
+        for domain in ["one.test", "two.test"] {
+            let relay = &relay;
+            s.spawn(move || {
+                for i in 0..5 {
+                    let mut c = relay.client();
+                    assert_eq!(c.send_mail("a@sender.test", &[&format!("r{i}@{domain}")], "x\r\n").code, 250);
+                }
+            });
+        }
+    });
+    let got = dest.wait_for(10, Duration::from_secs(30));
+    assert_eq!(got.len(), 10, "all mail arrives");
+    let st = dest.state.lock().unwrap();
+    assert_eq!(st.max_open, 1, "never more than the one connection delivery.max_connections allows");
 }
