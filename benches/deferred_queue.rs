@@ -27,7 +27,13 @@ fn main() {
     let n: usize =
         std::env::var("DEFERRED_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(if benchmarking { 1_000_000 } else { 20_000 });
     let dir = tempfile::tempdir().unwrap();
-    let spool_cfg = SpoolConfig { path: dir.path().join("spool"), min_free_space: 0, cache_capacity: 64 << 20, segment_size: 64 << 20 };
+    let spool_cfg = SpoolConfig {
+        path: dir.path().join("spool"),
+        min_free_space: 0,
+        cache_capacity: 64 << 20,
+        segment_size: 64 << 20,
+        ..SpoolConfig::default()
+    };
     let body = format!("Subject: deferred\r\n\r\n{}\r\n", "x".repeat(1000));
     let tomorrow = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 86400;
 

@@ -106,4 +106,5 @@ fn durations_parse_and_refuse_nonsense() {
     assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
     assert_eq!("90".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
     assert!("5 weeks".parse::<HumanDuration>().is_err());
+    assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
 }

@@ -143,7 +143,7 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
-/// A duration written as `300`, `300s`, `5m`, `2h` or `1d`.
+/// A duration written as `300`, `300s`, `5m`, `2h`, `1d` or `250ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -154,11 +154,12 @@ impl FromStr for HumanDuration {
         let (num, unit) = s.split_at(split);
         let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (examples: 30s, 5m, 2h)"))?;
         let secs = match unit {
+            "ms" => return Ok(HumanDuration(Duration::from_millis(n))),
             "" | "s" => n,
             "m" => n * 60,
             "h" => n * 3600,
             "d" => n * 86400,
-            _ => return Err(format!("invalid duration unit in {s:?} (use s, m, h or d)")),
+            _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
         };
         Ok(HumanDuration(Duration::from_secs(secs)))
     }

@@ -171,7 +171,9 @@ impl Envelope {
     }
 }
 
-/// Index changes applied together: after a crash either all of them are there or none.
+/// Index changes applied in order (new messages, then updates, then removals) and covered by
+/// one commit: after a crash a prefix of them is there, so a bounce stored with the update
+/// that failed its cause is never lost (at worst the cause is tried and bounced again).
 #[derive(Debug, Default)]
 pub struct Changes {
     /// New messages (bounces), with their bodies.

@@ -5,8 +5,14 @@
 //! commit (and their directory if a segment was created), then flushes sled and fdatasyncs its
 //! `db` file and any blob file it wrote. Bodies first: an index entry never becomes durable
 //! before the body it points to.
+//!
+//! Every change to a message is one sled key (its envelope), written with a plain insert or
+//! remove: sled's `apply_batch` rolls its log buffer twice per batch, and each roll is a write
+//! plus `sync_file_range` on a sled thread, which cost more CPU than the rest of a message's
+//! intake. The schedule (when each queued message is next due) is therefore not kept in sled
+//! but in memory, rebuilt from the envelopes when the spool opens: it always agrees with them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -18,15 +24,15 @@ use std::time::{Duration, Instant};
 use super::commit::{Batch, CommitQueue, Request};
 use super::queue_id::{self, QueueIdGenerator};
 use super::segments::Segments;
-use super::{BodyRef, Changes, Durable, Envelope, Health, Spool, SpoolError};
+use super::{BodyRef, Changes, Durable, Envelope, Health, RecipientState, Spool, SpoolError};
 use crate::config::SpoolConfig;
 use crate::metrics as m;
 
 const HIGH_WATER_KEY: &[u8] = b"queue_id_high_water";
-/// Keys in the `messages` tree: `m` + queue id holds the envelope; `s` + next attempt (u64 BE)
-/// + queue id is the schedule entry. One tree, so a sled batch changes both atomically.
+/// Keys in the `messages` tree: `m` + queue id holds the envelope.
 const ENVELOPE: u8 = b'm';
-const SCHEDULE: u8 = b's';
+/// Schedule entries written by earlier versions (`s` + due + queue id); deleted at open.
+const LEGACY_SCHEDULE: u8 = b's';
 
 fn envelope_key(queue_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + queue_id.len());
@@ -35,12 +41,12 @@ fn envelope_key(queue_id: &str) -> Vec<u8> {
     k
 }
 
-fn schedule_key(due: u64, queue_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + queue_id.len());
-    k.push(SCHEDULE);
-    k.extend_from_slice(&due.to_be_bytes());
-    k.extend_from_slice(queue_id.as_bytes());
-    k
+/// When queued messages are next due, earliest first: (unix seconds, queue id value). Ids are
+/// kept as numbers (16 bytes an entry), so a million deferred messages cost tens of MiB here.
+type Schedule = BTreeSet<(u64, u64)>;
+
+fn id_value(queue_id: &str) -> Result<u64, SpoolError> {
+    queue_id::decode(queue_id).ok_or_else(|| SpoolError::Corrupt(format!("not a queue id: {queue_id:?}")))
 }
 /// How long a free-space reading is reused; statvfs per message would be wasted work.
 const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,6 +57,7 @@ pub struct SledSpool {
     commits: Arc<CommitQueue>,
     committer: Mutex<Option<JoinHandle<()>>>,
     ids: Arc<QueueIdGenerator>,
+    schedule: Mutex<Schedule>,
     count: AtomicUsize,
     /// Body bytes of the messages in the spool.
     bytes: AtomicU64,
@@ -77,6 +84,7 @@ impl SledSpool {
         let bodies_existing = BodyFiles::scan(&bodies_dir);
         let (mut recovered, mut recovered_bytes) = (0usize, 0u64);
         let mut torn = Vec::new();
+        let mut schedule = Schedule::new();
         for item in messages.scan_prefix([ENVELOPE]) {
             let (key, value) = item?;
             let view: RecoveryView = match serde_json::from_slice(&value) {
@@ -86,12 +94,22 @@ impl SledSpool {
                     continue;
                 }
             };
-            high_water = high_water.max(queue_id::decode(&view.queue_id).unwrap_or(0));
+            let id = queue_id::decode(&view.queue_id);
+            high_water = high_water.max(id.unwrap_or(0));
             match view.body.filter(|b| bodies_existing.len_of(b.segment).is_some_and(|len| b.offset + b.len <= len)) {
                 Some(body) => {
                     *refs.entry(body.segment).or_insert(0) += 1;
                     recovered += 1;
                     recovered_bytes += body.len;
+                    match (view.next_due(), id) {
+                        (Some(due), Some(id)) => {
+                            schedule.insert((due, id));
+                        }
+                        (Some(_), None) => {
+                            tracing::error!(queue_id = %view.queue_id, "queued message with an invalid queue id is not scheduled")
+                        }
+                        (None, _) => {}
+                    }
                 }
                 None => torn.push(view.queue_id),
             }
@@ -99,11 +117,10 @@ impl SledSpool {
         for queue_id in torn {
             // Only a message whose commit never completed (never acknowledged) can get here.
             tracing::warn!(queue_id = %queue_id, "dropping index entry without a complete body");
-            if let Some(value) = messages.remove(envelope_key(&queue_id))?
-                && let Some(due) = serde_json::from_slice::<Envelope>(&value).ok().and_then(|e| e.next_due())
-            {
-                messages.remove(schedule_key(due, &queue_id))?;
-            }
+            messages.remove(envelope_key(&queue_id))?;
+        }
+        for key in messages.scan_prefix([LEGACY_SCHEDULE]).keys() {
+            messages.remove(key?)?;
         }
         release_free_heap();
         let (segments, _) = Segments::open(&bodies_dir, cfg.segment_size, refs)?;
@@ -115,7 +132,7 @@ impl SledSpool {
         sync_dir(&index_dir)?;
         sync_dir(&bodies_dir)?;
 
-        let commits = Arc::new(CommitQueue::default());
+        let commits = Arc::new(CommitQueue::new(cfg.commit_window.0));
         let committer = {
             let commits = commits.clone();
             let ids = ids.clone();
@@ -146,6 +163,7 @@ impl SledSpool {
             commits,
             committer: Mutex::new(Some(committer)),
             ids,
+            schedule: Mutex::new(schedule),
             count: AtomicUsize::new(recovered),
             bytes: AtomicU64::new(recovered_bytes),
             path: cfg.path.clone(),
@@ -154,19 +172,20 @@ impl SledSpool {
         }))
     }
 
-    /// Writes new messages' bodies, then changes the index in one atomic batch, then asks for
-    /// one commit covering all of it.
+    /// Writes new messages' bodies, then their envelopes, then the updates, then the removals,
+    /// in that order (a crash keeps a prefix of them: a bounce is never lost while its cause is
+    /// marked failed), then asks for one commit covering all of it.
     fn apply_parts(&self, stores: Vec<(Envelope, &[&[u8]])>, updates: &[Envelope], removals: &[String]) -> Result<Durable, SpoolError> {
         if self.commits.is_poisoned() {
             return Err(SpoolError::Poisoned);
         }
-        let mut batch = sled::Batch::default();
         let mut request = Request::default();
         let mut appended_segments = Vec::new();
-        let (mut added, mut added_bytes) = (0usize, 0u64);
+        let mut new = Vec::with_capacity(stores.len());
         for (mut envelope, parts) in stores {
-            let appended = match self.segments.append(parts) {
-                Ok(a) => a,
+            let prepared = id_value(&envelope.queue_id).and_then(|id| self.segments.append(parts).map(|a| (id, a)));
+            let (id, appended) = match prepared {
+                Ok(p) => p,
                 Err(e) => {
                     for seg in appended_segments {
                         self.segments.release(seg);
@@ -176,35 +195,66 @@ impl SledSpool {
             };
             appended_segments.push(appended.body.segment);
             envelope.body = Some(appended.body);
-            added += 1;
-            added_bytes += appended.body.len;
-            put(&mut batch, &envelope)?;
             request.segments.push((appended.body.segment, appended.file));
             request.new_segment |= appended.created;
             request.garbage.extend(appended.garbage);
+            new.push((id, envelope));
         }
-        for envelope in updates {
-            let old = self.get(&envelope.queue_id)?;
-            if let Some(due) = old.next_due() {
-                batch.remove(schedule_key(due, &old.queue_id));
+        // Everything that can be refused is checked before the index changes, so a change is
+        // either not written at all or (short of an I/O failure) written whole.
+        let prepared = (|| {
+            let new = new.iter().map(|(id, e)| Ok((*id, e, encode(e)?))).collect::<Result<Vec<_>, SpoolError>>()?;
+            let updates = updates
+                .iter()
+                .map(|e| Ok((id_value(&e.queue_id)?, e, encode(e)?, self.get(&e.queue_id)?)))
+                .collect::<Result<Vec<_>, SpoolError>>()?;
+            let removals = removals.iter().map(|q| Ok((id_value(q)?, q, self.get(q)?))).collect::<Result<Vec<_>, SpoolError>>()?;
+            Ok::<_, SpoolError>((new, updates, removals))
+        })();
+        let (new, updates, removals) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                for seg in appended_segments {
+                    self.segments.release(seg);
+                }
+                return Err(e);
             }
-            put(&mut batch, envelope)?;
-        }
-        let (mut removed, mut removed_bytes, mut released) = (0usize, 0u64, Vec::new());
-        for queue_id in removals {
-            let old = self.get(queue_id)?;
-            batch.remove(envelope_key(queue_id));
-            if let Some(due) = old.next_due() {
-                batch.remove(schedule_key(due, queue_id));
+        };
+        let added = new.len();
+        let added_bytes: u64 = new.iter().map(|(_, e, _)| e.body.map_or(0, |b| b.len)).sum();
+        let removed = removals.len();
+        let removed_bytes: u64 = removals.iter().map(|(_, _, old)| old.body.map_or(0, |b| b.len)).sum();
+        let released: Vec<u64> = removals.iter().filter_map(|(_, _, old)| old.body.map(|b| b.segment)).collect();
+        let written = (|| {
+            for (id, envelope, bytes) in new {
+                self.messages.insert(envelope_key(&envelope.queue_id), bytes)?;
+                if let Some(due) = envelope.next_due() {
+                    self.schedule.lock().expect("schedule lock").insert((due, id));
+                }
             }
-            removed += 1;
-            removed_bytes += old.body.map_or(0, |b| b.len);
-            released.extend(old.body.map(|b| b.segment));
-        }
-        if let Err(e) = self.messages.apply_batch(batch) {
-            for seg in appended_segments {
-                self.segments.release(seg);
+            for (id, envelope, bytes, old) in updates {
+                self.messages.insert(envelope_key(&envelope.queue_id), bytes)?;
+                let mut schedule = self.schedule.lock().expect("schedule lock");
+                if let Some(due) = old.next_due() {
+                    schedule.remove(&(due, id));
+                }
+                if let Some(due) = envelope.next_due() {
+                    schedule.insert((due, id));
+                }
             }
+            for (id, queue_id, old) in removals {
+                if let Some(due) = old.next_due() {
+                    self.schedule.lock().expect("schedule lock").remove(&(due, id));
+                }
+                self.messages.remove(envelope_key(queue_id))?;
+            }
+            Ok::<(), sled::Error>(())
+        })();
+        if let Err(e) = written {
+            // The index refused a write part way: it may now hold part of this change, which
+            // must not become durable as if it were whole.
+            self.commits.poison();
+            tracing::error!(error = %e, "spool index write failed: refusing mail until the spool is reopened (restart sluice)");
             return Err(e.into());
         }
         for seg in released {
@@ -272,33 +322,17 @@ impl Spool for SledSpool {
     }
 
     fn due(&self, now: u64, limit: usize) -> Result<Vec<String>, SpoolError> {
-        let end = schedule_key(now.saturating_add(1), "");
-        let mut ids = Vec::new();
-        for item in self.messages.range(vec![SCHEDULE]..end).take(limit) {
-            let (key, _) = item?;
-            ids.push(String::from_utf8_lossy(&key[9..]).into_owned());
-        }
-        Ok(ids)
+        let schedule = self.schedule.lock().expect("schedule lock");
+        Ok(schedule.range(..=(now, u64::MAX)).take(limit).map(|&(_, id)| queue_id::encode(id)).collect())
     }
 
     fn upcoming(&self, limit: usize) -> Result<Vec<(u64, String)>, SpoolError> {
-        let mut out = Vec::new();
-        for item in self.messages.scan_prefix([SCHEDULE]).take(limit) {
-            let (key, _) = item?;
-            let due = key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-            out.push((due, String::from_utf8_lossy(&key[9..]).into_owned()));
-        }
-        Ok(out)
+        let schedule = self.schedule.lock().expect("schedule lock");
+        Ok(schedule.iter().take(limit).map(|&(due, id)| (due, queue_id::encode(id))).collect())
     }
 
     fn next_due(&self) -> Result<Option<u64>, SpoolError> {
-        match self.messages.scan_prefix([SCHEDULE]).next() {
-            Some(item) => {
-                let (key, _) = item?;
-                Ok(key.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes))
-            }
-            None => Ok(None),
-        }
+        Ok(self.schedule.lock().expect("schedule lock").first().map(|&(due, _)| due))
     }
 
     fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
@@ -331,6 +365,21 @@ impl Spool for SledSpool {
 struct RecoveryView {
     queue_id: String,
     body: Option<BodyRef>,
+    arrival: u64,
+    recipients: Vec<RecoveryRecipient>,
+}
+
+#[derive(serde::Deserialize)]
+struct RecoveryRecipient {
+    state: RecipientState,
+    next_attempt: Option<u64>,
+}
+
+impl RecoveryView {
+    /// As [`Envelope::next_due`].
+    fn next_due(&self) -> Option<u64> {
+        self.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.next_attempt.unwrap_or(self.arrival)).min()
+    }
 }
 
 /// Hands heap freed after recovery back to the kernel: glibc keeps it otherwise, and a large
@@ -359,14 +408,8 @@ fn open_index(dir: &Path, cache_capacity: u64) -> Result<sled::Db, SpoolError> {
     }
 }
 
-/// Adds an envelope and its schedule entry to a batch.
-fn put(batch: &mut sled::Batch, envelope: &Envelope) -> Result<(), SpoolError> {
-    let bytes = serde_json::to_vec(envelope).map_err(|e| SpoolError::Io(e.to_string()))?;
-    batch.insert(envelope_key(&envelope.queue_id), bytes);
-    if let Some(due) = envelope.next_due() {
-        batch.insert(schedule_key(due, &envelope.queue_id), &[]);
-    }
-    Ok(())
+fn encode(envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
+    serde_json::to_vec(envelope).map_err(|e| SpoolError::Io(e.to_string()))
 }
 
 /// Segment file lengths found on disk before recovery decides what to keep.
