@@ -95,9 +95,10 @@ pub struct SpoolConfig {
     /// Size at which a body segment file is closed and a new one started, in bytes.
     #[serde(default = "default_segment_size")]
     pub segment_size: u64,
-    /// Group commit: while several writers are waiting for commits, a commit starts at most
-    /// this long after the one before it started, so one round of fsyncs covers more messages
-    /// (fewer fsyncs and less CPU per message). A lone writer never waits for it. 0 turns it off.
+    /// Group commit: while several writers are waiting for commits, a commit starts this long
+    /// after the one before it started (or once as many writers wait as that one served), so
+    /// one round of fsyncs covers more messages (fewer fsyncs, less CPU per message). A lone
+    /// writer never waits for it. 0 turns it off.
     #[serde(default = "default_commit_window")]
     pub commit_window: HumanDuration,
 }

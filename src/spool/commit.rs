@@ -10,14 +10,15 @@
 //! The commit window: a round of fsyncs costs about the same CPU and disk work for one message
 //! as for fifty, and on a fast disk the committer would otherwise start a new round for every
 //! writer or two. When the last commit served several writers (so more are on their way), the
-//! next one starts no earlier than `window` after the last one started. A lone writer (the last
-//! commit served one) is never held back.
+//! next one starts `window` after the last one started, or as soon as as many writers wait as
+//! the last one served (with a fixed set of busy writers, all of them are back). A lone writer
+//! (the last commit served one) is never held back.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,8 +44,12 @@ struct Pending {
     batch: Batch,
     shutdown: bool,
     /// The committer sleeps waiting for a first writer: a request must wake it. Requests made
-    /// while it syncs or holds the window open need no wake-up (and cost no futex call).
+    /// while it syncs need no wake-up (and cost no futex call).
     idle: bool,
+    /// The committer holds the window open until this many writers wait (as many as the last
+    /// commit served: when they are all back, nobody else is coming); the request that makes
+    /// the count wakes it. 0: not waiting.
+    enough: usize,
 }
 
 /// A registration: what the writer touched.
@@ -61,6 +66,7 @@ pub(super) struct CommitQueue {
     wake: Condvar,
     poisoned: AtomicBool,
     window: Duration,
+    commits: AtomicU64,
 }
 
 impl CommitQueue {
@@ -79,7 +85,10 @@ impl CommitQueue {
         p.batch.new_segment |= req.new_segment;
         p.batch.garbage.extend(req.garbage);
         p.waiters.push(tx);
-        let wake = std::mem::take(&mut p.idle);
+        let wake = std::mem::take(&mut p.idle) || (p.enough > 0 && p.waiters.len() >= p.enough);
+        if wake {
+            p.enough = 0;
+        }
         drop(p);
         if wake {
             self.wake.notify_one();
@@ -90,6 +99,11 @@ impl CommitQueue {
     /// Fails this and every later request: something the next commit would cover is broken.
     pub fn poison(&self) {
         self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Rounds of fsyncs made so far.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     pub fn is_poisoned(&self) -> bool {
@@ -119,13 +133,15 @@ impl CommitQueue {
                     && served > 1
                 {
                     let opens = last_start + self.window;
-                    while !p.shutdown {
+                    while !p.shutdown && p.waiters.len() < served {
                         let now = Instant::now();
                         if now >= opens {
                             break;
                         }
+                        p.enough = served;
                         p = self.wake.wait_timeout(p, opens - now).expect("commit lock").0;
                     }
+                    p.enough = 0;
                 }
                 (std::mem::take(&mut p.waiters), std::mem::take(&mut p.batch))
             };
@@ -145,6 +161,7 @@ impl CommitQueue {
                     tracing::error!("spool fsync failed: refusing mail until the spool is reopened (restart sluice)");
                 }
             }
+            self.commits.fetch_add(1, Ordering::Relaxed);
             metrics::histogram!(m::SPOOL_FSYNC_SECONDS).record(started.elapsed().as_secs_f64());
             metrics::histogram!(m::SPOOL_MESSAGES_PER_FSYNC).record(waiters.len() as f64);
             for w in waiters {
@@ -174,10 +191,11 @@ mod tests {
         }
     }
 
-    /// Five requests in a row, `gap` apart, after a first commit that served two writers.
-    fn syncs_for_spaced_requests(window: Duration, gap: Duration) -> usize {
+    /// A first commit serving `first` writers, then `later` requests `gap` apart: how many
+    /// syncs in all, and how long the later ones took from the first of them.
+    fn spaced_requests(window: Duration, first: usize, later: usize, gap: Duration) -> (usize, Duration) {
         let q = Arc::new(CommitQueue::new(window));
-        let first: Vec<Durable> = (0..2).map(|_| q.request(Request::default())).collect();
+        let initial: Vec<Durable> = (0..first).map(|_| q.request(Request::default())).collect();
         let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let committer = {
             let (q, syncs) = (q.clone(), syncs.clone());
@@ -188,32 +206,46 @@ mod tests {
                 })
             })
         };
-        for d in first {
+        for d in initial {
             d.wait_blocking().unwrap();
         }
-        let later: Vec<Durable> = (0..5)
-            .map(|_| {
-                std::thread::sleep(gap);
+        let started = Instant::now();
+        let later: Vec<Durable> = (0..later)
+            .map(|i| {
+                if i > 0 {
+                    std::thread::sleep(gap);
+                }
                 q.request(Request::default())
             })
             .collect();
         for d in later {
             d.wait_blocking().unwrap();
         }
+        let took = started.elapsed();
         q.shutdown();
         committer.join().unwrap();
-        syncs.load(Ordering::SeqCst)
+        (syncs.load(Ordering::SeqCst), took)
     }
 
     #[test]
-    fn while_writers_are_busy_one_commit_waits_for_the_window_and_covers_them_all() {
-        assert_eq!(syncs_for_spaced_requests(Duration::from_secs(2), Duration::from_millis(5)), 2);
+    fn when_every_busy_writer_is_back_the_commit_starts_without_waiting_out_the_window() {
+        let (syncs, took) = spaced_requests(Duration::from_secs(5), 3, 3, Duration::from_millis(5));
+        assert_eq!(syncs, 2, "one commit for the three");
+        assert!(took < Duration::from_secs(4), "waited out the window: {took:?}");
+    }
+
+    #[test]
+    fn while_fewer_writers_are_back_the_commit_waits_for_the_window_and_covers_them_all() {
+        let window = Duration::from_millis(300);
+        let (syncs, took) = spaced_requests(window, 3, 2, Duration::from_millis(5));
+        assert_eq!(syncs, 2, "one commit for the two");
+        assert!(took >= window - Duration::from_millis(20), "did not wait for a third writer: {took:?}");
     }
 
     #[test]
     fn without_a_window_each_spaced_request_gets_a_commit_of_its_own() {
-        // 6 unless the committer thread was kept off the CPU for 20 ms.
-        assert!(syncs_for_spaced_requests(Duration::ZERO, Duration::from_millis(20)) >= 4);
+        // 1 + 5 unless the committer thread was kept off the CPU for 20 ms.
+        assert!(spaced_requests(Duration::ZERO, 2, 5, Duration::from_millis(20)).0 >= 4);
     }
 
     #[test]

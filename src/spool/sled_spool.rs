@@ -269,6 +269,11 @@ impl SledSpool {
         Ok(self.commits.request(request))
     }
 
+    /// Commits (rounds of fsyncs) made since the spool was opened.
+    pub fn commits(&self) -> u64 {
+        self.commits.commits()
+    }
+
     /// Stops the committer after it has made every pending write durable.
     pub fn close(&self) {
         self.commits.shutdown();
