@@ -79,7 +79,8 @@ pub(super) async fn serve(
     } else {
         session.greeting(&mut out);
     }
-    let mut buf = vec![0u8; READ_BUFFER];
+    // Never zeroed: read_buf fills the spare capacity (a connection per message is common).
+    let mut buf = Vec::with_capacity(READ_BUFFER);
     loop {
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -96,7 +97,7 @@ pub(super) async fn serve(
             Waiting::Data => ctx.config.limits.data_timeout.0,
         };
         let read = tokio::select! {
-            r = tokio::time::timeout(limit, stream.read(&mut buf)) => r,
+            r = tokio::time::timeout(limit, { buf.clear(); stream.read_buf(&mut buf) }) => r,
             _ = shutdown.changed() => {
                 session.close_with(Reply::new(421, Enhanced(4, 3, 2), "Service shutting down, closing connection"), &mut out);
                 continue;

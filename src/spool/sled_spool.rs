@@ -87,7 +87,7 @@ impl SledSpool {
         let mut schedule = Schedule::new();
         for item in messages.scan_prefix([ENVELOPE]) {
             let (key, value) = item?;
-            let view: RecoveryView = match serde_json::from_slice(&value) {
+            let view: IndexView = match serde_json::from_slice(&value) {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::error!(key = %String::from_utf8_lossy(&key), error = %e, "undecodable envelope left in the spool index");
@@ -206,9 +206,9 @@ impl SledSpool {
             let new = new.iter().map(|(id, e)| Ok((*id, e, encode(e)?))).collect::<Result<Vec<_>, SpoolError>>()?;
             let updates = updates
                 .iter()
-                .map(|e| Ok((id_value(&e.queue_id)?, e, encode(e)?, self.get(&e.queue_id)?)))
+                .map(|e| Ok((id_value(&e.queue_id)?, e, encode(e)?, self.view(&e.queue_id)?)))
                 .collect::<Result<Vec<_>, SpoolError>>()?;
-            let removals = removals.iter().map(|q| Ok((id_value(q)?, q, self.get(q)?))).collect::<Result<Vec<_>, SpoolError>>()?;
+            let removals = removals.iter().map(|q| Ok((id_value(q)?, q, self.view(q)?))).collect::<Result<Vec<_>, SpoolError>>()?;
             Ok::<_, SpoolError>((new, updates, removals))
         })();
         let (new, updates, removals) = match prepared {
@@ -267,6 +267,12 @@ impl SledSpool {
         metrics::gauge!(m::SPOOL_MESSAGES).set(n as f64);
         metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
         Ok(self.commits.request(request))
+    }
+
+    /// What an index change needs of a stored envelope: its body and when it is due.
+    fn view(&self, queue_id: &str) -> Result<IndexView, SpoolError> {
+        let value = self.messages.get(envelope_key(queue_id))?.ok_or(SpoolError::NotFound)?;
+        serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
     }
 
     /// Commits (rounds of fsyncs) made since the spool was opened.
@@ -365,9 +371,10 @@ impl Spool for SledSpool {
     }
 }
 
-/// The part of an envelope recovery needs; serde skips the rest without allocating it.
+/// The part of an envelope recovery and index changes need; serde skips the rest without
+/// allocating it.
 #[derive(serde::Deserialize)]
-struct RecoveryView {
+struct IndexView {
     queue_id: String,
     body: Option<BodyRef>,
     arrival: u64,
@@ -380,7 +387,7 @@ struct RecoveryRecipient {
     next_attempt: Option<u64>,
 }
 
-impl RecoveryView {
+impl IndexView {
     /// As [`Envelope::next_due`].
     fn next_due(&self) -> Option<u64> {
         self.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.next_attempt.unwrap_or(self.arrival)).min()
