@@ -275,16 +275,60 @@ fn dsn_and_8bit_parameters_are_passed_on_when_offered() {
 
 #[test]
 fn dot_stuffing_table() {
-    let cases: [(&[u8], &[u8]); 4] = [
+    let cases: [(&[u8], &[u8]); 6] = [
         (b".\r\n", b"..\r\n"),
         (b"a\r\n.b\r\n..c\r\n", b"a\r\n..b\r\n...c\r\n"),
         (b"no final newline", b"no final newline\r\n"),
         (b"", b""),
+        (b"a\r\nb\r\n.c\r\nd\r\ne", b"a\r\nb\r\n..c\r\nd\r\ne\r\n"),
+        (b"x\n.y\n", b"x\n..y\n\r\n"),
     ];
     for (input, expected) in cases {
         let mut out = Vec::new();
         dot_stuff(input, &mut out);
         assert_eq!(out, expected, "{input:?}");
+    }
+}
+
+/// Line by line, as dot_stuff was first written: what the run-copying version must match.
+fn dot_stuff_line_by_line(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in body.split_inclusive(|&b| b == b'\n') {
+        let doubled = chunk[0] == b'.';
+        if doubled {
+            out.push(b'.');
+        }
+        let content = chunk.strip_suffix(b"\r\n").unwrap_or(chunk);
+        let limit = MAX_LINE - usize::from(doubled);
+        if content.len() <= limit {
+            out.extend_from_slice(chunk);
+        } else {
+            fold_line(content, limit, &mut out);
+            out.extend_from_slice(&chunk[content.len()..]);
+        }
+    }
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+#[test]
+fn dot_stuffing_matches_the_line_by_line_version_on_mixed_bodies() {
+    let long = vec![b'z'; 1200];
+    let pieces: [&[u8]; 7] = [b".", b"ab", b"\r\n", b"\n", b"\r", b"..", &long];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..2000 {
+        let mut body = Vec::new();
+        for _ in 0..(seed % 24) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            body.extend_from_slice(pieces[(seed % pieces.len() as u64) as usize]);
+        }
+        let mut out = Vec::new();
+        dot_stuff(&body, &mut out);
+        assert_eq!(out, dot_stuff_line_by_line(&body), "{:?}", String::from_utf8_lossy(&body));
     }
 }
 
