@@ -11,8 +11,12 @@
 # network; Postfix runs with smtpd_peername_lookup=no and DNS disabled (Sluice makes no
 # lookups with a smarthost either). Needs root (namespace, cgroups, a Postfix instance).
 #
+# For Sluice it also reads, from its metrics, the bucket bounds of the median and the 99th
+# percentile of end of data -> reply (the 250, sent once the message is durable).
+#
 #   bash benches/relay_vs_postfix.sh              # 10,000 messages per run, 3 runs per case
 #   MESSAGES=5000 RUNS=1 bash benches/relay_vs_postfix.sh
+#   CASES=1k-1rcpt RELAYS="sluice-epoll postfix" bash benches/relay_vs_postfix.sh
 set -euo pipefail
 
 if [ -z "${IN_NETNS:-}" ]; then
@@ -44,6 +48,14 @@ trap cleanup EXIT
 mkdir -p "$cg/relay" "$cg/harness"
 usage() { cat "$cg/$1/cpuacct.usage"; } # nanoseconds of CPU, user + system, of the group
 join() { echo "$BASHPID" > "$cg/$1/cgroup.procs"; } # this (sub)shell, and what it starts next, into a group
+
+# quantile HISTOGRAM Q: upper bound of the bucket holding quantile Q, from Sluice's metrics.
+quantile() {
+  curl -sf http://127.0.0.1:9187/metrics | awk -v h="$1" -v q="$2" '
+    index($1, h "_bucket{le=\"") == 1 { split($1, a, "\""); le[n] = a[2]; c[n++] = $2 }
+    $1 == h "_count" { total = $2 }
+    END { for (i = 0; i < n; i++) if (c[i] >= q * total) { print le[i] * 1000; exit } }'
+}
 
 sink_count() { tr '\r' '\n' < "$work/sink.out" | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2; }
 
@@ -132,19 +144,25 @@ run() {
   done
   t2=$(date +%s.%N)
   local relay_ns=$(( $(usage relay) - relay0 )) harness_ns=$(( $(usage harness) - harness0 ))
+  local p50=nan p99=nan
+  if [ "$relay" != postfix ]; then
+    p50=$(quantile sluice_intake_end_of_data_to_reply_seconds 0.5)
+    p99=$(quantile sluice_intake_end_of_data_to_reply_seconds 0.99)
+  fi
   stop_relay "$relay"
   kill "${pids[0]}" 2>/dev/null || true
   pids=()
   local line
-  line=$(echo "$relay $case $messages $t0 $t1 $t2 $relay_ns $harness_ns" | awk '{
-    printf "%s %s intake=%.0f delivered=%.0f relay_us=%.0f harness_us=%.0f\n", $1, $2, $3/($5-$4), $3/($6-$4), $7/1000/$3, $8/1000/$3 }')
+  line=$(echo "$relay $case $messages $t0 $t1 $t2 $relay_ns $harness_ns $p50 $p99" | awk '{
+    printf "%s %s intake=%.0f delivered=%.0f relay_us=%.0f harness_us=%.0f p50_ms=%s p99_ms=%s\n", $1, $2, $3/($5-$4), $3/($6-$4), $7/1000/$3, $8/1000/$3, $9, $10 }')
   echo "$line" | tee -a "$work/results"
 }
 
 for spec in "1k-1rcpt 1024 1" "1k-10rcpt 1024 10" "50k-1rcpt 51200 1"; do
   read -r case size rcpts <<<"$spec"
+  case " ${CASES:-$case} " in *" $case "*) ;; *) continue ;; esac
   for r in $(seq "$runs"); do
-    for relay in sluice-uring sluice-epoll postfix; do
+    for relay in ${RELAYS:-sluice-uring sluice-epoll postfix}; do
       run "$relay" "$case" "$size" "$rcpts"
     done
   done
@@ -159,12 +177,16 @@ for line in open(sys.argv[1]):
     relay, case, *kv = line.split()
     rows[(case, relay)].append({k: float(v) for k, v in (x.split("=") for x in kv)})
 cases = sorted({c for c, _ in rows}, key=lambda c: ["1k-1rcpt", "1k-10rcpt", "50k-1rcpt"].index(c))
-print(f"| case | relay | intake msg/s | delivered msg/s | relay CPU us/msg | harness CPU us/msg | delivered vs Postfix |")
-print("|---|---|---|---|---|---|---|")
+print(f"| case | relay | intake msg/s | delivered msg/s | relay CPU us/msg | harness CPU us/msg | end of data -> 250, p50 / p99 (ms, bucket bound) | delivered vs Postfix |")
+print("|---|---|---|---|---|---|---|---|")
 for c in cases:
     med = {r: {k: statistics.median(x[k] for x in rows[(c, r)]) for k in rows[(c, r)][0]} for (cc, r) in rows if cc == c}
-    base = med["postfix"]["delivered"]
+    base = med["postfix"]["delivered"] if "postfix" in med else float("nan")
     for r in ("sluice-uring", "sluice-epoll", "postfix"):
+        if r not in med:
+            continue
         m = med[r]
-        print(f"| {c} | {r} | {m['intake']:.0f} | {m['delivered']:.0f} | {m['relay_us']:.0f} | {m['harness_us']:.0f} | {m['delivered'] / base:.2f}x |")
+        lat = "-" if r == "postfix" else f"{m['p50_ms']:g} / {m['p99_ms']:g}"
+        ratio = f"{m['delivered'] / base:.2f}x" if base == base else "-"
+        print(f"| {c} | {r} | {m['intake']:.0f} | {m['delivered']:.0f} | {m['relay_us']:.0f} | {m['harness_us']:.0f} | {lat} | {ratio} |")
 PY

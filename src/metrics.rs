@@ -9,6 +9,7 @@ pub const MESSAGES_ACCEPTED: &str = "sluice_intake_messages_accepted_total";
 pub const MESSAGES_REJECTED: &str = "sluice_intake_rejected_total";
 pub const BYTES_ACCEPTED: &str = "sluice_intake_bytes_accepted_total";
 pub const COMMIT_LATENCY: &str = "sluice_spool_commit_latency_seconds";
+pub const DATA_REPLY_LATENCY: &str = "sluice_intake_end_of_data_to_reply_seconds";
 pub const SPOOL_FSYNC_SECONDS: &str = "sluice_spool_fsync_seconds";
 pub const SPOOL_MESSAGES_PER_FSYNC: &str = "sluice_spool_messages_per_fsync";
 pub const SPOOL_MESSAGES: &str = "sluice_spool_messages";
@@ -63,6 +64,7 @@ fn describe() {
     describe_counter!(MESSAGES_REJECTED, "Intake replies refusing a message or command, by reason");
     describe_counter!(BYTES_ACCEPTED, Unit::Bytes, "Message bytes acknowledged");
     describe_histogram!(COMMIT_LATENCY, Unit::Seconds, "From the end of a message's write to its durable commit");
+    describe_histogram!(DATA_REPLY_LATENCY, Unit::Seconds, "From a message's end of data to its reply (250 once durable, or the refusal)");
     describe_histogram!(SPOOL_FSYNC_SECONDS, Unit::Seconds, "Duration of one group commit (flush and fsyncs)");
     describe_histogram!(SPOOL_MESSAGES_PER_FSYNC, "Writes made durable by one group commit");
     describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");

@@ -121,7 +121,9 @@ pub(super) async fn serve(
             match session.poll(&mut out) {
                 Event::NeedInput | Event::Close => break,
                 Event::Message(tx) => {
+                    let end_of_data = Instant::now();
                     let result = accept(&ctx, *tx, origin).await;
+                    metrics::histogram!(m::DATA_REPLY_LATENCY).record(end_of_data.elapsed().as_secs_f64());
                     session.message_stored(result.as_deref().map_err(Clone::clone), &mut out);
                 }
                 Event::CheckRecipient(domain) => {
