@@ -7,6 +7,7 @@
 #   bash benches/profile_sluice.sh                       # epoll, 10,000 x 1 KiB, 1 recipient
 #   IO=uring SIZE=51200 MESSAGES=5000 bash benches/profile_sluice.sh
 #   PERF="-F 800 --call-graph dwarf,16384" bash benches/profile_sluice.sh   # perf.data in the repo's target/
+#   METRICS=/tmp/metrics.txt bash benches/profile_sluice.sh       # keep the final Prometheus scrape
 #   SET="s/^  commit_window: .*/  commit_window: 0ms/" bash benches/profile_sluice.sh   # sed on the config
 set -euo pipefail
 
@@ -60,9 +61,11 @@ while [ "$(sink_count || echo 0)" != "$messages" ]; do
 done
 t2=$(date +%s.%N)
 read -r user1 sys1 < <(cpu)
-per_commit=$(curl -sf http://127.0.0.1:9187/metrics | awk '
+curl -sf http://127.0.0.1:9187/metrics > "$work/metrics.txt"
+[ -z "${METRICS:-}" ] || cp "$work/metrics.txt" "$METRICS"
+per_commit=$(awk '
   $1 == "sluice_spool_messages_per_fsync_sum" { s = $2 } $1 == "sluice_spool_messages_per_fsync_count" { c = $2 }
-  END { printf "%.1f", c ? s / c : 0 }')
+  END { printf "%.1f", c ? s / c : 0 }' "$work/metrics.txt")
 # Stop Sluice itself: with PERF the launcher is perf, which writes perf.data once its child exits.
 kill -TERM "$relay"
 wait "$launcher" || true
