@@ -395,7 +395,9 @@ impl IndexView {
 }
 
 /// Hands heap freed after recovery back to the kernel: glibc keeps it otherwise, and a large
-/// recovered spool would leave the daemon's resident size far above what it uses.
+/// recovered spool would leave the resident size far above what is used. This matters where
+/// glibc's malloc is the allocator (the library in tests, embedders); the `sluice` binary uses
+/// mimalloc, which returns freed pages by itself, and there this only trims C allocations.
 fn release_free_heap() {
     // SAFETY: malloc_trim only returns unused heap pages; it is safe to call at any time.
     unsafe {
