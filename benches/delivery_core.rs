@@ -19,23 +19,12 @@ use sluice::shaping::queue::RateQueue;
 use sluice::shaping::rate::{Gcra, Rate};
 use sluice::smtp::address::{MailParams, Mailbox, RcptParams};
 use sluice::smtp::client::{Client, ClientConfig, Event as ClientEvent, Message, RcptOutcome, TlsPolicy};
-use sluice::smtp::server::{ClientInfo, Event as ServerEvent, RecipientRule, Session, SessionConfig};
+use sluice::smtp::server::{ClientInfo, Event as ServerEvent, Session, SessionConfig};
+
+mod support;
 
 fn server_config() -> Arc<SessionConfig> {
-    Arc::new(SessionConfig {
-        hostname: "mx.dest.test".into(),
-        max_message_size: 50 << 20,
-        max_recipients: 1000,
-        max_line: 998,
-        max_errors: 20,
-        postmaster: Mailbox { local: "postmaster".into(), domain: "dest.test".into() },
-        tls_available: false,
-        auth_available: false,
-        require_auth: false,
-        address_literals: false,
-        tls_only_recipients: RecipientRule::never(),
-        check_recipient_domains: false,
-    })
+    Arc::new(support::session_config("mx.dest.test", "dest.test"))
 }
 
 /// A connected client and server, talking through two in-memory buffers.

@@ -5,9 +5,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sluice::smtp::address::Mailbox;
 use sluice::smtp::command;
-use sluice::smtp::server::{ClientInfo, Event, RecipientRule, Session, SessionConfig};
+use sluice::smtp::server::{ClientInfo, Event, Session};
+
+mod support;
 
 fn parse_commands(c: &mut Criterion) {
     let lines: [&[u8]; 4] = [
@@ -29,20 +30,7 @@ fn parse_commands(c: &mut Criterion) {
 }
 
 fn session_pipelined(c: &mut Criterion) {
-    let cfg = Arc::new(SessionConfig {
-        hostname: "relay.example.net".into(),
-        max_message_size: 50 << 20,
-        max_recipients: 1000,
-        max_line: 998,
-        max_errors: 20,
-        postmaster: Mailbox { local: "postmaster".into(), domain: "relay.example.net".into() },
-        tls_available: false,
-        auth_available: false,
-        require_auth: false,
-        address_literals: false,
-        tls_only_recipients: RecipientRule::never(),
-        check_recipient_domains: false,
-    });
+    let cfg = Arc::new(support::session_config("relay.example.net", "relay.example.net"));
     let body: String = (0..16).map(|i| format!("Line {i} of a 1 KiB message body, padded out to sixty-four.\r\n")).collect();
     let mut input = b"EHLO client.example.org\r\n".to_vec();
     let messages = 100;
