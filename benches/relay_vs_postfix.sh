@@ -18,23 +18,13 @@
 #   MESSAGES=5000 RUNS=1 bash benches/relay_vs_postfix.sh
 #   CASES=1k-1rcpt RELAYS="sluice-epoll postfix" bash benches/relay_vs_postfix.sh
 set -euo pipefail
+# shellcheck source=benches/relay_harness.sh
+source "$(dirname "$0")/relay_harness.sh"
 
-if [ -z "${IN_NETNS:-}" ]; then
-  [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespace, cgroups, Postfix)" >&2; exit 1; }
-  repo=$(cd "$(dirname "$0")/.." && pwd)
-  (cd "$repo" && cargo build --release --quiet)
-  exec unshare --net env IN_NETNS=1 bash "$0" "$@"
-fi
-
-ip link set lo up
-repo=$(cd "$(dirname "$0")/.." && pwd)
-bin="$repo/target/release/sluice"
 messages=${MESSAGES:-10000}
 runs=${RUNS:-3}
-work=$(mktemp -d)
 chmod 0755 "$work" # Postfix's processes run as postfix and must reach its queue in here
 cg=/sys/fs/cgroup/cpuacct/sluice-bench-$$
-pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true
@@ -48,35 +38,6 @@ trap cleanup EXIT
 mkdir -p "$cg/relay" "$cg/harness"
 usage() { cat "$cg/$1/cpuacct.usage"; } # nanoseconds of CPU, user + system, of the group
 join() { echo "$BASHPID" > "$cg/$1/cgroup.procs"; } # this (sub)shell, and what it starts next, into a group
-
-# quantile HISTOGRAM Q: upper bound of the bucket holding quantile Q, from Sluice's metrics.
-quantile() {
-  curl -sf http://127.0.0.1:9187/metrics | awk -v h="$1" -v q="$2" '
-    index($1, h "_bucket{le=\"") == 1 { split($1, a, "\""); le[n] = a[2]; c[n++] = $2 }
-    $1 == h "_count" { total = $2 }
-    END { for (i = 0; i < n; i++) if (c[i] >= q * total) { print le[i] * 1000; exit } }'
-}
-
-sink_count() { tr '\r' '\n' < "$work/sink.out" | grep -o 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2; }
-
-start_sink() {
-  : > "$work/sink.out"
-  ( join harness; exec smtp-sink -u nobody -c 127.0.0.1:2526 1000 ) >> "$work/sink.out" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/2526) 2>/dev/null && return; sleep 0.1; done
-  echo "smtp-sink did not start" >&2; exit 1
-}
-
-start_sluice() { # start_sluice IO
-  rm -rf "$work/sluice" && mkdir -p "$work/sluice"
-  cp "$repo/config.example.yaml" "$repo/config.example.users" "$work/sluice/"
-  sed -i "s/^  io: auto/  io: $1/" "$work/sluice/config.example.yaml"
-  ( cd "$work/sluice"; join relay; exec "$bin" run --config config.example.yaml ) 2> "$work/sluice.log" &
-  pids+=($!)
-  relay_pid=$!
-  for _ in $(seq 100); do grep -q "ready" "$work/sluice.log" && return; sleep 0.1; done
-  echo "sluice did not start" >&2; cat "$work/sluice.log" >&2; exit 1
-}
 
 start_postfix() {
   local pf="$work/postfix"
@@ -118,7 +79,7 @@ EOF
 
 stop_relay() { # stop_relay NAME
   if [ "$1" = postfix ]; then postfix -c "$work/postfix/etc" stop >/dev/null 2>&1 || true; sleep 1
-  else kill -TERM "$relay_pid" 2>/dev/null || true; wait "$relay_pid" 2>/dev/null || true; fi
+  else stop_sluice; fi
 }
 
 # run RELAY CASE SIZE RCPTS: one measured run; appends a line to results.
@@ -137,11 +98,7 @@ run() {
   ( join harness; exec smtp-source -s 20 -m "$messages" -l "$size" -r "$rcpts" -f load@sender.test -t sink@dest.test 127.0.0.1:2525 )
   t1=$(date +%s.%N)
   # smtp-sink counts transactions: with 10 recipients of one domain each message is one.
-  local deadline=$((SECONDS + 600))
-  while [ "$(sink_count || echo 0)" -lt "$messages" ]; do
-    [ "$SECONDS" -lt "$deadline" ] || { echo "$relay: sink has $(sink_count) of $messages" >&2; exit 1; }
-    sleep 0.05
-  done
+  wait_for_sink "$messages" 600
   t2=$(date +%s.%N)
   local relay_ns=$(( $(usage relay) - relay0 )) harness_ns=$(( $(usage harness) - harness0 ))
   local p50=nan p99=nan

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,15 +124,20 @@ impl CommitQueue {
         // Unlinking a full segment frees its blocks, milliseconds on ext4 that neither the
         // writers nor the next commit should wait for: a thread of its own does it. A segment it
         // had not deleted at a crash holds nothing referenced, and the next open deletes it.
-        let (unlink, paths) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+        let (unlink, paths) = mpsc::channel::<Vec<PathBuf>>();
         // Set once the committer is done: what is left is unlinked in one go, so that a backlog
         // of emptied segments does not hold up the exit.
         let hurry = Arc::new(AtomicBool::new(false));
         let unlinker = {
             let hurry = hurry.clone();
             std::thread::Builder::new().name("spool-unlink".into()).spawn(move || {
+                // Between steps: a pause for the commits, unless it is time to hurry.
+                let between_steps = || {
+                    std::thread::sleep(SHRINK_PAUSE);
+                    !hurry.load(Ordering::Relaxed)
+                };
                 for path in paths.iter().flatten() {
-                    if let Err(e) = shrink_then_remove(&path, &hurry) {
+                    if let Err(e) = shrink_then_remove(&path, between_steps) {
                         tracing::warn!(path = %path.display(), error = %e, "could not delete spool segment");
                     }
                 }
@@ -148,7 +154,7 @@ impl CommitQueue {
         }
     }
 
-    fn commit_loop(&self, mut sync: impl FnMut(&Batch) -> io::Result<()>, unlink: &std::sync::mpsc::Sender<Vec<PathBuf>>) {
+    fn commit_loop(&self, mut sync: impl FnMut(&Batch) -> io::Result<()>, unlink: &mpsc::Sender<Vec<PathBuf>>) {
         let mut last: Option<(Instant, usize)> = None;
         loop {
             let (waiters, batch) = {
@@ -201,16 +207,16 @@ impl CommitQueue {
 /// blocks sends the disk a discard for them (64 MiB took 10-15 ms on the virtio disk here), and
 /// the flush of every fdatasync meanwhile waits behind it.
 const SHRINK_STEP: u64 = 4 << 20;
+const SHRINK_PAUSE: Duration = Duration::from_millis(5);
 
-/// Deletes a segment a step at a time, so that no single discard holds up the commits; all at
-/// once when `hurry` is set.
-fn shrink_then_remove(path: &std::path::Path, hurry: &AtomicBool) -> io::Result<()> {
+/// Deletes a segment a step at a time, so that no single discard holds up the commits.
+/// `between_steps` runs before each truncation; once it answers false, the rest goes at once.
+fn shrink_then_remove(path: &std::path::Path, mut between_steps: impl FnMut() -> bool) -> io::Result<()> {
     let file = std::fs::OpenOptions::new().write(true).open(path)?;
     let mut len = file.metadata()?.len();
-    while len > SHRINK_STEP && !hurry.load(Ordering::Relaxed) {
+    while len > SHRINK_STEP && between_steps() {
         len -= SHRINK_STEP;
         file.set_len(len)?;
-        std::thread::sleep(Duration::from_millis(5));
     }
     drop(file);
     std::fs::remove_file(path)
@@ -330,31 +336,70 @@ mod tests {
         assert_eq!(calls, 1, "no sync after the failure");
     }
 
+    /// A sparse segment of `len` bytes.
+    fn segment_of(dir: &std::path::Path, len: u64) -> PathBuf {
+        let path = dir.join("big.seg");
+        std::fs::File::create(&path).unwrap().set_len(len).unwrap();
+        path
+    }
+
     #[test]
-    fn a_segment_larger_than_a_step_is_shrunk_then_deleted() {
+    fn a_segment_is_shrunk_one_step_at_a_time_then_deleted() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("big.seg");
-        let file = std::fs::File::create(&path).unwrap();
-        file.set_len(2 * SHRINK_STEP + 1).unwrap();
-        drop(file);
-        shrink_then_remove(&path, &AtomicBool::new(false)).unwrap();
+        let path = segment_of(dir.path(), 2 * SHRINK_STEP + 1);
+        let mut seen = Vec::new();
+        shrink_then_remove(&path, || {
+            seen.push(std::fs::metadata(&path).unwrap().len());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, [2 * SHRINK_STEP + 1, SHRINK_STEP + 1], "each step frees SHRINK_STEP bytes");
         assert!(!path.exists());
-        assert!(shrink_then_remove(&path, &AtomicBool::new(true)).is_err(), "a missing segment is reported");
+        assert!(shrink_then_remove(&path, || true).is_err(), "a missing segment is reported");
+    }
+
+    #[test]
+    fn in_a_hurry_the_rest_of_a_segment_goes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = segment_of(dir.path(), 3 * SHRINK_STEP);
+        let mut steps = 0;
+        shrink_then_remove(&path, || {
+            steps += 1;
+            steps < 2
+        })
+        .unwrap();
+        assert_eq!(steps, 2, "one truncation, then the answer to hurry");
+        assert!(!path.exists());
+    }
+
+    /// One commit, shut down after it, of a request whose removal makes `path` garbage: the
+    /// writer's result, once `sync` has answered.
+    fn commit_with_garbage(path: &std::path::Path, sync: impl FnMut(&Batch) -> io::Result<()>) -> Result<(), SpoolError> {
+        std::fs::write(path, b"x").unwrap();
+        let q = CommitQueue::default();
+        let d = q.request(Request { garbage: vec![path.to_path_buf()], ..Request::default() });
+        q.shutdown();
+        q.run(sync);
+        d.wait_blocking()
     }
 
     #[test]
     fn garbage_is_deleted_only_after_a_successful_commit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.seg");
-        std::fs::write(&path, b"x").unwrap();
-        let q = CommitQueue::default();
-        let d = q.request(Request { garbage: vec![path.clone()], ..Request::default() });
-        q.shutdown();
-        q.run(|batch| {
+        let result = commit_with_garbage(&path, |batch| {
             assert!(batch.garbage[0].exists(), "still there while syncing");
             Ok(())
         });
-        d.wait_blocking().unwrap();
+        assert_eq!(result, Ok(()));
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn garbage_is_kept_when_the_commit_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.seg");
+        assert_eq!(commit_with_garbage(&path, |_| Err(io::Error::other("EIO"))), Err(SpoolError::Poisoned));
+        assert!(path.exists(), "its removal was never made durable");
     }
 }
