@@ -1,6 +1,8 @@
 //! The client against scripted replies: what it writes, and what it reports.
 
+use super::wire::{MAX_LINE, fold_line};
 use super::*;
+use crate::smtp::address::Ret;
 
 fn cfg(tls: TlsPolicy) -> ClientConfig {
     ClientConfig { ehlo_name: "relay.test".into(), our_hostname: "relay.test".into(), tls, auth: None }
