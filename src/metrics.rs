@@ -19,6 +19,7 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "sluice_intake_tls_handshake_failures_t
 pub const AUTH_ATTEMPTS: &str = "sluice_intake_auth_total";
 pub const DELIVERY_CONNECTIONS_OPENED: &str = "sluice_delivery_connections_opened_total";
 pub const DELIVERY_CONNECTIONS_REUSED: &str = "sluice_delivery_connections_reused_total";
+pub const DELIVERY_CONNECTIONS_DISCARDED: &str = "sluice_delivery_connections_discarded_total";
 pub const DELIVERY_ATTEMPTS: &str = "sluice_delivery_attempts_total";
 pub const DELIVERED: &str = "sluice_delivery_delivered_total";
 pub const DEFERRED: &str = "sluice_delivery_deferred_total";
@@ -73,6 +74,10 @@ fn describe() {
     describe_counter!(TLS_HANDSHAKE_FAILURES, "Intake TLS handshakes that failed or timed out");
     describe_counter!(DELIVERY_CONNECTIONS_OPENED, "Outbound connections opened");
     describe_counter!(DELIVERY_CONNECTIONS_REUSED, "Outbound transactions sent over a pooled connection");
+    describe_counter!(
+        DELIVERY_CONNECTIONS_DISCARDED,
+        "Pooled outbound connections found unusable (reason: closed by the peer, unread data, died in use before an answer)"
+    );
     describe_counter!(DELIVERY_ATTEMPTS, "Delivery attempts of one message to one destination");
     describe_counter!(DELIVERED, "Recipients delivered");
     describe_counter!(DEFERRED, "Recipients deferred for a later attempt");

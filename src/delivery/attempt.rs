@@ -26,9 +26,10 @@ pub struct Attempted {
     pub remote_dsn: bool,
 }
 
-/// One attempt's results, and what it said about the destination (for backoff).
+/// One attempt's results, and what it said about the destination (for backoff). A recipient
+/// without a result was not tried (delivery is stopping): it stays as it was.
 pub struct Report {
-    pub results: Vec<Attempted>,
+    pub results: Vec<Option<Attempted>>,
     pub signal: Signal,
 }
 
@@ -46,16 +47,16 @@ pub struct Delivery {
     pub own: Vec<SocketAddr>,
     pub workers: Workers,
     pub shaper: crate::shaping::Shaper,
+    /// True once the daemon stops: no transaction starts after that.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// One worker's half of delivery: its pool, and the attempt itself.
 pub struct Sender<T> {
     pub settings: Arc<Settings>,
     pub pool: Pool<T>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
-
-/// How often a pooled connection that turns out dead is replaced before giving up on a target.
-const STALE_RETRIES: usize = 2;
 
 impl Delivery {
     pub fn new(config: Arc<Config>, own: Vec<SocketAddr>) -> Result<Arc<Delivery>, String> {
@@ -77,9 +78,20 @@ impl Delivery {
                 None => None,
             },
         });
-        let workers = Workers::start(&config, settings.clone())?;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let workers = Workers::start(&config, settings.clone(), stopping)?;
         let shaper = crate::shaping::Shaper::new(&config);
-        Ok(Arc::new(Delivery { dns, settings, own, config, workers, shaper }))
+        Ok(Arc::new(Delivery { dns, settings, own, config, workers, shaper, stop }))
+    }
+
+    /// Starts no transaction from now on; those under way finish.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Turns true when delivery stops.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// Sends `msg` on one of the workers; see `Sender::send`.
@@ -110,23 +122,26 @@ impl Delivery {
 
 impl<T: Transport> Sender<T> {
     /// A pooled connection to `target` (true: reused), or a new one (with `slot` when the
-    /// dispatcher reserved one).
+    /// dispatcher reserved one). `fresh` asks for a new one: a pooled one just died.
     async fn connection(
         &self,
         target: &Target,
         policy: TlsPolicy,
         login: bool,
         slot: Option<Slot>,
+        fresh: bool,
         bucket: &Bucket,
     ) -> Result<(Connection<T>, bool), ConnError> {
         let key = PoolKey::new(target, policy, login);
         let cap = bucket.cap(target);
-        let permit = match slot {
-            Some(slot) => match self.pool.take(&key) {
+        let permit = match (slot, fresh) {
+            (Some(slot), true) => slot,
+            (Some(slot), false) => match self.pool.take(&key) {
                 Some(conn) => return Ok((conn, true)),
                 None => slot,
             },
-            None => match self.pool.checkout(&key, &cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await {
+            (None, true) => self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await,
+            (None, false) => match self.pool.checkout(&key, &cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await {
                 Checkout::Pooled(conn) => return Ok((*conn, true)),
                 Checkout::New(slot) => slot,
             },
@@ -155,7 +170,10 @@ impl<T: Transport> Sender<T> {
 
     /// Sends `msg` to the first target that takes it. Recipients a 452 left over go out in a
     /// new transaction at once. A target that cannot be reached or refuses the session is
-    /// skipped for the next one; a session lost during a transaction defers what is left.
+    /// skipped for the next one; a session lost during a transaction defers what is left
+    /// (once the server answered anything of it, that was an attempt: RFC 5321 6.1 accepts
+    /// the duplicate a lost final reply may cause, one per attempt). A pooled connection that
+    /// dies before any answer had died while idle: a fresh one is opened, nothing deferred.
     /// `slot`, reserved at dispatch, is for a new connection to the first target.
     pub async fn send(
         &self,
@@ -173,11 +191,24 @@ impl<T: Transport> Sender<T> {
         let mut pending: Vec<usize> = (0..n).collect();
         let mut last_error = String::from("no destination address to try");
         let mut tls_failures = 0;
+        let mut stop = self.stop.clone();
         'targets: for target in targets {
-            let mut stale = 0;
+            let mut fresh = false;
             while !pending.is_empty() {
                 let reserved = slot.take().filter(|s| *s.cap() == bucket.cap(target));
-                let (mut conn, reused) = match self.connection(target, policy, login, reserved, bucket).await {
+                let connection = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stopping| *stopping) => return finish(results, Signal::Answered),
+                    c = self.connection(target, policy, login, reserved, fresh, bucket) => c,
+                };
+                if *stop.borrow() {
+                    // The wait for a connection outlasted the drain's start: nothing new goes out.
+                    if let Ok((conn, _)) = connection {
+                        self.pool.put(conn);
+                    }
+                    return finish(results, Signal::Answered);
+                }
+                let (mut conn, reused) = match connection {
                     Ok(c) => c,
                     Err(ConnError::Smtp(Failure::Loop)) => {
                         let reply = Reply::new(554, Enhanced(5, 4, 6), format!("{} greets with our own name: mail loop", target.host));
@@ -234,10 +265,12 @@ impl<T: Transport> Sender<T> {
                         }
                         pending = overflow;
                     }
-                    Err(ConnError::Lost(e)) if reused && stale < STALE_RETRIES => {
-                        // The server closed an idle pooled connection: not an attempt.
-                        stale += 1;
+                    Err(e) if reused && !conn.transaction_answered() && died_idle(&e) => {
+                        // Not an attempt. Its idle siblings are suspect too (a restarted next hop).
                         tracing::debug!(host = %target.host, error = %e, "pooled connection was dead; reconnecting");
+                        metrics::counter!(m::DELIVERY_CONNECTIONS_DISCARDED, "reason" => "died").increment(1);
+                        self.pool.discard_address(target.addr);
+                        fresh = true;
                     }
                     Err(e) => {
                         if let ConnError::Smtp(Failure::Closing(r)) = &e
@@ -245,7 +278,7 @@ impl<T: Transport> Sender<T> {
                         {
                             throttled = Some(format!("{}: {r}", target.host));
                         }
-                        let reply = Reply::new(451, Enhanced(4, 4, 2), format!("{} [{}]: {e}", target.host, target.addr));
+                        let reply = interrupted(&e, target);
                         fill(&mut results, &pending, &reply, Some(&target.host));
                         let signal = throttled.map_or(Signal::Answered, Signal::Throttled);
                         return finish(results, signal);
@@ -271,6 +304,22 @@ impl<T: Transport> Sender<T> {
     }
 }
 
+/// A failure on a reused connection before the server answered anything of the transaction:
+/// closed or reset (or a 421, the idle-timeout goodbye). A timeout is not: the server is there.
+fn died_idle(e: &ConnError) -> bool {
+    matches!(e, ConnError::Lost(_) | ConnError::Smtp(Failure::Closing(_)))
+}
+
+/// The deferral for recipients whose transaction broke off.
+fn interrupted(e: &ConnError, target: &Target) -> Reply {
+    let why = format!("{} [{}]: {e}", target.host, target.addr);
+    match e {
+        // The replies did not match the commands: nothing they said is believed.
+        ConnError::Smtp(Failure::Protocol(_)) => Reply::new(451, Enhanced(4, 5, 0), why),
+        _ => Reply::new(451, Enhanced(4, 4, 2), why),
+    }
+}
+
 fn fill(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remote: Option<&str>) {
     let outcome = if reply.is_permanent() { RcptOutcome::Failed(reply.clone()) } else { RcptOutcome::Deferred(reply.clone()) };
     for &i in which {
@@ -281,15 +330,5 @@ fn fill(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remot
 }
 
 fn finish(results: Vec<Option<Attempted>>, signal: Signal) -> Report {
-    let results = results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or(Attempted {
-                outcome: RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 0), "Not attempted")),
-                remote: None,
-                remote_dsn: false,
-            })
-        })
-        .collect();
     Report { results, signal }
 }

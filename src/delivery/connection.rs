@@ -13,7 +13,7 @@ use rustls::pki_types::ServerName;
 use super::pool::Slot;
 use super::route::Target;
 use super::tls::TlsLink;
-use super::transport::{Sink, Transport};
+use super::transport::{IdleState, Sink, Transport};
 use crate::config::ClientTimeouts;
 use crate::smtp::client::{Client, ClientConfig, Event, Failure, Message, RcptOutcome, TlsPolicy, Waiting};
 
@@ -26,8 +26,10 @@ pub enum ConnError {
     Smtp(Failure),
     /// The TLS handshake failed (opportunistic TLS retries the host in plain text).
     Tls(String),
-    /// The peer closed the connection, a read or write failed, or a reply timed out.
+    /// The peer closed the connection, or a read or write failed.
     Lost(String),
+    /// A reply did not come, or a write did not go out, in time.
+    Timeout(String),
 }
 
 impl std::fmt::Display for ConnError {
@@ -42,6 +44,7 @@ impl std::fmt::Display for ConnError {
             ConnError::Smtp(Failure::Auth(r)) => write!(f, "login refused: {r}"),
             ConnError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
             ConnError::Lost(e) => write!(f, "connection lost: {e}"),
+            ConnError::Timeout(e) => write!(f, "timed out: {e}"),
         }
     }
 }
@@ -96,6 +99,14 @@ impl<T: Transport> Link<T> {
             Link::Closed => {}
         }
     }
+
+    fn idle_state(&mut self) -> IdleState {
+        match self {
+            Link::Plain(t) => t.idle_state(),
+            Link::Tls(t) => t.idle_state(),
+            Link::Closed => IdleState::Closed,
+        }
+    }
 }
 
 pub struct Connection<T> {
@@ -131,6 +142,12 @@ impl<T> Connection<T> {
     pub fn offers_rrvs(&self) -> bool {
         self.client.capabilities().rrvs
     }
+
+    /// Whether the server answered any command of the last transaction; a failure before
+    /// that, on a reused connection, means the connection had died while idle.
+    pub fn transaction_answered(&self) -> bool {
+        self.client.answered()
+    }
 }
 
 impl<T: Transport> Connection<T> {
@@ -165,17 +182,32 @@ impl<T: Transport> Connection<T> {
     /// left ready for reuse when possible (after a clean 250, or after RSET).
     pub async fn transact(&mut self, msg: Message, settings: &Settings) -> Result<Vec<RcptOutcome>, ConnError> {
         self.client.send(msg, &mut self.out);
-        let outcomes = match self.drive(settings, |e| matches!(e, Event::Done(_))).await? {
-            Event::Done(o) => o,
-            other => return Err(ConnError::Lost(format!("unexpected {other:?}"))),
+        let outcomes = match self.drive(settings, |e| matches!(e, Event::Done(_))).await {
+            Ok(Event::Done(o)) => o,
+            Ok(other) => return Err(ConnError::Lost(format!("unexpected {other:?}"))),
+            // Refusals awaiting the RSET's answer stand when the connection is simply gone.
+            Err(e @ (ConnError::Lost(_) | ConnError::Timeout(_))) => self.client.take_held().ok_or(e)?,
+            Err(e) => return Err(e),
         };
         self.deliveries += 1;
         if !self.client.is_ready() {
-            // Waiting for the RSET reply; a failure here only costs the connection.
+            // A Done before Ready comes only with a failure after it (a 421 to RSET).
             let _ = self.drive(settings, |e| matches!(e, Event::Ready)).await;
         }
         self.idle_since = Instant::now();
         Ok(outcomes)
+    }
+
+    /// Whether this connection can wait in the pool or serve a transaction: ready, nothing
+    /// unread after the last reply, and the peer neither closed it nor spoke unasked.
+    pub fn idle_state(&mut self) -> IdleState {
+        if !self.client.is_ready() {
+            return IdleState::Closed;
+        }
+        if self.client.has_unread() {
+            return IdleState::Unread;
+        }
+        self.link.idle_state()
     }
 
     /// QUIT, then wait (briefly) for the server to close: the slot this connection holds is
@@ -238,7 +270,7 @@ impl<T: Transport> Connection<T> {
         };
         let read = link.read(sink);
         match tokio::time::timeout(limit, read).await {
-            Err(_) => Err(ConnError::Lost(format!("no reply within {limit:?}"))),
+            Err(_) => Err(ConnError::Timeout(format!("no reply within {limit:?}"))),
             Ok(Ok(0)) => Err(ConnError::Lost("connection closed by the server".into())),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(ConnError::Lost(e.to_string())),
@@ -257,7 +289,9 @@ impl<T: Transport> Connection<T> {
         };
         let result = link.write_all(out, settings.timeouts.data_block.0, sink).await;
         out.clear();
-        result.map_err(|e| ConnError::Lost(e.to_string()))
+        result.map_err(ConnError::from)?;
+        client.written();
+        Ok(())
     }
 
     async fn upgrade(&mut self, settings: &Settings) -> Result<(), ConnError> {
@@ -276,6 +310,9 @@ impl<T: Transport> Connection<T> {
 
 impl From<io::Error> for ConnError {
     fn from(e: io::Error) -> Self {
-        ConnError::Lost(e.to_string())
+        match e.kind() {
+            io::ErrorKind::TimedOut => ConnError::Timeout(e.to_string()),
+            _ => ConnError::Lost(e.to_string()),
+        }
     }
 }

@@ -4,7 +4,10 @@
 //! without exceeding its limit.
 //!
 //! A connection goes back only when it is ready (its last transaction ended with a clean 250
-//! or an answered RSET) and has carried fewer than `max_deliveries` transactions. The key holds
+//! or an answered RSET), nothing unread follows its last reply, and it has carried fewer than
+//! `max_deliveries` transactions. On checkout it is looked at without waiting: one the peer
+//! closed or spoke on unasked is discarded (not an attempt), and since that usually means the
+//! next hop restarted, so are the other idle connections to that address on this worker. The key holds
 //! the next-hop address, the TLS policy and for `required` the verified host name (so an
 //! unverified connection never serves a domain that requires TLS), and whether it logged in.
 //! Source address and EHLO name are the same for every connection of this process.
@@ -34,7 +37,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{Connection, Settings};
 use super::route::Target;
-use super::transport::Transport;
+use super::transport::{IdleState, Transport};
 use crate::metrics as m;
 use crate::shaping::CapKey;
 use crate::smtp::client::TlsPolicy;
@@ -194,6 +197,14 @@ pub struct Pool<T> {
     idle_timeout: Duration,
 }
 
+fn discarded(state: IdleState) {
+    let reason = match state {
+        IdleState::Unread => "unread",
+        _ => "closed",
+    };
+    metrics::counter!(m::DELIVERY_CONNECTIONS_DISCARDED, "reason" => reason).increment(1);
+}
+
 /// Counts a checkout as waiting for as long as it lives.
 struct Waiting<'a> {
     limit: &'a Limit,
@@ -223,28 +234,64 @@ impl<T: Transport> Pool<T> {
         tokio::task::spawn_local(async move { conn.quit(&settings).await });
     }
 
-    /// An idle, still fresh connection for `key`, if this worker has one.
+    /// An idle, fresh and live connection for `key`, if this worker has one.
     pub fn take(&self, key: &PoolKey) -> Option<Connection<T>> {
         let mut expired = Vec::new();
+        let mut dead = None;
         let found = {
             let mut idle = self.idle.borrow_mut();
             let list = idle.get_mut(key)?;
             let mut found = None;
-            while let Some(conn) = list.pop() {
+            while let Some(mut conn) = list.pop() {
                 self.count_idle(&conn, 0, 1);
-                if conn.idle_since.elapsed() < self.idle_timeout {
-                    found = Some(conn);
-                    break;
+                if conn.idle_since.elapsed() >= self.idle_timeout {
+                    expired.push(conn);
+                    continue;
                 }
-                expired.push(conn);
+                match conn.idle_state() {
+                    IdleState::Quiet => {
+                        found = Some(conn);
+                        break;
+                    }
+                    state => {
+                        dead = Some(state);
+                        discarded(state);
+                        // Dropped, not QUIT: the peer is gone or out of step. The slot goes with it.
+                        drop(conn);
+                        break;
+                    }
+                }
             }
             found
         };
         expired.into_iter().for_each(|c| self.retire(c));
+        if dead.is_some() {
+            self.discard_address(key.addr);
+            return None;
+        }
         if found.is_some() {
             metrics::counter!(m::DELIVERY_CONNECTIONS_REUSED).increment(1);
         }
         found
+    }
+
+    /// Drops this worker's idle connections to `addr`: one of them turned out dead, and a
+    /// next hop that restarted leaves all of them dead at once.
+    pub fn discard_address(&self, addr: SocketAddr) {
+        let mut gone = Vec::new();
+        {
+            let mut idle = self.idle.borrow_mut();
+            for (key, list) in idle.iter_mut() {
+                if key.addr == addr {
+                    gone.append(list);
+                }
+            }
+            idle.retain(|_, list| !list.is_empty());
+        }
+        for conn in gone {
+            self.count_idle(&conn, 0, 1);
+            metrics::counter!(m::DELIVERY_CONNECTIONS_DISCARDED, "reason" => "sibling").increment(1);
+        }
     }
 
     /// An idle connection under `limit` should be given up: a checkout waits for a share of
@@ -329,9 +376,12 @@ impl<T: Transport> Pool<T> {
 
     /// Returns a connection after a transaction; it is kept only if it can be reused and no
     /// starved worker waits for its slot.
-    pub fn put(&self, conn: Connection<T>) {
-        if !conn.is_ready() {
-            return; // In an unknown state: closed at once.
+    pub fn put(&self, mut conn: Connection<T>) {
+        match conn.idle_state() {
+            IdleState::Quiet => {}
+            // Not ready (an unknown state), or bytes follow the last reply: closed at once.
+            IdleState::Closed => return,
+            state => return discarded(state),
         }
         let key = PoolKey::new(&conn.target, conn.policy, conn.login);
         let limit = conn.slot().limit.clone();

@@ -10,7 +10,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConnection, DigitallySignedStruct, SignatureScheme};
 
-use super::transport::{Sink, Transport, closed_by_peer};
+use super::transport::{IdleState, Sink, Transport, closed_by_peer};
 
 pub struct TlsLink<T> {
     inner: T,
@@ -127,6 +127,11 @@ impl<T: Transport> TlsLink<T> {
             }
         }
         Ok(())
+    }
+
+    /// Decrypted bytes not handed on count as unread, as do records waiting on the socket.
+    pub fn idle_state(&mut self) -> IdleState {
+        if !self.plain.is_empty() { IdleState::Unread } else { self.inner.idle_state() }
     }
 
     pub async fn shutdown(&mut self) {

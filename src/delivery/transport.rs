@@ -31,6 +31,35 @@ pub trait Transport: Sized + 'static {
 
     /// Half-closes the sending side (after QUIT).
     fn shutdown(&mut self);
+
+    /// Whether an idle connection is still quiet, without waiting: a peer that closed or
+    /// sent something nobody asked for makes it unusable.
+    fn idle_state(&mut self) -> IdleState;
+}
+
+/// What a look at an idle connection found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleState {
+    Quiet,
+    /// The peer sent bytes while nothing was asked (a stale reply, a 421 before closing).
+    Unread,
+    /// The peer closed the connection, or it failed.
+    Closed,
+}
+
+/// Peeks at a socket without taking anything from it and without blocking.
+pub fn peek(fd: std::os::fd::RawFd) -> IdleState {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is an open socket owned by the caller; the buffer is one valid byte.
+    let n = unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    match n {
+        0 => IdleState::Closed,
+        n if n > 0 => IdleState::Unread,
+        _ => match io::Error::last_os_error().kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => IdleState::Quiet,
+            _ => IdleState::Closed,
+        },
+    }
 }
 
 pub fn closed_by_peer() -> io::Error {
@@ -118,5 +147,10 @@ impl Transport for Epoll {
 
     fn shutdown(&mut self) {
         let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+    }
+
+    fn idle_state(&mut self) -> IdleState {
+        use std::os::fd::AsRawFd;
+        peek(self.tcp.as_raw_fd())
     }
 }

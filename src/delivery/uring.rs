@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-use super::transport::{READ_BUFFER, Sink, Transport, closed_by_peer, stalled, tokio_socket};
+use super::transport::{IdleState, READ_BUFFER, Sink, Transport, closed_by_peer, peek, stalled, tokio_socket};
 
 type PendingRead = Pin<Box<dyn Future<Output = (io::Result<usize>, Vec<u8>)>>>;
 
@@ -132,6 +132,28 @@ impl Transport for Uring {
 
     fn shutdown(&mut self) {
         let _ = self.tcp.shutdown(std::net::Shutdown::Write);
+    }
+
+    /// A read left in flight by a write owns whatever arrives: if it has completed, that is
+    /// the answer; while it is pending the socket is quiet as far as the ring has told us
+    /// (a completion not yet reaped is caught by the client's strict reply matching).
+    fn idle_state(&mut self) -> IdleState {
+        use std::os::fd::AsRawFd;
+        if let Some(read) = self.pending.as_mut() {
+            let waker = std::task::Waker::noop();
+            return match read.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+                std::task::Poll::Pending => IdleState::Quiet,
+                std::task::Poll::Ready((result, buf)) => {
+                    self.pending = None;
+                    self.spare = Some(buf);
+                    match result {
+                        Ok(n) if n > 0 => IdleState::Unread,
+                        _ => IdleState::Closed,
+                    }
+                }
+            };
+        }
+        peek(self.tcp.as_raw_fd())
     }
 }
 

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::attempt::{Attempted, Report, Sender};
 use super::connection::Settings;
@@ -74,7 +74,7 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(config: &Config, settings: Arc<Settings>) -> Result<Workers, String> {
+    pub fn start(config: &Config, settings: Arc<Settings>, stop: watch::Receiver<bool>) -> Result<Workers, String> {
         let d = &config.delivery;
         let backend = Backend::choose(d.io)?;
         let count = match d.workers {
@@ -87,10 +87,10 @@ impl Workers {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.push(tx);
             let pool = PoolConfig { limits: limits.clone(), worker, idle_timeout: d.idle_timeout.0 };
-            let settings = settings.clone();
+            let (settings, stop) = (settings.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("sluice-delivery-{worker}"))
-                .spawn(move || run_thread(backend, settings, pool, rx))
+                .spawn(move || run_thread(backend, settings, pool, stop, rx))
                 .map_err(|e| format!("starting delivery worker {worker}: {e}"))?;
         }
         tracing::info!(backend = backend.name(), workers = count, "delivery workers started");
@@ -119,7 +119,7 @@ impl Workers {
         // Only when a worker died (a bug): the recipients are tried again later.
         tracing::error!(worker, "delivery worker is gone");
         let reply = Reply::new(451, Enhanced(4, 3, 0), "Delivery worker unavailable");
-        let results = vec![Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false }; n];
+        let results = vec![Some(Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false }); n];
         Report { results, signal: Signal::Answered }
     }
 }
@@ -130,10 +130,16 @@ struct PoolConfig {
     idle_timeout: std::time::Duration,
 }
 
-fn run_thread(backend: Backend, settings: Arc<Settings>, pool: PoolConfig, jobs: mpsc::UnboundedReceiver<Job>) {
+fn run_thread(
+    backend: Backend,
+    settings: Arc<Settings>,
+    pool: PoolConfig,
+    stop: watch::Receiver<bool>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+) {
     if backend == Backend::Uring {
         match tokio_uring::Runtime::new(&tokio_uring::builder()) {
-            Ok(rt) => return rt.block_on(serve::<Uring>(settings, pool, jobs)),
+            Ok(rt) => return rt.block_on(serve::<Uring>(settings, pool, stop, jobs)),
             // The probe passed, so this is a limit (memory, rings): this worker does without.
             Err(e) => tracing::error!(worker = pool.worker, error = %e, "io_uring setup failed; this worker uses epoll"),
         }
@@ -142,14 +148,19 @@ fn run_thread(backend: Backend, settings: Arc<Settings>, pool: PoolConfig, jobs:
         Ok(rt) => rt,
         Err(e) => return tracing::error!(worker = pool.worker, error = %e, "delivery worker could not start"),
     };
-    tokio::task::LocalSet::new().block_on(&rt, serve::<Epoll>(settings, pool, jobs));
+    tokio::task::LocalSet::new().block_on(&rt, serve::<Epoll>(settings, pool, stop, jobs));
 }
 
 /// A worker's loop: take jobs, run each as a task of its own, keep the pool tidy.
-async fn serve<T: Transport>(settings: Arc<Settings>, pool: PoolConfig, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn serve<T: Transport>(
+    settings: Arc<Settings>,
+    pool: PoolConfig,
+    stop: watch::Receiver<bool>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     let shed: Arc<Notify> = pool.limits.shed_signal(pool.worker);
-    let sender =
-        std::rc::Rc::new(Sender::<T> { pool: Pool::new(pool.limits.clone(), settings.clone(), pool.worker, pool.idle_timeout), settings });
+    let pool = Pool::new(pool.limits.clone(), settings.clone(), pool.worker, pool.idle_timeout);
+    let sender = std::rc::Rc::new(Sender::<T> { pool, settings, stop });
     let mut reap = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -70,7 +70,11 @@ impl Runner {
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = prune.tick() => self.delivery.shaper.prune(unix_now()),
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    // Deliveries under way finish their transaction; nothing new starts.
+                    self.delivery.stop();
+                    return;
+                }
             }
         }
     }
@@ -152,7 +156,11 @@ impl Runner {
         // Held back by shaping (not attempts): recipient, when to try again, why.
         let mut postponed: Vec<(usize, u64, String)> = Vec::new();
         let priority = env.params.priority.unwrap_or(0);
+        let mut stop = self.delivery.stopping();
         for ((_, tls_only), indexes) in &groups {
+            if *stop.borrow() {
+                break;
+            }
             metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
             let domain = env.recipients[indexes[0]].mailbox.domain.clone();
             match route::route(&domain, &self.config, &self.delivery.own, &self.delivery.dns).await {
@@ -191,9 +199,17 @@ impl Runner {
                     let policy = self.policy_for(&env, &domain, *tls_only);
                     let chunks: Vec<&[usize]> = indexes.chunks(bucket.max_recipients).collect();
                     for (k, chunk) in chunks.iter().enumerate() {
-                        if let Some(queue) = &bucket.messages
-                            && let Err(wait) = queue.acquire(priority, bucket.max_waiting()).await
-                        {
+                        if *stop.borrow() {
+                            break;
+                        }
+                        let waited = match &bucket.messages {
+                            Some(queue) => tokio::select! {
+                                r = queue.acquire(priority, bucket.max_waiting()) => Some(r),
+                                _ = stop.wait_for(|stopping| *stopping) => break,
+                            },
+                            None => None,
+                        };
+                        if let (Some(queue), Some(Err(wait))) = (&bucket.messages, waited) {
                             // Too many wait in memory already: back to the queue on disk.
                             metrics::counter!(m::SHAPING_POSTPONED, "reason" => "rate").increment(1);
                             let until = unix_now() + bucket.come_back_in(wait).as_secs_f64().ceil().max(1.0) as u64;
@@ -210,12 +226,16 @@ impl Runner {
                                 .collect(),
                             body: body.clone(),
                         };
+                        let started = unix_now_ms();
                         let report = self.delivery.send(targets.clone(), bucket.clone(), msg, policy, self.delivery.logs_in(&domain)).await;
-                        shaper.record(&bucket, &report.signal, unix_now());
-                        results.extend(chunk.iter().copied().zip(report.results));
+                        shaper.record(&bucket, &report.signal, started, unix_now_ms());
+                        results.extend(chunk.iter().copied().zip(report.results).filter_map(|(i, r)| Some((i, r?))));
                     }
                 }
             }
+        }
+        if results.is_empty() && postponed.is_empty() {
+            return Ok(()); // Stopped before anything was tried.
         }
         let d = &self.config.delivery;
         let schedule: Vec<Duration> = d.retry.iter().map(|r| r.0).collect();

@@ -1,7 +1,12 @@
 //! Backoff: a destination that throttles us (421, or a 4.7.x reply such as 4.7.28) is suspended
 //! at once, one that cannot be reached after `after_failures` attempts in a row too. Each
 //! suspension in a row lasts twice the one before, from `initial` up to `max`; the first
-//! success resumes the destination and forgets the history. Pure: time is passed in.
+//! success resumes the destination and forgets the history.
+//!
+//! An outage counts once: an attempt that started before the current suspension began was
+//! part of the burst that caused it (twenty connections refused within a few milliseconds are
+//! one event), so what it reports, failure or answer, changes nothing. The level therefore
+//! rises at most once per suspension period. Pure: time is passed in (milliseconds).
 
 use std::time::Duration;
 
@@ -28,14 +33,20 @@ pub struct Health {
     failures: u32,
     /// Suspensions in a row.
     level: u32,
-    /// Unix seconds.
+    /// Unix milliseconds: when the current (or last) suspension began, and ends.
+    since: Option<u64>,
     until: Option<u64>,
     reason: Option<String>,
 }
 
 impl Health {
-    /// Records an attempt's signal at `now` (unix seconds); true when this suspended it.
-    pub fn record(&mut self, signal: &Signal, now: u64, backoff: &Backoff) -> bool {
+    /// Records the signal of an attempt that started at `started` and ended at `now` (unix
+    /// milliseconds); true when this suspended the destination. An attempt that started
+    /// before (or as) the current suspension began changes nothing.
+    pub fn record(&mut self, signal: &Signal, started: u64, now: u64, backoff: &Backoff) -> bool {
+        if self.since.is_some_and(|since| started <= since) {
+            return false;
+        }
         match signal {
             Signal::Answered => {
                 *self = Health::default();
@@ -61,11 +72,12 @@ impl Health {
         let factor = 1u32.checked_shl(self.level).unwrap_or(u32::MAX);
         let length = backoff.initial.checked_mul(factor).unwrap_or(backoff.max).min(backoff.max);
         self.level = self.level.saturating_add(1);
-        self.until = Some(now + length.as_secs().max(1));
+        self.since = Some(now);
+        self.until = Some(now + (length.as_millis() as u64).max(1000));
         self.reason = Some(reason);
     }
 
-    /// Until when (unix seconds) and why, while suspended at `now`.
+    /// Until when (unix milliseconds) and why, while suspended at `now` (unix milliseconds).
     pub fn suspended(&self, now: u64) -> Option<(u64, &str)> {
         match (self.until, &self.reason) {
             (Some(until), Some(reason)) if until > now => Some((until, reason)),
@@ -79,38 +91,65 @@ mod tests {
     use super::*;
 
     const B: Backoff = Backoff { initial: Duration::from_secs(60), max: Duration::from_secs(300), after_failures: 3 };
+    const S: u64 = 1000;
+
+    /// An attempt that starts and ends at `t` (seconds).
+    fn at(h: &mut Health, signal: &Signal, t: u64) -> bool {
+        h.record(signal, t * S, t * S, &B)
+    }
 
     #[test]
     fn throttling_suspends_at_once_and_the_intervals_grow_to_the_cap() {
         let mut h = Health::default();
         let t = 1000;
-        assert!(h.record(&Signal::Throttled("421 4.7.28 slow down".into()), t, &B));
-        assert_eq!(h.suspended(t), Some((t + 60, "throttled: 421 4.7.28 slow down")));
-        assert_eq!(h.suspended(t + 60), None, "over when the time is up");
-        h.record(&Signal::Throttled("again".into()), t + 60, &B);
-        assert_eq!(h.suspended(t + 60).unwrap().0, t + 60 + 120);
-        h.record(&Signal::Throttled("again".into()), t + 180, &B);
-        assert_eq!(h.suspended(t + 180).unwrap().0, t + 180 + 240);
-        h.record(&Signal::Throttled("again".into()), t + 420, &B);
-        assert_eq!(h.suspended(t + 420).unwrap().0, t + 420 + 300, "capped at max");
+        assert!(at(&mut h, &Signal::Throttled("421 4.7.28 slow down".into()), t));
+        assert_eq!(h.suspended(t * S), Some(((t + 60) * S, "throttled: 421 4.7.28 slow down")));
+        assert_eq!(h.suspended((t + 60) * S), None, "over when the time is up");
+        at(&mut h, &Signal::Throttled("again".into()), t + 60);
+        assert_eq!(h.suspended((t + 60) * S).unwrap().0, (t + 60 + 120) * S);
+        at(&mut h, &Signal::Throttled("again".into()), t + 180);
+        assert_eq!(h.suspended((t + 180) * S).unwrap().0, (t + 180 + 240) * S);
+        at(&mut h, &Signal::Throttled("again".into()), t + 420);
+        assert_eq!(h.suspended((t + 420) * S).unwrap().0, (t + 420 + 300) * S, "capped at max");
         // The first success resumes it and forgets the history.
-        h.record(&Signal::Answered, t + 720, &B);
-        assert_eq!(h.suspended(t + 720), None);
-        h.record(&Signal::Throttled("new".into()), t + 800, &B);
-        assert_eq!(h.suspended(t + 800).unwrap().0, t + 860);
+        at(&mut h, &Signal::Answered, t + 720);
+        assert_eq!(h.suspended((t + 720) * S), None);
+        at(&mut h, &Signal::Throttled("new".into()), t + 800);
+        assert_eq!(h.suspended((t + 800) * S).unwrap().0, (t + 860) * S);
     }
 
     #[test]
     fn connection_failures_suspend_after_the_configured_count_in_a_row() {
         let mut h = Health::default();
         let down = Signal::Unreachable("connection refused".into());
-        assert!(!h.record(&down, 10, &B));
-        assert!(!h.record(&down, 11, &B));
+        assert!(!at(&mut h, &down, 10));
+        assert!(!at(&mut h, &down, 11));
         // An answer in between starts the count again.
-        h.record(&Signal::Answered, 12, &B);
-        assert!(!h.record(&down, 13, &B));
-        assert!(!h.record(&down, 14, &B));
-        assert!(h.record(&down, 15, &B));
-        assert_eq!(h.suspended(15), Some((75, "unreachable: connection refused")));
+        at(&mut h, &Signal::Answered, 12);
+        assert!(!at(&mut h, &down, 13));
+        assert!(!at(&mut h, &down, 14));
+        assert!(at(&mut h, &down, 15));
+        assert_eq!(h.suspended(15 * S), Some((75 * S, "unreachable: connection refused")));
+    }
+
+    /// Twenty refusals of attempts started together within 5 ms: one suspension at the first
+    /// level, not four levels (the failures after the third belong to the same burst).
+    #[test]
+    fn a_burst_of_failures_raises_the_level_once() {
+        let mut h = Health::default();
+        let down = Signal::Unreachable("connection refused".into());
+        let start = 50_000;
+        let suspended = (0..20).filter(|i| h.record(&down, start, start + 5 * i / 20, &B)).count();
+        assert_eq!(suspended, 1);
+        assert_eq!(h.suspended(start + 5), Some((start + 60 * S, "unreachable: connection refused")), "the first level: 60 s");
+        // An answer from the same burst does not end the suspension either.
+        assert!(!h.record(&Signal::Answered, start, start + 6, &B));
+        assert!(h.suspended(start + 6).is_some());
+        // Attempts after it ends count again, and the next suspension is the next level.
+        let later = start + 61 * S;
+        for k in 0..3 {
+            h.record(&down, later + k, later + k, &B);
+        }
+        assert_eq!(h.suspended(later + 2).unwrap().0, later + 2 + 120 * S);
     }
 }

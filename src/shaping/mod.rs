@@ -79,7 +79,8 @@ impl Bucket {
 
     /// Until when (unix seconds) and why, if suspended at `now`.
     pub fn suspended(&self, now: u64) -> Option<(u64, String)> {
-        self.health.lock().expect("health lock").suspended(now).map(|(t, r)| (t, r.to_string()))
+        let health = self.health.lock().expect("health lock");
+        health.suspended(now.saturating_mul(1000)).map(|(t, r)| (t.div_ceil(1000), r.to_string()))
     }
 
     /// For a message the rate line turned away (`wait` would have been its wait in line): how
@@ -170,17 +171,19 @@ impl Shaper {
         }
     }
 
-    /// Records what an attempt said about a destination; suspends or resumes it.
-    pub fn record(&self, bucket: &Bucket, signal: &Signal, now: u64) {
+    /// Records what an attempt (from `started` to `now`, unix milliseconds) said about a
+    /// destination; suspends or resumes it.
+    pub fn record(&self, bucket: &Bucket, signal: &Signal, started: u64, now: u64) {
         let mut health = bucket.health.lock().expect("health lock");
         let was = health.suspended(now).is_some();
-        if health.record(signal, now, &self.backoff) {
+        if health.record(signal, started, now, &self.backoff) {
             let (until, reason) = health.suspended(now).expect("just suspended");
+            let until = until.div_ceil(1000);
             tracing::warn!(destination = %bucket.name, until, reason, "destination suspended");
             let kind = if matches!(signal, Signal::Throttled(_)) { "throttled" } else { "unreachable" };
             metrics::counter!(m::DESTINATION_SUSPENSIONS, "destination" => bucket.name.clone(), "reason" => kind).increment(1);
             metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(1.0);
-        } else if was && *signal == Signal::Answered {
+        } else if was && *signal == Signal::Answered && health.suspended(now).is_none() {
             tracing::info!(destination = %bucket.name, "destination resumed");
             metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(0.0);
         }

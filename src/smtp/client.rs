@@ -4,7 +4,15 @@
 //! calls [`Client::poll`] for events, writing whatever the client appended to the output
 //! buffer. [`Client::send`] starts a transaction when the client is ready. With PIPELINING
 //! (RFC 2920) MAIL, every RCPT and DATA go out in one write, and the body with its final dot in
-//! one more; without it, commands go lock-step. Replies are matched to commands in order.
+//! one more; without it, commands go lock-step.
+//!
+//! Replies are matched to commands one for one, and a reply that cannot belong where it falls
+//! ends the connection as a protocol error: a positive DATA reply other than 354, a positive
+//! RCPT reply other than 250/251, bytes after the last reply awaited, or a reply to the final
+//! dot that arrived before the dot was written. Only the reply to the final dot delivers, and
+//! outcomes of a transaction that ended otherwise are reported only once the RSET after it
+//! was answered in step: a server whose replies have slipped out of step cannot make us call
+//! undelivered mail delivered.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -116,8 +124,9 @@ pub enum RcptOutcome {
 }
 
 impl RcptOutcome {
+    /// The outcome of a final reply (to the dot, or a refusal); 3xx never gets here.
     fn from_reply(reply: &Reply) -> RcptOutcome {
-        if reply.code < 400 {
+        if reply.code < 300 {
             RcptOutcome::Delivered(reply.clone())
         } else if reply.code < 500 {
             RcptOutcome::Deferred(reply.clone())
@@ -134,7 +143,7 @@ pub enum Failure {
     Greeting(Reply),
     /// 421 or another reply that ends the session.
     Closing(Reply),
-    /// The server's bytes are not SMTP.
+    /// The server's bytes are not SMTP, or its replies are out of step with our commands.
     Protocol(String),
     /// `TlsPolicy::Required`, but the server offers no STARTTLS (or refused it).
     TlsUnavailable,
@@ -183,6 +192,25 @@ enum Expect {
     Quit,
 }
 
+impl Expect {
+    /// The command this reply answers, for error texts.
+    fn command(self) -> &'static str {
+        match self {
+            Expect::Greeting => "the greeting",
+            Expect::Ehlo => "EHLO",
+            Expect::Helo => "HELO",
+            Expect::StartTls => "STARTTLS",
+            Expect::Auth(_) => "AUTH",
+            Expect::Mail => "MAIL",
+            Expect::Rcpt(_) => "RCPT",
+            Expect::Data => "DATA",
+            Expect::Dot => "the final dot",
+            Expect::Rset => "RSET",
+            Expect::Quit => "QUIT",
+        }
+    }
+}
+
 struct Transaction {
     msg: Message,
     outcomes: Vec<Option<RcptOutcome>>,
@@ -205,6 +233,14 @@ pub struct Client {
     events: VecDeque<Event>,
     ready: bool,
     dead: bool,
+    /// The body and its final dot are in the output, not yet reported written.
+    dot_unwritten: bool,
+    /// Bytes arrived while `dot_unwritten`: whatever they say cannot answer the dot.
+    premature: bool,
+    /// The server answered (other than with 421) a command of the transaction in flight.
+    answered: bool,
+    /// Outcomes of a transaction that ended without a clean 250, until RSET is answered.
+    held: Option<Vec<RcptOutcome>>,
 }
 
 impl Client {
@@ -219,6 +255,10 @@ impl Client {
             events: VecDeque::new(),
             ready: false,
             dead: false,
+            dot_unwritten: false,
+            premature: false,
+            answered: false,
+            held: None,
         }
     }
 
@@ -245,7 +285,33 @@ impl Client {
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.dot_unwritten && !bytes.is_empty() {
+            self.premature = true;
+        }
         self.parser.feed(bytes);
+    }
+
+    /// The driver wrote all output produced so far.
+    pub fn written(&mut self) {
+        self.dot_unwritten = false;
+    }
+
+    /// Received bytes that are not part of a reply handled yet: on an idle connection, the
+    /// server said something nobody asked for.
+    pub fn has_unread(&self) -> bool {
+        self.parser.pending() > 0
+    }
+
+    /// Whether the server answered any command of the transaction in flight (a 421 does not
+    /// count: a server closing an idle connection sends one to whatever comes next).
+    pub fn answered(&self) -> bool {
+        self.answered
+    }
+
+    /// The outcomes of a transaction that ended with a refusal, when the connection was lost
+    /// while the RSET after it was still unanswered: nothing showed the replies out of step.
+    pub fn take_held(&mut self) -> Option<Vec<RcptOutcome>> {
+        self.held.take()
     }
 
     /// Processes received replies; returns the next event, or `None` when more input is needed.
@@ -266,6 +332,12 @@ impl Client {
             let Some(expect) = self.expect.pop_front() else {
                 return Some(self.fail(Failure::Protocol(format!("unexpected reply: {reply}"))));
             };
+            // Nothing else is awaited, yet more bytes came: the server is out of step (or
+            // injects data, as after STARTTLS). Whatever this reply says cannot be trusted.
+            if self.expect.is_empty() && expect != Expect::Quit && self.parser.pending() > 0 {
+                let what = expect.command();
+                return Some(self.fail(Failure::Protocol(format!("unexpected data after the reply to {what} ({reply})"))));
+            }
             self.handle(expect, reply, out);
         }
     }
@@ -274,7 +346,13 @@ impl Client {
         self.dead = true;
         self.ready = false;
         self.expect.clear();
+        self.held = None;
         Event::Failed(failure)
+    }
+
+    fn out_of_step(&mut self, expect: Expect, reply: &Reply) {
+        let what = expect.command();
+        self.push_fail(Failure::Protocol(format!("out-of-step reply to {what}: {reply}")));
     }
 
     fn push_fail(&mut self, failure: Failure) {
@@ -294,8 +372,12 @@ impl Client {
     }
 
     fn handle(&mut self, expect: Expect, reply: Reply, out: &mut Vec<u8>) {
-        // 421 ends the session whatever was asked (RFC 5321 3.8).
+        // 421 ends the session whatever was asked (RFC 5321 3.8). Refusals reported before
+        // it stand: it was an answer in step.
         if reply.code == 421 && expect != Expect::Quit {
+            if let Some(outcomes) = self.held.take() {
+                self.events.push_back(Event::Done(outcomes));
+            }
             return self.push_fail(Failure::Closing(reply));
         }
         match expect {
@@ -334,8 +416,13 @@ impl Client {
             Expect::Auth(_) if reply.code == 235 => self.set_ready(),
             Expect::Auth(_) => self.push_fail(Failure::Auth(reply)),
             Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::Dot => self.transaction_reply(expect, reply, out),
-            Expect::Rset if reply.code == 250 => self.set_ready(),
-            Expect::Rset => self.push_fail(Failure::Closing(reply)),
+            Expect::Rset if reply.code == 250 => {
+                if let Some(outcomes) = self.held.take() {
+                    self.events.push_back(Event::Done(outcomes));
+                }
+                self.set_ready();
+            }
+            Expect::Rset => self.out_of_step(expect, &reply),
             Expect::Quit => self.dead = true,
         }
     }
@@ -392,6 +479,8 @@ impl Client {
             return;
         }
         self.ready = false;
+        self.answered = false;
+        self.premature = false;
         let mut commands: VecDeque<Expect> = (0..msg.recipients.len()).map(Expect::Rcpt).collect();
         commands.push_front(Expect::Mail);
         commands.push_back(Expect::Data);
@@ -442,7 +531,27 @@ impl Client {
 
     fn transaction_reply(&mut self, expect: Expect, reply: Reply, out: &mut Vec<u8>) {
         let pipelining = self.caps.pipelining;
-        let Some(tx) = self.tx.as_mut() else { return self.push_fail(Failure::Protocol("reply outside a transaction".into())) };
+        if self.tx.is_none() {
+            return self.push_fail(Failure::Protocol("reply outside a transaction".into()));
+        }
+        self.answered = true;
+        // A positive reply where only a refusal or one particular code may stand is out of
+        // step: believing it could mark undelivered mail delivered.
+        let positive = reply.code < 400;
+        let in_step = match expect {
+            Expect::Mail => !positive || reply.code == 250,
+            Expect::Rcpt(_) => !positive || matches!(reply.code, 250 | 251),
+            Expect::Data => !positive || reply.code == 354,
+            Expect::Dot => !self.premature && ((200..300).contains(&reply.code) || !positive),
+            _ => unreachable!("not a transaction reply"),
+        };
+        if !in_step {
+            if expect == Expect::Dot && self.premature {
+                return self.push_fail(Failure::Protocol(format!("a reply ({reply}) arrived before the end of the message was sent")));
+            }
+            return self.out_of_step(expect, &reply);
+        }
+        let Some(tx) = self.tx.as_mut() else { return };
         match expect {
             Expect::Mail => {
                 if reply.code != 250 {
@@ -480,6 +589,7 @@ impl Client {
                         tx.dot_only = true;
                     }
                     out.extend_from_slice(b".\r\n");
+                    self.dot_unwritten = true;
                     self.expect.push_back(Expect::Dot);
                     return;
                 }
@@ -506,7 +616,8 @@ impl Client {
         self.finish_with(out, false);
     }
 
-    /// Reports the outcomes; the connection is ready again after a clean 250, or after RSET.
+    /// Reports the outcomes: at once after a clean 250 (the connection is ready again), else
+    /// once the RSET sent now is answered in step.
     fn finish_with(&mut self, out: &mut Vec<u8>, clean: bool) {
         let Some(tx) = self.tx.take() else { return };
         let shared = tx.aborted.clone();
@@ -520,10 +631,11 @@ impl Client {
                 (None, None) => RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 0), "Transaction ended without a final reply")),
             })
             .collect();
-        self.events.push_back(Event::Done(outcomes));
         if clean {
+            self.events.push_back(Event::Done(outcomes));
             self.set_ready();
         } else {
+            self.held = Some(outcomes);
             self.command(out, "RSET", Expect::Rset);
         }
     }

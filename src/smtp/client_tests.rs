@@ -40,6 +40,8 @@ impl Script {
         while let Some(e) = self.client.poll(&mut self.written) {
             self.events.push(e);
         }
+        // The driver reports the output written before it reads again.
+        self.client.written();
         String::from_utf8(self.written.clone()).unwrap()
     }
 
@@ -49,6 +51,8 @@ impl Script {
         while let Some(e) = self.client.poll(&mut self.written) {
             self.events.push(e);
         }
+        // The driver reports the output written before it reads again.
+        self.client.written();
         String::from_utf8(self.written.clone()).unwrap()
     }
 
@@ -106,8 +110,9 @@ fn lock_step_skips_data_when_no_recipient_is_accepted() {
     s.send(message(&["b@y.test"], "x\r\n"));
     s.server("250 ok\r\n");
     assert_eq!(s.server("550 5.1.1 unknown\r\n"), "RSET\r\n");
-    assert!(matches!(&s.done()[0], RcptOutcome::Failed(_)));
+    assert!(s.events.is_empty(), "outcomes wait for the RSET to be answered in step");
     s.server("250 reset\r\n");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(_)));
     assert_eq!(s.events.last(), Some(&Event::Ready));
 }
 
@@ -118,6 +123,7 @@ fn only_the_dot_is_sent_when_data_gets_354_after_every_rcpt_failed() {
     let after = s.server("250 ok\r\n550 5.1.1 no\r\n354 go\r\n");
     assert_eq!(after, ".\r\n");
     assert_eq!(s.server("554 5.5.1 no valid recipients\r\n"), "RSET\r\n");
+    s.server("250 reset\r\n");
     assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.code == 550));
 }
 
@@ -127,6 +133,7 @@ fn a_refused_mail_command_applies_to_every_recipient() {
     s.send(message(&["b@y.test", "c@y.test"], "x\r\n"));
     let out = s.server("451 4.3.0 try later\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n503 5.5.1 no MAIL\r\n");
     assert_eq!(out, "RSET\r\n");
+    s.server("250 reset\r\n");
     assert!(s.done().iter().all(|o| matches!(o, RcptOutcome::Deferred(r) if r.code == 451)));
 }
 
@@ -137,6 +144,7 @@ fn final_dot_reply_decides_for_every_accepted_recipient() {
         s.send(message(&["b@y.test", "c@y.test"], "x\r\n"));
         s.server("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
         assert_eq!(s.server(reply), "RSET\r\n");
+        s.server("250 reset\r\n");
         for o in s.done() {
             assert_eq!(matches!(o, RcptOutcome::Deferred(_)), deferred, "{reply}");
             assert_eq!(matches!(o, RcptOutcome::Failed(_)), !deferred, "{reply}");
@@ -498,4 +506,106 @@ fn requiretls_goes_only_over_verified_tls_to_a_host_that_offers_it() {
         assert_eq!(s.send(m.clone()), "", "{policy:?} {caps:?}");
         assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.enhanced == Some(Enhanced(5, 7, 30))));
     }
+}
+
+fn failure(s: &Script) -> Option<&Failure> {
+    s.events.iter().find_map(|e| match e {
+        Event::Failed(f) => Some(f),
+        _ => None,
+    })
+}
+
+fn delivered_anything(s: &Script) -> bool {
+    s.events.iter().any(|e| matches!(e, Event::Done(o) if o.iter().any(|o| matches!(o, RcptOutcome::Delivered(_)))))
+}
+
+/// Server replies that do not fit the command they fall on, with and without PIPELINING:
+/// each ends the connection as a protocol error and nothing is reported delivered.
+#[test]
+fn out_of_step_replies_are_protocol_errors_never_deliveries() {
+    let lock_step = "250-mx\r\n250 8BITMIME\r\n";
+    let cases: &[(&str, &str, &[&str])] = &[
+        ("250 to DATA instead of 354", PIPELINED, &["250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n"]),
+        ("an extra line after MAIL's reply, pipelined", PIPELINED, &["250 ok\r\n250 extra\r\n250 ok\r\n354 go\r\n"]),
+        ("an extra line after MAIL's reply, lock-step, together", lock_step, &["250 ok\r\n250 extra\r\n"]),
+        ("an extra line after MAIL's reply, lock-step, later", lock_step, &["250 ok\r\n", "250 extra\r\n", "250 ok\r\n", "354 go\r\n"]),
+        ("252 to RCPT", PIPELINED, &["250 ok\r\n252 2.1.5 cannot verify\r\n354 go\r\n"]),
+        ("a 2xx other than 250 to MAIL", PIPELINED, &["251 odd\r\n250 ok\r\n354 go\r\n"]),
+        ("354 to the final dot", PIPELINED, &["250 ok\r\n250 ok\r\n354 go\r\n", "354 again\r\n"]),
+        ("an extra line right after 354", PIPELINED, &["250 ok\r\n250 ok\r\n354 go\r\n250 early\r\n"]),
+        ("an extra line after the dot's 250, together", PIPELINED, &["250 ok\r\n250 ok\r\n354 go\r\n", "250 queued\r\n250 extra\r\n"]),
+    ];
+    for (what, ehlo, replies) in cases {
+        let mut s = Script::ready(TlsPolicy::Never, ehlo);
+        s.send(message(&["b@y.test"], "x\r\n"));
+        for r in *replies {
+            s.server(r);
+        }
+        assert!(matches!(failure(&s), Some(Failure::Protocol(_))), "{what}: {:?}", s.events);
+        assert!(!delivered_anything(&s), "{what}: {:?}", s.events);
+        assert!(!s.client.is_ready(), "{what}: never reused");
+    }
+}
+
+/// A reply that arrives while the body is still being written cannot answer the final dot.
+#[test]
+fn a_reply_before_the_dot_was_written_is_not_the_answer_to_it() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.written.clear();
+    s.client.feed(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    while let Some(e) = s.client.poll(&mut s.written) {
+        s.events.push(e);
+    }
+    assert!(s.written.ends_with(b".\r\n"), "the body is in the output");
+    // Bytes arrive while the driver is still writing the body.
+    s.client.feed(b"250 2.0.0 too early\r\n");
+    s.client.written();
+    while let Some(e) = s.client.poll(&mut s.written) {
+        s.events.push(e);
+    }
+    assert!(matches!(failure(&s), Some(Failure::Protocol(t)) if t.contains("before the end of the message")), "{:?}", s.events);
+    assert!(!delivered_anything(&s));
+}
+
+#[test]
+fn an_unsolicited_reply_on_an_idle_connection_is_unread_data() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.client.feed(b"250 stale\r\n");
+    assert!(s.client.has_unread());
+}
+
+/// A RSET answered out of step throws away the refusals it was to confirm; a 421 or a lost
+/// connection does not (they say nothing about order).
+#[test]
+fn refusals_stand_only_once_the_rset_after_them_is_answered_in_step() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.server("250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n");
+    s.server("354 go\r\n");
+    assert!(matches!(failure(&s), Some(Failure::Protocol(_))));
+    assert!(!s.events.iter().any(|e| matches!(e, Event::Done(_))), "{:?}", s.events);
+
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.server("250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n");
+    s.server("421 4.3.2 shutting down\r\n");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.code == 550));
+
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.server("250 ok\r\n550 5.1.1 unknown\r\n554 5.5.1 no valid recipients\r\n");
+    assert!(matches!(s.client.take_held().as_deref(), Some([RcptOutcome::Failed(_)])));
+}
+
+#[test]
+fn a_421_to_the_first_command_is_not_an_answer() {
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.server("421 4.4.2 idle timeout\r\n");
+    assert!(!s.client.answered());
+    let mut s = Script::ready(TlsPolicy::Never, PIPELINED);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    s.server("250 ok\r\n");
+    assert!(s.client.answered());
 }
