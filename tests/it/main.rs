@@ -11,6 +11,7 @@ mod crash_recovery;
 mod delivery_bounce;
 mod delivery_dns;
 mod delivery_failures;
+mod delivery_faults;
 mod delivery_io;
 mod delivery_mx;
 mod delivery_next_mx;

@@ -3,3 +3,4 @@
 
 pub mod dest;
 pub mod dns;
+pub mod faulty;
