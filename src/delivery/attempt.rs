@@ -24,6 +24,8 @@ pub struct Attempted {
     pub remote: Option<String>,
     /// The host that answered offers DSN (RFC 3461), so NOTIFY went on with the message.
     pub remote_dsn: bool,
+    /// The outcome's reply is the remote server's own, not ours about it.
+    pub remote_said: bool,
 }
 
 /// One attempt's results, and what it said about the destination (for backoff). A recipient
@@ -254,13 +256,16 @@ impl<T: Transport> Sender<T> {
                             throttled = Some(format!("{}: {r}", target.host));
                         }
                         let remote_dsn = conn.offers_dsn();
+                        let remote_said = !conn.refused_locally();
                         self.pool.put(conn);
                         let mut overflow = Vec::new();
                         for (k, outcome) in outcomes.into_iter().enumerate() {
                             let i = pending[k];
                             match outcome {
                                 RcptOutcome::Overflow => overflow.push(i),
-                                o => results[i] = Some(Attempted { outcome: o, remote: Some(target.host.clone()), remote_dsn }),
+                                o => {
+                                    results[i] = Some(Attempted { outcome: o, remote: Some(target.host.clone()), remote_dsn, remote_said })
+                                }
                             }
                         }
                         pending = overflow;
@@ -324,7 +329,8 @@ fn fill(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remot
     let outcome = if reply.is_permanent() { RcptOutcome::Failed(reply.clone()) } else { RcptOutcome::Deferred(reply.clone()) };
     for &i in which {
         if results[i].is_none() {
-            results[i] = Some(Attempted { outcome: outcome.clone(), remote: remote.map(str::to_string), remote_dsn: false });
+            results[i] =
+                Some(Attempted { outcome: outcome.clone(), remote: remote.map(str::to_string), remote_dsn: false, remote_said: false });
         }
     }
 }

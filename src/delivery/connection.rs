@@ -143,6 +143,12 @@ impl<T> Connection<T> {
         self.client.capabilities().rrvs
     }
 
+    /// The last transaction was refused without a word sent (size, 8-bit, SMTPUTF8,
+    /// REQUIRETLS against what the server offers): its replies are ours.
+    pub fn refused_locally(&self) -> bool {
+        self.client.refused_locally()
+    }
+
     /// Whether the server answered any command of the last transaction; a failure before
     /// that, on a reused connection, means the connection had died while idle.
     pub fn transaction_answered(&self) -> bool {

@@ -80,12 +80,47 @@ impl Dns {
                     .collect();
                 if mx.is_empty() { MxAnswer::NoMx } else { MxAnswer::Mx(mx) }
             }
-            Err(e) => match classify(&e) {
+            Err(e) => match self.classify(&e, domain).await {
                 Negative::NoDomain => MxAnswer::NoDomain,
                 Negative::NoData => MxAnswer::NoMx,
                 Negative::Temporary(why) => MxAnswer::Temporary(why),
             },
         }
+    }
+
+    /// A negative answer for a name other than the one asked means a CNAME chain was
+    /// followed; if that chain loops or is longer than the resolver follows, the answer says
+    /// nothing about the domain (a broken zone, perhaps for a moment): temporary, not "no such
+    /// domain".
+    async fn classify(&self, e: &NetError, asked: &str) -> Negative {
+        let negative = classify(e);
+        let NetError::Dns(DnsError::NoRecordsFound(nr)) = e else { return negative };
+        let answered = nr.query.name().to_ascii();
+        if matches!(negative, Negative::Temporary(_)) || same_name(&answered, asked) {
+            return negative;
+        }
+        match self.cname_trouble(asked).await {
+            Some(why) => Negative::Temporary(why),
+            None => negative,
+        }
+    }
+
+    /// Follows `name`'s CNAME records one by one: a loop, or more than `MAX_CNAMES` links.
+    async fn cname_trouble(&self, name: &str) -> Option<String> {
+        let mut seen = vec![name.trim_end_matches('.').to_ascii_lowercase()];
+        while seen.len() <= MAX_CNAMES {
+            let current = fqdn(seen.last()?)?;
+            let lookup = self.resolver.lookup(current, RecordType::CNAME).await.ok()?;
+            let next = lookup.answers().iter().find_map(|r| match &r.data {
+                RData::CNAME(target) => Some(target.0.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+                _ => None,
+            })?;
+            if seen.contains(&next) {
+                return Some(format!("CNAME loop at {next}"));
+            }
+            seen.push(next);
+        }
+        Some(format!("CNAME chain from {name} longer than {MAX_CNAMES} links"))
     }
 
     pub async fn addrs(&self, host: &str, family: IpFamily) -> AddrAnswer {
@@ -108,7 +143,7 @@ impl Dns {
                     _ => None,
                 })),
                 Err(e) => {
-                    if let Negative::Temporary(why) = classify(&e) {
+                    if let Negative::Temporary(why) = self.classify(&e, host).await {
                         temporary = Some(why);
                     }
                 }
@@ -128,6 +163,13 @@ fn server(addr: &SocketAddr) -> NameServerConfig {
     let mut tcp = ConnectionConfig::tcp();
     tcp.port = addr.port();
     NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+}
+
+/// The resolver follows at most 8 links; more in a row are as good as a loop.
+const MAX_CNAMES: usize = 8;
+
+fn same_name(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
 fn fqdn(domain: &str) -> Option<Name> {

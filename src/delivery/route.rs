@@ -121,9 +121,19 @@ async fn mx_targets<R: Resolve>(domain: &str, port: u16, cfg: &Config, dns: &R) 
         }
         MxAnswer::Mx(records) => {
             let ours = cfg.hostname.0.to_ascii_lowercase();
+            let names_us = records.iter().any(|(_, h)| *h == ours);
+            let literals: Vec<String> = records.iter().filter(|(_, h)| is_address(h)).map(|(_, h)| h.clone()).collect();
+            if !literals.is_empty() {
+                tracing::info!(domain, skipped = ?literals, "MX records naming IP addresses skipped (RFC 5321 5.1 wants host names)");
+            }
             let hosts = ordered_exchanges(records, &ours);
-            if hosts.is_empty() {
+            if hosts.is_empty() && names_us {
                 return Route::Fail(Reply::new(554, Enhanced(5, 4, 6), format!("The MX records of {domain} point only to this server")));
+            }
+            if hosts.is_empty() {
+                // A zone mistake its owner can mend: defer, and bounce only at expiry.
+                let why = format!("The MX records of {domain} name IP addresses ({}), not host names (RFC 5321 5.1)", literals.join(", "));
+                return Route::Defer(Reply::new(451, Enhanced(4, 4, 4), why));
             }
             let mut targets = Vec::new();
             let mut temporary = None;
@@ -147,10 +157,15 @@ async fn mx_targets<R: Resolve>(domain: &str, port: u16, cfg: &Config, dns: &R) 
     }
 }
 
+/// An MX exchange written as an address (`192.0.2.1`, `[192.0.2.1]`) rather than a host name.
+fn is_address(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok() || host.starts_with('[')
+}
+
 /// MX exchanges by preference, random within one preference (RFC 5321 5.1). Exchanges written
 /// as IP literals are skipped; if our own name is among them, only more preferred ones count.
 fn ordered_exchanges(mut records: Vec<(u16, String)>, ours: &str) -> Vec<String> {
-    records.retain(|(_, host)| host != "." && host.parse::<IpAddr>().is_err() && !host.starts_with('['));
+    records.retain(|(_, host)| host != "." && !is_address(host));
     if let Some(own) = records.iter().filter(|(_, h)| h == ours).map(|(p, _)| *p).min() {
         records.retain(|(p, _)| *p < own);
     }
@@ -199,6 +214,7 @@ mod tests {
                 ("ours.test", mx(&[(10, "relay.test"), (20, "backup.test")])),
                 ("ours-first.test", mx(&[(5, "mx1.two.test"), (10, "relay.test")])),
                 ("literal-mx.test", mx(&[(10, "192.0.2.1"), (20, "mx1.two.test")])),
+                ("only-literals.test", mx(&[(10, "192.0.2.1"), (20, "192.0.2.2")])),
                 ("noaddr.test", mx(&[(10, "ghost.test")])),
                 ("loop.test", mx(&[(10, "self.test")])),
             ]),
@@ -261,6 +277,11 @@ mod tests {
     #[test]
     fn ip_literal_mx_targets_are_skipped() {
         assert_eq!(addrs(&run("literal-mx.test", &config(""))), ["192.0.2.10:25"]);
+        // Only addresses: deferred with that reason, not taken for a loop to ourselves.
+        let route = run("only-literals.test", &config(""));
+        assert_eq!(code(&route), (451, Some(Enhanced(4, 4, 4))));
+        let Route::Defer(reply) = route else { unreachable!() };
+        assert!(reply.to_string().contains("name IP addresses (192.0.2.1, 192.0.2.2)"), "{reply}");
     }
 
     #[test]

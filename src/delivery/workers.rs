@@ -119,7 +119,8 @@ impl Workers {
         // Only when a worker died (a bug): the recipients are tried again later.
         tracing::error!(worker, "delivery worker is gone");
         let reply = Reply::new(451, Enhanced(4, 3, 0), "Delivery worker unavailable");
-        let results = vec![Some(Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false }); n];
+        let results =
+            vec![Some(Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false, remote_said: false }); n];
         Report { results, signal: Signal::Answered }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::outcome::{Action, Notice};
+use super::outcome::{Action, Diagnostic, Notice, STORED_LINES, STORED_OCTETS};
 use crate::intake::trace::rfc5322_date;
 use crate::smtp::address::Ret;
 use crate::spool::Envelope;
@@ -78,7 +78,12 @@ pub fn report(b: &Report<'_>, env: &Envelope, notices: &[Notice], original: &[u8
     );
     for f in notices {
         let r = &env.recipients[f.index];
-        let _ = write!(m, "<{}>: {}\r\n", r.mailbox, f.reply);
+        let _ = write!(m, "<{}>: {}\r\n", r.mailbox, f.reply.summary(STORED_LINES, STORED_OCTETS));
+        if let (Diagnostic::Remote(said), Some(host)) = (&f.diagnostic, &f.remote)
+            && said != &f.reply
+        {
+            let _ = write!(m, "    {host} said: {}\r\n", said.summary(STORED_LINES, STORED_OCTETS));
+        }
     }
     let _ = write!(
         m,
@@ -105,9 +110,13 @@ pub fn report(b: &Report<'_>, env: &Envelope, notices: &[Notice], original: &[u8
         }
         let _ = write!(m, "Action: {action}\r\nStatus: {status}\r\n");
         if let Some(remote) = &f.remote {
-            let _ = write!(m, "Remote-MTA: dns; {remote}\r\n");
+            let _ = write!(m, "Remote-MTA: dns; {}\r\n", mta_name(remote));
         }
-        let _ = write!(m, "Diagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {date}\r\n", f.reply);
+        let diagnostic = match &f.diagnostic {
+            Diagnostic::Remote(reply) => format!("smtp; {}", reply.summary(STORED_LINES, STORED_OCTETS)),
+            Diagnostic::Local(text) => format!("X-Sluice; {text}"),
+        };
+        let _ = write!(m, "{}\r\nLast-Attempt-Date: {date}\r\n", folded("Diagnostic-Code", &diagnostic));
         if let (Action::Delayed, Some(until)) = (f.action, b.retry_until) {
             let _ = write!(m, "Will-Retry-Until: {}\r\n", rfc5322_date(until));
         }
@@ -134,6 +143,27 @@ pub fn report(b: &Report<'_>, env: &Envelope, notices: &[Notice], original: &[u8
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// A host for Remote-MTA: its name, or an address in brackets when only that is known.
+fn mta_name(host: &str) -> String {
+    if host.parse::<std::net::IpAddr>().is_ok() { format!("[{host}]") } else { host.to_string() }
+}
+
+/// `name: value`, folded at spaces so no line passes 78 octets where it can be helped.
+fn folded(name: &str, value: &str) -> String {
+    let mut out = format!("{name}:");
+    let mut line = out.len();
+    for word in value.split(' ') {
+        if line + 1 + word.len() > 78 && line > 1 {
+            out.push_str("\r\n");
+            line = 0;
+        }
+        out.push(' ');
+        out.push_str(word);
+        line += 1 + word.len();
+    }
     out
 }
 
@@ -178,15 +208,15 @@ mod tests {
         }
     }
 
+    fn notice(index: usize, action: Action, reply: Reply, remote: Option<&str>) -> Notice {
+        let diagnostic = if remote.is_some() { Diagnostic::Remote(reply.clone()) } else { Diagnostic::Local(reply.to_string()) };
+        Notice { index, action, reply, diagnostic, remote: remote.map(str::to_string) }
+    }
+
     fn failures() -> Vec<Notice> {
         vec![
-            Notice {
-                index: 0,
-                action: Action::Failed,
-                reply: Reply::new(550, Enhanced(5, 1, 1), "no such user"),
-                remote: Some("mx.y.test".into()),
-            },
-            Notice { index: 1, action: Action::Failed, reply: Reply::new(552, Enhanced(5, 2, 2), "mailbox full"), remote: None },
+            notice(0, Action::Failed, Reply::new(550, Enhanced(5, 1, 1), "no such user"), Some("mx.y.test")),
+            notice(1, Action::Failed, Reply::new(552, Enhanced(5, 2, 2), "mailbox full"), None),
         ]
     }
 
@@ -198,8 +228,8 @@ mod tests {
     #[test]
     fn delay_and_relayed_notices_carry_their_action_and_headers_only() {
         let notices = vec![
-            Notice { index: 0, action: Action::Delayed, reply: Reply::new(451, Enhanced(4, 4, 1), "no answer"), remote: None },
-            Notice { index: 1, action: Action::Relayed, reply: Reply::new(250, Enhanced(2, 0, 0), "ok"), remote: Some("old.test".into()) },
+            notice(0, Action::Delayed, Reply::new(451, Enhanced(4, 4, 1), "no answer"), None),
+            notice(1, Action::Relayed, Reply::new(250, Enhanced(2, 0, 0), "ok"), Some("old.test")),
         ];
         let b = Report { hostname: "relay.test", queue_id: "D1", to: "<a@x.test>".into(), now: 60, retry_until: Some(86400) };
         let t = String::from_utf8(report(&b, &env(Some(Ret::Full)), &notices, b"Subject: hi\r\n\r\nsecret\r\n")).unwrap();
@@ -220,7 +250,7 @@ mod tests {
             "Original-Envelope-Id: env+id\r\n",
             "Arrival-Date: Thu, 1 Jan 1970 00:00:00 +0000\r\n",
             "Final-Recipient: rfc822; gone@y.test\r\nOriginal-Recipient: rfc822; gone+x@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\nLast-Attempt-Date: Thu, 1 Jan 1970 00:01:00 +0000\r\n",
-            "Final-Recipient: rfc822; full@y.test\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n",
+            "Final-Recipient: rfc822; full@y.test\r\nAction: failed\r\nStatus: 5.2.2\r\nDiagnostic-Code: X-Sluice; 552 5.2.2 mailbox full\r\n",
             "Content-Type: message/rfc822\r\n\r\nSubject: hi\r\n\r\nbody\r\n",
             "--BOUNCE1/relay.test--\r\n",
         ] {
@@ -228,6 +258,36 @@ mod tests {
         }
         assert_eq!(t.matches("Original-Recipient").count(), 1, "only where ORCPT was given");
         assert!(!t.contains("quiet@y.test"), "only the failures of this event");
+    }
+
+    /// A 57 KB, 20-line refusal becomes a short, folded Diagnostic-Code; an expiry names the
+    /// remote's last reply as the diagnostic and our verdict in Status and the text.
+    #[test]
+    fn diagnostics_are_capped_folded_and_say_who_said_them() {
+        let huge = Reply::parsed(550, (0..20).map(|i| format!("5.1.1 line {i} {}", "x".repeat(2850))).collect());
+        let expired = Reply::new(554, Enhanced(5, 4, 7), "Delivery time expired after 3 attempts");
+        let busy = Reply::new(451, Enhanced(4, 2, 1), "mailbox busy");
+        let notices = vec![
+            notice(0, Action::Failed, huge, Some("mx.y.test")),
+            Notice {
+                index: 1,
+                action: Action::Failed,
+                reply: expired,
+                diagnostic: Diagnostic::Remote(busy),
+                remote: Some("192.0.2.7".into()),
+            },
+        ];
+        let b = Report { hostname: "relay.test", queue_id: "B2", to: "<a@x.test>".into(), now: 60, retry_until: None };
+        let t = String::from_utf8(report(&b, &env(Some(Ret::Hdrs)), &notices, b"Subject: hi\r\n\r\nx\r\n")).unwrap();
+        assert!(t.len() < 5000, "{} octets", t.len());
+        assert!(t.lines().all(|l| l.len() <= 998), "no line over 998 octets");
+        let diag = t.split("Diagnostic-Code: ").nth(1).unwrap().split("\r\nLast-Attempt-Date").next().unwrap().replace("\r\n ", " ");
+        assert!(diag.starts_with("smtp; 550 5.1.1 line 0 ") && diag.len() < 1000 && diag.ends_with("..."), "{diag}");
+        assert!(t.contains("Status: 5.4.7\r\nRemote-MTA: dns; [192.0.2.7]\r\nDiagnostic-Code: smtp; 451 4.2.1 mailbox busy\r\n"), "{t}");
+        assert!(
+            t.contains("<full@y.test>: 554 5.4.7 Delivery time expired after 3 attempts\r\n    192.0.2.7 said: 451 4.2.1 mailbox busy\r\n"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -34,12 +34,36 @@ pub enum Action {
     Relayed,
 }
 
+/// What a report's Diagnostic-Code says (RFC 3464 2.3.6): the remote server's own reply, or,
+/// where no server said anything that decided it, our reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Diagnostic {
+    Remote(Reply),
+    Local(String),
+}
+
+impl Diagnostic {
+    fn of(attempted: &Attempted, reply: &Reply) -> Diagnostic {
+        if attempted.remote_said {
+            Diagnostic::Remote(reply.clone())
+        } else {
+            Diagnostic::Local(reply.summary(STORED_LINES, STORED_OCTETS))
+        }
+    }
+}
+
+/// How much of a reply is kept in the spool and logs.
+pub const STORED_LINES: usize = 5;
+pub const STORED_OCTETS: usize = 900;
+
 /// A recipient the sender is to hear about, from this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     pub index: usize,
     pub action: Action,
+    /// Our verdict: the Status field and the report's text.
     pub reply: Reply,
+    pub diagnostic: Diagnostic,
     pub remote: Option<String>,
 }
 
@@ -69,7 +93,8 @@ pub fn postpone(
     for (index, until, why) in postponed {
         if expired {
             let reply = Reply::new(451, Enhanced(4, 4, 5), why.clone());
-            results.push((*index, Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false }));
+            results
+                .push((*index, Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false, remote_said: false }));
         } else {
             let r = &mut env.recipients[*index];
             r.next_attempt = Some(*until);
@@ -87,7 +112,7 @@ pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, poli
         match &attempted.outcome {
             RcptOutcome::Delivered(reply) => {
                 r.state = RecipientState::Delivered;
-                r.last_reply = Some(reply.to_string());
+                r.last_reply = Some(reply.summary(STORED_LINES, STORED_OCTETS));
                 r.next_attempt = None;
                 tally.delivered += 1;
                 if !attempted.remote_dsn && r.params.notify.is_some_and(|n| n.success) {
@@ -95,30 +120,42 @@ pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, poli
                         index: *index,
                         action: Action::Relayed,
                         reply: reply.clone(),
+                        diagnostic: Diagnostic::of(attempted, reply),
                         remote: attempted.remote.clone(),
                     });
                 }
             }
             RcptOutcome::Failed(reply) => {
                 r.state = RecipientState::Failed;
-                r.last_reply = Some(reply.to_string());
+                r.last_reply = Some(reply.summary(STORED_LINES, STORED_OCTETS));
                 r.next_attempt = None;
-                tally.failed.push(Notice { index: *index, action: Action::Failed, reply: reply.clone(), remote: attempted.remote.clone() });
+                let diagnostic = Diagnostic::of(attempted, reply);
+                tally.failed.push(Notice {
+                    index: *index,
+                    action: Action::Failed,
+                    reply: reply.clone(),
+                    diagnostic,
+                    remote: attempted.remote.clone(),
+                });
             }
             RcptOutcome::Deferred(_) | RcptOutcome::Overflow if expired => {
-                let last = match &attempted.outcome {
-                    RcptOutcome::Deferred(reply) => reply.to_string(),
-                    _ => "too many recipients".to_string(),
+                // The last reply, remote or ours, is the diagnostic; the expiry is our verdict.
+                let diagnostic = match &attempted.outcome {
+                    RcptOutcome::Deferred(reply) => Diagnostic::of(attempted, reply),
+                    _ => Diagnostic::Local("too many recipients for one transaction".to_string()),
                 };
-                let reply =
-                    Reply::new(554, Enhanced(5, 4, 7), format!("Delivery time expired after {} attempts; last: {last}", r.attempts));
+                let reply = Reply::new(554, Enhanced(5, 4, 7), format!("Delivery time expired after {} attempts", r.attempts));
+                let last = match &diagnostic {
+                    Diagnostic::Remote(remote) => remote.summary(STORED_LINES, STORED_OCTETS),
+                    Diagnostic::Local(text) => text.clone(),
+                };
                 r.state = RecipientState::Failed;
-                r.last_reply = Some(reply.to_string());
+                r.last_reply = Some(format!("{reply}; last: {last}"));
                 r.next_attempt = None;
-                tally.failed.push(Notice { index: *index, action: Action::Failed, reply, remote: attempted.remote.clone() });
+                tally.failed.push(Notice { index: *index, action: Action::Failed, reply, diagnostic, remote: attempted.remote.clone() });
             }
             RcptOutcome::Deferred(reply) => {
-                r.last_reply = Some(reply.to_string());
+                r.last_reply = Some(reply.summary(STORED_LINES, STORED_OCTETS));
                 r.next_attempt = Some(policy.next_attempt(r.attempts, now));
                 tally.deferred += 1;
                 let overdue = policy.delay_warning.is_some_and(|w| now >= env.arrival.saturating_add(w.as_secs()));
@@ -128,6 +165,7 @@ pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, poli
                         index: *index,
                         action: Action::Delayed,
                         reply: reply.clone(),
+                        diagnostic: Diagnostic::of(attempted, reply),
                         remote: attempted.remote.clone(),
                     });
                 }
@@ -179,7 +217,7 @@ mod tests {
     }
 
     fn att(o: RcptOutcome) -> Attempted {
-        Attempted { outcome: o, remote: Some("mx.y.test".into()), remote_dsn: false }
+        Attempted { outcome: o, remote: Some("mx.y.test".into()), remote_dsn: false, remote_said: true }
     }
 
     const SCHEDULE: [Duration; 3] = [Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(3600)];
@@ -234,8 +272,13 @@ mod tests {
         }
         let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400), delay_warning: None };
         let ok = Reply::new(250, Enhanced(2, 0, 0), "ok");
-        let without = Attempted { outcome: RcptOutcome::Delivered(ok.clone()), remote: Some("old.test".into()), remote_dsn: false };
-        let with = Attempted { outcome: RcptOutcome::Delivered(ok), remote: Some("new.test".into()), remote_dsn: true };
+        let without = Attempted {
+            outcome: RcptOutcome::Delivered(ok.clone()),
+            remote: Some("old.test".into()),
+            remote_dsn: false,
+            remote_said: false,
+        };
+        let with = Attempted { outcome: RcptOutcome::Delivered(ok), remote: Some("new.test".into()), remote_dsn: true, remote_said: true };
         let t = record(&mut e, &[(0, without), (1, with)], 2000, &p);
         assert_eq!(t.relayed.iter().map(|n| (n.index, n.action)).collect::<Vec<_>>(), [(0, Action::Relayed)]);
     }
@@ -244,10 +287,22 @@ mod tests {
     fn deferral_past_max_age_fails_as_expired() {
         let mut e = env(1);
         let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(600), delay_warning: None };
-        let t = record(&mut e, &[(0, att(RcptOutcome::Deferred(Reply::new(421, Enhanced(4, 7, 0), "busy"))))], 1600, &p);
+        let busy = Reply::new(421, Enhanced(4, 7, 0), "busy");
+        let t = record(&mut e, &[(0, att(RcptOutcome::Deferred(busy.clone())))], 1600, &p);
         assert_eq!(t.failed.len(), 1);
         assert_eq!(t.failed[0].reply.enhanced, Some(Enhanced(5, 4, 7)));
-        assert!(t.failed[0].reply.to_string().contains("last: 421 4.7.0 busy"));
+        assert_eq!(t.failed[0].diagnostic, Diagnostic::Remote(busy), "the remote's last reply is the diagnostic");
+        assert!(e.recipients[0].last_reply.as_deref().unwrap().ends_with("last: 421 4.7.0 busy"));
         assert!(is_final(&e));
+        // Our own reason (no server answered) is a local diagnostic.
+        let mut e = env(1);
+        let down = Attempted {
+            outcome: RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 1), "no host answered")),
+            remote: None,
+            remote_dsn: false,
+            remote_said: false,
+        };
+        let t = record(&mut e, &[(0, down)], 1600, &p);
+        assert_eq!(t.failed[0].diagnostic, Diagnostic::Local("451 4.4.1 no host answered".into()));
     }
 }

@@ -164,16 +164,12 @@ impl Runner {
             metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
             let domain = env.recipients[indexes[0]].mailbox.domain.clone();
             match route::route(&domain, &self.config, &self.delivery.own, &self.delivery.dns).await {
-                Route::Fail(reply) => results.extend(
-                    indexes
-                        .iter()
-                        .map(|&i| (i, Attempted { outcome: RcptOutcome::Failed(reply.clone()), remote: None, remote_dsn: false })),
-                ),
-                Route::Defer(reply) => results.extend(
-                    indexes
-                        .iter()
-                        .map(|&i| (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None, remote_dsn: false })),
-                ),
+                Route::Fail(reply) => results.extend(indexes.iter().map(|&i| {
+                    (i, Attempted { outcome: RcptOutcome::Failed(reply.clone()), remote: None, remote_dsn: false, remote_said: false })
+                })),
+                Route::Defer(reply) => results.extend(indexes.iter().map(|&i| {
+                    (i, Attempted { outcome: RcptOutcome::Deferred(reply.clone()), remote: None, remote_dsn: false, remote_said: false })
+                })),
                 Route::Targets(_) if env.params.requiretls && route::next_hop(&domain.to_ascii_lowercase(), &self.config).is_none() => {
                     // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
                     // MX records; neither exists here), so only a configured route qualifies.
@@ -184,7 +180,7 @@ impl Runner {
                             "REQUIRETLS support required: no authenticated route to {domain} (only configured routes and smarthosts qualify)"
                         ),
                     );
-                    let failed = Attempted { outcome: RcptOutcome::Failed(reply), remote: None, remote_dsn: false };
+                    let failed = Attempted { outcome: RcptOutcome::Failed(reply), remote: None, remote_dsn: false, remote_said: false };
                     results.extend(indexes.iter().map(|&i| (i, failed.clone())));
                 }
                 Route::Targets(targets) => {

@@ -241,6 +241,8 @@ pub struct Client {
     answered: bool,
     /// Outcomes of a transaction that ended without a clean 250, until RSET is answered.
     held: Option<Vec<RcptOutcome>>,
+    /// The last transaction was refused here, before anything was sent.
+    refused_locally: bool,
 }
 
 impl Client {
@@ -259,6 +261,7 @@ impl Client {
             premature: false,
             answered: false,
             held: None,
+            refused_locally: false,
         }
     }
 
@@ -312,6 +315,11 @@ impl Client {
     /// while the RSET after it was still unanswered: nothing showed the replies out of step.
     pub fn take_held(&mut self) -> Option<Vec<RcptOutcome>> {
         self.held.take()
+    }
+
+    /// The last transaction's outcomes came from [`Client::send`]'s own checks, not the server.
+    pub fn refused_locally(&self) -> bool {
+        self.refused_locally
     }
 
     /// Processes received replies; returns the next event, or `None` when more input is needed.
@@ -472,7 +480,9 @@ impl Client {
     /// 8-bit, SMTPUTF8) is answered at once with `Done` and nothing is sent.
     pub fn send(&mut self, msg: Message, out: &mut Vec<u8>) {
         assert!(self.is_ready(), "send() needs a ready client");
+        self.refused_locally = false;
         if let Some(reply) = self.refusal(&msg) {
+            self.refused_locally = true;
             let outcomes = msg.recipients.iter().map(|_| RcptOutcome::Failed(reply.clone())).collect();
             self.events.push_back(Event::Done(outcomes));
             self.events.push_back(Event::Ready);

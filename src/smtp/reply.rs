@@ -197,6 +197,24 @@ impl Reply {
         Reply { code, enhanced, lines }
     }
 
+    /// The reply as one line of printable ASCII, at most `max_lines` of its lines and about
+    /// `max_octets` long: for the spool, logs and bounces, where a server's 57 KB refusal or
+    /// its control bytes have no place.
+    pub fn summary(&self, max_lines: usize, max_octets: usize) -> String {
+        let mut text = match self.enhanced {
+            Some(e) => format!("{} {e} ", self.code),
+            None => format!("{} ", self.code),
+        };
+        let lines = self.lines.iter().take(max_lines.max(1));
+        text.push_str(&lines.cloned().collect::<Vec<_>>().join(" / "));
+        let mut clean: String = text.chars().map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' }).collect();
+        if self.lines.len() > max_lines || clean.len() > max_octets {
+            clean.truncate(max_octets.saturating_sub(4));
+            clean.push_str(" ...");
+        }
+        clean
+    }
+
     pub fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)
     }
@@ -356,6 +374,16 @@ mod tests {
         assert_eq!(p.next_reply().unwrap().unwrap().lines, [""]);
         let r = p.next_reply().unwrap().unwrap();
         assert_eq!((r.enhanced, r.lines[0].as_str()), (None, "5.1.1 odd"));
+    }
+
+    #[test]
+    fn a_summary_is_short_printable_and_says_it_was_cut() {
+        let r = Reply::parsed(550, vec!["5.1.1 first".into(), "second\u{7}é".into(), "third".into()]);
+        assert_eq!(r.summary(5, 1000), "550 5.1.1 first / second?? / third");
+        assert_eq!(r.summary(2, 1000), "550 5.1.1 first / second?? ...");
+        let long = Reply::parsed(550, vec!["x".repeat(5000)]);
+        assert_eq!(long.summary(5, 100).len(), 100);
+        assert!(long.summary(5, 100).ends_with(" ..."));
     }
 
     #[test]

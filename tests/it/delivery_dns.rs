@@ -46,3 +46,16 @@ fn servfail_defers_and_never_falls_back_to_a_records() {
     assert!(reply.starts_with("451 4.4.3"), "{reply}");
     assert_eq!(dest.connections(), 0, "no connection after SERVFAIL");
 }
+
+/// A CNAME loop says nothing about the domain: deferred as a DNS failure (4.4.3), not bounced
+/// as a domain that does not exist.
+#[test]
+fn a_cname_loop_defers_instead_of_bouncing() {
+    let dest = Dest::start(Behavior::default());
+    let dns = TestDns::start(Zone::default().cname("loop.test", "loop2.test").cname("loop2.test", "loop.test"));
+    let relay = delivering_relay(&dns, dest.addr.port(), "");
+    let mut c = relay.client();
+    assert_eq!(c.send_mail("a@sender.test", &["b@loop.test"], "x\r\n").code, 250);
+    let reply = crate::delivery_mx::first_attempt(&relay).last_reply.unwrap_or_default();
+    assert!(reply.starts_with("451 4.4.3") && reply.contains("CNAME loop"), "{reply}");
+}

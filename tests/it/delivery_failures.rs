@@ -40,5 +40,8 @@ fn deferred_past_max_age_bounces_as_expired() {
     let bounce = &got[0];
     assert_eq!((bounce.from.as_str(), bounce.rcpts.clone()), ("", vec!["a@sender.test".to_string()]));
     assert!(bounce.body.contains("Status: 5.4.7"), "{}", bounce.body);
-    assert!(bounce.body.contains("last: 451 4.2.1 mailbox busy"), "{}", bounce.body);
+    // The remote's last reply is the diagnostic; the expiry is ours.
+    assert!(bounce.body.contains("Diagnostic-Code: smtp; 451 4.2.1 mailbox busy\r\n"), "{}", bounce.body);
+    assert!(bounce.body.contains("Remote-MTA: dns; mx.dest.test\r\n"), "{}", bounce.body);
+    assert!(bounce.body.contains("<b@dest.test>: 554 5.4.7 Delivery time expired after"), "{}", bounce.body);
 }

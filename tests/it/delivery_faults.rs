@@ -224,3 +224,20 @@ fn sigterm_drains_what_is_under_way_and_starts_nothing_new() {
         assert_eq!(peer.copies(&format!("body n{i}.")), 1, "message {i}");
     }
 }
+
+/// A 20-line, 57 KB refusal: the bounce names the MX host and carries a short diagnostic.
+#[test]
+fn a_huge_refusal_bounces_with_a_capped_diagnostic_naming_the_host() {
+    let zone =
+        Zone::default().mx("dest.test", &[(10, "mx.dest.test")]).mx("sender.test", &[(10, "mx.dest.test")]).a("mx.dest.test", "127.0.0.1");
+    let dns = TestDns::start(zone);
+    let peer = Faulty::start(true, Fault::None);
+    let relay = relay(&dns, &peer, "");
+    send(&relay, &["hugereply@dest.test"], "refused");
+    peer.wait_for("Final-Recipient: rfc822; hugereply@dest.test", 1, Duration::from_secs(10));
+    let bounce = peer.arrivals().into_iter().find(|a| a.body.contains("Final-Recipient")).unwrap().body;
+    assert!(bounce.contains("Status: 5.1.1\r\nRemote-MTA: dns; mx.dest.test\r\n"), "{bounce}");
+    let diag = bounce.split("Diagnostic-Code: ").nth(1).unwrap().split("\r\nLast-Attempt-Date").next().unwrap().replace("\r\n ", " ");
+    assert!(diag.starts_with("smtp; 550 5.1.1 line 0 ") && diag.len() < 1000, "{} octets: {diag}", diag.len());
+    assert!(bounce.len() < 10_000, "the whole bounce is {} octets", bounce.len());
+}

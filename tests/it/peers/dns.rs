@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, MX};
+use hickory_server::proto::rr::rdata::{A, CNAME, MX};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -17,6 +17,8 @@ pub struct Zone {
     pub mx: HashMap<String, Vec<(u16, String)>>,
     pub a: HashMap<String, Vec<Ipv4Addr>>,
     pub servfail: HashSet<String>,
+    /// name -> target: every query for the name is answered with this CNAME alone.
+    pub cname: HashMap<String, String>,
 }
 
 impl Zone {
@@ -26,6 +28,10 @@ impl Zone {
     }
     pub fn a(mut self, host: &str, ip: &str) -> Self {
         self.a.entry(host.into()).or_default().push(ip.parse().unwrap());
+        self
+    }
+    pub fn cname(mut self, name: &str, target: &str) -> Self {
+        self.cname.insert(name.into(), target.into());
         self
     }
     pub fn servfail(mut self, domain: &str) -> Self {
@@ -56,9 +62,13 @@ impl RequestHandler for Handler {
             let msg = builder.error_msg(&request.metadata, ResponseCode::ServFail);
             return response.send_response(msg).await.expect("send");
         }
-        let exists = zone.mx.contains_key(&qname) || zone.a.contains_key(&qname);
+        let exists = zone.mx.contains_key(&qname) || zone.a.contains_key(&qname) || zone.cname.contains_key(&qname);
         let mut records = Vec::new();
+        if let Some(target) = zone.cname.get(&qname) {
+            records.push(Record::from_rdata(name(&qname), 60, RData::CNAME(CNAME(name(target)))));
+        }
         match qtype {
+            _ if zone.cname.contains_key(&qname) => {}
             RecordType::MX => {
                 for (pref, host) in zone.mx.get(&qname).into_iter().flatten() {
                     records.push(Record::from_rdata(name(&qname), 60, RData::MX(MX::new(*pref, name(host)))));
