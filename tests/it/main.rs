@@ -8,6 +8,7 @@ mod auth;
 mod check_config;
 mod client_certificates;
 mod crash_recovery;
+mod crash_soak;
 mod delivery_bounce;
 mod delivery_dns;
 mod delivery_failures;
