@@ -34,7 +34,7 @@ fn send_one(addr: SocketAddr, n: usize) -> bool {
         stream.set_read_timeout(Some(Duration::from_secs(15)))?;
         let mut out = stream.try_clone()?;
         let mut input = BufReader::new(stream);
-        let mut reply = |input: &mut BufReader<TcpStream>| -> std::io::Result<u16> {
+        let reply = |input: &mut BufReader<TcpStream>| -> std::io::Result<u16> {
             loop {
                 let mut line = String::new();
                 if input.read_line(&mut line)? == 0 {
