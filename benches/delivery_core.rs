@@ -36,7 +36,7 @@ struct Pair {
 }
 
 impl Pair {
-    fn connect(cfg: &Arc<SessionConfig>) -> Pair {
+    fn connect(cfg: &Arc<SessionConfig>, chunking: bool) -> Pair {
         let info =
             ClientInfo { ip: "127.0.0.1".parse().unwrap(), relay_allowed: true, plaintext_auth: false, tls: None, tls_required: false };
         let client = Client::new(ClientConfig {
@@ -44,6 +44,7 @@ impl Pair {
             our_hostname: "relay.test".into(),
             tls: TlsPolicy::Opportunistic,
             auth: None,
+            chunking,
         });
         let mut pair = Pair { client, server: Session::new(cfg.clone(), info), to_server: Vec::new(), to_client: Vec::new() };
         pair.server.greeting(&mut pair.to_client);
@@ -59,6 +60,8 @@ impl Pair {
             if let Some(event) = self.client.poll(&mut self.to_server) {
                 return event;
             }
+            // What the client wrote is on its way: it may now take the replies to it.
+            self.client.written();
             self.server.feed(&self.to_server);
             self.to_server.clear();
             while let ServerEvent::Message(tx) = self.server.poll(&mut self.to_client) {
@@ -86,10 +89,13 @@ fn client_transactions(c: &mut Criterion) {
     let line = "A line of a message body, padded out to sixty-four characters.\r\n";
     let mut g = c.benchmark_group("client_transaction");
     g.throughput(Throughput::Elements(1));
-    for (name, recipients, size) in [("1k_1rcpt", 1, 1024), ("1k_10rcpt", 10, 1024), ("50k_1rcpt", 1, 50 * 1024)] {
+    let cases = [("1k_1rcpt", 1, 1024), ("1k_10rcpt", 10, 1024), ("50k_1rcpt", 1, 50 * 1024)];
+    // DATA, and BDAT (CHUNKING) to the same server: the in-memory CPU cost of each.
+    for ((name, recipients, size), chunking) in cases.iter().flat_map(|c| [(*c, false), (*c, true)]) {
+        let name = if chunking { format!("{name}_bdat") } else { name.to_string() };
         let body = Arc::new(format!("Subject: bench\r\n\r\n{}", line.repeat(size / line.len())).into_bytes());
         let msg = message(recipients, &body);
-        let mut pair = Pair::connect(&cfg);
+        let mut pair = Pair::connect(&cfg, chunking);
         g.bench_function(name, |b| {
             b.iter_batched(
                 || msg.clone(),

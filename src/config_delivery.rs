@@ -74,6 +74,10 @@ pub struct DeliveryConfig {
     /// Accept recipients at address literals (`user@[192.0.2.1]`); refused at RCPT otherwise.
     #[serde(default)]
     pub address_literals: bool,
+    /// Send bodies with BDAT (RFC 3030 CHUNKING) to next hops that offer it with PIPELINING:
+    /// envelope and body in one round trip, no dot-stuffing.
+    #[serde(default = "default_true")]
+    pub chunking: bool,
     #[serde(default)]
     pub tls: OutboundTls,
     /// Per recipient domain, a TLS policy other than `tls`.
@@ -182,6 +186,7 @@ impl Default for DeliveryConfig {
             smarthost_auth: None,
             routes: Default::default(),
             address_literals: false,
+            chunking: true,
             tls: OutboundTls::Opportunistic,
             tls_policies: Default::default(),
             tls_trust: Vec::new(),
@@ -203,6 +208,9 @@ impl Default for DeliveryConfig {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_delivery_port() -> u16 {
     25
 }

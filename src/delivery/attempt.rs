@@ -68,6 +68,7 @@ impl Delivery {
             ehlo_name: config.ehlo_name().to_string(),
             our_hostname: config.hostname.0.clone(),
             source_address: d.source_address,
+            chunking: d.chunking,
             timeouts: d.timeouts.clone(),
             tls: super::tls::opportunistic_tls(),
             verified_tls: super::tls::verified_tls(&d.tls_trust)?,

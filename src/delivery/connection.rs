@@ -61,6 +61,8 @@ pub struct Settings {
     pub verified_tls: Arc<rustls::ClientConfig>,
     /// Smarthost credentials (user, password).
     pub login: Option<(String, crate::smtp::sasl::Secret)>,
+    /// `delivery.chunking`.
+    pub chunking: bool,
 }
 
 /// The bytes under the SMTP dialogue: plain, or TLS after STARTTLS.
@@ -165,7 +167,13 @@ impl<T: Transport> Connection<T> {
             .map_err(|_| ConnError::Connect(format!("{} timed out", target.addr)))?
             .map_err(|e| ConnError::Connect(format!("{}: {e}", target.addr)))?;
         let auth = if login { settings.login.clone() } else { None };
-        let cfg = ClientConfig { ehlo_name: settings.ehlo_name.clone(), our_hostname: settings.our_hostname.clone(), tls: policy, auth };
+        let cfg = ClientConfig {
+            ehlo_name: settings.ehlo_name.clone(),
+            our_hostname: settings.our_hostname.clone(),
+            tls: policy,
+            auth,
+            chunking: settings.chunking,
+        };
         let mut conn = Connection {
             link: Link::Plain(transport),
             client: Client::new(cfg),

@@ -22,7 +22,7 @@ use super::reply::{Enhanced, Reply, ReplyError, ReplyParser};
 use super::sasl::{self, Secret};
 
 mod wire;
-pub use wire::dot_stuff;
+pub use wire::{dot_stuff, last_chunk};
 use wire::{mail_command, rcpt_command};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +43,9 @@ pub struct ClientConfig {
     pub tls: TlsPolicy,
     /// Log in after EHLO (smarthosts). Sent only over TLS, never in plain text.
     pub auth: Option<(String, Secret)>,
+    /// Send the body with BDAT (RFC 3030) to servers that offer CHUNKING and PIPELINING:
+    /// envelope and body in one write, one round trip, no dot-stuffing.
+    pub chunking: bool,
 }
 
 /// What the server's EHLO reply offers.
@@ -188,6 +191,8 @@ enum Expect {
     Rcpt(usize),
     Data,
     Dot,
+    /// `BDAT <size> LAST` with the whole body.
+    Bdat,
     Rset,
     Quit,
 }
@@ -205,6 +210,7 @@ impl Expect {
             Expect::Rcpt(_) => "RCPT",
             Expect::Data => "DATA",
             Expect::Dot => "the final dot",
+            Expect::Bdat => "BDAT LAST",
             Expect::Rset => "RSET",
             Expect::Quit => "QUIT",
         }
@@ -233,10 +239,14 @@ pub struct Client {
     events: VecDeque<Event>,
     ready: bool,
     dead: bool,
-    /// The body and its final dot are in the output, not yet reported written.
-    dot_unwritten: bool,
-    /// Bytes arrived while `dot_unwritten`: whatever they say cannot answer the dot.
-    premature: bool,
+    /// The body's last octets (final dot, or BDAT LAST chunk) are in the output, not yet
+    /// reported written.
+    final_unwritten: bool,
+    /// How many octets had arrived when the body's last octets were written: a final reply
+    /// that starts before that came while the body was still going out, and cannot answer it.
+    written_at: Option<u64>,
+    /// Where the reply being handled starts, in octets received.
+    reply_start: u64,
     /// The server answered (other than with 421) a command of the transaction in flight.
     answered: bool,
     /// Outcomes of a transaction that ended without a clean 250, until RSET is answered.
@@ -257,8 +267,9 @@ impl Client {
             events: VecDeque::new(),
             ready: false,
             dead: false,
-            dot_unwritten: false,
-            premature: false,
+            final_unwritten: false,
+            written_at: None,
+            reply_start: 0,
             answered: false,
             held: None,
             refused_locally: false,
@@ -282,21 +293,20 @@ impl Client {
             None => Waiting::Idle,
             Some(Expect::Greeting) => Waiting::Greeting,
             Some(Expect::Data) => Waiting::DataInit,
-            Some(Expect::Dot) => Waiting::FinalDot,
+            Some(Expect::Dot | Expect::Bdat) => Waiting::FinalDot,
             Some(_) => Waiting::Command,
         }
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.dot_unwritten && !bytes.is_empty() {
-            self.premature = true;
-        }
         self.parser.feed(bytes);
     }
 
     /// The driver wrote all output produced so far.
     pub fn written(&mut self) {
-        self.dot_unwritten = false;
+        if std::mem::take(&mut self.final_unwritten) {
+            self.written_at = Some(self.parser.fed());
+        }
     }
 
     /// Received bytes that are not part of a reply handled yet: on an idle connection, the
@@ -331,6 +341,7 @@ impl Client {
             if self.dead {
                 return None;
             }
+            self.reply_start = self.parser.consumed();
             let reply = match self.parser.next_reply() {
                 Ok(Some(r)) => r,
                 Ok(None) => return None,
@@ -423,7 +434,7 @@ impl Client {
             }
             Expect::Auth(_) if reply.code == 235 => self.set_ready(),
             Expect::Auth(_) => self.push_fail(Failure::Auth(reply)),
-            Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::Dot => self.transaction_reply(expect, reply, out),
+            Expect::Mail | Expect::Rcpt(_) | Expect::Data | Expect::Dot | Expect::Bdat => self.transaction_reply(expect, reply, out),
             Expect::Rset if reply.code == 250 => {
                 if let Some(outcomes) = self.held.take() {
                     self.events.push_back(Event::Done(outcomes));
@@ -490,10 +501,11 @@ impl Client {
         }
         self.ready = false;
         self.answered = false;
-        self.premature = false;
+        self.written_at = None;
         let mut commands: VecDeque<Expect> = (0..msg.recipients.len()).map(Expect::Rcpt).collect();
         commands.push_front(Expect::Mail);
-        commands.push_back(Expect::Data);
+        let chunked = self.cfg.chunking && self.caps.chunking && self.caps.pipelining;
+        commands.push_back(if chunked { Expect::Bdat } else { Expect::Data });
         let n = msg.recipients.len();
         self.tx = Some(Transaction { msg, outcomes: vec![None; n], accepted: 0, aborted: None, unsent: commands, dot_only: false });
         if self.caps.pipelining {
@@ -533,6 +545,13 @@ impl Client {
         let line = match next {
             Expect::Mail => mail_command(&tx.msg, &self.caps),
             Expect::Rcpt(i) => rcpt_command(&tx.msg.recipients[i], &self.caps),
+            Expect::Bdat => {
+                // The chunk goes whatever the RCPT replies: the server reads and drops it.
+                last_chunk(&tx.msg.body, out);
+                self.final_unwritten = true;
+                self.expect.push_back(Expect::Bdat);
+                return true;
+            }
             _ => "DATA".to_string(),
         };
         self.command(out, &line, next);
@@ -548,15 +567,16 @@ impl Client {
         // A positive reply where only a refusal or one particular code may stand is out of
         // step: believing it could mark undelivered mail delivered.
         let positive = reply.code < 400;
+        let premature = self.final_unwritten || self.written_at.is_some_and(|at| self.reply_start < at);
         let in_step = match expect {
             Expect::Mail => !positive || reply.code == 250,
             Expect::Rcpt(_) => !positive || matches!(reply.code, 250 | 251),
             Expect::Data => !positive || reply.code == 354,
-            Expect::Dot => !self.premature && ((200..300).contains(&reply.code) || !positive),
+            Expect::Dot | Expect::Bdat => !premature && ((200..300).contains(&reply.code) || !positive),
             _ => unreachable!("not a transaction reply"),
         };
         if !in_step {
-            if expect == Expect::Dot && self.premature {
+            if matches!(expect, Expect::Dot | Expect::Bdat) && premature {
                 return self.push_fail(Failure::Protocol(format!("a reply ({reply}) arrived before the end of the message was sent")));
             }
             return self.out_of_step(expect, &reply);
@@ -599,7 +619,7 @@ impl Client {
                         tx.dot_only = true;
                     }
                     out.extend_from_slice(b".\r\n");
-                    self.dot_unwritten = true;
+                    self.final_unwritten = true;
                     self.expect.push_back(Expect::Dot);
                     return;
                 }
@@ -614,6 +634,13 @@ impl Client {
                 }
                 let clean = reply.code == 250 && !tx.dot_only && tx.aborted.is_none();
                 return self.finish_with(out, clean);
+            }
+            Expect::Bdat => {
+                let delivered = tx.accepted > 0 && tx.aborted.is_none();
+                if delivered {
+                    set_accepted(tx, &reply);
+                }
+                return self.finish_with(out, reply.code == 250 && delivered);
             }
             _ => unreachable!("not a transaction reply"),
         }

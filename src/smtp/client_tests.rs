@@ -5,7 +5,7 @@ use super::*;
 use crate::smtp::address::Ret;
 
 fn cfg(tls: TlsPolicy) -> ClientConfig {
-    ClientConfig { ehlo_name: "relay.test".into(), our_hostname: "relay.test".into(), tls, auth: None }
+    ClientConfig { ehlo_name: "relay.test".into(), our_hostname: "relay.test".into(), tls, auth: None, chunking: true }
 }
 
 fn mb(s: &str) -> Mailbox {
@@ -608,4 +608,58 @@ fn a_421_to_the_first_command_is_not_an_answer() {
     s.send(message(&["b@y.test"], "x\r\n"));
     s.server("250 ok\r\n");
     assert!(s.client.answered());
+}
+
+const CHUNKING: &str = "250-mx.dest.test\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 8BITMIME\r\n";
+
+#[test]
+fn bdat_sends_envelope_and_body_in_one_write_without_dot_stuffing() {
+    let mut s = Script::ready(TlsPolicy::Never, CHUNKING);
+    let sent = s.send(message(&["b@y.test", "c@y.test"], ".dot line\r\nend"));
+    assert_eq!(sent, "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nBDAT 16 LAST\r\n.dot line\r\nend\r\n");
+    assert_eq!(s.server("250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.0.0 queued\r\n"), "");
+    let o = s.done();
+    assert!(matches!(&o[0], RcptOutcome::Delivered(r) if r.code == 250));
+    assert!(matches!(&o[1], RcptOutcome::Failed(r) if r.code == 550));
+    assert_eq!(s.events.last(), Some(&Event::Ready));
+}
+
+#[test]
+fn bdat_refused_after_every_rcpt_failed_delivers_nothing() {
+    let mut s = Script::ready(TlsPolicy::Never, CHUNKING);
+    s.send(message(&["b@y.test"], "x\r\n"));
+    assert_eq!(s.server("250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n"), "RSET\r\n");
+    s.server("250 reset\r\n");
+    assert!(matches!(&s.done()[0], RcptOutcome::Failed(r) if r.code == 550));
+}
+
+/// With BDAT the envelope's replies may come while the chunk is still being written; the
+/// chunk's own reply may not.
+#[test]
+fn a_bdat_reply_that_arrives_before_the_chunk_was_written_is_out_of_step() {
+    for (during_write, after, ok) in [
+        ("250 ok\r\n250 ok\r\n", "250 queued\r\n", true),
+        ("250 ok\r\n250 ok\r\n250 too early\r\n", "", false),
+        ("250 ok\r\n250 ok\r\n25", "0 queued\r\n", false),
+    ] {
+        let mut s = Script::ready(TlsPolicy::Never, CHUNKING);
+        s.written.clear();
+        s.client.send(message(&["b@y.test"], "x\r\n"), &mut s.written);
+        s.client.feed(during_write.as_bytes());
+        s.client.written();
+        s.server(after);
+        assert_eq!(delivered_anything(&s), ok, "{during_write:?}: {:?}", s.events);
+        assert_eq!(failure(&s).is_some(), !ok, "{during_write:?}: {:?}", s.events);
+    }
+}
+
+#[test]
+fn bdat_only_with_pipelining_and_when_configured() {
+    let mut s = Script::ready(TlsPolicy::Never, "250-mx\r\n250-CHUNKING\r\n250 8BITMIME\r\n");
+    assert_eq!(s.send(message(&["b@y.test"], "x\r\n")), "MAIL FROM:<a@x.test>\r\n");
+    let mut c =
+        Script { client: Client::new(ClientConfig { chunking: false, ..cfg(TlsPolicy::Never) }), written: Vec::new(), events: Vec::new() };
+    c.server("220 mx ESMTP\r\n");
+    c.server(CHUNKING);
+    assert!(c.send(message(&["b@y.test"], "x\r\n")).ends_with("DATA\r\n"));
 }

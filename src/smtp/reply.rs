@@ -118,6 +118,8 @@ const MAX_REPLY: usize = 64 * 1024;
 /// buffered for the next one, so pipelined replies that arrive together are all kept.
 #[derive(Debug, Default)]
 pub struct ReplyParser {
+    /// Octets fed over the connection's life.
+    fed: u64,
     buf: Vec<u8>,
     pos: usize,
     lines: Vec<String>,
@@ -127,6 +129,7 @@ pub struct ReplyParser {
 
 impl ReplyParser {
     pub fn feed(&mut self, bytes: &[u8]) {
+        self.fed += bytes.len() as u64;
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -137,6 +140,16 @@ impl ReplyParser {
     /// Bytes received but not yet part of a complete reply.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.pos
+    }
+
+    /// Octets fed so far.
+    pub fn fed(&self) -> u64 {
+        self.fed
+    }
+
+    /// Where the replies taken so far end, counted in octets fed.
+    pub fn consumed(&self) -> u64 {
+        self.fed - self.pending() as u64
     }
 
     /// The next complete reply, if one has fully arrived.

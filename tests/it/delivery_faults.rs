@@ -241,3 +241,23 @@ fn a_huge_refusal_bounces_with_a_capped_diagnostic_naming_the_host() {
     assert!(diag.starts_with("smtp; 550 5.1.1 line 0 ") && diag.len() < 1000, "{} octets: {diag}", diag.len());
     assert!(bounce.len() < 10_000, "the whole bounce is {} octets", bounce.len());
 }
+
+/// To a next hop offering CHUNKING, the body goes in one BDAT chunk, unchanged (no dots
+/// doubled); with `chunking: false` it goes with DATA.
+#[test]
+fn bodies_go_with_bdat_where_chunking_is_offered_and_unchanged() {
+    let dns = TestDns::start(zone());
+    for chunking in [true, false] {
+        let peer = Faulty::start_chunking();
+        let relay = relay(&dns, &peer, &format!("  chunking: {chunking}\n"));
+        let mut c = relay.client();
+        // Dot-stuffed for the test client's DATA: stored as ".a dot line" and "..two dots".
+        let body = "Subject: chunks\r\n\r\n..a dot line\r\n...two dots\r\nlast line\r\n";
+        assert_eq!(c.send_mail("a@sender.test", &["b@dest.test"], body).code, 250);
+        peer.wait_for("last line", 1, Duration::from_secs(10));
+        wait_until_empty(&relay, Duration::from_secs(10));
+        let got = peer.arrivals()[0].body.clone();
+        assert!(got.ends_with("\r\n\r\n.a dot line\r\n..two dots\r\nlast line\r\n"), "{got:?}");
+        assert_eq!(peer.state.lock().unwrap().chunked, usize::from(chunking));
+    }
+}

@@ -74,6 +74,19 @@ pub(super) const MAX_LINE: usize = 998;
 /// (accepted when `limits.max_line_length` is raised) are broken by inserting CRLF SP, as
 /// Postfix does: a header line becomes a folded one, and MIME structure survives.
 pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
+    write_body(body, true, out);
+}
+
+/// Appends `BDAT <size> LAST` and the body as one chunk (RFC 3030): no dots doubled, lines
+/// over 998 octets broken as for DATA, ending with CRLF.
+pub fn last_chunk(body: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    write_body(body, false, out);
+    let line = format!("BDAT {} LAST\r\n", out.len() - start);
+    out.splice(start..start, line.into_bytes());
+}
+
+fn write_body(body: &[u8], double_dots: bool, out: &mut Vec<u8>) {
     out.reserve(body.len() + 2);
     // Most lines need no change: they are copied in runs, with only line ends searched for
     // (memchr), instead of line by line.
@@ -82,7 +95,7 @@ pub fn dot_stuff(body: &[u8], out: &mut Vec<u8>) {
         let line_end = memchr::memchr(b'\n', &body[line_start..]).map_or(body.len(), |i| line_start + i + 1);
         let line = &body[line_start..line_end];
         let content = line.strip_suffix(b"\r\n").unwrap_or(line);
-        let doubled = line[0] == b'.';
+        let doubled = double_dots && line[0] == b'.';
         let limit = MAX_LINE - usize::from(doubled);
         if doubled || content.len() > limit {
             out.extend_from_slice(&body[run_start..line_start]);

@@ -38,6 +38,8 @@ pub struct FaultState {
     /// Every body read to its final dot, answered or not.
     pub arrivals: Vec<Arrival>,
     pub connections: usize,
+    /// Bodies that came in BDAT chunks.
+    pub chunked: usize,
     /// Open sessions, so `restart` can cut them.
     open: Vec<TcpStream>,
 }
@@ -50,6 +52,15 @@ pub struct Faulty {
 impl Faulty {
     /// Listens on 127.0.0.1 at a free port; `pipelining` decides whether EHLO offers it.
     pub fn start(pipelining: bool, fault: Fault) -> Faulty {
+        Self::start_offering(pipelining, false, fault)
+    }
+
+    /// Offers PIPELINING and CHUNKING (RFC 3030): bodies may come with BDAT.
+    pub fn start_chunking() -> Faulty {
+        Self::start_offering(true, true, Fault::None)
+    }
+
+    fn start_offering(pipelining: bool, chunking: bool, fault: Fault) -> Faulty {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(FaultState::default()));
@@ -63,7 +74,7 @@ impl Faulty {
                     st.open.push(stream.try_clone().unwrap());
                 }
                 std::thread::spawn(move || {
-                    let _ = session(stream, pipelining, fault, &s);
+                    let _ = session(stream, pipelining, chunking, fault, &s);
                 });
             }
         });
@@ -119,12 +130,13 @@ fn huge_reply() -> String {
     r
 }
 
-fn session(stream: TcpStream, pipelining: bool, fault: Fault, s: &Mutex<FaultState>) -> std::io::Result<()> {
+fn session(stream: TcpStream, pipelining: bool, chunking: bool, fault: Fault, s: &Mutex<FaultState>) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut out = stream.try_clone()?;
     let mut input = BufReader::new(stream);
     out.write_all(b"220 faulty.test ESMTP fault injector\r\n")?;
     let mut rcpts: Vec<String> = Vec::new();
+    let mut chunks: Vec<u8> = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
@@ -137,7 +149,8 @@ fn session(stream: TcpStream, pipelining: bool, fault: Fault, s: &Mutex<FaultSta
         let reply: String = match verb.as_str() {
             "EHLO" => {
                 let pipe = if pipelining { "250-PIPELINING\r\n" } else { "" };
-                format!("250-faulty.test\r\n{pipe}250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
+                let chunk = if chunking { "250-CHUNKING\r\n" } else { "" };
+                format!("250-faulty.test\r\n{pipe}{chunk}250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n")
             }
             "HELO" | "NOOP" => "250 2.0.0 ok\r\n".into(),
             "RSET" => {
@@ -164,6 +177,23 @@ fn session(stream: TcpStream, pipelining: bool, fault: Fault, s: &Mutex<FaultSta
                 };
                 rcpts.push(path_of(&cmd));
                 r
+            }
+            "BDAT" if chunking => {
+                let mut words = cmd.split_ascii_whitespace().skip(1);
+                let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let mut chunk = vec![0; size];
+                std::io::Read::read_exact(&mut input, &mut chunk)?;
+                chunks.extend_from_slice(&chunk);
+                if words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST")) {
+                    let body = String::from_utf8_lossy(&std::mem::take(&mut chunks)).into_owned();
+                    let mut st = s.lock().unwrap();
+                    st.arrivals.push(Arrival { body });
+                    st.chunked += 1;
+                    rcpts.clear();
+                    "250 2.0.0 queued\r\n".into()
+                } else {
+                    format!("250 2.0.0 {size} octets\r\n")
+                }
             }
             "DATA" if first == "data250" => "250 2.0.0 ok\r\n".into(),
             "DATA" if rcpts.iter().any(|r| local_part(r) == "hugereply") => "554 5.5.1 no valid recipients\r\n".into(),
