@@ -5,6 +5,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod intake;
+pub mod message;
 pub mod metrics;
 pub mod notify;
 pub mod queue;

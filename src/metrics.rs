@@ -20,6 +20,7 @@ pub const AUTH_ATTEMPTS: &str = "sluice_intake_auth_total";
 pub const DELIVERY_CONNECTIONS_OPENED: &str = "sluice_delivery_connections_opened_total";
 pub const DELIVERY_CONNECTIONS_REUSED: &str = "sluice_delivery_connections_reused_total";
 pub const DELIVERY_CONNECTIONS_DISCARDED: &str = "sluice_delivery_connections_discarded_total";
+pub const DELIVERY_CONVERTED_7BIT: &str = "sluice_delivery_converted_7bit_total";
 pub const DELIVERY_ATTEMPTS: &str = "sluice_delivery_attempts_total";
 pub const DELIVERED: &str = "sluice_delivery_delivered_total";
 pub const DEFERRED: &str = "sluice_delivery_deferred_total";
@@ -74,6 +75,7 @@ fn describe() {
     describe_counter!(TLS_HANDSHAKE_FAILURES, "Intake TLS handshakes that failed or timed out");
     describe_counter!(DELIVERY_CONNECTIONS_OPENED, "Outbound connections opened");
     describe_counter!(DELIVERY_CONNECTIONS_REUSED, "Outbound transactions sent over a pooled connection");
+    describe_counter!(DELIVERY_CONVERTED_7BIT, "8-bit messages converted to quoted-printable for a next hop without 8BITMIME");
     describe_counter!(
         DELIVERY_CONNECTIONS_DISCARDED,
         "Pooled outbound connections found unusable (reason: closed by the peer, unread data, died in use before an answer)"

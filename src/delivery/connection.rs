@@ -195,6 +195,10 @@ impl<T: Transport> Connection<T> {
     /// Sends one transaction; the outcomes once the server has answered it. The connection is
     /// left ready for reuse when possible (after a clean 250, or after RSET).
     pub async fn transact(&mut self, msg: Message, settings: &Settings) -> Result<Vec<RcptOutcome>, ConnError> {
+        let msg = match self.seven_bit(msg) {
+            Ok(msg) => msg,
+            Err(refusal) => return Ok(refusal),
+        };
         self.client.send(msg, &mut self.out);
         let outcomes = match self.drive(settings, |e| matches!(e, Event::Done(_))).await {
             Ok(Event::Done(o)) => o,
@@ -210,6 +214,33 @@ impl<T: Transport> Connection<T> {
         }
         self.idle_since = Instant::now();
         Ok(outcomes)
+    }
+
+    /// An 8-bit message for a server without 8BITMIME, converted to 7 bits (see
+    /// `message::downgrade`); when it cannot be, a 5.6.3 refusal for every recipient. A message
+    /// declared 8BITMIME whose body is plain ASCII just goes without the declaration.
+    fn seven_bit(&mut self, mut msg: Message) -> Result<Message, Vec<RcptOutcome>> {
+        if self.client.capabilities().eightbitmime {
+            return Ok(msg);
+        }
+        if msg.body.is_ascii() {
+            msg.params.body = None;
+            return Ok(msg);
+        }
+        match crate::message::downgrade::to_seven_bit(&msg.body) {
+            Ok(converted) => {
+                metrics::counter!(crate::metrics::DELIVERY_CONVERTED_7BIT).increment(1);
+                msg.body = Arc::new(converted);
+                msg.params.body = None;
+                Ok(msg)
+            }
+            Err(why) => {
+                let text = format!("8-bit message, the destination lacks 8BITMIME, and it cannot be converted: {why}");
+                let reply = crate::smtp::reply::Reply::new(554, crate::smtp::reply::Enhanced(5, 6, 3), text);
+                self.client.note_local_refusal();
+                Err(msg.recipients.iter().map(|_| RcptOutcome::Failed(reply.clone())).collect())
+            }
+        }
     }
 
     /// Whether this connection can wait in the pool or serve a transaction: ready, nothing

@@ -124,7 +124,12 @@ pub fn report(b: &Report<'_>, env: &Envelope, notices: &[Notice], original: &[u8
     // The whole original only with a failure, and then as RET asks; otherwise the headers.
     // A REQUIRETLS message's content goes back only as headers: the report itself travels
     // without REQUIRETLS (RFC 8689 5).
+    // An original that no 7-bit next hop could take (see `message::downgrade`) would make the
+    // report itself undeliverable there: then it goes back as headers, with any 8-bit octet
+    // in them made '?' (the report must reach the sender; the headers say which message).
+    let unconvertible = !original.is_ascii() && crate::message::downgrade::to_seven_bit(original).is_err();
     let headers_only = env.params.requiretls
+        || unconvertible
         || match (any(Action::Failed), env.params.ret) {
             (false, _) | (true, Some(Ret::Hdrs)) => true,
             (true, Some(Ret::Full)) => false,
@@ -134,7 +139,11 @@ pub fn report(b: &Report<'_>, env: &Envelope, notices: &[Notice], original: &[u8
     if headers_only {
         let end = find_header_end(original);
         out.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n").as_bytes());
+        let start = out.len();
         out.extend_from_slice(&original[..end]);
+        if unconvertible {
+            out[start..].iter_mut().filter(|b| !b.is_ascii()).for_each(|b| *b = b'?');
+        }
     } else {
         out.extend_from_slice(format!("\r\n--{boundary}\r\nContent-Type: message/rfc822\r\n\r\n").as_bytes());
         out.extend_from_slice(original);
@@ -288,6 +297,15 @@ mod tests {
             t.contains("<full@y.test>: 554 5.4.7 Delivery time expired after 3 attempts\r\n    192.0.2.7 said: 451 4.2.1 mailbox busy\r\n"),
             "{t}"
         );
+    }
+
+    /// The report must be deliverable to a 7-bit next hop even when the original is not.
+    #[test]
+    fn an_unconvertible_original_goes_back_as_ascii_headers() {
+        let t = text(Some(Ret::Full), "Subject: Grüße\r\n\r\nbody é\r\n".as_bytes());
+        assert!(t.is_ascii(), "{t}");
+        assert!(t.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: Gr????e\r\n\r\n"), "{t}");
+        assert!(!t.contains("body"), "{t}");
     }
 
     #[test]

@@ -332,6 +332,11 @@ impl Client {
         self.refused_locally
     }
 
+    /// The driver refused a transaction itself, without calling [`Client::send`].
+    pub fn note_local_refusal(&mut self) {
+        self.refused_locally = true;
+    }
+
     /// Processes received replies; returns the next event, or `None` when more input is needed.
     pub fn poll(&mut self, out: &mut Vec<u8>) -> Option<Event> {
         loop {

@@ -9,6 +9,7 @@ mod check_config;
 mod client_certificates;
 mod crash_recovery;
 mod crash_soak;
+mod delivery_8bit;
 mod delivery_bounce;
 mod delivery_dns;
 mod delivery_failures;
