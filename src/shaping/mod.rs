@@ -8,7 +8,6 @@
 //! count per next-hop address (`delivery.max_connections_per_destination`); a rule's cap
 //! counts every connection to any of its hosts.
 
-pub mod config;
 pub mod health;
 pub mod queue;
 pub mod rate;
@@ -24,7 +23,7 @@ use tokio::time::Instant;
 use self::health::{Backoff, Health, Signal};
 use self::queue::RateQueue;
 use self::rate::Gcra;
-use crate::config::Config;
+use crate::config::{Config, DestinationRule};
 use crate::delivery::route::Target;
 use crate::metrics as m;
 
@@ -103,8 +102,8 @@ impl Bucket {
 }
 
 pub struct Shaper {
-    rules: Vec<config::DestinationRule>,
-    defaults: config::DestinationRule,
+    rules: Vec<DestinationRule>,
+    defaults: DestinationRule,
     backoff: Backoff,
     buckets: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
     /// Domains found (through their MX hosts) to belong to a rule, for the queue summary.
@@ -117,7 +116,7 @@ const MAX_RULED: usize = 100_000;
 impl Shaper {
     pub fn new(config: &Config) -> Shaper {
         let d = &config.delivery;
-        let defaults = config::DestinationRule {
+        let defaults = DestinationRule {
             max_connections: Some(d.max_connections_per_destination),
             connection_rate: d.connection_rate,
             message_rate: d.message_rate,

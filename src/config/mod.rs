@@ -13,13 +13,20 @@ use serde::Deserialize;
 
 use crate::smtp::address::{self, Mailbox};
 
-#[path = "config_values.rs"]
 mod values;
 pub use values::{Cidr, HumanDuration, MailboxOrDomain, NextHop};
 
-#[path = "config_delivery.rs"]
 mod delivery;
 pub use delivery::{ClientTimeouts, DeliveryConfig, IoBackend, IpFamily, OutboundTls, SmarthostAuth};
+
+mod rate;
+pub use rate::{Rate, Unit};
+
+mod shaping;
+pub use shaping::{BackoffConfig, DestinationRule, matches_pattern};
+
+mod sendmail;
+pub use sendmail::SendmailConfig;
 
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -74,7 +81,7 @@ pub struct Config {
     pub admin: AdminConfig,
     /// The local submission socket of `sluice sendmail`.
     #[serde(default)]
-    pub sendmail: crate::sendmail::SendmailConfig,
+    pub sendmail: SendmailConfig,
     /// Where mail to `<Postmaster>` goes (default: postmaster@hostname).
     #[serde(default)]
     pub postmaster: Option<String>,
@@ -265,10 +272,10 @@ pub struct Limits {
     /// Messages accepted from one client IP at most this fast ("100/min"); over it, MAIL gets
     /// 451 4.7.0 and the sender retries later. Default: no limit.
     #[serde(default)]
-    pub messages_per_ip: Option<crate::shaping::rate::Rate>,
+    pub messages_per_ip: Option<Rate>,
     /// The same per authenticated user (or client-certificate identity).
     #[serde(default)]
-    pub messages_per_user: Option<crate::shaping::rate::Rate>,
+    pub messages_per_user: Option<Rate>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -618,5 +625,4 @@ impl Hostname {
 }
 
 #[cfg(test)]
-#[path = "config_tests.rs"]
 mod tests;

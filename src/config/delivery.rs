@@ -1,5 +1,5 @@
 //! The `delivery` section: routing, outbound TLS, limits, retries and timeouts (its shaping
-//! keys' types live in `shaping::config`).
+//! keys' types live in `shaping.rs` beside this file).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Hostname, HumanDuration, NextHop};
+use super::{BackoffConfig, DestinationRule, Hostname, HumanDuration, NextHop, Rate};
 
 /// The delivery workers' I/O: `auto` (io_uring where the kernel allows it, else epoll),
 /// `uring` (refuse to start without it), or `epoll`.
@@ -99,17 +99,17 @@ pub struct DeliveryConfig {
     pub max_connections: usize,
     /// Per destination, new connections at most this fast ("10/s"; default: no limit).
     #[serde(default)]
-    pub connection_rate: Option<crate::shaping::rate::Rate>,
+    pub connection_rate: Option<Rate>,
     /// Per destination, messages at most this fast ("500/min", "10000/h burst 100"; default:
     /// no limit).
     #[serde(default)]
-    pub message_rate: Option<crate::shaping::rate::Rate>,
+    pub message_rate: Option<Rate>,
     /// Suspension of destinations that throttle us or cannot be reached.
     #[serde(default)]
-    pub backoff: crate::shaping::config::BackoffConfig,
+    pub backoff: BackoffConfig,
     /// Overrides of the limits above for the destinations each rule matches.
     #[serde(default)]
-    pub destinations: Vec<crate::shaping::config::DestinationRule>,
+    pub destinations: Vec<DestinationRule>,
     /// Messages being delivered at once, in total.
     #[serde(default = "default_max_concurrent_deliveries")]
     pub max_concurrent_deliveries: usize,

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::rate::Rate;
-use crate::config::HumanDuration;
+use super::{HumanDuration, Rate};
 
 /// Limits for the destinations a rule matches: recipient domains, or MX host names, each exact
 /// or `*.suffix`. Every domain a rule matches shares its limits (all domains hosted at one
@@ -39,12 +38,12 @@ impl DestinationRule {
 
     /// One of the rule's domain patterns matches `domain`.
     pub fn names_domain(&self, domain: &str) -> bool {
-        self.domains.iter().any(|p| matches(p, domain))
+        self.domains.iter().any(|p| matches_pattern(p, domain))
     }
 
     /// One of the rule's MX patterns matches `host`.
     pub fn names_host(&self, host: &str) -> bool {
-        self.mx.iter().any(|p| matches(p, host))
+        self.mx.iter().any(|p| matches_pattern(p, host))
     }
 
     /// Problems a config check reports.
@@ -68,7 +67,7 @@ fn valid_pattern(p: &str) -> bool {
 }
 
 /// `name` matches `pattern`: equal, or `*.suffix` and a subdomain of suffix (case-insensitive).
-pub fn matches(pattern: &str, name: &str) -> bool {
+pub fn matches_pattern(pattern: &str, name: &str) -> bool {
     let name = name.trim_end_matches('.');
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
@@ -116,12 +115,12 @@ mod tests {
 
     #[test]
     fn patterns_match_names_and_subdomains() {
-        assert!(matches("example.com", "EXAMPLE.com"));
-        assert!(!matches("example.com", "mx.example.com"));
-        assert!(matches("*.google.com", "aspmx.l.google.com"));
-        assert!(matches("*.google.com", "alt1.aspmx.l.google.com."));
-        assert!(!matches("*.google.com", "google.com"));
-        assert!(!matches("*.google.com", "evilgoogle.com"));
+        assert!(matches_pattern("example.com", "EXAMPLE.com"));
+        assert!(!matches_pattern("example.com", "mx.example.com"));
+        assert!(matches_pattern("*.google.com", "aspmx.l.google.com"));
+        assert!(matches_pattern("*.google.com", "alt1.aspmx.l.google.com."));
+        assert!(!matches_pattern("*.google.com", "google.com"));
+        assert!(!matches_pattern("*.google.com", "evilgoogle.com"));
         assert!(valid_pattern("*.google.com") && valid_pattern("example.org"));
         assert!(!valid_pattern("*google.com") && !valid_pattern("a..b"));
     }

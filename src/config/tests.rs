@@ -20,7 +20,7 @@ fn empty_config_gets_documented_defaults() {
 
 #[test]
 fn the_example_config_is_valid() {
-    let text = include_str!("../config.example.yaml");
+    let text = include_str!("../../config.example.yaml");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let c = Config::parse(text, repo).unwrap();
     assert_eq!(c.spool.path, repo.join("./var/spool"));
