@@ -211,7 +211,7 @@ pub fn format_table(entries: &[QueueEntry]) -> String {
             e.size,
             from,
             e.client_ip,
-            crate::intake::trace::rfc5322_date(e.arrival)
+            crate::message::date::rfc5322_date(e.arrival)
         );
         for r in &e.recipients {
             let state = match r.state {
@@ -221,7 +221,7 @@ pub fn format_table(entries: &[QueueEntry]) -> String {
             };
             let _ = write!(out, "    {}  {}  attempts {}", r.address, state, r.attempts);
             if let (RecipientState::Queued, Some(next)) = (r.state, r.next_attempt) {
-                let _ = write!(out, "  next attempt {}", crate::intake::trace::rfc5322_date(next));
+                let _ = write!(out, "  next attempt {}", crate::message::date::rfc5322_date(next));
             }
             if let Some(reply) = &r.last_reply {
                 let _ = write!(out, "  last reply: {reply}");

@@ -89,7 +89,7 @@ pub fn format_summary(rows: &[DestinationSummary], now: u64) -> String {
         };
         let rate = r.message_rate.clone().unwrap_or_else(|| "-".into());
         let state = match &r.suspended {
-            Some((until, why)) => format!("suspended until {} ({why})", crate::intake::trace::rfc5322_date(*until)),
+            Some((until, why)) => format!("suspended until {} ({why})", crate::message::date::rfc5322_date(*until)),
             None if r.waiting > 0 => format!("active, {} waiting for the rate", r.waiting),
             None => "active".into(),
         };

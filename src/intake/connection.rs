@@ -15,8 +15,8 @@ use super::auth::Verdict;
 use crate::stream;
 
 type Stream = stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
-use super::trace::{self, Trace};
 use crate::config::ListenerMode;
+use crate::message::trace::{self, Trace};
 use crate::metrics as m;
 use crate::smtp::reply::{Enhanced, Reply, codes};
 use crate::smtp::sasl::Credentials;
@@ -256,7 +256,7 @@ async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -
         return Err(codes::too_many_hops());
     }
     if (origin.mode != ListenerMode::Relay || tx.identity.is_some())
-        && let Some(fixed) = super::submission::fix_recipient_headers(&tx.body)
+        && let Some(fixed) = crate::message::submission::fix_recipient_headers(&tx.body)
     {
         tx.body = fixed;
     }

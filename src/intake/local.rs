@@ -1,7 +1,7 @@
 //! The local submission socket behind `sluice sendmail`. Any local user may connect; the
 //! kernel tells us who (SO_PEERCRED), and that user's identity (user@hostname) is the return
 //! path unless the user is in `sendmail.trusted_users` and asked for another with `-f`. The
-//! message gets the section-5 header treatment (see `sendmail::headers`) and is stored like any
+//! message gets the section-5 header treatment (see `message::extract`) and is stored like any
 //! other: the answer comes once it is durable.
 
 use std::sync::Arc;
@@ -12,8 +12,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::IntakeContext;
+use crate::message::{extract as headers, trace};
 use crate::metrics as m;
-use crate::sendmail::{EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Request, Response, headers};
+use crate::sendmail::{EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Request, Response};
 use crate::smtp::address::{self, Mailbox};
 use crate::spool::{Envelope, Identity, RecipientRecord};
 
@@ -116,7 +117,7 @@ async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: V
     if let Some(reply) = ctx.rates.gate(loopback, Some(&user)) {
         return refused(EX_TEMPFAIL, reply.to_string());
     }
-    let facts = super::trace::scan_headers(&prepared.message);
+    let facts = trace::scan_headers(&prepared.message);
     if facts.received >= config.limits.max_hops {
         return refused(EX_DATAERR, "too many Received fields (mail loop?)");
     }
@@ -124,7 +125,7 @@ async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: V
     let now = since_epoch.as_secs();
     let queue_id = ctx.spool.new_queue_id();
     let single = (recipients.len() == 1).then(|| &recipients[0]);
-    let prefix = super::trace::local_prefix(hostname, &queue_id, &user, uid, single, now, &facts);
+    let prefix = trace::local_prefix(hostname, &queue_id, &user, uid, single, now, &facts);
     let user_priority = config.auth.user_priorities.get(&user).copied();
     let params = crate::smtp::address::MailParams { priority: user_priority, tls_optional: facts.tls_required_no, ..Default::default() };
     let envelope = Envelope {

@@ -5,9 +5,7 @@ mod connection;
 mod limits;
 pub mod local;
 mod rates;
-pub mod submission;
 pub mod tls;
-pub mod trace;
 
 use std::sync::Arc;
 

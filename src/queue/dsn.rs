@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::outcome::{Action, Diagnostic, Notice, STORED_LINES, STORED_OCTETS};
-use crate::intake::trace::rfc5322_date;
+use crate::message::date::rfc5322_date;
 use crate::smtp::address::Ret;
 use crate::spool::Envelope;
 

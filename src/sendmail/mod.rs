@@ -10,7 +10,6 @@
 //! /etc/sluice/config.yaml or $SLUICE_CONFIG). `-B`, `-o*`, `-v`, `-N` and `-O` are accepted
 //! and ignored, as other sendmail replacements do.
 
-pub mod headers;
 mod smtp;
 
 use std::io::{self, BufRead, Write};

@@ -4,7 +4,7 @@
 //! return path is the submitting user's identity, copied to Sender when it differs from From
 //! (an existing Sender is replaced). A message without From gets one. Pure: bytes in, bytes out.
 
-use crate::intake::submission::{field_name, fix_recipient_headers, header_fields};
+use super::submission::{field_name, fix_recipient_headers, header_fields};
 
 /// The addresses of an RFC 5322 address list: `a@b`, `Name <a@b>`, `"x, y" <a@b>`,
 /// `group: a@b, c@d;`, comments dropped.
