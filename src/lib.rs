@@ -4,6 +4,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod dns;
 pub mod intake;
 pub mod message;
 pub mod metrics;

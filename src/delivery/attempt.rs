@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::connection::{ConnError, Connection, Settings};
-use super::dns::Dns;
 use super::pool::{Checkout, Pool, PoolKey, Slot};
 use super::route::Target;
 use super::transport::Transport;
 use super::workers::Workers;
 use crate::config::{Config, OutboundTls};
+use crate::dns::Dns;
 use crate::metrics as m;
 use crate::shaping::Bucket;
 use crate::shaping::health::Signal;

@@ -3,7 +3,6 @@
 
 pub mod attempt;
 pub mod connection;
-pub mod dns;
 pub mod pool;
 pub mod route;
 pub mod tls;

@@ -1,28 +1,12 @@
 //! Where a recipient domain's mail goes: a smarthost, a configured route, an address literal,
 //! or the domain's MX hosts (RFC 5321 5.1), turned into an ordered list of addresses to try.
 
-use std::future::Future;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 
-use super::dns::{AddrAnswer, Dns, MxAnswer};
 use crate::config::{Config, IpFamily, NextHop};
+use crate::dns::{AddrAnswer, MxAnswer, Resolve};
 use crate::smtp::reply::{Enhanced, Reply};
-
-/// The lookups routing needs; [`Dns`] in the product, a table in tests.
-pub trait Resolve: Sync {
-    fn mx(&self, domain: &str) -> impl Future<Output = MxAnswer> + Send;
-    fn addrs(&self, host: &str, family: IpFamily) -> impl Future<Output = AddrAnswer> + Send;
-}
-
-impl Resolve for Dns {
-    fn mx(&self, domain: &str) -> impl Future<Output = MxAnswer> + Send {
-        Dns::mx(self, domain)
-    }
-    fn addrs(&self, host: &str, family: IpFamily) -> impl Future<Output = AddrAnswer> + Send {
-        Dns::addrs(self, host, family)
-    }
-}
 
 /// One address to try, with the host name it came from (for TLS SNI and logs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +58,7 @@ pub async fn route<R: Resolve>(domain: &str, cfg: &Config, own: &[SocketAddr], d
             _ => Route::Fail(Reply::new(550, Enhanced(5, 1, 2), "Delivery to address literals is disabled")),
         }
     } else {
-        match super::dns::ascii_domain(&domain) {
+        match crate::dns::ascii_domain(&domain) {
             Some(ascii) => mx_targets(&ascii, d.port, cfg, dns).await,
             None => Route::Fail(Reply::new(550, Enhanced(5, 1, 2), format!("Invalid domain {domain}"))),
         }

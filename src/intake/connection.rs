@@ -244,7 +244,7 @@ const NULL_MX_BUDGET: Duration = Duration::from_millis(300);
 
 /// 556 5.1.10 for a recipient domain that publishes a null MX (RFC 7505 4.2); any other
 /// answer, a DNS failure or no answer within the budget included, leaves it to the queue.
-async fn null_mx_refusal(dns: &crate::delivery::dns::Dns, domain: &str) -> Option<Reply> {
+async fn null_mx_refusal(dns: &impl crate::dns::Resolve, domain: &str) -> Option<Reply> {
     let answer = tokio::time::timeout(NULL_MX_BUDGET, dns.mx(domain)).await.ok()?;
     answer.is_null().then(|| Reply::new(556, Enhanced(5, 1, 10), format!("Recipient domain {domain} accepts no mail (null MX)")))
 }

@@ -40,7 +40,7 @@ pub struct IntakeContext {
     /// Messages per client IP and per user.
     pub rates: rates::SenderRates,
     /// For the null MX check at RCPT on submission listeners.
-    pub dns: Option<crate::delivery::dns::Dns>,
+    pub dns: Option<crate::dns::Dns>,
 }
 
 impl IntakeContext {
@@ -80,7 +80,7 @@ impl IntakeContext {
         let stored = Arc::new(tokio::sync::Notify::new());
         let rates = rates::SenderRates::new(config.limits.messages_per_ip, config.limits.messages_per_user);
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
-        let dns = if submits { Some(crate::delivery::dns::Dns::new(&config.dns)?) } else { None };
+        let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
         Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, rates, dns, config }))
     }
 

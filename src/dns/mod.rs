@@ -1,6 +1,9 @@
-//! DNS for delivery: MX and address lookups through hickory-resolver, with answers sorted into
-//! the cases routing cares about. hickory caches answers by their TTL.
+//! DNS: MX and address lookups through hickory-resolver, with answers sorted into the cases
+//! their users care about (routing, intake's null-MX check). Callers that decide on answers
+//! take the [`Resolve`] trait, so they are tested with a table; [`Dns`] is the product's.
+//! hickory caches answers by their TTL.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -12,6 +15,21 @@ use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use crate::config::{DnsConfig, IpFamily};
+
+/// The lookups delivery and intake decide on; [`Dns`] in the product, a table in tests.
+pub trait Resolve: Sync {
+    fn mx(&self, domain: &str) -> impl Future<Output = MxAnswer> + Send;
+    fn addrs(&self, host: &str, family: IpFamily) -> impl Future<Output = AddrAnswer> + Send;
+}
+
+impl Resolve for Dns {
+    fn mx(&self, domain: &str) -> impl Future<Output = MxAnswer> + Send {
+        Dns::mx(self, domain)
+    }
+    fn addrs(&self, host: &str, family: IpFamily) -> impl Future<Output = AddrAnswer> + Send {
+        Dns::addrs(self, host, family)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MxAnswer {
