@@ -58,7 +58,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         tracing::warn!("delivery is paused: mail is accepted and kept in the queue");
         None
     } else {
-        let delivery = crate::delivery::attempt::Delivery::new(config.clone(), listeners.clone())?;
+        let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone())?;
         let runner = crate::queue::runner::Runner::new(spool.clone(), delivery, ctx.stored.clone());
         tasks.spawn(runner.clone().run(watcher.clone()));
         Some(runner)

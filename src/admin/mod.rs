@@ -101,14 +101,10 @@ fn unix_now() -> u64 {
 }
 
 /// The summary from the spool and, when delivery runs, its live state.
-fn summarize(
-    spool: &dyn Spool,
-    config: &Config,
-    delivery: Option<&crate::delivery::attempt::Delivery>,
-) -> Result<Vec<DestinationSummary>, String> {
+fn summarize(spool: &dyn Spool, config: &Config, delivery: Option<&crate::delivery::Delivery>) -> Result<Vec<DestinationSummary>, String> {
     let envelopes = spool.list().map_err(|e| e.to_string())?;
     Ok(match delivery {
-        Some(d) => summary::summarize(&envelopes, &d.shaper, d.shaper.states(unix_now())),
+        Some(d) => summary::summarize(&envelopes, d.shaper(), d.shaper().states(unix_now())),
         None => summary::summarize(&envelopes, &crate::shaping::Shaper::new(config), Vec::new()),
     })
 }
@@ -117,7 +113,7 @@ pub async fn serve(
     listener: UnixListener,
     spool: Arc<dyn Spool>,
     config: Arc<Config>,
-    delivery: Option<Arc<crate::delivery::attempt::Delivery>>,
+    delivery: Option<Arc<crate::delivery::Delivery>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {

@@ -1,16 +1,12 @@
 //! One delivery attempt of a group of recipients to one destination: try its targets in order,
 //! over pooled connections, and report one result per recipient.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::connection::{ConnError, Connection, Settings};
 use super::pool::{Checkout, Pool, PoolKey, Slot};
 use super::route::Target;
 use super::transport::Transport;
-use super::workers::Workers;
-use crate::config::{Config, OutboundTls};
-use crate::dns::Dns;
 use crate::metrics as m;
 use crate::shaping::Bucket;
 use crate::shaping::health::Signal;
@@ -40,87 +36,11 @@ fn throttles(reply: &Reply) -> bool {
     reply.code == 421 || (reply.code / 100 == 4 && reply.enhanced.is_some_and(|e| e.1 == 7))
 }
 
-/// Everything delivery shares: config, DNS, connection settings and the workers.
-pub struct Delivery {
-    pub config: Arc<Config>,
-    pub dns: Dns,
-    pub settings: Arc<Settings>,
-    /// Our listener addresses, for loop detection.
-    pub own: Vec<SocketAddr>,
-    pub workers: Workers,
-    pub shaper: crate::shaping::Shaper,
-    /// True once the daemon stops: no transaction starts after that.
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
 /// One worker's half of delivery: its pool, and the attempt itself.
 pub struct Sender<T> {
     pub settings: Arc<Settings>,
     pub pool: Pool<T>,
     pub stop: tokio::sync::watch::Receiver<bool>,
-}
-
-impl Delivery {
-    pub fn new(config: Arc<Config>, own: Vec<SocketAddr>) -> Result<Arc<Delivery>, String> {
-        let d = &config.delivery;
-        let dns = Dns::new(&config.dns)?;
-        let settings = Arc::new(Settings {
-            ehlo_name: config.ehlo_name().to_string(),
-            our_hostname: config.hostname.0.clone(),
-            source_address: d.source_address,
-            chunking: d.chunking,
-            timeouts: d.timeouts.clone(),
-            tls: super::tls::opportunistic_tls(),
-            verified_tls: super::tls::verified_tls(&d.tls_trust)?,
-            login: match &d.smarthost_auth {
-                Some(a) => {
-                    let text = std::fs::read_to_string(&a.password_file).map_err(|e| format!("{}: {e}", a.password_file.display()))?;
-                    let password = text.lines().next().unwrap_or("").to_string();
-                    Some((a.username.clone(), crate::smtp::sasl::Secret::new(password)))
-                }
-                None => None,
-            },
-        });
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        let workers = Workers::start(&config, settings.clone(), stopping)?;
-        let shaper = crate::shaping::Shaper::new(&config);
-        Ok(Arc::new(Delivery { dns, settings, own, config, workers, shaper, stop }))
-    }
-
-    /// Starts no transaction from now on; those under way finish.
-    pub fn stop(&self) {
-        self.stop.send_replace(true);
-    }
-
-    /// Turns true when delivery stops.
-    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.stop.subscribe()
-    }
-
-    /// Sends `msg` on one of the workers; see `Sender::send`.
-    pub async fn send(&self, targets: Vec<Target>, bucket: Arc<Bucket>, msg: Message, policy: TlsPolicy, login: bool) -> Report {
-        self.workers.send(targets, bucket, msg, policy, login).await
-    }
-
-    /// Mail to `domain` goes to the smarthost with a login: over required TLS, logged in.
-    pub fn logs_in(&self, domain: &str) -> bool {
-        let d = &self.config.delivery;
-        d.smarthost.is_some() && d.smarthost_auth.is_some() && !d.routes.contains_key(&domain.to_ascii_lowercase())
-    }
-
-    /// The TLS policy for mail to `domain`: required for a smarthost login, else its entry in
-    /// `tls_policies`, else `tls`.
-    pub fn tls_policy(&self, domain: &str) -> TlsPolicy {
-        let d = &self.config.delivery;
-        if self.logs_in(domain) {
-            return TlsPolicy::Required;
-        }
-        match d.tls_policies.get(&domain.to_ascii_lowercase()).copied().unwrap_or(d.tls) {
-            OutboundTls::Opportunistic => TlsPolicy::Opportunistic,
-            OutboundTls::Required => TlsPolicy::Required,
-            OutboundTls::None => TlsPolicy::Never,
-        }
-    }
 }
 
 impl<T: Transport> Sender<T> {

@@ -14,7 +14,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use super::dsn;
 use super::outcome::{self, RetryPolicy, Tally};
 use crate::config::Config;
-use crate::delivery::attempt::{Attempted, Delivery};
+use crate::delivery::Delivery;
+use crate::delivery::attempt::Attempted;
 use crate::delivery::route::{self, Route};
 use crate::metrics as m;
 use crate::smtp::client::{Message, RcptOutcome, TlsPolicy};
@@ -47,7 +48,7 @@ fn unix_now() -> u64 {
 
 impl Runner {
     pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>) -> Arc<Runner> {
-        let config = delivery.config.clone();
+        let config = delivery.config().clone();
         let permits = Arc::new(Semaphore::new(config.delivery.max_concurrent_deliveries));
         Arc::new(Runner { spool, delivery, config, notify, in_flight: Mutex::new(HashSet::new()), permits })
     }
@@ -69,7 +70,7 @@ impl Runner {
             tokio::select! {
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
-                _ = prune.tick() => self.delivery.shaper.prune(unix_now()),
+                _ = prune.tick() => self.delivery.shaper().prune(unix_now()),
                 _ = shutdown.changed() => {
                     // Deliveries under way finish their transaction; nothing new starts.
                     self.delivery.stop();
@@ -163,7 +164,7 @@ impl Runner {
             }
             metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
             let domain = env.recipients[indexes[0]].mailbox.domain.clone();
-            match route::route(&domain, &self.config, &self.delivery.own, &self.delivery.dns).await {
+            match self.delivery.route(&domain).await {
                 Route::Fail(reply) => results.extend(indexes.iter().map(|&i| {
                     (i, Attempted { outcome: RcptOutcome::Failed(reply.clone()), remote: None, remote_dsn: false, remote_said: false })
                 })),
@@ -184,7 +185,7 @@ impl Runner {
                     results.extend(indexes.iter().map(|&i| (i, failed.clone())));
                 }
                 Route::Targets(targets) => {
-                    let shaper = &self.delivery.shaper;
+                    let shaper = self.delivery.shaper();
                     let bucket = shaper.bucket(&domain, &targets);
                     if let Some((until, why)) = bucket.suspended(now) {
                         metrics::counter!(m::SHAPING_POSTPONED, "reason" => "suspended").increment(1);
