@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,16 +15,14 @@ use super::auth::Verdict;
 use crate::stream;
 
 type Stream = stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
+use super::accept::{Source, Submission};
 use crate::config::ListenerMode;
-use crate::message::trace::{self, Trace};
 use crate::metrics as m;
 use crate::smtp::reply::{Enhanced, Reply, codes};
 use crate::smtp::sasl::Credentials;
 use crate::smtp::server::{AuthOutcome, ClientInfo, Event, Session, TlsInfo, Transaction, Waiting};
-use crate::spool::{Envelope, Health, Identity, RecipientRecord, SpoolError};
+use crate::spool::Health;
 
-/// Bodies above this size are written from a blocking thread, not the async worker.
-const BLOCKING_WRITE_THRESHOLD: usize = 256 * 1024;
 const READ_BUFFER: usize = 64 * 1024;
 
 /// Where a connection came in, and how.
@@ -249,107 +247,20 @@ async fn null_mx_refusal(dns: &impl crate::dns::Resolve, domain: &str) -> Option
     answer.is_null().then(|| Reply::new(556, Enhanced(5, 1, 10), format!("Recipient domain {domain} accepts no mail (null MX)")))
 }
 
-/// Checks, stamps and stores one message; `Ok(queue_id)` only once it is durable.
-async fn accept(ctx: &Arc<IntakeContext>, mut tx: Transaction, origin: Origin) -> Result<String, Reply> {
-    let facts = trace::scan_headers(&tx.body);
-    if facts.received >= ctx.config.limits.max_hops {
-        return Err(codes::too_many_hops());
-    }
-    if (origin.mode != ListenerMode::Relay || tx.identity.is_some())
-        && let Some(fixed) = crate::message::submission::fix_recipient_headers(&tx.body)
-    {
-        tx.body = fixed;
-    }
-    let queue_id = ctx.spool.new_queue_id();
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let now = since_epoch.as_secs();
-    let single = match tx.recipients.as_slice() {
-        [only] => Some(&only.mailbox),
-        _ => None,
-    };
-    let prefix = trace::prefix_fields(
-        &Trace {
-            helo: &tx.helo,
-            client_ip: origin.peer.ip(),
-            hostname: &ctx.config.hostname.0,
-            protocol: protocol_name(&tx),
-            queue_id: &queue_id,
-            single_recipient: single,
-            unix_time: now,
-            tls: tx.tls.as_ref(),
-            identity: tx.identity.as_deref().filter(|_| ctx.config.auth.received_identity),
-        },
-        &facts,
-    );
-    let size = prefix.len() + tx.body.len();
-    let certificate = tx.tls.as_ref().and_then(|t| t.certificate_identity.clone());
-    let identity = match (&tx.identity, origin.trusted, certificate) {
-        (Some(user), _, _) => Identity::Authenticated(user.clone()),
-        (None, _, Some(name)) => Identity::Certificate(name),
-        (None, true, None) => Identity::TrustedNetwork,
-        (None, false, None) => Identity::Anonymous,
-    };
-    let tls_text = tx.tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)).unwrap_or_else(|| "none".into());
-    // The rate limits count the authenticated user, else the client certificate's identity.
-    let sender = tx.identity.clone().or_else(|| tx.tls.as_ref().and_then(|t| t.certificate_identity.clone()));
-    // MT-PRIORITY as given; else the user's default; else the listener's.
-    let user_priority = tx.identity.as_ref().and_then(|u| ctx.config.auth.user_priorities.get(u).copied());
-    tx.params.priority = tx.params.priority.or(user_priority).or(Some(origin.default_priority).filter(|&p| p != 0));
-    // RFC 8689 5: the header field is ignored when REQUIRETLS was given.
-    tx.params.tls_optional = facts.tls_required_no && !tx.params.requiretls;
-    let envelope = Envelope {
-        queue_id: queue_id.clone(),
-        from: tx.from,
-        params: tx.params,
-        recipients: tx.recipients.into_iter().map(|r| RecipientRecord::queued(r.mailbox, r.params, now)).collect(),
-        client_ip: origin.peer.ip(),
+/// Hands a finished SMTP transaction to the accept path.
+async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, origin: Origin) -> Result<String, Reply> {
+    let source = Source::Smtp {
+        peer: origin.peer,
+        local: origin.local,
+        protocol: protocol_name(&tx),
         helo: tx.helo,
-        identity: identity.clone(),
-        listener: origin.local,
-        arrival: now,
-        arrival_ms: Some(since_epoch.as_millis() as u64),
-        body: None,
+        fix_ups: origin.mode != ListenerMode::Relay || tx.identity.is_some(),
+        tls: tx.tls,
+        user: tx.identity,
+        trusted: origin.trusted,
+        default_priority: origin.default_priority,
     };
-    let from = envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default();
-    let recipients = envelope.recipients.len();
-    let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{}>", ctx.config.hostname.0));
-    let started = Instant::now();
-    let stored = if tx.body.len() > BLOCKING_WRITE_THRESHOLD {
-        let spool = ctx.spool.clone();
-        let body = tx.body;
-        tokio::task::spawn_blocking(move || spool.store(envelope, &[prefix.as_bytes(), &body]))
-            .await
-            .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))
-    } else {
-        ctx.spool.store(envelope, &[prefix.as_bytes(), &tx.body])
-    };
-    let durable = match stored {
-        Ok(d) => d.wait().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = durable {
-        tracing::error!(queue_id = %queue_id, error = %e, "message not stored");
-        return Err(match e {
-            SpoolError::Poisoned => codes::spool_unavailable(),
-            _ => codes::spool_failed(),
-        });
-    }
-    ctx.stored.notify_one();
-    ctx.rates.count(origin.peer.ip(), sender.as_deref());
-    metrics::histogram!(m::COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
-    metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
-    metrics::counter!(m::BYTES_ACCEPTED).increment(size as u64);
-    // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
-    tracing::info!(
-        queue_id = %queue_id,
-        from = %from,
-        recipients,
-        size,
-        client = %origin.peer.ip(),
-        identity = %identity,
-        tls = %tls_text,
-        message_id = %message_id,
-        "accepted"
-    );
-    Ok(queue_id)
+    let recipients = tx.recipients.into_iter().map(|r| (r.mailbox, r.params)).collect();
+    let submission = Submission { from: tx.from, params: tx.params, recipients, body: tx.body, source };
+    super::accept::accept(ctx, submission).await.map_err(|refusal| refusal.reply())
 }

@@ -5,18 +5,16 @@
 //! other: the answer comes once it is durable.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::IntakeContext;
-use crate::message::{extract as headers, trace};
-use crate::metrics as m;
+use super::accept::{Refusal, Source, Submission};
+use crate::message::extract as headers;
 use crate::sendmail::{EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Request, Response};
 use crate::smtp::address::{self, Mailbox};
-use crate::spool::{Envelope, Identity, RecipientRecord};
 
 pub async fn serve(listener: UnixListener, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -117,43 +115,13 @@ async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: V
     if let Some(reply) = ctx.rates.gate(loopback, Some(&user)) {
         return refused(EX_TEMPFAIL, reply.to_string());
     }
-    let facts = trace::scan_headers(&prepared.message);
-    if facts.received >= config.limits.max_hops {
-        return refused(EX_DATAERR, "too many Received fields (mail loop?)");
+    let source = Source::Local { user: user.clone(), uid };
+    let recipients = recipients.into_iter().map(|m| (m, Default::default())).collect();
+    let submission = Submission { from, params: Default::default(), recipients, body: prepared.message, source };
+    match super::accept::accept(ctx, submission).await {
+        Ok(queue_id) => Response::Queued(queue_id),
+        // Temporary for a spool failure: the caller (cron, a script) may try again.
+        Err(refusal @ Refusal::Spool(_)) => refused(EX_TEMPFAIL, refusal.to_string()),
+        Err(refusal @ Refusal::TooManyHops) => refused(EX_DATAERR, refusal.to_string()),
     }
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let now = since_epoch.as_secs();
-    let queue_id = ctx.spool.new_queue_id();
-    let single = (recipients.len() == 1).then(|| &recipients[0]);
-    let prefix = trace::local_prefix(hostname, &queue_id, &user, uid, single, now, &facts);
-    let user_priority = config.auth.user_priorities.get(&user).copied();
-    let params = crate::smtp::address::MailParams { priority: user_priority, tls_optional: facts.tls_required_no, ..Default::default() };
-    let envelope = Envelope {
-        queue_id: queue_id.clone(),
-        from,
-        params,
-        recipients: recipients.iter().map(|m| RecipientRecord::queued(m.clone(), Default::default(), now)).collect(),
-        client_ip: loopback,
-        helo: "localhost".into(),
-        identity: Identity::Local(user.clone()),
-        listener: std::net::SocketAddr::new(loopback, 0),
-        arrival: now,
-        arrival_ms: Some(since_epoch.as_millis() as u64),
-        body: None,
-    };
-    let stored = match ctx.spool.store(envelope, &[prefix.as_bytes(), &prepared.message]) {
-        Ok(d) => d.wait().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = stored {
-        tracing::error!(queue_id = %queue_id, error = %e, "local message not stored");
-        // Temporary either way: the caller (cron, a script) may try again; nothing was kept.
-        return refused(EX_TEMPFAIL, format!("the queue cannot take mail now: {e}"));
-    }
-    ctx.stored.notify_one();
-    ctx.rates.count(loopback, Some(&user));
-    metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
-    let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{hostname}>"));
-    tracing::info!(queue_id = %queue_id, from = %return_path.unwrap_or_default(), recipients = recipients.len(), identity = %format!("local:{user}"), uid, message_id = %message_id, "accepted");
-    Response::Queued(queue_id)
 }

@@ -1,5 +1,6 @@
 //! Intake: listeners, TLS, AUTH, connection limits, and the driver of the sans-IO session.
 
+pub mod accept;
 mod auth;
 mod connection;
 mod limits;

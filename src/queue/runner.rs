@@ -5,7 +5,6 @@
 //! it never polls in a loop.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +19,7 @@ use crate::delivery::route::{self, Route};
 use crate::metrics as m;
 use crate::smtp::client::{Message, RcptOutcome, TlsPolicy};
 use crate::smtp::reply::{Enhanced, Reply};
-use crate::spool::{Changes, Envelope, Identity, RecipientRecord, RecipientState, Spool, SpoolError};
+use crate::spool::{Changes, Envelope, Identity, RecipientState, Spool, SpoolError};
 
 /// Bodies above this size are read on a blocking thread.
 const BLOCKING_READ_THRESHOLD: u64 = 256 * 1024;
@@ -334,19 +333,7 @@ impl Runner {
         let retry_until = Some(env.arrival + self.config.delivery.max_age.0.as_secs());
         let b = dsn::Report { hostname: &self.config.hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now, retry_until };
         let body = dsn::report(&b, env, &notices, original);
-        let envelope = Envelope {
-            queue_id,
-            from: None,
-            params: Default::default(),
-            recipients: vec![RecipientRecord::queued(to, Default::default(), now)],
-            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            helo: self.config.hostname.0.clone(),
-            identity: Identity::Bounce,
-            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
-            arrival: now,
-            arrival_ms: None,
-            body: None,
-        };
+        let envelope = Envelope::report(queue_id, to, &self.config.hostname.0, now);
         tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = %envelope.recipients[0].mailbox, recipients = notices.len(), "delivery status notification queued");
         Some((envelope, body))
     }

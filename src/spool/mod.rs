@@ -83,6 +83,27 @@ pub enum Identity {
     Local(String),
 }
 
+impl Envelope {
+    /// The envelope of a report of ours (bounce, delay or relay notice) to `to`: null sender,
+    /// identity `bounce`, arriving `now`. Its body is the report (see `queue::dsn`).
+    pub fn report(queue_id: String, to: Mailbox, hostname: &str, now: u64) -> Envelope {
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        Envelope {
+            queue_id,
+            from: None,
+            params: Default::default(),
+            recipients: vec![RecipientRecord::queued(to, Default::default(), now)],
+            client_ip: loopback,
+            helo: hostname.to_string(),
+            identity: Identity::Bounce,
+            listener: std::net::SocketAddr::new(loopback, 0),
+            arrival: now,
+            arrival_ms: None,
+            body: None,
+        }
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,0 +1,221 @@
+//! The one accept path: a message handed in, over SMTP or on the sendmail socket (the HTTP API
+//! to come), is checked, stamped with its trace fields, stored, and answered only once the
+//! spool has made it durable. (The runner's reports are stored with the change that caused
+//! them, in one commit; their envelope is `Envelope::report`.)
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::IntakeContext;
+use crate::message::trace::{self, Trace};
+use crate::metrics as m;
+use crate::smtp::address::{MailParams, Mailbox, RcptParams};
+use crate::smtp::reply::{Reply, codes};
+use crate::smtp::server::TlsInfo;
+use crate::spool::{Envelope, Identity, RecipientRecord, SpoolError};
+
+/// Bodies above this size are written from a blocking thread, not the async worker.
+const BLOCKING_WRITE_THRESHOLD: usize = 256 * 1024;
+
+/// How a message came in.
+pub enum Source {
+    /// Over SMTP on one of our listeners.
+    Smtp {
+        peer: SocketAddr,
+        local: SocketAddr,
+        helo: String,
+        /// The WITH protocol of the Received field (ESMTPSA, ...).
+        protocol: &'static str,
+        tls: Option<TlsInfo>,
+        /// The authenticated user.
+        user: Option<String>,
+        /// The client's address is in `trusted_networks`.
+        trusted: bool,
+        /// Submission fix-ups apply (submission listeners and authenticated clients).
+        fix_ups: bool,
+        /// The listener's priority for mail that names none.
+        default_priority: i8,
+    },
+    /// On the sendmail socket, from a local user (the header work of `sendmail -t` is done).
+    Local { user: String, uid: u32 },
+}
+
+/// One message to accept.
+pub struct Submission {
+    pub from: Option<Mailbox>,
+    pub params: MailParams,
+    pub recipients: Vec<(Mailbox, RcptParams)>,
+    /// The message as received (CRLF line ends, unstuffed), without our trace fields.
+    pub body: Vec<u8>,
+    pub source: Source,
+}
+
+/// Why a message was not accepted.
+#[derive(Debug)]
+pub enum Refusal {
+    /// More Received fields than `limits.max_hops`: a loop.
+    TooManyHops,
+    /// The spool did not make it durable; nothing was kept.
+    Spool(SpoolError),
+}
+
+impl Refusal {
+    /// The SMTP reply for it.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Refusal::TooManyHops => codes::too_many_hops(),
+            Refusal::Spool(SpoolError::Poisoned) => codes::spool_unavailable(),
+            Refusal::Spool(_) => codes::spool_failed(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooManyHops => f.write_str("too many Received fields (mail loop?)"),
+            Refusal::Spool(e) => write!(f, "the queue cannot take mail now: {e}"),
+        }
+    }
+}
+
+impl Source {
+    fn client_ip(&self) -> IpAddr {
+        match self {
+            Source::Smtp { peer, .. } => peer.ip(),
+            Source::Local { .. } => std::net::Ipv4Addr::LOCALHOST.into(),
+        }
+    }
+
+    fn identity(&self) -> Identity {
+        match self {
+            Source::Smtp { user: Some(user), .. } => Identity::Authenticated(user.clone()),
+            Source::Smtp { tls: Some(TlsInfo { certificate_identity: Some(name), .. }), .. } => Identity::Certificate(name.clone()),
+            Source::Smtp { trusted: true, .. } => Identity::TrustedNetwork,
+            Source::Smtp { .. } => Identity::Anonymous,
+            Source::Local { user, .. } => Identity::Local(user.clone()),
+        }
+    }
+
+    /// Who the per-user rate limits and priorities count: the authenticated user, else the
+    /// client certificate's identity; the local user.
+    fn user(&self) -> Option<&str> {
+        match self {
+            Source::Smtp { user: Some(user), .. } => Some(user),
+            Source::Smtp { tls, .. } => tls.as_ref().and_then(|t| t.certificate_identity.as_deref()),
+            Source::Local { user, .. } => Some(user),
+        }
+    }
+}
+
+/// Checks, stamps and stores one message; the queue id only once it is durable.
+pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<String, Refusal> {
+    let config = &ctx.config;
+    let hostname = &config.hostname.0;
+    let facts = trace::scan_headers(&sub.body);
+    if facts.received >= config.limits.max_hops {
+        return Err(Refusal::TooManyHops);
+    }
+    if let Source::Smtp { fix_ups: true, .. } = sub.source
+        && let Some(fixed) = crate::message::submission::fix_recipient_headers(&sub.body)
+    {
+        sub.body = fixed;
+    }
+    let queue_id = ctx.spool.new_queue_id();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = since_epoch.as_secs();
+    let single = match sub.recipients.as_slice() {
+        [(only, _)] => Some(only),
+        _ => None,
+    };
+    let prefix = match &sub.source {
+        Source::Smtp { peer, helo, protocol, tls, user, .. } => trace::prefix_fields(
+            &Trace {
+                helo,
+                client_ip: peer.ip(),
+                hostname,
+                protocol,
+                queue_id: &queue_id,
+                single_recipient: single,
+                unix_time: now,
+                tls: tls.as_ref(),
+                identity: user.as_deref().filter(|_| config.auth.received_identity),
+            },
+            &facts,
+        ),
+        Source::Local { user, uid } => trace::local_prefix(hostname, &queue_id, user, *uid, single, now, &facts),
+    };
+    let size = prefix.len() + sub.body.len();
+    let identity = sub.source.identity();
+    let client_ip = sub.source.client_ip();
+    let (helo, listener, tls_text, default_priority) = match &sub.source {
+        Source::Smtp { helo, local, tls, default_priority, .. } => {
+            let tls = tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)).unwrap_or_else(|| "none".into());
+            (helo.clone(), *local, tls, *default_priority)
+        }
+        Source::Local { .. } => ("localhost".to_string(), SocketAddr::new(client_ip, 0), "none".to_string(), 0),
+    };
+    let user = sub.source.user().map(str::to_string);
+    // MT-PRIORITY as given; else the (authenticated or local) user's default; else the listener's.
+    let login = match &sub.source {
+        Source::Smtp { user, .. } => user.as_deref(),
+        Source::Local { user, .. } => Some(user.as_str()),
+    };
+    let user_priority = login.and_then(|u| config.auth.user_priorities.get(u).copied());
+    sub.params.priority = sub.params.priority.or(user_priority).or(Some(default_priority).filter(|&p| p != 0));
+    // RFC 8689 5: the header field is ignored when REQUIRETLS was given.
+    sub.params.tls_optional = facts.tls_required_no && !sub.params.requiretls;
+    let envelope = Envelope {
+        queue_id: queue_id.clone(),
+        from: sub.from,
+        params: sub.params,
+        recipients: sub.recipients.into_iter().map(|(mailbox, params)| RecipientRecord::queued(mailbox, params, now)).collect(),
+        client_ip,
+        helo,
+        identity: identity.clone(),
+        listener,
+        arrival: now,
+        arrival_ms: Some(since_epoch.as_millis() as u64),
+        body: None,
+    };
+    let from = envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default();
+    let recipients = envelope.recipients.len();
+    let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{hostname}>"));
+    let started = Instant::now();
+    let stored = if sub.body.len() > BLOCKING_WRITE_THRESHOLD {
+        let spool = ctx.spool.clone();
+        let body = sub.body;
+        tokio::task::spawn_blocking(move || spool.store(envelope, &[prefix.as_bytes(), &body]))
+            .await
+            .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))
+    } else {
+        ctx.spool.store(envelope, &[prefix.as_bytes(), &sub.body])
+    };
+    let durable = match stored {
+        Ok(d) => d.wait().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = durable {
+        tracing::error!(queue_id = %queue_id, error = %e, "message not stored");
+        return Err(Refusal::Spool(e));
+    }
+    ctx.stored.notify_one();
+    ctx.rates.count(client_ip, user.as_deref());
+    metrics::histogram!(m::COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
+    metrics::counter!(m::BYTES_ACCEPTED).increment(size as u64);
+    // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
+    tracing::info!(
+        queue_id = %queue_id,
+        from = %from,
+        recipients,
+        size,
+        client = %client_ip,
+        identity = %identity,
+        tls = %tls_text,
+        message_id = %message_id,
+        "accepted"
+    );
+    Ok(queue_id)
+}
