@@ -3,26 +3,28 @@
 //! sled locks its database, so while the daemon runs, `sluice queue list` must ask it; when no
 //! daemon answers, the client opens the spool itself.
 //!
-//! Protocol: the client sends one request line (`queue list`, `queue summary`), the daemon
-//! answers with one JSON document and closes.
+//! Protocol (`protocol.rs`): the client sends one `Request` as a JSON line, the daemon answers
+//! with one `Response` document and closes. `server.rs` has one handler per request;
+//! `client.rs` asks, or reads the spool itself when no daemon answers.
 
+mod client;
 mod passwd;
+pub mod protocol;
+mod server;
 mod summary;
 
+pub use client::{queue_list, queue_summary};
 pub use passwd::users_file_line;
+pub use server::serve;
 pub use summary::{DestinationSummary, format_summary};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::net::UnixListener;
 
-use crate::config::Config;
-use crate::spool::{Envelope, Identity, RecipientState, SledSpool, Spool};
+use crate::spool::{Envelope, Identity, RecipientState, Spool};
 
 /// One message as `sluice queue list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,16 +71,8 @@ impl From<&Envelope> for QueueEntry {
     }
 }
 
-fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {
+pub(crate) fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {
     spool.list().map(|v| v.iter().map(QueueEntry::from).collect()).map_err(|e| e.to_string())
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Response {
-    Queue(Vec<QueueEntry>),
-    Summary(Vec<DestinationSummary>),
-    Error(String),
 }
 
 /// Binds a daemon socket at `path` (replacing a stale one) with permissions `mode`: 0o600 for
@@ -94,104 +88,6 @@ pub fn bind_socket(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// The summary from the spool and, when delivery runs, its live state.
-fn summarize(spool: &dyn Spool, config: &Config, delivery: Option<&crate::delivery::Delivery>) -> Result<Vec<DestinationSummary>, String> {
-    let envelopes = spool.list().map_err(|e| e.to_string())?;
-    Ok(match delivery {
-        Some(d) => summary::summarize(&envelopes, d.shaper(), d.shaper().states(unix_now())),
-        None => summary::summarize(&envelopes, &crate::shaping::Shaper::new(config), Vec::new()),
-    })
-}
-
-pub async fn serve(
-    listener: UnixListener,
-    spool: Arc<dyn Spool>,
-    config: Arc<Config>,
-    delivery: Option<Arc<crate::delivery::Delivery>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let stream = tokio::select! {
-            a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
-            _ = shutdown.changed() => return,
-        };
-        let (spool, config, delivery) = (spool.clone(), config.clone(), delivery.clone());
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).await.is_err() {
-                return;
-            }
-            let response = match line.trim() {
-                "queue list" => {
-                    let spool = spool.clone();
-                    match tokio::task::spawn_blocking(move || list(spool.as_ref())).await {
-                        Ok(Ok(entries)) => Response::Queue(entries),
-                        Ok(Err(e)) => Response::Error(e),
-                        Err(e) => Response::Error(e.to_string()),
-                    }
-                }
-                "queue summary" => {
-                    let spool = spool.clone();
-                    match tokio::task::spawn_blocking(move || summarize(spool.as_ref(), &config, delivery.as_deref())).await {
-                        Ok(Ok(rows)) => Response::Summary(rows),
-                        Ok(Err(e)) => Response::Error(e),
-                        Err(e) => Response::Error(e.to_string()),
-                    }
-                }
-                other => Response::Error(format!("unknown request {other:?}")),
-            };
-            let bytes = serde_json::to_vec(&response).unwrap_or_default();
-            let _ = reader.into_inner().write_all(&bytes).await;
-        });
-    }
-}
-
-/// Asks the running daemon; None when none answers.
-fn ask(config: &Config, request: &str) -> Option<Result<Response, String>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    runtime.block_on(async {
-        let mut stream = UnixStream::connect(&config.admin.socket).await.ok()?;
-        stream.write_all(format!("{request}\n").as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await.ok()?;
-        Some(serde_json::from_slice::<Response>(&buf).map_err(|e| format!("bad answer from daemon: {e}")))
-    })
-}
-
-/// Runs `f` on the spool itself (no daemon holds it).
-fn offline<T>(config: &Config, f: impl FnOnce(&dyn Spool) -> Result<T, String>) -> Result<T, String> {
-    let spool = SledSpool::open(&config.spool)
-        .map_err(|e| format!("no daemon at {} and the spool cannot be opened: {e}", config.admin.socket.display()))?;
-    let result = f(spool.as_ref());
-    spool.close();
-    result
-}
-
-/// `sluice queue list`: from the running daemon, or from the spool when no daemon answers.
-pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, String> {
-    match ask(config, "queue list") {
-        Some(Ok(Response::Queue(entries))) => Ok(entries),
-        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
-        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
-        None => offline(config, list),
-    }
-}
-
-/// `sluice queue summary`: live from the daemon, or counts from the spool when none answers.
-pub fn queue_summary(config: &Config) -> Result<Vec<DestinationSummary>, String> {
-    match ask(config, "queue summary") {
-        Some(Ok(Response::Summary(rows))) => Ok(rows),
-        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
-        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
-        None => offline(config, |spool| summarize(spool, config, None)),
-    }
 }
 
 /// The human-readable listing.

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::Config;
 use crate::shaping::{DestinationState, Shaper};
-use crate::spool::{Envelope, RecipientState};
+use crate::spool::{Envelope, RecipientState, Spool};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DestinationSummary {
@@ -109,4 +110,20 @@ fn age(secs: u64) -> String {
         7200..172_800 => format!("{}h", secs / 3600),
         _ => format!("{}d", secs / 86400),
     }
+}
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The summary from the spool and, when delivery runs, its live state.
+pub(super) fn from_spool(
+    spool: &dyn Spool,
+    config: &Config,
+    delivery: Option<&crate::delivery::Delivery>,
+) -> Result<Vec<DestinationSummary>, String> {
+    let envelopes = spool.list().map_err(|e| e.to_string())?;
+    Ok(match delivery {
+        Some(d) => summarize(&envelopes, d.shaper(), d.shaper().states(unix_now())),
+        None => summarize(&envelopes, &crate::shaping::Shaper::new(config), Vec::new()),
+    })
 }

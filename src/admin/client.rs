@@ -1,0 +1,54 @@
+//! The `sluice queue ...` side: asks the daemon over its socket, or reads the spool itself
+//! when no daemon answers.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::protocol::{Request, Response};
+use super::summary::from_spool;
+use super::{DestinationSummary, QueueEntry, list};
+use crate::config::Config;
+use crate::spool::{SledSpool, Spool};
+
+/// Asks the running daemon; None when none answers.
+fn ask(config: &Config, request: &Request) -> Option<Result<Response, String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    runtime.block_on(async {
+        let mut stream = UnixStream::connect(&config.admin.socket).await.ok()?;
+        let mut line = serde_json::to_vec(request).ok()?;
+        line.push(b'\n');
+        stream.write_all(&line).await.ok()?;
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.ok()?;
+        Some(serde_json::from_slice::<Response>(&buf).map_err(|e| format!("bad answer from daemon: {e}")))
+    })
+}
+
+/// Runs `f` on the spool itself (no daemon holds it).
+fn offline<T>(config: &Config, f: impl FnOnce(&dyn Spool) -> Result<T, String>) -> Result<T, String> {
+    let spool = SledSpool::open(&config.spool)
+        .map_err(|e| format!("no daemon at {} and the spool cannot be opened: {e}", config.admin.socket.display()))?;
+    let result = f(spool.as_ref());
+    spool.close();
+    result
+}
+
+/// `sluice queue list`: from the running daemon, or from the spool when no daemon answers.
+pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, String> {
+    match ask(config, &Request::QueueList) {
+        Some(Ok(Response::Queue(entries))) => Ok(entries),
+        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
+        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
+        None => offline(config, list),
+    }
+}
+
+/// `sluice queue summary`: live from the daemon, or counts from the spool when none answers.
+pub fn queue_summary(config: &Config) -> Result<Vec<DestinationSummary>, String> {
+    match ask(config, &Request::QueueSummary) {
+        Some(Ok(Response::Summary(rows))) => Ok(rows),
+        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
+        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
+        None => offline(config, |spool| from_spool(spool, config, None)),
+    }
+}
