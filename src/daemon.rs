@@ -59,7 +59,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         None
     } else {
         let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone())?;
-        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery, ctx.stored.clone());
+        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery, ctx.stored.clone(), Arc::new(crate::clock::SystemClock));
         tasks.spawn(runner.clone().run(watcher.clone()));
         Some(runner)
     };

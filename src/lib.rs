@@ -1,6 +1,7 @@
 //! Sluice: an outbound SMTP relay.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -1,5 +1,6 @@
 //! The queue: when each message is due, and what an attempt's results do to it.
 
+mod attempt;
 pub mod dsn;
 pub mod outcome;
 pub mod runner;

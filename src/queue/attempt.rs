@@ -1,0 +1,335 @@
+//! One attempt of one message, in named stages: load it, group its due recipients by
+//! destination, try each group (route, TLS requirements, suspension, rate, send), then settle
+//! the results into one spool change (states, retries, reports). Time comes from the runner's
+//! clock, so what an attempt decides can be tested on virtual time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::dsn;
+use super::outcome::{self, RetryPolicy, Tally};
+use super::runner::Runner;
+use crate::config::Config;
+use crate::delivery::attempt::Attempted;
+use crate::delivery::route::{self, Route, Target};
+use crate::metrics as m;
+use crate::shaping::Bucket;
+use crate::smtp::client::{Message, RcptOutcome, TlsPolicy};
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::spool::{Changes, Envelope, Identity, RecipientState, SpoolError};
+
+/// Bodies above this size are read on a blocking thread.
+const BLOCKING_READ_THRESHOLD: u64 = 256 * 1024;
+
+/// Recipients due now, by destination and by whether they must travel over TLS (those get
+/// transactions of their own).
+pub type Groups = BTreeMap<(String, bool), Vec<usize>>;
+
+/// What trying the groups gathered: results (each an attempt) and recipients shaping held back
+/// (not attempts: recipient, when to try again, why).
+#[derive(Default)]
+struct Gathered {
+    results: Vec<(usize, Attempted)>,
+    postponed: Vec<(usize, u64, String)>,
+}
+
+fn local(outcome: RcptOutcome) -> Attempted {
+    Attempted { outcome, remote: None, remote_dsn: false, remote_said: false }
+}
+
+/// The recipients of `env` due at `now` (unix seconds), grouped.
+pub fn due_groups(env: &Envelope, config: &Config, now: u64) -> Groups {
+    let mut groups = Groups::new();
+    for (i, r) in env.recipients.iter().enumerate() {
+        if r.state == RecipientState::Queued && r.next_attempt.unwrap_or(env.arrival) <= now {
+            // `TLS-Required: No` sets the recipient side's policy aside (intake never sets
+            // `tls_optional` together with REQUIRETLS).
+            let tls_only = !env.params.tls_optional && config.requires_tls(&r.mailbox);
+            let key = (route::destination_key(&r.mailbox.domain, config), tls_only);
+            groups.entry(key).or_default().push(i);
+        }
+    }
+    groups
+}
+
+impl Runner {
+    /// One attempt for every due recipient of a message, then one atomic spool change.
+    pub(super) async fn attempt(&self, queue_id: &str) -> Result<(), SpoolError> {
+        let Some((env, body)) = self.load(queue_id).await? else { return Ok(()) };
+        let groups = due_groups(&env, self.config(), self.clock.now());
+        let mut gathered = Gathered::default();
+        let mut stop = self.delivery().stopping();
+        for ((_, tls_only), indexes) in &groups {
+            if *stop.borrow() {
+                break;
+            }
+            self.try_group(&env, &body, *tls_only, indexes, &mut stop, &mut gathered).await;
+        }
+        if gathered.results.is_empty() && gathered.postponed.is_empty() {
+            return Ok(()); // Stopped before anything was tried.
+        }
+        let changes = self.settle(env, gathered, &body);
+        self.spool().apply(changes)?.wait().await
+    }
+
+    /// The envelope and its body; `None` when the message is gone (or was just parked because
+    /// its body cannot be read).
+    async fn load(&self, queue_id: &str) -> Result<Option<(Envelope, Arc<Vec<u8>>)>, SpoolError> {
+        let spool = self.spool();
+        let env = match spool.get(queue_id) {
+            Ok(e) => e,
+            Err(SpoolError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Small bodies are in the page cache and read in microseconds: a thread hop would cost more.
+        let large = env.body.is_some_and(|b| b.len > BLOCKING_READ_THRESHOLD);
+        let read = if large {
+            let (spool, read) = (spool.clone(), env.clone());
+            tokio::task::spawn_blocking(move || spool.read_body(&read)).await.unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))
+        } else {
+            spool.read_body(&env)
+        };
+        match read {
+            Ok(b) => Ok(Some((env, Arc::new(b)))),
+            Err(e) => self.park(env, &format!("message body unreadable: {e}")).await.map(|_| None),
+        }
+    }
+
+    /// One destination's recipients: routed, checked against REQUIRETLS and suspension, then
+    /// sent in transactions of at most the destination's recipients each.
+    async fn try_group(
+        &self,
+        env: &Envelope,
+        body: &Arc<Vec<u8>>,
+        tls_only: bool,
+        indexes: &[usize],
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        gathered: &mut Gathered,
+    ) {
+        metrics::counter!(m::DELIVERY_ATTEMPTS).increment(1);
+        let domain = env.recipients[indexes[0]].mailbox.domain.clone();
+        let delivery = self.delivery();
+        match delivery.route(&domain).await {
+            Route::Fail(reply) => gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Failed(reply.clone()))))),
+            Route::Defer(reply) => gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Deferred(reply.clone()))))),
+            Route::Targets(_) if env.params.requiretls && route::next_hop(&domain.to_ascii_lowercase(), self.config()).is_none() => {
+                // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
+                // MX records; neither exists here), so only a configured route qualifies.
+                let reply = Reply::new(
+                    550,
+                    Enhanced(5, 7, 30),
+                    format!(
+                        "REQUIRETLS support required: no authenticated route to {domain} (only configured routes and smarthosts qualify)"
+                    ),
+                );
+                gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Failed(reply.clone())))));
+            }
+            Route::Targets(targets) => {
+                let bucket = delivery.shaper().bucket(&domain, &targets);
+                if let Some((until, why)) = bucket.suspended(self.clock.now()) {
+                    metrics::counter!(m::SHAPING_POSTPONED, "reason" => "suspended").increment(1);
+                    let why = format!("Destination {} suspended: {why}", bucket.name);
+                    gathered.postponed.extend(indexes.iter().map(|&i| (i, until, why.clone())));
+                    return;
+                }
+                let policy = self.policy_for(env, &domain, tls_only);
+                self.send_chunks(env, body, &domain, &targets, &bucket, policy, indexes, stop, gathered).await;
+            }
+        }
+    }
+
+    /// Each transaction's worth of recipients takes a token of the destination's message rate
+    /// (waiting in line by priority), then goes to a delivery worker. When the line is full,
+    /// the rest go back to the queue on disk with their slot; when delivery stops, the rest
+    /// stay as they were.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_chunks(
+        &self,
+        env: &Envelope,
+        body: &Arc<Vec<u8>>,
+        domain: &str,
+        targets: &[Target],
+        bucket: &Arc<Bucket>,
+        policy: TlsPolicy,
+        indexes: &[usize],
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        gathered: &mut Gathered,
+    ) {
+        let delivery = self.delivery();
+        let priority = env.params.priority.unwrap_or(0);
+        let chunks: Vec<&[usize]> = indexes.chunks(bucket.max_recipients).collect();
+        for (k, chunk) in chunks.iter().enumerate() {
+            if *stop.borrow() {
+                break;
+            }
+            let waited = match &bucket.messages {
+                Some(queue) => tokio::select! {
+                    r = queue.acquire(priority, bucket.max_waiting()) => Some(r),
+                    _ = stop.wait_for(|stopping| *stopping) => break,
+                },
+                None => None,
+            };
+            if let (Some(queue), Some(Err(wait))) = (&bucket.messages, waited) {
+                // Too many wait in memory already: back to the queue on disk.
+                metrics::counter!(m::SHAPING_POSTPONED, "reason" => "rate").increment(1);
+                let until = self.clock.now() + bucket.come_back_in(wait).as_secs_f64().ceil().max(1.0) as u64;
+                let why = format!("Waiting for the message rate of {} ({})", bucket.name, queue.rate());
+                gathered.postponed.extend(chunks[k..].iter().flat_map(|c| c.iter()).map(|&i| (i, until, why.clone())));
+                break;
+            }
+            let msg = Message {
+                from: env.from.clone(),
+                params: env.params.clone(),
+                recipients: chunk.iter().map(|&i| (env.recipients[i].mailbox.clone(), env.recipients[i].params.clone())).collect(),
+                body: body.clone(),
+            };
+            let started = self.clock.now_ms();
+            let report = delivery.send(targets.to_vec(), bucket.clone(), msg, policy, delivery.logs_in(domain)).await;
+            delivery.shaper().record(bucket, &report.signal, started, self.clock.now_ms());
+            gathered.results.extend(chunk.iter().copied().zip(report.results).filter_map(|(i, r)| Some((i, r?))));
+        }
+    }
+
+    /// The attempt's results on the envelope (states, next attempts, expiry), logged and
+    /// counted, with the report anyone should get: one spool change.
+    fn settle(&self, mut env: Envelope, gathered: Gathered, body: &[u8]) -> Changes {
+        let Gathered { mut results, postponed } = gathered;
+        let d = &self.config().delivery;
+        let schedule: Vec<Duration> = d.retry.iter().map(|r| r.0).collect();
+        let delay_warning = Some(d.delay_warning.0).filter(|w| !w.is_zero());
+        let policy = RetryPolicy { schedule: &schedule, max_age: d.max_age.0, delay_warning };
+        let now = self.clock.now();
+        outcome::postpone(&mut env, &postponed, &mut results, now, &policy);
+        let tally = outcome::record(&mut env, &results, now, &policy);
+        self.log_results(&env, &results, &tally, now);
+        let mut changes = Changes::default();
+        if let Some(bounce) = self.report(&env, &tally, body, now) {
+            changes.store.push(bounce);
+        }
+        if outcome::is_final(&env) {
+            changes.remove.push(env.queue_id.clone());
+        } else {
+            changes.update.push(env);
+        }
+        changes
+    }
+
+    /// Verified TLS for REQUIRETLS and TLS-only recipients; the domain's policy otherwise,
+    /// where `TLS-Required: No` turns `required` into opportunistic (never for a smarthost
+    /// login, which protects our credentials, not the message).
+    fn policy_for(&self, env: &Envelope, domain: &str, tls_only: bool) -> TlsPolicy {
+        if env.params.requiretls || tls_only {
+            return TlsPolicy::Required;
+        }
+        match self.delivery().tls_policy(domain) {
+            TlsPolicy::Required if env.params.tls_optional && !self.delivery().logs_in(domain) => TlsPolicy::Opportunistic,
+            policy => policy,
+        }
+    }
+
+    /// A message that cannot be read is retried in an hour, not in a hot loop.
+    async fn park(&self, mut env: Envelope, why: &str) -> Result<(), SpoolError> {
+        tracing::error!(queue_id = %env.queue_id, "{why}");
+        let later = self.clock.now() + 3600;
+        for r in env.recipients.iter_mut().filter(|r| r.state == RecipientState::Queued) {
+            r.next_attempt = Some(later);
+            r.last_reply = Some(why.to_string());
+        }
+        self.spool().update(&env)?.wait().await
+    }
+
+    fn log_results(&self, env: &Envelope, results: &[(usize, Attempted)], tally: &Tally, now: u64) {
+        for (i, a) in results {
+            let r = &env.recipients[*i];
+            let status = match r.state {
+                RecipientState::Delivered => "delivered",
+                RecipientState::Failed => "bounced",
+                RecipientState::Queued => "deferred",
+            };
+            tracing::info!(queue_id = %env.queue_id, to = %r.mailbox, status, remote = a.remote.as_deref().unwrap_or("-"), reply = r.last_reply.as_deref().unwrap_or(""), "delivery");
+            if r.state == RecipientState::Delivered {
+                let latency = match env.arrival_ms {
+                    Some(ms) => self.clock.now_ms().saturating_sub(ms) as f64 / 1000.0,
+                    None => now.saturating_sub(env.arrival) as f64,
+                };
+                metrics::histogram!(m::DELIVERY_LATENCY).record(latency);
+            }
+        }
+        metrics::counter!(m::DELIVERED).increment(tally.delivered as u64);
+        metrics::counter!(m::DEFERRED).increment(tally.deferred as u64);
+        for f in &tally.failed {
+            let class = if f.reply.code >= 500 { "5xx" } else { "4xx" };
+            metrics::counter!(m::BOUNCED, "class" => class).increment(1);
+        }
+    }
+
+    /// The report for this attempt (failures, delay warnings, relayed notices), if anyone
+    /// should get one: the sender, or the postmaster when a bounce of ours failed. Null-sender
+    /// mail gets none (no bounce loops).
+    fn report(&self, env: &Envelope, tally: &Tally, original: &[u8], now: u64) -> Option<(Envelope, Vec<u8>)> {
+        let postmaster = self.config().postmaster();
+        let failures: Vec<_> = tally.failed.iter().filter(|f| dsn::wants_failure_notice(env, f.index)).cloned().collect();
+        let to = match (&env.from, &env.identity) {
+            (Some(sender), _) => sender.clone(),
+            // Our own bounce failed; tell the postmaster, unless that is what failed.
+            (None, Identity::Bounce) if !failures.is_empty() && failures.iter().all(|f| env.recipients[f.index].mailbox != postmaster) => {
+                postmaster
+            }
+            (None, _) => {
+                if !failures.is_empty() {
+                    tracing::info!(queue_id = %env.queue_id, "no bounce for a null-sender message");
+                }
+                return None;
+            }
+        };
+        let notices: Vec<_> = if env.from.is_some() {
+            failures.into_iter().chain(tally.delayed.clone()).chain(tally.relayed.clone()).collect()
+        } else {
+            failures
+        };
+        if notices.is_empty() {
+            return None;
+        }
+        let queue_id = self.spool().new_queue_id();
+        let retry_until = Some(env.arrival + self.config().delivery.max_age.0.as_secs());
+        let b = dsn::Report { hostname: &self.config().hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now, retry_until };
+        let body = dsn::report(&b, env, &notices, original);
+        let envelope = Envelope::report(queue_id, to, &self.config().hostname.0, now);
+        tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = %envelope.recipients[0].mailbox, recipients = notices.len(), "delivery status notification queued");
+        Some((envelope, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::{MailParams, Mailbox};
+    use crate::spool::RecipientRecord;
+
+    #[test]
+    fn due_recipients_are_grouped_by_destination_and_tls_requirement() {
+        let config = Config::parse("hostname: relay.test\nrequire_tls_recipients: [\"secure.test\"]\n", std::path::Path::new("/")).unwrap();
+        let rcpt = |s: &str, next: u64| {
+            let (l, d) = s.split_once('@').unwrap();
+            RecipientRecord {
+                next_attempt: Some(next),
+                ..RecipientRecord::queued(Mailbox { local: l.into(), domain: d.into() }, Default::default(), 0)
+            }
+        };
+        let mut env = Envelope::report("Q".into(), Mailbox { local: "x".into(), domain: "y.test".into() }, "relay.test", 0);
+        env.params = MailParams::default();
+        env.recipients = vec![
+            rcpt("a@one.test", 100),
+            rcpt("b@One.Test", 100),
+            rcpt("c@two.test", 200),
+            rcpt("d@secure.test", 100),
+            rcpt("e@one.test", 100),
+        ];
+        env.recipients[4].state = RecipientState::Delivered;
+        let groups = due_groups(&env, &config, 150);
+        let got: Vec<((String, bool), Vec<usize>)> = groups.into_iter().collect();
+        assert_eq!(got, [(("one.test".into(), false), vec![0, 1]), (("secure.test".into(), true), vec![3])]);
+        assert_eq!(due_groups(&env, &config, 99).len(), 0, "nothing due yet");
+    }
+}
