@@ -320,3 +320,48 @@ mod tests {
         assert!(to_seven_bit(msg.as_bytes()).is_err());
     }
 }
+
+#[cfg(test)]
+mod never_panics {
+    use super::*;
+
+    /// Messages built at random from MIME-ish pieces (and random bytes): the conversion never
+    /// panics, and what it returns for an 8-bit message is always 7-bit.
+    #[test]
+    fn random_mime_never_panics_and_converts_to_7bit() {
+        const PIECES: &[&str] = &[
+            "Content-Type: multipart/mixed; boundary=\"b\"\r\n",
+            "Content-Type: message/rfc822\r\n",
+            "Content-Type: text/plain; charset=utf-8\r\n",
+            "Content-Transfer-Encoding: 8bit\r\n",
+            "Content-Transfer-Encoding: base64\r\n",
+            "Subject: x\r\n",
+            " folded\r\n",
+            "\r\n",
+            "--b\r\n",
+            "--b--\r\n",
+            "plain text = with space \r\n",
+            "ü\u{e9}\u{7}\r\n",
+            "\u{0}",
+            "\r",
+            "\n",
+        ];
+        let mut seed: u64 = 0x5eed_1234_abcd_0001;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..20_000 {
+            let mut msg = Vec::new();
+            for _ in 0..next() % 24 {
+                match next() % 8 {
+                    0 => msg.extend((0..next() % 40).map(|_| (next() % 256) as u8)),
+                    _ => msg.extend_from_slice(PIECES[next() % PIECES.len()].as_bytes()),
+                }
+            }
+            if let Ok(out) = to_seven_bit(&msg) {
+                assert!(is_7bit(&out) || is_7bit(&msg), "{:?} -> {:?}", String::from_utf8_lossy(&msg), String::from_utf8_lossy(&out));
+            }
+        }
+    }
+}
