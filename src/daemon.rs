@@ -39,8 +39,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         let listener = TcpListener::bind(l.address).await.map_err(|e| format!("listen on {}: {e}", l.address))?;
         bound.push(listener);
     }
-    let admin = crate::admin::bind_socket(&config.admin.socket, 0o600)
-        .map_err(|e| format!("admin socket {}: {e}", config.admin.socket.display()))?;
+    let admin = crate::admin::bind_admin_socket(&config.admin)?;
     // Every local user may submit; the daemon learns who from the socket.
     let sendmail = crate::admin::bind_socket(&config.sendmail.socket, 0o666)
         .map_err(|e| format!("sendmail socket {}: {e}", config.sendmail.socket.display()))?;

@@ -16,3 +16,4 @@ pub mod shaping;
 pub mod smtp;
 pub mod spool;
 pub mod stream;
+pub mod sys;

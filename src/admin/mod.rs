@@ -75,6 +75,19 @@ pub(crate) fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {
     spool.list().map(|v| v.iter().map(QueueEntry::from).collect()).map_err(|e| e.to_string())
 }
 
+/// The admin socket: 0600, or 0660 for `admin.group` (validated to exist by the config).
+pub fn bind_admin_socket(admin: &crate::config::AdminConfig) -> Result<UnixListener, String> {
+    let path = &admin.socket;
+    let fail = |e: std::io::Error| format!("admin socket {}: {e}", path.display());
+    let Some(group) = &admin.group else { return bind_socket(path, 0o600).map_err(fail) };
+    let gid = crate::sys::group_id(group).ok_or_else(|| format!("admin.group: no group {group:?}"))?;
+    let listener = bind_socket(path, 0o600).map_err(fail)?;
+    // Group first, then the mode: the group's members never see it open to another group.
+    std::os::unix::fs::chown(path, None, Some(gid)).map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(fail)?;
+    Ok(listener)
+}
+
 /// Binds a daemon socket at `path` (replacing a stale one) with permissions `mode`: 0o600 for
 /// the admin socket (only the daemon's user), 0o666 for the sendmail socket (every local user).
 pub fn bind_socket(path: &Path, mode: u32) -> std::io::Result<UnixListener> {

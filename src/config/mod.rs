@@ -292,6 +292,10 @@ pub struct AdminConfig {
     /// Unix socket of the admin API, used by `sluice queue ...`.
     #[serde(default = "default_admin_socket")]
     pub socket: PathBuf,
+    /// A group whose members may use the socket too (mode 0660, that group); without it only
+    /// the daemon's user may (0600).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
@@ -392,7 +396,7 @@ impl Default for MetricsConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { socket: default_admin_socket() }
+        AdminConfig { socket: default_admin_socket(), group: None }
     }
 }
 
@@ -441,6 +445,11 @@ impl Config {
         }
         if self.listeners.is_empty() {
             return Err(err("listeners", "at least one listener is required".into()));
+        }
+        if let Some(group) = &self.admin.group
+            && crate::sys::group_id(group).is_none()
+        {
+            return Err(ConfigError(format!("admin.group: no group {group:?} on this system{}", line_of(text, "group"))));
         }
         for (i, l) in self.listeners.iter().enumerate() {
             // Port 0 (any free port, used by tests) cannot collide.

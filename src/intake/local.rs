@@ -28,21 +28,6 @@ pub async fn serve(listener: UnixListener, ctx: Arc<IntakeContext>, mut shutdown
 }
 
 /// The login name of `uid`, from the password database.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: getpwuid_r writes into `pwd` and `buf`, both alive and sized as passed; the
-    // name pointer it returns points into `buf`, read before `buf` is dropped.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name is a NUL-terminated string inside `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 fn refused(exit: u8, text: impl Into<String>) -> Response {
     Response::Refused { exit, text: text.into() }
 }
@@ -76,7 +61,7 @@ async fn read_request(reader: &mut BufReader<UnixStream>, ctx: &IntakeContext) -
 
 async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: Vec<u8>) -> Response {
     let config = &ctx.config;
-    let user = user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
+    let user = crate::sys::user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
     let hostname = &config.hostname.0;
     let own = format!("{user}@{hostname}");
     let trusted = config.sendmail.trusted_users.contains(&user);

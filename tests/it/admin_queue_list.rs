@@ -33,3 +33,28 @@ fn queue_list_from_the_daemon_and_from_the_spool() {
     let entries: Vec<QueueEntry> = serde_json::from_str(&out).unwrap();
     assert_eq!(entries[0].queue_id, queue_id);
 }
+
+/// With `admin.group`, the socket belongs to that group and its members may use it (0660);
+/// without, only the daemon's user (0600).
+#[test]
+fn the_admin_socket_is_the_configured_groups() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (root, own) = unsafe { (libc::geteuid() == 0, libc::getegid()) };
+    // As root, a group other than our own, so the ownership check means something.
+    let group = match root {
+        true => ["nogroup", "daemon"].into_iter().find(|g| sluice::sys::group_id(g).is_some()).expect("a system group").to_string(),
+        false => sluice::sys::group_name(own).expect("our group has a name"),
+    };
+    let gid = sluice::sys::group_id(&group).unwrap();
+    for (extra, mode, owner) in [(format!("admin:\n  group: {group}\n"), 0o660, gid), (String::new(), 0o600, own)] {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Daemon::spawn(dir.path(), &extra, &[]);
+        let config = sluice::config::Config::load(&daemon.config_path).unwrap();
+        let meta = std::fs::metadata(&config.admin.socket).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{extra:?}");
+        assert_eq!(meta.gid(), owner, "{extra:?}");
+        let (ok, _, err) = sluice(&["queue", "list", "--config", daemon.config_path.to_str().unwrap()]);
+        assert!(ok, "{err}");
+    }
+}

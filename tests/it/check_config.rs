@@ -17,6 +17,7 @@ fn bad_configs_fail_with_key_and_line() {
         ("hostname: a.test\nlimits:\n  max_hops: many\n", "limits.max_hops", "line 3"),
         ("hostname: a.test\nlisten: []\n", "unknown field `listen`", "line 2"),
         ("hostname: a.test\ntrusted_networks:\n  - 10.0.0.0/40\n", "trusted_networks: invalid prefix length", "line 3"),
+        ("hostname: a.test\nadmin:\n  group: no-such-group-here\n", "admin.group: no group \"no-such-group-here\"", "line 3"),
     ];
     for (text, key, line) in cases {
         let path = dir.path().join("bad.yaml");
