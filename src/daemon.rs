@@ -63,8 +63,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         Some(runner)
     };
     tasks.spawn(crate::intake::local::serve(sendmail, ctx.clone(), watcher.clone()));
-    let delivery = runner.as_ref().map(|r| r.delivery());
-    tasks.spawn(crate::admin::serve(admin, spool.clone(), config.clone(), delivery, watcher));
+    tasks.spawn(crate::admin::serve(admin, spool.clone(), config.clone(), runner.clone(), watcher));
     Ok(Running { listeners, shutdown, tasks, ctx, spool, runner })
 }
 

@@ -66,6 +66,52 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make messages due now and end their destinations' suspensions (postqueue -f/-s/-i).
+    /// Exit 0 done, 1 error, 2 usage, 3 no such message, 69 no daemon answers.
+    Flush {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Every message with a queued recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `sluice queue flush`: exit 0 done, 1 error, 2 usage, 3 no such message, 69 no daemon.
+fn flush(config: &std::path::Path, selection: sluice::admin::protocol::Selection, json: bool) -> ExitCode {
+    if selection.is_empty() {
+        eprintln!("sluice: queue flush needs queue ids, --domain or --all");
+        return ExitCode::from(2);
+    }
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sluice::admin::queue_flush(&config, selection) {
+        Ok(n) if json => {
+            println!("{{\"flushed\": {n}}}");
+            ExitCode::SUCCESS
+        }
+        Ok(n) => {
+            println!("{n} message(s) flushed");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, String> {
@@ -112,6 +158,9 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Queue { command: QueueCommand::Flush { config, ids, domain, all, json } } => {
+            return flush(&config, sluice::admin::protocol::Selection { ids, domain, all }, json);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::protocol::{Request, Response};
+use super::protocol::{Request, Response, Selection};
 use super::summary::from_spool;
 use super::{DestinationSummary, QueueEntry, list};
 use crate::config::Config;
@@ -51,4 +51,52 @@ pub fn queue_summary(config: &Config) -> Result<Vec<DestinationSummary>, String>
         Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
         None => offline(config, |spool| from_spool(spool, config, None)),
     }
+}
+
+/// Why an admin action failed, with the exit code `sluice queue` gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminError {
+    /// No daemon answers on the admin socket (the action needs one).
+    Unreachable(String),
+    /// No message with this queue id.
+    NoSuchMessage(String),
+    Failed(String),
+}
+
+impl AdminError {
+    /// 69 (EX_UNAVAILABLE) unreachable, 3 no such message, 1 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AdminError::Unreachable(_) => 69,
+            AdminError::NoSuchMessage(_) => 3,
+            AdminError::Failed(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for AdminError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminError::Unreachable(socket) => write!(f, "no daemon answers at {socket}; this needs the running daemon"),
+            AdminError::NoSuchMessage(id) => write!(f, "no message {id} in the queue"),
+            AdminError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// An action only the running daemon can carry out (nothing is written to the spool behind
+/// its back): the number of messages it took.
+fn act(config: &Config, request: Request) -> Result<usize, AdminError> {
+    match ask(config, &request) {
+        Some(Ok(Response::Done { messages })) => Ok(messages),
+        Some(Ok(Response::NotFound(id))) => Err(AdminError::NoSuchMessage(id)),
+        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(AdminError::Failed(e)),
+        Some(Ok(_)) => Err(AdminError::Failed("unexpected answer from the daemon".into())),
+        None => Err(AdminError::Unreachable(config.admin.socket.display().to_string())),
+    }
+}
+
+/// `sluice queue flush`: the selected messages due now, their destinations' suspensions ended.
+pub fn queue_flush(config: &Config, selection: Selection) -> Result<usize, AdminError> {
+    act(config, Request::QueueFlush(selection))
 }

@@ -12,6 +12,26 @@ pub enum Request {
     QueueList,
     /// Per destination: queued mail, connections, rates, suspensions.
     QueueSummary,
+    /// Make messages due now and end their destinations' suspensions.
+    QueueFlush(Selection),
+}
+
+/// Which messages an action is for: these ids, and/or every message with a queued recipient
+/// at `domain`, or all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    #[serde(default)]
+    pub ids: Vec<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+impl Selection {
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.domain.is_none() && !self.all
+    }
 }
 
 /// The daemon's answer.
@@ -20,6 +40,12 @@ pub enum Request {
 pub enum Response {
     Queue(Vec<QueueEntry>),
     Summary(Vec<DestinationSummary>),
+    /// How many messages an action took.
+    Done {
+        messages: usize,
+    },
+    /// No message with this queue id.
+    NotFound(String),
     /// The request could not be carried out (or not read).
     Error(String),
 }

@@ -6,18 +6,19 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
-use super::protocol::{Request, Response};
+use super::protocol::{Request, Response, Selection};
 use super::summary::from_spool;
 use super::{DestinationSummary, list};
 use crate::config::Config;
-use crate::spool::Spool;
+use crate::queue::runner::Runner;
+use crate::spool::{Envelope, RecipientState, Spool};
 
 /// Serves the admin socket until shutdown: one task per connection, one request each.
 pub async fn serve(
     listener: UnixListener,
     spool: Arc<dyn Spool>,
     config: Arc<Config>,
-    delivery: Option<Arc<crate::delivery::Delivery>>,
+    runner: Option<Arc<Runner>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -25,15 +26,16 @@ pub async fn serve(
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
-        let (spool, config, delivery) = (spool.clone(), config.clone(), delivery.clone());
+        let (spool, config, runner) = (spool.clone(), config.clone(), runner.clone());
         tokio::spawn(async move {
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
             if reader.read_line(&mut line).await.is_err() {
                 return;
             }
+            let operator = reader.get_ref().peer_cred().ok().map(|c| c.uid());
             let response = match serde_json::from_str::<Request>(line.trim()) {
-                Ok(request) => handle(request, &Handlers { spool, config, delivery }).await,
+                Ok(request) => handle(request, &Handlers { spool, config, runner, operator }).await,
                 Err(e) => Response::Error(format!("bad request: {e}")),
             };
             let bytes = serde_json::to_vec(&response).unwrap_or_default();
@@ -46,13 +48,23 @@ pub async fn serve(
 struct Handlers {
     spool: Arc<dyn Spool>,
     config: Arc<Config>,
-    delivery: Option<Arc<crate::delivery::Delivery>>,
+    /// None while delivery is paused.
+    runner: Option<Arc<Runner>>,
+    /// The uid of the operator asking (SO_PEERCRED), for the log.
+    operator: Option<u32>,
+}
+
+impl Handlers {
+    fn operator(&self) -> String {
+        self.operator.map(|uid| crate::sys::user_name(uid).unwrap_or_else(|| format!("uid{uid}"))).unwrap_or_else(|| "unknown".into())
+    }
 }
 
 async fn handle(request: Request, h: &Handlers) -> Response {
     match request {
         Request::QueueList => queue_list(h).await,
         Request::QueueSummary => queue_summary(h).await,
+        Request::QueueFlush(selection) => queue_flush(h, selection).await,
     }
 }
 
@@ -70,10 +82,52 @@ async fn queue_list(h: &Handlers) -> Response {
 }
 
 async fn queue_summary(h: &Handlers) -> Response {
-    let (spool, config, delivery) = (h.spool.clone(), h.config.clone(), h.delivery.clone());
+    let (spool, config) = (h.spool.clone(), h.config.clone());
+    let delivery = h.runner.as_ref().map(|r| r.delivery());
     let rows: Result<Vec<DestinationSummary>, String> = blocking(move || from_spool(spool.as_ref(), &config, delivery.as_deref())).await;
     match rows {
         Ok(rows) => Response::Summary(rows),
         Err(e) => Response::Error(e),
     }
+}
+
+/// The queued messages a selection names, and the recipient domains they have queued; the
+/// first unknown id, if one is named.
+fn select(envelopes: &[Envelope], selection: &Selection) -> Result<(Vec<String>, Vec<String>), String> {
+    if let Some(missing) = selection.ids.iter().find(|id| !envelopes.iter().any(|e| &&e.queue_id == id)) {
+        return Err(missing.clone());
+    }
+    let wanted = selection.domain.as_deref().map(str::to_ascii_lowercase);
+    let mut ids = Vec::new();
+    let mut domains = Vec::new();
+    for e in envelopes {
+        let queued: Vec<String> =
+            e.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.mailbox.domain.to_ascii_lowercase()).collect();
+        let named = selection.all || selection.ids.contains(&e.queue_id) || wanted.as_ref().is_some_and(|d| queued.contains(d));
+        if named && !queued.is_empty() {
+            ids.push(e.queue_id.clone());
+            domains.extend(queued.into_iter().filter(|d| wanted.as_ref().is_none_or(|w| w == d)));
+        }
+    }
+    domains.extend(wanted);
+    domains.sort();
+    domains.dedup();
+    Ok((ids, domains))
+}
+
+async fn queue_flush(h: &Handlers, selection: Selection) -> Response {
+    let Some(runner) = &h.runner else { return Response::Error("delivery is paused (delivery.paused): nothing is sent".into()) };
+    let spool = h.spool.clone();
+    let envelopes = match blocking(move || spool.list().map_err(|e| e.to_string())).await {
+        Ok(e) => e,
+        Err(e) => return Response::Error(e),
+    };
+    let (ids, domains) = match select(&envelopes, &selection) {
+        Ok(found) => found,
+        Err(missing) => return Response::NotFound(missing),
+    };
+    let messages = ids.len();
+    runner.flush(ids, &domains);
+    tracing::info!(operator = %h.operator(), messages, domains = ?domains, "queue flush");
+    Response::Done { messages }
 }

@@ -54,10 +54,12 @@ pub fn due_groups(env: &Envelope, config: &Config, now: u64) -> Groups {
 }
 
 impl Runner {
-    /// One attempt for every due recipient of a message, then one atomic spool change.
-    pub(super) async fn attempt(&self, queue_id: &str) -> Result<(), SpoolError> {
+    /// One attempt for every due recipient of a message (every queued one when `flushed`),
+    /// then one atomic spool change.
+    pub(super) async fn attempt(&self, queue_id: &str, flushed: bool) -> Result<(), SpoolError> {
         let Some((env, body)) = self.load(queue_id).await? else { return Ok(()) };
-        let groups = due_groups(&env, self.config(), self.clock.now());
+        let due = if flushed { u64::MAX } else { self.clock.now() };
+        let groups = due_groups(&env, self.config(), due);
         let mut gathered = Gathered::default();
         let mut stop = self.delivery().stopping();
         for ((_, tls_only), indexes) in &groups {

@@ -26,6 +26,8 @@ pub struct Runner {
     /// Woken by intake (new mail) and by finished deliveries.
     pub notify: Arc<Notify>,
     in_flight: Mutex<HashSet<String>>,
+    /// Flushed by an operator: attempted at the next dispatch, every queued recipient due.
+    flushed: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
     /// Every time the runner and its attempts decide on.
     pub(super) clock: Arc<dyn Clock>,
@@ -35,7 +37,8 @@ impl Runner {
     pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>, clock: Arc<dyn Clock>) -> Arc<Runner> {
         let config = delivery.config().clone();
         let permits = Arc::new(Semaphore::new(config.delivery.max_concurrent_deliveries));
-        Arc::new(Runner { spool, delivery, config, notify, in_flight: Mutex::new(HashSet::new()), permits, clock })
+        let (in_flight, flushed) = (Mutex::default(), Mutex::default());
+        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, permits, clock })
     }
 
     pub fn delivery(&self) -> Arc<Delivery> {
@@ -53,6 +56,24 @@ impl Runner {
     /// Messages being delivered now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.lock().expect("in-flight lock").len()
+    }
+
+    /// Makes these messages due now (`postqueue -i`): each is attempted at once, every queued
+    /// recipient of it, whatever its next attempt said, and the suspension of its destinations
+    /// ends. One already being delivered is left to that attempt. Nothing is written here:
+    /// the attempt records its outcome like any other, so a flush cannot race a delivery.
+    pub fn flush(&self, queue_ids: impl IntoIterator<Item = String>, domains: &[String]) -> usize {
+        let shaper = self.delivery.shaper();
+        for domain in domains {
+            shaper.resume(domain, self.clock.now());
+        }
+        let mut flushed = self.flushed.lock().expect("flushed lock");
+        let before = flushed.len();
+        flushed.extend(queue_ids);
+        let added = flushed.len() - before;
+        drop(flushed);
+        self.notify.notify_one();
+        added
     }
 
     /// Dispatches due messages until shut down; deliveries under way finish on their own.
@@ -77,6 +98,18 @@ impl Runner {
     fn dispatch(self: &Arc<Self>) -> Duration {
         let now = self.clock.now();
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        {
+            let mut flushed = self.flushed.lock().expect("flushed lock");
+            let ids: Vec<String> = flushed.iter().filter(|id| !in_flight.contains(*id)).cloned().collect();
+            for queue_id in ids {
+                let Ok(permit) = self.permits.clone().try_acquire_owned() else { return MAX_SLEEP };
+                flushed.remove(&queue_id);
+                in_flight.insert(queue_id.clone());
+                metrics::gauge!(m::QUEUE_IN_FLIGHT).increment(1.0);
+                let runner = self.clone();
+                tokio::spawn(async move { runner.deliver(queue_id, permit, true).await });
+            }
+        }
         let limit = in_flight.len() + 256;
         let upcoming = match self.spool.upcoming(limit) {
             Ok(u) => u,
@@ -100,14 +133,14 @@ impl Runner {
             in_flight.insert(queue_id.clone());
             metrics::gauge!(m::QUEUE_IN_FLIGHT).increment(1.0);
             let runner = self.clone();
-            tokio::spawn(async move { runner.deliver(queue_id, permit).await });
+            tokio::spawn(async move { runner.deliver(queue_id, permit, false).await });
         }
         // The scan stopped at its limit with everything due: look again at once.
         if more { Duration::ZERO } else { MAX_SLEEP }
     }
 
-    async fn deliver(self: Arc<Self>, queue_id: String, _permit: OwnedSemaphorePermit) {
-        if let Err(e) = self.attempt(&queue_id).await {
+    async fn deliver(self: Arc<Self>, queue_id: String, _permit: OwnedSemaphorePermit, flushed: bool) {
+        if let Err(e) = self.attempt(&queue_id, flushed).await {
             tracing::error!(queue_id = %queue_id, error = %e, "delivery attempt could not be recorded");
         }
         self.in_flight.lock().expect("in-flight lock").remove(&queue_id);

@@ -188,6 +188,24 @@ impl Shaper {
         }
     }
 
+    /// Ends the suspension of the destination mail to `domain` belongs to, and forgets its
+    /// backoff history (an operator's flush: the cause was mended).
+    pub fn resume(&self, domain: &str, now: u64) {
+        let domain = domain.to_ascii_lowercase();
+        let rule = self.rules.iter().position(|r| r.names_domain(&domain));
+        let key = match rule.or_else(|| self.ruled.lock().expect("ruled lock").get(&domain).copied()) {
+            Some(i) => BucketKey::Rule(i),
+            None => BucketKey::Domain(domain),
+        };
+        let Some(bucket) = self.buckets.lock().expect("buckets lock").get(&key).cloned() else { return };
+        let mut health = bucket.health.lock().expect("health lock");
+        if health.suspended(now.saturating_mul(1000)).is_some() {
+            tracing::info!(destination = %bucket.name, "destination resumed by a flush");
+            metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(0.0);
+        }
+        *health = Health::default();
+    }
+
     /// The destination name mail to `domain` is counted under: a rule's, else the domain.
     pub fn destination_of(&self, domain: &str) -> String {
         let domain = domain.to_ascii_lowercase();

@@ -38,6 +38,7 @@ mod peers;
 mod pipelining;
 mod postmaster;
 mod priority_and_rates;
+mod queue_flush;
 mod relay_denied;
 mod require_tls_recipients;
 mod requiretls;
