@@ -66,6 +66,18 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One message: envelope, recipients' states and replies, its headers; with --body the
+    /// message as stored (postcat -q). Exit 3 when there is no such message.
+    Show {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        id: String,
+        /// The whole message, not only its headers.
+        #[arg(long)]
+        body: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make messages due now and end their destinations' suspensions (postqueue -f/-s/-i).
     /// Exit 0 done, 1 error, 2 usage, 3 no such message, 69 no daemon answers.
     Flush {
@@ -83,6 +95,24 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `sluice queue show`: exit 0, 1 error, 3 no such message.
+fn show(config: &std::path::Path, id: &str, whole: bool, json: bool) -> ExitCode {
+    let result = load(config).map_err(sluice::admin::AdminError::Failed).and_then(|c| sluice::admin::queue_show(&c, id, whole));
+    match result {
+        Ok(view) => {
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default()),
+                false => print!("{}", sluice::admin::format_message(&view)),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// `sluice queue flush`: exit 0 done, 1 error, 2 usage, 3 no such message, 69 no daemon.
@@ -158,6 +188,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Queue { command: QueueCommand::Show { config, id, body, json } } => return show(&config, &id, body, json),
         Command::Queue { command: QueueCommand::Flush { config, ids, domain, all, json } } => {
             return flush(&config, sluice::admin::protocol::Selection { ids, domain, all }, json);
         }

@@ -6,7 +6,7 @@ use tokio::net::UnixStream;
 
 use super::protocol::{Request, Response, Selection};
 use super::summary::from_spool;
-use super::{DestinationSummary, QueueEntry, list};
+use super::{DestinationSummary, MessageView, QueueEntry, list, show};
 use crate::config::Config;
 use crate::spool::{SledSpool, Spool};
 
@@ -99,4 +99,16 @@ fn act(config: &Config, request: Request) -> Result<usize, AdminError> {
 /// `sluice queue flush`: the selected messages due now, their destinations' suspensions ended.
 pub fn queue_flush(config: &Config, selection: Selection) -> Result<usize, AdminError> {
     act(config, Request::QueueFlush(selection))
+}
+
+/// `sluice queue show ID`: from the running daemon, or from the spool when none answers.
+pub fn queue_show(config: &Config, id: &str, whole: bool) -> Result<MessageView, AdminError> {
+    let found = match ask(config, &Request::QueueShow { id: id.to_string(), body: whole }) {
+        Some(Ok(Response::Message(view))) => Some(*view),
+        Some(Ok(Response::NotFound(_))) => None,
+        Some(Ok(Response::Error(e))) | Some(Err(e)) => return Err(AdminError::Failed(e)),
+        Some(Ok(_)) => return Err(AdminError::Failed("unexpected answer from the daemon".into())),
+        None => offline(config, |spool| show(spool, id, whole)).map_err(AdminError::Failed)?,
+    };
+    found.ok_or_else(|| AdminError::NoSuchMessage(id.to_string()))
 }

@@ -13,7 +13,7 @@ pub mod protocol;
 mod server;
 mod summary;
 
-pub use client::{AdminError, queue_flush, queue_list, queue_summary};
+pub use client::{AdminError, queue_flush, queue_list, queue_show, queue_summary};
 pub use passwd::users_file_line;
 pub use server::serve;
 pub use summary::{DestinationSummary, format_summary};
@@ -69,6 +69,59 @@ impl From<&Envelope> for QueueEntry {
                 .collect(),
         }
     }
+}
+
+/// One message as `sluice queue show` prints it (`postcat -q`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub entry: QueueEntry,
+    /// MT-PRIORITY, REQUIRETLS, RET and ENVID as the message carries them.
+    pub priority: Option<i8>,
+    pub requiretls: bool,
+    pub ret: Option<String>,
+    pub envid: Option<String>,
+    /// The header section as stored (our trace fields first).
+    pub headers: String,
+    /// The whole message as stored, when asked for.
+    pub message: Option<String>,
+}
+
+/// The message `id` from the spool; `Ok(None)` when there is none.
+pub(crate) fn show(spool: &dyn Spool, id: &str, whole: bool) -> Result<Option<MessageView>, String> {
+    let env = match spool.get(id) {
+        Ok(e) => e,
+        Err(crate::spool::SpoolError::NotFound) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let stored = spool.read_body(&env).map_err(|e| e.to_string())?;
+    let end = memchr::memmem::find(&stored, b"\r\n\r\n").map_or(stored.len(), |i| i + 2);
+    Ok(Some(MessageView {
+        entry: QueueEntry::from(&env),
+        priority: env.params.priority,
+        requiretls: env.params.requiretls,
+        ret: env.params.ret.map(|r| format!("{r:?}").to_ascii_uppercase()),
+        envid: env.params.envid.clone(),
+        headers: String::from_utf8_lossy(&stored[..end]).into_owned(),
+        message: whole.then(|| String::from_utf8_lossy(&stored).into_owned()),
+    }))
+}
+
+/// The human-readable form of one message.
+pub fn format_message(view: &MessageView) -> String {
+    let mut out = format_table(std::slice::from_ref(&view.entry));
+    out.truncate(out.trim_end().rfind('\n').map_or(out.len(), |i| i + 1)); // without the "1 message(s)" line
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "  priority {}  requiretls {}  ret {}  envid {}",
+        view.priority.map_or("-".into(), |p| p.to_string()),
+        view.requiretls,
+        view.ret.as_deref().unwrap_or("-"),
+        view.envid.as_deref().unwrap_or("-")
+    );
+    out.push('\n');
+    out.push_str(view.message.as_deref().unwrap_or(&view.headers).replace("\r\n", "\n").as_str());
+    out
 }
 
 pub(crate) fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {

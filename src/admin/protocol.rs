@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DestinationSummary, QueueEntry};
+use super::{DestinationSummary, MessageView, QueueEntry};
 
 /// What an operator asks the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,6 +12,8 @@ pub enum Request {
     QueueList,
     /// Per destination: queued mail, connections, rates, suspensions.
     QueueSummary,
+    /// One message: its envelope, recipients' states, headers, and with `body` all of it.
+    QueueShow { id: String, body: bool },
     /// Make messages due now and end their destinations' suspensions.
     QueueFlush(Selection),
 }
@@ -40,6 +42,7 @@ impl Selection {
 pub enum Response {
     Queue(Vec<QueueEntry>),
     Summary(Vec<DestinationSummary>),
+    Message(Box<MessageView>),
     /// How many messages an action took.
     Done {
         messages: usize,

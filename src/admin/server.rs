@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::protocol::{Request, Response, Selection};
 use super::summary::from_spool;
-use super::{DestinationSummary, list};
+use super::{DestinationSummary, list, show};
 use crate::config::Config;
 use crate::queue::runner::Runner;
 use crate::spool::{Envelope, RecipientState, Spool};
@@ -64,6 +64,7 @@ async fn handle(request: Request, h: &Handlers) -> Response {
     match request {
         Request::QueueList => queue_list(h).await,
         Request::QueueSummary => queue_summary(h).await,
+        Request::QueueShow { id, body } => queue_show(h, id, body).await,
         Request::QueueFlush(selection) => queue_flush(h, selection).await,
     }
 }
@@ -130,4 +131,14 @@ async fn queue_flush(h: &Handlers, selection: Selection) -> Response {
     runner.flush(ids, &domains);
     tracing::info!(operator = %h.operator(), messages, domains = ?domains, "queue flush");
     Response::Done { messages }
+}
+
+async fn queue_show(h: &Handlers, id: String, whole: bool) -> Response {
+    let spool = h.spool.clone();
+    let wanted = id.clone();
+    match blocking(move || show(spool.as_ref(), &wanted, whole)).await {
+        Ok(Some(view)) => Response::Message(Box::new(view)),
+        Ok(None) => Response::NotFound(id),
+        Err(e) => Response::Error(e),
+    }
 }

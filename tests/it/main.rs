@@ -39,6 +39,7 @@ mod pipelining;
 mod postmaster;
 mod priority_and_rates;
 mod queue_flush;
+mod queue_show;
 mod relay_denied;
 mod require_tls_recipients;
 mod requiretls;
