@@ -95,6 +95,26 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Remove messages from the queue (postsuper -d), each selection in one spool change; a
+    /// message being delivered goes once that attempt has recorded. Exit codes as flush.
+    Delete {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Every message with a queued recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        /// Say which messages would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `sluice queue show`: exit 0, 1 error, 3 no such message.
@@ -115,10 +135,17 @@ fn show(config: &std::path::Path, id: &str, whole: bool, json: bool) -> ExitCode
     }
 }
 
-/// `sluice queue flush`: exit 0 done, 1 error, 2 usage, 3 no such message, 69 no daemon.
-fn flush(config: &std::path::Path, selection: sluice::admin::protocol::Selection, json: bool) -> ExitCode {
+/// An action on selected messages (`flush`, `delete`): exit 0 done, 1 error, 2 usage, 3 no
+/// such message, 69 no daemon. Prints how many and which (`--json`: `{"VERB": [ids]}`).
+fn act(
+    config: &std::path::Path,
+    selection: sluice::admin::protocol::Selection,
+    json: bool,
+    verb: &str,
+    run: impl FnOnce(&Config, sluice::admin::protocol::Selection) -> Result<Vec<String>, sluice::admin::AdminError>,
+) -> ExitCode {
     if selection.is_empty() {
-        eprintln!("sluice: queue flush needs queue ids, --domain or --all");
+        eprintln!("sluice: queue {verb} needs queue ids, --domain or --all");
         return ExitCode::from(2);
     }
     let config = match load(config) {
@@ -128,13 +155,13 @@ fn flush(config: &std::path::Path, selection: sluice::admin::protocol::Selection
             return ExitCode::FAILURE;
         }
     };
-    match sluice::admin::queue_flush(&config, selection) {
-        Ok(n) if json => {
-            println!("{{\"flushed\": {n}}}");
+    match run(&config, selection) {
+        Ok(ids) if json => {
+            println!("{}", serde_json::json!({ verb: ids }));
             ExitCode::SUCCESS
         }
-        Ok(n) => {
-            println!("{n} message(s) flushed");
+        Ok(ids) => {
+            println!("{} message(s) {verb}: {}", ids.len(), ids.join(" "));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -190,7 +217,13 @@ fn main() -> ExitCode {
         }),
         Command::Queue { command: QueueCommand::Show { config, id, body, json } } => return show(&config, &id, body, json),
         Command::Queue { command: QueueCommand::Flush { config, ids, domain, all, json } } => {
-            return flush(&config, sluice::admin::protocol::Selection { ids, domain, all }, json);
+            let selection = sluice::admin::protocol::Selection { ids, domain, all };
+            return act(&config, selection, json, "flushed", sluice::admin::queue_flush);
+        }
+        Command::Queue { command: QueueCommand::Delete { config, ids, domain, all, dry_run, json } } => {
+            let selection = sluice::admin::protocol::Selection { ids, domain, all };
+            let verb = if dry_run { "would be deleted" } else { "deleted" };
+            return act(&config, selection, json, verb, |c, s| sluice::admin::queue_delete(c, s, dry_run));
         }
     };
     match result {

@@ -86,9 +86,9 @@ impl std::fmt::Display for AdminError {
 
 /// An action only the running daemon can carry out (nothing is written to the spool behind
 /// its back): the number of messages it took.
-fn act(config: &Config, request: Request) -> Result<usize, AdminError> {
+fn act(config: &Config, request: Request) -> Result<Vec<String>, AdminError> {
     match ask(config, &request) {
-        Some(Ok(Response::Done { messages })) => Ok(messages),
+        Some(Ok(Response::Done { ids, .. })) => Ok(ids),
         Some(Ok(Response::NotFound(id))) => Err(AdminError::NoSuchMessage(id)),
         Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(AdminError::Failed(e)),
         Some(Ok(_)) => Err(AdminError::Failed("unexpected answer from the daemon".into())),
@@ -97,8 +97,13 @@ fn act(config: &Config, request: Request) -> Result<usize, AdminError> {
 }
 
 /// `sluice queue flush`: the selected messages due now, their destinations' suspensions ended.
-pub fn queue_flush(config: &Config, selection: Selection) -> Result<usize, AdminError> {
+pub fn queue_flush(config: &Config, selection: Selection) -> Result<Vec<String>, AdminError> {
     act(config, Request::QueueFlush(selection))
+}
+
+/// `sluice queue delete`: the selected messages removed (or with `dry_run`, named).
+pub fn queue_delete(config: &Config, selection: Selection, dry_run: bool) -> Result<Vec<String>, AdminError> {
+    act(config, Request::QueueDelete { selection, dry_run })
 }
 
 /// `sluice queue show ID`: from the running daemon, or from the spool when none answers.

@@ -16,6 +16,8 @@ pub enum Request {
     QueueShow { id: String, body: bool },
     /// Make messages due now and end their destinations' suspensions.
     QueueFlush(Selection),
+    /// Remove messages from the queue; with `dry_run`, only say which.
+    QueueDelete { selection: Selection, dry_run: bool },
 }
 
 /// Which messages an action is for: these ids, and/or every message with a queued recipient
@@ -43,9 +45,10 @@ pub enum Response {
     Queue(Vec<QueueEntry>),
     Summary(Vec<DestinationSummary>),
     Message(Box<MessageView>),
-    /// How many messages an action took.
+    /// How many messages an action took, and which.
     Done {
         messages: usize,
+        ids: Vec<String>,
     },
     /// No message with this queue id.
     NotFound(String),

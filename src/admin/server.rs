@@ -66,6 +66,7 @@ async fn handle(request: Request, h: &Handlers) -> Response {
         Request::QueueSummary => queue_summary(h).await,
         Request::QueueShow { id, body } => queue_show(h, id, body).await,
         Request::QueueFlush(selection) => queue_flush(h, selection).await,
+        Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await,
     }
 }
 
@@ -116,21 +117,46 @@ fn select(envelopes: &[Envelope], selection: &Selection) -> Result<(Vec<String>,
     Ok((ids, domains))
 }
 
-async fn queue_flush(h: &Handlers, selection: Selection) -> Response {
-    let Some(runner) = &h.runner else { return Response::Error("delivery is paused (delivery.paused): nothing is sent".into()) };
+/// The selection's queued messages and their domains, or the answer that ends the request.
+async fn selected(h: &Handlers, selection: &Selection) -> Result<(Vec<String>, Vec<String>), Response> {
     let spool = h.spool.clone();
-    let envelopes = match blocking(move || spool.list().map_err(|e| e.to_string())).await {
-        Ok(e) => e,
-        Err(e) => return Response::Error(e),
-    };
-    let (ids, domains) = match select(&envelopes, &selection) {
+    let envelopes = blocking(move || spool.list().map_err(|e| e.to_string())).await.map_err(Response::Error)?;
+    select(&envelopes, selection).map_err(Response::NotFound)
+}
+
+async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Response {
+    let (ids, _) = match selected(h, &selection).await {
         Ok(found) => found,
-        Err(missing) => return Response::NotFound(missing),
+        Err(answer) => return answer,
     };
     let messages = ids.len();
-    runner.flush(ids, &domains);
+    if !dry_run {
+        let result = match &h.runner {
+            Some(runner) => runner.delete(ids.clone()).await,
+            // Delivery is paused: nothing is in flight, the spool is the daemon's alone.
+            None => match h.spool.apply(crate::spool::Changes { remove: ids.clone(), ..Default::default() }) {
+                Ok(durable) => durable.wait().await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = result {
+            return Response::Error(format!("deleting failed, nothing was removed: {e}"));
+        }
+    }
+    tracing::info!(operator = %h.operator(), messages, dry_run, ids = ?ids, "queue delete");
+    Response::Done { messages, ids }
+}
+
+async fn queue_flush(h: &Handlers, selection: Selection) -> Response {
+    let Some(runner) = &h.runner else { return Response::Error("delivery is paused (delivery.paused): nothing is sent".into()) };
+    let (ids, domains) = match selected(h, &selection).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let messages = ids.len();
+    runner.flush(ids.clone(), &domains);
     tracing::info!(operator = %h.operator(), messages, domains = ?domains, "queue flush");
-    Response::Done { messages }
+    Response::Done { messages, ids }
 }
 
 async fn queue_show(h: &Handlers, id: String, whole: bool) -> Response {

@@ -28,6 +28,8 @@ pub struct Runner {
     in_flight: Mutex<HashSet<String>>,
     /// Flushed by an operator: attempted at the next dispatch, every queued recipient due.
     flushed: Mutex<HashSet<String>>,
+    /// Deleted by an operator while being delivered: removed once that attempt has recorded.
+    doomed: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
     /// Every time the runner and its attempts decide on.
     pub(super) clock: Arc<dyn Clock>,
@@ -37,8 +39,8 @@ impl Runner {
     pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>, clock: Arc<dyn Clock>) -> Arc<Runner> {
         let config = delivery.config().clone();
         let permits = Arc::new(Semaphore::new(config.delivery.max_concurrent_deliveries));
-        let (in_flight, flushed) = (Mutex::default(), Mutex::default());
-        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, permits, clock })
+        let (in_flight, flushed, doomed) = (Mutex::default(), Mutex::default(), Mutex::default());
+        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, doomed, permits, clock })
     }
 
     pub fn delivery(&self) -> Arc<Delivery> {
@@ -94,6 +96,24 @@ impl Runner {
         }
     }
 
+    /// Deletes these messages from the queue (`postsuper -d`), in one spool change. One being
+    /// delivered now is removed as soon as that attempt has recorded its outcome, so it is
+    /// neither resurrected by the attempt nor interrupted on the wire.
+    pub async fn delete(&self, queue_ids: Vec<String>) -> Result<(), crate::spool::SpoolError> {
+        let durable = {
+            // Held while removing, so the dispatcher cannot start one of them meanwhile (and
+            // no attempt can finish one: that needs it in flight).
+            let in_flight = self.in_flight.lock().expect("in-flight lock");
+            let (busy, idle): (Vec<String>, Vec<String>) = queue_ids.into_iter().partition(|id| in_flight.contains(id));
+            // Delivered (and gone) since the operator's list was made: nothing to remove.
+            let idle: Vec<String> = idle.into_iter().filter(|id| self.spool.get(id).is_ok()).collect();
+            self.doomed.lock().expect("doomed lock").extend(busy);
+            self.flushed.lock().expect("flushed lock").retain(|id| !idle.contains(id));
+            self.spool.apply(crate::spool::Changes { remove: idle, ..Default::default() })?
+        };
+        durable.wait().await
+    }
+
     /// Starts every due message there is room for; returns how long to sleep.
     fn dispatch(self: &Arc<Self>) -> Duration {
         let now = self.clock.now();
@@ -143,7 +163,15 @@ impl Runner {
         if let Err(e) = self.attempt(&queue_id, flushed).await {
             tracing::error!(queue_id = %queue_id, error = %e, "delivery attempt could not be recorded");
         }
-        self.in_flight.lock().expect("in-flight lock").remove(&queue_id);
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        if self.doomed.lock().expect("doomed lock").remove(&queue_id) && self.spool.get(&queue_id).is_ok() {
+            let removal = self.spool.apply(crate::spool::Changes { remove: vec![queue_id.clone()], ..Default::default() });
+            if let Err(e) = removal {
+                tracing::error!(queue_id = %queue_id, error = %e, "deleting the message after its attempt failed");
+            }
+        }
+        in_flight.remove(&queue_id);
+        drop(in_flight);
         metrics::gauge!(m::QUEUE_IN_FLIGHT).decrement(1.0);
         self.notify.notify_one();
     }

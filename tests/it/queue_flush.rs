@@ -59,7 +59,7 @@ fn flush_sends_deferred_mail_now_and_resumes_a_suspended_destination() {
     // By queue id: delivered now, not in an hour.
     let (code, out, err) = exit_code(&["queue", "flush", "--config", &path, &id]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("1 message(s) flushed"), "{out}");
+    assert_eq!(out.trim(), format!("1 message(s) flushed: {id}"));
     // That attempt meets the 421: the destination is suspended for an hour.
     let r = wait_for_attempt(&config, "first@dest.test");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -72,7 +72,7 @@ fn flush_sends_deferred_mail_now_and_resumes_a_suspended_destination() {
     // By domain: the suspension ends and the message goes out.
     let (code, out, err) = exit_code(&["queue", "flush", "--config", &path, "--domain", "dest.test", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(out.trim(), "{\"flushed\": 1}");
+    assert_eq!(out.trim(), format!("{{\"flushed\":[\"{id}\"]}}"));
     let got = dest.wait_for(1, Duration::from_secs(10));
     assert_eq!(got[0].rcpts, ["first@dest.test"]);
     assert!(sluice::admin::queue_summary(&config).unwrap().iter().all(|s| s.suspended.is_none()));
