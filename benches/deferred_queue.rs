@@ -64,6 +64,7 @@ fn main() {
                         arrival: tomorrow - 86400,
                         arrival_ms: None,
                         body: None,
+                        held: false,
                     };
                     spool.store(env, &[body.as_bytes()]).unwrap().wait_blocking().unwrap();
                 }

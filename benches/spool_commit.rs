@@ -32,6 +32,7 @@ fn envelope(spool: &SledSpool, now: u64) -> Envelope {
         arrival: now,
         arrival_ms: None,
         body: None,
+        held: false,
     }
 }
 

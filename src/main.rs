@@ -95,6 +95,39 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hold messages (postsuper -h): never dispatched, across restarts, until released.
+    /// Exit codes as flush.
+    Hold {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Every message with a queued recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release held messages (postsuper -H); they are attempted at once. Exit codes as flush.
+    Release {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Every message with a queued recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove messages from the queue (postsuper -d), each selection in one spool change; a
     /// message being delivered goes once that attempt has recorded. Exit codes as flush.
     Delete {
@@ -219,6 +252,14 @@ fn main() -> ExitCode {
         Command::Queue { command: QueueCommand::Flush { config, ids, domain, all, json } } => {
             let selection = sluice::admin::protocol::Selection { ids, domain, all };
             return act(&config, selection, json, "flushed", sluice::admin::queue_flush);
+        }
+        Command::Queue { command: QueueCommand::Hold { config, ids, domain, all, json } } => {
+            let selection = sluice::admin::protocol::Selection { ids, domain, all };
+            return act(&config, selection, json, "held", |c, s| sluice::admin::queue_hold(c, s, true));
+        }
+        Command::Queue { command: QueueCommand::Release { config, ids, domain, all, json } } => {
+            let selection = sluice::admin::protocol::Selection { ids, domain, all };
+            return act(&config, selection, json, "released", |c, s| sluice::admin::queue_hold(c, s, false));
         }
         Command::Queue { command: QueueCommand::Delete { config, ids, domain, all, dry_run, json } } => {
             let selection = sluice::admin::protocol::Selection { ids, domain, all };

@@ -101,6 +101,11 @@ pub fn queue_flush(config: &Config, selection: Selection) -> Result<Vec<String>,
     act(config, Request::QueueFlush(selection))
 }
 
+/// `sluice queue hold` / `release`.
+pub fn queue_hold(config: &Config, selection: Selection, held: bool) -> Result<Vec<String>, AdminError> {
+    act(config, Request::QueueHold { selection, held })
+}
+
 /// `sluice queue delete`: the selected messages removed (or with `dry_run`, named).
 pub fn queue_delete(config: &Config, selection: Selection, dry_run: bool) -> Result<Vec<String>, AdminError> {
     act(config, Request::QueueDelete { selection, dry_run })

@@ -13,7 +13,7 @@ pub mod protocol;
 mod server;
 mod summary;
 
-pub use client::{AdminError, queue_delete, queue_flush, queue_list, queue_show, queue_summary};
+pub use client::{AdminError, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary};
 pub use passwd::users_file_line;
 pub use server::serve;
 pub use summary::{DestinationSummary, format_summary};
@@ -36,6 +36,9 @@ pub struct QueueEntry {
     pub client_ip: String,
     pub identity: Identity,
     pub recipients: Vec<RecipientEntry>,
+    /// Held by an operator.
+    #[serde(default)]
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,7 @@ impl From<&Envelope> for QueueEntry {
             size: e.body.map(|b| b.len).unwrap_or(0),
             client_ip: e.client_ip.to_string(),
             identity: e.identity.clone(),
+            held: e.held,
             recipients: e
                 .recipients
                 .iter()
@@ -164,8 +168,9 @@ pub fn format_table(entries: &[QueueEntry]) -> String {
         let from = if e.from.is_empty() { "<>" } else { &e.from };
         let _ = writeln!(
             out,
-            "{}  {} bytes  from {}  client {}  arrived {}",
+            "{}{}  {} bytes  from {}  client {}  arrived {}",
             e.queue_id,
+            if e.held { " (held)" } else { "" },
             e.size,
             from,
             e.client_ip,

@@ -16,6 +16,8 @@ pub enum Request {
     QueueShow { id: String, body: bool },
     /// Make messages due now and end their destinations' suspensions.
     QueueFlush(Selection),
+    /// Hold messages (never dispatched until released), or release held ones.
+    QueueHold { selection: Selection, held: bool },
     /// Remove messages from the queue; with `dry_run`, only say which.
     QueueDelete { selection: Selection, dry_run: bool },
 }

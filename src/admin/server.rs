@@ -67,6 +67,7 @@ async fn handle(request: Request, h: &Handlers) -> Response {
         Request::QueueShow { id, body } => queue_show(h, id, body).await,
         Request::QueueFlush(selection) => queue_flush(h, selection).await,
         Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await,
+        Request::QueueHold { selection, held } => queue_hold(h, selection, held).await,
     }
 }
 
@@ -145,6 +146,21 @@ async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Resp
     }
     tracing::info!(operator = %h.operator(), messages, dry_run, ids = ?ids, "queue delete");
     Response::Done { messages, ids }
+}
+
+async fn queue_hold(h: &Handlers, selection: Selection, held: bool) -> Response {
+    let Some(runner) = &h.runner else {
+        return Response::Error("delivery is paused (delivery.paused): nothing is dispatched to hold".into());
+    };
+    let (ids, _) = match selected(h, &selection).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    if let Err(e) = runner.hold(ids.clone(), held).await {
+        return Response::Error(format!("holding failed: {e}"));
+    }
+    tracing::info!(operator = %h.operator(), messages = ids.len(), held, ids = ?ids, "queue hold");
+    Response::Done { messages: ids.len(), ids }
 }
 
 async fn queue_flush(h: &Handlers, selection: Selection) -> Response {

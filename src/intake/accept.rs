@@ -178,6 +178,7 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
         arrival: now,
         arrival_ms: Some(since_epoch.as_millis() as u64),
         body: None,
+        held: false,
     };
     let from = envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default();
     let recipients = envelope.recipients.len();

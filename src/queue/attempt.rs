@@ -58,6 +58,9 @@ impl Runner {
     /// then one atomic spool change.
     pub(super) async fn attempt(&self, queue_id: &str, flushed: bool) -> Result<(), SpoolError> {
         let Some((env, body)) = self.load(queue_id).await? else { return Ok(()) };
+        if env.held {
+            return Ok(()); // Held since it was scheduled (or flushed): it waits for a release.
+        }
         let due = if flushed { u64::MAX } else { self.clock.now() };
         let groups = due_groups(&env, self.config(), due);
         let mut gathered = Gathered::default();

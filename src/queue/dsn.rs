@@ -214,6 +214,7 @@ mod tests {
             arrival: 0,
             arrival_ms: None,
             body: None,
+            held: false,
         }
     }
 

@@ -213,6 +213,7 @@ mod tests {
             arrival: 1000,
             arrival_ms: None,
             body: None,
+            held: false,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Runner {
     flushed: Mutex<HashSet<String>>,
     /// Deleted by an operator while being delivered: removed once that attempt has recorded.
     doomed: Mutex<HashSet<String>>,
+    /// Held (true) or released (false) while being delivered: applied once that attempt has recorded.
+    holding: Mutex<std::collections::HashMap<String, bool>>,
     permits: Arc<Semaphore>,
     /// Every time the runner and its attempts decide on.
     pub(super) clock: Arc<dyn Clock>,
@@ -39,8 +41,8 @@ impl Runner {
     pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>, clock: Arc<dyn Clock>) -> Arc<Runner> {
         let config = delivery.config().clone();
         let permits = Arc::new(Semaphore::new(config.delivery.max_concurrent_deliveries));
-        let (in_flight, flushed, doomed) = (Mutex::default(), Mutex::default(), Mutex::default());
-        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, doomed, permits, clock })
+        let (in_flight, flushed, doomed, holding) = (Mutex::default(), Mutex::default(), Mutex::default(), Mutex::default());
+        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, doomed, holding, permits, clock })
     }
 
     pub fn delivery(&self) -> Arc<Delivery> {
@@ -114,6 +116,30 @@ impl Runner {
         durable.wait().await
     }
 
+    /// Holds (`postsuper -h`) or releases (`postsuper -H`) these messages, each a durable
+    /// change of its envelope: a held message is out of the schedule, across restarts too. A
+    /// released one is flushed. One being delivered is changed once that attempt has recorded.
+    pub async fn hold(&self, queue_ids: Vec<String>, held: bool) -> Result<(), crate::spool::SpoolError> {
+        let released = queue_ids.clone();
+        let durable = {
+            let in_flight = self.in_flight.lock().expect("in-flight lock");
+            let (busy, idle): (Vec<String>, Vec<String>) = queue_ids.into_iter().partition(|id| in_flight.contains(id));
+            self.holding.lock().expect("holding lock").extend(busy.into_iter().map(|id| (id, held)));
+            let update = self.held_envelopes(&idle, held);
+            self.spool.apply(crate::spool::Changes { update, ..Default::default() })?
+        };
+        durable.wait().await?;
+        if !held {
+            self.flush(released, &[]);
+        }
+        Ok(())
+    }
+
+    /// The envelopes of `ids` (those still queued) with `held` set.
+    fn held_envelopes(&self, ids: &[String], held: bool) -> Vec<crate::spool::Envelope> {
+        ids.iter().filter_map(|id| self.spool.get(id).ok()).map(|e| crate::spool::Envelope { held, ..e }).collect()
+    }
+
     /// Starts every due message there is room for; returns how long to sleep.
     fn dispatch(self: &Arc<Self>) -> Duration {
         let now = self.clock.now();
@@ -164,6 +190,13 @@ impl Runner {
             tracing::error!(queue_id = %queue_id, error = %e, "delivery attempt could not be recorded");
         }
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        let hold = self.holding.lock().expect("holding lock").remove(&queue_id);
+        if let Some(held) = hold {
+            let update = self.held_envelopes(std::slice::from_ref(&queue_id), held);
+            if let Err(e) = self.spool.apply(crate::spool::Changes { update, ..Default::default() }) {
+                tracing::error!(queue_id = %queue_id, error = %e, "holding the message after its attempt failed");
+            }
+        }
         if self.doomed.lock().expect("doomed lock").remove(&queue_id) && self.spool.get(&queue_id).is_ok() {
             let removal = self.spool.apply(crate::spool::Changes { remove: vec![queue_id.clone()], ..Default::default() });
             if let Err(e) = removal {

@@ -100,6 +100,7 @@ impl Envelope {
             arrival: now,
             arrival_ms: None,
             body: None,
+            held: false,
         }
     }
 }
@@ -182,12 +183,18 @@ pub struct Envelope {
     pub arrival_ms: Option<u64>,
     /// Filled in by the spool when the body is written.
     pub body: Option<BodyRef>,
+    /// Held by an operator (`sluice queue hold`): never dispatched until released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl Envelope {
     /// When the next delivery attempt is due (unix seconds): the earliest of the queued
-    /// recipients'. `None` when every recipient is final.
+    /// recipients'. `None` when every recipient is final, or the message is held.
     pub fn next_due(&self) -> Option<u64> {
+        if self.held {
+            return None;
+        }
         self.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.next_attempt.unwrap_or(self.arrival)).min()
     }
 }

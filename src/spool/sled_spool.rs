@@ -379,6 +379,8 @@ struct IndexView {
     body: Option<BodyRef>,
     arrival: u64,
     recipients: Vec<RecoveryRecipient>,
+    #[serde(default)]
+    held: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -390,6 +392,9 @@ struct RecoveryRecipient {
 impl IndexView {
     /// As [`Envelope::next_due`].
     fn next_due(&self) -> Option<u64> {
+        if self.held {
+            return None;
+        }
         self.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.next_attempt.unwrap_or(self.arrival)).min()
     }
 }

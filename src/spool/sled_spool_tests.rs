@@ -34,6 +34,7 @@ fn envelope(spool: &SledSpool, to: &str) -> Envelope {
         arrival: 1,
         arrival_ms: None,
         body: None,
+        held: false,
     }
 }
 

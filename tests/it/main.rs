@@ -40,6 +40,7 @@ mod postmaster;
 mod priority_and_rates;
 mod queue_delete;
 mod queue_flush;
+mod queue_hold;
 mod queue_show;
 mod relay_denied;
 mod require_tls_recipients;
