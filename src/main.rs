@@ -128,6 +128,29 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Bounce every queued recipient of the messages: a DSN (RFC 3464) to each sender, then
+    /// the messages leave the queue. Exit codes as flush.
+    Bounce {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        /// Queue ids.
+        ids: Vec<String>,
+        /// Every message with a queued recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Every queued message.
+        #[arg(long)]
+        all: bool,
+        /// The text the report gives as the reason.
+        #[arg(long, default_value = "Returned to the sender by the mail administrator")]
+        reason: String,
+        /// The enhanced status code (5.x.y).
+        #[arg(long, default_value = "5.0.0")]
+        status: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove messages from the queue (postsuper -d), each selection in one spool change; a
     /// message being delivered goes once that attempt has recorded. Exit codes as flush.
     Delete {
@@ -260,6 +283,10 @@ fn main() -> ExitCode {
         Command::Queue { command: QueueCommand::Release { config, ids, domain, all, json } } => {
             let selection = sluice::admin::protocol::Selection { ids, domain, all };
             return act(&config, selection, json, "released", |c, s| sluice::admin::queue_hold(c, s, false));
+        }
+        Command::Queue { command: QueueCommand::Bounce { config, ids, domain, all, reason, status, json } } => {
+            let selection = sluice::admin::protocol::Selection { ids, domain, all };
+            return act(&config, selection, json, "bounced", |c, s| sluice::admin::queue_bounce(c, s, status, reason));
         }
         Command::Queue { command: QueueCommand::Delete { config, ids, domain, all, dry_run, json } } => {
             let selection = sluice::admin::protocol::Selection { ids, domain, all };

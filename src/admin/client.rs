@@ -106,6 +106,11 @@ pub fn queue_hold(config: &Config, selection: Selection, held: bool) -> Result<V
     act(config, Request::QueueHold { selection, held })
 }
 
+/// `sluice queue bounce`: every queued recipient of the selection bounced.
+pub fn queue_bounce(config: &Config, selection: Selection, status: String, reason: String) -> Result<Vec<String>, AdminError> {
+    act(config, Request::QueueBounce { selection, status, reason })
+}
+
 /// `sluice queue delete`: the selected messages removed (or with `dry_run`, named).
 pub fn queue_delete(config: &Config, selection: Selection, dry_run: bool) -> Result<Vec<String>, AdminError> {
     act(config, Request::QueueDelete { selection, dry_run })

@@ -13,7 +13,7 @@ pub mod protocol;
 mod server;
 mod summary;
 
-pub use client::{AdminError, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary};
+pub use client::{AdminError, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary};
 pub use passwd::users_file_line;
 pub use server::serve;
 pub use summary::{DestinationSummary, format_summary};

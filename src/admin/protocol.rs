@@ -18,6 +18,8 @@ pub enum Request {
     QueueFlush(Selection),
     /// Hold messages (never dispatched until released), or release held ones.
     QueueHold { selection: Selection, held: bool },
+    /// Bounce every queued recipient (a DSN to the sender) with this enhanced status and text.
+    QueueBounce { selection: Selection, status: String, reason: String },
     /// Remove messages from the queue; with `dry_run`, only say which.
     QueueDelete { selection: Selection, dry_run: bool },
 }

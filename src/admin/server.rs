@@ -68,6 +68,7 @@ async fn handle(request: Request, h: &Handlers) -> Response {
         Request::QueueFlush(selection) => queue_flush(h, selection).await,
         Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await,
         Request::QueueHold { selection, held } => queue_hold(h, selection, held).await,
+        Request::QueueBounce { selection, status, reason } => queue_bounce(h, selection, &status, reason).await,
     }
 }
 
@@ -160,6 +161,35 @@ async fn queue_hold(h: &Handlers, selection: Selection, held: bool) -> Response 
         return Response::Error(format!("holding failed: {e}"));
     }
     tracing::info!(operator = %h.operator(), messages = ids.len(), held, ids = ?ids, "queue hold");
+    Response::Done { messages: ids.len(), ids }
+}
+
+/// `5.x.y` with x and y below 1000, as RFC 3463 writes a permanent status.
+fn permanent_status(text: &str) -> Option<crate::smtp::reply::Enhanced> {
+    let mut parts = text.split('.');
+    let class: u8 = parts.next()?.parse().ok()?;
+    let subject: u16 = parts.next()?.parse().ok()?;
+    let detail: u16 = parts.next()?.parse().ok()?;
+    (parts.next().is_none() && class == 5 && subject < 1000 && detail < 1000)
+        .then_some(crate::smtp::reply::Enhanced(class, subject, detail))
+}
+
+async fn queue_bounce(h: &Handlers, selection: Selection, status: &str, reason: String) -> Response {
+    let Some(runner) = &h.runner else { return Response::Error("delivery is paused (delivery.paused): bounces would not be sent".into()) };
+    let Some(enhanced) = permanent_status(status) else {
+        return Response::Error(format!("{status:?} is not a permanent status such as 5.0.0"));
+    };
+    let (ids, _) = match selected(h, &selection).await {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let operator = h.operator();
+    let text: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let reply = crate::smtp::reply::Reply::new(550, enhanced, format!("{text} (bounced by {operator})"));
+    if let Err(e) = runner.bounce(ids.clone(), reply).await {
+        return Response::Error(format!("bouncing failed: {e}"));
+    }
+    tracing::info!(operator = %operator, messages = ids.len(), status, ids = ?ids, "queue bounce");
     Response::Done { messages: ids.len(), ids }
 }
 

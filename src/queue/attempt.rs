@@ -78,6 +78,22 @@ impl Runner {
         self.spool().apply(changes)?.wait().await
     }
 
+    /// Bounces every queued recipient of a message with `reply` (an operator's `queue bounce`):
+    /// the same settling as an attempt's (states, the RFC 3464 report to the sender, removal),
+    /// in one spool change.
+    pub(super) async fn bounce_now(&self, queue_id: &str, reply: &Reply) -> Result<(), SpoolError> {
+        let Some((env, body)) = self.load(queue_id).await? else { return Ok(()) };
+        let results = env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Queued)
+            .map(|(i, _)| (i, local(RcptOutcome::Failed(reply.clone()))))
+            .collect();
+        let changes = self.settle(env, Gathered { results, postponed: Vec::new() }, &body);
+        self.spool().apply(changes)?.wait().await
+    }
+
     /// The envelope and its body; `None` when the message is gone (or was just parked because
     /// its body cannot be read).
     async fn load(&self, queue_id: &str) -> Result<Option<(Envelope, Arc<Vec<u8>>)>, SpoolError> {

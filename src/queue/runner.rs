@@ -30,6 +30,8 @@ pub struct Runner {
     flushed: Mutex<HashSet<String>>,
     /// Deleted by an operator while being delivered: removed once that attempt has recorded.
     doomed: Mutex<HashSet<String>>,
+    /// Bounced by an operator while being delivered, with this reply: once that attempt has recorded.
+    bouncing: Mutex<std::collections::HashMap<String, crate::smtp::reply::Reply>>,
     /// Held (true) or released (false) while being delivered: applied once that attempt has recorded.
     holding: Mutex<std::collections::HashMap<String, bool>>,
     permits: Arc<Semaphore>,
@@ -41,8 +43,8 @@ impl Runner {
     pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>, clock: Arc<dyn Clock>) -> Arc<Runner> {
         let config = delivery.config().clone();
         let permits = Arc::new(Semaphore::new(config.delivery.max_concurrent_deliveries));
-        let (in_flight, flushed, doomed, holding) = (Mutex::default(), Mutex::default(), Mutex::default(), Mutex::default());
-        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, doomed, holding, permits, clock })
+        let (in_flight, flushed, doomed, holding, bouncing) = Default::default();
+        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, doomed, holding, bouncing, permits, clock })
     }
 
     pub fn delivery(&self) -> Arc<Delivery> {
@@ -135,6 +137,37 @@ impl Runner {
         Ok(())
     }
 
+    /// Bounces every queued recipient of these messages with `reply` (a report to the sender
+    /// per RFC 3464, as for any failure). Messages are claimed like a dispatch, so no delivery
+    /// starts meanwhile; one being delivered is bounced once that attempt has recorded.
+    pub async fn bounce(
+        self: &Arc<Self>,
+        queue_ids: Vec<String>,
+        reply: crate::smtp::reply::Reply,
+    ) -> Result<(), crate::spool::SpoolError> {
+        let idle: Vec<String> = {
+            let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+            let (busy, idle): (Vec<String>, Vec<String>) = queue_ids.into_iter().partition(|id| in_flight.contains(id));
+            self.bouncing.lock().expect("bouncing lock").extend(busy.into_iter().map(|id| (id, reply.clone())));
+            in_flight.extend(idle.iter().cloned());
+            idle
+        };
+        let mut result = Ok(());
+        for queue_id in &idle {
+            if let Err(e) = self.bounce_now(queue_id, &reply).await {
+                result = Err(e);
+            }
+        }
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        idle.iter().for_each(|id| {
+            in_flight.remove(id);
+        });
+        drop(in_flight);
+        // The reports are due now.
+        self.notify.notify_one();
+        result
+    }
+
     /// The envelopes of `ids` (those still queued) with `held` set.
     fn held_envelopes(&self, ids: &[String], held: bool) -> Vec<crate::spool::Envelope> {
         ids.iter().filter_map(|id| self.spool.get(id).ok()).map(|e| crate::spool::Envelope { held, ..e }).collect()
@@ -189,7 +222,20 @@ impl Runner {
         if let Err(e) = self.attempt(&queue_id, flushed).await {
             tracing::error!(queue_id = %queue_id, error = %e, "delivery attempt could not be recorded");
         }
-        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        // An operator's bounce of this message waits for its attempt (it cannot be made while
+        // holding the in-flight lock); one asked for meanwhile is seen under the lock below.
+        let mut in_flight = loop {
+            let bounce = self.bouncing.lock().expect("bouncing lock").remove(&queue_id);
+            if let Some(reply) = bounce
+                && let Err(e) = self.bounce_now(&queue_id, &reply).await
+            {
+                tracing::error!(queue_id = %queue_id, error = %e, "bouncing the message after its attempt failed");
+            }
+            let in_flight = self.in_flight.lock().expect("in-flight lock");
+            if !self.bouncing.lock().expect("bouncing lock").contains_key(&queue_id) {
+                break in_flight;
+            }
+        };
         let hold = self.holding.lock().expect("holding lock").remove(&queue_id);
         if let Some(held) = hold {
             let update = self.held_envelopes(std::slice::from_ref(&queue_id), held);

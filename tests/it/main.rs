@@ -38,6 +38,7 @@ mod peers;
 mod pipelining;
 mod postmaster;
 mod priority_and_rates;
+mod queue_bounce;
 mod queue_delete;
 mod queue_flush;
 mod queue_hold;
