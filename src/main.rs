@@ -81,96 +81,60 @@ enum QueueCommand {
     /// Make messages due now and end their destinations' suspensions (postqueue -f/-s/-i).
     /// Exit 0 done, 1 error, 2 usage, 3 no such message, 69 no daemon answers.
     Flush {
-        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
-        config: PathBuf,
-        /// Queue ids.
-        ids: Vec<String>,
-        /// Every message with a queued recipient at this domain.
-        #[arg(long)]
-        domain: Option<String>,
-        /// Every queued message.
-        #[arg(long)]
-        all: bool,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        selected: Selected,
     },
     /// Hold messages (postsuper -h): never dispatched, across restarts, until released.
     /// Exit codes as flush.
     Hold {
-        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
-        config: PathBuf,
-        /// Queue ids.
-        ids: Vec<String>,
-        /// Every message with a queued recipient at this domain.
-        #[arg(long)]
-        domain: Option<String>,
-        /// Every queued message.
-        #[arg(long)]
-        all: bool,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        selected: Selected,
     },
     /// Release held messages (postsuper -H); they are attempted at once. Exit codes as flush.
     Release {
-        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
-        config: PathBuf,
-        /// Queue ids.
-        ids: Vec<String>,
-        /// Every message with a queued recipient at this domain.
-        #[arg(long)]
-        domain: Option<String>,
-        /// Every queued message.
-        #[arg(long)]
-        all: bool,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        selected: Selected,
     },
     /// Bounce every queued recipient of the messages: a DSN (RFC 3464) to each sender, then
     /// the messages leave the queue. Exit codes as flush.
     Bounce {
-        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
-        config: PathBuf,
-        /// Queue ids.
-        ids: Vec<String>,
-        /// Every message with a queued recipient at this domain.
-        #[arg(long)]
-        domain: Option<String>,
-        /// Every queued message.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        selected: Selected,
         /// The text the report gives as the reason.
         #[arg(long, default_value = "Returned to the sender by the mail administrator")]
         reason: String,
         /// The enhanced status code (5.x.y).
         #[arg(long, default_value = "5.0.0")]
         status: String,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Remove messages from the queue (postsuper -d), each selection in one spool change; a
     /// message being delivered goes once that attempt has recorded. Exit codes as flush.
     Delete {
-        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
-        config: PathBuf,
-        /// Queue ids.
-        ids: Vec<String>,
-        /// Every message with a queued recipient at this domain.
-        #[arg(long)]
-        domain: Option<String>,
-        /// Every queued message.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        selected: Selected,
         /// Say which messages would go, remove nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
     },
+}
+
+/// The messages an action is for, and how to report it (shared by flush, hold, release,
+/// bounce and delete).
+#[derive(clap::Args)]
+struct Selected {
+    #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+    config: PathBuf,
+    /// Queue ids.
+    ids: Vec<String>,
+    /// Every message with a queued recipient at this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Every queued message.
+    #[arg(long)]
+    all: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `sluice queue show`: exit 0, 1 error, 3 no such message.
@@ -194,17 +158,17 @@ fn show(config: &std::path::Path, id: &str, whole: bool, json: bool) -> ExitCode
 /// An action on selected messages (`flush`, `delete`): exit 0 done, 1 error, 2 usage, 3 no
 /// such message, 69 no daemon. Prints how many and which (`--json`: `{"VERB": [ids]}`).
 fn act(
-    config: &std::path::Path,
-    selection: sluice::admin::protocol::Selection,
-    json: bool,
+    selected: Selected,
     verb: &str,
     run: impl FnOnce(&Config, sluice::admin::protocol::Selection) -> Result<Vec<String>, sluice::admin::AdminError>,
 ) -> ExitCode {
+    let Selected { config, ids, domain, all, json } = selected;
+    let selection = sluice::admin::protocol::Selection { ids, domain, all };
     if selection.is_empty() {
         eprintln!("sluice: queue {verb} needs queue ids, --domain or --all");
         return ExitCode::from(2);
     }
-    let config = match load(config) {
+    let config = match load(&config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sluice: {e}");
@@ -272,26 +236,19 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Queue { command: QueueCommand::Show { config, id, body, json } } => return show(&config, &id, body, json),
-        Command::Queue { command: QueueCommand::Flush { config, ids, domain, all, json } } => {
-            let selection = sluice::admin::protocol::Selection { ids, domain, all };
-            return act(&config, selection, json, "flushed", sluice::admin::queue_flush);
+        Command::Queue { command: QueueCommand::Flush { selected } } => return act(selected, "flushed", sluice::admin::queue_flush),
+        Command::Queue { command: QueueCommand::Hold { selected } } => {
+            return act(selected, "held", |c, s| sluice::admin::queue_hold(c, s, true));
         }
-        Command::Queue { command: QueueCommand::Hold { config, ids, domain, all, json } } => {
-            let selection = sluice::admin::protocol::Selection { ids, domain, all };
-            return act(&config, selection, json, "held", |c, s| sluice::admin::queue_hold(c, s, true));
+        Command::Queue { command: QueueCommand::Release { selected } } => {
+            return act(selected, "released", |c, s| sluice::admin::queue_hold(c, s, false));
         }
-        Command::Queue { command: QueueCommand::Release { config, ids, domain, all, json } } => {
-            let selection = sluice::admin::protocol::Selection { ids, domain, all };
-            return act(&config, selection, json, "released", |c, s| sluice::admin::queue_hold(c, s, false));
+        Command::Queue { command: QueueCommand::Bounce { selected, reason, status } } => {
+            return act(selected, "bounced", |c, s| sluice::admin::queue_bounce(c, s, status, reason));
         }
-        Command::Queue { command: QueueCommand::Bounce { config, ids, domain, all, reason, status, json } } => {
-            let selection = sluice::admin::protocol::Selection { ids, domain, all };
-            return act(&config, selection, json, "bounced", |c, s| sluice::admin::queue_bounce(c, s, status, reason));
-        }
-        Command::Queue { command: QueueCommand::Delete { config, ids, domain, all, dry_run, json } } => {
-            let selection = sluice::admin::protocol::Selection { ids, domain, all };
+        Command::Queue { command: QueueCommand::Delete { selected, dry_run } } => {
             let verb = if dry_run { "would be deleted" } else { "deleted" };
-            return act(&config, selection, json, verb, |c, s| sluice::admin::queue_delete(c, s, dry_run));
+            return act(selected, verb, |c, s| sluice::admin::queue_delete(c, s, dry_run));
         }
     };
     match result {

@@ -65,10 +65,12 @@ async fn handle(request: Request, h: &Handlers) -> Response {
         Request::QueueList => queue_list(h).await,
         Request::QueueSummary => queue_summary(h).await,
         Request::QueueShow { id, body } => queue_show(h, id, body).await,
-        Request::QueueFlush(selection) => queue_flush(h, selection).await,
-        Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await,
-        Request::QueueHold { selection, held } => queue_hold(h, selection, held).await,
-        Request::QueueBounce { selection, status, reason } => queue_bounce(h, selection, &status, reason).await,
+        Request::QueueFlush(selection) => queue_flush(h, selection).await.unwrap_or_else(|answer| answer),
+        Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await.unwrap_or_else(|answer| answer),
+        Request::QueueHold { selection, held } => queue_hold(h, selection, held).await.unwrap_or_else(|answer| answer),
+        Request::QueueBounce { selection, status, reason } => {
+            queue_bounce(h, selection, &status, reason).await.unwrap_or_else(|answer| answer)
+        }
     }
 }
 
@@ -126,12 +128,13 @@ async fn selected(h: &Handlers, selection: &Selection) -> Result<(Vec<String>, V
     select(&envelopes, selection).map_err(Response::NotFound)
 }
 
-async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Response {
-    let (ids, _) = match selected(h, &selection).await {
-        Ok(found) => found,
-        Err(answer) => return answer,
-    };
-    let messages = ids.len();
+/// Actions that change what delivery does need it running.
+fn runner<'a>(h: &'a Handlers, what: &str) -> Result<&'a Arc<Runner>, Response> {
+    h.runner.as_ref().ok_or_else(|| Response::Error(format!("delivery is paused (delivery.paused): {what}")))
+}
+
+async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Result<Response, Response> {
+    let (ids, _) = selected(h, &selection).await?;
     if !dry_run {
         let result = match &h.runner {
             Some(runner) => runner.delete(ids.clone()).await,
@@ -141,68 +144,41 @@ async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Resp
                 Err(e) => Err(e),
             },
         };
-        if let Err(e) = result {
-            return Response::Error(format!("deleting failed, nothing was removed: {e}"));
-        }
+        result.map_err(|e| Response::Error(format!("deleting failed, nothing was removed: {e}")))?;
     }
-    tracing::info!(operator = %h.operator(), messages, dry_run, ids = ?ids, "queue delete");
-    Response::Done { messages, ids }
+    tracing::info!(operator = %h.operator(), messages = ids.len(), dry_run, ids = ?ids, "queue delete");
+    Ok(Response::Done { messages: ids.len(), ids })
 }
 
-async fn queue_hold(h: &Handlers, selection: Selection, held: bool) -> Response {
-    let Some(runner) = &h.runner else {
-        return Response::Error("delivery is paused (delivery.paused): nothing is dispatched to hold".into());
-    };
-    let (ids, _) = match selected(h, &selection).await {
-        Ok(found) => found,
-        Err(answer) => return answer,
-    };
-    if let Err(e) = runner.hold(ids.clone(), held).await {
-        return Response::Error(format!("holding failed: {e}"));
-    }
+async fn queue_hold(h: &Handlers, selection: Selection, held: bool) -> Result<Response, Response> {
+    let runner = runner(h, "nothing is dispatched to hold")?;
+    let (ids, _) = selected(h, &selection).await?;
+    runner.hold(ids.clone(), held).await.map_err(|e| Response::Error(format!("holding failed: {e}")))?;
     tracing::info!(operator = %h.operator(), messages = ids.len(), held, ids = ?ids, "queue hold");
-    Response::Done { messages: ids.len(), ids }
+    Ok(Response::Done { messages: ids.len(), ids })
 }
 
-/// `5.x.y` with x and y below 1000, as RFC 3463 writes a permanent status.
-fn permanent_status(text: &str) -> Option<crate::smtp::reply::Enhanced> {
-    let mut parts = text.split('.');
-    let class: u8 = parts.next()?.parse().ok()?;
-    let subject: u16 = parts.next()?.parse().ok()?;
-    let detail: u16 = parts.next()?.parse().ok()?;
-    (parts.next().is_none() && class == 5 && subject < 1000 && detail < 1000)
-        .then_some(crate::smtp::reply::Enhanced(class, subject, detail))
-}
-
-async fn queue_bounce(h: &Handlers, selection: Selection, status: &str, reason: String) -> Response {
-    let Some(runner) = &h.runner else { return Response::Error("delivery is paused (delivery.paused): bounces would not be sent".into()) };
-    let Some(enhanced) = permanent_status(status) else {
-        return Response::Error(format!("{status:?} is not a permanent status such as 5.0.0"));
-    };
-    let (ids, _) = match selected(h, &selection).await {
-        Ok(found) => found,
-        Err(answer) => return answer,
-    };
+async fn queue_bounce(h: &Handlers, selection: Selection, status: &str, reason: String) -> Result<Response, Response> {
+    let runner = runner(h, "bounces would not be sent")?;
+    // A permanent status alone, as RFC 3463 writes it (the reply parser's own reading).
+    let enhanced = crate::smtp::reply::parse_enhanced(status)
+        .filter(|e| e.0 == 5 && !status.contains(char::is_whitespace))
+        .ok_or_else(|| Response::Error(format!("{status:?} is not a permanent status such as 5.0.0")))?;
+    let (ids, _) = selected(h, &selection).await?;
     let operator = h.operator();
     let text: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let reply = crate::smtp::reply::Reply::new(550, enhanced, format!("{text} (bounced by {operator})"));
-    if let Err(e) = runner.bounce(ids.clone(), reply).await {
-        return Response::Error(format!("bouncing failed: {e}"));
-    }
+    runner.bounce(ids.clone(), reply).await.map_err(|e| Response::Error(format!("bouncing failed: {e}")))?;
     tracing::info!(operator = %operator, messages = ids.len(), status, ids = ?ids, "queue bounce");
-    Response::Done { messages: ids.len(), ids }
+    Ok(Response::Done { messages: ids.len(), ids })
 }
 
-async fn queue_flush(h: &Handlers, selection: Selection) -> Response {
-    let Some(runner) = &h.runner else { return Response::Error("delivery is paused (delivery.paused): nothing is sent".into()) };
-    let (ids, domains) = match selected(h, &selection).await {
-        Ok(found) => found,
-        Err(answer) => return answer,
-    };
-    let messages = ids.len();
+async fn queue_flush(h: &Handlers, selection: Selection) -> Result<Response, Response> {
+    let runner = runner(h, "nothing is sent")?;
+    let (ids, domains) = selected(h, &selection).await?;
     runner.flush(ids.clone(), &domains);
-    tracing::info!(operator = %h.operator(), messages, domains = ?domains, "queue flush");
-    Response::Done { messages, ids }
+    tracing::info!(operator = %h.operator(), messages = ids.len(), domains = ?domains, "queue flush");
+    Ok(Response::Done { messages: ids.len(), ids })
 }
 
 async fn queue_show(h: &Handlers, id: String, whole: bool) -> Response {

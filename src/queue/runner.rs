@@ -168,6 +168,24 @@ impl Runner {
         result
     }
 
+    /// A hold or delete an operator asked for while the message was in flight; called under
+    /// the in-flight lock, so no request can slip between it and the message leaving flight.
+    fn held_or_deleted_after_attempt(&self, queue_id: &str) {
+        let hold = self.holding.lock().expect("holding lock").remove(queue_id);
+        if let Some(held) = hold {
+            let update = self.held_envelopes(&[queue_id.to_string()], held);
+            if let Err(e) = self.spool.apply(crate::spool::Changes { update, ..Default::default() }) {
+                tracing::error!(queue_id = %queue_id, error = %e, "holding the message after its attempt failed");
+            }
+        }
+        if self.doomed.lock().expect("doomed lock").remove(queue_id) && self.spool.get(queue_id).is_ok() {
+            let removal = self.spool.apply(crate::spool::Changes { remove: vec![queue_id.to_string()], ..Default::default() });
+            if let Err(e) = removal {
+                tracing::error!(queue_id = %queue_id, error = %e, "deleting the message after its attempt failed");
+            }
+        }
+    }
+
     /// The envelopes of `ids` (those still queued) with `held` set.
     fn held_envelopes(&self, ids: &[String], held: bool) -> Vec<crate::spool::Envelope> {
         ids.iter().filter_map(|id| self.spool.get(id).ok()).map(|e| crate::spool::Envelope { held, ..e }).collect()
@@ -236,19 +254,7 @@ impl Runner {
                 break in_flight;
             }
         };
-        let hold = self.holding.lock().expect("holding lock").remove(&queue_id);
-        if let Some(held) = hold {
-            let update = self.held_envelopes(std::slice::from_ref(&queue_id), held);
-            if let Err(e) = self.spool.apply(crate::spool::Changes { update, ..Default::default() }) {
-                tracing::error!(queue_id = %queue_id, error = %e, "holding the message after its attempt failed");
-            }
-        }
-        if self.doomed.lock().expect("doomed lock").remove(&queue_id) && self.spool.get(&queue_id).is_ok() {
-            let removal = self.spool.apply(crate::spool::Changes { remove: vec![queue_id.clone()], ..Default::default() });
-            if let Err(e) = removal {
-                tracing::error!(queue_id = %queue_id, error = %e, "deleting the message after its attempt failed");
-            }
-        }
+        self.held_or_deleted_after_attempt(&queue_id);
         in_flight.remove(&queue_id);
         drop(in_flight);
         metrics::gauge!(m::QUEUE_IN_FLIGHT).decrement(1.0);

@@ -237,7 +237,8 @@ impl Reply {
     }
 }
 
-fn parse_enhanced(text: &str) -> Option<Enhanced> {
+/// The enhanced status code a text starts with (`5.1.1 ...`), if any.
+pub fn parse_enhanced(text: &str) -> Option<Enhanced> {
     let word = text.split_ascii_whitespace().next()?;
     let mut parts = word.split('.');
     let class: u8 = parts.next()?.parse().ok()?;

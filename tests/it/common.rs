@@ -456,6 +456,12 @@ impl Drop for Daemon {
 
 static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Runs `sluice ARGS...` to completion; returns (exit code, stdout, stderr).
+pub fn sluice_status(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(sluice_bin()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// Runs `sluice ARGS...` to completion; returns (exit success, stdout, stderr).
 pub fn sluice(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(sluice_bin()).args(args).output().unwrap();

@@ -3,14 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, Daemon};
+use crate::common::{Client, Daemon, sluice_status};
 use crate::peers::dest::{Behavior, Dest};
 use crate::peers::dns::{TestDns, Zone};
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(crate::common::sluice_bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[test]
 fn bounce_reports_to_the_sender_with_the_given_status_and_reason() {
@@ -38,8 +33,8 @@ fn bounce_reports_to_the_sender_with_the_given_status_and_reason() {
         assert!(Instant::now() < deadline, "no deferral: {q:?}");
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_eq!(run(&["queue", "bounce", "--config", &path, &id, "--status", "4.0.0"]).0, 1, "a temporary status is refused");
-    let (code, out, err) = run(&["queue", "bounce", "--config", &path, &id, "--status", "5.7.1", "--reason", "Stuck too long"]);
+    assert_eq!(sluice_status(&["queue", "bounce", "--config", &path, &id, "--status", "4.0.0"]).0, 1, "a temporary status is refused");
+    let (code, out, err) = sluice_status(&["queue", "bounce", "--config", &path, &id, "--status", "5.7.1", "--reason", "Stuck too long"]);
     assert_eq!(code, 0, "{out}{err}");
     let got = dest.wait_for(1, Duration::from_secs(10));
     let report = &got[0];

@@ -4,14 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, Daemon, sluice};
+use crate::common::{Client, Daemon, sluice, sluice_status};
 use crate::peers::dest::{Behavior, Dest};
 use crate::peers::dns::{TestDns, Zone};
-
-fn exit_code(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(crate::common::sluice_bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn queue(config: &sluice::config::Config) -> Vec<sluice::admin::QueueEntry> {
     sluice::admin::queue_list(config).unwrap()
@@ -57,7 +52,7 @@ fn flush_sends_deferred_mail_now_and_resumes_a_suspended_destination() {
     let id = queue(&config)[0].queue_id.clone();
 
     // By queue id: delivered now, not in an hour.
-    let (code, out, err) = exit_code(&["queue", "flush", "--config", &path, &id]);
+    let (code, out, err) = sluice_status(&["queue", "flush", "--config", &path, &id]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.trim(), format!("1 message(s) flushed: {id}"));
     // That attempt meets the 421: the destination is suspended for an hour.
@@ -70,7 +65,7 @@ fn flush_sends_deferred_mail_now_and_resumes_a_suspended_destination() {
     assert!(dest.state.lock().unwrap().transactions.is_empty());
 
     // By domain: the suspension ends and the message goes out.
-    let (code, out, err) = exit_code(&["queue", "flush", "--config", &path, "--domain", "dest.test", "--json"]);
+    let (code, out, err) = sluice_status(&["queue", "flush", "--config", &path, "--domain", "dest.test", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.trim(), format!("{{\"flushed\":[\"{id}\"]}}"));
     let got = dest.wait_for(1, Duration::from_secs(10));
@@ -79,11 +74,11 @@ fn flush_sends_deferred_mail_now_and_resumes_a_suspended_destination() {
     assert!(daemon.log_text().contains("queue flush"), "the flush is logged with its operator");
 
     // Usage, an unknown id, and no daemon.
-    assert_eq!(exit_code(&["queue", "flush", "--config", &path]).0, 2);
-    let (code, _, err) = exit_code(&["queue", "flush", "--config", &path, "NOSUCHID"]);
+    assert_eq!(sluice_status(&["queue", "flush", "--config", &path]).0, 2);
+    let (code, _, err) = sluice_status(&["queue", "flush", "--config", &path, "NOSUCHID"]);
     assert_eq!(code, 3, "{err}");
     drop(daemon);
-    let (code, _, err) = exit_code(&["queue", "flush", "--config", &path, "--all"]);
+    let (code, _, err) = sluice_status(&["queue", "flush", "--config", &path, "--all"]);
     assert_eq!(code, 69, "{err}");
     let (ok, _, _) = sluice(&["queue", "list", "--config", &path]);
     assert!(ok, "listing still works without the daemon");

@@ -3,14 +3,9 @@
 
 use std::time::Duration;
 
-use crate::common::{Client, Daemon};
+use crate::common::{Client, Daemon, sluice_status};
 use crate::peers::dest::{Behavior, Dest};
 use crate::peers::dns::{TestDns, Zone};
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(crate::common::sluice_bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[test]
 fn held_mail_waits_across_a_restart_until_released() {
@@ -38,22 +33,22 @@ fn held_mail_waits_across_a_restart_until_released() {
         assert!(std::time::Instant::now() < deadline, "no deferral");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (code, out, err) = run(&["queue", "hold", "--config", &path, &id]);
+    let (code, out, err) = sluice_status(&["queue", "hold", "--config", &path, &id]);
     assert_eq!(code, 0, "{out}{err}");
     std::thread::sleep(Duration::from_millis(3500));
     assert!(dest.state.lock().unwrap().transactions.is_empty(), "held mail was sent");
-    let (_, table, _) = run(&["queue", "list", "--config", &path]);
+    let (_, table, _) = sluice_status(&["queue", "list", "--config", &path]);
     assert!(table.contains(&format!("{id} (held)")), "{table}");
 
     // Across a restart: still held, still not sent; flushing does not release it.
     daemon.kill9();
     let _daemon = Daemon::spawn(dir.path(), &extra, &[]);
-    assert_eq!(run(&["queue", "flush", "--config", &path, &id]).0, 0);
+    assert_eq!(sluice_status(&["queue", "flush", "--config", &path, &id]).0, 0);
     std::thread::sleep(Duration::from_millis(3500));
     assert!(dest.state.lock().unwrap().transactions.is_empty(), "held mail was sent after the restart");
     assert!(sluice::admin::queue_list(&config).unwrap()[0].held);
 
-    let (code, out, err) = run(&["queue", "release", "--config", &path, &id]);
+    let (code, out, err) = sluice_status(&["queue", "release", "--config", &path, &id]);
     assert_eq!(code, 0, "{out}{err}");
     let got = dest.wait_for(1, Duration::from_secs(10));
     assert_eq!(got[0].rcpts, ["r@dest.test"]);
