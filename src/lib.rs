@@ -1,12 +1,14 @@
 //! Sluice: an outbound SMTP relay.
 
 pub mod admin;
+pub mod capacity;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
 pub mod intake;
+pub mod live;
 pub mod message;
 pub mod metrics;
 pub mod notify;

@@ -40,6 +40,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Make the running daemon read its config again (as SIGHUP does) and print what changed.
+    /// A config that fails to load is refused and the running one kept. Exit 0 reloaded, 1
+    /// refused, 69 no daemon answers.
+    Reload {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+    },
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
@@ -191,6 +198,36 @@ fn act(
     }
 }
 
+/// `sluice reload`. The file is checked here first (the daemon would refuse it the same way),
+/// since the admin socket's path is in it.
+fn reload(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice: {e}\nsluice: not reloaded; the running daemon keeps its config");
+            return ExitCode::FAILURE;
+        }
+    };
+    match sluice::admin::reload(&config) {
+        Ok(r) => {
+            println!("reloaded; listening on {}", r.listeners.join(" "));
+            for (what, list) in [("added", &r.added), ("removed", &r.removed), ("changed", &r.changed)] {
+                if !list.is_empty() {
+                    println!("listeners {what}: {}", list.join(" "));
+                }
+            }
+            if !r.needs_restart.is_empty() {
+                println!("needs a restart to take effect (the running values stay): {}", r.needs_restart.join(", "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
 fn load(path: &std::path::Path) -> Result<Config, String> {
     Config::load(path).map_err(|e| e.to_string())
 }
@@ -214,6 +251,7 @@ fn main() -> ExitCode {
             runtime.block_on(sluice::daemon::run(c))
         }),
         Command::Sendmail { args } => return ExitCode::from(sluice::sendmail::main(&args)),
+        Command::Reload { config } => return reload(&config),
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
         Command::CheckConfig { config } => load(&config).map(|_| println!("{}: OK", config.display())),
         Command::Queue { command: QueueCommand::List { config, json } } => load(&config).and_then(|c| {

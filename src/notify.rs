@@ -1,6 +1,6 @@
 //! systemd's notification protocol (sd_notify), without libsystemd: one datagram per state
-//! change to the socket named in `$NOTIFY_SOCKET`. READY=1 once listeners and spool are up,
-//! STOPPING=1 when the drain begins, and WATCHDOG=1 every half `$WATCHDOG_USEC` while the
+//! change to the socket named in `$NOTIFY_SOCKET`. READY=1 once listeners and spool are up
+//! (and again after each reload, which begins with RELOADING=1), STOPPING=1 when the drain begins, and WATCHDOG=1 every half `$WATCHDOG_USEC` while the
 //! daemon is healthy. Outside systemd (no `$NOTIFY_SOCKET`) every call does nothing.
 
 use std::os::unix::net::UnixDatagram;
@@ -27,6 +27,14 @@ pub fn notify_to(path: &str, state: &str) {
     if let Err(e) = sent {
         tracing::warn!(error = %e, socket = %path, "sd_notify failed");
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds, which systemd wants with RELOADING=1.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000) + (ts.tv_nsec as u64) / 1000
 }
 
 /// How often to feed the watchdog (half its timeout), if systemd set one for this process.

@@ -4,7 +4,7 @@
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::protocol::{Request, Response, Selection};
+use super::protocol::{ReloadReport, Request, Response, Selection};
 use super::summary::from_spool;
 use super::{DestinationSummary, MessageView, QueueEntry, list, show};
 use crate::config::Config;
@@ -90,6 +90,16 @@ fn act(config: &Config, request: Request) -> Result<Vec<String>, AdminError> {
     match ask(config, &request) {
         Some(Ok(Response::Done { ids, .. })) => Ok(ids),
         Some(Ok(Response::NotFound(id))) => Err(AdminError::NoSuchMessage(id)),
+        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(AdminError::Failed(e)),
+        Some(Ok(_)) => Err(AdminError::Failed("unexpected answer from the daemon".into())),
+        None => Err(AdminError::Unreachable(config.admin.socket.display().to_string())),
+    }
+}
+
+/// `sluice reload`: what the reload changed, or why the daemon refused the new config.
+pub fn reload(config: &Config) -> Result<ReloadReport, AdminError> {
+    match ask(config, &Request::Reload) {
+        Some(Ok(Response::Reloaded(report))) => Ok(report),
         Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(AdminError::Failed(e)),
         Some(Ok(_)) => Err(AdminError::Failed("unexpected answer from the daemon".into())),
         None => Err(AdminError::Unreachable(config.admin.socket.display().to_string())),

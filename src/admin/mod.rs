@@ -13,9 +13,9 @@ pub mod protocol;
 mod server;
 mod summary;
 
-pub use client::{AdminError, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary};
+pub use client::{AdminError, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary, reload};
 pub use passwd::users_file_line;
-pub use server::serve;
+pub use server::{Daemon, Reloads, serve};
 pub use summary::{DestinationSummary, format_summary};
 
 use std::os::unix::fs::PermissionsExt;

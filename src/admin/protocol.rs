@@ -22,6 +22,9 @@ pub enum Request {
     QueueBounce { selection: Selection, status: String, reason: String },
     /// Remove messages from the queue; with `dry_run`, only say which.
     QueueDelete { selection: Selection, dry_run: bool },
+    /// Read the config file again and put it in force; a config that fails to load is
+    /// refused and the running one kept.
+    Reload,
 }
 
 /// Which messages an action is for: these ids, and/or every message with a queued recipient
@@ -54,10 +57,25 @@ pub enum Response {
         messages: usize,
         ids: Vec<String>,
     },
+    /// A reload took effect.
+    Reloaded(ReloadReport),
     /// No message with this queue id.
     NotFound(String),
     /// The request could not be carried out (or not read).
     Error(String),
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The listeners bound now, in config order.
+    pub listeners: Vec<String>,
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Same address, other settings (for new connections).
+    pub changed: Vec<String>,
+    /// Keys whose new values only a restart puts in force (the old ones stay until then).
+    pub needs_restart: Vec<String>,
 }
 
 #[cfg(test)]

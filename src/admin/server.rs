@@ -4,29 +4,36 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::protocol::{Request, Response, Selection};
+use super::protocol::{ReloadReport, Request, Response, Selection};
 use super::summary::from_spool;
 use super::{DestinationSummary, list, show};
 use crate::config::Config;
+use crate::live::Live;
 use crate::queue::runner::Runner;
 use crate::spool::{Envelope, RecipientState, Spool};
 
+/// Asks whoever reloads the daemon (one reload at a time) and waits for the outcome.
+pub type Reloads = mpsc::Sender<oneshot::Sender<Result<ReloadReport, String>>>;
+
+/// What the handlers work with, shared by every admin connection.
+pub struct Daemon {
+    pub spool: Arc<dyn Spool>,
+    pub config: Arc<Live<Config>>,
+    /// None while delivery is paused.
+    pub runner: Option<Arc<Runner>>,
+    pub reloads: Reloads,
+}
+
 /// Serves the admin socket until shutdown: one task per connection, one request each.
-pub async fn serve(
-    listener: UnixListener,
-    spool: Arc<dyn Spool>,
-    config: Arc<Config>,
-    runner: Option<Arc<Runner>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
-        let (spool, config, runner) = (spool.clone(), config.clone(), runner.clone());
+        let daemon = daemon.clone();
         tokio::spawn(async move {
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
@@ -35,7 +42,7 @@ pub async fn serve(
             }
             let operator = reader.get_ref().peer_cred().ok().map(|c| c.uid());
             let response = match serde_json::from_str::<Request>(line.trim()) {
-                Ok(request) => handle(request, &Handlers { spool, config, runner, operator }).await,
+                Ok(request) => handle(request, &Handlers { daemon, operator }).await,
                 Err(e) => Response::Error(format!("bad request: {e}")),
             };
             let bytes = serde_json::to_vec(&response).unwrap_or_default();
@@ -44,14 +51,18 @@ pub async fn serve(
     }
 }
 
-/// What the handlers work with.
+/// One request's handler state.
 struct Handlers {
-    spool: Arc<dyn Spool>,
-    config: Arc<Config>,
-    /// None while delivery is paused.
-    runner: Option<Arc<Runner>>,
+    daemon: Arc<Daemon>,
     /// The uid of the operator asking (SO_PEERCRED), for the log.
     operator: Option<u32>,
+}
+
+impl std::ops::Deref for Handlers {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
 }
 
 impl Handlers {
@@ -71,6 +82,20 @@ async fn handle(request: Request, h: &Handlers) -> Response {
         Request::QueueBounce { selection, status, reason } => {
             queue_bounce(h, selection, &status, reason).await.unwrap_or_else(|answer| answer)
         }
+        Request::Reload => reload(h).await,
+    }
+}
+
+async fn reload(h: &Handlers) -> Response {
+    tracing::info!(operator = %h.operator(), "reload asked for");
+    let (tx, rx) = oneshot::channel();
+    if h.reloads.send(tx).await.is_err() {
+        return Response::Error("the daemon is shutting down".into());
+    }
+    match rx.await {
+        Ok(Ok(report)) => Response::Reloaded(report),
+        Ok(Err(e)) => Response::Error(e),
+        Err(_) => Response::Error("the daemon is shutting down".into()),
     }
 }
 
@@ -88,7 +113,7 @@ async fn queue_list(h: &Handlers) -> Response {
 }
 
 async fn queue_summary(h: &Handlers) -> Response {
-    let (spool, config) = (h.spool.clone(), h.config.clone());
+    let (spool, config) = (h.spool.clone(), h.config.get());
     let delivery = h.runner.as_ref().map(|r| r.delivery());
     let rows: Result<Vec<DestinationSummary>, String> = blocking(move || from_spool(spool.as_ref(), &config, delivery.as_deref())).await;
     match rows {

@@ -85,6 +85,9 @@ pub struct Config {
     /// Where mail to `<Postmaster>` goes (default: postmaster@hostname).
     #[serde(default)]
     pub postmaster: Option<String>,
+    /// The file this config was read from (`Config::load`); a reload reads it again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -405,7 +408,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).map_err(|e| ConfigError(format!("{}: {e}", path.display())))
+        let mut config = Self::parse(&text, base).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {

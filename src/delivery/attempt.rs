@@ -38,7 +38,8 @@ fn throttles(reply: &Reply) -> bool {
 
 /// One worker's half of delivery: its pool, and the attempt itself.
 pub struct Sender<T> {
-    pub settings: Arc<Settings>,
+    /// Read once per message: an attempt runs under the settings it started with.
+    pub settings: Arc<crate::live::Live<Settings>>,
     pub pool: Pool<T>,
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
@@ -48,12 +49,11 @@ impl<T: Transport> Sender<T> {
     /// dispatcher reserved one). `fresh` asks for a new one: a pooled one just died.
     async fn connection(
         &self,
-        target: &Target,
-        policy: TlsPolicy,
-        login: bool,
+        (target, policy, login): (&Target, TlsPolicy, bool),
         slot: Option<Slot>,
         fresh: bool,
         bucket: &Bucket,
+        settings: &Settings,
     ) -> Result<(Connection<T>, bool), ConnError> {
         let key = PoolKey::new(target, policy, login);
         let cap = bucket.cap(target);
@@ -73,12 +73,12 @@ impl<T: Transport> Sender<T> {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let mut opened = match Connection::open(target.clone(), policy, login, &self.settings, permit).await {
+        let mut opened = match Connection::open(target.clone(), policy, login, settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
             Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
                 tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
-                Connection::open(target.clone(), TlsPolicy::Never, login, &self.settings, permit).await
+                Connection::open(target.clone(), TlsPolicy::Never, login, settings, permit).await
             }
             other => other,
         }?;
@@ -115,6 +115,7 @@ impl<T: Transport> Sender<T> {
         let mut last_error = String::from("no destination address to try");
         let mut tls_failures = 0;
         let mut stop = self.stop.clone();
+        let settings = self.settings.get();
         'targets: for target in targets {
             let mut fresh = false;
             while !pending.is_empty() {
@@ -122,7 +123,7 @@ impl<T: Transport> Sender<T> {
                 let connection = tokio::select! {
                     biased;
                     _ = stop.wait_for(|stopping| *stopping) => return finish(results, Signal::Answered),
-                    c = self.connection(target, policy, login, reserved, fresh, bucket) => c,
+                    c = self.connection((target, policy, login), reserved, fresh, bucket, &settings) => c,
                 };
                 if *stop.borrow() {
                     // The wait for a connection outlasted the drain's start: nothing new goes out.
@@ -167,7 +168,7 @@ impl<T: Transport> Sender<T> {
                     }
                 }
                 let sub = Message { recipients: pending.iter().map(|&i| msg.recipients[i].clone()).collect(), ..msg.clone() };
-                match conn.transact(sub, &self.settings).await {
+                match conn.transact(sub, &settings).await {
                     Ok(outcomes) => {
                         answered = true;
                         if let Some(r) = outcomes.iter().find_map(|o| match o {

@@ -63,6 +63,11 @@ pub struct Settings {
     pub login: Option<(String, crate::smtp::sasl::Secret)>,
     /// `delivery.chunking`.
     pub chunking: bool,
+    /// Rises when a reload changes what connections are opened with (`opened_with`): a
+    /// pooled connection opened under an older generation is closed instead of reused.
+    pub generation: u64,
+    /// What the generation stands for: the settings a connection is opened with, as text.
+    pub opened_with: String,
 }
 
 /// The bytes under the SMTP dialogue: plain, or TLS after STARTTLS.
@@ -124,6 +129,8 @@ pub struct Connection<T> {
     pub policy: TlsPolicy,
     /// Logged in with the smarthost credentials.
     pub login: bool,
+    /// The settings' generation it was opened under.
+    pub generation: u64,
     slot: Slot,
 }
 
@@ -184,6 +191,7 @@ impl<T: Transport> Connection<T> {
             idle_since: Instant::now(),
             policy,
             login,
+            generation: settings.generation,
             slot,
         };
         match conn.drive(settings, |e| matches!(e, Event::Ready)).await? {

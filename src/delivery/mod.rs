@@ -23,50 +23,119 @@ use self::route::Target;
 use self::workers::Workers;
 use crate::config::{Config, OutboundTls};
 use crate::dns::Dns;
+use crate::live::Live;
 use crate::shaping::Bucket;
 use crate::smtp::client::{Message, TlsPolicy};
 
-/// Everything delivery shares: config, DNS, the workers (which hold the connection settings) and shaping.
+/// Everything delivery shares: the config generation in force (with its DNS), the workers
+/// (which read the connection settings of the same generation) and shaping.
 pub struct Delivery {
-    config: Arc<Config>,
-    dns: Dns,
-    /// Our listener addresses, for loop detection.
-    own: Vec<SocketAddr>,
+    generation: Live<Generation>,
+    /// Shared with the workers, which read it once per message.
+    settings: Arc<Live<Settings>>,
     workers: Workers,
     shaper: crate::shaping::Shaper,
     /// True once the daemon stops: no transaction starts after that.
     stop: tokio::sync::watch::Sender<bool>,
 }
 
+/// What one config means for delivery: read by routing and policy at each use.
+struct Generation {
+    config: Arc<Config>,
+    dns: Arc<Dns>,
+    /// Our listener addresses, for loop detection.
+    own: Vec<SocketAddr>,
+}
+
+/// A loaded next generation (see [`Delivery::prepare`]), not yet in force.
+pub struct Prepared {
+    generation: Generation,
+    settings: Settings,
+}
+
+/// The connection settings `config` asks for; reads the smarthost password file.
+fn settings(config: &Config, generation: u64) -> Result<Settings, String> {
+    let d = &config.delivery;
+    let password = match &d.smarthost_auth {
+        Some(a) => {
+            let text = std::fs::read_to_string(&a.password_file).map_err(|e| format!("{}: {e}", a.password_file.display()))?;
+            Some(text.lines().next().unwrap_or("").to_string())
+        }
+        None => None,
+    };
+    // What a connection is opened with. A reload that leaves it alone keeps pooled
+    // connections (a changed rate or cap is no reason to reconnect everywhere).
+    let opened_with = {
+        use sha2::Digest;
+        let login = d.smarthost_auth.as_ref().map(|a| (&a.username, sha2::Sha256::digest(password.as_deref().unwrap_or(""))));
+        format!(
+            "{}|{}|{:?}|{}|{:?}|{:?}|{:?}",
+            config.ehlo_name(),
+            config.hostname.0,
+            d.source_address,
+            d.chunking,
+            d.timeouts,
+            d.tls_trust.iter().map(|p| (p, std::fs::metadata(p).and_then(|m| m.modified()).ok())).collect::<Vec<_>>(),
+            login
+        )
+    };
+    Ok(Settings {
+        ehlo_name: config.ehlo_name().to_string(),
+        our_hostname: config.hostname.0.clone(),
+        source_address: d.source_address,
+        chunking: d.chunking,
+        timeouts: d.timeouts.clone(),
+        tls: tls::opportunistic_tls(),
+        verified_tls: tls::verified_tls(&d.tls_trust)?,
+        login: d.smarthost_auth.as_ref().zip(password).map(|(a, p)| (a.username.clone(), crate::smtp::sasl::Secret::new(p))),
+        generation,
+        opened_with,
+    })
+}
+
 impl Delivery {
     pub fn new(config: Arc<Config>, own: Vec<SocketAddr>) -> Result<Arc<Delivery>, String> {
-        let d = &config.delivery;
-        let dns = Dns::new(&config.dns)?;
-        let settings = Arc::new(Settings {
-            ehlo_name: config.ehlo_name().to_string(),
-            our_hostname: config.hostname.0.clone(),
-            source_address: d.source_address,
-            chunking: d.chunking,
-            timeouts: d.timeouts.clone(),
-            tls: tls::opportunistic_tls(),
-            verified_tls: tls::verified_tls(&d.tls_trust)?,
-            login: match &d.smarthost_auth {
-                Some(a) => {
-                    let text = std::fs::read_to_string(&a.password_file).map_err(|e| format!("{}: {e}", a.password_file.display()))?;
-                    let password = text.lines().next().unwrap_or("").to_string();
-                    Some((a.username.clone(), crate::smtp::sasl::Secret::new(password)))
-                }
-                None => None,
-            },
-        });
+        let dns = Arc::new(Dns::new(&config.dns)?);
+        let settings = Arc::new(Live::new(settings(&config, 0)?));
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let workers = Workers::start(&config, settings, stopping)?;
+        let workers = Workers::start(&config, settings.clone(), stopping)?;
         let shaper = crate::shaping::Shaper::new(&config);
-        Ok(Arc::new(Delivery { dns, own, config, workers, shaper, stop }))
+        let generation = Live::new(Generation { config, dns, own });
+        Ok(Arc::new(Delivery { generation, settings, workers, shaper, stop }))
     }
 
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// Loads what `config` needs (DNS servers, TLS trust, the smarthost password) without
+    /// putting it in force; an error changes nothing.
+    pub fn prepare(&self, config: Arc<Config>, own: Vec<SocketAddr>) -> Result<Prepared, String> {
+        let current = self.generation.get();
+        // The resolver keeps its cache while its settings stay the same.
+        let dns = if format!("{:?}", current.config.dns) == format!("{:?}", config.dns) {
+            current.dns.clone()
+        } else {
+            Arc::new(Dns::new(&config.dns)?)
+        };
+        let running = self.settings.get();
+        let mut settings = settings(&config, running.generation + 1)?;
+        if settings.opened_with == running.opened_with {
+            settings.generation = running.generation;
+        }
+        Ok(Prepared { generation: Generation { config, dns, own }, settings })
+    }
+
+    /// Puts a prepared generation in force: routes, policies, shaping and connection
+    /// settings apply to attempts that start from now on; pooled connections opened under
+    /// the old settings are closed instead of reused.
+    pub fn install(&self, next: Prepared) {
+        let d = &next.generation.config.delivery;
+        self.shaper.reconfigure(&next.generation.config);
+        self.workers.resize(d.max_connections);
+        self.settings.replace(Arc::new(next.settings));
+        self.generation.replace(Arc::new(next.generation));
+    }
+
+    /// The config delivery works under now.
+    pub fn config(&self) -> Arc<Config> {
+        self.generation.get().config.clone()
     }
 
     /// Destinations, their limits and their health.
@@ -76,7 +145,8 @@ impl Delivery {
 
     /// Where mail for `domain` goes now (DNS, routes, smarthost; loops to our own listeners).
     pub async fn route(&self, domain: &str) -> route::Route {
-        route::route(domain, &self.config, &self.own, &self.dns).await
+        let g = self.generation.get();
+        route::route(domain, &g.config, &g.own, g.dns.as_ref()).await
     }
 
     /// Starts no transaction from now on; those under way finish.
@@ -96,14 +166,16 @@ impl Delivery {
 
     /// Mail to `domain` goes to the smarthost with a login: over required TLS, logged in.
     pub fn logs_in(&self, domain: &str) -> bool {
-        let d = &self.config.delivery;
+        let config = self.config();
+        let d = &config.delivery;
         d.smarthost.is_some() && d.smarthost_auth.is_some() && !d.routes.contains_key(&domain.to_ascii_lowercase())
     }
 
     /// The TLS policy for mail to `domain`: required for a smarthost login, else its entry in
     /// `tls_policies`, else `tls`.
     pub fn tls_policy(&self, domain: &str) -> TlsPolicy {
-        let d = &self.config.delivery;
+        let config = self.config();
+        let d = &config.delivery;
         if self.logs_in(domain) {
             return TlsPolicy::Required;
         }

@@ -33,11 +33,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::connection::{Connection, Settings};
 use super::route::Target;
 use super::transport::{IdleState, Transport};
+use crate::capacity::{Capacity, Permit};
+use crate::live::Live;
 use crate::metrics as m;
 use crate::shaping::CapKey;
 use crate::smtp::client::TlsPolicy;
@@ -63,9 +65,10 @@ impl PoolKey {
 /// One connection cap (a next-hop address, or a shaping rule's hosts), shared by every worker.
 pub struct Limit {
     key: CapKey,
-    slots: Arc<Semaphore>,
+    /// Sized by the latest config that asked for this cap.
+    slots: Arc<Capacity>,
     /// Transactions a connection under this cap carries before it is closed.
-    max_deliveries: usize,
+    max_deliveries: AtomicUsize,
     /// Per worker: checkouts waiting for a slot.
     waiting_on: Vec<AtomicUsize>,
     /// Per worker: slots it holds (connections, and jobs on their way with a slot), and how
@@ -76,9 +79,9 @@ pub struct Limit {
 
 /// A connection's share of its address's cap: held until the connection has closed.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
     /// A share of `delivery.max_connections`.
-    _total: OwnedSemaphorePermit,
+    _total: Permit,
     limit: Arc<Limit>,
     worker: usize,
     /// The destination's count of connections (for `sluice queue summary`).
@@ -86,7 +89,7 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit, total: OwnedSemaphorePermit, limit: Arc<Limit>, worker: usize, active: &Arc<AtomicUsize>) -> Slot {
+    fn new(permit: Permit, total: Permit, limit: Arc<Limit>, worker: usize, active: &Arc<AtomicUsize>) -> Slot {
         limit.open_on[worker].fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
         Slot { _permit: permit, _total: total, limit, worker, active: active.clone() }
@@ -114,7 +117,7 @@ pub struct Assignment {
 pub struct Limits {
     map: Mutex<HashMap<CapKey, Arc<Limit>>>,
     /// `delivery.max_connections`, over every cap.
-    total: Arc<Semaphore>,
+    total: Arc<Capacity>,
     /// Checkouts waiting for a share of `total`.
     total_waiting: AtomicUsize,
     /// One signal per worker: "shed idle connections a starved worker waits for".
@@ -129,34 +132,46 @@ impl Limits {
     pub fn new(total: usize, workers: usize) -> Limits {
         Limits {
             map: Mutex::new(HashMap::new()),
-            total: Arc::new(Semaphore::new(total)),
+            total: Capacity::new(total),
             total_waiting: AtomicUsize::new(0),
             shed: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
         }
     }
 
-    /// The limit for `cap`, created with `max` connections and `max_deliveries` each.
+    /// The limit for `cap`, with `max` connections and `max_deliveries` each (a reload that
+    /// changed them resizes the limit; connections open stay counted).
     fn get(&self, cap: &CapKey, max: usize, max_deliveries: usize) -> Arc<Limit> {
         let n = self.shed.len();
         let mut map = self.map.lock().expect("limits lock");
-        map.entry(cap.clone())
+        let limit = map
+            .entry(cap.clone())
             .or_insert_with(|| {
                 Arc::new(Limit {
                     key: cap.clone(),
-                    max_deliveries,
-                    slots: Arc::new(Semaphore::new(max)),
+                    max_deliveries: AtomicUsize::new(max_deliveries),
+                    slots: Capacity::new(max),
                     waiting_on: per_worker(n),
                     open_on: per_worker(n),
                     idle_on: per_worker(n),
                 })
             })
-            .clone()
+            .clone();
+        if limit.slots.size() != max {
+            limit.slots.resize(max);
+        }
+        limit.max_deliveries.store(max_deliveries, Ordering::SeqCst);
+        limit
+    }
+
+    /// `delivery.max_connections` from now on.
+    pub fn resize_total(&self, total: usize) {
+        self.total.resize(total);
     }
 
     /// A free slot under `limit` and the total, if there is one now.
     fn try_slot(&self, limit: &Arc<Limit>, worker: usize, active: &Arc<AtomicUsize>) -> Option<Slot> {
-        let permit = limit.slots.clone().try_acquire_owned().ok()?;
-        let total = self.total.clone().try_acquire_owned().ok()?;
+        let permit = limit.slots.try_acquire()?;
+        let total = self.total.try_acquire()?;
         Some(Slot::new(permit, total, limit.clone(), worker, active))
     }
 
@@ -192,7 +207,7 @@ pub struct Pool<T> {
     /// Per cap: the signal for connections put back.
     returned: RefCell<HashMap<CapKey, Rc<Notify>>>,
     limits: Arc<Limits>,
-    settings: Arc<Settings>,
+    settings: Arc<Live<Settings>>,
     worker: usize,
     idle_timeout: Duration,
 }
@@ -218,7 +233,7 @@ impl Drop for Waiting<'_> {
 }
 
 impl<T: Transport> Pool<T> {
-    pub fn new(limits: Arc<Limits>, settings: Arc<Settings>, worker: usize, idle_timeout: Duration) -> Pool<T> {
+    pub fn new(limits: Arc<Limits>, settings: Arc<Live<Settings>>, worker: usize, idle_timeout: Duration) -> Pool<T> {
         Pool { idle: RefCell::default(), returned: RefCell::default(), limits, settings, worker, idle_timeout }
     }
 
@@ -230,12 +245,13 @@ impl<T: Transport> Pool<T> {
 
     /// Closes a connection politely in the background; its slot is freed once it has closed.
     fn retire(&self, conn: Connection<T>) {
-        let settings = self.settings.clone();
+        let settings = self.settings.get();
         tokio::task::spawn_local(async move { conn.quit(&settings).await });
     }
 
     /// An idle, fresh and live connection for `key`, if this worker has one.
     pub fn take(&self, key: &PoolKey) -> Option<Connection<T>> {
+        let generation = self.settings.get().generation;
         let mut expired = Vec::new();
         let mut dead = None;
         let found = {
@@ -244,7 +260,7 @@ impl<T: Transport> Pool<T> {
             let mut found = None;
             while let Some(mut conn) = list.pop() {
                 self.count_idle(&conn, 0, 1);
-                if conn.idle_since.elapsed() >= self.idle_timeout {
+                if conn.idle_since.elapsed() >= self.idle_timeout || conn.generation != generation {
                     expired.push(conn);
                     continue;
                 }
@@ -315,8 +331,8 @@ impl<T: Transport> Pool<T> {
 
     /// A share of the global cap: at once if one is free, else after idle connections
     /// everywhere have been given up for it.
-    async fn total_share(&self) -> OwnedSemaphorePermit {
-        if let Ok(share) = self.limits.total.clone().try_acquire_owned() {
+    async fn total_share(&self) -> Permit {
+        if let Some(share) = self.limits.total.try_acquire() {
             return share;
         }
         self.limits.total_waiting.fetch_add(1, Ordering::SeqCst);
@@ -328,7 +344,7 @@ impl<T: Transport> Pool<T> {
         }
         let _done = Done(&self.limits.total_waiting);
         self.shed_everywhere();
-        self.limits.total.clone().acquire_owned().await.expect("pool semaphores are never closed")
+        self.limits.total.acquire().await
     }
 
     /// A pooled connection for `key`, or a slot under `cap` for a new one: whichever comes
@@ -356,8 +372,7 @@ impl<T: Transport> Pool<T> {
                 }
             }
             tokio::select! {
-                permit = limit.slots.clone().acquire_owned() => {
-                    let permit = permit.expect("pool semaphores are never closed");
+                permit = limit.slots.acquire() => {
                     let total = self.total_share().await;
                     return Checkout::New(Slot::new(permit, total, limit.clone(), self.worker, active));
                 }
@@ -369,7 +384,7 @@ impl<T: Transport> Pool<T> {
     /// Another slot under `cap` (for a retry on the same host).
     pub async fn slot(&self, cap: &CapKey, max: usize, max_deliveries: usize, active: &Arc<AtomicUsize>) -> Slot {
         let limit = self.limits.get(cap, max, max_deliveries);
-        let permit = limit.slots.clone().acquire_owned().await.expect("pool semaphores are never closed");
+        let permit = limit.slots.acquire().await;
         let total = self.total_share().await;
         Slot::new(permit, total, limit, self.worker, active)
     }
@@ -385,7 +400,8 @@ impl<T: Transport> Pool<T> {
         }
         let key = PoolKey::new(&conn.target, conn.policy, conn.login);
         let limit = conn.slot().limit.clone();
-        if conn.deliveries >= limit.max_deliveries || self.wanted_elsewhere(&limit) {
+        let stale = conn.generation != self.settings.get().generation;
+        if stale || conn.deliveries >= limit.max_deliveries.load(Ordering::SeqCst) || self.wanted_elsewhere(&limit) {
             return self.retire(conn);
         }
         self.count_idle(&conn, 1, 0);
@@ -427,8 +443,10 @@ impl<T: Transport> Pool<T> {
         self.retire_idle(|_, c| self.wanted_elsewhere(&c.slot().limit));
     }
 
-    /// Closes idle connections past the idle timeout; called periodically.
+    /// Closes idle connections past the idle timeout, and those a reload made stale;
+    /// called periodically.
     pub fn reap(&self) {
-        self.retire_idle(|_, c| c.idle_since.elapsed() >= self.idle_timeout);
+        let generation = self.settings.get().generation;
+        self.retire_idle(|_, c| c.idle_since.elapsed() >= self.idle_timeout || c.generation != generation);
     }
 }

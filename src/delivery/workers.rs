@@ -17,6 +17,7 @@ use super::route::Target;
 use super::transport::{Epoll, Transport};
 use super::uring::{self, Uring};
 use crate::config::{Config, IoBackend};
+use crate::live::Live;
 use crate::metrics as m;
 use crate::shaping::Bucket;
 use crate::shaping::health::Signal;
@@ -74,7 +75,7 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(config: &Config, settings: Arc<Settings>, stop: watch::Receiver<bool>) -> Result<Workers, String> {
+    pub fn start(config: &Config, settings: Arc<Live<Settings>>, stop: watch::Receiver<bool>) -> Result<Workers, String> {
         let d = &config.delivery;
         let backend = Backend::choose(d.io)?;
         let count = match d.workers {
@@ -96,6 +97,11 @@ impl Workers {
         tracing::info!(backend = backend.name(), workers = count, "delivery workers started");
         metrics::gauge!(m::DELIVERY_IO_BACKEND, "backend" => backend.name()).set(1.0);
         Ok(Workers { queues, next: AtomicUsize::new(0), limits })
+    }
+
+    /// `delivery.max_connections` from now on (a reload).
+    pub fn resize(&self, max_connections: usize) {
+        self.limits.resize_total(max_connections);
     }
 
     /// Sends `msg` to the first of `targets` that takes it, on the next worker in turn.
@@ -133,7 +139,7 @@ struct PoolConfig {
 
 fn run_thread(
     backend: Backend,
-    settings: Arc<Settings>,
+    settings: Arc<Live<Settings>>,
     pool: PoolConfig,
     stop: watch::Receiver<bool>,
     jobs: mpsc::UnboundedReceiver<Job>,
@@ -154,7 +160,7 @@ fn run_thread(
 
 /// A worker's loop: take jobs, run each as a task of its own, keep the pool tidy.
 async fn serve<T: Transport>(
-    settings: Arc<Settings>,
+    settings: Arc<Live<Settings>>,
     pool: PoolConfig,
     stop: watch::Receiver<bool>,
     mut jobs: mpsc::UnboundedReceiver<Job>,

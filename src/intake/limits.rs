@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::config::Limits;
 use crate::metrics as m;
 
+/// The counts outlive a reload; the caps are the config's at each acquire, so a lowered cap
+/// refuses new connections until enough of the old ones have ended.
 pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
     counts: Mutex<Counts>,
 }
 
@@ -41,17 +42,17 @@ pub struct Slot {
 }
 
 impl ConnectionLimits {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(ConnectionLimits { max_total, max_per_ip, counts: Mutex::new(Counts::default()) })
+    pub fn new() -> Arc<Self> {
+        Arc::new(ConnectionLimits { counts: Mutex::new(Counts::default()) })
     }
 
-    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refusal> {
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr, caps: &Limits) -> Result<Slot, Refusal> {
         let mut c = self.counts.lock().expect("limits lock");
-        if c.total >= self.max_total {
+        if c.total >= caps.max_connections {
             return Err(Refusal::Total);
         }
         let per_ip = c.per_ip.entry(ip).or_insert(0);
-        if *per_ip >= self.max_per_ip {
+        if *per_ip >= caps.max_connections_per_ip {
             return Err(Refusal::PerIp);
         }
         *per_ip += 1;
@@ -85,15 +86,28 @@ mod tests {
 
     #[test]
     fn limits_total_and_per_ip_and_releases_on_drop() {
-        let l = ConnectionLimits::new(3, 2);
+        let l = ConnectionLimits::new();
+        let caps = Limits { max_connections: 3, max_connections_per_ip: 2, ..Limits::default() };
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let s1 = l.acquire(a).unwrap();
-        let _s2 = l.acquire(a).unwrap();
-        assert_eq!(l.acquire(a).err(), Some(Refusal::PerIp));
-        let _s3 = l.acquire(b).unwrap();
-        assert_eq!(l.acquire(b).err(), Some(Refusal::Total));
+        let s1 = l.acquire(a, &caps).unwrap();
+        let _s2 = l.acquire(a, &caps).unwrap();
+        assert_eq!(l.acquire(a, &caps).err(), Some(Refusal::PerIp));
+        let _s3 = l.acquire(b, &caps).unwrap();
+        assert_eq!(l.acquire(b, &caps).err(), Some(Refusal::Total));
         drop(s1);
-        assert!(l.acquire(a).is_ok());
+        assert!(l.acquire(a, &caps).is_ok());
+    }
+
+    #[test]
+    fn caps_changed_by_a_reload_count_the_connections_already_open() {
+        let l = ConnectionLimits::new();
+        let wide = Limits { max_connections: 3, max_connections_per_ip: 3, ..Limits::default() };
+        let narrow = Limits { max_connections: 1, max_connections_per_ip: 1, ..Limits::default() };
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let (s1, _s2) = (l.acquire(a, &wide).unwrap(), l.acquire(a, &wide).unwrap());
+        assert_eq!(l.acquire(a, &narrow).err(), Some(Refusal::Total));
+        drop(s1);
+        assert_eq!(l.acquire(a, &narrow).err(), Some(Refusal::Total), "one is still open");
     }
 }

@@ -12,17 +12,18 @@ use tokio::sync::watch;
 
 use super::IntakeContext;
 use super::accept::{Refusal, Source, Submission};
+use crate::live::Live;
 use crate::message::extract as headers;
 use crate::sendmail::{EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Request, Response};
 use crate::smtp::address::{self, Mailbox};
 
-pub async fn serve(listener: UnixListener, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: UnixListener, intake: Arc<Live<IntakeContext>>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let stream = tokio::select! {
             a = listener.accept() => match a { Ok((s, _)) => s, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
-        let ctx = ctx.clone();
+        let ctx = intake.get();
         tokio::spawn(async move { handle(stream, ctx).await });
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ListenerConfig, ListenerMode};
+use crate::live::Live;
 use crate::metrics as m;
 use crate::smtp::reply::codes;
 use crate::smtp::server::{RecipientRule, SessionConfig};
@@ -24,7 +25,10 @@ use crate::spool::Spool;
 pub use auth::{FailureTracker, UsersFile, hash_password};
 pub use limits::ConnectionLimits;
 
-/// What every intake connection shares.
+/// What every intake connection shares, for one generation of the config: a reload builds
+/// the next one (see [`IntakeContext::next`]) and each connection keeps the one it started
+/// under. The spool, the connection counts and the runner's wake-up are the same object in
+/// every generation; AUTH failures and sender rates too while their settings are unchanged.
 pub struct IntakeContext {
     pub config: Arc<Config>,
     relay: Arc<SessionConfig>,
@@ -35,19 +39,48 @@ pub struct IntakeContext {
     /// The same, asking clients for certificates (listeners with `request_client_certificates`).
     pub tls_client_certs: Option<TlsAcceptor>,
     pub users: Option<Arc<UsersFile>>,
-    pub failures: FailureTracker,
+    pub failures: Arc<FailureTracker>,
     /// Woken after every stored message, so the queue runner starts on it at once.
     pub stored: Arc<tokio::sync::Notify>,
     /// Messages per client IP and per user.
-    pub rates: rates::SenderRates,
+    pub rates: Arc<rates::SenderRates>,
     /// For the null MX check at RCPT on submission listeners.
     pub dns: Option<crate::dns::Dns>,
+}
+
+/// The parts of a generation that carry state from one to the next.
+struct Carried {
+    spool: Arc<dyn Spool>,
+    limits: Arc<ConnectionLimits>,
+    stored: Arc<tokio::sync::Notify>,
+    /// With the config they were made for.
+    failures: Option<(Arc<Config>, Arc<FailureTracker>)>,
+    rates: Option<(Arc<Config>, Arc<rates::SenderRates>)>,
 }
 
 impl IntakeContext {
     /// Loads TLS material (generating a self-signed certificate if configured to) and the
     /// users file.
     pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>) -> Result<Arc<Self>, String> {
+        let carried =
+            Carried { spool, limits: ConnectionLimits::new(), stored: Arc::new(tokio::sync::Notify::new()), failures: None, rates: None };
+        Self::build(config, carried)
+    }
+
+    /// The generation for `config` after this one: TLS, users and DNS loaded afresh, the
+    /// state carried over. Fails (changing nothing) when a file cannot be loaded.
+    pub fn next(&self, config: Arc<Config>) -> Result<Arc<Self>, String> {
+        let carried = Carried {
+            spool: self.spool.clone(),
+            limits: self.limits.clone(),
+            stored: self.stored.clone(),
+            failures: Some((self.config.clone(), self.failures.clone())),
+            rates: Some((self.config.clone(), self.rates.clone())),
+        };
+        Self::build(config, carried)
+    }
+
+    fn build(config: Arc<Config>, carried: Carried) -> Result<Arc<Self>, String> {
         let (tls, tls_client_certs) = match &config.tls {
             Some(t) => {
                 tls::ensure_certificate(t, &config.hostname.0)?;
@@ -59,7 +92,6 @@ impl IntakeContext {
             Some(path) => Some(Arc::new(UsersFile::open(path)?)),
             None => None,
         };
-        let l = &config.limits;
         let session = |require_auth| {
             Arc::new(SessionConfig {
                 tls_available: tls.is_some(),
@@ -75,13 +107,25 @@ impl IntakeContext {
             })
         };
         let (relay, submission) = (session(false), session(true));
-        let limits = ConnectionLimits::new(l.max_connections, l.max_connections_per_ip);
         let a = &config.auth;
-        let failures = FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0);
-        let stored = Arc::new(tokio::sync::Notify::new());
-        let rates = rates::SenderRates::new(config.limits.messages_per_ip, config.limits.messages_per_user);
+        let failures = match carried.failures {
+            Some((was, kept))
+                if (was.auth.max_failures, was.auth.failure_window, was.auth.lockout) == (a.max_failures, a.failure_window, a.lockout) =>
+            {
+                kept
+            }
+            _ => Arc::new(FailureTracker::new(a.max_failures, a.failure_window.0, a.lockout.0)),
+        };
+        let l = &config.limits;
+        let rates = match carried.rates {
+            Some((was, kept)) if (was.limits.messages_per_ip, was.limits.messages_per_user) == (l.messages_per_ip, l.messages_per_user) => {
+                kept
+            }
+            _ => Arc::new(rates::SenderRates::new(l.messages_per_ip, l.messages_per_user)),
+        };
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
+        let Carried { spool, limits, stored, .. } = carried;
         Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, rates, dns, config }))
     }
 
@@ -114,9 +158,15 @@ pub fn plain_session_config(config: &Config) -> SessionConfig {
     }
 }
 
-/// Accepts connections until `shutdown` turns true; each connection runs in its own task.
-pub async fn serve(listener: TcpListener, spec: ListenerConfig, ctx: Arc<IntakeContext>, mut shutdown: watch::Receiver<bool>) {
-    let mode = spec.mode;
+/// Accepts connections until `shutdown` turns true or the listener's settings are dropped
+/// (a reload removed it); each connection runs in its own task,
+/// under the listener settings and the intake generation in force when it was accepted.
+pub async fn serve(
+    listener: TcpListener,
+    mut spec: watch::Receiver<ListenerConfig>,
+    intake: Arc<Live<IntakeContext>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let local = match listener.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -134,13 +184,18 @@ pub async fn serve(listener: TcpListener, spec: ListenerConfig, ctx: Arc<IntakeC
                 }
             },
             _ = shutdown.changed() => return,
+            // A reload changed its settings (taken at the next accept), or removed it.
+            changed = spec.changed() => match changed {
+                Ok(()) => continue,
+                Err(_) => return,
+            },
         };
         metrics::counter!(m::CONNECTIONS_TOTAL, "listener" => listener_label.clone()).increment(1);
-        match ctx.limits.acquire(peer.ip()) {
+        let ctx = intake.get();
+        let spec = spec.borrow().clone();
+        match ctx.limits.acquire(peer.ip(), &ctx.config.limits) {
             Ok(slot) => {
-                let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
-                let spec = spec.clone();
                 tokio::spawn(async move {
                     connection::serve(stream, peer, local, spec, ctx, shutdown).await;
                     drop(slot);
@@ -149,7 +204,7 @@ pub async fn serve(listener: TcpListener, spec: ListenerConfig, ctx: Arc<IntakeC
             Err(refusal) => {
                 metrics::counter!(m::CONNECTIONS_REFUSED, "reason" => refusal.label()).increment(1);
                 // On an implicit-TLS port a plaintext 421 would be noise; just close.
-                if mode != ListenerMode::Submissions {
+                if spec.mode != ListenerMode::Submissions {
                     tokio::spawn(async move {
                         let reply = codes::closing("Too many connections, try again later");
                         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.write_all(&reply.to_bytes())).await;

@@ -62,7 +62,7 @@ impl Runner {
             return Ok(()); // Held since it was scheduled (or flushed): it waits for a release.
         }
         let due = if flushed { u64::MAX } else { self.clock.now() };
-        let groups = due_groups(&env, self.config(), due);
+        let groups = due_groups(&env, &self.config(), due);
         let mut gathered = Gathered::default();
         let mut stop = self.delivery().stopping();
         for ((_, tls_only), indexes) in &groups {
@@ -134,7 +134,7 @@ impl Runner {
         match delivery.route(&domain).await {
             Route::Fail(reply) => gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Failed(reply.clone()))))),
             Route::Defer(reply) => gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Deferred(reply.clone()))))),
-            Route::Targets(_) if env.params.requiretls && route::next_hop(&domain.to_ascii_lowercase(), self.config()).is_none() => {
+            Route::Targets(_) if env.params.requiretls && route::next_hop(&domain.to_ascii_lowercase(), &self.config()).is_none() => {
                 // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
                 // MX records; neither exists here), so only a configured route qualifies.
                 let reply = Reply::new(
@@ -216,7 +216,8 @@ impl Runner {
     /// counted, with the report anyone should get: one spool change.
     fn settle(&self, mut env: Envelope, gathered: Gathered, body: &[u8]) -> Changes {
         let Gathered { mut results, postponed } = gathered;
-        let d = &self.config().delivery;
+        let config = self.config();
+        let d = &config.delivery;
         let schedule: Vec<Duration> = d.retry.iter().map(|r| r.0).collect();
         let delay_warning = Some(d.delay_warning.0).filter(|w| !w.is_zero());
         let policy = RetryPolicy { schedule: &schedule, max_age: d.max_age.0, delay_warning };
@@ -289,7 +290,8 @@ impl Runner {
     /// should get one: the sender, or the postmaster when a bounce of ours failed. Null-sender
     /// mail gets none (no bounce loops).
     fn report(&self, env: &Envelope, tally: &Tally, original: &[u8], now: u64) -> Option<(Envelope, Vec<u8>)> {
-        let postmaster = self.config().postmaster();
+        let config = self.config();
+        let postmaster = config.postmaster();
         let failures: Vec<_> = tally.failed.iter().filter(|f| dsn::wants_failure_notice(env, f.index)).cloned().collect();
         let to = match (&env.from, &env.identity) {
             (Some(sender), _) => sender.clone(),
@@ -313,10 +315,10 @@ impl Runner {
             return None;
         }
         let queue_id = self.spool().new_queue_id();
-        let retry_until = Some(env.arrival + self.config().delivery.max_age.0.as_secs());
-        let b = dsn::Report { hostname: &self.config().hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now, retry_until };
+        let retry_until = Some(env.arrival + config.delivery.max_age.0.as_secs());
+        let b = dsn::Report { hostname: &config.hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now, retry_until };
         let body = dsn::report(&b, env, &notices, original);
-        let envelope = Envelope::report(queue_id, to, &self.config().hostname.0, now);
+        let envelope = Envelope::report(queue_id, to, &config.hostname.0, now);
         tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = %envelope.recipients[0].mailbox, recipients = notices.len(), "delivery status notification queued");
         Some((envelope, body))
     }

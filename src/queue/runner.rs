@@ -8,10 +8,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
+
+use crate::capacity::{Capacity, Permit};
 
 use crate::clock::Clock;
-use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::metrics as m;
 use crate::spool::Spool;
@@ -22,7 +23,6 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 pub struct Runner {
     spool: Arc<dyn Spool>,
     delivery: Arc<Delivery>,
-    config: Arc<Config>,
     /// Woken by intake (new mail) and by finished deliveries.
     pub notify: Arc<Notify>,
     in_flight: Mutex<HashSet<String>>,
@@ -34,25 +34,33 @@ pub struct Runner {
     bouncing: Mutex<std::collections::HashMap<String, crate::smtp::reply::Reply>>,
     /// Held (true) or released (false) while being delivered: applied once that attempt has recorded.
     holding: Mutex<std::collections::HashMap<String, bool>>,
-    permits: Arc<Semaphore>,
+    /// `delivery.max_concurrent_deliveries`, resized by a reload.
+    permits: Arc<Capacity>,
     /// Every time the runner and its attempts decide on.
     pub(super) clock: Arc<dyn Clock>,
 }
 
 impl Runner {
     pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>, clock: Arc<dyn Clock>) -> Arc<Runner> {
-        let config = delivery.config().clone();
-        let permits = Arc::new(Semaphore::new(config.delivery.max_concurrent_deliveries));
+        let permits = Capacity::new(delivery.config().delivery.max_concurrent_deliveries);
         let (in_flight, flushed, doomed, holding, bouncing) = Default::default();
-        Arc::new(Runner { spool, delivery, config, notify, in_flight, flushed, doomed, holding, bouncing, permits, clock })
+        Arc::new(Runner { spool, delivery, notify, in_flight, flushed, doomed, holding, bouncing, permits, clock })
     }
 
     pub fn delivery(&self) -> Arc<Delivery> {
         self.delivery.clone()
     }
 
-    pub(super) fn config(&self) -> &Config {
-        &self.config
+    /// The config in force now; an attempt takes it once and keeps it to the end.
+    pub(super) fn config(&self) -> Arc<crate::config::Config> {
+        self.delivery.config()
+    }
+
+    /// Applies a reloaded `delivery.max_concurrent_deliveries` (delivery's own settings are
+    /// installed through [`Delivery::install`]).
+    pub fn reconfigure(&self, config: &crate::config::Config) {
+        self.permits.resize(config.delivery.max_concurrent_deliveries);
+        self.notify.notify_one();
     }
 
     pub(super) fn spool(&self) -> &Arc<dyn Spool> {
@@ -199,7 +207,7 @@ impl Runner {
             let mut flushed = self.flushed.lock().expect("flushed lock");
             let ids: Vec<String> = flushed.iter().filter(|id| !in_flight.contains(*id)).cloned().collect();
             for queue_id in ids {
-                let Ok(permit) = self.permits.clone().try_acquire_owned() else { return MAX_SLEEP };
+                let Some(permit) = self.permits.try_acquire() else { return MAX_SLEEP };
                 flushed.remove(&queue_id);
                 in_flight.insert(queue_id.clone());
                 metrics::gauge!(m::QUEUE_IN_FLIGHT).increment(1.0);
@@ -223,7 +231,7 @@ impl Runner {
             if due > now {
                 return Duration::from_secs(due - now).min(MAX_SLEEP);
             }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let Some(permit) = self.permits.try_acquire() else {
                 // Full: a finishing delivery wakes the runner.
                 return MAX_SLEEP;
             };
@@ -236,7 +244,7 @@ impl Runner {
         if more { Duration::ZERO } else { MAX_SLEEP }
     }
 
-    async fn deliver(self: Arc<Self>, queue_id: String, _permit: OwnedSemaphorePermit, flushed: bool) {
+    async fn deliver(self: Arc<Self>, queue_id: String, _permit: Permit, flushed: bool) {
         if let Err(e) = self.attempt(&queue_id, flushed).await {
             tracing::error!(queue_id = %queue_id, error = %e, "delivery attempt could not be recorded");
         }

@@ -25,6 +25,7 @@ use self::queue::RateQueue;
 use self::rate::Gcra;
 use crate::config::{Config, DestinationRule};
 use crate::delivery::route::Target;
+use crate::live::Live;
 use crate::metrics as m;
 
 /// What a connection cap counts: connections to one next-hop address, or to any host of a rule.
@@ -102,10 +103,11 @@ impl Bucket {
 }
 
 pub struct Shaper {
-    rules: Vec<DestinationRule>,
-    defaults: DestinationRule,
-    backoff: Backoff,
+    shape: Live<Shape>,
     buckets: Mutex<HashMap<BucketKey, Arc<Bucket>>>,
+    /// Destinations as they were before the last reload, by name: a destination the new
+    /// config still has takes over its suspension and backoff, so a reload does not end them.
+    previous: Mutex<HashMap<String, Arc<Bucket>>>,
     /// Domains found (through their MX hosts) to belong to a rule, for the queue summary.
     ruled: Mutex<HashMap<String, usize>>,
 }
@@ -113,8 +115,15 @@ pub struct Shaper {
 /// Domains remembered in `ruled` at most (a summary convenience, not a cache that must hold).
 const MAX_RULED: usize = 100_000;
 
-impl Shaper {
-    pub fn new(config: &Config) -> Shaper {
+/// The limits one config sets.
+struct Shape {
+    rules: Vec<DestinationRule>,
+    defaults: DestinationRule,
+    backoff: Backoff,
+}
+
+impl Shape {
+    fn of(config: &Config) -> Shape {
         let d = &config.delivery;
         let defaults = DestinationRule {
             max_connections: Some(d.max_connections_per_destination),
@@ -125,12 +134,38 @@ impl Shaper {
             ..Default::default()
         };
         let backoff = Backoff { initial: d.backoff.initial.0, max: d.backoff.max.0, after_failures: d.backoff.after_failures };
-        Shaper { rules: d.destinations.clone(), defaults, backoff, buckets: Mutex::new(HashMap::new()), ruled: Mutex::new(HashMap::new()) }
+        Shape { rules: d.destinations.clone(), defaults, backoff }
+    }
+}
+
+impl Shaper {
+    pub fn new(config: &Config) -> Shaper {
+        Shaper {
+            shape: Live::new(Shape::of(config)),
+            buckets: Mutex::new(HashMap::new()),
+            previous: Mutex::new(HashMap::new()),
+            ruled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Applies a reloaded config's limits to destinations from now on. Messages waiting in
+    /// a destination's rate line and connections open keep the old destination until done.
+    pub fn reconfigure(&self, config: &Config) {
+        let old: Vec<Arc<Bucket>> = {
+            let mut buckets = self.buckets.lock().expect("buckets lock");
+            self.shape.replace(Arc::new(Shape::of(config)));
+            self.ruled.lock().expect("ruled lock").clear();
+            buckets.drain().map(|(_, b)| b).collect()
+        };
+        let mut previous = self.previous.lock().expect("previous lock");
+        previous.clear();
+        previous.extend(old.into_iter().map(|b| (b.name.clone(), b)));
     }
 
     /// The destination mail to `domain` over `targets` belongs to.
     pub fn bucket(&self, domain: &str, targets: &[Target]) -> Arc<Bucket> {
-        let rule = self.rules.iter().position(|r| r.names_domain(domain) || targets.iter().any(|t| r.names_host(&t.host)));
+        let shape = self.shape.get();
+        let rule = shape.rules.iter().position(|r| r.names_domain(domain) || targets.iter().any(|t| r.names_host(&t.host)));
         let key = match rule {
             Some(i) => {
                 let mut ruled = self.ruled.lock().expect("ruled lock");
@@ -143,15 +178,17 @@ impl Shaper {
             None => BucketKey::Domain(domain.to_ascii_lowercase()),
         };
         let mut buckets = self.buckets.lock().expect("buckets lock");
-        buckets.entry(key.clone()).or_insert_with(|| Arc::new(self.make(key))).clone()
+        buckets.entry(key.clone()).or_insert_with(|| Arc::new(self.make(key, &shape))).clone()
     }
 
-    fn make(&self, key: BucketKey) -> Bucket {
+    fn make(&self, key: BucketKey, shape: &Shape) -> Bucket {
         let (name, rule) = match &key {
-            BucketKey::Rule(i) => (self.rules[*i].label(), &self.rules[*i]),
-            BucketKey::Domain(d) => (d.clone(), &self.defaults),
+            BucketKey::Rule(i) => (shape.rules[*i].label(), &shape.rules[*i]),
+            BucketKey::Domain(d) => (d.clone(), &shape.defaults),
         };
-        let d = &self.defaults;
+        let d = &shape.defaults;
+        let before = self.previous.lock().expect("previous lock").remove(&name);
+        let health = before.as_ref().map(|b| b.health.lock().expect("health lock").clone()).unwrap_or_default();
         let pick = |own: Option<usize>, default: Option<usize>| own.or(default).unwrap_or(1);
         let message_rate = rule.message_rate.or(d.message_rate);
         let connection_rate = rule.connection_rate.or(d.connection_rate);
@@ -164,7 +201,7 @@ impl Shaper {
             messages: message_rate.map(RateQueue::new),
             connections: connection_rate.map(|r| Mutex::new(Gcra::new(&r))),
             origin: Instant::now(),
-            health: Mutex::new(Health::default()),
+            health: Mutex::new(health),
             active: Arc::new(AtomicUsize::new(0)),
             booked: Mutex::new(Duration::ZERO),
         }
@@ -175,7 +212,7 @@ impl Shaper {
     pub fn record(&self, bucket: &Bucket, signal: &Signal, started: u64, now: u64) {
         let mut health = bucket.health.lock().expect("health lock");
         let was = health.suspended(now).is_some();
-        if health.record(signal, started, now, &self.backoff) {
+        if health.record(signal, started, now, &self.shape.get().backoff) {
             let (until, reason) = health.suspended(now).expect("just suspended");
             let until = until.div_ceil(1000);
             tracing::warn!(destination = %bucket.name, until, reason, "destination suspended");
@@ -192,7 +229,9 @@ impl Shaper {
     /// backoff history (an operator's flush: the cause was mended).
     pub fn resume(&self, domain: &str, now: u64) {
         let domain = domain.to_ascii_lowercase();
-        let rule = self.rules.iter().position(|r| r.names_domain(&domain));
+        // Not yet seen since a reload: it starts afresh instead of taking the old state over.
+        self.previous.lock().expect("previous lock").remove(&self.destination_of(&domain));
+        let rule = self.shape.get().rules.iter().position(|r| r.names_domain(&domain));
         let key = match rule.or_else(|| self.ruled.lock().expect("ruled lock").get(&domain).copied()) {
             Some(i) => BucketKey::Rule(i),
             None => BucketKey::Domain(domain),
@@ -209,9 +248,10 @@ impl Shaper {
     /// The destination name mail to `domain` is counted under: a rule's, else the domain.
     pub fn destination_of(&self, domain: &str) -> String {
         let domain = domain.to_ascii_lowercase();
-        let rule = self.rules.iter().position(|r| r.names_domain(&domain));
+        let shape = self.shape.get();
+        let rule = shape.rules.iter().position(|r| r.names_domain(&domain));
         match rule.or_else(|| self.ruled.lock().expect("ruled lock").get(&domain).copied()) {
-            Some(i) => self.rules[i].label(),
+            Some(i) => shape.rules[i].label(),
             None => domain,
         }
     }

@@ -79,7 +79,10 @@ impl TestRelay {
     pub fn with_config(extra: &str) -> TestRelay {
         let dir = tempfile::tempdir().unwrap();
         let yaml = config_yaml(dir.path(), extra);
-        let config = Config::parse(&yaml, dir.path()).unwrap();
+        // Loaded from its file, as the daemon is: a reload reads the file again.
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let config = Config::load(&path).unwrap();
         let (addr_tx, addr_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let cfg = config.clone();

@@ -44,6 +44,7 @@ mod queue_flush;
 mod queue_hold;
 mod queue_show;
 mod relay_denied;
+mod reload;
 mod require_tls_recipients;
 mod requiretls;
 mod rrvs;

@@ -75,7 +75,8 @@ fn failed_commit_is_451_and_failed_fsync_is_421_until_restart() {
         request_client_certificates: false,
         default_priority: 0,
     };
-    rt.spawn(intake::serve(listener, spec, ctx, watch));
+    let (_spec, spec) = tokio::sync::watch::channel(spec);
+    rt.spawn(intake::serve(listener, spec, Arc::new(sluice::live::Live::from_arc(ctx)), watch));
 
     let mut c = Client::connect(addr);
     let r = c.send_mail("a@x.test", &["b@y.test"], "one\r\n");

@@ -1,29 +1,40 @@
-//! Starts and stops the relay: spool, metrics, intake listeners, admin socket.
+//! Starts and stops the relay: spool, metrics, intake listeners, admin socket; reloads it
+//! (`reload.rs`) with the listeners kept in step (`listeners.rs`).
+
+mod listeners;
+mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use self::listeners::Listeners;
+use self::reload::Reloader;
+use crate::admin::protocol::ReloadReport;
 use crate::config::Config;
-use crate::intake::{self, IntakeContext};
+use crate::intake::IntakeContext;
+use crate::live::Live;
 use crate::spool::SledSpool;
 
 /// A started relay. Tests start several in one process, each with its own spool.
 pub struct Running {
-    /// The bound listener addresses, in config order (port 0 resolved).
+    /// The listener addresses bound at start, in config order (port 0 resolved).
     pub listeners: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    ctx: Arc<IntakeContext>,
+    bound: Arc<Mutex<Listeners>>,
+    intake: Arc<Live<IntakeContext>>,
+    config: Arc<Live<Config>>,
     spool: Arc<SledSpool>,
     runner: Option<Arc<crate::queue::runner::Runner>>,
+    reloads: crate::admin::Reloads,
 }
 
 pub async fn start(config: Config) -> Result<Running, String> {
+    let path = config.source.clone();
     let config = Arc::new(config);
     let spool_cfg = config.spool.clone();
     let spool = tokio::task::spawn_blocking(move || SledSpool::open(&spool_cfg))
@@ -31,55 +42,69 @@ pub async fn start(config: Config) -> Result<Running, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("spool {}: {e}", config.spool.path.display()))?;
     let ctx = IntakeContext::new(config.clone(), spool.clone())?;
+    let stored = ctx.stored.clone();
+    let intake = Arc::new(Live::from_arc(ctx));
     if let Some(address) = config.metrics.address {
         crate::metrics::install(address)?;
     }
-    let mut bound = Vec::new();
-    for l in &config.listeners {
-        let listener = TcpListener::bind(l.address).await.map_err(|e| format!("listen on {}: {e}", l.address))?;
-        bound.push(listener);
-    }
+    let (shutdown, watcher) = watch::channel(false);
+    let (mut bound, plan) = Listeners::bind(&config.listeners, intake.clone(), watcher.clone()).await?;
     let admin = crate::admin::bind_admin_socket(&config.admin)?;
     // Every local user may submit; the daemon learns who from the socket.
     let sendmail = crate::admin::bind_socket(&config.sendmail.socket, 0o666)
         .map_err(|e| format!("sendmail socket {}: {e}", config.sendmail.socket.display()))?;
 
-    let (shutdown, watcher) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let mut listeners = Vec::new();
-    for (listener, cfg) in bound.into_iter().zip(&config.listeners) {
-        let address = listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(%address, mode = ?cfg.mode, "listening");
-        listeners.push(address);
-        tasks.spawn(intake::serve(listener, cfg.clone(), ctx.clone(), watcher.clone()));
-    }
-    let runner = if config.delivery.paused {
+    bound.commit(plan);
+    let listeners = bound.addresses();
+    let (delivery, runner) = if config.delivery.paused {
         tracing::warn!("delivery is paused: mail is accepted and kept in the queue");
-        None
+        (None, None)
     } else {
         let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone())?;
-        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery, ctx.stored.clone(), Arc::new(crate::clock::SystemClock));
+        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, Arc::new(crate::clock::SystemClock));
         tasks.spawn(runner.clone().run(watcher.clone()));
-        Some(runner)
+        (Some(delivery), Some(runner))
     };
-    tasks.spawn(crate::intake::local::serve(sendmail, ctx.clone(), watcher.clone()));
-    tasks.spawn(crate::admin::serve(admin, spool.clone(), config.clone(), runner.clone(), watcher));
-    Ok(Running { listeners, shutdown, tasks, ctx, spool, runner })
+    let bound = Arc::new(Mutex::new(bound));
+    let live_config = Arc::new(Live::from_arc(config));
+    let (reloads, requests) = mpsc::channel(4);
+    let reloader =
+        Reloader { path, config: live_config.clone(), intake: intake.clone(), delivery, runner: runner.clone(), listeners: bound.clone() };
+    tasks.spawn(reloader.serve(requests, watcher.clone()));
+    tasks.spawn(crate::intake::local::serve(sendmail, intake.clone(), watcher.clone()));
+    let daemon =
+        crate::admin::Daemon { spool: spool.clone(), config: live_config.clone(), runner: runner.clone(), reloads: reloads.clone() };
+    tasks.spawn(crate::admin::serve(admin, Arc::new(daemon), watcher));
+    Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads })
 }
 
 impl Running {
+    /// Reads the config file again and puts it in force (as SIGHUP and `sluice reload` do).
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let (tx, rx) = oneshot::channel();
+        self.reloads.send(tx).await.map_err(|_| "the daemon is shutting down".to_string())?;
+        rx.await.map_err(|_| "the daemon is shutting down".to_string())?
+    }
+
+    /// The listener addresses bound now, in config order.
+    pub async fn addresses(&self) -> Vec<SocketAddr> {
+        self.bound.lock().await.addresses()
+    }
+
     /// Stops accepting and starting deliveries, tells open sessions to close (421 4.3.2),
     /// waits up to `grace` for them and for deliveries under way (so their outcomes are
     /// recorded, not repeated after the restart), then lets the committer finish every commit.
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.bound.lock().await.join().await;
         let deadline = Instant::now() + grace;
         let busy = |r: &Option<Arc<crate::queue::runner::Runner>>| r.as_ref().map_or(0, |r| r.in_flight());
-        while (self.ctx.limits.active() > 0 || busy(&self.runner) > 0) && Instant::now() < deadline {
+        while (self.intake.get().limits.active() > 0 || busy(&self.runner) > 0) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _ = std::fs::remove_file(&self.ctx.config.admin.socket);
+        let _ = std::fs::remove_file(&self.config.get().admin.socket);
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.close()).await;
     }
@@ -88,9 +113,11 @@ impl Running {
 /// `sluice run`: start, then serve until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
-    let running = start(config).await?;
+    // Before anything else, so a signal during start-up is not fatal (SIGHUP's default is).
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let running = start(config).await?;
     tracing::info!("ready");
     crate::notify::notify("READY=1");
     if let Some(every) = crate::notify::watchdog_interval() {
@@ -113,9 +140,16 @@ pub async fn run(config: Config) -> Result<(), String> {
             }
         });
     }
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            // The reload habit: re-read the config; the outcome goes to the log.
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = running.reload().await;
+            }
+        }
     }
     tracing::info!("shutting down");
     crate::notify::notify("STOPPING=1");
