@@ -36,6 +36,7 @@ mmdebstrap --variant=minbase --quiet \
 echo "== Sluice"
 install -m 0755 "$repo/target/release/sluice" "$root/usr/bin/sluice"
 ln -sf /usr/bin/sluice "$root/usr/sbin/sendmail"
+ln -sf /usr/bin/sluice "$root/usr/bin/mailq"
 install -m 0644 "$repo/systemd/sluice.service" "$root/usr/lib/systemd/system/sluice.service"
 install -D -m 0644 "$repo/systemd/sluice.sysusers" "$root/usr/lib/sysusers.d/sluice.conf"
 install -D -m 0644 "$repo/systemd/sluice.tmpfiles" "$root/usr/lib/tmpfiles.d/sluice.conf"

@@ -56,11 +56,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// List every message with its queue id, sender, recipients and their states.
+    /// List queued messages (all, or those the filters select) with sender, recipients and
+    /// their states, as they are read (mailq, postqueue -p). --json: one JSON object per line.
     List {
         #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
         config: PathBuf,
-        /// Print JSON instead of a table.
+        /// Only this message (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Only messages with a queued recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        #[command(flatten)]
+        filters: Filters,
+        /// One JSON object per message and line instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -139,9 +148,51 @@ struct Selected {
     /// Every queued message.
     #[arg(long)]
     all: bool,
+    #[command(flatten)]
+    filters: Filters,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Filters every queue command takes; each one given must hold.
+#[derive(clap::Args)]
+struct Filters {
+    /// The sender: an address, or a domain (`@domain`); `<>` for bounces.
+    #[arg(long)]
+    from: Option<String>,
+    /// Any recipient: an address, or a domain (`@domain`).
+    #[arg(long)]
+    to: Option<String>,
+    /// queued (not yet tried), deferred (tried, still queued) or held.
+    #[arg(long, value_parser = ["queued", "deferred", "held"])]
+    state: Option<String>,
+    /// Arrived at least this long ago (30m, 2h, 1d).
+    #[arg(long, value_parser = |s: &str| s.parse::<sluice::config::HumanDuration>().map(|d| d.0.as_secs()))]
+    older_than: Option<u64>,
+}
+
+impl Filters {
+    fn selection(self, ids: Vec<String>, domain: Option<String>, all: bool) -> sluice::admin::protocol::Selection {
+        use sluice::admin::select::QueueState;
+        let state = self.state.as_deref().map(|s| match s {
+            "held" => QueueState::Held,
+            "deferred" => QueueState::Deferred,
+            _ => QueueState::Queued,
+        });
+        sluice::admin::protocol::Selection { ids, domain, all, from: self.from, to: self.to, state, older_than: self.older_than }
+    }
+}
+
+/// `sluice queue list`: exit 0, 1 error, 69 a daemon that cannot be asked.
+fn list(config: &std::path::Path, selection: sluice::admin::protocol::Selection, json: bool) -> ExitCode {
+    match load(config) {
+        Ok(c) => ExitCode::from(sluice::admin::print_queue(&c, &selection, json)),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `sluice queue show`: exit 0, 1 error, 3 no such message.
@@ -169,8 +220,8 @@ fn act(
     verb: &str,
     run: impl FnOnce(&Config, sluice::admin::protocol::Selection) -> Result<Vec<String>, sluice::admin::AdminError>,
 ) -> ExitCode {
-    let Selected { config, ids, domain, all, json } = selected;
-    let selection = sluice::admin::protocol::Selection { ids, domain, all };
+    let Selected { config, ids, domain, all, filters, json } = selected;
+    let selection = filters.selection(ids, domain, all);
     if selection.is_empty() {
         eprintln!("sluice: queue {verb} needs queue ids, --domain or --all");
         return ExitCode::from(2);
@@ -239,6 +290,11 @@ fn main() -> ExitCode {
     if invoked_as.as_deref() == Some("sendmail") {
         return ExitCode::from(sluice::sendmail::main(&argv[1..]));
     }
+    // And as `mailq`: sendmail -bp.
+    if invoked_as.as_deref() == Some("mailq") {
+        let args: Vec<String> = std::iter::once("-bp".to_string()).chain(argv[1..].iter().cloned()).collect();
+        return ExitCode::from(sluice::sendmail::main(&args));
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
@@ -254,17 +310,11 @@ fn main() -> ExitCode {
         Command::Reload { config } => return reload(&config),
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
         Command::CheckConfig { config } => load(&config).map(|_| println!("{}: OK", config.display())),
-        Command::Queue { command: QueueCommand::List { config, json } } => load(&config).and_then(|c| {
-            let entries = sluice::admin::queue_list(&c)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?);
-            } else {
-                print!("{}", sluice::admin::format_table(&entries));
-            }
-            Ok(())
-        }),
+        Command::Queue { command: QueueCommand::List { config, ids, domain, filters, json } } => {
+            return list(&config, filters.selection(ids, domain, false), json);
+        }
         Command::Queue { command: QueueCommand::Summary { config, json } } => load(&config).and_then(|c| {
-            let rows = sluice::admin::queue_summary(&c)?;
+            let rows = sluice::admin::queue_summary(&c).map_err(|e| e.to_string())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
             } else {

@@ -1,73 +1,38 @@
-//! The `sluice queue ...` side: asks the daemon over its socket, or reads the spool itself
-//! when no daemon answers.
+//! The `sluice queue ...` side: asks the daemon over its socket, or, for the read-only
+//! commands, reads a snapshot of the spool when no daemon runs (see `spool::snapshot`:
+//! nothing in the spool is written).
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use super::protocol::{ReloadReport, Request, Response, Selection};
 use super::summary::from_spool;
-use super::{DestinationSummary, MessageView, QueueEntry, list, show};
+use super::{DestinationSummary, MessageView, QueueEntry, show};
 use crate::config::Config;
-use crate::spool::{SledSpool, Spool};
+use crate::spool::SpoolRead;
+use crate::spool::snapshot::{Snapshot, SnapshotError};
 
-/// Asks the running daemon; None when none answers.
-fn ask(config: &Config, request: &Request) -> Option<Result<Response, String>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-    runtime.block_on(async {
-        let mut stream = UnixStream::connect(&config.admin.socket).await.ok()?;
-        let mut line = serde_json::to_vec(request).ok()?;
-        line.push(b'\n');
-        stream.write_all(&line).await.ok()?;
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await.ok()?;
-        Some(serde_json::from_slice::<Response>(&buf).map_err(|e| format!("bad answer from daemon: {e}")))
-    })
-}
-
-/// Runs `f` on the spool itself (no daemon holds it).
-fn offline<T>(config: &Config, f: impl FnOnce(&dyn Spool) -> Result<T, String>) -> Result<T, String> {
-    let spool = SledSpool::open(&config.spool)
-        .map_err(|e| format!("no daemon at {} and the spool cannot be opened: {e}", config.admin.socket.display()))?;
-    let result = f(spool.as_ref());
-    spool.close();
-    result
-}
-
-/// `sluice queue list`: from the running daemon, or from the spool when no daemon answers.
-pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, String> {
-    match ask(config, &Request::QueueList) {
-        Some(Ok(Response::Queue(entries))) => Ok(entries),
-        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
-        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
-        None => offline(config, list),
-    }
-}
-
-/// `sluice queue summary`: live from the daemon, or counts from the spool when none answers.
-pub fn queue_summary(config: &Config) -> Result<Vec<DestinationSummary>, String> {
-    match ask(config, &Request::QueueSummary) {
-        Some(Ok(Response::Summary(rows))) => Ok(rows),
-        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(e),
-        Some(Ok(_)) => Err("unexpected answer from the daemon".into()),
-        None => offline(config, |spool| from_spool(spool, config, None)),
-    }
-}
-
-/// Why an admin action failed, with the exit code `sluice queue` gives it.
+/// Why an admin command failed, with the exit code `sluice queue` gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminError {
     /// No daemon answers on the admin socket (the action needs one).
     Unreachable(String),
+    /// The socket is there but this user may not open it: a daemon probably runs.
+    Denied {
+        socket: String,
+        error: String,
+    },
     /// No message with this queue id.
     NoSuchMessage(String),
     Failed(String),
 }
 
 impl AdminError {
-    /// 69 (EX_UNAVAILABLE) unreachable, 3 no such message, 1 anything else.
+    /// 69 (EX_UNAVAILABLE) unreachable or denied, 3 no such message, 1 anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AdminError::Unreachable(_) => 69,
+            AdminError::Unreachable(_) | AdminError::Denied { .. } => 69,
             AdminError::NoSuchMessage(_) => 3,
             AdminError::Failed(_) => 1,
         }
@@ -78,30 +43,153 @@ impl std::fmt::Display for AdminError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AdminError::Unreachable(socket) => write!(f, "no daemon answers at {socket}; this needs the running daemon"),
+            AdminError::Denied { socket, error } => write!(
+                f,
+                "the daemon's admin socket {socket} cannot be opened ({error}); run this as the daemon's user, root, or a member of admin.group"
+            ),
             AdminError::NoSuchMessage(id) => write!(f, "no message {id} in the queue"),
             AdminError::Failed(e) => f.write_str(e),
         }
     }
 }
 
+/// The daemon's socket, connected; `Ok(None)` when no daemon listens there (no socket, or a
+/// stale one nobody accepts on).
+fn connect(config: &Config) -> Result<Option<UnixStream>, AdminError> {
+    let socket = &config.admin.socket;
+    match UnixStream::connect(socket) {
+        Ok(s) => {
+            // A daemon that accepted but never answers must not hang the command.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+            Ok(Some(s))
+        }
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(AdminError::Denied { socket: socket.display().to_string(), error: e.to_string() })
+        }
+        Err(e) => Err(AdminError::Failed(format!("admin socket {}: {e}", socket.display()))),
+    }
+}
+
+/// Sends `request` and hands each answer line to `each` until it returns false; `Ok(false)`
+/// when no daemon runs.
+fn exchange(config: &Config, request: &Request, mut each: impl FnMut(Response) -> bool) -> Result<bool, AdminError> {
+    let Some(mut stream) = connect(config)? else { return Ok(false) };
+    let failed = |e: std::io::Error| AdminError::Failed(format!("talking to the daemon: {e}"));
+    let mut line = serde_json::to_vec(request).map_err(|e| AdminError::Failed(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(failed)?;
+    for line in BufReader::new(stream).lines() {
+        let response = serde_json::from_str::<Response>(&line.map_err(failed)?)
+            .map_err(|e| AdminError::Failed(format!("bad answer from the daemon: {e}")))?;
+        if !each(response) {
+            return Ok(true);
+        }
+    }
+    Err(AdminError::Failed("the daemon closed the connection before answering".into()))
+}
+
+/// One request, one answer; `None` when no daemon runs.
+fn ask(config: &Config, request: &Request) -> Result<Option<Response>, AdminError> {
+    let mut answer = None;
+    let asked = exchange(config, request, |r| {
+        answer = Some(r);
+        false
+    })?;
+    Ok(asked.then_some(answer).flatten())
+}
+
+/// Runs `f` on a read-only snapshot of the spool (no daemon runs); an empty spool when there
+/// is none yet.
+fn offline<T>(config: &Config, f: impl FnOnce(Option<&dyn SpoolRead>) -> Result<T, String>) -> Result<T, AdminError> {
+    match Snapshot::open(&config.spool) {
+        Ok(snapshot) => f(snapshot.as_ref().map(|s| s as &dyn SpoolRead)).map_err(AdminError::Failed),
+        Err(SnapshotError::Locked(spool)) => Err(AdminError::Failed(format!(
+            "a daemon holds the spool {} but does not answer at {}",
+            spool.display(),
+            config.admin.socket.display()
+        ))),
+        Err(e) => Err(AdminError::Failed(format!("no daemon answers at {} and {e}", config.admin.socket.display()))),
+    }
+}
+
+fn unexpected(response: Response) -> AdminError {
+    match response {
+        Response::Error(e) => AdminError::Failed(e),
+        Response::NotFound(id) => AdminError::NoSuchMessage(id),
+        other => AdminError::Failed(format!("unexpected answer from the daemon: {other:?}")),
+    }
+}
+
+/// `sluice queue list`: each selected message to `each` as it comes, from the running daemon
+/// or a snapshot of the spool when none runs; how many there were.
+pub fn list_queue(config: &Config, selection: &Selection, mut each: impl FnMut(QueueEntry)) -> Result<usize, AdminError> {
+    let mut outcome = Err(AdminError::Failed("the listing ended early".into()));
+    let asked = exchange(config, &Request::QueueList(selection.clone()), |r| match r {
+        Response::Entry(entry) => {
+            each(*entry);
+            true
+        }
+        Response::Listed(n) => {
+            outcome = Ok(n);
+            false
+        }
+        other => {
+            outcome = Err(unexpected(other));
+            false
+        }
+    })?;
+    if asked {
+        return outcome;
+    }
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    offline(config, |spool| {
+        let mut n = 0;
+        for env in spool.into_iter().flat_map(|s| s.scan()) {
+            let env = env.map_err(|e| format!("reading the spool: {e}"))?;
+            if selection.matches(&env, now) {
+                each(QueueEntry::from(&env));
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+}
+
+/// Every message at once (for tests and small tools; `list_queue` streams).
+pub fn queue_list(config: &Config) -> Result<Vec<QueueEntry>, AdminError> {
+    let mut all = Vec::new();
+    list_queue(config, &Selection::default(), |e| all.push(e))?;
+    Ok(all)
+}
+
+/// `sluice queue summary`: live from the daemon, or counts from the spool when none runs.
+pub fn queue_summary(config: &Config) -> Result<Vec<DestinationSummary>, AdminError> {
+    match ask(config, &Request::QueueSummary)? {
+        Some(Response::Summary(rows)) => Ok(rows),
+        Some(other) => Err(unexpected(other)),
+        None => offline(config, |spool| match spool {
+            Some(spool) => from_spool(spool, config, None),
+            None => Ok(Vec::new()),
+        }),
+    }
+}
+
 /// An action only the running daemon can carry out (nothing is written to the spool behind
-/// its back): the number of messages it took.
+/// its back): the ids it took.
 fn act(config: &Config, request: Request) -> Result<Vec<String>, AdminError> {
-    match ask(config, &request) {
-        Some(Ok(Response::Done { ids, .. })) => Ok(ids),
-        Some(Ok(Response::NotFound(id))) => Err(AdminError::NoSuchMessage(id)),
-        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(AdminError::Failed(e)),
-        Some(Ok(_)) => Err(AdminError::Failed("unexpected answer from the daemon".into())),
+    match ask(config, &request)? {
+        Some(Response::Done { ids, .. }) => Ok(ids),
+        Some(other) => Err(unexpected(other)),
         None => Err(AdminError::Unreachable(config.admin.socket.display().to_string())),
     }
 }
 
 /// `sluice reload`: what the reload changed, or why the daemon refused the new config.
 pub fn reload(config: &Config) -> Result<ReloadReport, AdminError> {
-    match ask(config, &Request::Reload) {
-        Some(Ok(Response::Reloaded(report))) => Ok(report),
-        Some(Ok(Response::Error(e))) | Some(Err(e)) => Err(AdminError::Failed(e)),
-        Some(Ok(_)) => Err(AdminError::Failed("unexpected answer from the daemon".into())),
+    match ask(config, &Request::Reload)? {
+        Some(Response::Reloaded(report)) => Ok(report),
+        Some(other) => Err(unexpected(other)),
         None => Err(AdminError::Unreachable(config.admin.socket.display().to_string())),
     }
 }
@@ -126,14 +214,16 @@ pub fn queue_delete(config: &Config, selection: Selection, dry_run: bool) -> Res
     act(config, Request::QueueDelete { selection, dry_run })
 }
 
-/// `sluice queue show ID`: from the running daemon, or from the spool when none answers.
+/// `sluice queue show ID`: from the running daemon, or from the spool when none runs.
 pub fn queue_show(config: &Config, id: &str, whole: bool) -> Result<MessageView, AdminError> {
-    let found = match ask(config, &Request::QueueShow { id: id.to_string(), body: whole }) {
-        Some(Ok(Response::Message(view))) => Some(*view),
-        Some(Ok(Response::NotFound(_))) => None,
-        Some(Ok(Response::Error(e))) | Some(Err(e)) => return Err(AdminError::Failed(e)),
-        Some(Ok(_)) => return Err(AdminError::Failed("unexpected answer from the daemon".into())),
-        None => offline(config, |spool| show(spool, id, whole)).map_err(AdminError::Failed)?,
+    let found = match ask(config, &Request::QueueShow { id: id.to_string(), body: whole })? {
+        Some(Response::Message(view)) => Some(*view),
+        Some(Response::NotFound(_)) => None,
+        Some(other) => return Err(unexpected(other)),
+        None => offline(config, |spool| match spool {
+            Some(spool) => show(spool, id, whole),
+            None => Ok(None),
+        })?,
     };
     found.ok_or_else(|| AdminError::NoSuchMessage(id.to_string()))
 }

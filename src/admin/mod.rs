@@ -10,10 +10,13 @@
 mod client;
 mod passwd;
 pub mod protocol;
+pub mod select;
 mod server;
 mod summary;
 
-pub use client::{AdminError, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary, reload};
+pub use client::{
+    AdminError, list_queue, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary, reload,
+};
 pub use passwd::users_file_line;
 pub use server::{Daemon, Reloads, serve};
 pub use summary::{DestinationSummary, format_summary};
@@ -24,7 +27,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
-use crate::spool::{Envelope, Identity, RecipientState, Spool};
+use crate::spool::{Envelope, Identity, RecipientState, SpoolRead};
 
 /// One message as `sluice queue list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +94,7 @@ pub struct MessageView {
 }
 
 /// The message `id` from the spool; `Ok(None)` when there is none.
-pub(crate) fn show(spool: &dyn Spool, id: &str, whole: bool) -> Result<Option<MessageView>, String> {
+pub(crate) fn show(spool: &dyn SpoolRead, id: &str, whole: bool) -> Result<Option<MessageView>, String> {
     let env = match spool.get(id) {
         Ok(e) => e,
         Err(crate::spool::SpoolError::NotFound) => return Ok(None),
@@ -112,8 +115,7 @@ pub(crate) fn show(spool: &dyn Spool, id: &str, whole: bool) -> Result<Option<Me
 
 /// The human-readable form of one message.
 pub fn format_message(view: &MessageView) -> String {
-    let mut out = format_table(std::slice::from_ref(&view.entry));
-    out.truncate(out.trim_end().rfind('\n').map_or(out.len(), |i| i + 1)); // without the "1 message(s)" line
+    let mut out = format_entry(&view.entry);
     use std::fmt::Write;
     let _ = writeln!(
         out,
@@ -126,10 +128,6 @@ pub fn format_message(view: &MessageView) -> String {
     out.push('\n');
     out.push_str(view.message.as_deref().unwrap_or(&view.headers).replace("\r\n", "\n").as_str());
     out
-}
-
-pub(crate) fn list(spool: &dyn Spool) -> Result<Vec<QueueEntry>, String> {
-    spool.list().map(|v| v.iter().map(QueueEntry::from).collect()).map_err(|e| e.to_string())
 }
 
 /// The admin socket: 0600, or 0660 for `admin.group` (validated to exist by the config).
@@ -160,38 +158,64 @@ pub fn bind_socket(path: &Path, mode: u32) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// The human-readable listing.
-pub fn format_table(entries: &[QueueEntry]) -> String {
+/// Prints the selected messages as they arrive (`sluice queue list`, `mailq`, `sendmail -bp`):
+/// a table, or one JSON object per line. The exit code: 0, 1 error, 69 a daemon that cannot
+/// be asked.
+pub fn print_queue(config: &crate::config::Config, selection: &protocol::Selection, json: bool) -> u8 {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let listed = list_queue(config, selection, |entry| {
+        let _ = match json {
+            true => writeln!(out, "{}", serde_json::to_string(&entry).unwrap_or_default()),
+            false => write!(out, "{}", format_entry(&entry)),
+        };
+    });
+    let code = match listed {
+        Ok(n) => {
+            if !json {
+                let _ = writeln!(out, "{n} message(s)");
+            }
+            0
+        }
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("sluice: {e}");
+            e.exit_code()
+        }
+    };
+    let _ = out.flush();
+    code
+}
+
+/// One message of the listing (`sluice queue list` prints them as they arrive).
+pub fn format_entry(e: &QueueEntry) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    for e in entries {
-        let from = if e.from.is_empty() { "<>" } else { &e.from };
-        let _ = writeln!(
-            out,
-            "{}{}  {} bytes  from {}  client {}  arrived {}",
-            e.queue_id,
-            if e.held { " (held)" } else { "" },
-            e.size,
-            from,
-            e.client_ip,
-            crate::message::date::rfc5322_date(e.arrival)
-        );
-        for r in &e.recipients {
-            let state = match r.state {
-                RecipientState::Queued => "queued",
-                RecipientState::Delivered => "delivered",
-                RecipientState::Failed => "failed",
-            };
-            let _ = write!(out, "    {}  {}  attempts {}", r.address, state, r.attempts);
-            if let (RecipientState::Queued, Some(next)) = (r.state, r.next_attempt) {
-                let _ = write!(out, "  next attempt {}", crate::message::date::rfc5322_date(next));
-            }
-            if let Some(reply) = &r.last_reply {
-                let _ = write!(out, "  last reply: {reply}");
-            }
-            out.push('\n');
+    let from = if e.from.is_empty() { "<>" } else { &e.from };
+    let _ = writeln!(
+        out,
+        "{}{}  {} bytes  from {}  client {}  arrived {}",
+        e.queue_id,
+        if e.held { " (held)" } else { "" },
+        e.size,
+        from,
+        e.client_ip,
+        crate::message::date::rfc5322_date(e.arrival)
+    );
+    for r in &e.recipients {
+        let state = match r.state {
+            RecipientState::Queued => "queued",
+            RecipientState::Delivered => "delivered",
+            RecipientState::Failed => "failed",
+        };
+        let _ = write!(out, "    {}  {}  attempts {}", r.address, state, r.attempts);
+        if let (RecipientState::Queued, Some(next)) = (r.state, r.next_attempt) {
+            let _ = write!(out, "  next attempt {}", crate::message::date::rfc5322_date(next));
         }
+        if let Some(reply) = &r.last_reply {
+            let _ = write!(out, "  last reply: {reply}");
+        }
+        out.push('\n');
     }
-    let _ = writeln!(out, "{} message(s)", entries.len());
     out
 }

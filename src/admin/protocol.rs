@@ -2,14 +2,16 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::select::QueueState;
 use super::{DestinationSummary, MessageView, QueueEntry};
 
 /// What an operator asks the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    /// Every queued message.
-    QueueList,
+    /// The queued messages a selection names (all with an empty one), streamed: one
+    /// `Response::Entry` line each, then `Response::Listed`.
+    QueueList(Selection),
     /// Per destination: queued mail, connections, rates, suspensions.
     QueueSummary,
     /// One message: its envelope, recipients' states, headers, and with `body` all of it.
@@ -37,11 +39,23 @@ pub struct Selection {
     pub domain: Option<String>,
     #[serde(default)]
     pub all: bool,
+    /// The sender: an address, or `@domain` / `domain` (`<>` for the null sender).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Any recipient: an address, or `@domain` / `domain`.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub state: Option<QueueState>,
+    /// Arrived at least this many seconds ago.
+    #[serde(default)]
+    pub older_than: Option<u64>,
 }
 
 impl Selection {
+    /// Names nothing: an action needs ids, a filter or `all`.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty() && self.domain.is_none() && !self.all
+        *self == Selection::default()
     }
 }
 
@@ -49,7 +63,10 @@ impl Selection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Queue(Vec<QueueEntry>),
+    /// One message of a listing.
+    Entry(Box<QueueEntry>),
+    /// The end of a listing: how many messages it had.
+    Listed(usize),
     Summary(Vec<DestinationSummary>),
     Message(Box<MessageView>),
     /// How many messages an action took, and which.
@@ -84,7 +101,7 @@ mod tests {
 
     #[test]
     fn requests_are_tagged_json_lines() {
-        assert_eq!(serde_json::to_string(&Request::QueueList).unwrap(), r#"{"request":"queue_list"}"#);
+        assert_eq!(serde_json::to_string(&Request::QueueSummary).unwrap(), r#"{"request":"queue_summary"}"#);
         assert_eq!(serde_json::from_str::<Request>(r#"{"request":"queue_summary"}"#).unwrap(), Request::QueueSummary);
         assert!(serde_json::from_str::<Request>(r#"{"request":"queue_destroy"}"#).is_err(), "unknown requests are refused");
     }

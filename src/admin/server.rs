@@ -2,17 +2,17 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixListener;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::protocol::{ReloadReport, Request, Response, Selection};
 use super::summary::from_spool;
-use super::{DestinationSummary, list, show};
+use super::{DestinationSummary, QueueEntry, show};
 use crate::config::Config;
 use crate::live::Live;
 use crate::queue::runner::Runner;
-use crate::spool::{Envelope, RecipientState, Spool};
+use crate::spool::Spool;
 
 /// Asks whoever reloads the daemon (one reload at a time) and waits for the outcome.
 pub type Reloads = mpsc::Sender<oneshot::Sender<Result<ReloadReport, String>>>;
@@ -37,16 +37,22 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, mut shutdown: wa
         tokio::spawn(async move {
             let mut reader = BufReader::new(stream);
             let mut line = String::new();
-            if reader.read_line(&mut line).await.is_err() {
+            // One request line, of bounded length.
+            if (&mut reader).take(64 * 1024).read_line(&mut line).await.is_err() {
                 return;
             }
             let operator = reader.get_ref().peer_cred().ok().map(|c| c.uid());
-            let response = match serde_json::from_str::<Request>(line.trim()) {
-                Ok(request) => handle(request, &Handlers { daemon, operator }).await,
-                Err(e) => Response::Error(format!("bad request: {e}")),
-            };
-            let bytes = serde_json::to_vec(&response).unwrap_or_default();
-            let _ = reader.into_inner().write_all(&bytes).await;
+            let mut out = reader.into_inner();
+            let h = Handlers { daemon, operator };
+            match serde_json::from_str::<Request>(line.trim()) {
+                Ok(Request::QueueList(selection)) => queue_list(&h, selection, &mut out).await,
+                Ok(request) => {
+                    let _ = write_line(&mut out, &handle(request, &h).await).await;
+                }
+                Err(e) => {
+                    let _ = write_line(&mut out, &Response::Error(format!("bad request: {e}"))).await;
+                }
+            }
         });
     }
 }
@@ -71,9 +77,17 @@ impl Handlers {
     }
 }
 
+/// Every answer is one JSON line.
+async fn write_line(out: &mut UnixStream, response: &Response) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(response).unwrap_or_default();
+    bytes.push(b'\n');
+    out.write_all(&bytes).await
+}
+
 async fn handle(request: Request, h: &Handlers) -> Response {
     match request {
-        Request::QueueList => queue_list(h).await,
+        // Streamed by the caller; never answered as one document.
+        Request::QueueList(_) => Response::Error("queue_list is streamed".into()),
         Request::QueueSummary => queue_summary(h).await,
         Request::QueueShow { id, body } => queue_show(h, id, body).await,
         Request::QueueFlush(selection) => queue_flush(h, selection).await.unwrap_or_else(|answer| answer),
@@ -104,12 +118,36 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Sen
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(e.to_string()))
 }
 
-async fn queue_list(h: &Handlers) -> Response {
+/// Streams the selected messages: the spool is read on a blocking thread and each entry
+/// handed over through a short channel, so neither side holds the queue in memory.
+async fn queue_list(h: &Handlers, selection: Selection, out: &mut UnixStream) {
+    let (tx, mut rx) = mpsc::channel::<Response>(256);
     let spool = h.spool.clone();
-    match blocking(move || list(spool.as_ref())).await {
-        Ok(entries) => Response::Queue(entries),
-        Err(e) => Response::Error(e),
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut listed = 0;
+        for item in spool.scan() {
+            let response = match item {
+                Ok(env) if selection.matches(&env, now) => Response::Entry(Box::new(QueueEntry::from(&env))),
+                Ok(_) => continue,
+                Err(e) => Response::Error(format!("reading the spool: {e}")),
+            };
+            let failed = matches!(response, Response::Error(_));
+            listed += 1;
+            // A client that went away ends the scan.
+            if tx.blocking_send(response).is_err() || failed {
+                return;
+            }
+        }
+        let _ = tx.blocking_send(Response::Listed(listed));
+    });
+    while let Some(response) = rx.recv().await {
+        if write_line(out, &response).await.is_err() {
+            break;
+        }
     }
+    drop(rx);
+    let _ = scan.await;
 }
 
 async fn queue_summary(h: &Handlers) -> Response {
@@ -122,35 +160,12 @@ async fn queue_summary(h: &Handlers) -> Response {
     }
 }
 
-/// The queued messages a selection names, and the recipient domains they have queued; the
-/// first unknown id, if one is named.
-fn select(envelopes: &[Envelope], selection: &Selection) -> Result<(Vec<String>, Vec<String>), String> {
-    if let Some(missing) = selection.ids.iter().find(|id| !envelopes.iter().any(|e| &&e.queue_id == id)) {
-        return Err(missing.clone());
-    }
-    let wanted = selection.domain.as_deref().map(str::to_ascii_lowercase);
-    let mut ids = Vec::new();
-    let mut domains = Vec::new();
-    for e in envelopes {
-        let queued: Vec<String> =
-            e.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.mailbox.domain.to_ascii_lowercase()).collect();
-        let named = selection.all || selection.ids.contains(&e.queue_id) || wanted.as_ref().is_some_and(|d| queued.contains(d));
-        if named && !queued.is_empty() {
-            ids.push(e.queue_id.clone());
-            domains.extend(queued.into_iter().filter(|d| wanted.as_ref().is_none_or(|w| w == d)));
-        }
-    }
-    domains.extend(wanted);
-    domains.sort();
-    domains.dedup();
-    Ok((ids, domains))
-}
-
 /// The selection's queued messages and their domains, or the answer that ends the request.
 async fn selected(h: &Handlers, selection: &Selection) -> Result<(Vec<String>, Vec<String>), Response> {
     let spool = h.spool.clone();
     let envelopes = blocking(move || spool.list().map_err(|e| e.to_string())).await.map_err(Response::Error)?;
-    select(&envelopes, selection).map_err(Response::NotFound)
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    super::select::for_action(&envelopes, selection, now).map_err(Response::NotFound)
 }
 
 /// Actions that change what delivery does need it running.

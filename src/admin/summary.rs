@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::shaping::{DestinationState, Shaper};
-use crate::spool::{Envelope, RecipientState, Spool};
+use crate::spool::{Envelope, RecipientState};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DestinationSummary {
@@ -117,7 +117,7 @@ fn unix_now() -> u64 {
 
 /// The summary from the spool and, when delivery runs, its live state.
 pub(super) fn from_spool(
-    spool: &dyn Spool,
+    spool: &dyn crate::spool::SpoolRead,
     config: &Config,
     delivery: Option<&crate::delivery::Delivery>,
 ) -> Result<Vec<DestinationSummary>, String> {

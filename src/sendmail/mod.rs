@@ -6,9 +6,11 @@
 //! Flags: `-t` (recipients from To/Cc/Bcc, added to those given as arguments), `-i`/`-oi` (a
 //! lone "." line does not end the input), `-f ADDR`/`-r ADDR` (return path; honoured only for
 //! `sendmail.trusted_users`), `-F NAME` (full name for an added From), `-bm` (the default: a
-//! message on stdin), `-bs` (SMTP on stdin and stdout), `-C FILE` (the config, default
-//! /etc/sluice/config.yaml or $SLUICE_CONFIG). `-B`, `-o*`, `-v`, `-N` and `-O` are accepted
-//! and ignored, as other sendmail replacements do.
+//! message on stdin), `-bs` (SMTP on stdin and stdout), `-bp` (list the queue, as `mailq`),
+//! `-q` (flush the queue; `-qRdomain` that domain's mail, `-qIid` one message; an interval
+//! as in `-q30m` is ignored: the daemon runs the queue itself), `-C FILE` (the config,
+//! default /etc/sluice/config.yaml or $SLUICE_CONFIG). `-B`, `-o*`, `-v`, `-N` and `-O` are
+//! accepted and ignored, as other sendmail replacements do.
 
 mod smtp;
 
@@ -52,13 +54,27 @@ pub enum Response {
     },
 }
 
+/// What the command line asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// `-bm`: a message on stdin.
+    #[default]
+    Message,
+    /// `-bs`: SMTP on stdin and stdout.
+    Smtp,
+    /// `-bp`, or run as `mailq`: list the queue.
+    List,
+    /// `-q...`: flush the queue, or the messages this selects.
+    Flush { domain: Option<String>, id: Option<String> },
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
     pub extract: bool,
     pub ignore_dots: bool,
     pub from: Option<String>,
     pub full_name: Option<String>,
-    pub smtp: bool,
+    pub mode: Mode,
     pub config: Option<PathBuf>,
     pub recipients: Vec<String>,
 }
@@ -85,8 +101,12 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             }
             "-t" => o.extract = true,
             "-i" | "-oi" => o.ignore_dots = true,
-            "-bm" => o.smtp = false,
-            "-bs" => o.smtp = true,
+            "-bm" => o.mode = Mode::Message,
+            "-bs" => o.mode = Mode::Smtp,
+            "-bp" => o.mode = Mode::List,
+            a if a.starts_with("-qR") => o.mode = Mode::Flush { domain: Some(value(&mut i, a, "-qR")?), id: None },
+            a if a.starts_with("-qI") => o.mode = Mode::Flush { domain: None, id: Some(value(&mut i, a, "-qI")?) },
+            a if a.starts_with("-q") => o.mode = Mode::Flush { domain: None, id: None },
             a if a.starts_with("-f") => o.from = Some(value(&mut i, a, "-f")?),
             a if a.starts_with("-r") => o.from = Some(value(&mut i, a, "-r")?),
             a if a.starts_with("-F") => o.full_name = Some(value(&mut i, a, "-F")?),
@@ -171,8 +191,24 @@ pub fn main(args: &[String]) -> u8 {
             return EX_CONFIG;
         }
     };
-    if o.smtp {
-        return smtp::run(&config);
+    match o.mode {
+        Mode::Smtp => return smtp::run(&config),
+        Mode::List => return crate::admin::print_queue(&config, &Default::default(), false),
+        Mode::Flush { domain, id } => {
+            let selection =
+                crate::admin::protocol::Selection { ids: id.into_iter().collect(), all: domain.is_none(), domain, ..Default::default() };
+            return match crate::admin::queue_flush(&config, selection) {
+                Ok(ids) => {
+                    println!("{} message(s) flushed", ids.len());
+                    EX_OK
+                }
+                Err(e) => {
+                    eprintln!("sendmail: {e}");
+                    e.exit_code()
+                }
+            };
+        }
+        Mode::Message => {}
     }
     if o.recipients.is_empty() && !o.extract {
         eprintln!("sendmail: no recipients (give addresses, or -t to read them from the message)");
@@ -219,7 +255,12 @@ mod tests {
         assert_eq!(o.from.as_deref(), Some("bounce@x.test"));
         assert_eq!(o.full_name.as_deref(), Some("Web"));
         assert_eq!(o.recipients, ["a@y.test", "b@y.test"]);
-        assert!(parse_args(&args("-bs")).unwrap().smtp);
+        assert_eq!(parse_args(&args("-bs")).unwrap().mode, Mode::Smtp);
+        assert_eq!(parse_args(&args("-bp")).unwrap().mode, Mode::List);
+        assert_eq!(parse_args(&args("-q")).unwrap().mode, Mode::Flush { domain: None, id: None });
+        assert_eq!(parse_args(&args("-q30m")).unwrap().mode, Mode::Flush { domain: None, id: None });
+        assert_eq!(parse_args(&args("-qR example.test")).unwrap().mode, Mode::Flush { domain: Some("example.test".into()), id: None });
+        assert_eq!(parse_args(&args("-qIABC")).unwrap().mode, Mode::Flush { domain: None, id: Some("ABC".into()) });
         assert_eq!(parse_args(&args("-C /tmp/c.yaml -- -odd@y.test")).unwrap().recipients, ["-odd@y.test"]);
         assert!(parse_args(&args("-X")).is_err());
         assert!(parse_args(&args("-f")).is_err());

@@ -8,6 +8,7 @@ mod commit;
 pub mod queue_id;
 mod segments;
 mod sled_spool;
+pub mod snapshot;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -231,8 +232,20 @@ impl Durable {
     }
 }
 
+/// Reading a spool: all the admin commands need, and all a read-only snapshot offers.
+pub trait SpoolRead: Send + Sync {
+    fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError>;
+    fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError>;
+    /// Every envelope, one at a time (a large queue never passes through memory at once).
+    fn scan(&self) -> Box<dyn Iterator<Item = Result<Envelope, SpoolError>> + '_>;
+    /// Every envelope at once; for small spools and tests.
+    fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
+        self.scan().collect()
+    }
+}
+
 /// The spool interface; one backend (sled index + body segment files) today.
-pub trait Spool: Send + Sync {
+pub trait Spool: SpoolRead {
     /// A fresh queue id (needed before the body is final: Received names it).
     fn new_queue_id(&self) -> String;
     /// Writes a message whose body is the concatenation of `body_parts`. Wait on the result
@@ -255,9 +268,6 @@ pub trait Spool: Send + Sync {
     fn next_due(&self) -> Result<Option<u64>, SpoolError>;
     /// The first `limit` schedule entries: (due, queue id), earliest first.
     fn upcoming(&self, limit: usize) -> Result<Vec<(u64, String)>, SpoolError>;
-    fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError>;
-    fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError>;
-    fn list(&self) -> Result<Vec<Envelope>, SpoolError>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0

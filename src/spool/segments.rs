@@ -138,15 +138,23 @@ impl Segments {
     }
 
     pub fn read(&self, body: &BodyRef) -> Result<Vec<u8>, SpoolError> {
-        let file = self.reader(body.segment)?;
-        let len = usize::try_from(body.len).map_err(|_| SpoolError::Corrupt("body length".into()))?;
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, body.offset)?;
-        if crc32fast::hash(&buf) != body.crc32 {
-            return Err(SpoolError::Corrupt(format!("checksum mismatch in segment {}", body.segment)));
-        }
-        Ok(buf)
+        read_at(&*self.reader(body.segment)?, body)
     }
+}
+
+/// A body from the segment directory `dir`, its file opened read-only for this read alone.
+pub fn read_from(dir: &Path, body: &BodyRef) -> Result<Vec<u8>, SpoolError> {
+    read_at(&File::open(segment_path(dir, body.segment))?, body)
+}
+
+fn read_at(file: &File, body: &BodyRef) -> Result<Vec<u8>, SpoolError> {
+    let len = usize::try_from(body.len).map_err(|_| SpoolError::Corrupt("body length".into()))?;
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, body.offset)?;
+    if crc32fast::hash(&buf) != body.crc32 {
+        return Err(SpoolError::Corrupt(format!("checksum mismatch in segment {}", body.segment)));
+    }
+    Ok(buf)
 }
 
 fn create(dir: &Path, id: u64) -> Result<File, SpoolError> {

@@ -24,17 +24,17 @@ use std::time::{Duration, Instant};
 use super::commit::{Batch, CommitQueue, Request};
 use super::queue_id::{self, QueueIdGenerator};
 use super::segments::Segments;
-use super::{BodyRef, Changes, Durable, Envelope, Health, RecipientState, Spool, SpoolError};
+use super::{BodyRef, Changes, Durable, Envelope, Health, RecipientState, Spool, SpoolError, SpoolRead};
 use crate::config::SpoolConfig;
 use crate::metrics as m;
 
 const HIGH_WATER_KEY: &[u8] = b"queue_id_high_water";
 /// Keys in the `messages` tree: `m` + queue id holds the envelope.
-const ENVELOPE: u8 = b'm';
+pub(super) const ENVELOPE: u8 = b'm';
 /// Schedule entries written by earlier versions (`s` + due + queue id); deleted at open.
 const LEGACY_SCHEDULE: u8 = b's';
 
-fn envelope_key(queue_id: &str) -> Vec<u8> {
+pub(super) fn envelope_key(queue_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + queue_id.len());
     k.push(ENVELOPE);
     k.extend_from_slice(queue_id.as_bytes());
@@ -307,6 +307,25 @@ impl Drop for SledSpool {
     }
 }
 
+impl SpoolRead for SledSpool {
+    fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError> {
+        let value = self.messages.get(envelope_key(queue_id))?.ok_or(SpoolError::NotFound)?;
+        serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
+    }
+
+    fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
+        let body = envelope.body.ok_or_else(|| SpoolError::Corrupt("envelope without body".into()))?;
+        self.segments.read(&body)
+    }
+
+    fn scan(&self) -> Box<dyn Iterator<Item = Result<Envelope, SpoolError>> + '_> {
+        Box::new(self.messages.scan_prefix([ENVELOPE]).map(|item| {
+            let (_, value) = item?;
+            serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
+        }))
+    }
+}
+
 impl Spool for SledSpool {
     fn new_queue_id(&self) -> String {
         self.ids.next().1
@@ -322,16 +341,6 @@ impl Spool for SledSpool {
         self.apply_parts(stores, &changes.update, &changes.remove)
     }
 
-    fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError> {
-        let value = self.messages.get(envelope_key(queue_id))?.ok_or(SpoolError::NotFound)?;
-        serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
-    }
-
-    fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
-        let body = envelope.body.ok_or_else(|| SpoolError::Corrupt("envelope without body".into()))?;
-        self.segments.read(&body)
-    }
-
     fn due(&self, now: u64, limit: usize) -> Result<Vec<String>, SpoolError> {
         let schedule = self.schedule.lock().expect("schedule lock");
         Ok(schedule.range(..=(now, u64::MAX)).take(limit).map(|&(_, id)| queue_id::encode(id)).collect())
@@ -344,16 +353,6 @@ impl Spool for SledSpool {
 
     fn next_due(&self) -> Result<Option<u64>, SpoolError> {
         Ok(self.schedule.lock().expect("schedule lock").first().map(|&(due, _)| due))
-    }
-
-    fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
-        self.messages
-            .scan_prefix([ENVELOPE])
-            .map(|item| {
-                let (_, value) = item?;
-                serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
-            })
-            .collect()
     }
 
     fn len(&self) -> usize {

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sluice::config::Config;
-use sluice::spool::{SledSpool, Spool};
+use sluice::spool::{SledSpool, SpoolRead};
 
 /// A relay running in a thread of its own with its own runtime, so tests can use blocking
 /// clients without starving it.

@@ -21,7 +21,7 @@ fn a_message_acknowledged_before_kill_9_is_there_after_restart() {
     assert!(restarted.log_text().contains("messages=5"), "{}", restarted.log_text());
     let (ok, out, err) = sluice(&["queue", "list", "--config", restarted.config_path.to_str().unwrap(), "--json"]);
     assert!(ok, "{err}");
-    let entries: Vec<QueueEntry> = serde_json::from_str(&out).unwrap();
+    let entries: Vec<QueueEntry> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(entries.iter().map(|e| e.queue_id.clone()).collect::<Vec<_>>(), ids);
     // The restarted daemon keeps accepting, with ids after the recovered ones.
     let mut c = Client::connect(restarted.addr);

@@ -42,6 +42,7 @@ mod queue_bounce;
 mod queue_delete;
 mod queue_flush;
 mod queue_hold;
+mod queue_list_filters;
 mod queue_show;
 mod relay_denied;
 mod reload;

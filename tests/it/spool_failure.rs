@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sluice::config::Config;
 use sluice::intake::{self, IntakeContext};
-use sluice::spool::{Changes, Durable, Envelope, Health, Spool, SpoolError};
+use sluice::spool::{Changes, Durable, Envelope, Health, Spool, SpoolError, SpoolRead};
 
 use crate::common::{Client, config_yaml};
 
@@ -16,6 +16,18 @@ use crate::common::{Client, config_yaml};
 struct FailingSpool {
     stores: AtomicUsize,
     poisoned: AtomicBool,
+}
+
+impl SpoolRead for FailingSpool {
+    fn get(&self, _: &str) -> Result<Envelope, SpoolError> {
+        Err(SpoolError::NotFound)
+    }
+    fn read_body(&self, _: &Envelope) -> Result<Vec<u8>, SpoolError> {
+        Err(SpoolError::NotFound)
+    }
+    fn scan(&self) -> Box<dyn Iterator<Item = Result<Envelope, SpoolError>> + '_> {
+        Box::new(std::iter::empty())
+    }
 }
 
 impl Spool for FailingSpool {
@@ -41,15 +53,6 @@ impl Spool for FailingSpool {
         Ok(None)
     }
     fn upcoming(&self, _: usize) -> Result<Vec<(u64, String)>, SpoolError> {
-        Ok(Vec::new())
-    }
-    fn get(&self, _: &str) -> Result<Envelope, SpoolError> {
-        Err(SpoolError::NotFound)
-    }
-    fn read_body(&self, _: &Envelope) -> Result<Vec<u8>, SpoolError> {
-        Err(SpoolError::NotFound)
-    }
-    fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
         Ok(Vec::new())
     }
     fn len(&self) -> usize {
