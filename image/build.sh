@@ -48,6 +48,8 @@ ln -sf /usr/lib/systemd/system/sluice.service "$root/etc/systemd/system/multi-us
 ln -sf /usr/lib/systemd/system/sluice-seed.service "$root/etc/systemd/system/multi-user.target.wants/sluice-seed.service"
 chroot "$root" systemd-sysusers >/dev/null
 chroot "$root" sh -c 'chown root:sluice /etc/sluice/users && chmod 0640 /etc/sluice/users'
+# sendmail's maildrop (Postfix's setgid postdrop): see systemd/sluice.sysusers and .tmpfiles.
+chroot "$root" sh -c 'chgrp sluicedrop /usr/bin/sluice && chmod 2755 /usr/bin/sluice'
 
 echo "== system settings"
 echo sluice > "$root/etc/hostname"

@@ -415,7 +415,8 @@ impl Config {
 
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = serde_norway::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        let mut paths: Vec<&mut PathBuf> = vec![&mut config.spool.path, &mut config.admin.socket, &mut config.sendmail.socket];
+        let mut paths: Vec<&mut PathBuf> =
+            vec![&mut config.spool.path, &mut config.admin.socket, &mut config.sendmail.socket, &mut config.sendmail.maildrop];
         if let Some(tls) = config.tls.as_mut() {
             paths.push(&mut tls.certificate);
             paths.push(&mut tls.private_key);

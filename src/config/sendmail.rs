@@ -15,12 +15,21 @@ pub struct SendmailConfig {
     /// their own identity (user@hostname) as return path.
     #[serde(default = "default_trusted")]
     pub trusted_users: Vec<String>,
+    /// Where `sluice sendmail` leaves a message (fsynced) when the daemon does not answer;
+    /// the daemon takes such files in at start and every few seconds. The Postfix postdrop
+    /// model: mode 1730, group `sluicedrop`, the binary setgid to that group.
+    #[serde(default = "default_maildrop")]
+    pub maildrop: PathBuf,
 }
 
 impl Default for SendmailConfig {
     fn default() -> Self {
-        SendmailConfig { socket: default_socket(), trusted_users: default_trusted() }
+        SendmailConfig { socket: default_socket(), trusted_users: default_trusted(), maildrop: default_maildrop() }
     }
+}
+
+fn default_maildrop() -> PathBuf {
+    PathBuf::from("/var/spool/sluice/maildrop")
 }
 
 fn default_socket() -> PathBuf {

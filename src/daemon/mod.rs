@@ -67,12 +67,15 @@ pub async fn start(config: Config) -> Result<Running, String> {
         (Some(delivery), Some(runner))
     };
     let bound = Arc::new(Mutex::new(bound));
+    let config_for_pickup = config.clone();
     let live_config = Arc::new(Live::from_arc(config));
     let (reloads, requests) = mpsc::channel(4);
     let reloader =
         Reloader { path, config: live_config.clone(), intake: intake.clone(), delivery, runner: runner.clone(), listeners: bound.clone() };
     tasks.spawn(reloader.serve(requests, watcher.clone()));
     tasks.spawn(crate::intake::local::serve(sendmail, intake.clone(), watcher.clone()));
+    crate::intake::pickup::prepare(&config_for_pickup.sendmail.maildrop);
+    tasks.spawn(crate::intake::pickup::serve(config_for_pickup.sendmail.maildrop.clone(), intake.clone(), watcher.clone()));
     let daemon =
         crate::admin::Daemon { spool: spool.clone(), config: live_config.clone(), runner: runner.clone(), reloads: reloads.clone() };
     tasks.spawn(crate::admin::serve(admin, Arc::new(daemon), watcher));

@@ -43,6 +43,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
     keep!(admin.socket);
     keep!(admin.group);
     keep!(sendmail.socket);
+    keep!(sendmail.maildrop);
     keep!(delivery.paused);
     keep!(delivery.io);
     keep!(delivery.workers);

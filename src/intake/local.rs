@@ -60,7 +60,7 @@ async fn read_request(reader: &mut BufReader<UnixStream>, ctx: &IntakeContext) -
     Ok((request, message))
 }
 
-async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: Vec<u8>) -> Response {
+pub(super) async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: Vec<u8>) -> Response {
     let config = &ctx.config;
     let user = crate::sys::user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
     let hostname = &config.hostname.0;

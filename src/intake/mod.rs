@@ -5,6 +5,7 @@ mod auth;
 mod connection;
 mod limits;
 pub mod local;
+pub mod pickup;
 mod rates;
 pub mod tls;
 

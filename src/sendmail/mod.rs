@@ -12,6 +12,7 @@
 //! default /etc/sluice/config.yaml or $SLUICE_CONFIG). `-B`, `-o*`, `-v`, `-N` and `-O` are
 //! accepted and ignored, as other sendmail replacements do.
 
+pub mod maildrop;
 mod smtp;
 
 use std::io::{self, BufRead, Write};
@@ -147,15 +148,28 @@ pub fn read_message(input: &mut impl BufRead, ignore_dots: bool) -> io::Result<V
     Ok(out)
 }
 
-/// Hands one message to the daemon.
-pub fn submit(socket: &std::path::Path, request: &Request, message: &[u8]) -> Response {
+/// Hands one message to the daemon; when no daemon listens (nothing was sent), leaves it in
+/// `maildrop` for the daemon to take in when it runs again.
+pub fn submit(socket: &std::path::Path, maildrop: &std::path::Path, request: &Request, message: &[u8]) -> Response {
     let unavailable = |e: io::Error| Response::Refused {
         exit: EX_UNAVAILABLE,
         text: format!("the Sluice daemon is not answering at {}: {e}", socket.display()),
     };
     let mut stream = match UnixStream::connect(socket) {
         Ok(s) => s,
-        Err(e) => return unavailable(e),
+        Err(e) => {
+            return match maildrop::write(maildrop, request, message) {
+                Ok(path) => Response::Queued(path.display().to_string()),
+                Err(d) => Response::Refused {
+                    exit: EX_TEMPFAIL,
+                    text: format!(
+                        "the Sluice daemon is not answering at {} ({e}), and the maildrop {} cannot be written: {d}",
+                        socket.display(),
+                        maildrop.display()
+                    ),
+                },
+            };
+        }
     };
     let mut head = serde_json::to_vec(request).unwrap_or_default();
     head.push(b'\n');
@@ -228,7 +242,7 @@ pub fn main(args: &[String]) -> u8 {
         recipients: o.recipients.clone(),
         size: message.len(),
     };
-    match submit(&config.sendmail.socket, &request, &message) {
+    match submit(&config.sendmail.socket, &config.sendmail.maildrop, &request, &message) {
         Response::Queued(_) => EX_OK,
         Response::Refused { exit, text } => {
             eprintln!("sendmail: {text}");

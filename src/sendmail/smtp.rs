@@ -44,7 +44,7 @@ pub fn run(config: &Config) -> u8 {
                         recipients: tx.recipients.iter().map(|r| r.mailbox.to_string()).collect(),
                         size: tx.body.len(),
                     };
-                    let result = match submit(&config.sendmail.socket, &request, &tx.body) {
+                    let result = match submit(&config.sendmail.socket, &config.sendmail.maildrop, &request, &tx.body) {
                         Response::Queued(id) => Ok(id),
                         Response::Refused { exit, text } => {
                             let code = if exit == super::EX_TEMPFAIL || exit == super::EX_UNAVAILABLE { 451 } else { 554 };

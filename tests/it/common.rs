@@ -48,7 +48,11 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
         yaml.push_str("delivery: { paused: true }\n");
     }
     if !extra.contains("sendmail:") {
-        yaml.push_str(&format!("sendmail: {{ socket: {} }}\n", dir.join("sendmail.sock").display()));
+        yaml.push_str(&format!(
+            "sendmail: {{ socket: {}, maildrop: {} }}\n",
+            dir.join("sendmail.sock").display(),
+            dir.join("maildrop").display()
+        ));
     }
     if !extra.contains("listeners:") {
         yaml.push_str("listeners:\n  - { address: \"127.0.0.1:0\", mode: relay }\n");

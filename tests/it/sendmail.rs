@@ -22,7 +22,8 @@ fn run(program: &str, args: &[&str], input: &[u8]) -> (i32, String) {
 
 fn daemon(dir: &std::path::Path, dest: &Dest, trusted: &str) -> Daemon {
     let extra = format!(
-        "sendmail: {{ socket: {}/sendmail.sock, trusted_users: [{trusted}] }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  retry: [1s]\n",
+        "sendmail: {{ socket: {}/sendmail.sock, maildrop: {}/maildrop, trusted_users: [{trusted}] }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  retry: [1s]\n",
+        dir.display(),
         dir.display(),
         dest.addr.port()
     );
@@ -81,8 +82,40 @@ fn sendmail_bs_speaks_smtp_and_the_binary_answers_to_the_name_sendmail() {
     assert!(out.contains("250 2.0.0") && out.contains("221"), "{out}");
     let got = dest.wait_for(1, Duration::from_secs(20));
     assert_eq!(got[0].rcpts, ["bs@y.test"]);
-    // No daemon: EX_UNAVAILABLE (69), and nothing is written anywhere.
+    // No daemon and no maildrop: EX_TEMPFAIL (75), saying both; nothing is written anywhere.
     drop(d);
+    std::fs::remove_dir_all(dir.path().join("maildrop")).unwrap();
     let (code, out) = run(link.to_str().unwrap(), &["-C", &config, "x@y.test"], b"Subject: x\n\nx\n");
-    assert_eq!(code, 69, "{out}");
+    assert_eq!(code, 75, "{out}");
+    assert!(out.contains("not answering") && out.contains("maildrop"), "{out}");
+    assert!(!dir.path().join("maildrop").exists());
+}
+
+/// With the daemon stopped, sendmail leaves the message in the maildrop and exits 0; the
+/// daemon takes it in when it starts, and it is delivered. A file that can never be
+/// accepted is set aside in maildrop/corrupt, not lost and not retried for ever.
+#[test]
+fn sendmail_while_the_daemon_is_down_is_delivered_once_it_runs() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = daemon(dir.path(), &dest, "");
+    let config = d.config_path.to_str().unwrap().to_string();
+    let maildrop = dir.path().join("maildrop");
+    assert!(maildrop.is_dir(), "the daemon made the maildrop");
+    d.kill9();
+    let (code, out) = run(sluice_bin(), &["sendmail", "-C", &config, "late@y.test"], b"Subject: during the restart\n\nbody\n");
+    assert_eq!(code, 0, "{out}");
+    let dropped: Vec<_> = std::fs::read_dir(&maildrop).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(dropped[0].to_str().unwrap().ends_with(".msg"));
+    std::fs::write(maildrop.join("garbage.msg"), b"not a request\n").unwrap();
+    let d = daemon(dir.path(), &dest, "");
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].rcpts, ["late@y.test"]);
+    assert!(got[0].body.contains("Subject: during the restart\r\n"), "{}", got[0].body);
+    assert!(!dropped[0].exists(), "taken in and removed");
+    assert!(maildrop.join("corrupt/garbage.msg").exists(), "{}", d.log_text());
+    assert!(d.log_text().contains("maildrop file refused"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dest.wait_for(1, Duration::from_secs(1)).len(), 1, "delivered once");
 }
