@@ -56,6 +56,7 @@ fn main() {
                             last_reply: Some("451 4.3.0 try again later".into()),
                             next_attempt: Some(tomorrow),
                             delay_notified: false,
+                            history: Vec::new(),
                         }],
                         client_ip: "127.0.0.1".parse().unwrap(),
                         helo: "client.example.org".into(),

@@ -100,6 +100,12 @@ enum QueueCommand {
         #[command(flatten)]
         selected: Selected,
     },
+    /// Route messages again under the config in force, now (postsuper -r): after a change of
+    /// routes, smarthost or policies. Suspended destinations stay suspended. Exit codes as flush.
+    Requeue {
+        #[command(flatten)]
+        selected: Selected,
+    },
     /// Hold messages (postsuper -h): never dispatched, across restarts, until released.
     /// Exit codes as flush.
     Hold {
@@ -325,6 +331,7 @@ fn main() -> ExitCode {
         }),
         Command::Queue { command: QueueCommand::Show { config, id, body, json } } => return show(&config, &id, body, json),
         Command::Queue { command: QueueCommand::Flush { selected } } => return act(selected, "flushed", sluice::admin::queue_flush),
+        Command::Queue { command: QueueCommand::Requeue { selected } } => return act(selected, "requeued", sluice::admin::queue_requeue),
         Command::Queue { command: QueueCommand::Hold { selected } } => {
             return act(selected, "held", |c, s| sluice::admin::queue_hold(c, s, true));
         }

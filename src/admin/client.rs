@@ -199,6 +199,11 @@ pub fn queue_flush(config: &Config, selection: Selection) -> Result<Vec<String>,
     act(config, Request::QueueFlush(selection))
 }
 
+/// `sluice queue requeue`: the selected messages routed again now under the config in force.
+pub fn queue_requeue(config: &Config, selection: Selection) -> Result<Vec<String>, AdminError> {
+    act(config, Request::QueueRequeue(selection))
+}
+
 /// `sluice queue hold` / `release`.
 pub fn queue_hold(config: &Config, selection: Selection, held: bool) -> Result<Vec<String>, AdminError> {
     act(config, Request::QueueHold { selection, held })

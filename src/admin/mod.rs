@@ -15,7 +15,8 @@ mod server;
 mod summary;
 
 pub use client::{
-    AdminError, list_queue, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_show, queue_summary, reload,
+    AdminError, list_queue, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_requeue, queue_show, queue_summary,
+    reload,
 };
 pub use passwd::users_file_line;
 pub use server::{Daemon, Reloads, serve};
@@ -51,6 +52,9 @@ pub struct RecipientEntry {
     pub attempts: u32,
     pub last_reply: Option<String>,
     pub next_attempt: Option<u64>,
+    /// The latest attempts, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<crate::spool::AttemptRecord>,
 }
 
 impl From<&Envelope> for QueueEntry {
@@ -72,6 +76,7 @@ impl From<&Envelope> for QueueEntry {
                     attempts: r.attempts,
                     last_reply: r.last_reply.clone(),
                     next_attempt: r.next_attempt,
+                    history: r.history.clone(),
                 })
                 .collect(),
         }
@@ -117,6 +122,13 @@ pub(crate) fn show(spool: &dyn SpoolRead, id: &str, whole: bool) -> Result<Optio
 pub fn format_message(view: &MessageView) -> String {
     let mut out = format_entry(&view.entry);
     use std::fmt::Write;
+    for r in view.entry.recipients.iter().filter(|r| !r.history.is_empty()) {
+        let _ = writeln!(out, "  attempts for {}:", r.address);
+        for a in &r.history {
+            let host = a.remote.as_deref().map(|h| format!(" {h}:")).unwrap_or_default();
+            let _ = writeln!(out, "    {}{host} {}", crate::message::date::rfc5322_date(a.at), a.reply);
+        }
+    }
     let _ = writeln!(
         out,
         "  priority {}  requiretls {}  ret {}  envid {}",

@@ -18,6 +18,9 @@ pub enum Request {
     QueueShow { id: String, body: bool },
     /// Make messages due now and end their destinations' suspensions.
     QueueFlush(Selection),
+    /// Route messages again under the config in force: every queued recipient due now, the
+    /// destinations' limits and suspensions as they are (postsuper -r).
+    QueueRequeue(Selection),
     /// Hold messages (never dispatched until released), or release held ones.
     QueueHold { selection: Selection, held: bool },
     /// Bounce every queued recipient (a DSN to the sender) with this enhanced status and text.

@@ -91,6 +91,7 @@ async fn handle(request: Request, h: &Handlers) -> Response {
         Request::QueueSummary => queue_summary(h).await,
         Request::QueueShow { id, body } => queue_show(h, id, body).await,
         Request::QueueFlush(selection) => queue_flush(h, selection).await.unwrap_or_else(|answer| answer),
+        Request::QueueRequeue(selection) => queue_requeue(h, selection).await.unwrap_or_else(|answer| answer),
         Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await.unwrap_or_else(|answer| answer),
         Request::QueueHold { selection, held } => queue_hold(h, selection, held).await.unwrap_or_else(|answer| answer),
         Request::QueueBounce { selection, status, reason } => {
@@ -218,6 +219,15 @@ async fn queue_flush(h: &Handlers, selection: Selection) -> Result<Response, Res
     let (ids, domains) = selected(h, &selection).await?;
     runner.flush(ids.clone(), &domains);
     tracing::info!(operator = %h.operator(), messages = ids.len(), domains = ?domains, "queue flush");
+    Ok(Response::Done { messages: ids.len(), ids })
+}
+
+async fn queue_requeue(h: &Handlers, selection: Selection) -> Result<Response, Response> {
+    let runner = runner(h, "nothing is sent")?;
+    let (ids, _) = selected(h, &selection).await?;
+    // Routing happens at each attempt, so an attempt now is a new routing; suspensions stay.
+    runner.flush(ids.clone(), &[]);
+    tracing::info!(operator = %h.operator(), messages = ids.len(), "queue requeue");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 

@@ -1,5 +1,6 @@
-//! `sluice queue summary`: per destination, what is queued, how old the oldest is, the
-//! connections open, the message rate, and whether it is suspended (until when, and why).
+//! `sluice queue summary`: per destination, what is queued and how old it is (counts by age,
+//! as Postfix's qshape shows them), the connections open, the message rate, and whether it
+//! is suspended (until when, and why). The spool is read one envelope at a time.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,16 @@ pub struct DestinationSummary {
     pub waiting: usize,
     /// Until (unix seconds) and why.
     pub suspended: Option<(u64, String)>,
+    /// Messages by age: younger than each of `AGE_BUCKETS`, and older than the last.
+    #[serde(default)]
+    pub ages: [usize; AGE_BUCKETS.len() + 1],
+}
+
+/// The age buckets' upper bounds, in seconds, with their names.
+pub const AGE_BUCKETS: [(u64, &str); 5] = [(300, "5m"), (3600, "1h"), (4 * 3600, "4h"), (86400, "1d"), (3 * 86400, "3d")];
+
+fn bucket_of(age: u64) -> usize {
+    AGE_BUCKETS.iter().position(|&(bound, _)| age < bound).unwrap_or(AGE_BUCKETS.len())
 }
 
 impl DestinationSummary {
@@ -38,12 +49,18 @@ impl DestinationSummary {
             message_rate: None,
             waiting: 0,
             suspended: None,
+            ages: Default::default(),
         }
     }
 }
 
 /// Counts queued recipients per destination and joins the shaper's live state.
-pub fn summarize(envelopes: &[Envelope], shaper: &Shaper, states: Vec<DestinationState>) -> Vec<DestinationSummary> {
+pub fn summarize(
+    envelopes: impl IntoIterator<Item = Envelope>,
+    shaper: &Shaper,
+    states: Vec<DestinationState>,
+    now: u64,
+) -> Vec<DestinationSummary> {
     let mut by_name: BTreeMap<String, DestinationSummary> = BTreeMap::new();
     for env in envelopes {
         let mut counted = Vec::new();
@@ -53,6 +70,7 @@ pub fn summarize(envelopes: &[Envelope], shaper: &Shaper, states: Vec<Destinatio
             s.recipients += 1;
             if !counted.contains(&name) {
                 s.messages += 1;
+                s.ages[bucket_of(now.saturating_sub(env.arrival))] += 1;
                 s.oldest_arrival = Some(s.oldest_arrival.map_or(env.arrival, |o| o.min(env.arrival)));
                 counted.push(name);
             }
@@ -77,9 +95,11 @@ pub fn summarize(envelopes: &[Envelope], shaper: &Shaper, states: Vec<Destinatio
 pub fn format_summary(rows: &[DestinationSummary], now: u64) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let mut ages: String = AGE_BUCKETS.iter().map(|(_, name)| format!(" {:>5}", format!("<{name}"))).collect();
+    ages.push_str(&format!(" {:>5}", format!(">{}", AGE_BUCKETS[AGE_BUCKETS.len() - 1].1)));
     let _ = writeln!(
         out,
-        "{:<32} {:>8} {:>10} {:>10} {:>11} {:>14}  state",
+        "{:<32} {:>8} {:>10} {:>10}{ages} {:>11} {:>14}  state",
         "destination", "messages", "recipients", "oldest", "connections", "rate"
     );
     for r in rows {
@@ -94,9 +114,10 @@ pub fn format_summary(rows: &[DestinationSummary], now: u64) -> String {
             None if r.waiting > 0 => format!("active, {} waiting for the rate", r.waiting),
             None => "active".into(),
         };
+        let ages: String = r.ages.iter().map(|n| format!(" {n:>5}")).collect();
         let _ = writeln!(
             out,
-            "{:<32} {:>8} {:>10} {:>10} {:>11} {:>14}  {state}",
+            "{:<32} {:>8} {:>10} {:>10}{ages} {:>11} {:>14}  {state}",
             r.destination, r.messages, r.recipients, oldest, connections, rate
         );
     }
@@ -121,9 +142,44 @@ pub(super) fn from_spool(
     config: &Config,
     delivery: Option<&crate::delivery::Delivery>,
 ) -> Result<Vec<DestinationSummary>, String> {
-    let envelopes = spool.list().map_err(|e| e.to_string())?;
-    Ok(match delivery {
-        Some(d) => summarize(&envelopes, d.shaper(), d.shaper().states(unix_now())),
-        None => summarize(&envelopes, &crate::shaping::Shaper::new(config), Vec::new()),
-    })
+    let now = unix_now();
+    let fallback;
+    let (shaper, states) = match delivery {
+        Some(d) => (d.shaper(), d.shaper().states(now)),
+        None => {
+            fallback = crate::shaping::Shaper::new(config);
+            (&fallback, Vec::new())
+        }
+    };
+    // One envelope at a time; the first unreadable one ends the summary with its error.
+    let mut failure = None;
+    let envelopes = spool.scan().map_while(|e| e.map_err(|e| failure = Some(e.to_string())).ok());
+    let rows = summarize(envelopes, shaper, states, now);
+    match failure {
+        Some(e) => Err(format!("reading the spool: {e}")),
+        None => Ok(rows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::address::Mailbox;
+
+    #[test]
+    fn messages_are_counted_by_age_per_destination() {
+        let config = Config::parse("hostname: relay.test\n", std::path::Path::new("/")).unwrap();
+        let shaper = Shaper::new(&config);
+        let now = 10 * 86400;
+        let at = |age: u64, domain: &str| {
+            Envelope::report("Q".into(), Mailbox { local: "x".into(), domain: domain.into() }, "relay.test", now - age)
+        };
+        let queue = vec![at(10, "a.test"), at(400, "a.test"), at(3000, "a.test"), at(5 * 86400, "a.test"), at(7200, "b.test")];
+        let rows = summarize(queue, &shaper, Vec::new(), now);
+        assert_eq!((rows[0].destination.as_str(), rows[0].ages), ("a.test", [1, 2, 0, 0, 0, 1]));
+        assert_eq!((rows[1].destination.as_str(), rows[1].ages), ("b.test", [0, 0, 1, 0, 0, 0]));
+        let table = format_summary(&rows, now);
+        assert!(table.lines().next().unwrap().contains("  <5m   <1h   <4h   <1d   <3d   >3d"), "{table}");
+        assert!(table.contains("     1     2     0     0     0     1"), "{table}");
+    }
 }

@@ -197,6 +197,7 @@ mod tests {
             last_reply: None,
             next_attempt: None,
             delay_notified: false,
+            history: Vec::new(),
         };
         Envelope {
             queue_id: "ORIG".into(),

@@ -107,6 +107,29 @@ pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, poli
     let mut tally = Tally::default();
     let expired = now >= env.arrival.saturating_add(policy.max_age.as_secs());
     for (index, attempted) in results {
+        record_one(env, *index, attempted, now, policy, expired, &mut tally);
+        let r = &mut env.recipients[*index];
+        if r.history.len() >= crate::spool::AttemptRecord::KEPT {
+            r.history.remove(0);
+        }
+        let reply = r.last_reply.clone().unwrap_or_default();
+        r.history.push(crate::spool::AttemptRecord { at: now, remote: attempted.remote.clone(), reply });
+    }
+    tally
+}
+
+/// One recipient's result on its record and in the tally.
+fn record_one(
+    env: &mut Envelope,
+    index: usize,
+    attempted: &Attempted,
+    now: u64,
+    policy: &RetryPolicy<'_>,
+    expired: bool,
+    tally: &mut Tally,
+) {
+    let index = &index;
+    {
         let r = &mut env.recipients[*index];
         r.attempts += 1;
         match &attempted.outcome {
@@ -176,7 +199,6 @@ pub fn record(env: &mut Envelope, results: &[(usize, Attempted)], now: u64, poli
             }
         }
     }
-    tally
 }
 
 /// Every recipient is delivered or failed: the message can leave the spool.
@@ -187,6 +209,24 @@ pub fn is_final(env: &Envelope) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_keeps_the_latest_attempts_oldest_first() {
+        let mut env = Envelope::report("Q".into(), Mailbox { local: "x".into(), domain: "y.test".into() }, "relay.test", 0);
+        let schedule = [Duration::from_secs(60)];
+        let policy = RetryPolicy { schedule: &schedule, max_age: Duration::from_secs(86400), delay_warning: None };
+        for n in 0..7u64 {
+            let reply = Reply::new(451, Enhanced(4, 3, 0), format!("busy {n}"));
+            let attempted =
+                Attempted { outcome: RcptOutcome::Deferred(reply), remote: Some("mx.y.test".into()), remote_dsn: false, remote_said: true };
+            record(&mut env, &[(0, attempted)], 100 + n, &policy);
+        }
+        let history = &env.recipients[0].history;
+        assert_eq!(history.len(), crate::spool::AttemptRecord::KEPT);
+        assert_eq!((history[0].at, history[0].reply.as_str()), (102, "451 4.3.0 busy 2"));
+        assert_eq!((history[4].at, history[4].remote.as_deref()), (106, Some("mx.y.test")));
+        assert_eq!(env.recipients[0].attempts, 7);
+    }
     use crate::smtp::address::{MailParams, Mailbox, RcptParams};
     use crate::spool::{Identity, RecipientRecord};
 
@@ -204,6 +244,7 @@ mod tests {
                     last_reply: None,
                     next_attempt: Some(1000),
                     delay_notified: false,
+                    history: Vec::new(),
                 })
                 .collect(),
             client_ip: "127.0.0.1".parse().unwrap(),

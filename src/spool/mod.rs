@@ -139,6 +139,25 @@ pub struct RecipientRecord {
     /// A delay notice was sent for this recipient (only one is sent).
     #[serde(default)]
     pub delay_notified: bool,
+    /// The latest attempts, oldest first (at most `AttemptRecord::KEPT`; older spools have none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptRecord>,
+}
+
+/// One attempt for a recipient, as `sluice queue show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Unix seconds.
+    pub at: u64,
+    /// The host that answered, if one did.
+    #[serde(default)]
+    pub remote: Option<String>,
+    pub reply: String,
+}
+
+impl AttemptRecord {
+    /// Attempts kept per recipient: enough to see a pattern, few enough to keep envelopes small.
+    pub const KEPT: usize = 5;
 }
 
 impl RecipientRecord {
@@ -152,6 +171,7 @@ impl RecipientRecord {
             last_reply: None,
             next_attempt: Some(now),
             delay_notified: false,
+            history: Vec::new(),
         }
     }
 }

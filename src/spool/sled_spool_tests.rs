@@ -26,6 +26,7 @@ fn envelope(spool: &SledSpool, to: &str) -> Envelope {
             last_reply: None,
             next_attempt: None,
             delay_notified: false,
+            history: Vec::new(),
         }],
         client_ip: "127.0.0.1".parse().unwrap(),
         helo: "c.test".into(),

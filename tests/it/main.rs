@@ -43,6 +43,7 @@ mod queue_delete;
 mod queue_flush;
 mod queue_hold;
 mod queue_list_filters;
+mod queue_requeue;
 mod queue_show;
 mod relay_denied;
 mod reload;

@@ -54,6 +54,13 @@ fn filters_select_by_sender_recipient_state_age_and_id() {
     let (code, _, err) = sluice_status(&["queue", "list", "--config", &path, "--older-than", "soon"]);
     assert_eq!(code, 2, "{err}");
 
+    // qshape's view: per destination, messages by age (both are under five minutes old).
+    let (code, table, err) = sluice_status(&["queue", "summary", "--config", &path]);
+    assert_eq!(code, 0, "{err}");
+    let gmail = table.lines().find(|l| l.starts_with("gmail.test")).unwrap_or_else(|| panic!("{table}"));
+    let columns: Vec<&str> = gmail.split_whitespace().collect();
+    assert!(table.lines().next().unwrap().contains("<5m") && columns[1..3] == ["2", "2"] && columns[4] == "2", "{table}");
+
     // The same filters pick what an action takes.
     let (code, out, err) = sluice_status(&["queue", "delete", "--config", &path, "--from", "@shop.test", "--dry-run", "--json"]);
     assert_eq!(code, 0, "{err}");
