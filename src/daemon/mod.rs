@@ -47,6 +47,8 @@ pub async fn start(config: Config) -> Result<Running, String> {
     if let Some(address) = config.metrics.address {
         crate::metrics::install(address)?;
     }
+    // Before the listeners: by the time mail is accepted, sendmail can leave mail too.
+    crate::intake::pickup::prepare(&config.sendmail.maildrop);
     let (shutdown, watcher) = watch::channel(false);
     let (mut bound, plan) = Listeners::bind(&config.listeners, intake.clone(), watcher.clone()).await?;
     let admin = crate::admin::bind_admin_socket(&config.admin)?;
@@ -73,13 +75,30 @@ pub async fn start(config: Config) -> Result<Running, String> {
     let reloader =
         Reloader { path, config: live_config.clone(), intake: intake.clone(), delivery, runner: runner.clone(), listeners: bound.clone() };
     tasks.spawn(reloader.serve(requests, watcher.clone()));
+    tasks.spawn(renew_certificate(live_config.clone(), watcher.clone()));
     tasks.spawn(crate::intake::local::serve(sendmail, intake.clone(), watcher.clone()));
-    crate::intake::pickup::prepare(&config_for_pickup.sendmail.maildrop);
     tasks.spawn(crate::intake::pickup::serve(config_for_pickup.sendmail.maildrop.clone(), intake.clone(), watcher.clone()));
     let daemon =
         crate::admin::Daemon { spool: spool.clone(), config: live_config.clone(), runner: runner.clone(), reloads: reloads.clone() };
     tasks.spawn(crate::admin::serve(admin, Arc::new(daemon), watcher));
     Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads })
+}
+
+/// Replaces a generated certificate before it ends, for a daemon that runs for months (the
+/// TLS acceptors pick the new files up by themselves).
+async fn renew_certificate(config: Arc<Live<Config>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(12 * 3600)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let config = config.get();
+        let Some(tls) = config.tls.clone() else { continue };
+        let hostname = config.hostname.0.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || crate::intake::tls::ensure_certificate(&tls, &hostname)).await {
+            tracing::error!(error = %e, "renewing the generated TLS certificate failed; the current one stays");
+        }
+    }
 }
 
 impl Running {

@@ -25,28 +25,76 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A generated certificate is valid this long (from a day before it was made) ...
+const GENERATED_DAYS: i64 = 365;
+/// ... and replaced this long before it ends.
+const RENEW_DAYS: i64 = 30;
+
+/// Beside a generated certificate: its end (unix seconds). Only a certificate with one is
+/// ever replaced; an operator's is never touched.
+fn marker(certificate: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.generated", certificate.display()))
+}
+
+/// When the generated certificate at `certificate` must be replaced (unix seconds); None for
+/// one Sluice did not generate. Versions before the marker generated rcgen's default (valid
+/// until 4096, subject "rcgen self signed cert"): such a certificate is due now.
+fn renewal_due(certificate: &Path) -> Option<u64> {
+    match fs::read_to_string(marker(certificate)) {
+        Ok(text) => Some(text.trim().parse::<u64>().ok()?.saturating_sub(RENEW_DAYS as u64 * 86400)),
+        Err(_) => {
+            let first = CertificateDer::pem_file_iter(certificate).ok()?.next()?.ok()?;
+            memchr::memmem::find(first.as_ref(), b"rcgen self signed cert").map(|_| 0)
+        }
+    }
+}
+
 /// Writes a self-signed certificate for `hostname` if the configured files are missing and
-/// `self_signed_if_missing` is set. Empty files count as missing: they are what a power loss
-/// right after a first start leaves of files written without fsync (by an older version, or
-/// by hand), and a generated certificate can always be generated again.
+/// `self_signed_if_missing` is set, or if the one it generated earlier ends within 30 days
+/// (called at start, on reload and twice a day). Empty files count as missing: they are what
+/// a power loss right after a first start leaves of files written without fsync (by an older
+/// version, or by hand), and a generated certificate can always be generated again.
 pub fn ensure_certificate(cfg: &TlsConfig, hostname: &str) -> Result<(), String> {
     let present = |p: &Path| fs::metadata(p).is_ok_and(|m| m.len() > 0);
-    if present(&cfg.certificate) && present(&cfg.private_key) {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let due = renewal_due(&cfg.certificate).is_some_and(|at| now >= at);
+    if present(&cfg.certificate) && present(&cfg.private_key) && !due {
         return Ok(());
     }
     if !cfg.self_signed_if_missing {
         return Err(format!("TLS certificate {} or key {} missing", cfg.certificate.display(), cfg.private_key.display()));
     }
-    let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()]).map_err(|e| format!("generating a certificate: {e}"))?;
+    let (pem, key, end) = self_signed(hostname, now).map_err(|e| format!("generating a certificate: {e}"))?;
     for path in [&cfg.certificate, &cfg.private_key] {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
     }
-    write_durably(&cfg.private_key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
-    write_durably(&cfg.certificate, generated.cert.pem().as_bytes(), 0o644)?;
-    tracing::warn!(certificate = %cfg.certificate.display(), hostname, "generated a self-signed TLS certificate; replace it with a real one");
+    write_durably(&cfg.private_key, key.as_bytes(), 0o600)?;
+    write_durably(&cfg.certificate, pem.as_bytes(), 0o644)?;
+    write_durably(&marker(&cfg.certificate), end.to_string().as_bytes(), 0o644)?;
+    tracing::warn!(certificate = %cfg.certificate.display(), hostname, until = end, "generated a self-signed TLS certificate; replace it with a real one");
     Ok(())
+}
+
+/// A self-signed certificate for `hostname` (subject and SAN), valid from yesterday for
+/// `GENERATED_DAYS`: (certificate PEM, key PEM, its end in unix seconds).
+fn self_signed(hostname: &str, now: u64) -> Result<(String, String, u64), rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_string()])?;
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::CommonName, hostname);
+    name.push(rcgen::DnType::OrganizationName, "Sluice (self-signed)");
+    params.distinguished_name = name;
+    let today = (now / 86400) as i64;
+    let date = |days: i64| {
+        let (y, m, d) = crate::message::date::civil_from_days(days);
+        rcgen::date_time_ymd(y as i32, m as u8, d as u8)
+    };
+    params.not_before = date(today - 1);
+    params.not_after = date(today + GENERATED_DAYS);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem(), ((today + GENERATED_DAYS) * 86400) as u64))
 }
 
 /// Writes `path` so that after a crash or power loss it holds either nothing or all of

@@ -59,6 +59,7 @@ mod spool_failure;
 mod starttls_policy;
 mod submission_fixes;
 mod timeouts;
+mod tls_certificate;
 mod tls_implicit;
 mod tls_reload;
 mod tls_starttls;
