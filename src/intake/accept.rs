@@ -207,15 +207,17 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
     metrics::counter!(m::BYTES_ACCEPTED).increment(size as u64);
     // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
+    // What the client chose (addresses, names, the Message-ID) is quoted and escaped (Debug),
+    // so no value can end the line or pose as another field.
     tracing::info!(
         queue_id = %queue_id,
-        from = %from,
+        from = ?from,
         recipients,
         size,
         client = %client_ip,
-        identity = %identity,
-        tls = %tls_text,
-        message_id = %message_id,
+        identity = ?identity.to_string(),
+        tls = ?tls_text,
+        message_id = ?message_id,
         "accepted"
     );
     Ok(queue_id)

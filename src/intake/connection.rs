@@ -170,7 +170,7 @@ async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Durati
         }
         Ok(Err(e)) => {
             metrics::counter!(m::TLS_HANDSHAKE_FAILURES).increment(1);
-            tracing::info!(client = ?peer, error = %e, "TLS handshake failed");
+            tracing::info!(client = ?peer, error = ?e.to_string(), "TLS handshake failed");
             None
         }
         Err(_) => {
@@ -198,12 +198,12 @@ async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credent
         Verdict::Valid => {
             ctx.failures.record_success(ip);
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "success").increment(1);
-            tracing::info!(user = %username, client = %ip, "authenticated");
+            tracing::info!(user = ?username, client = %ip, "authenticated");
             AuthOutcome::Success(username)
         }
         Verdict::Invalid => {
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "failure").increment(1);
-            tracing::warn!(user = %username, client = %ip, "authentication failed");
+            tracing::warn!(user = ?username, client = %ip, "authentication failed");
             tokio::time::sleep(ctx.config.auth.failure_delay.0).await;
             if ctx.failures.record_failure(ip, Instant::now()) {
                 tracing::warn!(client = %ip, lockout = ?ctx.config.auth.lockout.0, "too many authentication failures: locked out");

@@ -78,7 +78,7 @@ pub(super) async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request,
         Some(Err(e)) => return refused(EX_DATAERR, format!("bad return path: {}", e.text())),
     };
     if request.from.is_some() && !trusted {
-        tracing::info!(user = %user, "sendmail -f ignored: the user is not in sendmail.trusted_users");
+        tracing::info!(user = ?user, "sendmail -f ignored: the user is not in sendmail.trusted_users");
     }
     let prepared = headers::prepare(&message, request.extract, &own, request.full_name.as_deref());
     let mut recipients: Vec<Mailbox> = Vec::new();

@@ -15,6 +15,9 @@ pub enum Violation {
     LineTooLong,
     /// The message exceeds the maximum size.
     TooBig,
+    /// A NUL byte: RFC 5321 and 6152 allow none without BINARYMIME, and a next hop that drops
+    /// them could see an end of data where there was none (`CRLF NUL . CRLF`).
+    Nul,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,15 +101,19 @@ impl BodyScanner {
             let b = input[i];
             match self.state {
                 State::Mid => {
-                    // Fast path: copy the run of ordinary bytes up to the next CR or LF.
-                    let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                    // Fast path: copy the run of ordinary bytes up to the next CR, LF or NUL.
+                    let run = memchr::memchr3(b'\r', b'\n', 0, &input[i..]).unwrap_or(input.len() - i);
                     if run > 0 {
                         self.add_line_bytes(run);
                         self.push(body, &input[i..i + run]);
                         i += run;
                         continue;
                     }
-                    self.line_ending_byte(b);
+                    if b == 0 {
+                        self.violate(Violation::Nul);
+                    } else {
+                        self.line_ending_byte(b);
+                    }
                 }
                 State::LineStart => {
                     self.line_len = 0;
@@ -178,6 +185,17 @@ impl BodyScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_anywhere_fails_the_message_and_the_end_is_still_found() {
+        for input in [&b"a\0b\r\n.\r\n"[..], b"\0\r\n.\r\n", b"x\r\n\0.\r\n.\r\n", b".\0\r\n.\r\n"] {
+            let (_, n, done, v) = run_data(input);
+            assert_eq!((n, done, v), (input.len(), true, Some(Violation::Nul)), "{input:?}");
+        }
+        let mut s = BodyScanner::chunks(100, 998);
+        s.feed(b"in a chunk \0\r\n", &mut Vec::new());
+        assert_eq!(s.violation(), Some(Violation::Nul));
+    }
 
     fn run_data(input: &[u8]) -> (Vec<u8>, usize, bool, Option<Violation>) {
         let mut s = BodyScanner::data(1 << 20, MAX_TEXT_LINE);

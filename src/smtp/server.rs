@@ -142,6 +142,13 @@ struct Envelope {
     chunk_failed: bool,
 }
 
+impl Envelope {
+    /// Already a recipient (the domain compared without case; the local part as given).
+    fn names(&self, mailbox: &Mailbox) -> bool {
+        self.recipients.iter().any(|r| r.mailbox.local == mailbox.local && r.mailbox.domain.eq_ignore_ascii_case(&mailbox.domain))
+    }
+}
+
 #[derive(Debug)]
 enum Phase {
     Command,
@@ -257,7 +264,9 @@ impl Session {
         match (refusal, self.envelope.as_mut()) {
             (Some(reply), _) => self.reply(reply, out),
             (None, Some(envelope)) => {
-                envelope.recipients.push(*rcpt);
+                if !envelope.names(&rcpt.mailbox) {
+                    envelope.recipients.push(*rcpt);
+                }
                 codes::recipient_ok().write_to(out);
             }
             (None, None) => self.reply(codes::bad_sequence("Need MAIL before RCPT"), out),
@@ -364,7 +373,8 @@ impl Session {
             self.phase = Phase::Closed;
             return;
         }
-        if reply.code >= 500 {
+        // Recipients over the limit count too: 10,000 RCPTs must not go on for ever.
+        if reply.code >= 500 || reply.enhanced == Some(super::reply::Enhanced(4, 5, 3)) {
             self.errors += 1;
             if self.errors >= self.cfg.max_errors {
                 codes::closing("Too many errors, closing connection").write_to(out);
@@ -424,7 +434,10 @@ impl Session {
                     return Some(Event::CheckRecipient(domain));
                 }
                 Ok(rcpt) => {
-                    if let Some(envelope) = self.envelope.as_mut() {
+                    // A recipient given twice gets one copy (the next hop would deliver two).
+                    if let Some(envelope) = self.envelope.as_mut()
+                        && !envelope.names(&rcpt.mailbox)
+                    {
                         envelope.recipients.push(rcpt);
                     }
                     codes::recipient_ok().write_to(out);
@@ -589,6 +602,7 @@ impl Session {
             Some(Violation::BareLineEnding) => Some(codes::bad_line_endings()),
             Some(Violation::LineTooLong) => Some(codes::data_line_too_long()),
             Some(Violation::TooBig) => Some(codes::too_big()),
+            Some(Violation::Nul) => Some(Reply::new(550, super::reply::Enhanced(5, 6, 0), "NUL characters are not allowed in messages")),
             None => None,
         };
         if let Some(reply) = refusal {

@@ -31,6 +31,7 @@ mod extensions;
 mod hop_limit;
 mod lettre_client;
 mod limits;
+mod log_quoting;
 mod metrics_endpoint;
 mod null_mx_submission;
 mod passwd;
