@@ -260,9 +260,22 @@ pub struct Limits {
     /// Concurrent intake connections in total; more get 421 4.7.0.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Concurrent intake connections from one client IP; more get 421 4.7.0.
+    /// Concurrent intake connections from one client IP outside `trusted_networks`; more get
+    /// 421 4.7.0.
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// The same for one IP in `trusted_networks` (an application server may open hundreds).
+    #[serde(default = "default_max_connections_per_trusted_ip")]
+    pub max_connections_per_trusted_ip: usize,
+    /// Of `max_connections`, this many only clients in `trusted_networks` may use, so
+    /// anonymous clients cannot fill every slot.
+    #[serde(default = "default_reserved_for_trusted")]
+    pub reserved_for_trusted: usize,
+    /// With 80% of `max_connections` in use, a session that is neither trusted nor
+    /// authenticated and has no transaction under way waits this long for a command (not
+    /// `command_timeout`): idle sockets cannot hold slots under pressure.
+    #[serde(default = "default_stress_command_timeout")]
+    pub stress_command_timeout: HumanDuration,
     /// Error replies after which a session is closed with 421 4.7.0.
     #[serde(default = "default_max_errors")]
     pub max_errors: usize,
@@ -343,7 +356,16 @@ fn default_max_connections() -> usize {
     1000
 }
 fn default_max_connections_per_ip() -> usize {
+    20
+}
+fn default_max_connections_per_trusted_ip() -> usize {
+    1000
+}
+fn default_reserved_for_trusted() -> usize {
     100
+}
+fn default_stress_command_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
 }
 fn default_max_errors() -> usize {
     20
@@ -382,6 +404,9 @@ impl Default for Limits {
             max_line_length: default_max_line_length(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
+            max_connections_per_trusted_ip: default_max_connections_per_trusted_ip(),
+            reserved_for_trusted: default_reserved_for_trusted(),
+            stress_command_timeout: default_stress_command_timeout(),
             max_errors: default_max_errors(),
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
@@ -451,6 +476,11 @@ impl Config {
         }
         if self.listeners.is_empty() {
             return Err(err("listeners", "at least one listener is required".into()));
+        }
+        let l = &self.limits;
+        if l.reserved_for_trusted >= l.max_connections {
+            let msg = format!("{} leaves no connection for anyone else (max_connections is {})", l.reserved_for_trusted, l.max_connections);
+            return Err(err("reserved_for_trusted", msg));
         }
         if let Some(group) = &self.admin.group
             && crate::sys::group_id(group).is_none()

@@ -90,9 +90,16 @@ pub(super) async fn serve(
             let _ = stream.shutdown().await;
             return;
         }
+        let l = &ctx.config.limits;
         let limit = match session.waiting() {
-            Waiting::Command => ctx.config.limits.command_timeout.0,
-            Waiting::Data => ctx.config.limits.data_timeout.0,
+            // Under pressure an idle anonymous session gives its slot up soon.
+            Waiting::Command
+                if !origin.trusted && session.sender_identity().is_none() && !session.in_transaction() && ctx.limits.under_stress(l) =>
+            {
+                l.stress_command_timeout.0.min(l.command_timeout.0)
+            }
+            Waiting::Command => l.command_timeout.0,
+            Waiting::Data => l.data_timeout.0,
         };
         let read = tokio::select! {
             r = tokio::time::timeout(limit, { buf.clear(); stream.read_buf(&mut buf) }) => r,

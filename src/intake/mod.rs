@@ -194,7 +194,7 @@ pub async fn serve(
         metrics::counter!(m::CONNECTIONS_TOTAL, "listener" => listener_label.clone()).increment(1);
         let ctx = intake.get();
         let spec = spec.borrow().clone();
-        match ctx.limits.acquire(peer.ip(), &ctx.config.limits) {
+        match ctx.limits.acquire(peer.ip(), ctx.config.is_trusted(peer.ip()), &ctx.config.limits) {
             Ok(slot) => {
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {

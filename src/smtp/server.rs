@@ -221,6 +221,11 @@ impl Session {
         self.mail_gate = reply;
     }
 
+    /// A transaction is under way (MAIL was accepted).
+    pub fn in_transaction(&self) -> bool {
+        self.envelope.is_some()
+    }
+
     pub fn waiting(&self) -> Waiting {
         match self.phase {
             Phase::Data(_) | Phase::Chunk { .. } => Waiting::Data,

@@ -18,6 +18,11 @@ fn bad_configs_fail_with_key_and_line() {
         ("hostname: a.test\nlisten: []\n", "unknown field `listen`", "line 2"),
         ("hostname: a.test\ntrusted_networks:\n  - 10.0.0.0/40\n", "trusted_networks: invalid prefix length", "line 3"),
         ("hostname: a.test\nadmin:\n  group: no-such-group-here\n", "admin.group: no group \"no-such-group-here\"", "line 3"),
+        (
+            "hostname: a.test\nlimits:\n  max_connections: 50\n  reserved_for_trusted: 50\n",
+            "reserved_for_trusted: 50 leaves no connection",
+            "line 4",
+        ),
     ];
     for (text, key, line) in cases {
         let path = dir.path().join("bad.yaml");

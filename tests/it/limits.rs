@@ -88,7 +88,10 @@ fn http_verbs_get_421_and_close() {
 
 #[test]
 fn connection_limits_total_and_per_ip_421() {
-    let relay = TestRelay::with_config("limits: { max_connections: 3, max_connections_per_ip: 2 }\n");
+    // Clients outside trusted_networks, no reserve.
+    let relay = TestRelay::with_config(
+        "trusted_networks: [\"10.0.0.0/8\"]\nlimits: { max_connections: 3, max_connections_per_ip: 2, reserved_for_trusted: 0 }\n",
+    );
     let _a = relay.client();
     let _b = relay.client();
     let mut refused = Client::connect_refused(relay.addr, "127.0.0.1");
@@ -101,4 +104,60 @@ fn connection_limits_total_and_per_ip_421() {
     // The slot is released when the connection ends.
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(relay.client().greeting.code, 220);
+}
+
+/// Trusted networks have a per-IP cap of their own and a reserve of slots anonymous clients
+/// cannot take; one application server may open hundreds of sessions.
+#[test]
+fn trusted_clients_keep_their_reserve_and_their_own_per_ip_cap() {
+    let relay = TestRelay::with_config(
+        "trusted_networks: [\"127.0.0.2/32\"]\nlimits: { max_connections: 10, max_connections_per_ip: 2, max_connections_per_trusted_ip: 8, reserved_for_trusted: 4 }\n",
+    );
+    let mut anonymous = Vec::new();
+    for i in [1, 1, 3, 3, 4, 4] {
+        let c = Client::connect_from(relay.addr, &format!("127.0.0.{i}"));
+        assert_eq!(c.greeting.code, 220);
+        anonymous.push(c);
+    }
+    assert_eq!(Client::connect_refused(relay.addr, "127.0.0.5").0, 421, "the rest is the trusted reserve");
+    assert_eq!(Client::connect_refused(relay.addr, "127.0.0.1").0, 421, "per-IP cap");
+    let trusted: Vec<Client> = (0..4).map(|_| Client::connect_from(relay.addr, "127.0.0.2")).collect();
+    assert!(trusted.iter().all(|c| c.greeting.code == 220));
+    assert_eq!(Client::connect_refused(relay.addr, "127.0.0.2").0, 421, "all ten in use");
+}
+
+#[test]
+fn one_trusted_application_server_may_open_a_hundred_sessions() {
+    // The defaults: 20 per anonymous IP, 1000 per trusted IP.
+    let relay = TestRelay::start();
+    let mut sessions: Vec<Client> = (0..150).map(|_| relay.client()).collect();
+    assert!(sessions.iter().all(|c| c.greeting.code == 220));
+    for c in sessions.iter_mut().take(3) {
+        assert_eq!(c.send_mail("app@x.test", &["b@y.test"], "x\r\n").code, 250);
+    }
+}
+
+/// With 80% of the slots in use, an idle anonymous session is cut after the stress timeout;
+/// one with a transaction under way, or from a trusted network, is not.
+#[test]
+fn under_pressure_idle_anonymous_sessions_get_a_short_timeout() {
+    let relay = TestRelay::with_config(
+        "trusted_networks: [\"127.0.0.2/32\"]\nlimits: { max_connections: 10, max_connections_per_ip: 10, reserved_for_trusted: 0, stress_command_timeout: 1s }\n",
+    );
+    let mut busy = Client::connect_from(relay.addr, "127.0.0.1");
+    busy.cmd("EHLO c.test");
+    assert_eq!(busy.cmd("MAIL FROM:<a@x.test>").code, 250);
+    let mut trusted = Client::connect_from(relay.addr, "127.0.0.2");
+    let mut idle: Vec<Client> = (0..6).map(|_| Client::connect_from(relay.addr, "127.0.0.1")).collect();
+    // Eight of ten in use: from the next command wait on, idle anonymous sessions get 1 s.
+    for c in idle.iter_mut() {
+        assert_eq!(c.cmd("NOOP").code, 250);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    for c in idle.iter_mut() {
+        let r = c.reply();
+        assert_eq!(r.code, 421, "{r:?}");
+    }
+    assert_eq!(trusted.cmd("NOOP").code, 250, "a trusted session keeps command_timeout");
+    assert_eq!(busy.cmd("RCPT TO:<Postmaster>").code, 250, "a transaction under way keeps command_timeout");
 }

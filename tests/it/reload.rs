@@ -79,7 +79,7 @@ fn a_rate_limit_added_by_a_reload_counts_from_then_on() {
     let r = c.cmd("MAIL FROM:<a@x.test>");
     assert_eq!((r.code, r.text().starts_with("4.7.0")), (451, true), "{r:?}");
     // And a connection cap lowered to one refuses a second session while one is open.
-    let (code, _, err) = reload_with(&relay, "limits: { max_connections_per_ip: 1 }\n");
+    let (code, _, err) = reload_with(&relay, "limits: { max_connections_per_trusted_ip: 1 }\n");
     assert_eq!(code, 0, "{err}");
     drop(c);
     std::thread::sleep(Duration::from_millis(200));
@@ -224,7 +224,7 @@ fn sighup_under_load_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = |caps: usize| {
         format!(
-            "delivery:\n  retry: [1s]\n  max_connections_per_destination: {caps}\n  routes: {{ \"dest.test\": \"[127.0.0.1]:{}\" }}\nlimits: {{ max_connections_per_ip: {} }}\n",
+            "delivery:\n  retry: [1s]\n  max_connections_per_destination: {caps}\n  routes: {{ \"dest.test\": \"[127.0.0.1]:{}\" }}\nlimits: {{ max_connections_per_trusted_ip: {} }}\n",
             dest.addr.port(),
             CLIENTS + caps
         )
