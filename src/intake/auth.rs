@@ -126,19 +126,34 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     Ok(Argon2::default().hash_password(password.as_bytes(), &salt)?.to_string())
 }
 
-/// Failed AUTH attempts per client IP; an IP with `max` failures within `window` is locked
-/// out for `lockout`.
+/// Failed AUTH attempts per client IP and per user name; an IP or a name with `max`
+/// failures within `window` is locked out for `lockout`. An attempt counts as a failure from
+/// the moment it starts (so a hundred parallel guesses are not all checked before the first
+/// fails), and a success gives back only its own count: one valid login clears nothing that
+/// others (or guesses at other names) ran up.
 pub struct FailureTracker {
     max: u32,
     window: Duration,
     lockout: Duration,
-    entries: Mutex<HashMap<IpAddr, Failures>>,
+    entries: Mutex<HashMap<Key, Failures>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Ip(IpAddr),
+    User(String),
 }
 
 struct Failures {
     count: u32,
     since: Instant,
     locked_until: Option<Instant>,
+}
+
+/// One attempt under way, already counted against its IP and user name.
+#[derive(Debug)]
+pub struct Attempt {
+    keys: [Key; 2],
 }
 
 impl FailureTracker {
@@ -148,29 +163,61 @@ impl FailureTracker {
 
     pub fn is_locked(&self, ip: IpAddr, now: Instant) -> bool {
         let entries = self.entries.lock().expect("failure lock");
-        entries.get(&ip).and_then(|e| e.locked_until).is_some_and(|until| now < until)
+        entries.get(&Key::Ip(ip)).and_then(|e| e.locked_until).is_some_and(|until| now < until)
     }
 
-    /// Records a failure; true when this one locks the IP out.
-    pub fn record_failure(&self, ip: IpAddr, now: Instant) -> bool {
+    /// Starts an attempt for `user` from `ip`; `None` when either is locked out, or already
+    /// has `max` attempts failed or under way (the password is then not checked at all).
+    pub fn begin(&self, ip: IpAddr, user: &str, now: Instant) -> Option<Attempt> {
+        let keys = [Key::Ip(ip), Key::User(user.to_lowercase())];
         let mut entries = self.entries.lock().expect("failure lock");
         if entries.len() > 100_000 {
             entries.retain(|_, e| e.locked_until.is_some_and(|u| now < u) || now.duration_since(e.since) < self.window);
         }
-        let e = entries.entry(ip).or_insert(Failures { count: 0, since: now, locked_until: None });
-        if now.duration_since(e.since) >= self.window || e.locked_until.is_some_and(|u| now >= u) {
-            *e = Failures { count: 0, since: now, locked_until: None };
+        for key in &keys {
+            let e = entries.entry(key.clone()).or_insert(Failures { count: 0, since: now, locked_until: None });
+            if e.locked_until.is_some_and(|u| now < u) {
+                return None;
+            }
+            if now.duration_since(e.since) >= self.window || e.locked_until.is_some() {
+                *e = Failures { count: 0, since: now, locked_until: None };
+            }
+            if e.count >= self.max {
+                return None;
+            }
         }
-        e.count += 1;
-        if e.count >= self.max {
-            e.locked_until = Some(now + self.lockout);
-            return true;
+        for key in &keys {
+            if let Some(e) = entries.get_mut(key) {
+                e.count += 1;
+            }
         }
-        false
+        Some(Attempt { keys })
     }
 
-    pub fn record_success(&self, ip: IpAddr) {
-        self.entries.lock().expect("failure lock").remove(&ip);
+    /// The attempt logged in: its own count is given back.
+    pub fn succeeded(&self, attempt: Attempt) {
+        let mut entries = self.entries.lock().expect("failure lock");
+        for key in attempt.keys {
+            if let Some(e) = entries.get_mut(&key) {
+                e.count = e.count.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The attempt failed (its count stays); true when this locks its IP or user name out.
+    pub fn failed(&self, attempt: Attempt, now: Instant) -> bool {
+        let mut entries = self.entries.lock().expect("failure lock");
+        let mut locked = false;
+        for key in attempt.keys {
+            if let Some(e) = entries.get_mut(&key)
+                && e.count >= self.max
+                && e.locked_until.is_none()
+            {
+                e.locked_until = Some(now + self.lockout);
+                locked = true;
+            }
+        }
+        locked
     }
 }
 
@@ -216,16 +263,45 @@ mod tests {
         let t = FailureTracker::new(3, Duration::from_secs(60), Duration::from_secs(300));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
-        assert!(!t.record_failure(ip, t0));
-        assert!(!t.record_failure(ip, t0 + Duration::from_secs(1)));
-        assert!(t.record_failure(ip, t0 + Duration::from_secs(2)));
+        let fail = |ip: IpAddr, user: &str, at: Instant| t.begin(ip, user, at).map(|a| t.failed(a, at));
+        assert_eq!(fail(ip, "a", t0), Some(false));
+        assert_eq!(fail(ip, "b", t0 + Duration::from_secs(1)), Some(false));
+        assert_eq!(fail(ip, "c", t0 + Duration::from_secs(2)), Some(true));
         assert!(t.is_locked(ip, t0 + Duration::from_secs(100)));
+        assert!(t.begin(ip, "d", t0 + Duration::from_secs(100)).is_none());
         assert!(!t.is_locked(ip, t0 + Duration::from_secs(303)));
         assert!(!t.is_locked("192.0.2.2".parse().unwrap(), t0));
         // Failures spread wider than the window never lock.
         let other: IpAddr = "192.0.2.3".parse().unwrap();
         for i in 0..10 {
-            assert!(!t.record_failure(other, t0 + Duration::from_secs(61 * i)));
+            assert_eq!(fail(other, &format!("u{i}"), t0 + Duration::from_secs(61 * i)), Some(false));
         }
+    }
+
+    #[test]
+    fn attempts_count_when_they_start_and_a_success_gives_back_only_its_own() {
+        let t = FailureTracker::new(3, Duration::from_secs(60), Duration::from_secs(300));
+        let (ip, now) = ("192.0.2.1".parse().unwrap(), Instant::now());
+        // Three guesses under way at once: a fourth is refused before any is checked.
+        let pending: Vec<Attempt> = (0..3).map(|i| t.begin(ip, &format!("bob{i}"), now).unwrap()).collect();
+        assert!(t.begin(ip, "bob9", now).is_none());
+        let mut pending = pending.into_iter();
+        // One of them was a real login: it gives back its count, the others' stay.
+        t.succeeded(pending.next().unwrap());
+        assert!(!t.failed(pending.next().unwrap(), now));
+        let alice = t.begin(ip, "alice", now).unwrap();
+        t.succeeded(alice);
+        assert!(!t.failed(pending.next().unwrap(), now), "two failures so far");
+        let third = t.begin(ip, "x", now).unwrap();
+        assert!(t.failed(third, now), "the third failure locks the address; the login cleared none");
+        assert!(t.is_locked(ip, now));
+        // A name guessed at from many addresses is locked on its own.
+        let t = FailureTracker::new(2, Duration::from_secs(60), Duration::from_secs(300));
+        for i in 1..=2 {
+            let a = t.begin(format!("198.51.100.{i}").parse().unwrap(), "Carol", now).unwrap();
+            t.failed(a, now);
+        }
+        assert!(t.begin("198.51.100.9".parse().unwrap(), "carol", now).is_none(), "the name is locked");
+        assert!(t.begin("198.51.100.9".parse().unwrap(), "dave", now).is_some(), "that address is not");
     }
 }

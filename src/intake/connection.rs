@@ -72,7 +72,9 @@ pub(super) async fn serve(
     let mut out = Vec::with_capacity(4096);
     if ctx.spool.health() == Health::Failed {
         session.close_with(codes::spool_unavailable(), &mut out);
-    } else if ctx.failures.is_locked(ip, Instant::now()) {
+    } else if !origin.trusted && ctx.failures.is_locked(ip, Instant::now()) {
+        // A trusted network's relaying goes on: only its AUTH is refused (one bad password
+        // behind a NAT address must not stop a LAN's mail).
         session.close_with(codes::closing("Too many authentication failures, try again later"), &mut out);
     } else {
         session.greeting(&mut out);
@@ -190,20 +192,25 @@ async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Durati
 /// Checks credentials off the async workers (argon2 is slow on purpose), delays failures, and
 /// locks out an address that fails too often.
 async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credentials) -> AuthOutcome {
-    if ctx.failures.is_locked(ip, Instant::now()) {
-        metrics::counter!(m::AUTH_ATTEMPTS, "result" => "locked_out").increment(1);
-        return AuthOutcome::LockedOut;
-    }
     let Some(users) = ctx.users.clone() else {
         return AuthOutcome::TemporaryFailure;
     };
     let username = credentials.username.clone();
+    // Counted before the check: parallel guesses beyond the limit are never checked.
+    let Some(attempt) = ctx.failures.begin(ip, &username, Instant::now()) else {
+        metrics::counter!(m::AUTH_ATTEMPTS, "result" => "locked_out").increment(1);
+        return AuthOutcome::LockedOut;
+    };
+    // A few checks at a time (argon2 takes ~19 MiB and a core each); the rest wait their turn.
+    let Ok(_turn) = ctx.auth_checks.clone().acquire_owned().await else {
+        return AuthOutcome::TemporaryFailure;
+    };
     let verdict = tokio::task::spawn_blocking(move || users.verify(&credentials.username, credentials.password.expose()))
         .await
         .unwrap_or(Verdict::Unavailable);
     match verdict {
         Verdict::Valid => {
-            ctx.failures.record_success(ip);
+            ctx.failures.succeeded(attempt);
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "success").increment(1);
             tracing::info!(user = ?username, client = %ip, "authenticated");
             AuthOutcome::Success(username)
@@ -211,8 +218,9 @@ async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credent
         Verdict::Invalid => {
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "failure").increment(1);
             tracing::warn!(user = ?username, client = %ip, "authentication failed");
+            drop(_turn);
             tokio::time::sleep(ctx.config.auth.failure_delay.0).await;
-            if ctx.failures.record_failure(ip, Instant::now()) {
+            if ctx.failures.failed(attempt, Instant::now()) {
                 tracing::warn!(client = %ip, lockout = ?ctx.config.auth.lockout.0, "too many authentication failures: locked out");
                 AuthOutcome::LockedOut
             } else {
@@ -220,6 +228,7 @@ async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credent
             }
         }
         Verdict::Unavailable => {
+            ctx.failures.succeeded(attempt); // Not the client's failure.
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "temporary_failure").increment(1);
             AuthOutcome::TemporaryFailure
         }

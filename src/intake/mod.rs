@@ -47,6 +47,8 @@ pub struct IntakeContext {
     pub rates: Arc<rates::SenderRates>,
     /// For the null MX check at RCPT on submission listeners.
     pub dns: Option<crate::dns::Dns>,
+    /// Password checks running at once, over every session: about one per core.
+    pub auth_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -57,14 +59,22 @@ struct Carried {
     /// With the config they were made for.
     failures: Option<(Arc<Config>, Arc<FailureTracker>)>,
     rates: Option<(Arc<Config>, Arc<rates::SenderRates>)>,
+    auth_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl IntakeContext {
     /// Loads TLS material (generating a self-signed certificate if configured to) and the
     /// users file.
     pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>) -> Result<Arc<Self>, String> {
-        let carried =
-            Carried { spool, limits: ConnectionLimits::new(), stored: Arc::new(tokio::sync::Notify::new()), failures: None, rates: None };
+        let carried = Carried {
+            spool,
+            limits: ConnectionLimits::new(),
+            stored: Arc::new(tokio::sync::Notify::new()),
+            failures: None,
+            rates: None,
+            // About one password check per core at a time, over every session.
+            auth_checks: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+        };
         Self::build(config, carried)
     }
 
@@ -77,6 +87,7 @@ impl IntakeContext {
             stored: self.stored.clone(),
             failures: Some((self.config.clone(), self.failures.clone())),
             rates: Some((self.config.clone(), self.rates.clone())),
+            auth_checks: self.auth_checks.clone(),
         };
         Self::build(config, carried)
     }
@@ -126,8 +137,22 @@ impl IntakeContext {
         };
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
-        let Carried { spool, limits, stored, .. } = carried;
-        Ok(Arc::new(IntakeContext { relay, submission, spool, limits, tls, tls_client_certs, users, failures, stored, rates, dns, config }))
+        let Carried { spool, limits, stored, auth_checks, .. } = carried;
+        Ok(Arc::new(IntakeContext {
+            relay,
+            submission,
+            spool,
+            limits,
+            tls,
+            tls_client_certs,
+            users,
+            failures,
+            stored,
+            rates,
+            dns,
+            config,
+            auth_checks,
+        }))
     }
 
     fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {

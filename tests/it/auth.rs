@@ -104,7 +104,10 @@ fn repeated_failures_lock_the_address_out_with_421() {
     let files = tempfile::tempdir().unwrap();
     let yaml = crate::common::tls_auth_yaml(
         files.path(),
-        &format!("auth: {{ users_file: {}/users, max_failures: 3, lockout: 1h, failure_delay: 0s }}\n{LISTENERS}", files.path().display()),
+        &format!(
+            "trusted_networks: [\"10.0.0.0/8\"]\nauth: {{ users_file: {}/users, max_failures: 3, lockout: 1h, failure_delay: 0s }}\n{LISTENERS}",
+            files.path().display()
+        ),
     );
     let relay = TestRelay::with_config(&yaml);
     let wrong = format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0wrong"));
@@ -141,4 +144,73 @@ fn failures_are_delayed_and_an_unreadable_users_file_is_454() {
     std::fs::remove_file(files.path().join("users")).unwrap();
     let r = c.cmd(&format!("AUTH PLAIN {}", sluice::smtp::sasl::encode("\0alice\0right")));
     assert_eq!((r.code, r.text()), (454, "4.7.0 Temporary authentication failure".into()));
+}
+
+fn plain(user: &str, password: &str) -> String {
+    format!("AUTH PLAIN {}", sluice::smtp::sasl::encode(&format!("\0{user}\0{password}")))
+}
+
+/// One valid account no longer clears the address's failures; a locked-out address in a
+/// trusted network keeps relaying (only its AUTH is refused); parallel guesses beyond the
+/// limit are refused without being checked.
+#[test]
+fn a_valid_login_clears_nothing_and_a_trusted_address_keeps_relaying() {
+    let files = tempfile::tempdir().unwrap();
+    let yaml = crate::common::tls_auth_yaml(
+        files.path(),
+        &format!(
+            "auth: {{ users_file: {}/users, max_failures: 3, lockout: 1h, failure_delay: 0s, plaintext_networks: [\"127.0.0.0/8\"] }}\n",
+            files.path().display()
+        ),
+    );
+    let relay = TestRelay::with_config(&yaml);
+    let attempt = |user: &str, password: &str| {
+        let mut c = relay.client();
+        c.cmd("EHLO c.test");
+        c.cmd(&plain(user, password)).code
+    };
+    // Guesses at bob, with alice's good login in between: the third guess locks the address.
+    assert_eq!(attempt("bob", "guess1"), 535);
+    assert_eq!(attempt("alice", "right"), 235);
+    assert_eq!(attempt("bob", "guess2"), 535);
+    assert_eq!(attempt("alice", "right"), 235);
+    assert_eq!(attempt("bob", "guess3"), 421, "a valid login in between cleared nothing");
+    assert_eq!(attempt("alice", "right"), 421, "locked out, even with the right password");
+    // 127.0.0.1 is in trusted_networks: its relaying goes on.
+    let mut c = relay.client();
+    assert_eq!(c.greeting.code, 220);
+    assert_eq!(c.send_mail("app@x.test", &["b@y.test"], "x\r\n").code, 250);
+}
+
+/// Thirty guesses from one address at once, with `max_failures: 3`: at most three passwords
+/// are checked (the daemon logs each check that fails); the rest are refused unchecked.
+#[test]
+fn parallel_guesses_beyond_the_limit_are_not_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = crate::common::tls_auth_yaml(
+        dir.path(),
+        &format!(
+            "auth: {{ users_file: {}/users, max_failures: 3, lockout: 1h, failure_delay: 0s, plaintext_networks: [\"127.0.0.0/8\"] }}\n",
+            dir.path().display()
+        ),
+    );
+    let daemon = crate::common::Daemon::spawn(dir.path(), &extra, &[]);
+    let addr = daemon.addr;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(30));
+    let guesses: Vec<_> = (0..30)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect_from(addr, "127.0.0.1");
+                c.cmd("EHLO c.test");
+                barrier.wait();
+                c.cmd(&plain("carol", &format!("guess{i}"))).code
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = guesses.into_iter().map(|g| g.join().unwrap()).collect();
+    assert!(codes.iter().all(|c| [535, 421].contains(c)), "{codes:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let checked = daemon.log_text().matches("authentication failed").count();
+    assert!((1..=3).contains(&checked), "{checked} passwords checked: {codes:?}");
 }
