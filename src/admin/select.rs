@@ -57,20 +57,32 @@ impl Selection {
 
 /// The queued messages a selection names for an action, and the recipient domains they have
 /// queued (for a flush to resume); the first unknown id, if one is named.
-pub fn for_action(envelopes: &[Envelope], selection: &Selection, now: u64) -> Result<(Vec<String>, Vec<String>), String> {
-    if let Some(missing) = selection.ids.iter().find(|id| !envelopes.iter().any(|e| &&e.queue_id == id)) {
-        return Err(missing.clone());
-    }
+/// The envelopes pass one at a time: only the selected ids are kept.
+pub fn for_action(
+    envelopes: impl IntoIterator<Item = Envelope>,
+    selection: &Selection,
+    now: u64,
+) -> Result<(Vec<String>, Vec<String>), String> {
     let wanted = selection.domain.as_deref().map(str::to_ascii_lowercase);
+    let mut named_seen = vec![false; selection.ids.len()];
     let mut ids = Vec::new();
     let mut domains = Vec::new();
-    for e in envelopes.iter().filter(|e| selection.matches(e, now)) {
+    for e in envelopes {
+        if let Some(i) = selection.ids.iter().position(|id| *id == e.queue_id) {
+            named_seen[i] = true;
+        }
+        if !selection.matches(&e, now) {
+            continue;
+        }
         let queued: Vec<String> =
             e.recipients.iter().filter(|r| r.state == RecipientState::Queued).map(|r| r.mailbox.domain.to_ascii_lowercase()).collect();
         if !queued.is_empty() {
             ids.push(e.queue_id.clone());
             domains.extend(queued.into_iter().filter(|d| wanted.as_ref().is_none_or(|w| w == d)));
         }
+    }
+    if let Some(i) = named_seen.iter().position(|seen| !seen) {
+        return Err(selection.ids[i].clone());
     }
     domains.extend(wanted);
     domains.sort();
@@ -120,6 +132,8 @@ mod tests {
             })),
             ["A"]
         );
-        assert_eq!(for_action(&[a.clone(), b.clone()], &sel(|s| s.ids = vec!["C".into()]), 6000), Err("C".into()));
+        assert_eq!(for_action([a.clone(), b.clone()], &sel(|s| s.ids = vec!["C".into()]), 6000), Err("C".into()));
+        let picked = for_action([a.clone(), b.clone()], &sel(|s| s.to = Some("yahoo.test".into())), 6000).unwrap();
+        assert_eq!(picked, (vec!["B".to_string()], vec!["gmail.test".to_string(), "yahoo.test".to_string()]));
     }
 }

@@ -163,10 +163,19 @@ async fn queue_summary(h: &Handlers) -> Response {
 
 /// The selection's queued messages and their domains, or the answer that ends the request.
 async fn selected(h: &Handlers, selection: &Selection) -> Result<(Vec<String>, Vec<String>), Response> {
-    let spool = h.spool.clone();
-    let envelopes = blocking(move || spool.list().map_err(|e| e.to_string())).await.map_err(Response::Error)?;
+    // Selected while the spool is scanned: a large queue never passes through memory at once.
+    let (spool, selection) = (h.spool.clone(), selection.clone());
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-    super::select::for_action(&envelopes, selection, now).map_err(Response::NotFound)
+    let picked = blocking(move || {
+        let mut failure = None;
+        let envelopes = spool.scan().map_while(|e| e.map_err(|e| failure = Some(e.to_string())).ok());
+        let picked = super::select::for_action(envelopes, &selection, now);
+        match failure {
+            Some(e) => Err(format!("reading the spool: {e}")),
+            None => Ok(picked),
+        }
+    });
+    picked.await.map_err(Response::Error)?.map_err(Response::NotFound)
 }
 
 /// Actions that change what delivery does need it running.

@@ -30,11 +30,11 @@ use crate::metrics as m;
 
 const HIGH_WATER_KEY: &[u8] = b"queue_id_high_water";
 /// Keys in the `messages` tree: `m` + queue id holds the envelope.
-pub(super) const ENVELOPE: u8 = b'm';
+const ENVELOPE: u8 = b'm';
 /// Schedule entries written by earlier versions (`s` + due + queue id); deleted at open.
 const LEGACY_SCHEDULE: u8 = b's';
 
-pub(super) fn envelope_key(queue_id: &str) -> Vec<u8> {
+fn envelope_key(queue_id: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + queue_id.len());
     k.push(ENVELOPE);
     k.extend_from_slice(queue_id.as_bytes());
@@ -309,8 +309,7 @@ impl Drop for SledSpool {
 
 impl SpoolRead for SledSpool {
     fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError> {
-        let value = self.messages.get(envelope_key(queue_id))?.ok_or(SpoolError::NotFound)?;
-        serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
+        get_envelope(&self.messages, queue_id)
     }
 
     fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
@@ -319,11 +318,22 @@ impl SpoolRead for SledSpool {
     }
 
     fn scan(&self) -> Box<dyn Iterator<Item = Result<Envelope, SpoolError>> + '_> {
-        Box::new(self.messages.scan_prefix([ENVELOPE]).map(|item| {
-            let (_, value) = item?;
-            serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
-        }))
+        scan_envelopes(&self.messages)
     }
+}
+
+/// One envelope from the `messages` tree (the spool's, or a snapshot's copy of it).
+pub(super) fn get_envelope(messages: &sled::Tree, queue_id: &str) -> Result<Envelope, SpoolError> {
+    let value = messages.get(envelope_key(queue_id))?.ok_or(SpoolError::NotFound)?;
+    serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
+}
+
+/// Every envelope of the `messages` tree, decoded one at a time.
+pub(super) fn scan_envelopes(messages: &sled::Tree) -> Box<dyn Iterator<Item = Result<Envelope, SpoolError>> + '_> {
+    Box::new(messages.scan_prefix([ENVELOPE]).map(|item| {
+        let (_, value) = item?;
+        serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
+    }))
 }
 
 impl Spool for SledSpool {

@@ -10,7 +10,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::sled_spool::{ENVELOPE, envelope_key};
+use super::sled_spool::{get_envelope, scan_envelopes};
 use super::{Envelope, SpoolError, SpoolRead, segments};
 use crate::config::SpoolConfig;
 
@@ -114,8 +114,7 @@ impl Drop for Snapshot {
 
 impl SpoolRead for Snapshot {
     fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError> {
-        let value = self.messages.get(envelope_key(queue_id))?.ok_or(SpoolError::NotFound)?;
-        serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
+        get_envelope(&self.messages, queue_id)
     }
 
     fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError> {
@@ -124,9 +123,6 @@ impl SpoolRead for Snapshot {
     }
 
     fn scan(&self) -> Box<dyn Iterator<Item = Result<Envelope, SpoolError>> + '_> {
-        Box::new(self.messages.scan_prefix([ENVELOPE]).map(|item| {
-            let (_, value) = item?;
-            serde_json::from_slice(&value).map_err(|e| SpoolError::Corrupt(e.to_string()))
-        }))
+        scan_envelopes(&self.messages)
     }
 }

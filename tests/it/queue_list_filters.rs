@@ -81,8 +81,8 @@ fn filters_select_by_sender_recipient_state_age_and_id() {
     assert!(table.contains(&shop) && table.contains("2 message(s)"), "{table}");
 }
 
-/// Thousands of messages stream through: the daemon sends one line per message as it reads
-/// them, and the client prints each as it comes.
+/// A long listing comes out as one JSON object per line, every message once. (That neither
+/// side holds the queue in memory is measured by `benches/queue_list_memory.sh`, not here.)
 #[test]
 fn a_long_queue_streams_one_line_per_message() {
     let dir = tempfile::tempdir().unwrap();
