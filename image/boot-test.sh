@@ -5,6 +5,8 @@
 #   2. a message sent to it is relayed to a sink on the host (the guest reaches the host's
 #      loopback as 10.0.2.2; a SLUICE-SEED disk points the smarthost there);
 #   3. the metrics endpoint answers (forwarded to 127.0.0.1:9287);
+#   +. the unit restarts a daemon killed by SIGKILL, and a message given to sendmail while
+#      the daemon is down waits in the maildrop and is delivered (first boot, see the seed);
 #   4. power loss: with the sink down, messages are accepted, QEMU is SIGKILLed right after
 #      the last 250, the VM boots again, and once the sink is back every accepted message
 #      arrives (this catches a missing fsync, which kill -9 of the daemon cannot).
@@ -50,8 +52,17 @@ sed -e '/^delivery:/a\  smarthost: "[10.0.2.2]:'"$sink_port"'"\n  retry: [1s]' "
 grep -q "10.0.2.2" "$work/config.yaml" || fail "could not write the seed config"
 mkfs.vfat -C -n SLUICE-SEED "$work/seed.img" 4096 >/dev/null
 MTOOLS_SKIP_CHECK=1 mcopy -i "$work/seed.img" "$work/config.yaml" ::/config.yaml
-# The daemon's log on the serial console too, so a failure shows why.
-printf '[Service]\nStandardError=journal+console\n' > "$work/sluice.service.conf"
+# The daemon's log on the serial console too, so a failure shows why. And, on the first boot
+# only (markers in /var/lib, synced so a power loss keeps them): 3 s after the daemon is
+# READY it gets SIGKILL, which the unit must answer with a restart; before that restart, a
+# cron-like user (nobody) hands a message to sendmail while no daemon answers, which must
+# wait in the maildrop and be delivered once the daemon is back.
+cat > "$work/sluice.service.conf" <<'UNIT'
+[Service]
+StandardError=journal+console
+ExecStartPre=+/bin/sh -c 'if [ -e /var/lib/boot-test-killed ] && [ ! -e /var/lib/boot-test-dropped ]; then touch /var/lib/boot-test-dropped; sync; if printf "Subject: maildrop\\n\\nsent while the daemon was down\\n" | systemd-run --quiet --pipe --wait --uid=nobody --gid=nogroup /usr/sbin/sendmail -f cron@host.test dropped@dest.test; then echo "boot-test: sendmail left a message in the maildrop" >/dev/console; else echo "boot-test: sendmail failed" >/dev/console; fi; fi'
+ExecStartPost=+/bin/sh -c 'echo "boot-test: sluice started, main pid $$MAINPID" >/dev/console; if [ ! -e /var/lib/boot-test-killed ]; then touch /var/lib/boot-test-killed; sync; systemd-run --quiet --on-active=3 --unit=boot-test-kill /bin/sh -c "echo boot-test: SIGKILL to sluice >/dev/console; systemctl kill --signal=KILL sluice.service"; fi'
+UNIT
 MTOOLS_SKIP_CHECK=1 mcopy -i "$work/seed.img" "$work/sluice.service.conf" ::/sluice.service.conf
 
 boots=0
@@ -107,15 +118,34 @@ send() { # send TO
     || { cat "$work/swaks.out" >&2; return 1; }
 }
 
+serial_count() { # serial_count TEXT: lines of this boot's console holding TEXT
+  grep -c -F "$1" "$work/serial.$boots.log" 2>/dev/null || true
+}
+wait_serial() { # wait_serial TEXT COUNT SECONDS
+  local until=$((SECONDS + $3))
+  while [ "$(serial_count "$1")" -lt "$2" ]; do
+    [ "$SECONDS" -lt "$until" ] || fail "the console shows '$1' $(serial_count "$1") times, not $2"
+    sleep 1
+  done
+}
+
 echo "== boot 1"
 start_sink
 boot
 wait_greeting
+echo "== SIGKILL: the unit restarts the daemon; sendmail meanwhile writes to the maildrop"
+wait_serial "boot-test: SIGKILL to sluice" 1 120
+wait_serial "boot-test: sluice started" 2 120
+[ "$(serial_count "boot-test: sendmail left a message in the maildrop")" = 1 ] || fail "sendmail did not leave its message while the daemon was down"
+wait_greeting
+echo "the daemon was restarted after SIGKILL"
 ehlo=$(swaks --server 127.0.0.1:$smtp_port --quit-after EHLO --timeout 60 2>&1 || true)
 echo "$ehlo" | grep -q "250-PIPELINING" || fail "no EHLO answer: $ehlo"
 echo "== relay to the host's sink"
 send one@dest.test || fail "swaks could not send"
-wait_sink 1 120
+# The message sent and the one sendmail left in the maildrop while the daemon was down.
+wait_sink 2 120
+echo "the maildrop message was delivered after the restart"
 echo "== metrics"
 # Read whole first: with pipefail, `curl | grep -q` fails when grep stops reading early.
 metrics=$(curl -sf "http://127.0.0.1:$metrics_port/metrics") || fail "metrics endpoint"

@@ -7,10 +7,13 @@ dev=/dev/disk/by-label/SLUICE-SEED
 [ -e "$dev" ] || exit 0
 dir=$(mktemp -d)
 mount -o ro "$dev" "$dir" || { rmdir "$dir"; exit 0; }
-for f in config.yaml users; do
-  if [ -f "$dir/$f" ]; then
-    install -m 0640 -o root -g sluice "$dir/$f" "/etc/sluice/$f"
-    echo "sluice-seed: installed /etc/sluice/$f"
+# The config holds no secrets (passwords live in files it names) and every local user's
+# sendmail reads it to find the daemon's socket and the maildrop; the users file is secret.
+for f in config.yaml:0644 users:0640; do
+  name=${f%%:*}
+  if [ -f "$dir/$name" ]; then
+    install -m "${f##*:}" -o root -g sluice "$dir/$name" "/etc/sluice/$name"
+    echo "sluice-seed: installed /etc/sluice/$name"
   fi
 done
 # A drop-in for sluice.service (the boot test sends the daemon's log to the serial console).

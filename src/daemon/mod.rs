@@ -34,6 +34,11 @@ pub struct Running {
 }
 
 pub async fn start(config: Config) -> Result<Running, String> {
+    start_with_clock(config, Arc::new(crate::clock::SystemClock)).await
+}
+
+/// [`start`] with the queue runner on `clock` (tests run retries and expiry on virtual time).
+pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock>) -> Result<Running, String> {
     let path = config.source.clone();
     let config = Arc::new(config);
     let spool_cfg = config.spool.clone();
@@ -64,7 +69,7 @@ pub async fn start(config: Config) -> Result<Running, String> {
         (None, None)
     } else {
         let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone())?;
-        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, Arc::new(crate::clock::SystemClock));
+        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, clock);
         tasks.spawn(runner.clone().run(watcher.clone()));
         (Some(delivery), Some(runner))
     };

@@ -93,10 +93,12 @@ impl Runner {
     /// Dispatches due messages until shut down; deliveries under way finish on their own.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut prune = tokio::time::interval(Duration::from_secs(60));
+        let jumped = self.clock.jumped();
         loop {
             let sleep = self.dispatch();
             tokio::select! {
                 _ = self.notify.notified() => {}
+                _ = async { match &jumped { Some(j) => j.notified().await, None => std::future::pending().await } } => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = prune.tick() => self.delivery.shaper().prune(self.clock.now()),
                 _ = shutdown.changed() => {

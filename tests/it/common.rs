@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,11 @@ impl TestRelay {
     }
 
     pub fn with_config(extra: &str) -> TestRelay {
+        Self::with_clock(extra, Arc::new(sluice::clock::SystemClock))
+    }
+
+    /// A relay whose queue runs on `clock` (a [`sluice::clock::ManualClock`] for virtual time).
+    pub fn with_clock(extra: &str, clock: Arc<dyn sluice::clock::Clock>) -> TestRelay {
         let dir = tempfile::tempdir().unwrap();
         let yaml = config_yaml(dir.path(), extra);
         // Loaded from its file, as the daemon is: a reload reads the file again.
@@ -93,7 +98,7 @@ impl TestRelay {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
-                let running = sluice::daemon::start(cfg).await.unwrap();
+                let running = sluice::daemon::start_with_clock(cfg, clock).await.unwrap();
                 addr_tx.send(running.listeners.clone()).unwrap();
                 tokio::task::spawn_blocking(move || stop_rx.recv()).await.unwrap().ok();
                 running.stop(Duration::from_secs(5)).await;
