@@ -285,6 +285,23 @@ pub struct Limits {
     /// How long to wait for the next block of message data.
     #[serde(default = "default_data_timeout")]
     pub data_timeout: HumanDuration,
+    /// The longest a message's data may take in all (DATA to the final dot, or every BDAT
+    /// chunk), however steadily it comes; past it the session is closed with 421 4.4.2.
+    #[serde(default = "default_max_data_time")]
+    pub max_data_time: HumanDuration,
+    /// The slowest a message's data may arrive on average, in bytes per second, once
+    /// `data_timeout` has passed since it began; slower, the session is closed with 421 4.4.2
+    /// (a client trickling a byte a minute cannot hold a slot and memory for hours).
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+    /// Longest header section a message may have, in bytes; longer gets 552 5.3.4. It is held
+    /// in memory while the message arrives (the rest of a large body goes to the spool).
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: usize,
+    /// Memory all messages arriving at once may hold beyond 64 KiB each, in bytes. Past it,
+    /// bodies go to the spool sooner, and a header section that does not fit gets 451 4.3.0.
+    #[serde(default = "default_intake_memory")]
+    pub intake_memory: usize,
     /// Messages accepted from one client IP at most this fast ("100/min"); over it, MAIL gets
     /// 451 4.7.0 and the sender retries later. Default: no limit.
     #[serde(default)]
@@ -376,6 +393,18 @@ fn default_command_timeout() -> HumanDuration {
 fn default_data_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(180))
 }
+fn default_max_data_time() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 60))
+}
+fn default_min_data_rate() -> u64 {
+    1024
+}
+fn default_max_header_size() -> usize {
+    256 * 1024
+}
+fn default_intake_memory() -> usize {
+    64 * 1024 * 1024
+}
 fn default_metrics_address() -> Option<SocketAddr> {
     Some("127.0.0.1:9187".parse().unwrap())
 }
@@ -410,6 +439,10 @@ impl Default for Limits {
             max_errors: default_max_errors(),
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
+            max_data_time: default_max_data_time(),
+            min_data_rate: default_min_data_rate(),
+            max_header_size: default_max_header_size(),
+            intake_memory: default_intake_memory(),
             messages_per_ip: None,
             messages_per_user: None,
         }
@@ -572,6 +605,12 @@ impl Config {
         let limits = &self.limits;
         if limits.max_message_size == 0 || limits.max_recipients == 0 || limits.max_hops == 0 {
             return Err(err("limits", "max_message_size, max_recipients and max_hops must be positive".into()));
+        }
+        if limits.max_header_size < 1024 {
+            return Err(err("max_header_size", "must be at least 1024 bytes".into()));
+        }
+        if limits.max_data_time.0 < limits.data_timeout.0 {
+            return Err(err("max_data_time", "must be at least data_timeout".into()));
         }
         if limits.max_line_length < crate::smtp::data::MAX_TEXT_LINE {
             return Err(err("max_line_length", "must be at least 998 (RFC 5321 4.5.3.1.6)".into()));

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::IntakeContext;
+use super::body::{Body, BodyError};
 use crate::message::trace::{self, Trace};
 use crate::metrics as m;
 use crate::smtp::address::{MailParams, Mailbox, RcptParams};
@@ -15,7 +16,8 @@ use crate::smtp::reply::{Reply, codes};
 use crate::smtp::server::TlsInfo;
 use crate::spool::{Envelope, Identity, RecipientRecord, SpoolError};
 
-/// Bodies above this size are written from a blocking thread, not the async worker.
+/// Bodies above this size are written from a blocking thread, not the async worker (a body
+/// with a scratch file always is: its copy reads the file).
 const BLOCKING_WRITE_THRESHOLD: usize = 256 * 1024;
 
 /// How a message came in.
@@ -47,7 +49,7 @@ pub struct Submission {
     pub params: MailParams,
     pub recipients: Vec<(Mailbox, RcptParams)>,
     /// The message as received (CRLF line ends, unstuffed), without our trace fields.
-    pub body: Vec<u8>,
+    pub body: Body,
     pub source: Source,
 }
 
@@ -58,6 +60,8 @@ pub enum Refusal {
     TooManyHops,
     /// The spool did not make it durable; nothing was kept.
     Spool(SpoolError),
+    /// The body could not be taken in (its header section, memory, its scratch file).
+    Body(BodyError),
 }
 
 impl Refusal {
@@ -67,6 +71,14 @@ impl Refusal {
             Refusal::TooManyHops => codes::too_many_hops(),
             Refusal::Spool(SpoolError::Poisoned) => codes::spool_unavailable(),
             Refusal::Spool(_) => codes::spool_failed(),
+            Refusal::Body(BodyError::HeaderTooBig { limit }) => {
+                Reply::new(552, crate::smtp::reply::Enhanced(5, 3, 4), format!("Message header section exceeds {limit} bytes"))
+            }
+            Refusal::Body(BodyError::OverBudget) => {
+                Reply::new(451, crate::smtp::reply::Enhanced(4, 3, 0), "Too much mail arriving at once, try again later")
+            }
+            Refusal::Body(BodyError::Scratch(SpoolError::Poisoned)) => codes::spool_unavailable(),
+            Refusal::Body(BodyError::Scratch(_)) => codes::spool_failed(),
         }
     }
 }
@@ -76,6 +88,9 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::TooManyHops => f.write_str("too many Received fields (mail loop?)"),
             Refusal::Spool(e) => write!(f, "the queue cannot take mail now: {e}"),
+            Refusal::Body(BodyError::HeaderTooBig { limit }) => write!(f, "the header section exceeds {limit} bytes"),
+            Refusal::Body(BodyError::OverBudget) => f.write_str("too much mail arriving at once (limits.intake_memory), try again later"),
+            Refusal::Body(BodyError::Scratch(e)) => write!(f, "the message could not be written to the spool's incoming/: {e}"),
         }
     }
 }
@@ -113,14 +128,15 @@ impl Source {
 pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<String, Refusal> {
     let config = &ctx.config;
     let hostname = &config.hostname.0;
-    let facts = trace::scan_headers(&sub.body);
+    // The header section is all in `head` (the body buffer keeps it in memory whole).
+    let facts = trace::scan_headers(&sub.body.head);
     if facts.received >= config.limits.max_hops {
         return Err(Refusal::TooManyHops);
     }
     if let Source::Smtp { fix_ups: true, .. } = sub.source
-        && let Some(fixed) = crate::message::submission::fix_recipient_headers(&sub.body)
+        && let Some(fixed) = crate::message::submission::fix_recipient_headers(&sub.body.head)
     {
-        sub.body = fixed;
+        sub.body.head = fixed;
     }
     let queue_id = ctx.spool.new_queue_id();
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -146,7 +162,7 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
         ),
         Source::Local { user, uid } => trace::local_prefix(hostname, &queue_id, user, *uid, single, now, &facts),
     };
-    let size = prefix.len() + sub.body.len();
+    let size = prefix.len() as u64 + sub.body.len();
     let identity = sub.source.identity();
     let client_ip = sub.source.client_ip();
     let (helo, listener, tls_text, default_priority) = match &sub.source {
@@ -184,14 +200,17 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     let recipients = envelope.recipients.len();
     let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{hostname}>"));
     let started = Instant::now();
-    let stored = if sub.body.len() > BLOCKING_WRITE_THRESHOLD {
+    let stored = if sub.body.tail.is_some() || sub.body.head.len() > BLOCKING_WRITE_THRESHOLD {
         let spool = ctx.spool.clone();
         let body = sub.body;
-        tokio::task::spawn_blocking(move || spool.store(envelope, &[prefix.as_bytes(), &body]))
-            .await
-            .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))
+        tokio::task::spawn_blocking(move || match &body.tail {
+            Some(tail) => spool.store_with_tail(envelope, &[prefix.as_bytes(), &body.head], tail),
+            None => spool.store(envelope, &[prefix.as_bytes(), &body.head]),
+        })
+        .await
+        .unwrap_or_else(|e| Err(SpoolError::Io(e.to_string())))
     } else {
-        ctx.spool.store(envelope, &[prefix.as_bytes(), &sub.body])
+        ctx.spool.store(envelope, &[prefix.as_bytes(), &sub.body.head])
     };
     let durable = match stored {
         Ok(d) => d.wait().await,
@@ -205,7 +224,7 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     ctx.rates.count(client_ip, user.as_deref());
     metrics::histogram!(m::COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
     metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
-    metrics::counter!(m::BYTES_ACCEPTED).increment(size as u64);
+    metrics::counter!(m::BYTES_ACCEPTED).increment(size);
     // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
     // What the client chose (addresses, names, the Message-ID) is quoted and escaped (Debug),
     // so no value can end the line or pose as another field.

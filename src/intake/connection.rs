@@ -12,6 +12,8 @@ use tokio::sync::watch;
 
 use super::IntakeContext;
 use super::auth::Verdict;
+use super::body::BodyBuffer;
+use super::pace::{DataPace, Pace};
 use crate::stream;
 
 type Stream = stream::Stream<tokio_rustls::server::TlsStream<TcpStream>>;
@@ -24,6 +26,9 @@ use crate::smtp::server::{AuthOutcome, ClientInfo, Event, Session, TlsInfo, Tran
 use crate::spool::Health;
 
 const READ_BUFFER: usize = 64 * 1024;
+/// Body bytes the session may gather before the driver moves them to the body buffer (a
+/// smaller message reaches the accept path in one piece, straight from the session).
+const TAKE_BODY_AT: usize = 32 * 1024;
 
 /// Where a connection came in, and how.
 #[derive(Clone, Copy)]
@@ -81,6 +86,9 @@ pub(super) async fn serve(
     }
     // Never zeroed: read_buf fills the spare capacity (a connection per message is common).
     let mut buf = Vec::with_capacity(READ_BUFFER);
+    // The body of the transaction under way, as it arrives: (its serial, the buffer).
+    let mut incoming: Option<(u64, BodyBuffer)> = None;
+    let mut pace = DataPace::default();
     loop {
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -103,6 +111,13 @@ pub(super) async fn serve(
             Waiting::Command => l.command_timeout.0,
             Waiting::Data => l.data_timeout.0,
         };
+        let now = Instant::now();
+        pace.before_read(session.transaction_serial(), session.receiving_data(), session.in_transaction(), now);
+        if let Some(reply) = pace_refusal(pace.judge(l, now)) {
+            session.close_with(reply, &mut out);
+            continue;
+        }
+        let limit = pace.read_limit(l, limit, now);
         let read = tokio::select! {
             r = tokio::time::timeout(limit, { buf.clear(); stream.read_buf(&mut buf) }) => r,
             _ = shutdown.changed() => {
@@ -112,12 +127,14 @@ pub(super) async fn serve(
         };
         let n = match read {
             Err(_) => {
-                session.close_with(codes::timeout(), &mut out);
+                let reply = pace_refusal(pace.judge(l, Instant::now())).unwrap_or_else(codes::timeout);
+                session.close_with(reply, &mut out);
                 continue;
             }
             Ok(Ok(0)) | Ok(Err(_)) => return,
             Ok(Ok(n)) => n,
         };
+        pace.read(n);
         session.feed(&buf[..n]);
         session.set_mail_gate(match ctx.spool.health() {
             Health::Ok => ctx.rates.gate(ip, session.sender_identity()),
@@ -129,7 +146,12 @@ pub(super) async fn serve(
                 Event::NeedInput | Event::Close => break,
                 Event::Message(tx) => {
                     let end_of_data = Instant::now();
-                    let result = accept(&ctx, *tx, origin).await;
+                    let serial = session.transaction_serial();
+                    let buffer = match incoming.take() {
+                        Some((s, buffer)) if s == serial => buffer,
+                        _ => ctx.body_buffer(),
+                    };
+                    let result = accept(&ctx, *tx, buffer, origin).await;
                     metrics::histogram!(m::DATA_REPLY_LATENCY).record(end_of_data.elapsed().as_secs_f64());
                     session.message_stored(result.as_deref().map_err(Clone::clone), &mut out);
                 }
@@ -160,6 +182,17 @@ pub(super) async fn serve(
                     }
                 }
             }
+        }
+        // A large body moves on as it arrives: the session keeps about one read of it.
+        if let Some(bytes) = session.take_body(TAKE_BODY_AT) {
+            let serial = session.transaction_serial();
+            let buffer = match &mut incoming {
+                Some((s, buffer)) if *s == serial => buffer,
+                _ => &mut incoming.insert((serial, ctx.body_buffer())).1,
+            };
+            buffer.push(bytes).await;
+        } else if !session.in_transaction() {
+            incoming = None; // Ended without a message (RSET, a refused body): dropped.
         }
         for reason in session.take_refusals() {
             metrics::counter!(m::MESSAGES_REJECTED, "reason" => reason).increment(1);
@@ -263,8 +296,16 @@ async fn null_mx_refusal(dns: &impl crate::dns::Resolve, domain: &str) -> Option
     answer.is_null().then(|| Reply::new(556, Enhanced(5, 1, 10), format!("Recipient domain {domain} accepts no mail (null MX)")))
 }
 
-/// Hands a finished SMTP transaction to the accept path.
-async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, origin: Origin) -> Result<String, Reply> {
+fn pace_refusal(pace: Pace) -> Option<Reply> {
+    match pace {
+        Pace::Fine => None,
+        Pace::TooLong => Some(Reply::new(421, Enhanced(4, 4, 2), "Message data took too long, closing connection")),
+        Pace::TooSlow => Some(Reply::new(421, Enhanced(4, 4, 2), "Message data arriving too slowly, closing connection")),
+    }
+}
+
+/// Hands a finished SMTP transaction to the accept path, with the body bytes taken so far.
+async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, mut buffer: BodyBuffer, origin: Origin) -> Result<String, Reply> {
     let source = Source::Smtp {
         peer: origin.peer,
         local: origin.local,
@@ -277,6 +318,8 @@ async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, origin: Origin) -> Re
         default_priority: origin.default_priority,
     };
     let recipients = tx.recipients.into_iter().map(|r| (r.mailbox, r.params)).collect();
-    let submission = Submission { from: tx.from, params: tx.params, recipients, body: tx.body, source };
+    buffer.push(tx.body).await;
+    let body = buffer.finish().map_err(|e| super::accept::Refusal::Body(e).reply())?;
+    let submission = Submission { from: tx.from, params: tx.params, recipients, body, source };
     super::accept::accept(ctx, submission).await.map_err(|refusal| refusal.reply())
 }

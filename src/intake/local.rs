@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use super::IntakeContext;
 use super::accept::{Refusal, Source, Submission};
+use super::body::{Body, BodyError};
 use crate::live::Live;
 use crate::message::extract as headers;
 use crate::sendmail::{EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, Request, Response};
@@ -48,19 +49,43 @@ async fn handle(stream: UnixStream, ctx: Arc<IntakeContext>) {
     let _ = reader.into_inner().write_all(&line).await;
 }
 
-async fn read_request(reader: &mut BufReader<UnixStream>, ctx: &IntakeContext) -> Result<(Request, Vec<u8>), Response> {
+async fn read_request(reader: &mut BufReader<UnixStream>, ctx: &IntakeContext) -> Result<(Request, Body), Response> {
     let mut head = Vec::new();
     let n = (&mut *reader).take(64 * 1024).read_until(b'\n', &mut head).await.map_err(|e| refused(EX_SOFTWARE, e.to_string()))?;
     let request: Request = serde_json::from_slice(&head[..n]).map_err(|e| refused(EX_SOFTWARE, format!("bad request: {e}")))?;
     if request.size as u64 > ctx.config.limits.max_message_size {
         return Err(refused(EX_DATAERR, format!("message too big (limit {} bytes)", ctx.config.limits.max_message_size)));
     }
-    let mut message = vec![0; request.size];
-    reader.read_exact(&mut message).await.map_err(|e| refused(EX_SOFTWARE, e.to_string()))?;
-    Ok((request, message))
+    // In pieces, into a body buffer: a large message goes to the spool as it comes.
+    let mut buffer = ctx.body_buffer();
+    let mut left = request.size;
+    while left > 0 {
+        let mut piece = vec![0; left.min(64 * 1024)];
+        reader.read_exact(&mut piece).await.map_err(|e| refused(EX_SOFTWARE, e.to_string()))?;
+        left -= piece.len();
+        buffer.push(piece).await;
+    }
+    let body = buffer.finish().map_err(|e| refusal_response(Refusal::Body(e)))?;
+    Ok((request, body))
 }
 
-pub(super) async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, message: Vec<u8>) -> Response {
+/// A whole message already in memory (a maildrop file) as a body.
+pub(super) async fn body_of(ctx: &IntakeContext, message: Vec<u8>) -> Result<Body, Response> {
+    let mut buffer = ctx.body_buffer();
+    buffer.push(message).await;
+    buffer.finish().map_err(|e| refusal_response(Refusal::Body(e)))
+}
+
+/// The exit code sendmail gives its caller: temporary where trying again can succeed.
+fn refusal_response(refusal: Refusal) -> Response {
+    let exit = match &refusal {
+        Refusal::Spool(_) | Refusal::Body(BodyError::OverBudget | BodyError::Scratch(_)) => EX_TEMPFAIL,
+        Refusal::TooManyHops | Refusal::Body(BodyError::HeaderTooBig { .. }) => EX_DATAERR,
+    };
+    refused(exit, refusal.to_string())
+}
+
+pub(super) async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request, mut body: Body) -> Response {
     let config = &ctx.config;
     let user = crate::sys::user_name(uid).unwrap_or_else(|| format!("uid{uid}"));
     let hostname = &config.hostname.0;
@@ -80,7 +105,8 @@ pub(super) async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request,
     if request.from.is_some() && !trusted {
         tracing::info!(user = ?user, "sendmail -f ignored: the user is not in sendmail.trusted_users");
     }
-    let prepared = headers::prepare(&message, request.extract, &own, request.full_name.as_deref());
+    // The header section is all in `head` (the body buffer keeps it in memory whole).
+    let prepared = headers::prepare(&body.head, request.extract, &own, request.full_name.as_deref());
     let mut recipients: Vec<Mailbox> = Vec::new();
     for text in request.recipients.iter().chain(&prepared.recipients) {
         // A bare local name is the local user at our host, as sendmail has it.
@@ -103,11 +129,10 @@ pub(super) async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request,
     }
     let source = Source::Local { user: user.clone(), uid };
     let recipients = recipients.into_iter().map(|m| (m, Default::default())).collect();
-    let submission = Submission { from, params: Default::default(), recipients, body: prepared.message, source };
+    body.head = prepared.message;
+    let submission = Submission { from, params: Default::default(), recipients, body, source };
     match super::accept::accept(ctx, submission).await {
         Ok(queue_id) => Response::Queued(queue_id),
-        // Temporary for a spool failure: the caller (cron, a script) may try again.
-        Err(refusal @ Refusal::Spool(_)) => refused(EX_TEMPFAIL, refusal.to_string()),
-        Err(refusal @ Refusal::TooManyHops) => refused(EX_DATAERR, refusal.to_string()),
+        Err(refusal) => refusal_response(refusal),
     }
 }

@@ -2,9 +2,11 @@
 
 pub mod accept;
 mod auth;
+pub mod body;
 mod connection;
 mod limits;
 pub mod local;
+mod pace;
 pub mod pickup;
 mod rates;
 pub mod tls;
@@ -49,6 +51,8 @@ pub struct IntakeContext {
     pub dns: Option<crate::dns::Dns>,
     /// Password checks running at once, over every session: about one per core.
     pub auth_checks: Arc<tokio::sync::Semaphore>,
+    /// Memory the bodies arriving now hold beyond their free share.
+    pub body_memory: Arc<body::MemoryBudget>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -60,6 +64,7 @@ struct Carried {
     failures: Option<(Arc<Config>, Arc<FailureTracker>)>,
     rates: Option<(Arc<Config>, Arc<rates::SenderRates>)>,
     auth_checks: Arc<tokio::sync::Semaphore>,
+    body_memory: Arc<body::MemoryBudget>,
 }
 
 impl IntakeContext {
@@ -74,6 +79,7 @@ impl IntakeContext {
             rates: None,
             // About one password check per core at a time, over every session.
             auth_checks: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+            body_memory: Arc::default(),
         };
         Self::build(config, carried)
     }
@@ -88,6 +94,7 @@ impl IntakeContext {
             failures: Some((self.config.clone(), self.failures.clone())),
             rates: Some((self.config.clone(), self.rates.clone())),
             auth_checks: self.auth_checks.clone(),
+            body_memory: self.body_memory.clone(),
         };
         Self::build(config, carried)
     }
@@ -137,7 +144,7 @@ impl IntakeContext {
         };
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
-        let Carried { spool, limits, stored, auth_checks, .. } = carried;
+        let Carried { spool, limits, stored, auth_checks, body_memory, .. } = carried;
         Ok(Arc::new(IntakeContext {
             relay,
             submission,
@@ -152,7 +159,18 @@ impl IntakeContext {
             dns,
             config,
             auth_checks,
+            body_memory,
         }))
+    }
+
+    /// A buffer for the next message body, under this generation's limits.
+    pub fn body_buffer(&self) -> body::BodyBuffer {
+        let l = &self.config.limits;
+        body::BodyBuffer::new(
+            self.spool.clone(),
+            self.body_memory.clone(),
+            body::BodyLimits { memory: l.intake_memory, max_header: l.max_header_size },
+        )
     }
 
     fn session_config(&self, mode: ListenerMode) -> Arc<SessionConfig> {

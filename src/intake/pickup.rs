@@ -78,7 +78,11 @@ async fn take(path: &Path, ctx: &Arc<IntakeContext>) {
         Ok(Err(reason)) => return set_aside(path, &reason),
         Err(_) => return,
     };
-    match super::local::accept(ctx, dropped.uid, dropped.request, dropped.message).await {
+    let response = match super::local::body_of(ctx, dropped.message).await {
+        Ok(body) => super::local::accept(ctx, dropped.uid, dropped.request, body).await,
+        Err(refused) => refused,
+    };
+    match response {
         Response::Queued(queue_id) => {
             tracing::info!(file = %path.display(), queue_id, uid = dropped.uid, "taken in from the maildrop");
             if let Err(e) = std::fs::remove_file(path) {

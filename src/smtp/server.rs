@@ -102,6 +102,8 @@ pub struct Transaction {
     pub from: Option<Mailbox>,
     pub params: MailParams,
     pub recipients: Vec<Rcpt>,
+    /// The message (CRLF line ends, unstuffed), less what the driver took with
+    /// [`Session::take_body`] while it arrived.
     pub body: Vec<u8>,
     pub tls: Option<TlsInfo>,
     /// The authenticated user, if any.
@@ -187,6 +189,8 @@ pub struct Session {
     refusals: Vec<&'static str>,
     tls: Option<TlsInfo>,
     identity: Option<String>,
+    /// Transactions begun (MAIL accepted), so the driver can tell whose body bytes it holds.
+    transactions: u64,
 }
 
 impl Session {
@@ -203,6 +207,7 @@ impl Session {
             refusals: Vec::new(),
             tls: client.tls.clone(),
             identity: None,
+            transactions: 0,
             client,
         }
     }
@@ -224,6 +229,25 @@ impl Session {
     /// A transaction is under way (MAIL was accepted).
     pub fn in_transaction(&self) -> bool {
         self.envelope.is_some()
+    }
+
+    /// Message data is under way: in DATA, in a BDAT chunk, or between the chunks of one.
+    pub fn receiving_data(&self) -> bool {
+        matches!(self.phase, Phase::Data(_) | Phase::Chunk { .. }) || self.envelope.as_ref().is_some_and(|e| e.chunks.is_some())
+    }
+
+    /// Which transaction is (or was last) under way: it changes with every accepted MAIL.
+    pub fn transaction_serial(&self) -> u64 {
+        self.transactions
+    }
+
+    /// The message bytes received for the current transaction since the last call, once there
+    /// are at least `at_least` of them: the driver moves a large body out as it arrives, so
+    /// the session never holds more than about one read of it. The transaction's final
+    /// [`Transaction::body`] holds only what was not taken.
+    pub fn take_body(&mut self, at_least: usize) -> Option<Vec<u8>> {
+        let envelope = self.envelope.as_mut()?;
+        (envelope.body.len() >= at_least.max(1)).then(|| std::mem::take(&mut envelope.body))
     }
 
     pub fn waiting(&self) -> Waiting {
@@ -509,6 +533,7 @@ impl Session {
             return reply.clone();
         }
         self.envelope = Some(Envelope { from, params, recipients: Vec::new(), body: Vec::new(), chunks: None, chunk_failed: false });
+        self.transactions += 1;
         codes::sender_ok()
     }
 

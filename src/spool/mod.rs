@@ -6,6 +6,7 @@
 
 mod commit;
 pub mod queue_id;
+mod scratch;
 mod segments;
 mod sled_spool;
 pub mod snapshot;
@@ -18,6 +19,7 @@ use tokio::sync::oneshot;
 
 use crate::smtp::address::{MailParams, Mailbox, RcptParams};
 
+pub use scratch::Scratch;
 pub use sled_spool::SledSpool;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +273,11 @@ pub trait Spool: SpoolRead {
     /// Writes a message whose body is the concatenation of `body_parts`. Wait on the result
     /// before acknowledging the message.
     fn store(&self, envelope: Envelope, body_parts: &[&[u8]]) -> Result<Durable, SpoolError>;
+    /// [`Spool::store`] for a body whose end is in a scratch file: `body_parts`, then the
+    /// scratch file's bytes. Blocking (the copy reads the file): call it off the async workers.
+    fn store_with_tail(&self, envelope: Envelope, body_parts: &[&[u8]], tail: &Scratch) -> Result<Durable, SpoolError>;
+    /// A new scratch file for a body too large to keep in memory while it arrives.
+    fn scratch(&self) -> Result<Scratch, SpoolError>;
     /// Stores, updates and removes in one atomic index change and one commit (a bounce and
     /// the recipient states that caused it land together).
     fn apply(&self, changes: Changes) -> Result<Durable, SpoolError>;

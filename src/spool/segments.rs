@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{BodyRef, SpoolError};
+use super::{BodyRef, Scratch, SpoolError};
 
 pub(super) struct Segments {
     dir: PathBuf,
@@ -38,6 +38,24 @@ pub(super) struct Appended {
     pub created: bool,
     /// The segment closed by this append, if nothing refers to it any more.
     pub garbage: Option<PathBuf>,
+}
+
+/// Copies a scratch file's bytes into the segment at `at`, through a small buffer (the CRC
+/// needs the bytes, so an in-kernel copy would not save their reading).
+fn copy_tail(tail: &Scratch, to: &File, mut at: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
+    let mut buf = vec![0u8; (256 * 1024).min(tail.len() as usize)];
+    let mut from = 0;
+    while from < tail.len() {
+        let n = tail.read_at(&mut buf, from)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the scratch file is shorter than written"));
+        }
+        to.write_all_at(&buf[..n], at)?;
+        crc.update(&buf[..n]);
+        from += n as u64;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -71,8 +89,8 @@ impl Segments {
     }
 
     /// Appends one body made of `parts`.
-    pub fn append(&self, parts: &[&[u8]]) -> Result<Appended, SpoolError> {
-        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+    pub fn append(&self, parts: &[&[u8]], tail: Option<&Scratch>) -> Result<Appended, SpoolError> {
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum::<u64>() + tail.map_or(0, Scratch::len);
         let (file, id, offset, created, garbage) = {
             let mut s = self.state.lock().expect("segment lock");
             let (mut created, mut garbage) = (false, None);
@@ -98,14 +116,21 @@ impl Segments {
         };
         let mut crc = crc32fast::Hasher::new();
         let mut at = offset;
-        for part in parts {
-            if let Err(e) = file.write_all_at(part, at) {
-                // The reserved range stays unused; the reference is dropped.
-                self.release(id);
-                return Err(e.into());
+        let written = (|| {
+            for part in parts {
+                file.write_all_at(part, at)?;
+                crc.update(part);
+                at += part.len() as u64;
             }
-            crc.update(part);
-            at += part.len() as u64;
+            if let Some(tail) = tail {
+                copy_tail(tail, &file, at, &mut crc)?;
+            }
+            Ok::<_, std::io::Error>(())
+        })();
+        if let Err(e) = written {
+            // The reserved range stays unused; the reference is dropped.
+            self.release(id);
+            return Err(e.into());
         }
         Ok(Appended { body: BodyRef { segment: id, offset, len: total, crc32: crc.finalize() }, file, created, garbage })
     }

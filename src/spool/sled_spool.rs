@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::commit::{Batch, CommitQueue, Request};
 use super::queue_id::{self, QueueIdGenerator};
+use super::scratch::{Scratch, ScratchDir};
 use super::segments::Segments;
 use super::{BodyRef, Changes, Durable, Envelope, Health, RecipientState, Spool, SpoolError, SpoolRead};
 use crate::config::SpoolConfig;
@@ -64,6 +65,8 @@ pub struct SledSpool {
     path: PathBuf,
     min_free_space: u64,
     space: Mutex<Option<(Instant, bool)>>,
+    /// `incoming/`: scratch files of bodies on their way in.
+    scratches: ScratchDir,
 }
 
 impl SledSpool {
@@ -73,6 +76,7 @@ impl SledSpool {
         let index_dir = cfg.path.join("index");
         let bodies_dir = cfg.path.join("bodies");
         fs::create_dir_all(&index_dir)?;
+        let scratches = ScratchDir::open(&cfg.path.join("incoming"))?;
         let db = open_index(&index_dir, cfg.cache_capacity)?;
         let messages = db.open_tree("messages")?;
         let meta = db.open_tree("meta")?;
@@ -169,21 +173,28 @@ impl SledSpool {
             path: cfg.path.clone(),
             min_free_space: cfg.min_free_space,
             space: Mutex::new(None),
+            scratches,
         }))
     }
 
     /// Writes new messages' bodies, then their envelopes, then the updates, then the removals,
     /// in that order (a crash keeps a prefix of them: a bounce is never lost while its cause is
     /// marked failed), then asks for one commit covering all of it.
-    fn apply_parts(&self, stores: Vec<(Envelope, &[&[u8]])>, updates: &[Envelope], removals: &[String]) -> Result<Durable, SpoolError> {
+    #[allow(clippy::type_complexity)]
+    fn apply_parts(
+        &self,
+        stores: Vec<(Envelope, &[&[u8]], Option<&Scratch>)>,
+        updates: &[Envelope],
+        removals: &[String],
+    ) -> Result<Durable, SpoolError> {
         if self.commits.is_poisoned() {
             return Err(SpoolError::Poisoned);
         }
         let mut request = Request::default();
         let mut appended_segments = Vec::new();
         let mut new = Vec::with_capacity(stores.len());
-        for (mut envelope, parts) in stores {
-            let prepared = id_value(&envelope.queue_id).and_then(|id| self.segments.append(parts).map(|a| (id, a)));
+        for (mut envelope, parts, tail) in stores {
+            let prepared = id_value(&envelope.queue_id).and_then(|id| self.segments.append(parts, tail).map(|a| (id, a)));
             let (id, appended) = match prepared {
                 Ok(p) => p,
                 Err(e) => {
@@ -342,12 +353,20 @@ impl Spool for SledSpool {
     }
 
     fn store(&self, envelope: Envelope, body_parts: &[&[u8]]) -> Result<Durable, SpoolError> {
-        self.apply_parts(vec![(envelope, body_parts)], &[], &[])
+        self.apply_parts(vec![(envelope, body_parts, None)], &[], &[])
+    }
+
+    fn store_with_tail(&self, envelope: Envelope, body_parts: &[&[u8]], tail: &Scratch) -> Result<Durable, SpoolError> {
+        self.apply_parts(vec![(envelope, body_parts, Some(tail))], &[], &[])
+    }
+
+    fn scratch(&self) -> Result<Scratch, SpoolError> {
+        Ok(self.scratches.create()?)
     }
 
     fn apply(&self, changes: Changes) -> Result<Durable, SpoolError> {
         let stores = changes.store.iter().map(|(e, b)| (e.clone(), [b.as_slice()])).collect::<Vec<_>>();
-        let stores = stores.iter().map(|(e, b)| (e.clone(), &b[..])).collect();
+        let stores = stores.iter().map(|(e, b)| (e.clone(), &b[..], None)).collect();
         self.apply_parts(stores, &changes.update, &changes.remove)
     }
 

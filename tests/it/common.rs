@@ -332,6 +332,21 @@ impl Client {
         read_reply(&mut self.reader).expect("a reply")
     }
 
+    /// A reply, if one starts to arrive within `wait` (plain connections only).
+    pub fn try_reply(&mut self, wait: Duration) -> Option<Reply> {
+        if self.reader.buffer().is_empty() {
+            let Conn::Plain(tcp) = self.reader.get_ref() else { panic!("try_reply needs a plain connection") };
+            let tcp = tcp.try_clone().unwrap();
+            tcp.set_read_timeout(Some(wait)).unwrap();
+            let arrived = self.reader.fill_buf().is_ok_and(|b| !b.is_empty());
+            tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            if !arrived {
+                return None;
+            }
+        }
+        Some(self.reply())
+    }
+
     /// Sends one command line and returns its reply.
     pub fn cmd(&mut self, line: &str) -> Reply {
         self.send(format!("{line}\r\n").as_bytes());

@@ -29,6 +29,7 @@ mod disk_full;
 mod durability_strace;
 mod extensions;
 mod hop_limit;
+mod intake_memory;
 mod lettre_client;
 mod limits;
 mod log_quoting;

@@ -43,6 +43,12 @@ impl Spool for FailingSpool {
             }
         }
     }
+    fn store_with_tail(&self, e: Envelope, parts: &[&[u8]], _: &sluice::spool::Scratch) -> Result<Durable, SpoolError> {
+        self.store(e, parts)
+    }
+    fn scratch(&self) -> Result<sluice::spool::Scratch, SpoolError> {
+        Err(SpoolError::Io("no scratch files here".into()))
+    }
     fn apply(&self, _: Changes) -> Result<Durable, SpoolError> {
         Err(SpoolError::Poisoned)
     }
