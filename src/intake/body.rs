@@ -16,6 +16,11 @@ use crate::spool::{Scratch, Spool, SpoolError};
 pub const FREE_BYTES: usize = 64 * 1024;
 /// What a body keeps in memory at most once its header section is complete.
 pub const MEMORY_PER_MESSAGE: usize = 128 * 1024;
+/// The scratch file is written in pieces of at least this much (a write is a trip to a
+/// blocking thread).
+const SPILL_BATCH: usize = 128 * 1024;
+/// Room for a batch and the piece that completes it (pieces are about one read).
+const PENDING_CAPACITY: usize = SPILL_BATCH + 128 * 1024;
 
 /// Memory the bodies in flight take beyond their free share, over every session. The limit
 /// is each session's config's (`limits.intake_memory`), so a reload changes it for new ones.
@@ -83,6 +88,11 @@ pub struct BodyBuffer {
     headers: HeaderEnd,
     charge: Charge,
     tail: Option<Scratch>,
+    /// Bytes on their way to the scratch file (once one is needed, all later bytes go there).
+    spilling: bool,
+    pending: Vec<u8>,
+    /// A piece pushed and copied on, emptied, for the caller to fill again.
+    spare: Vec<u8>,
     spool: Arc<dyn Spool>,
     memory_limit: usize,
     max_header: usize,
@@ -105,6 +115,9 @@ impl BodyBuffer {
             headers: HeaderEnd::Open(0),
             charge: Charge { budget, bytes: 0 },
             tail: None,
+            spilling: false,
+            pending: Vec::new(),
+            spare: Vec::new(),
             spool,
             memory_limit: limits.memory,
             max_header: limits.max_header,
@@ -118,8 +131,8 @@ impl BodyBuffer {
         if self.error.is_some() || bytes.is_empty() {
             return;
         }
-        let rest = if self.tail.is_none() { self.keep_in_memory(bytes) } else { bytes };
-        if rest.is_empty() {
+        let mut rest = if self.spilling { bytes } else { self.keep_in_memory(bytes) };
+        if rest.is_empty() || self.error.is_some() {
             return;
         }
         if let HeaderEnd::Open(_) = self.headers {
@@ -131,7 +144,16 @@ impl BodyBuffer {
             });
             return;
         }
-        self.spill(rest).await;
+        self.spilling = true;
+        if self.pending.capacity() == 0 {
+            self.pending = Vec::with_capacity(PENDING_CAPACITY.max(rest.len()));
+        }
+        self.pending.extend_from_slice(&rest);
+        rest.clear();
+        self.spare = rest;
+        if self.pending.len() >= SPILL_BATCH {
+            self.spill().await;
+        }
     }
 
     /// Appends what memory allows to `head`; returns the rest.
@@ -172,7 +194,8 @@ impl BodyBuffer {
         rest
     }
 
-    async fn spill(&mut self, bytes: Vec<u8>) {
+    /// Writes the pending bytes to the scratch file (making it first).
+    async fn spill(&mut self) {
         let mut tail = match self.tail.take() {
             Some(t) => t,
             None => match self.spool.scratch() {
@@ -183,21 +206,35 @@ impl BodyBuffer {
                 }
             },
         };
-        // A write can wait on the disk; the async workers must not.
+        // A write can wait on the disk; the async workers must not. The buffer comes back to
+        // be filled again (a buffer freed on another thread is slow to be reused).
+        let mut bytes = std::mem::take(&mut self.pending);
         let written = tokio::task::spawn_blocking(move || {
             let r = tail.append(&bytes);
-            (tail, r)
+            bytes.clear();
+            (tail, bytes, r)
         })
         .await;
         match written {
-            Ok((tail, Ok(()))) => self.tail = Some(tail),
-            Ok((_, Err(e))) => self.error = Some(BodyError::Scratch(e.into())),
+            Ok((tail, bytes, Ok(()))) => {
+                self.tail = Some(tail);
+                self.pending = bytes;
+            }
+            Ok((_, _, Err(e))) => self.error = Some(BodyError::Scratch(e.into())),
             Err(e) => self.error = Some(BodyError::Scratch(SpoolError::Io(e.to_string()))),
         }
     }
 
+    /// An empty buffer left from the last piece pushed (or a new one).
+    pub fn take_spare(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.spare)
+    }
+
     /// The body, or why it cannot be taken.
-    pub fn finish(self) -> Result<Body, BodyError> {
+    pub async fn finish(mut self) -> Result<Body, BodyError> {
+        if self.error.is_none() && !self.pending.is_empty() {
+            self.spill().await;
+        }
         if let Some(e) = self.error {
             return Err(e);
         }

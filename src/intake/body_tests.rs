@@ -40,7 +40,7 @@ async fn a_small_message_stays_in_memory_and_asks_nothing_of_the_budget() {
     let mut b = BodyBuffer::new(spool(dir.path()), budget.clone(), limits(0));
     let m = message(3, 1000);
     b.push(m.clone()).await;
-    let body = b.finish().unwrap();
+    let body = b.finish().await.unwrap();
     assert!(body.tail.is_none());
     assert_eq!((body.head, budget.used()), (m, 0));
 }
@@ -52,7 +52,7 @@ async fn a_large_message_keeps_its_start_in_memory_and_the_rest_in_a_scratch_fil
     let mut b = BodyBuffer::new(spool(dir.path()), budget.clone(), limits(1 << 30));
     let m = message(20, 3 * 1024 * 1024);
     take(&mut b, &m, 40 * 1024).await;
-    let body = b.finish().unwrap();
+    let body = b.finish().await.unwrap();
     assert!(body.head.len() <= MEMORY_PER_MESSAGE, "{}", body.head.len());
     assert_eq!(body.len(), m.len() as u64);
     assert!(bytes_of(&body) == m, "the bytes come back in order");
@@ -68,7 +68,7 @@ async fn with_the_budget_spent_a_body_goes_to_its_scratch_file_after_its_free_sh
     let mut b = BodyBuffer::new(spool(dir.path()), budget.clone(), limits(0));
     let m = message(20, 1024 * 1024);
     take(&mut b, &m, 32 * 1024).await;
-    let body = b.finish().unwrap();
+    let body = b.finish().await.unwrap();
     assert_eq!(body.head.len(), FREE_BYTES);
     assert!(bytes_of(&body) == m);
 }
@@ -79,7 +79,7 @@ async fn a_header_section_over_the_limit_is_refused_whatever_the_memory() {
     let budget = Arc::new(MemoryBudget::default());
     let mut b = BodyBuffer::new(spool(dir.path()), budget.clone(), limits(1 << 30));
     take(&mut b, &message(1000, 10), 4096).await; // About 19 KiB of fields; the limit is 8.
-    assert!(matches!(b.finish(), Err(BodyError::HeaderTooBig { limit: 8192 })));
+    assert!(matches!(b.finish().await, Err(BodyError::HeaderTooBig { limit: 8192 })));
     assert_eq!(budget.used(), 0);
 }
 
@@ -88,7 +88,7 @@ async fn a_complete_header_section_over_the_limit_in_one_piece_is_refused_too() 
     let dir = tempfile::tempdir().unwrap();
     let mut b = BodyBuffer::new(spool(dir.path()), Arc::new(MemoryBudget::default()), limits(1 << 30));
     b.push(message(600, 10)).await; // About 11 KiB of fields and their end, at once.
-    assert!(matches!(b.finish(), Err(BodyError::HeaderTooBig { limit: 8192 })));
+    assert!(matches!(b.finish().await, Err(BodyError::HeaderTooBig { limit: 8192 })));
 }
 
 #[tokio::test]
@@ -98,7 +98,7 @@ async fn a_header_section_the_spent_budget_cannot_hold_gets_a_temporary_refusal(
     let roomy = BodyLimits { memory: 0, max_header: 256 * 1024 };
     let mut b = BodyBuffer::new(spool(dir.path()), budget, roomy);
     take(&mut b, &message(5000, 10), 32 * 1024).await; // About 100 KiB of fields.
-    assert!(matches!(b.finish(), Err(BodyError::OverBudget)));
+    assert!(matches!(b.finish().await, Err(BodyError::OverBudget)));
 }
 
 #[tokio::test]
@@ -108,7 +108,7 @@ async fn a_message_with_no_header_section_goes_to_the_scratch_file_at_once() {
     let mut b = BodyBuffer::new(spool(dir.path()), budget, limits(0));
     let m: Vec<u8> = b"no header here\r\n".iter().copied().cycle().take(200 * 1024).collect();
     take(&mut b, &m, 64 * 1024).await;
-    let body = b.finish().unwrap();
+    let body = b.finish().await.unwrap();
     assert!(body.tail.is_some() && bytes_of(&body) == m);
 }
 
@@ -119,7 +119,7 @@ async fn a_stored_body_with_a_tail_reads_back_whole() {
     let mut b = BodyBuffer::new(spool.clone(), Arc::new(MemoryBudget::default()), limits(1 << 30));
     let m = message(5, 2 * 1024 * 1024);
     take(&mut b, &m, 64 * 1024).await;
-    let body = b.finish().unwrap();
+    let body = b.finish().await.unwrap();
     let env =
         crate::spool::Envelope::report(spool.new_queue_id(), crate::smtp::address::parse_mailbox("a@b.test", true).unwrap(), "h.test", 1);
     let queue_id = env.queue_id.clone();

@@ -88,6 +88,8 @@ pub(super) async fn serve(
     let mut buf = Vec::with_capacity(READ_BUFFER);
     // The body of the transaction under way, as it arrives: (its serial, the buffer).
     let mut incoming: Option<(u64, BodyBuffer)> = None;
+    // The buffer the session gathers body bytes in next (see `Session::swap_body`).
+    let mut spare = Vec::new();
     let mut pace = DataPace::default();
     loop {
         if !out.is_empty() {
@@ -184,13 +186,14 @@ pub(super) async fn serve(
             }
         }
         // A large body moves on as it arrives: the session keeps about one read of it.
-        if let Some(bytes) = session.take_body(TAKE_BODY_AT) {
+        if session.swap_body(TAKE_BODY_AT, &mut spare) {
             let serial = session.transaction_serial();
             let buffer = match &mut incoming {
                 Some((s, buffer)) if *s == serial => buffer,
                 _ => &mut incoming.insert((serial, ctx.body_buffer())).1,
             };
-            buffer.push(bytes).await;
+            buffer.push(std::mem::take(&mut spare)).await;
+            spare = buffer.take_spare();
         } else if !session.in_transaction() {
             incoming = None; // Ended without a message (RSET, a refused body): dropped.
         }
@@ -319,7 +322,7 @@ async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, mut buffer: BodyBuffe
     };
     let recipients = tx.recipients.into_iter().map(|r| (r.mailbox, r.params)).collect();
     buffer.push(tx.body).await;
-    let body = buffer.finish().map_err(|e| super::accept::Refusal::Body(e).reply())?;
+    let body = buffer.finish().await.map_err(|e| super::accept::Refusal::Body(e).reply())?;
     let submission = Submission { from: tx.from, params: tx.params, recipients, body, source };
     super::accept::accept(ctx, submission).await.map_err(|refusal| refusal.reply())
 }

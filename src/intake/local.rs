@@ -65,7 +65,7 @@ async fn read_request(reader: &mut BufReader<UnixStream>, ctx: &IntakeContext) -
         left -= piece.len();
         buffer.push(piece).await;
     }
-    let body = buffer.finish().map_err(|e| refusal_response(Refusal::Body(e)))?;
+    let body = buffer.finish().await.map_err(|e| refusal_response(Refusal::Body(e)))?;
     Ok((request, body))
 }
 
@@ -73,7 +73,7 @@ async fn read_request(reader: &mut BufReader<UnixStream>, ctx: &IntakeContext) -
 pub(super) async fn body_of(ctx: &IntakeContext, message: Vec<u8>) -> Result<Body, Response> {
     let mut buffer = ctx.body_buffer();
     buffer.push(message).await;
-    buffer.finish().map_err(|e| refusal_response(Refusal::Body(e)))
+    buffer.finish().await.map_err(|e| refusal_response(Refusal::Body(e)))
 }
 
 /// The exit code sendmail gives its caller: temporary where trying again can succeed.

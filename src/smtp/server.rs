@@ -103,7 +103,7 @@ pub struct Transaction {
     pub params: MailParams,
     pub recipients: Vec<Rcpt>,
     /// The message (CRLF line ends, unstuffed), less what the driver took with
-    /// [`Session::take_body`] while it arrived.
+    /// [`Session::swap_body`] while it arrived.
     pub body: Vec<u8>,
     pub tls: Option<TlsInfo>,
     /// The authenticated user, if any.
@@ -242,12 +242,18 @@ impl Session {
     }
 
     /// The message bytes received for the current transaction since the last call, once there
-    /// are at least `at_least` of them: the driver moves a large body out as it arrives, so
-    /// the session never holds more than about one read of it. The transaction's final
-    /// [`Transaction::body`] holds only what was not taken.
-    pub fn take_body(&mut self, at_least: usize) -> Option<Vec<u8>> {
-        let envelope = self.envelope.as_mut()?;
-        (envelope.body.len() >= at_least.max(1)).then(|| std::mem::take(&mut envelope.body))
+    /// are at least `at_least` of them, swapped into `into` (whose buffer, emptied, the
+    /// session fills next: the two buffers go round instead of one allocated per piece). The
+    /// driver moves a large body out as it arrives, so the session never holds more than
+    /// about one read of it; the final [`Transaction::body`] holds only what was not taken.
+    pub fn swap_body(&mut self, at_least: usize, into: &mut Vec<u8>) -> bool {
+        let Some(envelope) = self.envelope.as_mut() else { return false };
+        if envelope.body.len() < at_least.max(1) {
+            return false;
+        }
+        into.clear();
+        std::mem::swap(&mut envelope.body, into);
+        true
     }
 
     pub fn waiting(&self) -> Waiting {

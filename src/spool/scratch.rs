@@ -15,12 +15,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Scratch {
     file: File,
     len: u64,
+    /// Of the bytes appended, so the copy into a segment need not read them back.
+    crc: crc32fast::Hasher,
 }
 
 impl Scratch {
     /// Appends bytes (blocking: call it off the async workers).
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
+        self.crc.update(bytes);
         self.len += bytes.len() as u64;
         Ok(())
     }
@@ -31,6 +34,14 @@ impl Scratch {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    pub(super) fn crc(&self) -> &crc32fast::Hasher {
+        &self.crc
+    }
+
+    pub(super) fn file(&self) -> &File {
+        &self.file
     }
 
     /// Reads up to `buf.len()` bytes at `offset` (blocking).
@@ -64,7 +75,7 @@ impl ScratchDir {
         let path = self.dir.join(format!("{}.{n}", std::process::id()));
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         fs::remove_file(&path)?;
-        Ok(Scratch { file, len: 0 })
+        Ok(Scratch { file, len: 0, crc: crc32fast::Hasher::new() })
     }
 }
 

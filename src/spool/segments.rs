@@ -40,11 +40,50 @@ pub(super) struct Appended {
     pub garbage: Option<PathBuf>,
 }
 
-/// Copies a scratch file's bytes into the segment at `at`, through a small buffer (the CRC
-/// needs the bytes, so an in-kernel copy would not save their reading).
-fn copy_tail(tail: &Scratch, to: &File, mut at: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
-    let mut buf = vec![0u8; (256 * 1024).min(tail.len() as usize)];
-    let mut from = 0;
+/// Copies a scratch file's bytes into the segment at `at`: in the kernel (copy_file_range,
+/// the bytes never come up to us; their CRC was taken as they were appended), or through a
+/// small buffer where the file system cannot.
+fn copy_tail(tail: &Scratch, to: &File, at: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (mut from, mut out) = (0i64, at as i64);
+    while (from as u64) < tail.len() {
+        let left = (tail.len() - from as u64).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for as long as the borrows last; the offsets are
+        // ours and copy_file_range only reads and advances them.
+        let n = unsafe { libc::copy_file_range(tail.file().as_raw_fd(), &mut from, to.as_raw_fd(), &mut out, left, 0) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the scratch file is shorter than written"));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
+                return copy_by_hand(tail, to, from as u64, out as u64, crc);
+            }
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+    crc.combine(tail.crc());
+    Ok(())
+}
+
+/// The rest of `copy_tail` from `from`, read and written by us.
+fn copy_by_hand(tail: &Scratch, to: &File, mut from: u64, mut at: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
+    // What copy_file_range moved already is hashed by re-reading it: simpler than splitting the CRC.
+    let mut buf = vec![0u8; (64 * 1024).min(tail.len() as usize)];
+    let mut hashed = 0;
+    while hashed < from {
+        let want = (from - hashed).min(buf.len() as u64) as usize;
+        let n = tail.read_at(&mut buf[..want], hashed)?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the scratch file is shorter than written"));
+        }
+        crc.update(&buf[..n]);
+        hashed += n as u64;
+    }
     while from < tail.len() {
         let n = tail.read_at(&mut buf, from)?;
         if n == 0 {
