@@ -125,6 +125,15 @@ pub struct ListenerConfig {
     /// Delivery priority (-9 to 9) of mail that names none (MT-PRIORITY, RFC 6710).
     #[serde(default)]
     pub default_priority: i8,
+    /// Close (554 5.5.0) an unauthenticated client that talks before the greeting or does
+    /// not wait for a reply RFC 2920 says it must wait for. Off only for a legacy device that
+    /// cannot be fixed.
+    #[serde(default = "yes")]
+    pub forbid_unauth_pipelining: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `relay` (port 25): trusted networks and authenticated clients may relay.
@@ -337,6 +346,7 @@ fn default_listeners() -> Vec<ListenerConfig> {
         mode: ListenerMode::Relay,
         request_client_certificates: false,
         default_priority: 0,
+        forbid_unauth_pipelining: true,
     }]
 }
 fn default_trusted() -> Vec<Cidr> {

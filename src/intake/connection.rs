@@ -74,8 +74,13 @@ pub(super) async fn serve(
         tls_required: ctx.config.tls_required(ip, mode),
     };
     let mut session = Session::new(ctx.session_config(mode), client);
+    if spec.forbid_unauth_pipelining {
+        session.forbid_unauth_pipelining();
+    }
     let mut out = Vec::with_capacity(4096);
-    if ctx.spool.health() == Health::Failed {
+    if spec.forbid_unauth_pipelining && spoke_first(&stream) {
+        session.close_with(codes::spoke_first(), &mut out);
+    } else if ctx.spool.health() == Health::Failed {
         session.close_with(codes::spool_unavailable(), &mut out);
     } else if !origin.trusted && ctx.failures.is_locked(ip, Instant::now()) {
         // A trusted network's relaying goes on: only its AUTH is refused (one bad password
@@ -203,6 +208,17 @@ pub(super) async fn serve(
     }
 }
 
+/// Bytes from the client are waiting already, before our greeting (RFC 5321 3.1: a client
+/// waits for it). Only what arrived by now is seen: a check, not a greeting delay.
+fn spoke_first(stream: &Stream) -> bool {
+    use std::os::fd::AsRawFd;
+    let Stream::Plain(tcp) = stream else { return false };
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the byte in the socket.
+    let n = unsafe { libc::recv(tcp.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+    n > 0
+}
+
 /// Runs the server side of a TLS handshake; `None` (connection dropped) on failure or timeout.
 async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Duration, client_certs: bool) -> Option<(Stream, TlsInfo)> {
     let acceptor = if client_certs { ctx.tls_client_certs.as_ref()? } else { ctx.tls.as_ref()? };
@@ -325,4 +341,24 @@ async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, mut buffer: BodyBuffe
     let body = buffer.finish().await.map_err(|e| super::accept::Refusal::Body(e).reply())?;
     let submission = Submission { from: tx.from, params: tx.params, recipients, body, source };
     super::accept::accept(ctx, submission).await.map_err(|refusal| refusal.reply())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_spoke_before_the_greeting_is_seen_and_one_that_waits_is_not() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut eager = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut eager, b"EHLO early\r\n").unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        // The bytes are in the socket before the greeting is written (the test waits for them).
+        tokio::time::timeout(Duration::from_secs(5), tcp.readable()).await.unwrap().unwrap();
+        assert!(spoke_first(&Stream::Plain(tcp)));
+        let _polite = std::net::TcpStream::connect(addr).unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        assert!(!spoke_first(&Stream::Plain(tcp)));
+    }
 }

@@ -74,6 +74,7 @@ impl Reply {
             (555, _, _) | (501, _, _) => "bad_arguments",
             (503, _, _) => "bad_sequence",
             (554, 5, 1) => "no_valid_recipients",
+            (554, 5, 0) => "out_of_step",
             (421, 4, 2) => "timeout",
             (530, 7, 0) => "auth_required",
             (538, 7, 11) => "encryption_required",
@@ -321,6 +322,14 @@ pub mod codes {
     }
     pub fn data_line_too_long() -> Reply {
         Reply::new(550, E(5, 6, 0), "Message line too long")
+    }
+    /// A client that did not wait for a reply it had to (RFC 2920 3.1); the session closes.
+    pub fn out_of_step() -> Reply {
+        Reply::new(554, E(5, 5, 0), "Error: SMTP protocol synchronization")
+    }
+    /// Input before the greeting (RFC 5321 3.1: the client waits for it).
+    pub fn spoke_first() -> Reply {
+        Reply::new(554, E(5, 5, 0), "Error: SMTP protocol synchronization (input before the greeting)")
     }
     pub fn closing(text: &str) -> Reply {
         Reply::new(421, E(4, 7, 0), text)

@@ -191,6 +191,8 @@ pub struct Session {
     identity: Option<String>,
     /// Transactions begun (MAIL accepted), so the driver can tell whose body bytes it holds.
     transactions: u64,
+    /// Close an unauthenticated session that pipelines where RFC 2920 does not allow it.
+    forbid_unauth_pipelining: bool,
 }
 
 impl Session {
@@ -208,6 +210,7 @@ impl Session {
             tls: client.tls.clone(),
             identity: None,
             transactions: 0,
+            forbid_unauth_pipelining: false,
             client,
         }
     }
@@ -229,6 +232,36 @@ impl Session {
     /// A transaction is under way (MAIL was accepted).
     pub fn in_transaction(&self) -> bool {
         self.envelope.is_some()
+    }
+
+    /// From now on, an unauthenticated client that sends more after a command it must wait
+    /// on (RFC 2920 3.1: EHLO, DATA, VRFY, EXPN, NOOP; RFC 3207 STARTTLS; AUTH without an
+    /// initial response), or anything after a command before EHLO granted PIPELINING, gets
+    /// 554 5.5.0 and the connection is closed. A client that does not wait for the server's
+    /// answers is not talking SMTP; smuggling and desynchronisation attacks are what does that.
+    /// Off for `sendmail -bs`, which reads a whole dialogue from a file.
+    pub fn forbid_unauth_pipelining(&mut self) {
+        self.forbid_unauth_pipelining = true;
+    }
+
+    /// The client sent `cmd` with more input behind it where it should have waited.
+    fn out_of_step(&self, cmd: &Command) -> bool {
+        if !self.forbid_unauth_pipelining || self.identity.is_some() || self.pos >= self.input.len() {
+            return false;
+        }
+        let pipelining = matches!(self.helo, Some((_, true)));
+        !pipelining
+            || matches!(
+                cmd,
+                Command::Ehlo(_)
+                    | Command::Helo(_)
+                    | Command::Data
+                    | Command::StartTls
+                    | Command::Vrfy
+                    | Command::Expn
+                    | Command::Noop
+                    | Command::Auth { initial: None, .. }
+            )
     }
 
     /// Message data is under way: in DATA, in a BDAT chunk, or between the chunks of one.
@@ -376,6 +409,11 @@ impl Session {
                         Some(l) => command::parse(l),
                     };
                     let event = match result {
+                        Ok(cmd) if self.out_of_step(&cmd) => {
+                            self.pos = self.input.len();
+                            self.close_with(codes::out_of_step(), out);
+                            Some(Event::Close)
+                        }
                         Ok(cmd) => self.command(cmd, out),
                         Err(e) => {
                             self.reply(e.reply(), out);

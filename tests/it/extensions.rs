@@ -23,8 +23,11 @@ trait AfterHelo {
 
 impl AfterHelo for crate::common::Client {
     fn send_mail_after_helo(&mut self) -> u16 {
-        let r = self.pipeline(b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n", 4);
-        r[3].code
+        // No PIPELINING after HELO: one command at a time.
+        assert_eq!(self.cmd("MAIL FROM:<a@x.test>").code, 250);
+        assert_eq!(self.cmd("RCPT TO:<b@y.test>").code, 250);
+        assert_eq!(self.cmd("DATA").code, 354);
+        self.cmd("x\r\n.").code
     }
 }
 

@@ -83,6 +83,7 @@ fn failed_commit_is_451_and_failed_fsync_is_421_until_restart() {
         mode: sluice::config::ListenerMode::Relay,
         request_client_certificates: false,
         default_priority: 0,
+        forbid_unauth_pipelining: true,
     };
     let (_spec, spec) = tokio::sync::watch::channel(spec);
     rt.spawn(intake::serve(listener, spec, Arc::new(sluice::live::Live::from_arc(ctx)), watch));
