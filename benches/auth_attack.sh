@@ -7,32 +7,10 @@
 # another build (an older one, for a before). Usage: bash benches/auth_attack.sh [ATTEMPTS]
 set -euo pipefail
 attempts=${1:-300}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${SLUICE_BIN:-}" ]; then
-  (cd "$repo" && cargo build --release --quiet)
-fi
-bin=${SLUICE_BIN:-$repo/target/release/sluice}
-work=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source "$(dirname "$0")/paused_daemon.sh"
 echo "the right one" | "$bin" passwd bob > "$work/users"
 for i in 0 1 2 3 4 5 6; do echo "secret$i" | "$bin" passwd "user$i" >> "$work/users"; done
-cat > "$work/config.yaml" <<YAML
-hostname: relay.test
-spool: { path: $work/spool }
-admin: { socket: $work/admin.sock }
-metrics: { address: null }
-dns: { nameservers: ["127.0.0.1:9"], timeout: 1s }
-delivery: { paused: true }
-sendmail: { socket: $work/sendmail.sock, maildrop: $work/maildrop }
-auth: { users_file: $work/users, plaintext_networks: ["127.0.0.0/8"] }
-listeners:
-  - { address: "127.0.0.1:$port", mode: relay }
-YAML
-SLUICE_LOG=info "$bin" run --config "$work/config.yaml" 2> "$work/daemon.log" &
-pid=$!
-for _ in $(seq 100); do [ -S "$work/admin.sock" ] && break; sleep 0.1; done
+SLUICE_LOG=info start_paused_daemon "auth: { users_file: $work/users, plaintext_networks: [\"127.0.0.0/8\"] }"
 status=0
 python3 "$repo/benches/auth_attack.py" "$port" "$pid" "$attempts" bob "the right one" 127.0.0.2 127.0.0.3 127.0.0.4 || status=$?
 echo "auth attack: passwords checked and refused by the daemon: $(grep -c 'authentication failed' "$work/daemon.log" || true)"

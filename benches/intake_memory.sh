@@ -9,32 +9,10 @@
 set -euo pipefail
 sessions=${1:-200}
 size=${2:-52428800}
-repo=$(cd "$(dirname "$0")/.." && pwd)
-if [ -z "${SLUICE_BIN:-}" ]; then
-  (cd "$repo" && cargo build --release --quiet)
-fi
-bin=${SLUICE_BIN:-$repo/target/release/sluice}
-work=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$work/config.yaml" <<YAML
-hostname: relay.test
-spool: { path: $work/spool, min_free_space: 0 }
-admin: { socket: $work/admin.sock }
-metrics: { address: null }
-dns: { nameservers: ["127.0.0.1:9"], timeout: 1s }
-delivery: { paused: true }
-sendmail: { socket: $work/sendmail.sock, maildrop: $work/maildrop }
-limits: { max_message_size: $((size + 1048576)), max_connections: $((sessions + 200)) }
-listeners:
-  - { address: "127.0.0.1:$port", mode: relay }
-YAML
-SLUICE_LOG=warn "$bin" run --config "$work/config.yaml" 2> "$work/daemon.log" &
-pid=$!
-for _ in $(seq 100); do [ -S "$work/admin.sock" ] && break; sleep 0.1; done
-kib() { awk -v k="$1" '$1 == k":" { print $2 }' "/proc/$pid/status"; }
+source "$(dirname "$0")/paused_daemon.sh"
+start_paused_daemon "limits: { max_message_size: $((size + 1048576)), max_connections: $((sessions + 200)) }"
 idle=$(( $(kib VmRSS) / 1024 ))
+hwm_start=$(( $(kib VmHWM) / 1024 ))
 peak_sampled=0
 (
   while kill -0 "$pid" 2>/dev/null; do
@@ -51,5 +29,5 @@ peak_sampled=$(sort -n "$work/rss.samples" | tail -n 1)
 hwm=$(( $(kib VmHWM) / 1024 ))
 queued=$("$bin" queue list --json --config "$work/config.yaml" | wc -l)
 mb=$(echo "$sessions * $size / 1000000" | bc)
-echo "intake memory: $sessions sessions x $size bytes ($mb MB) in $(printf %.1f "$elapsed") s; $queued queued; daemon RSS idle ${idle} MiB, peak sampled $((peak_sampled / 1024)) MiB, high-water ${hwm} MiB"
+echo "intake memory: $sessions sessions x $size bytes ($mb MB) in $(printf %.1f "$elapsed") s; $queued queued; daemon RSS idle ${idle} MiB (high-water at start ${hwm_start} MiB), peak sampled $((peak_sampled / 1024)) MiB, high-water ${hwm} MiB"
 [ "$queued" = "$sessions" ] || { echo "intake memory: $queued of $sessions messages queued" >&2; exit 1; }

@@ -71,12 +71,8 @@ impl Refusal {
             Refusal::TooManyHops => codes::too_many_hops(),
             Refusal::Spool(SpoolError::Poisoned) => codes::spool_unavailable(),
             Refusal::Spool(_) => codes::spool_failed(),
-            Refusal::Body(BodyError::HeaderTooBig { limit }) => {
-                Reply::new(552, crate::smtp::reply::Enhanced(5, 3, 4), format!("Message header section exceeds {limit} bytes"))
-            }
-            Refusal::Body(BodyError::OverBudget) => {
-                Reply::new(451, crate::smtp::reply::Enhanced(4, 3, 0), "Too much mail arriving at once, try again later")
-            }
+            Refusal::Body(BodyError::HeaderTooBig { limit }) => codes::header_too_big(*limit),
+            Refusal::Body(BodyError::OverBudget) => codes::intake_busy(),
             Refusal::Body(BodyError::Scratch(SpoolError::Poisoned)) => codes::spool_unavailable(),
             Refusal::Body(BodyError::Scratch(_)) => codes::spool_failed(),
         }

@@ -235,13 +235,9 @@ impl BodyBuffer {
         if self.error.is_none() && !self.pending.is_empty() {
             self.spill().await;
         }
+        // An over-long header section was caught as it arrived (`keep_in_memory`).
         if let Some(e) = self.error {
             return Err(e);
-        }
-        if let HeaderEnd::Open(_) = self.headers
-            && self.head.len() > self.max_header
-        {
-            return Err(BodyError::HeaderTooBig { limit: self.max_header });
         }
         Ok(Body { head: self.head, tail: self.tail, _charge: self.charge })
     }

@@ -318,8 +318,8 @@ async fn null_mx_refusal(dns: &impl crate::dns::Resolve, domain: &str) -> Option
 fn pace_refusal(pace: Pace) -> Option<Reply> {
     match pace {
         Pace::Fine => None,
-        Pace::TooLong => Some(Reply::new(421, Enhanced(4, 4, 2), "Message data took too long, closing connection")),
-        Pace::TooSlow => Some(Reply::new(421, Enhanced(4, 4, 2), "Message data arriving too slowly, closing connection")),
+        Pace::TooLong => Some(codes::data_too_long()),
+        Pace::TooSlow => Some(codes::data_too_slow()),
     }
 }
 

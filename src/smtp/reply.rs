@@ -323,6 +323,19 @@ pub mod codes {
     pub fn data_line_too_long() -> Reply {
         Reply::new(550, E(5, 6, 0), "Message line too long")
     }
+    pub fn header_too_big(limit: usize) -> Reply {
+        Reply::new(552, E(5, 3, 4), format!("Message header section exceeds {limit} bytes"))
+    }
+    /// The intake memory budget could not hold a header section.
+    pub fn intake_busy() -> Reply {
+        Reply::new(451, E(4, 3, 0), "Too much mail arriving at once, try again later")
+    }
+    pub fn data_too_long() -> Reply {
+        Reply::new(421, E(4, 4, 2), "Message data took too long, closing connection")
+    }
+    pub fn data_too_slow() -> Reply {
+        Reply::new(421, E(4, 4, 2), "Message data arriving too slowly, closing connection")
+    }
     /// A client that did not wait for a reply it had to (RFC 2920 3.1); the session closes.
     pub fn out_of_step() -> Reply {
         Reply::new(554, E(5, 5, 0), "Error: SMTP protocol synchronization")

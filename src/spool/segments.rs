@@ -59,9 +59,8 @@ fn copy_tail(tail: &Scratch, to: &File, at: u64, crc: &mut crc32fast::Hasher) ->
         }
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
-                return copy_by_hand(tail, to, from as u64, out as u64, crc);
-            }
+            // Not here: the whole tail again by hand (what was copied is simply overwritten).
+            Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => return copy_by_hand(tail, to, at, crc),
             Some(libc::EINTR) => continue,
             _ => return Err(e),
         }
@@ -70,20 +69,10 @@ fn copy_tail(tail: &Scratch, to: &File, at: u64, crc: &mut crc32fast::Hasher) ->
     Ok(())
 }
 
-/// The rest of `copy_tail` from `from`, read and written by us.
-fn copy_by_hand(tail: &Scratch, to: &File, mut from: u64, mut at: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
-    // What copy_file_range moved already is hashed by re-reading it: simpler than splitting the CRC.
+/// `copy_tail` through a small buffer, hashing as it goes.
+fn copy_by_hand(tail: &Scratch, to: &File, mut at: u64, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
     let mut buf = vec![0u8; (64 * 1024).min(tail.len() as usize)];
-    let mut hashed = 0;
-    while hashed < from {
-        let want = (from - hashed).min(buf.len() as u64) as usize;
-        let n = tail.read_at(&mut buf[..want], hashed)?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the scratch file is shorter than written"));
-        }
-        crc.update(&buf[..n]);
-        hashed += n as u64;
-    }
+    let mut from = 0;
     while from < tail.len() {
         let n = tail.read_at(&mut buf, from)?;
         if n == 0 {
@@ -223,4 +212,29 @@ fn read_at(file: &File, body: &BodyRef) -> Result<Vec<u8>, SpoolError> {
 
 fn create(dir: &Path, id: u64) -> Result<File, SpoolError> {
     Ok(OpenOptions::new().read(true).write(true).create_new(true).open(segment_path(dir, id))?)
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    #[test]
+    fn both_copies_of_a_tail_write_the_same_bytes_and_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratches = super::super::scratch::ScratchDir::open(&dir.path().join("incoming")).unwrap();
+        let mut tail = scratches.create().unwrap();
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        tail.append(&bytes[..100_000]).unwrap();
+        tail.append(&bytes[100_000..]).unwrap();
+        let want = crc32fast::hash(&[&b"head"[..], &bytes].concat());
+        for by_hand in [false, true] {
+            let out = File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("seg")).unwrap();
+            out.write_all_at(b"head", 0).unwrap();
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(b"head");
+            if by_hand { copy_by_hand(&tail, &out, 4, &mut crc) } else { copy_tail(&tail, &out, 4, &mut crc) }.unwrap();
+            assert_eq!(crc.finalize(), want, "by hand: {by_hand}");
+            assert!(std::fs::read(dir.path().join("seg")).unwrap()[4..] == bytes[..], "by hand: {by_hand}");
+        }
+    }
 }

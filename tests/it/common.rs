@@ -494,3 +494,30 @@ pub fn sluice(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(sluice_bin()).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// Waits (20 s at most) until a queued recipient matches `pick`; returns it. The queue is
+/// read as `sluice queue list` reads it (`config`'s spool, the daemon's if one runs).
+pub fn wait_for_recipient(
+    config: &Config,
+    what: &str,
+    pick: impl Fn(&sluice::admin::QueueEntry, &sluice::admin::RecipientEntry) -> bool,
+) -> sluice::admin::RecipientEntry {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let q = sluice::admin::queue_list(config).unwrap();
+        if let Some(r) = q.iter().find_map(|e| e.recipients.iter().find(|r| pick(e, r)).cloned()) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{what}: {q:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (20 s at most) until nothing is queued.
+pub fn wait_for_empty_queue(config: &Config, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sluice::admin::queue_list(config).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -13,17 +13,7 @@ pub fn delivering_relay(dns: &TestDns, port: u16, delivery_extra: &str) -> TestR
 
 /// Waits until the first queued message's first recipient has an attempt recorded.
 pub fn first_attempt(relay: &TestRelay) -> sluice::admin::RecipientEntry {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let q = sluice::admin::queue_list(&relay.config).unwrap();
-        if let Some(r) = q.first().map(|e| e.recipients[0].clone())
-            && r.attempts >= 1
-        {
-            return r;
-        }
-        assert!(std::time::Instant::now() < deadline, "no attempt recorded: {q:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::common::wait_for_recipient(&relay.config, "no attempt recorded", |_, r| r.attempts >= 1)
 }
 
 #[test]
@@ -41,11 +31,7 @@ fn mail_reaches_the_mx_host_in_one_pipelined_transaction() {
     assert!(got[0].body.contains("by relay.test (Sluice) with ESMTP id"), "{}", got[0].body);
     assert!(got[0].body.contains("\r\n.dotted line\r\nbody\r\n"), "dot-stuffing round trip: {}", got[0].body);
     // Delivered messages leave the queue.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !sluice::admin::queue_list(&relay.config).unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "message still queued");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::common::wait_for_empty_queue(&relay.config, "message still queued");
 }
 
 #[test]

@@ -13,14 +13,7 @@ fn queue(config: &sluice::config::Config) -> Vec<sluice::admin::QueueEntry> {
 }
 
 fn wait_for_attempt(config: &sluice::config::Config, rcpt: &str) -> sluice::admin::RecipientEntry {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(r) = queue(config).iter().flat_map(|e| e.recipients.clone()).find(|r| r.address == rcpt && r.last_reply.is_some()) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no attempt for {rcpt}: {:?}", queue(config));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::common::wait_for_recipient(config, &format!("no attempt for {rcpt}"), |_, r| r.address == rcpt && r.last_reply.is_some())
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice::clock::{Clock, ManualClock};
 
@@ -23,17 +23,7 @@ fn catch_up_with_the_arrival(clock: &ManualClock) {
 
 /// Waits (in real time) until the first recipient has `n` attempts recorded.
 fn attempts_reach(relay: &TestRelay, n: u32) -> sluice::admin::RecipientEntry {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let q = sluice::admin::queue_list(&relay.config).unwrap();
-        if let Some(r) = q.first().map(|e| e.recipients[0].clone())
-            && r.attempts >= n
-        {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "attempt {n} was not recorded: {q:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait_for_recipient(&relay.config, &format!("attempt {n} was not recorded"), |_, r| r.attempts >= n)
 }
 
 #[test]
@@ -59,11 +49,7 @@ fn a_deferred_message_waits_out_its_retry_interval_and_not_a_second_less() {
     clock.advance(Duration::from_secs(1));
     let got = dest.wait_for(1, Duration::from_secs(10));
     assert!(got[0].body.contains("Subject: later"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sluice::admin::queue_list(&relay.config).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the delivered message stayed queued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait_for_empty_queue(&relay.config, "the delivered message stayed queued");
 }
 
 #[test]
@@ -99,9 +85,5 @@ fn a_message_never_accepted_expires_at_max_age_and_its_sender_is_told() {
     assert!(bounce[0].body.contains("Action: failed"), "{}", bounce[0].body);
     assert!(bounce[0].body.contains("451 4.2.1 mailbox busy"), "the last reply is reported: {}", bounce[0].body);
     assert_eq!(tries.load(Ordering::SeqCst), 4, "attempts at 0, 1 h, 2 h and 3 h");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sluice::admin::queue_list(&relay.config).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the expired message stayed queued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait_for_empty_queue(&relay.config, "the expired message stayed queued");
 }

@@ -10,7 +10,7 @@ use crate::common::{Client, TestRelay, config_yaml, sluice_status};
 use crate::peers::dest::{Behavior, Dest};
 
 /// Rewrites the relay's config file with `extra` and asks the daemon to reload it.
-fn reload_with(relay: &TestRelay, extra: &str) -> (i32, String, String) {
+pub fn reload_with(relay: &TestRelay, extra: &str) -> (i32, String, String) {
     let path = relay_config(relay);
     std::fs::write(&path, config_yaml(path.parent().unwrap(), extra)).unwrap();
     sluice_status(&["reload", "--config", path.to_str().unwrap()])

@@ -7,15 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{Client, TestRelay, config_yaml, sluice_status};
+use crate::common::{Client, TestRelay};
 use crate::peers::dest::{Behavior, Dest};
 use crate::peers::dns::{TestDns, Zone};
 
-/// Rewrites the relay's config file as the base config plus `extra` and reloads it.
+/// [`crate::reload::reload_with`], which must succeed; its report.
 fn reload_to(relay: &TestRelay, extra: &str) -> String {
-    let path = relay.config.source.clone().expect("loaded from a file");
-    std::fs::write(&path, config_yaml(path.parent().unwrap(), extra)).unwrap();
-    let (code, out, err) = sluice_status(&["reload", "--config", path.to_str().unwrap()]);
+    let (code, out, err) = crate::reload::reload_with(relay, extra);
     assert_eq!(code, 0, "reload refused: {out}{err}");
     out
 }
@@ -114,16 +112,7 @@ fn queued_from(relay: &TestRelay, from: &str) -> Option<sluice::admin::QueueEntr
 }
 
 fn wait_for_attempt(relay: &TestRelay, from: &str) -> sluice::admin::RecipientEntry {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(r) = queued_from(relay, from).map(|e| e.recipients[0].clone())
-            && r.attempts >= 1
-        {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "no attempt for {from}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait_for_recipient(&relay.config, &format!("no attempt for {from}"), |e, r| e.from == from && r.attempts >= 1)
 }
 
 #[test]
@@ -193,11 +182,7 @@ fn a_delivery_under_way_during_a_reload_finishes_at_its_old_next_hop() {
     reload_to(&relay, &route(&new));
     let got = old.wait_for(1, Duration::from_secs(10));
     assert!(got[0].body.contains("Subject: slow"));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sluice::admin::queue_list(&relay.config).unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the finished delivery stayed queued");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::common::wait_for_empty_queue(&relay.config, "the finished delivery stayed queued");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(new.connections(), 0, "nothing was sent again to the new next hop");
 }
