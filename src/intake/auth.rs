@@ -34,7 +34,8 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn parse(text: &str) -> HashMap<String, String> {
+/// The `user:hash` entries of a users file's text (a later line for the same user wins).
+pub fn parse_users(text: &str) -> HashMap<String, String> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -46,10 +47,10 @@ fn parse(text: &str) -> HashMap<String, String> {
 impl UsersFile {
     pub fn open(path: &Path) -> Result<UsersFile, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("users file {}: {e}", path.display()))?;
-        let hashes = parse(&text);
+        let hashes = parse_users(&text);
         for (user, hash) in &hashes {
-            if scheme(hash).is_none() {
-                tracing::warn!(user = %user, file = %path.display(), "unsupported password hash; this user cannot log in");
+            if let Some(problem) = hash_problem(hash) {
+                tracing::warn!(user = %user, file = %path.display(), problem, "password hash not usable; this user cannot log in");
             }
         }
         Ok(UsersFile {
@@ -65,7 +66,7 @@ impl UsersFile {
         if now != s.modified {
             match std::fs::read_to_string(&self.path) {
                 Ok(text) => {
-                    s.hashes = parse(&text);
+                    s.hashes = parse_users(&text);
                     s.modified = now;
                     tracing::info!(file = %self.path.display(), users = s.hashes.len(), "users file reloaded");
                 }
@@ -111,7 +112,49 @@ fn scheme(hash: &str) -> Option<Scheme> {
     }
 }
 
+/// The most memory one argon2 check may take (KiB): RFC 9106's second recommended setting.
+/// Checks run one per core at a time, so a hash asking for gigabytes would take the host's
+/// memory with a few login attempts.
+const MAX_ARGON2_KIB: u32 = 64 * 1024;
+const MAX_ARGON2_PASSES: u32 = 16;
+/// bcrypt cost 15 already takes seconds per check.
+const MAX_BCRYPT_COST: u32 = 14;
+/// sha512-crypt allows 999,999,999 rounds; 5,000 is the default.
+const MAX_SHA512_ROUNDS: u64 = 2_000_000;
+
+/// Why a hash from the users file cannot be used: an unknown scheme, a malformed hash, or a
+/// cost so high that checking it is a denial of service. `None`: usable.
+pub fn hash_problem(hash: &str) -> Option<&'static str> {
+    let Some(scheme) = scheme(hash) else { return Some("unsupported password hash scheme") };
+    match scheme {
+        Scheme::Argon2 => {
+            let Ok(parsed) = PasswordHash::new(hash) else { return Some("malformed argon2 hash") };
+            let Ok(params) = argon2::Params::try_from(&parsed) else { return Some("bad argon2 parameters") };
+            if params.m_cost() > MAX_ARGON2_KIB || params.t_cost() > MAX_ARGON2_PASSES {
+                return Some("argon2 cost too high (at most m=65536, t=16)");
+            }
+            None
+        }
+        Scheme::Bcrypt => match hash.get(4..6).and_then(|c| c.parse::<u32>().ok()) {
+            None => Some("malformed bcrypt hash"),
+            Some(cost) if cost > MAX_BCRYPT_COST => Some("bcrypt cost too high (at most 14)"),
+            Some(_) => None,
+        },
+        Scheme::Sha512Crypt => {
+            let rounds = hash.strip_prefix("$6$rounds=").map(|r| r.split('$').next().unwrap_or("").parse::<u64>());
+            match rounds {
+                Some(Err(_)) => Some("malformed sha512-crypt rounds"),
+                Some(Ok(n)) if n > MAX_SHA512_ROUNDS => Some("sha512-crypt rounds too high (at most 2000000)"),
+                _ => None,
+            }
+        }
+    }
+}
+
 fn check(hash: &str, password: &str) -> bool {
+    if hash_problem(hash).is_some() {
+        return false;
+    }
     match scheme(hash) {
         Some(Scheme::Argon2) => PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok()),
         Some(Scheme::Bcrypt) => bcrypt::verify(password, hash).unwrap_or(false),
@@ -242,6 +285,21 @@ mod tests {
         assert_eq!(users.verify("carol", "pw-sha"), Verdict::Valid);
         assert_eq!(users.verify("dave", "plaintext"), Verdict::Invalid, "unhashed lines never log in");
         assert_eq!(users.verify("nobody", "pw-argon"), Verdict::Invalid);
+    }
+
+    #[test]
+    fn hashes_that_cost_too_much_to_check_are_refused_unchecked() {
+        // A hash asking for 4 GiB per check: a handful of login attempts would take the host.
+        let greedy = "$argon2id$v=19$m=4194304,t=1,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        assert!(hash_problem(greedy).is_some_and(|p| p.contains("cost")));
+        assert!(!check(greedy, "anything"));
+        assert_eq!(hash_problem(&hash_password("pw").unwrap()), None);
+        assert!(hash_problem("$2b$31$abcdefghijklmnopqrstuuLKn1r0Cj7M4fVhYzZqD0LnkqJxG3E6").is_some_and(|p| p.contains("bcrypt cost")));
+        assert_eq!(hash_problem(&bcrypt::hash("pw", 4).unwrap()), None);
+        assert!(hash_problem("$6$rounds=999999999$salt$x").is_some_and(|p| p.contains("rounds")));
+        assert!(hash_problem("$6$rounds=lots$salt$x").is_some());
+        assert!(hash_problem("plaintext").is_some());
+        assert!(hash_problem("$argon2id$v=19$m=x,t=1,p=1$c29tZXNhbHQ$AAAA").is_some());
     }
 
     #[test]

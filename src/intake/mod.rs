@@ -25,7 +25,7 @@ use crate::smtp::reply::codes;
 use crate::smtp::server::{RecipientRule, SessionConfig};
 use crate::spool::Spool;
 
-pub use auth::{FailureTracker, UsersFile, hash_password};
+pub use auth::{FailureTracker, UsersFile, hash_password, hash_problem, parse_users};
 pub use limits::ConnectionLimits;
 
 /// What every intake connection shares, for one generation of the config: a reload builds

@@ -163,7 +163,12 @@ fn multipart(body: &[u8], boundary: &str, depth: usize, out: &mut Vec<u8>) -> Re
     }
     out.extend_from_slice(preamble);
     for (i, &(line_start, line_end, closing)) in lines_at.iter().enumerate() {
-        out.extend_from_slice(&body[line_start..line_end]);
+        let line = &body[line_start..line_end];
+        // What follows a closing delimiter's `--` is copied as it is, like the epilogue.
+        if closing && !is_7bit(line) {
+            return Err(Unconvertible("8-bit octets in a multipart epilogue"));
+        }
+        out.extend_from_slice(line);
         if closing {
             let epilogue = &body[line_end..];
             if !is_7bit(epilogue) {
@@ -300,6 +305,9 @@ mod tests {
             "Content-Type: multipart/mixed; boundary=b\r\n\r\n\u{e9}\r\n--b\r\n\r\nx\r\n--b--\r\n",
             "Content-Type: multipart/mixed\r\n\r\n\u{e9}\r\n",
             "Content-Type: message/global\r\n\r\n\u{e9}\r\n",
+            // Found by the `message` fuzz target: 8-bit bytes after a closing delimiter's `--`
+            // were copied into the "7-bit" result.
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\n\u{e9}\r\n--b--\u{e9}\r\n",
         ] {
             assert!(to_seven_bit(msg.as_bytes()).is_err(), "{msg:?}");
         }

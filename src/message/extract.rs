@@ -64,7 +64,8 @@ pub fn addresses(value: &str) -> Vec<String> {
 fn value_of(field: &[u8]) -> String {
     let text = String::from_utf8_lossy(field);
     let value = text.split_once(':').map_or("", |(_, v)| v);
-    value.replace("\r\n", "").replace('\n', "").trim().to_string()
+    // A bare CR goes too: an address must never carry a line break on to the envelope.
+    value.replace(['\r', '\n'], "").trim().to_string()
 }
 
 /// What `-t` made of a message.
@@ -119,6 +120,12 @@ mod tests {
         assert_eq!(addresses("undisclosed-recipients:;"), Vec::<String>::new());
         assert_eq!(addresses("<@relay.test:e@x.test>"), ["e@x.test"]);
         assert_eq!(addresses("\"a:b\" <q@x.test>"), ["q@x.test"]);
+    }
+
+    #[test]
+    fn no_recipient_carries_a_line_break() {
+        let e = prepare(b"To: a@x.test\rb, c@x.test\r\n\r\nbody\r\n", true, "u@relay.test", None);
+        assert!(e.recipients.iter().all(|r| !r.contains(['\r', '\n'])), "{:?}", e.recipients);
     }
 
     fn text(e: &Extracted) -> String {

@@ -131,8 +131,10 @@ pub struct ReplyParser {
 impl ReplyParser {
     pub fn feed(&mut self, bytes: &[u8]) {
         self.fed += bytes.len() as u64;
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
+        // Drop what was parsed: on a long-lived pooled connection whose replies arrive split
+        // across reads, keeping it would grow the buffer for the connection's life.
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
             self.pos = 0;
         }
         self.buf.extend_from_slice(bytes);
@@ -158,7 +160,8 @@ impl ReplyParser {
         loop {
             let rest = &self.buf[self.pos..];
             let Some(lf) = memchr::memchr(b'\n', rest) else {
-                return if rest.len() > MAX_REPLY_LINE { Err(ReplyError::TooLong) } else { Ok(None) };
+                // The longest line allowed may be here whole but for its LF (and its CR).
+                return if rest.len() > MAX_REPLY_LINE + 1 { Err(ReplyError::TooLong) } else { Ok(None) };
             };
             let raw = &rest[..lf];
             let line = raw.strip_suffix(b"\r").unwrap_or(raw);
@@ -401,6 +404,32 @@ mod tests {
         let mut p = ReplyParser::default();
         p.feed(&vec![b'2'; 5000]);
         assert_eq!(p.next_reply(), Err(ReplyError::TooLong));
+    }
+
+    #[test]
+    fn a_longest_line_split_before_its_lf_is_the_same_as_one_read() {
+        let line = format!("250 {}\r\n", "x".repeat(MAX_REPLY_LINE - 4));
+        let mut whole = ReplyParser::default();
+        whole.feed(line.as_bytes());
+        assert!(whole.next_reply().unwrap().is_some());
+        let mut split = ReplyParser::default();
+        split.feed(&line.as_bytes()[..line.len() - 1]);
+        assert_eq!(split.next_reply(), Ok(None), "the CR is not part of the line's length");
+        split.feed(b"\n");
+        assert!(split.next_reply().unwrap().is_some());
+    }
+
+    #[test]
+    fn parsed_replies_do_not_stay_in_the_buffer() {
+        // Every read ends inside the next reply, so the buffer is never read to its end.
+        let mut p = ReplyParser::default();
+        p.feed(b"25");
+        for _ in 0..1000 {
+            p.feed(b"0 ok\r\n25");
+            assert!(p.next_reply().unwrap().is_some());
+            assert_eq!(p.next_reply(), Ok(None));
+        }
+        assert!(p.buf.capacity() < 1024, "the buffer grew to {}", p.buf.capacity());
     }
 
     #[test]
