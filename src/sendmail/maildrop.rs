@@ -72,13 +72,19 @@ pub fn read(path: &Path, max_size: u64) -> Result<Dropped, String> {
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     f.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let (request, message) = parse(bytes)?;
+    Ok(Dropped { request, message, uid: meta.uid() })
+}
+
+/// A maildrop file's contents: the request line, then exactly as many bytes as it announces.
+pub fn parse(mut bytes: Vec<u8>) -> Result<(Request, Vec<u8>), String> {
     let end = memchr::memchr(b'\n', &bytes).ok_or("no request line")?;
     let request: Request = serde_json::from_slice(&bytes[..end]).map_err(|e| format!("bad request line: {e}"))?;
     let message = bytes.split_off(end + 1);
     if message.len() != request.size {
         return Err(format!("{} bytes of message, the request says {}", message.len(), request.size));
     }
-    Ok(Dropped { request, message, uid: meta.uid() })
+    Ok((request, message))
 }
 
 #[cfg(test)]
