@@ -3,7 +3,8 @@
 # installs the peers the tests use (Postfix's smtp-source/smtp-sink, swaks, strace, Python's
 # aiosmtpd, ...),
 # runs the Rust tests (unit and integration, over loopback), then the interop script, the
-# systemd unit check, and (as root) the appliance image build and its QEMU boot test.
+# systemd unit check, each fuzz target for 20 s, and (as root) the appliance image build and
+# its QEMU boot test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,8 @@ grep -E "^crash soak|^test result" target/crash-soak.log
 cargo build --release
 bash tests/interop/run.sh
 bash systemd/check.sh
+# Every fuzz target for a bounded time (longer runs: bash fuzz/run.sh SECONDS [TARGET...]).
+bash fuzz/run.sh "${FUZZ_SECONDS:-20}"
 
 # The appliance: building the image needs root (mmdebstrap, chroot); the boot test runs it
 # under QEMU. Installing qemu-system-x86 replaces the machine's newer qemu-utils with
