@@ -67,10 +67,11 @@ impl std::str::FromStr for Rate {
         let (count, unit) = words.next().and_then(|r| r.split_once('/')).ok_or_else(bad)?;
         let count: u32 = count.parse().map_err(|_| bad())?;
         let unit = match unit {
-            "s" | "sec" | "second" => Unit::Second,
-            "min" | "minute" => Unit::Minute,
-            "h" | "hour" => Unit::Hour,
-            "d" | "day" => Unit::Day,
+            // The same spellings as durations take.
+            "s" | "sec" | "secs" | "second" | "seconds" => Unit::Second,
+            "m" | "min" | "mins" | "minute" | "minutes" => Unit::Minute,
+            "h" | "hr" | "hrs" | "hour" | "hours" => Unit::Hour,
+            "d" | "day" | "days" => Unit::Day,
             _ => return Err(bad()),
         };
         let burst = match (words.next(), words.next(), words.next()) {
@@ -126,6 +127,8 @@ mod tests {
             assert_eq!(rate(text).to_string(), text);
         }
         assert_eq!(rate("3/second").to_string(), "3/s");
+        assert_eq!(rate("30/m").to_string(), "30/min");
+        assert_eq!(rate("2/hours").to_string(), "2/h");
         assert_eq!(rate("500/min").interval(), Duration::from_millis(120));
         for bad in ["", "10", "10/fortnight", "x/s", "0/s", "10/s burst", "10/s burst 0", "10/s bust 3", "-1/s"] {
             assert!(bad.parse::<Rate>().is_err(), "{bad} parsed");

@@ -57,7 +57,7 @@ fn errors_name_the_key_and_line_table() {
         ("hostname: a.b\ndelivery:\n  backoff: { initial: 1h, max: 1m }\n", "backoff: initial must be positive", "line 3"),
         ("hostname: \"bad name\"\n", "hostname: invalid host name", "line 1"),
         ("hostname: a.b\npostmaster: nobody\n", "postmaster: invalid address", "line 2"),
-        ("hostname: a.b\nlimits:\n  command_timeout: 5 minutes\n", "limits.command_timeout", "line 3"),
+        ("hostname: a.b\nlimits:\n  command_timeout: 5 fortnights\n", "limits.command_timeout", "line 3"),
         ("hostname: a.b\nlimits:\n  max_line_length: 80\n", "max_line_length: must be at least 998", "line 3"),
         ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\" }\n  - { address: \"127.0.0.1:25\" }\n", "listed twice", "line 2"),
     ];
@@ -105,6 +105,20 @@ fn cidr_matching() {
 fn durations_parse_and_refuse_nonsense() {
     assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
     assert_eq!("90".parse::<HumanDuration>().unwrap().0, Duration::from_secs(90));
-    assert!("5 weeks".parse::<HumanDuration>().is_err());
     assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+    assert_eq!("5min".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+    assert_eq!("1h30m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(5400));
+    assert_eq!("2 hours 5 s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(7205));
+    assert_eq!("1d12h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(129_600));
+    assert_eq!("5 weeks".parse::<HumanDuration>().unwrap().0, Duration::from_secs(35 * 86_400));
+    assert_eq!("1s500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(1500));
+    for bad in ["", "m", "5 fortnights", "1h30", "h1", "-5s", "1.5h"] {
+        assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?}");
+    }
+    // Found by the config fuzz target: a huge count overflowed the multiplication.
+    for huge in ["888888888888888885m", "99999999999999999999", "18446744073709551615s", "11 years", "3660d"] {
+        let e = huge.parse::<HumanDuration>().unwrap_err();
+        assert!(e.contains("too long") || e.contains("invalid"), "{huge}: {e}");
+    }
+    assert!(crate::config::Config::parse("limits: { data_timeout: 999999999999 }\n", std::path::Path::new("/")).is_err());
 }

@@ -143,26 +143,68 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
-/// A duration written as `300`, `300s`, `5m`, `2h`, `1d` or `250ms`.
+/// A duration written as `300` (seconds), `300s`, `5m`, `5min`, `1h30m`, `2 hours`, `1d` or
+/// `250ms`: numbers each followed by a unit, added up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
+
+/// Longer than this is a typo, and would overflow the clock arithmetic that uses it.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Milliseconds per unit, by every spelling accepted.
+fn unit_ms(unit: &str) -> Option<u64> {
+    Some(match unit {
+        "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 1,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1000,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3_600_000,
+        "d" | "day" | "days" => 86_400_000,
+        "w" | "week" | "weeks" => 7 * 86_400_000,
+        _ => return None,
+    })
+}
 
 impl FromStr for HumanDuration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?} (examples: 30s, 5m, 2h)"))?;
-        let secs = match unit {
-            "ms" => return Ok(HumanDuration(Duration::from_millis(n))),
-            "" | "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" => n * 86400,
-            _ => return Err(format!("invalid duration unit in {s:?} (use ms, s, m, h or d)")),
-        };
-        Ok(HumanDuration(Duration::from_secs(secs)))
+        let text = s.trim();
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            let n: u64 = text.parse().map_err(|_| format!("duration {s:?} is too long"))?;
+            return checked(Duration::from_secs(n), s);
+        }
+        let mut rest = text;
+        let mut ms: u64 = 0;
+        if rest.is_empty() {
+            return Err(format!("invalid duration {s:?} (examples: 30s, 5min, 1h30m, 250ms)"));
+        }
+        while !rest.is_empty() {
+            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(format!("invalid duration {s:?} (examples: 30s, 5min, 1h30m, 250ms)"));
+            }
+            let n: u64 = rest[..digits].parse().map_err(|_| format!("duration {s:?} is too long"))?;
+            let after = rest[digits..].trim_start();
+            let unit_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+            let unit = &after[..unit_len];
+            let per = unit_ms(unit).ok_or_else(|| {
+                if unit.is_empty() {
+                    format!("duration {s:?} needs a unit after {n} (ms, s, min, h, d, w)")
+                } else {
+                    format!("invalid duration unit {unit:?} in {s:?} (use ms, s, min, h, d or w)")
+                }
+            })?;
+            ms = n.checked_mul(per).and_then(|v| v.checked_add(ms)).ok_or_else(|| format!("duration {s:?} is too long"))?;
+            rest = after[unit_len..].trim_start();
+        }
+        checked(Duration::from_millis(ms), s)
     }
+}
+
+fn checked(d: Duration, text: &str) -> Result<HumanDuration, String> {
+    if d > MAX_DURATION {
+        return Err(format!("duration {text:?} is too long (at most 10 years)"));
+    }
+    Ok(HumanDuration(d))
 }
 
 impl<'de> Deserialize<'de> for HumanDuration {
@@ -174,7 +216,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
                 f.write_str("a duration such as 30s, 5m, 2h or a number of seconds")
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<HumanDuration, E> {
-                Ok(HumanDuration(Duration::from_secs(n)))
+                checked(Duration::from_secs(n), &n.to_string()).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
                 s.parse().map_err(E::custom)

@@ -117,6 +117,7 @@ fn scheme(hash: &str) -> Option<Scheme> {
 /// memory with a few login attempts.
 const MAX_ARGON2_KIB: u32 = 64 * 1024;
 const MAX_ARGON2_PASSES: u32 = 16;
+const MAX_ARGON2_LANES: u32 = 16;
 /// bcrypt cost 15 already takes seconds per check.
 const MAX_BCRYPT_COST: u32 = 14;
 /// sha512-crypt allows 999,999,999 rounds; 5,000 is the default.
@@ -129,9 +130,23 @@ pub fn hash_problem(hash: &str) -> Option<&'static str> {
     match scheme {
         Scheme::Argon2 => {
             let Ok(parsed) = PasswordHash::new(hash) else { return Some("malformed argon2 hash") };
-            let Ok(params) = argon2::Params::try_from(&parsed) else { return Some("bad argon2 parameters") };
-            if params.m_cost() > MAX_ARGON2_KIB || params.t_cost() > MAX_ARGON2_PASSES {
-                return Some("argon2 cost too high (at most m=65536, t=16)");
+            // The numbers are judged before the argon2 crate sees them: its own parameter
+            // checks overflow on some (found by the users_file fuzz target).
+            for (name, value) in parsed.params.iter() {
+                let limit = match name.as_str() {
+                    "m" => MAX_ARGON2_KIB,
+                    "t" => MAX_ARGON2_PASSES,
+                    "p" => MAX_ARGON2_LANES,
+                    _ => continue,
+                };
+                match value.decimal() {
+                    Ok(n) if n <= limit => {}
+                    Ok(_) => return Some("argon2 cost too high (at most m=65536, t=16, p=16)"),
+                    Err(_) => return Some("bad argon2 parameters"),
+                }
+            }
+            if argon2::Params::try_from(&parsed).is_err() {
+                return Some("bad argon2 parameters");
             }
             None
         }
@@ -297,6 +312,9 @@ mod tests {
         assert!(hash_problem("$2b$31$abcdefghijklmnopqrstuuLKn1r0Cj7M4fVhYzZqD0LnkqJxG3E6").is_some_and(|p| p.contains("bcrypt cost")));
         assert_eq!(hash_problem(&bcrypt::hash("pw", 4).unwrap()), None);
         assert!(hash_problem("$6$rounds=999999999$salt$x").is_some_and(|p| p.contains("rounds")));
+        // Found by the users_file fuzz target: the argon2 crate's checks overflowed on these.
+        assert!(hash_problem("$argon2d$v=19$p=192284").is_some());
+        assert!(hash_problem("$argon2id$v=19$m=65536,t=3,p=4294967295$c29tZXNhbHQ$AAAA").is_some());
         assert!(hash_problem("$6$rounds=lots$salt$x").is_some());
         assert!(hash_problem("plaintext").is_some());
         assert!(hash_problem("$argon2id$v=19$m=x,t=1,p=1$c29tZXNhbHQ$AAAA").is_some());
