@@ -60,8 +60,8 @@ start_sluice() { # start_sluice IO [SED [WRAPPER...]]
   ( cd "$work/sluice"; join relay; exec "$@" "$bin" run --config config.example.yaml ) 2> "$work/sluice.log" &
   relay_pid=$!
   pids+=("$relay_pid")
-  for _ in $(seq 100); do grep -q "ready" "$work/sluice.log" && break; sleep 0.1; done
-  grep -q "ready" "$work/sluice.log" || { echo "sluice did not start" >&2; cat "$work/sluice.log" >&2; exit 1; }
+  for _ in $(seq 100); do grep -q " ready version=" "$work/sluice.log" && break; sleep 0.1; done
+  grep -q " ready version=" "$work/sluice.log" || { echo "sluice did not start" >&2; cat "$work/sluice.log" >&2; exit 1; }
   sluice_pid=$relay_pid
   [ $# -eq 0 ] || sluice_pid=$(pgrep -P "$relay_pid" -x sluice)
 }

@@ -91,7 +91,7 @@ sed -i "s|^  message_rate: null|  message_rate: \"$rate/s\"|; s|^  max_connectio
 grep -q "message_rate: \"$rate/s\"" "$config" || { echo "could not set the rate" >&2; exit 1; }
 "$bin" run --config "$config" 2>"$work/daemon.log" &
 pids+=("$!")
-for _ in $(seq 100); do grep -q "ready" "$work/daemon.log" && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q " ready version=" "$work/daemon.log" && break; sleep 0.1; done
 
 echo "== $messages messages of 1 KiB in one burst (20 sessions); message_rate $rate/s, max_connections_per_destination $connections; the sink takes $delay_ms ms per message"
 smtp-source -s 20 -m "$messages" -l 1024 -f load@sender.test -t sink@dest.test 127.0.0.1:2525

@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod dns;
 pub mod intake;
 pub mod live;
+pub mod log;
 pub mod message;
 pub mod metrics;
 pub mod notify;

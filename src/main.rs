@@ -305,7 +305,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(false)
+        .event_format(sluice::log::MailLog::for_stderr())
         .init();
     let result = match cli.command {
         Command::Run { config } => load(&config).and_then(|c| {

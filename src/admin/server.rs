@@ -196,7 +196,7 @@ async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Resu
         };
         result.map_err(|e| Response::Error(format!("deleting failed, nothing was removed: {e}")))?;
     }
-    tracing::info!(operator = %h.operator(), messages = ids.len(), dry_run, ids = ?ids, "queue delete");
+    tracing::info!(operator = %h.operator(), messages = ids.len(), dry_run, ids = ids.join(",").as_str(), "queue delete");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
@@ -204,7 +204,7 @@ async fn queue_hold(h: &Handlers, selection: Selection, held: bool) -> Result<Re
     let runner = runner(h, "nothing is dispatched to hold")?;
     let (ids, _) = selected(h, &selection).await?;
     runner.hold(ids.clone(), held).await.map_err(|e| Response::Error(format!("holding failed: {e}")))?;
-    tracing::info!(operator = %h.operator(), messages = ids.len(), held, ids = ?ids, "queue hold");
+    tracing::info!(operator = %h.operator(), messages = ids.len(), held, ids = ids.join(",").as_str(), "queue hold");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
@@ -219,7 +219,7 @@ async fn queue_bounce(h: &Handlers, selection: Selection, status: &str, reason: 
     let text: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let reply = crate::smtp::reply::Reply::new(550, enhanced, format!("{text} (bounced by {operator})"));
     runner.bounce(ids.clone(), reply).await.map_err(|e| Response::Error(format!("bouncing failed: {e}")))?;
-    tracing::info!(operator = %operator, messages = ids.len(), status, ids = ?ids, "queue bounce");
+    tracing::info!(operator = %operator, messages = ids.len(), status, ids = ids.join(",").as_str(), "queue bounce");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
@@ -227,7 +227,7 @@ async fn queue_flush(h: &Handlers, selection: Selection) -> Result<Response, Res
     let runner = runner(h, "nothing is sent")?;
     let (ids, domains) = selected(h, &selection).await?;
     runner.flush(ids.clone(), &domains);
-    tracing::info!(operator = %h.operator(), messages = ids.len(), domains = ?domains, "queue flush");
+    tracing::info!(operator = %h.operator(), messages = ids.len(), domains = domains.join(",").as_str(), "queue flush");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 

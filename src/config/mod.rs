@@ -148,6 +148,17 @@ pub enum ListenerMode {
     Submissions,
 }
 
+impl ListenerMode {
+    /// As the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerMode::Relay => "relay",
+            ListenerMode::Submission => "submission",
+            ListenerMode::Submissions => "submissions",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {

@@ -95,14 +95,14 @@ impl Listeners {
                     let Some(open) = old[i].take() else { continue };
                     if format!("{:?}", *open.spec.borrow()) != format!("{spec:?}") {
                         changes.changed.push(open.bound);
-                        tracing::info!(address = %open.bound, mode = ?spec.mode, "listener settings changed");
+                        tracing::info!(address = %open.bound, mode = spec.mode.name(), "listener settings changed");
                         open.spec.send_replace(spec);
                     }
                     self.open.push(open);
                 }
                 Place::New(listener) => {
                     let Ok(bound) = listener.local_addr() else { continue };
-                    tracing::info!(address = %bound, mode = ?spec.mode, "listening");
+                    tracing::info!(address = %bound, mode = spec.mode.name(), "listening");
                     let configured = spec.address;
                     let (tx, rx) = watch::channel(spec);
                     let task = tokio::spawn(intake::serve(listener, rx, self.intake.clone(), self.shutdown.clone()));

@@ -145,7 +145,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let running = start(config).await?;
-    tracing::info!("ready");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready");
     crate::notify::notify("READY=1");
     if let Some(every) = crate::notify::watchdog_interval() {
         // Fed while the runtime runs and the spool can commit; a failed fsync poisons the

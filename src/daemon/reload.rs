@@ -74,8 +74,12 @@ impl Reloader {
         let result = self.try_reload().await;
         match &result {
             Ok(r) => tracing::info!(
-                listeners = ?r.listeners, added = ?r.added, removed = ?r.removed, changed = ?r.changed,
-                needs_restart = ?r.needs_restart, "config reloaded"
+                listeners = r.listeners.join(",").as_str(),
+                added = r.added.join(",").as_str(),
+                removed = r.removed.join(",").as_str(),
+                changed = r.changed.join(",").as_str(),
+                needs_restart = r.needs_restart.join(",").as_str(),
+                "config reloaded"
             ),
             Err(e) => tracing::error!(error = %e, "reload refused; the running config stays in force"),
         }

@@ -76,7 +76,7 @@ impl<T: Transport> Sender<T> {
         let mut opened = match Connection::open(target.clone(), policy, login, settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
             Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
-                tracing::info!(host = ?target.host, addr = %target.addr, error = ?e.to_string(), "TLS handshake failed; retrying in plain text");
+                tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
                 Connection::open(target.clone(), TlsPolicy::Never, login, settings, permit).await
             }
@@ -87,7 +87,7 @@ impl<T: Transport> Sender<T> {
         metrics::counter!(m::DELIVERY_CONNECTIONS_OPENED).increment(1);
         let tls = opened.tls.as_deref().and_then(|t| t.split(' ').next()).unwrap_or("none").to_string();
         metrics::counter!(m::DELIVERY_TLS, "version" => tls).increment(1);
-        tracing::debug!(host = %target.host, addr = %target.addr, tls = ?opened.tls, "connected");
+        tracing::debug!(host = %target.host, addr = %target.addr, tls = opened.tls.as_deref().unwrap_or("none"), "connected");
         Ok((opened, false))
     }
 
@@ -149,7 +149,7 @@ impl<T: Transport> Sender<T> {
                             tls_failures += 1;
                         }
                         last_error = format!("{} [{}]: {e}", target.host, target.addr);
-                        tracing::info!(host = ?target.host, addr = %target.addr, error = ?e.to_string(), "destination host failed; trying the next");
+                        tracing::info!(host = %target.host, addr = %target.addr, error = %e, "destination host failed; trying the next");
                         continue 'targets;
                     }
                 };

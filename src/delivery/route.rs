@@ -108,7 +108,11 @@ async fn mx_targets<R: Resolve>(domain: &str, port: u16, cfg: &Config, dns: &R) 
             let names_us = records.iter().any(|(_, h)| *h == ours);
             let literals: Vec<String> = records.iter().filter(|(_, h)| is_address(h)).map(|(_, h)| h.clone()).collect();
             if !literals.is_empty() {
-                tracing::info!(domain, skipped = ?literals, "MX records naming IP addresses skipped (RFC 5321 5.1 wants host names)");
+                tracing::info!(
+                    domain,
+                    skipped = literals.join(",").as_str(),
+                    "MX records naming IP addresses skipped (RFC 5321 5.1 wants host names)"
+                );
             }
             let hosts = ordered_exchanges(records, &ours);
             if hosts.is_empty() && names_us {

@@ -24,6 +24,8 @@ const BLOCKING_WRITE_THRESHOLD: usize = 256 * 1024;
 pub enum Source {
     /// Over SMTP on one of our listeners.
     Smtp {
+        /// The session's id in the mail log.
+        session: String,
         peer: SocketAddr,
         local: SocketAddr,
         helo: String,
@@ -92,6 +94,14 @@ impl std::fmt::Display for Refusal {
 }
 
 impl Source {
+    /// The session's id in the mail log; `local` for the sendmail socket and the maildrop.
+    fn session(&self) -> &str {
+        match self {
+            Source::Smtp { session, .. } => session,
+            Source::Local { .. } => "local",
+        }
+    }
+
     fn client_ip(&self) -> IpAddr {
         match self {
             Source::Smtp { peer, .. } => peer.ip(),
@@ -192,7 +202,8 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
         body: None,
         held: false,
     };
-    let from = envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default();
+    let from = format!("<{}>", envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default());
+    let session = sub.source.session().to_string();
     let recipients = envelope.recipients.len();
     let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{hostname}>"));
     let started = Instant::now();
@@ -222,17 +233,18 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
     metrics::counter!(m::BYTES_ACCEPTED).increment(size);
     // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
-    // What the client chose (addresses, names, the Message-ID) is quoted and escaped (Debug),
-    // so no value can end the line or pose as another field.
+    // What the client chose is quoted and escaped by the log's format (crate::log), so no
+    // value can end the line or pose as another field.
     tracing::info!(
         queue_id = %queue_id,
-        from = ?from,
+        session = session.as_str(),
+        from = from.as_str(),
         recipients,
         size,
         client = %client_ip,
-        identity = ?identity.to_string(),
-        tls = ?tls_text,
-        message_id = ?message_id,
+        identity = %identity,
+        tls = tls_text.as_str(),
+        message_id = message_id.as_str(),
         "accepted"
     );
     Ok(queue_id)

@@ -52,17 +52,23 @@ pub(super) async fn serve(
     let _ = tcp.set_nodelay(true);
     let (mode, client_certs) = (spec.mode, spec.request_client_certificates);
     let ip = peer.ip();
+    let id = crate::log::session_id();
+    let started = Instant::now();
+    tracing::info!(session = %id, client = %peer, listener = %local, mode = mode.name(), "connect");
     let limit = ctx.config.limits.command_timeout.0;
     let mut stream = Stream::Plain(tcp);
     let mut implicit_tls = None;
     if mode == ListenerMode::Submissions {
         let Stream::Plain(tcp) = stream else { return };
-        match handshake(&ctx, tcp, limit, client_certs).await {
+        match handshake(&ctx, &id, tcp, limit, client_certs).await {
             Some((tls, info)) => {
                 stream = tls;
                 implicit_tls = Some(info);
             }
-            None => return,
+            None => {
+                disconnected(&id, peer, End::TlsFailed, None, 0, started);
+                return;
+            }
         }
     }
     let origin = Origin { peer, local, mode, trusted: ctx.config.is_trusted(ip), default_priority: spec.default_priority };
@@ -89,6 +95,79 @@ pub(super) async fn serve(
     } else {
         session.greeting(&mut out);
     }
+    let link = Link { id: &id, origin, client_certs };
+    let (end, messages) = converse(&ctx, &mut session, stream, out, link, &mut shutdown).await;
+    for refused in session.take_refusals() {
+        metrics::counter!(m::MESSAGES_REJECTED, "reason" => refused.reply.reason()).increment(1);
+        ctx.refusal_log.refused(&id, ip, &refused, Instant::now());
+    }
+    ctx.refusal_log.settle(ip, Instant::now());
+    disconnected(&id, peer, end, Some(session.tally()), messages, started);
+}
+
+/// How a session ended, for its disconnect line.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// We closed it: after QUIT, a 421, a timeout, a protocol violation.
+    Closed,
+    /// The client went away (or a read or write failed).
+    Lost,
+    TlsFailed,
+}
+
+impl End {
+    fn name(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Lost => "lost",
+            End::TlsFailed => "tls_failed",
+        }
+    }
+}
+
+/// The disconnect line: how it ended, the commands by verb (Postfix's `disconnect ...
+/// ehlo=1 mail=1 ... commands=5`), messages accepted and the session's length.
+fn disconnected(id: &str, peer: SocketAddr, end: End, tally: Option<&crate::smtp::server::Tally>, messages: u32, started: Instant) {
+    let mut verbs = String::new();
+    for (verb, n) in tally.into_iter().flat_map(|t| t.used()) {
+        if !verbs.is_empty() {
+            verbs.push(',');
+        }
+        verbs.push_str(&format!("{verb}:{n}"));
+    }
+    tracing::info!(
+        session = id,
+        client = %peer,
+        end = end.name(),
+        commands = tally.map_or(0, |t| t.total()),
+        verbs = verbs.as_str(),
+        messages,
+        seconds = format!("{:.3}", started.elapsed().as_secs_f64()).as_str(),
+        "disconnect"
+    );
+}
+
+/// What the conversation needs to know about its connection.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    id: &'a str,
+    origin: Origin,
+    client_certs: bool,
+}
+
+/// Runs the SMTP conversation until the session closes or the connection is lost; returns how
+/// it ended and how many messages were accepted.
+async fn converse(
+    ctx: &Arc<IntakeContext>,
+    session: &mut Session,
+    mut stream: Stream,
+    mut out: Vec<u8>,
+    link: Link<'_>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> (End, u32) {
+    let Link { id, origin, client_certs } = link;
+    let ip = origin.peer.ip();
+    let mut messages = 0;
     // Never zeroed: read_buf fills the spare capacity (a connection per message is common).
     let mut buf = Vec::with_capacity(READ_BUFFER);
     // The body of the transaction under way, as it arrives: (its serial, the buffer).
@@ -99,13 +178,13 @@ pub(super) async fn serve(
     loop {
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
-                return;
+                return (End::Lost, messages);
             }
             out.clear();
         }
         if session.is_closed() {
             let _ = stream.shutdown().await;
-            return;
+            return (End::Closed, messages);
         }
         let l = &ctx.config.limits;
         let limit = match session.waiting() {
@@ -138,7 +217,7 @@ pub(super) async fn serve(
                 session.close_with(reply, &mut out);
                 continue;
             }
-            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(0)) | Ok(Err(_)) => return (End::Lost, messages),
             Ok(Ok(n)) => n,
         };
         pace.read(n);
@@ -158,7 +237,8 @@ pub(super) async fn serve(
                         Some((s, buffer)) if s == serial => buffer,
                         _ => ctx.body_buffer(),
                     };
-                    let result = accept(&ctx, *tx, buffer, origin).await;
+                    let result = accept(ctx, *tx, buffer, origin, id).await;
+                    messages += u32::from(result.is_ok());
                     metrics::histogram!(m::DATA_REPLY_LATENCY).record(end_of_data.elapsed().as_secs_f64());
                     session.message_stored(result.as_deref().map_err(Clone::clone), &mut out);
                 }
@@ -170,22 +250,22 @@ pub(super) async fn serve(
                     session.recipient_checked(refusal, &mut out);
                 }
                 Event::Authenticate(credentials) => {
-                    let outcome = authenticate(&ctx, ip, credentials).await;
+                    let outcome = authenticate(ctx, id, ip, credentials).await;
                     session.auth_result(outcome, &mut out);
                 }
                 Event::StartTls => {
                     // The 220 goes out in plaintext; then the handshake owns the socket.
                     if stream.write_all(&out).await.is_err() {
-                        return;
+                        return (End::Lost, messages);
                     }
                     out.clear();
-                    let Stream::Plain(tcp) = stream else { return };
-                    match handshake(&ctx, tcp, limit, client_certs).await {
+                    let Stream::Plain(tcp) = stream else { return (End::Lost, messages) };
+                    match handshake(ctx, id, tcp, limit, client_certs).await {
                         Some((tls, info)) => {
                             stream = tls;
                             session.tls_started(info);
                         }
-                        None => return,
+                        None => return (End::TlsFailed, messages),
                     }
                 }
             }
@@ -202,8 +282,9 @@ pub(super) async fn serve(
         } else if !session.in_transaction() {
             incoming = None; // Ended without a message (RSET, a refused body): dropped.
         }
-        for reason in session.take_refusals() {
-            metrics::counter!(m::MESSAGES_REJECTED, "reason" => reason).increment(1);
+        for refused in session.take_refusals() {
+            metrics::counter!(m::MESSAGES_REJECTED, "reason" => refused.reply.reason()).increment(1);
+            ctx.refusal_log.refused(id, ip, &refused, Instant::now());
         }
     }
 }
@@ -220,22 +301,35 @@ fn spoke_first(stream: &Stream) -> bool {
 }
 
 /// Runs the server side of a TLS handshake; `None` (connection dropped) on failure or timeout.
-async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Duration, client_certs: bool) -> Option<(Stream, TlsInfo)> {
+async fn handshake(
+    ctx: &IntakeContext,
+    id: &str,
+    tcp: TcpStream,
+    limit: std::time::Duration,
+    client_certs: bool,
+) -> Option<(Stream, TlsInfo)> {
     let acceptor = if client_certs { ctx.tls_client_certs.as_ref()? } else { ctx.tls.as_ref()? };
-    let peer = tcp.peer_addr().ok();
     match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => {
             let info = super::tls::info(tls.get_ref().1, |f| ctx.config.certificate_identity(f).map(str::to_string));
             metrics::counter!(m::TLS_HANDSHAKES, "version" => info.version.clone()).increment(1);
+            tracing::info!(
+                session = id,
+                version = info.version.as_str(),
+                cipher = info.cipher.as_str(),
+                certificate = info.certificate_identity.as_deref().unwrap_or("none"),
+                "TLS established"
+            );
             Some((Stream::Tls(Box::new(tls)), info))
         }
         Ok(Err(e)) => {
             metrics::counter!(m::TLS_HANDSHAKE_FAILURES).increment(1);
-            tracing::info!(client = ?peer, error = ?e.to_string(), "TLS handshake failed");
+            tracing::info!(session = id, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
             metrics::counter!(m::TLS_HANDSHAKE_FAILURES).increment(1);
+            tracing::info!(session = id, error = "timed out", "TLS handshake failed");
             None
         }
     }
@@ -243,7 +337,7 @@ async fn handshake(ctx: &IntakeContext, tcp: TcpStream, limit: std::time::Durati
 
 /// Checks credentials off the async workers (argon2 is slow on purpose), delays failures, and
 /// locks out an address that fails too often.
-async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credentials) -> AuthOutcome {
+async fn authenticate(ctx: &Arc<IntakeContext>, id: &str, ip: IpAddr, credentials: Credentials) -> AuthOutcome {
     let Some(users) = ctx.users.clone() else {
         return AuthOutcome::TemporaryFailure;
     };
@@ -251,6 +345,7 @@ async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credent
     // Counted before the check: parallel guesses beyond the limit are never checked.
     let Some(attempt) = ctx.failures.begin(ip, &username, Instant::now()) else {
         metrics::counter!(m::AUTH_ATTEMPTS, "result" => "locked_out").increment(1);
+        tracing::warn!(session = id, user = username.as_str(), client = %ip, "authentication refused: locked out");
         return AuthOutcome::LockedOut;
     };
     // A few checks at a time (argon2 takes ~19 MiB and a core each); the rest wait their turn.
@@ -264,16 +359,16 @@ async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credent
         Verdict::Valid => {
             ctx.failures.succeeded(attempt);
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "success").increment(1);
-            tracing::info!(user = ?username, client = %ip, "authenticated");
+            tracing::info!(session = id, user = username.as_str(), client = %ip, "authenticated");
             AuthOutcome::Success(username)
         }
         Verdict::Invalid => {
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "failure").increment(1);
-            tracing::warn!(user = ?username, client = %ip, "authentication failed");
+            tracing::warn!(session = id, user = username.as_str(), client = %ip, "authentication failed");
             drop(_turn);
             tokio::time::sleep(ctx.config.auth.failure_delay.0).await;
             if ctx.failures.failed(attempt, Instant::now()) {
-                tracing::warn!(client = %ip, lockout = ?ctx.config.auth.lockout.0, "too many authentication failures: locked out");
+                tracing::warn!(session = id, client = %ip, seconds = ctx.config.auth.lockout.0.as_secs(), "too many authentication failures: locked out");
                 AuthOutcome::LockedOut
             } else {
                 AuthOutcome::Failed
@@ -282,6 +377,7 @@ async fn authenticate(ctx: &Arc<IntakeContext>, ip: IpAddr, credentials: Credent
         Verdict::Unavailable => {
             ctx.failures.succeeded(attempt); // Not the client's failure.
             metrics::counter!(m::AUTH_ATTEMPTS, "result" => "temporary_failure").increment(1);
+            tracing::error!(session = id, user = username.as_str(), "authentication unavailable: the users file cannot be read");
             AuthOutcome::TemporaryFailure
         }
     }
@@ -324,8 +420,9 @@ fn pace_refusal(pace: Pace) -> Option<Reply> {
 }
 
 /// Hands a finished SMTP transaction to the accept path, with the body bytes taken so far.
-async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, mut buffer: BodyBuffer, origin: Origin) -> Result<String, Reply> {
+async fn accept(ctx: &Arc<IntakeContext>, tx: Transaction, mut buffer: BodyBuffer, origin: Origin, id: &str) -> Result<String, Reply> {
     let source = Source::Smtp {
+        session: id.to_string(),
         peer: origin.peer,
         local: origin.local,
         protocol: protocol_name(&tx),

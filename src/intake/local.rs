@@ -103,7 +103,7 @@ pub(super) async fn accept(ctx: &Arc<IntakeContext>, uid: u32, request: Request,
         Some(Err(e)) => return refused(EX_DATAERR, format!("bad return path: {}", e.text())),
     };
     if request.from.is_some() && !trusted {
-        tracing::info!(user = ?user, "sendmail -f ignored: the user is not in sendmail.trusted_users");
+        tracing::info!(user = user.as_str(), "sendmail -f ignored: the user is not in sendmail.trusted_users");
     }
     // The header section is all in `head` (the body buffer keeps it in memory whole).
     let prepared = headers::prepare(&body.head, request.extract, &own, request.full_name.as_deref());

@@ -9,6 +9,7 @@ pub mod local;
 mod pace;
 pub mod pickup;
 mod rates;
+mod refusals;
 pub mod tls;
 
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct IntakeContext {
     pub auth_checks: Arc<tokio::sync::Semaphore>,
     /// Memory the bodies arriving now hold beyond their free share.
     pub body_memory: Arc<body::MemoryBudget>,
+    /// Refusal lines per client address, summarised past a threshold.
+    pub refusal_log: Arc<refusals::RefusalLog>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -65,6 +68,7 @@ struct Carried {
     rates: Option<(Arc<Config>, Arc<rates::SenderRates>)>,
     auth_checks: Arc<tokio::sync::Semaphore>,
     body_memory: Arc<body::MemoryBudget>,
+    refusal_log: Arc<refusals::RefusalLog>,
 }
 
 impl IntakeContext {
@@ -80,6 +84,7 @@ impl IntakeContext {
             // About one password check per core at a time, over every session.
             auth_checks: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
             body_memory: Arc::default(),
+            refusal_log: Arc::default(),
         };
         Self::build(config, carried)
     }
@@ -95,6 +100,7 @@ impl IntakeContext {
             rates: Some((self.config.clone(), self.rates.clone())),
             auth_checks: self.auth_checks.clone(),
             body_memory: self.body_memory.clone(),
+            refusal_log: self.refusal_log.clone(),
         };
         Self::build(config, carried)
     }
@@ -144,7 +150,7 @@ impl IntakeContext {
         };
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
-        let Carried { spool, limits, stored, auth_checks, body_memory, .. } = carried;
+        let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, .. } = carried;
         Ok(Arc::new(IntakeContext {
             relay,
             submission,
@@ -160,6 +166,7 @@ impl IntakeContext {
             config,
             auth_checks,
             body_memory,
+            refusal_log,
         }))
     }
 

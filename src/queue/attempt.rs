@@ -269,7 +269,7 @@ impl Runner {
                 RecipientState::Failed => "bounced",
                 RecipientState::Queued => "deferred",
             };
-            tracing::info!(queue_id = %env.queue_id, to = ?r.mailbox.to_string(), status, remote = a.remote.as_deref().unwrap_or("-"), reply = r.last_reply.as_deref().unwrap_or(""), "delivery");
+            tracing::info!(queue_id = %env.queue_id, to = format!("<{}>", r.mailbox).as_str(), status, remote = a.remote.as_deref().unwrap_or("-"), reply = r.last_reply.as_deref().unwrap_or(""), "delivery");
             if r.state == RecipientState::Delivered {
                 let latency = match env.arrival_ms {
                     Some(ms) => self.clock.now_ms().saturating_sub(ms) as f64 / 1000.0,
@@ -319,7 +319,7 @@ impl Runner {
         let b = dsn::Report { hostname: &config.hostname.0, queue_id: &queue_id, to: format!("<{to}>"), now, retry_until };
         let body = dsn::report(&b, env, &notices, original);
         let envelope = Envelope::report(queue_id, to, &config.hostname.0, now);
-        tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = ?envelope.recipients[0].mailbox.to_string(), recipients = notices.len(), "delivery status notification queued");
+        tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = format!("<{}>", envelope.recipients[0].mailbox).as_str(), recipients = notices.len(), "delivery status notification queued");
         Some((envelope, body))
     }
 }

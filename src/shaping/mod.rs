@@ -215,12 +215,12 @@ impl Shaper {
         if health.record(signal, started, now, &self.shape.get().backoff) {
             let (until, reason) = health.suspended(now).expect("just suspended");
             let until = until.div_ceil(1000);
-            tracing::warn!(destination = ?bucket.name, until, reason, "destination suspended");
+            tracing::warn!(destination = bucket.name.as_str(), until, reason, "destination suspended");
             let kind = if matches!(signal, Signal::Throttled(_)) { "throttled" } else { "unreachable" };
             metrics::counter!(m::DESTINATION_SUSPENSIONS, "destination" => bucket.name.clone(), "reason" => kind).increment(1);
             metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(1.0);
         } else if was && *signal == Signal::Answered && health.suspended(now).is_none() {
-            tracing::info!(destination = ?bucket.name, "destination resumed");
+            tracing::info!(destination = bucket.name.as_str(), "destination resumed");
             metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(0.0);
         }
     }
@@ -239,7 +239,7 @@ impl Shaper {
         let Some(bucket) = self.buckets.lock().expect("buckets lock").get(&key).cloned() else { return };
         let mut health = bucket.health.lock().expect("health lock");
         if health.suspended(now.saturating_mul(1000)).is_some() {
-            tracing::info!(destination = ?bucket.name, "destination resumed by a flush");
+            tracing::info!(destination = bucket.name.as_str(), "destination resumed by a flush");
             metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(0.0);
         }
         *health = Health::default();

@@ -44,6 +44,28 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The verb in lower case, for logs and counts.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Helo(_) => "helo",
+            Command::Ehlo(_) => "ehlo",
+            Command::Mail { .. } => "mail",
+            Command::Rcpt { .. } => "rcpt",
+            Command::Data => "data",
+            Command::Bdat { .. } => "bdat",
+            Command::Rset => "rset",
+            Command::Noop => "noop",
+            Command::Quit => "quit",
+            Command::Vrfy => "vrfy",
+            Command::Expn => "expn",
+            Command::Help => "help",
+            Command::StartTls => "starttls",
+            Command::Auth { .. } => "auth",
+        }
+    }
+}
+
 /// An RCPT path: a mailbox, or the bare `Postmaster` that RFC 5321 4.5.1 requires us to accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recipient {

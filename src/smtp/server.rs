@@ -16,8 +16,11 @@ use super::reply::{Reply, codes};
 use super::sasl::Credentials;
 
 mod auth;
+mod tally;
 pub use auth::AuthOutcome;
 use auth::SaslStep;
+use tally::Current;
+pub use tally::{Refused, Tally};
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -185,8 +188,12 @@ pub struct Session {
     errors: usize,
     /// Set by the driver when the spool cannot take mail; MAIL is answered with it.
     mail_gate: Option<Reply>,
-    /// Reasons of the refusals written since the driver last took them (for metrics).
-    refusals: Vec<&'static str>,
+    /// Refusals written since the driver last took them (for the log and metrics).
+    refusals: Vec<Refused>,
+    /// Commands received, by verb.
+    tally: Tally,
+    /// The command being answered, for the refusals' log lines.
+    current: Current,
     tls: Option<TlsInfo>,
     identity: Option<String>,
     /// Transactions begun (MAIL accepted), so the driver can tell whose body bytes it holds.
@@ -207,6 +214,8 @@ impl Session {
             errors: 0,
             mail_gate: None,
             refusals: Vec::new(),
+            tally: Tally::default(),
+            current: Current::default(),
             tls: client.tls.clone(),
             identity: None,
             transactions: 0,
@@ -344,7 +353,7 @@ impl Session {
     /// Closes the session with a reply (timeout, shutdown).
     pub fn close_with(&mut self, reply: Reply, out: &mut Vec<u8>) {
         reply.write_to(out);
-        self.refusals.push(reply.reason());
+        self.refusals.push(Refused { reply, command: None, from: self.transaction_sender(), to: None });
         self.phase = Phase::Closed;
     }
 
@@ -408,6 +417,7 @@ impl Session {
                         Some(l) if l.contains(&b'\r') => Err(CommandError::Syntax("Bare CR in command line")),
                         Some(l) => command::parse(l),
                     };
+                    self.current = Current::of(result.as_ref().ok(), &mut self.tally);
                     let event = match result {
                         Ok(cmd) if self.out_of_step(&cmd) => {
                             self.pos = self.input.len();
@@ -431,16 +441,29 @@ impl Session {
         }
     }
 
-    /// The reasons of refusals written since the last call, oldest first.
-    pub fn take_refusals(&mut self) -> std::vec::Drain<'_, &'static str> {
+    /// The refusals written since the last call, oldest first.
+    pub fn take_refusals(&mut self) -> std::vec::Drain<'_, Refused> {
         self.refusals.drain(..)
+    }
+
+    /// The commands received so far, by verb.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// The transaction's sender as the log shows it (`<a@b>`, `<>`).
+    fn transaction_sender(&self) -> Option<String> {
+        let envelope = self.envelope.as_ref()?;
+        Some(envelope.from.as_ref().map_or_else(|| "<>".to_string(), |m| format!("<{m}>")))
     }
 
     /// Writes a reply, counting errors; closes on 421 or when the error budget is spent.
     fn reply(&mut self, reply: Reply, out: &mut Vec<u8>) {
         reply.write_to(out);
         if reply.code >= 400 {
-            self.refusals.push(reply.reason());
+            let from = self.current.from.clone().or_else(|| self.transaction_sender());
+            let refused = Refused { reply: reply.clone(), command: self.current.verb, from, to: self.current.to.clone() };
+            self.refusals.push(refused);
         }
         if reply.closes() {
             self.phase = Phase::Closed;

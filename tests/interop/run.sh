@@ -53,7 +53,7 @@ start_daemon() {
   daemon_pid=$!
   disown "$daemon_pid"
   for _ in $(seq 100); do
-    grep -q "ready" "$log" 2>/dev/null && return 0
+    grep -q " ready version=" "$log" 2>/dev/null && return 0
     sleep 0.1
   done
   fail "daemon did not start"
@@ -166,7 +166,7 @@ for _ in $(seq 100); do [ "$(ls "$work/maildir/new" 2>/dev/null | wc -l)" -ge 2 
 grep -q "by relay.example.net (Sluice)" "$work"/maildir/new/* || fail "no Sluice Received field at aiosmtpd"
 
 relay_run() { # relay_run BACKEND: smtp-source -> Sluice -> smtp-sink; prints the rates
-  grep -q "delivery workers started backend=\"$1\"" "$log" || fail "the daemon does not deliver over $1"
+  grep -q "delivery workers started backend=$1 " "$log" || fail "the daemon does not deliver over $1"
   echo "== relay ($1): $messages messages of 1 KiB over 20 sessions, smtp-source -> Sluice -> smtp-sink"
   local before start accepted_at end
   before=$(sink_count)

@@ -38,9 +38,9 @@ fn client_values_are_quoted_and_cannot_start_a_line() {
     }
     let failed = log.lines().find(|l| l.contains("authentication failed")).expect(&log);
     assert!(failed.contains(r#"user="admin\n2026-01-01T00:00:00Z  INFO sluice: authenticated user=root client=10.0.0.1""#), "{failed}");
-    let accepted = log.lines().find(|l| l.contains("intake::accept: accepted ")).expect(&log);
-    assert!(accepted.contains(r#"from="\"a status=delivered\"@x.test""#), "{accepted}");
+    let accepted = log.lines().find(|l| l.contains(" info accepted ")).expect(&log);
+    assert!(accepted.contains(r#"from="<\"a status=delivered\"@x.test>""#), "{accepted}");
     assert!(accepted.contains(r#"message_id="<x@y> queue_id=FAKE123 status=delivered \u{1b}[31m""#), "{accepted}");
-    assert!(accepted.contains(r#"tls="none""#) && accepted.contains(r#"identity="trusted-network""#), "{accepted}");
+    assert!(accepted.contains(" tls=none ") && accepted.contains(" identity=trusted-network "), "{accepted}");
     assert!(!log.contains('\x1b'), "an escape byte reached the log");
 }

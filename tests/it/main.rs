@@ -33,6 +33,7 @@ mod intake_memory;
 mod lettre_client;
 mod limits;
 mod log_quoting;
+mod mail_log;
 mod metrics_endpoint;
 mod null_mx_submission;
 mod passwd;

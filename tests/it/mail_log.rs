@@ -1,0 +1,181 @@
+//! The mail log, read as an operator reads it: one line per event, a session id on every line
+//! of a session, refusals with their code, enhanced code, reason and addresses, and fields no
+//! client value can add to.
+
+use std::collections::BTreeMap;
+
+use crate::common::{Client, Daemon};
+
+/// An event line's name and fields, splitting as a log reader would: at spaces outside
+/// double quotes, `\` escaping inside them.
+fn parse(line: &str) -> (String, BTreeMap<String, Vec<String>>) {
+    let rest = line.splitn(3, ' ').nth(2).expect("time and level first");
+    let mut tokens = Vec::new();
+    let (mut token, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in rest.chars() {
+        match c {
+            _ if escaped => {
+                token.push(c);
+                escaped = false;
+            }
+            '\\' if quoted => {
+                token.push(c);
+                escaped = true;
+            }
+            '"' => {
+                token.push(c);
+                quoted = !quoted;
+            }
+            ' ' if !quoted => tokens.push(std::mem::take(&mut token)),
+            _ => token.push(c),
+        }
+    }
+    tokens.push(token);
+    let mut name = Vec::new();
+    let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in tokens {
+        match t.split_once('=') {
+            Some((k, v)) if fields.contains_key(k) || !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+                fields.entry(k.to_string()).or_default().push(v.to_string())
+            }
+            _ if fields.is_empty() => name.push(t),
+            _ => panic!("a token that is not a field after the fields began: {t:?} in {line:?}"),
+        }
+    }
+    (name.join(" "), fields)
+}
+
+fn field<'a>(fields: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
+    let values = fields.get(key).unwrap_or_else(|| panic!("no {key} in {fields:?}"));
+    assert_eq!(values.len(), 1, "{key} given {} times: {fields:?}", values.len());
+    &values[0]
+}
+
+fn events(log: &str, name: &str) -> Vec<BTreeMap<String, Vec<String>>> {
+    log.lines().map(parse).filter(|(n, _)| n == name).map(|(_, f)| f).collect()
+}
+
+#[test]
+fn a_refused_relay_attempt_is_one_line_with_its_session_code_reason_and_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn(dir.path(), "", &[]);
+    // 127.0.0.2 is not a trusted network.
+    let mut c = Client::connect_from(daemon.addr, "127.0.0.2");
+    c.cmd("EHLO scanner.lan");
+    assert_eq!(c.cmd("MAIL FROM:<scanner@lan.test>").code, 250);
+    assert_eq!(c.cmd("RCPT TO:<boss@example.com>").code, 550);
+    // A recipient that tries to look like more fields, and a forged line after a break.
+    assert_eq!(c.cmd("RCPT TO:<\"x code=250 reason=ok\\\"\"@example.com>").code, 550);
+    c.cmd("QUIT");
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = daemon.log_text();
+    let connect = events(&log, "connect").into_iter().find(|f| field(f, "client").starts_with("127.0.0.2:")).expect(&log);
+    let session = field(&connect, "session").to_string();
+    assert_eq!(field(&connect, "mode"), "relay");
+    let refused: Vec<_> = events(&log, "refused").into_iter().filter(|f| field(f, "session") == session).collect();
+    assert_eq!(refused.len(), 2, "{log}");
+    let first = &refused[0];
+    assert_eq!(
+        [field(first, "client"), field(first, "command"), field(first, "code"), field(first, "dsn"), field(first, "reason")],
+        ["127.0.0.2", "rcpt", "550", "5.7.1", "relay_denied"]
+    );
+    assert_eq!((field(first, "from"), field(first, "to")), ("<scanner@lan.test>", "<boss@example.com>"));
+    assert!(field(first, "text").contains("Relaying denied"), "{first:?}");
+    // The hostile recipient is one quoted value; the line has each field once.
+    let second = &refused[1];
+    assert_eq!(field(second, "to"), r#""<\"x code=250 reason=ok\\\"\"@example.com>""#);
+    assert_eq!(field(second, "code"), "550");
+    let disconnect = events(&log, "disconnect").into_iter().find(|f| field(f, "session") == session).expect(&log);
+    assert_eq!(field(&disconnect, "end"), "closed");
+    assert_eq!(field(&disconnect, "commands"), "5");
+    assert_eq!(field(&disconnect, "verbs"), "ehlo:1,mail:1,rcpt:2,quit:1");
+    assert_eq!(field(&disconnect, "messages"), "0");
+    // A refusal at 5xx is a warning (journald priority 4), not an error.
+    let line = log.lines().find(|l| l.contains(" refused ") && l.contains(&session)).unwrap();
+    assert!(line.split(' ').nth(1) == Some("warning"), "{line}");
+}
+
+#[test]
+fn an_accepted_message_names_its_session_and_no_line_has_a_module_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn(dir.path(), "", &[]);
+    let mut c = Client::connect(daemon.addr);
+    assert_eq!(c.send_mail("app@lan.test", &["user@example.com"], "Subject: hi\r\n\r\nbody\r\n").code, 250);
+    c.cmd("QUIT");
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = daemon.log_text();
+    let accepted = events(&log, "accepted").pop().expect(&log);
+    let session = field(&accepted, "session");
+    assert_eq!(field(&accepted, "from"), "<app@lan.test>");
+    assert_eq!(field(&accepted, "identity"), "trusted-network");
+    let disconnect = events(&log, "disconnect").into_iter().find(|f| field(f, "session") == session).expect(&log);
+    assert_eq!(field(&disconnect, "messages"), "1");
+    assert_eq!(field(&disconnect, "verbs"), "ehlo:1,mail:1,rcpt:1,data:1,quit:1");
+    for line in log.lines() {
+        assert!(!line.contains("sluice::"), "a module path: {line}");
+        let level = line.split(' ').nth(1).unwrap_or("");
+        assert!(["info", "warning", "error"].contains(&level), "{line}");
+    }
+    assert!(log.lines().any(|l| l.ends_with(" info ready version=0.1.0")), "{log}");
+}
+
+#[test]
+fn a_flood_of_refusals_from_one_address_is_cut_to_twenty_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn(dir.path(), "", &[]);
+    for _ in 0..4 {
+        let mut c = Client::connect_from(daemon.addr, "127.0.0.3");
+        c.cmd("EHLO prober");
+        c.cmd("MAIL FROM:<p@x.test>");
+        for i in 0..10 {
+            assert_eq!(c.cmd(&format!("RCPT TO:<victim{i}@example.com>")).code, 550);
+        }
+        c.cmd("QUIT");
+    }
+    // Another address still gets its lines.
+    let mut c = Client::connect_from(daemon.addr, "127.0.0.4");
+    c.cmd("EHLO other");
+    c.cmd("MAIL FROM:<o@x.test>");
+    assert_eq!(c.cmd("RCPT TO:<someone@example.com>").code, 550);
+    c.cmd("QUIT");
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = daemon.log_text();
+    let from = |ip: &str| events(&log, "refused").iter().filter(|f| field(f, "client") == ip).count();
+    assert_eq!(from("127.0.0.3"), 20, "{log}");
+    assert_eq!(from("127.0.0.4"), 1, "{log}");
+    // Every session still gets its connect and disconnect lines.
+    assert_eq!(events(&log, "disconnect").iter().filter(|f| field(f, "client").starts_with("127.0.0.3:")).count(), 4);
+}
+
+#[test]
+fn under_the_journal_lines_carry_syslog_priorities_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().to_path_buf();
+    // systemd names the stream it connected in JOURNAL_STREAM (device:inode): here the log file.
+    let daemon = Daemon::spawn_with(dir.path(), "", &[], |command| {
+        let log = std::fs::read_dir(&logs).unwrap().flatten().find(|e| e.file_name().to_string_lossy().starts_with("daemon-")).unwrap();
+        let meta = log.metadata().unwrap();
+        command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    });
+    let mut c = Client::connect_from(daemon.addr, "127.0.0.2");
+    c.cmd("EHLO x");
+    c.cmd("MAIL FROM:<a@x.test>");
+    assert_eq!(c.cmd("RCPT TO:<b@example.com>").code, 550);
+    c.cmd("QUIT");
+    drop(c);
+    // A config the daemon refuses to reload: an error.
+    std::fs::write(&daemon.config_path, "listeners: [").unwrap();
+    let pid = daemon.child.id() as i32;
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = daemon.log_text();
+    assert!(log.lines().any(|l| l.starts_with("<6>connect session=")), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("<4>refused session=")), "{log}");
+    assert!(log.lines().any(|l| l.starts_with("<3>reload refused")), "{log}");
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+}
