@@ -316,7 +316,12 @@ fn main() -> ExitCode {
         Command::Sendmail { args } => return ExitCode::from(sluice::sendmail::main(&args)),
         Command::Reload { config } => return reload(&config),
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
-        Command::CheckConfig { config } => load(&config).map(|_| println!("{}: OK", config.display())),
+        Command::CheckConfig { config } => load(&config).map(|c| {
+            for warning in &c.warnings {
+                eprintln!("{}: warning: {warning}", config.display());
+            }
+            println!("{}: OK", config.display());
+        }),
         Command::Queue { command: QueueCommand::List { config, ids, domain, filters, json } } => {
             return list(&config, filters.selection(ids, domain, false), json);
         }

@@ -53,6 +53,9 @@ pub struct Config {
     /// Clients allowed to relay on `relay` listeners (default: loopback only).
     #[serde(default = "default_trusted")]
     pub trusted_networks: Vec<Cidr>,
+    /// `trusted_networks` may include every address (`0.0.0.0/0`, `::/0`): an open relay.
+    #[serde(default)]
+    pub allow_open_relay: bool,
     #[serde(default)]
     pub limits: Limits,
     /// TLS for STARTTLS and implicit-TLS listeners; without it no TLS is offered.
@@ -88,6 +91,10 @@ pub struct Config {
     /// The file this config was read from (`Config::load`); a reload reads it again.
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// What is allowed but probably wrong, each naming its key (check-config prints them, the
+    /// daemon logs them when it starts).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -513,7 +520,23 @@ impl Config {
             }
         }
         config.validate(text)?;
+        config.warnings = config.find_warnings(text);
         Ok(config)
+    }
+
+    fn find_warnings(&self, text: &str) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let host = &self.hostname.0;
+        if !host.contains('.') {
+            let whence = match line_of(text, "hostname").as_str() {
+                "" => " (the machine's name, as no hostname is set)".to_string(),
+                at => at.to_string(),
+            };
+            warnings.push(format!(
+                "hostname: {host:?}{whence} is not a fully qualified domain name; MX hosts may refuse it in EHLO (RFC 5321 4.1.1.1)"
+            ));
+        }
+        warnings
     }
 
     /// Checks that span several keys; the line is found from the key's text.
@@ -530,6 +553,14 @@ impl Config {
         }
         if self.listeners.is_empty() {
             return Err(err("listeners", "at least one listener is required".into()));
+        }
+        if let Some(everyone) = self.trusted_networks.iter().find(|n| n.covers_everyone())
+            && !self.allow_open_relay
+        {
+            let msg = format!(
+                "{everyone} lets anyone relay through this host (an open relay); list your own networks, or set allow_open_relay: true if that is really meant"
+            );
+            return Err(err("trusted_networks", msg));
         }
         let l = &self.limits;
         if l.reserved_for_trusted >= l.max_connections {
@@ -593,6 +624,17 @@ impl Config {
         }
         if let Some(domain) = d.routes.keys().chain(d.tls_policies.keys()).find(|k| address::check_domain(k).is_err()) {
             return Err(err("delivery", format!("{domain:?} is not a domain")));
+        }
+        // Port 465 speaks TLS from the first byte (RFC 8314); delivery starts in plain text and
+        // would wait for a greeting that never comes.
+        let implicit =
+            d.smarthost.iter().map(|h| ("smarthost", h)).chain(d.routes.values().map(|h| ("routes", h))).find(|(_, h)| h.port == 465);
+        if let Some((key, hop)) = implicit {
+            let msg = format!(
+                "{}:465 is implicit TLS (submissions), which delivery does not speak; use the next hop's port 587 (STARTTLS)",
+                hop.host
+            );
+            return Err(err(key, msg));
         }
         if let Some(auth) = &d.smarthost_auth {
             if d.smarthost.is_none() {

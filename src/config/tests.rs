@@ -60,6 +60,10 @@ fn errors_name_the_key_and_line_table() {
         ("hostname: a.b\nlimits:\n  command_timeout: 5 fortnights\n", "limits.command_timeout", "line 3"),
         ("hostname: a.b\nlimits:\n  max_line_length: 80\n", "max_line_length: must be at least 998", "line 3"),
         ("hostname: a.b\nlisteners:\n  - { address: \"127.0.0.1:25\" }\n  - { address: \"127.0.0.1:25\" }\n", "listed twice", "line 2"),
+        ("hostname: a.b\ntrusted_networks: [\"10.0.0.0/8\", \"0.0.0.0/0\"]\n", "trusted_networks: 0.0.0.0/0 lets anyone relay", "line 2"),
+        ("hostname: a.b\ntrusted_networks: [\"::/0\"]\n", "trusted_networks: ::/0 lets anyone relay", "line 2"),
+        ("hostname: a.b\ndelivery:\n  smarthost: \"mail.example.com:465\"\n", "smarthost: mail.example.com:465 is implicit TLS", "line 3"),
+        ("hostname: a.b\ndelivery:\n  routes:\n    x.test: \"[10.0.0.1]:465\"\n", "routes: 10.0.0.1:465 is implicit TLS", "line 3"),
     ];
     for (text, key, line) in table {
         let e = parse(text).expect_err(text);
@@ -99,6 +103,16 @@ fn cidr_matching() {
     assert!(v6.contains("2001:db8:7fff::1".parse().unwrap()));
     assert!(!v6.contains("2001:db8:8000::1".parse().unwrap()));
     assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("8.8.8.8".parse().unwrap()));
+}
+
+#[test]
+fn an_open_relay_needs_saying_so_and_a_short_hostname_is_a_warning() {
+    let open = parse("hostname: relay.example.com\ntrusted_networks: [\"0.0.0.0/0\"]\nallow_open_relay: true\n").unwrap();
+    assert!(open.is_trusted("192.0.2.1".parse().unwrap()));
+    assert!(open.warnings.is_empty(), "{:?}", open.warnings);
+    let short = parse("hostname: vm\n").unwrap();
+    assert_eq!(short.warnings.len(), 1);
+    assert!(short.warnings[0].starts_with("hostname: \"vm\" at line 1 is not a fully qualified domain name"), "{:?}", short.warnings);
 }
 
 #[test]

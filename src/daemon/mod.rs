@@ -39,6 +39,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
 /// [`start`] with the queue runner on `clock` (tests run retries and expiry on virtual time).
 pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock>) -> Result<Running, String> {
+    for warning in &config.warnings {
+        tracing::warn!(warning = warning.as_str(), "config");
+    }
     let path = config.source.clone();
     let config = Arc::new(config);
     let spool_cfg = config.spool.clone();

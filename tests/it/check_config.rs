@@ -1,4 +1,5 @@
-//! `sluice check-config` accepts the example and names key and line for bad configs.
+//! `sluice check-config` accepts the example, names key and line for bad configs, and warns
+//! about what is allowed but probably wrong.
 
 use crate::common::sluice;
 
@@ -23,6 +24,12 @@ fn bad_configs_fail_with_key_and_line() {
             "reserved_for_trusted: 50 leaves no connection",
             "line 4",
         ),
+        ("hostname: a.test\ntrusted_networks: [\"0.0.0.0/0\"]\n", "trusted_networks: 0.0.0.0/0 lets anyone relay", "line 2"),
+        (
+            "hostname: a.test\ndelivery:\n  smarthost: \"smtp.example.com:465\"\n",
+            "smarthost: smtp.example.com:465 is implicit TLS",
+            "line 3",
+        ),
     ];
     for (text, key, line) in cases {
         let path = dir.path().join("bad.yaml");
@@ -33,4 +40,17 @@ fn bad_configs_fail_with_key_and_line() {
     }
     let (ok, _, err) = sluice(&["check-config", "--config", "/nonexistent/sluice.yaml"]);
     assert!(!ok && err.contains("/nonexistent/sluice.yaml"), "{err}");
+}
+
+#[test]
+fn a_hostname_that_is_not_fully_qualified_passes_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("short.yaml");
+    std::fs::write(&path, "# the box's own name\nhostname: vm\n").unwrap();
+    let (ok, out, err) = sluice(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(ok && out.contains("OK"), "{err}");
+    assert!(err.contains("warning: hostname: \"vm\" at line 2 is not a fully qualified domain name"), "{err}");
+    std::fs::write(&path, "hostname: relay.example.com\n").unwrap();
+    let (ok, _, err) = sluice(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(ok && !err.contains("warning"), "{err}");
 }
