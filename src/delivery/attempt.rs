@@ -2,6 +2,7 @@
 //! over pooled connections, and report one result per recipient.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::connection::{ConnError, Connection, Settings};
 use super::pool::{Checkout, Pool, PoolKey, Slot};
@@ -18,10 +19,33 @@ use crate::smtp::reply::{Enhanced, Reply};
 pub struct Attempted {
     pub outcome: RcptOutcome,
     pub remote: Option<String>,
+    /// The connection it went over, for the delivery log line.
+    pub via: Option<Via>,
     /// The host that answered offers DSN (RFC 3461), so NOTIFY went on with the message.
     pub remote_dsn: bool,
     /// The outcome's reply is the remote server's own, not ours about it.
     pub remote_said: bool,
+}
+
+/// The connection a result came over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Via {
+    /// `host[address]:port`, as Postfix's `relay=`.
+    pub relay: String,
+    /// TLS version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), if any.
+    pub tls: Option<String>,
+    /// Setting the connection up (0 for a pooled one), and the transaction on it.
+    pub connect_ms: u64,
+    pub transfer_ms: u64,
+}
+
+/// A host that failed on the way (the queue logs it with the queue id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEvent {
+    pub relay: String,
+    pub error: String,
+    /// Opportunistic TLS failed and the same host was tried again in plain text.
+    pub plaintext_retry: bool,
 }
 
 /// One attempt's results, and what it said about the destination (for backoff). A recipient
@@ -29,6 +53,11 @@ pub struct Attempted {
 pub struct Report {
     pub results: Vec<Option<Attempted>>,
     pub signal: Signal,
+    pub hosts: Vec<HostEvent>,
+}
+
+fn relay_of(target: &Target) -> String {
+    format!("{}[{}]:{}", target.host, target.addr.ip(), target.addr.port())
 }
 
 /// A reply that asks us to slow down: 421, or any 4.7.x (such as 4.7.28, "rate limited").
@@ -54,18 +83,18 @@ impl<T: Transport> Sender<T> {
         fresh: bool,
         bucket: &Bucket,
         settings: &Settings,
-    ) -> Result<(Connection<T>, bool), ConnError> {
+    ) -> Result<(Connection<T>, bool, Option<HostEvent>), ConnError> {
         let key = PoolKey::new(target, policy, login);
         let cap = bucket.cap(target);
         let permit = match (slot, fresh) {
             (Some(slot), true) => slot,
             (Some(slot), false) => match self.pool.take(&key) {
-                Some(conn) => return Ok((conn, true)),
+                Some(conn) => return Ok((conn, true, None)),
                 None => slot,
             },
             (None, true) => self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await,
             (None, false) => match self.pool.checkout(&key, &cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await {
-                Checkout::Pooled(conn) => return Ok((*conn, true)),
+                Checkout::Pooled(conn) => return Ok((*conn, true, None)),
                 Checkout::New(slot) => slot,
             },
         };
@@ -73,10 +102,11 @@ impl<T: Transport> Sender<T> {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        let mut fallback = None;
         let mut opened = match Connection::open(target.clone(), policy, login, settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
             Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
-                tracing::info!(host = %target.host, addr = %target.addr, error = %e, "TLS handshake failed; retrying in plain text");
+                fallback = Some(HostEvent { relay: relay_of(target), error: e.to_string(), plaintext_retry: true });
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
                 Connection::open(target.clone(), TlsPolicy::Never, login, settings, permit).await
             }
@@ -88,7 +118,7 @@ impl<T: Transport> Sender<T> {
         let tls = opened.tls.as_deref().and_then(|t| t.split(' ').next()).unwrap_or("none").to_string();
         metrics::counter!(m::DELIVERY_TLS, "version" => tls).increment(1);
         tracing::debug!(host = %target.host, addr = %target.addr, tls = opened.tls.as_deref().unwrap_or("none"), "connected");
-        Ok((opened, false))
+        Ok((opened, false, fallback))
     }
 
     /// Sends `msg` to the first target that takes it. Recipients a 452 left over go out in a
@@ -116,28 +146,34 @@ impl<T: Transport> Sender<T> {
         let mut tls_failures = 0;
         let mut stop = self.stop.clone();
         let settings = self.settings.get();
+        let mut hosts = Vec::new();
         'targets: for target in targets {
             let mut fresh = false;
             while !pending.is_empty() {
                 let reserved = slot.take().filter(|s| *s.cap() == bucket.cap(target));
+                let connecting = Instant::now();
                 let connection = tokio::select! {
                     biased;
-                    _ = stop.wait_for(|stopping| *stopping) => return finish(results, Signal::Answered),
+                    _ = stop.wait_for(|stopping| *stopping) => return finish(results, Signal::Answered, hosts),
                     c = self.connection((target, policy, login), reserved, fresh, bucket, &settings) => c,
                 };
+                let connect_ms = connecting.elapsed().as_millis() as u64;
                 if *stop.borrow() {
                     // The wait for a connection outlasted the drain's start: nothing new goes out.
-                    if let Ok((conn, _)) = connection {
+                    if let Ok((conn, _, _)) = connection {
                         self.pool.put(conn);
                     }
-                    return finish(results, Signal::Answered);
+                    return finish(results, Signal::Answered, hosts);
                 }
                 let (mut conn, reused) = match connection {
-                    Ok(c) => c,
+                    Ok((conn, reused, fallback)) => {
+                        hosts.extend(fallback);
+                        (conn, reused)
+                    }
                     Err(ConnError::Smtp(Failure::Loop)) => {
                         let reply = Reply::new(554, Enhanced(5, 4, 6), format!("{} greets with our own name: mail loop", target.host));
                         fill(&mut results, &pending, &reply, Some(&target.host));
-                        return finish(results, Signal::Answered);
+                        return finish(results, Signal::Answered, hosts);
                     }
                     Err(e) => {
                         if let ConnError::Smtp(Failure::Greeting(r) | Failure::Closing(r)) = &e
@@ -149,7 +185,7 @@ impl<T: Transport> Sender<T> {
                             tls_failures += 1;
                         }
                         last_error = format!("{} [{}]: {e}", target.host, target.addr);
-                        tracing::info!(host = %target.host, addr = %target.addr, error = %e, "destination host failed; trying the next");
+                        hosts.push(HostEvent { relay: relay_of(target), error: e.to_string(), plaintext_retry: false });
                         continue 'targets;
                     }
                 };
@@ -168,7 +204,15 @@ impl<T: Transport> Sender<T> {
                     }
                 }
                 let sub = Message { recipients: pending.iter().map(|&i| msg.recipients[i].clone()).collect(), ..msg.clone() };
-                match conn.transact(sub, &settings).await {
+                let transferring = Instant::now();
+                let result = conn.transact(sub, &settings).await;
+                let via = Via {
+                    relay: relay_of(target),
+                    tls: conn.tls.as_deref().map(|t| t.replace(' ', "/")),
+                    connect_ms: if reused { 0 } else { connect_ms },
+                    transfer_ms: transferring.elapsed().as_millis() as u64,
+                };
+                match result {
                     Ok(outcomes) => {
                         answered = true;
                         if let Some(r) = outcomes.iter().find_map(|o| match o {
@@ -186,7 +230,13 @@ impl<T: Transport> Sender<T> {
                             match outcome {
                                 RcptOutcome::Overflow => overflow.push(i),
                                 o => {
-                                    results[i] = Some(Attempted { outcome: o, remote: Some(target.host.clone()), remote_dsn, remote_said })
+                                    results[i] = Some(Attempted {
+                                        outcome: o,
+                                        remote: Some(target.host.clone()),
+                                        via: Some(via.clone()),
+                                        remote_dsn,
+                                        remote_said,
+                                    })
                                 }
                             }
                         }
@@ -206,9 +256,9 @@ impl<T: Transport> Sender<T> {
                             throttled = Some(format!("{}: {r}", target.host));
                         }
                         let reply = interrupted(&e, target);
-                        fill(&mut results, &pending, &reply, Some(&target.host));
+                        fill_via(&mut results, &pending, &reply, Some(&target.host), Some(via));
                         let signal = throttled.map_or(Signal::Answered, Signal::Throttled);
-                        return finish(results, signal);
+                        return finish(results, signal, hosts);
                     }
                 }
             }
@@ -227,7 +277,7 @@ impl<T: Transport> Sender<T> {
             };
             fill(&mut results, &pending, &reply, None);
         }
-        finish(results, signal)
+        finish(results, signal, hosts)
     }
 }
 
@@ -248,15 +298,24 @@ fn interrupted(e: &ConnError, target: &Target) -> Reply {
 }
 
 fn fill(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remote: Option<&str>) {
+    fill_via(results, which, reply, remote, None);
+}
+
+fn fill_via(results: &mut [Option<Attempted>], which: &[usize], reply: &Reply, remote: Option<&str>, via: Option<Via>) {
     let outcome = if reply.is_permanent() { RcptOutcome::Failed(reply.clone()) } else { RcptOutcome::Deferred(reply.clone()) };
     for &i in which {
         if results[i].is_none() {
-            results[i] =
-                Some(Attempted { outcome: outcome.clone(), remote: remote.map(str::to_string), remote_dsn: false, remote_said: false });
+            results[i] = Some(Attempted {
+                outcome: outcome.clone(),
+                remote: remote.map(str::to_string),
+                via: via.clone(),
+                remote_dsn: false,
+                remote_said: false,
+            });
         }
     }
 }
 
-fn finish(results: Vec<Option<Attempted>>, signal: Signal) -> Report {
-    Report { results, signal }
+fn finish(results: Vec<Option<Attempted>>, signal: Signal, hosts: Vec<HostEvent>) -> Report {
+    Report { results, signal, hosts }
 }

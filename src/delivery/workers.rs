@@ -126,8 +126,11 @@ impl Workers {
         tracing::error!(worker, "delivery worker is gone");
         let reply = Reply::new(451, Enhanced(4, 3, 0), "Delivery worker unavailable");
         let results =
-            vec![Some(Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false, remote_said: false }); n];
-        Report { results, signal: Signal::Answered }
+            vec![
+                Some(Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, via: None, remote_dsn: false, remote_said: false });
+                n
+            ];
+        Report { results, signal: Signal::Answered, hosts: Vec::new() }
     }
 }
 

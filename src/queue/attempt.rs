@@ -35,7 +35,7 @@ struct Gathered {
 }
 
 fn local(outcome: RcptOutcome) -> Attempted {
-    Attempted { outcome, remote: None, remote_dsn: false, remote_said: false }
+    Attempted { outcome, remote: None, via: None, remote_dsn: false, remote_said: false }
 }
 
 /// The recipients of `env` due at `now` (unix seconds), grouped.
@@ -207,6 +207,14 @@ impl Runner {
             };
             let started = self.clock.now_ms();
             let report = delivery.send(targets.to_vec(), bucket.clone(), msg, policy, delivery.logs_in(domain)).await;
+            for host in &report.hosts {
+                let (relay, error) = (host.relay.as_str(), host.error.as_str());
+                if host.plaintext_retry {
+                    tracing::info!(queue_id = %env.queue_id, relay, error, "TLS handshake failed; retrying in plain text");
+                } else {
+                    tracing::info!(queue_id = %env.queue_id, relay, error, "destination host failed; trying the next");
+                }
+            }
             delivery.shaper().record(bucket, &report.signal, started, self.clock.now_ms());
             gathered.results.extend(chunk.iter().copied().zip(report.results).filter_map(|(i, r)| Some((i, r?))));
         }
@@ -269,7 +277,32 @@ impl Runner {
                 RecipientState::Failed => "bounced",
                 RecipientState::Queued => "deferred",
             };
-            tracing::info!(queue_id = %env.queue_id, to = format!("<{}>", r.mailbox).as_str(), status, remote = a.remote.as_deref().unwrap_or("-"), reply = r.last_reply.as_deref().unwrap_or(""), "delivery");
+            let reply = a.outcome.reply();
+            let dsn = reply.and_then(|r| r.enhanced).map(|e| e.to_string());
+            // Postfix's delay and delays=a/b/c: in the queue (before this attempt and waiting
+            // in it), connecting, and the transaction.
+            let total_ms = match env.arrival_ms {
+                Some(ms) => self.clock.now_ms().saturating_sub(ms),
+                None => now.saturating_sub(env.arrival) * 1000,
+            };
+            let (connect_ms, transfer_ms) = a.via.as_ref().map_or((0, 0), |v| (v.connect_ms, v.transfer_ms));
+            let queued_ms = total_ms.saturating_sub(connect_ms + transfer_ms);
+            let secs = |ms: u64| format!("{}.{:02}", ms / 1000, ms % 1000 / 10);
+            tracing::info!(
+                queue_id = %env.queue_id,
+                to = format!("<{}>", r.mailbox).as_str(),
+                status,
+                relay = a.via.as_ref().map_or("none", |v| v.relay.as_str()),
+                delay = secs(total_ms).as_str(),
+                delays = format!("{}/{}/{}", secs(queued_ms), secs(connect_ms), secs(transfer_ms)).as_str(),
+                dsn = dsn.as_deref().unwrap_or("none"),
+                code = reply.map_or(0, |r| r.code),
+                tls = a.via.as_ref().and_then(|v| v.tls.as_deref()).unwrap_or("none"),
+                attempt = r.attempts,
+                size = env.body.as_ref().map_or(0, |b| b.len),
+                reply = r.last_reply.as_deref().unwrap_or(""),
+                "delivery"
+            );
             if r.state == RecipientState::Delivered {
                 let latency = match env.arrival_ms {
                     Some(ms) => self.clock.now_ms().saturating_sub(ms) as f64 / 1000.0,

@@ -93,8 +93,10 @@ pub fn postpone(
     for (index, until, why) in postponed {
         if expired {
             let reply = Reply::new(451, Enhanced(4, 4, 5), why.clone());
-            results
-                .push((*index, Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, remote_dsn: false, remote_said: false }));
+            results.push((
+                *index,
+                Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, via: None, remote_dsn: false, remote_said: false },
+            ));
         } else {
             let r = &mut env.recipients[*index];
             r.next_attempt = Some(*until);
@@ -217,8 +219,13 @@ mod tests {
         let policy = RetryPolicy { schedule: &schedule, max_age: Duration::from_secs(86400), delay_warning: None };
         for n in 0..7u64 {
             let reply = Reply::new(451, Enhanced(4, 3, 0), format!("busy {n}"));
-            let attempted =
-                Attempted { outcome: RcptOutcome::Deferred(reply), remote: Some("mx.y.test".into()), remote_dsn: false, remote_said: true };
+            let attempted = Attempted {
+                outcome: RcptOutcome::Deferred(reply),
+                remote: Some("mx.y.test".into()),
+                via: None,
+                remote_dsn: false,
+                remote_said: true,
+            };
             record(&mut env, &[(0, attempted)], 100 + n, &policy);
         }
         let history = &env.recipients[0].history;
@@ -259,7 +266,7 @@ mod tests {
     }
 
     fn att(o: RcptOutcome) -> Attempted {
-        Attempted { outcome: o, remote: Some("mx.y.test".into()), remote_dsn: false, remote_said: true }
+        Attempted { outcome: o, remote: Some("mx.y.test".into()), via: None, remote_dsn: false, remote_said: true }
     }
 
     const SCHEDULE: [Duration; 3] = [Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(3600)];
@@ -317,10 +324,17 @@ mod tests {
         let without = Attempted {
             outcome: RcptOutcome::Delivered(ok.clone()),
             remote: Some("old.test".into()),
+            via: None,
             remote_dsn: false,
             remote_said: false,
         };
-        let with = Attempted { outcome: RcptOutcome::Delivered(ok), remote: Some("new.test".into()), remote_dsn: true, remote_said: true };
+        let with = Attempted {
+            outcome: RcptOutcome::Delivered(ok),
+            remote: Some("new.test".into()),
+            via: None,
+            remote_dsn: true,
+            remote_said: true,
+        };
         let t = record(&mut e, &[(0, without), (1, with)], 2000, &p);
         assert_eq!(t.relayed.iter().map(|n| (n.index, n.action)).collect::<Vec<_>>(), [(0, Action::Relayed)]);
     }
@@ -341,6 +355,7 @@ mod tests {
         let down = Attempted {
             outcome: RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 1), "no host answered")),
             remote: None,
+            via: None,
             remote_dsn: false,
             remote_said: false,
         };

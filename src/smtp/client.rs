@@ -127,6 +127,14 @@ pub enum RcptOutcome {
 }
 
 impl RcptOutcome {
+    /// The reply that decided it (none for an overflow, which is sent again).
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            RcptOutcome::Delivered(r) | RcptOutcome::Deferred(r) | RcptOutcome::Failed(r) => Some(r),
+            RcptOutcome::Overflow => None,
+        }
+    }
+
     /// The outcome of a final reply (to the dot, or a refusal); 3xx never gets here.
     fn from_reply(reply: &Reply) -> RcptOutcome {
         if reply.code < 300 {

@@ -179,3 +179,57 @@ fn under_the_journal_lines_carry_syslog_priorities_and_no_timestamp() {
     assert!(log.lines().any(|l| l.starts_with("<3>reload refused")), "{log}");
     assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
 }
+
+#[test]
+fn grep_for_the_queue_id_tells_the_message_story_with_relay_delays_and_dsn() {
+    use crate::peers::dest::{Behavior, Dest};
+    use crate::peers::dns::{TestDns, Zone};
+    let dest = Dest::start(Behavior::default());
+    // The first MX refuses connections (nothing listens on 127.0.0.9), the second takes it.
+    let zone = Zone::default()
+        .mx("dest.test", &[(10, "mx1.dest.test"), (20, "mx2.dest.test")])
+        .a("mx1.dest.test", "127.0.0.9")
+        .a("mx2.dest.test", "127.0.0.1");
+    let dns = TestDns::start(zone);
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("{}delivery:\n  port: {}\n  retry: [1s]\n", dns.config(), dest.addr.port());
+    let daemon = Daemon::spawn(dir.path(), &extra, &[]);
+    let mut c = Client::connect(daemon.addr);
+    let reply = c.send_mail("app@lan.test", &["user@dest.test"], "Subject: story\r\n\r\nbody\r\n");
+    assert_eq!(reply.code, 250);
+    let queue_id = reply.text().rsplit(' ').next().unwrap().trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let story = loop {
+        let log = daemon.log_text();
+        let story: Vec<String> = log.lines().filter(|l| l.contains(&format!("queue_id={queue_id} "))).map(str::to_string).collect();
+        if story.iter().any(|l| l.contains(" delivery ")) || std::time::Instant::now() > deadline {
+            break story;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Shown with --nocapture: the lines an operator's grep finds.
+    eprintln!("{}", story.join("\n"));
+    let names: Vec<String> = story.iter().map(|l| parse(l).0).collect();
+    assert_eq!(names, ["accepted", "destination host failed; trying the next", "delivery"], "{story:#?}");
+    let failed = parse(&story[1]).1;
+    assert_eq!(field(&failed, "relay"), format!("mx1.dest.test[127.0.0.9]:{}", dest.addr.port()));
+    assert!(field(&failed, "error").contains("refused"), "{failed:?}");
+    let delivery = parse(&story[2]).1;
+    assert_eq!(field(&delivery, "relay"), format!("mx2.dest.test[127.0.0.1]:{}", dest.addr.port()));
+    assert_eq!(
+        [
+            field(&delivery, "to"),
+            field(&delivery, "status"),
+            field(&delivery, "dsn"),
+            field(&delivery, "code"),
+            field(&delivery, "attempt")
+        ],
+        ["<user@dest.test>", "delivered", "2.0.0", "250", "1"]
+    );
+    assert_eq!(field(&delivery, "tls"), "none");
+    assert!(field(&delivery, "size").parse::<u64>().unwrap() > 20, "{delivery:?}");
+    let delay: f64 = field(&delivery, "delay").parse().unwrap();
+    let parts: Vec<f64> = field(&delivery, "delays").split('/').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(parts.len(), 3, "{delivery:?}");
+    assert!((parts.iter().sum::<f64>() - delay).abs() < 0.03, "the parts add up to the delay: {delivery:?}");
+}
