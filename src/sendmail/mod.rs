@@ -67,7 +67,24 @@ pub enum Mode {
     List,
     /// `-q...`: flush the queue, or the messages this selects.
     Flush { domain: Option<String>, id: Option<String> },
+    /// `--help`: print the usage (sendmail has no help flag; ours must not send mail).
+    Help,
 }
+
+const USAGE: &str = "\
+usage: sendmail [-t] [-i] [-f ADDR] [-F NAME] [-C CONFIG] [RECIPIENT...] < message
+       sendmail -bs | -bp | -q | -qRdomain | -qIqueue-id
+  -t          recipients from the To, Cc and Bcc fields (Bcc removed)
+  -i, -oi     a line holding only \".\" does not end the message
+  -f ADDR     the envelope sender (trusted users only; \"\" is the null sender)
+  -F NAME     the full name for a From field that is added
+  -C CONFIG   the config file (default /etc/sluice/config.yaml)
+  -bs         SMTP on standard input and output
+  -bp         list the queue (as mailq)
+  -q...       flush the queue, or one domain's (-qR) or one message (-qI)
+The message goes to the daemon over sendmail.socket; while the daemon is down it waits in the
+maildrop and is taken in when it starts. Exit codes are sysexits(3)'s.
+";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
@@ -100,6 +117,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.recipients.extend(args[i + 1..].iter().cloned());
                 break;
             }
+            "--help" => o.mode = Mode::Help,
             "-t" => o.extract = true,
             "-i" | "-oi" => o.ignore_dots = true,
             "-bm" => o.mode = Mode::Message,
@@ -193,10 +211,14 @@ pub fn main(args: &[String]) -> u8 {
     let o = match parse_args(args) {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("sendmail: {e}");
+            eprintln!("sendmail: {e}\n{USAGE}");
             return EX_USAGE;
         }
     };
+    if o.mode == Mode::Help {
+        print!("{USAGE}");
+        return EX_OK;
+    }
     let path = config_path(&o);
     let config = match crate::config::Config::load(&path) {
         Ok(c) => c,
@@ -222,7 +244,7 @@ pub fn main(args: &[String]) -> u8 {
                 }
             };
         }
-        Mode::Message => {}
+        Mode::Message | Mode::Help => {}
     }
     if o.recipients.is_empty() && !o.extract {
         eprintln!("sendmail: no recipients (give addresses, or -t to read them from the message)");

@@ -119,3 +119,15 @@ fn sendmail_while_the_daemon_is_down_is_delivered_once_it_runs() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(dest.wait_for(1, Duration::from_secs(1)).len(), 1, "delivered once");
 }
+
+#[test]
+fn help_prints_the_usage_and_sends_nothing() {
+    // No config is read for --help: it works before the relay is set up.
+    let out = std::process::Command::new(crate::common::sluice_bin()).args(["sendmail", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("usage: sendmail") && text.contains("-t ") && text.contains("-bs"), "{text}");
+    let bad = std::process::Command::new(crate::common::sluice_bin()).args(["sendmail", "-X"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unsupported option -X\nusage: sendmail"));
+}
