@@ -66,6 +66,7 @@ fn main() {
                         arrival_ms: None,
                         body: None,
                         held: false,
+                        message_id: None,
                     };
                     spool.store(env, &[body.as_bytes()]).unwrap().wait_blocking().unwrap();
                 }

@@ -33,6 +33,7 @@ fn envelope(spool: &SledSpool, now: u64) -> Envelope {
         arrival_ms: None,
         body: None,
         held: false,
+        message_id: None,
     }
 }
 

@@ -29,7 +29,7 @@ mkdir -p "$work" "$out"
 
 echo "== Debian 12 root file system"
 mmdebstrap --variant=minbase --quiet \
-  --include=linux-image-amd64,systemd,systemd-sysv,systemd-timesyncd,systemd-boot-efi,udev,dbus,iproute2,kmod,ca-certificates,netbase,procps \
+  --include=linux-image-amd64,systemd,systemd-sysv,systemd-timesyncd,systemd-boot-efi,udev,dbus,iproute2,kmod,ca-certificates,netbase,procps,logrotate \
   --customize-hook='chroot "$1" systemctl enable systemd-networkd systemd-timesyncd' \
   bookworm "$root" "$mirror"
 
@@ -42,6 +42,7 @@ install -D -m 0644 "$repo/systemd/sluice.sysusers" "$root/usr/lib/sysusers.d/slu
 install -D -m 0644 "$repo/systemd/sluice.tmpfiles" "$root/usr/lib/tmpfiles.d/sluice.conf"
 install -D -m 0644 "$repo/image/config.yaml" "$root/etc/sluice/config.yaml"
 install -m 0644 /dev/null "$root/etc/sluice/users"
+install -D -m 0644 "$repo/contrib/logrotate/sluice" "$root/etc/logrotate.d/sluice"
 install -D -m 0644 "$repo/image/seed.service" "$root/usr/lib/systemd/system/sluice-seed.service"
 install -D -m 0755 "$repo/image/seed.sh" "$root/usr/lib/sluice/seed.sh"
 ln -sf /usr/lib/systemd/system/sluice.service "$root/etc/systemd/system/multi-user.target.wants/sluice.service"

@@ -1,5 +1,6 @@
 //! Sluice: an outbound SMTP relay.
 
+pub mod accounting;
 pub mod admin;
 pub mod capacity;
 pub mod clock;

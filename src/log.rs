@@ -87,7 +87,7 @@ where
 }
 
 /// `2026-12-02T13:30:01.123Z`
-fn write_time(w: &mut impl Write, now: std::time::SystemTime) -> fmt::Result {
+pub(crate) fn write_time(w: &mut impl Write, now: std::time::SystemTime) -> fmt::Result {
     let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (y, mo, d) = crate::message::date::civil_from_days((secs / 86_400) as i64);

@@ -32,6 +32,9 @@ pub const DESTINATION_SUSPENDED: &str = "sluice_destination_suspended";
 pub const DESTINATION_SUSPENSIONS: &str = "sluice_destination_suspensions_total";
 pub const SHAPING_POSTPONED: &str = "sluice_shaping_postponed_total";
 pub const QUEUE_IN_FLIGHT: &str = "sluice_queue_in_flight";
+pub const ACCOUNTING_DROPPED: &str = "sluice_accounting_dropped_total";
+pub const ACCOUNTING_LAG: &str = "sluice_accounting_lag_seconds";
+pub const ACCOUNTING_WAITING: &str = "sluice_accounting_waiting_records";
 
 /// Installs the Prometheus exporter on `address` (HTTP, path /metrics) and describes the metrics.
 pub fn install(address: SocketAddr) -> Result<(), String> {
@@ -91,5 +94,8 @@ fn describe() {
     describe_gauge!(DELIVERY_IO_BACKEND, "1 for the I/O backend the delivery workers run on (io_uring or epoll)");
     describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "From arrival to the 250 of the destination, per recipient");
     describe_gauge!(QUEUE_IN_FLIGHT, "Messages being delivered now");
+    describe_counter!(ACCOUNTING_DROPPED, "Accounting records lost: the writer was behind, or the file could not be opened or written");
+    describe_gauge!(ACCOUNTING_LAG, Unit::Seconds, "Age of the oldest record in the accounting writer's last batch (0 when idle)");
+    describe_gauge!(ACCOUNTING_WAITING, "Accounting records waiting for the writer");
     describe_counter!(AUTH_ATTEMPTS, "AUTH attempts by result: success, failure, locked_out, temporary_failure");
 }

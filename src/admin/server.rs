@@ -24,6 +24,8 @@ pub struct Daemon {
     /// None while delivery is paused.
     pub runner: Option<Arc<Runner>>,
     pub reloads: Reloads,
+    /// `deleted` records while delivery is paused (the runner makes them otherwise).
+    pub accounting: Arc<crate::accounting::Accounting>,
 }
 
 /// Serves the admin socket until shutdown: one task per connection, one request each.
@@ -186,13 +188,11 @@ fn runner<'a>(h: &'a Handlers, what: &str) -> Result<&'a Arc<Runner>, Response> 
 async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Result<Response, Response> {
     let (ids, _) = selected(h, &selection).await?;
     if !dry_run {
+        let operator = h.operator();
         let result = match &h.runner {
-            Some(runner) => runner.delete(ids.clone()).await,
+            Some(runner) => runner.delete(ids.clone(), &operator).await,
             // Delivery is paused: nothing is in flight, the spool is the daemon's alone.
-            None => match h.spool.apply(crate::spool::Changes { remove: ids.clone(), ..Default::default() }) {
-                Ok(durable) => durable.wait().await,
-                Err(e) => Err(e),
-            },
+            None => delete_while_paused(h, &ids, &operator).await,
         };
         result.map_err(|e| Response::Error(format!("deleting failed, nothing was removed: {e}")))?;
     }
@@ -200,10 +200,27 @@ async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Resu
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
+async fn delete_while_paused(h: &Handlers, ids: &[String], operator: &str) -> Result<(), crate::spool::SpoolError> {
+    let records: Vec<_> = match h.accounting.enabled() {
+        true => ids
+            .iter()
+            .filter_map(|id| h.spool.get(id).ok())
+            .map(|env| crate::accounting::Record {
+                operator: Some(operator.to_string()),
+                ..crate::accounting::message_record(crate::accounting::Event::Deleted, &env)
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    h.spool.apply(crate::spool::Changes { remove: ids.to_vec(), ..Default::default() })?.wait().await?;
+    records.into_iter().for_each(|r| h.accounting.emit(r));
+    Ok(())
+}
+
 async fn queue_hold(h: &Handlers, selection: Selection, held: bool) -> Result<Response, Response> {
     let runner = runner(h, "nothing is dispatched to hold")?;
     let (ids, _) = selected(h, &selection).await?;
-    runner.hold(ids.clone(), held).await.map_err(|e| Response::Error(format!("holding failed: {e}")))?;
+    runner.hold(ids.clone(), held, &h.operator()).await.map_err(|e| Response::Error(format!("holding failed: {e}")))?;
     tracing::info!(operator = %h.operator(), messages = ids.len(), held, ids = ids.join(",").as_str(), "queue hold");
     Ok(Response::Done { messages: ids.len(), ids })
 }
@@ -218,7 +235,7 @@ async fn queue_bounce(h: &Handlers, selection: Selection, status: &str, reason: 
     let operator = h.operator();
     let text: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let reply = crate::smtp::reply::Reply::new(550, enhanced, format!("{text} (bounced by {operator})"));
-    runner.bounce(ids.clone(), reply).await.map_err(|e| Response::Error(format!("bouncing failed: {e}")))?;
+    runner.bounce(ids.clone(), reply, &operator).await.map_err(|e| Response::Error(format!("bouncing failed: {e}")))?;
     tracing::info!(operator = %operator, messages = ids.len(), status, ids = ids.join(",").as_str(), "queue bounce");
     Ok(Response::Done { messages: ids.len(), ids })
 }

@@ -28,6 +28,9 @@ pub use shaping::{BackoffConfig, DestinationRule, matches_pattern};
 mod sendmail;
 pub use sendmail::SendmailConfig;
 
+mod accounting;
+pub use accounting::AccountingConfig;
+
 #[derive(Debug)]
 pub struct ConfigError(pub String);
 
@@ -80,6 +83,9 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The accounting stream: one JSON line per delivery event (off without a path).
+    #[serde(default)]
+    pub accounting: AccountingConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     /// The local submission socket of `sluice sendmail`.
@@ -509,6 +515,9 @@ impl Config {
         }
         if let Some(users) = config.auth.users_file.as_mut() {
             paths.push(users);
+        }
+        if let Some(accounting) = config.accounting.path.as_mut() {
+            paths.push(accounting);
         }
         paths.extend(config.delivery.tls_trust.iter_mut());
         if let Some(auth) = config.delivery.smarthost_auth.as_mut() {

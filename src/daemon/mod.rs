@@ -31,6 +31,7 @@ pub struct Running {
     spool: Arc<SledSpool>,
     runner: Option<Arc<crate::queue::runner::Runner>>,
     reloads: crate::admin::Reloads,
+    accounting: Arc<crate::accounting::Accounting>,
 }
 
 pub async fn start(config: Config) -> Result<Running, String> {
@@ -49,7 +50,11 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("spool {}: {e}", config.spool.path.display()))?;
-    let ctx = IntakeContext::new(config.clone(), spool.clone())?;
+    if let Some(settings) = config.accounting.settings() {
+        crate::accounting::check(&settings)?;
+    }
+    let accounting = crate::accounting::Accounting::start(config.accounting.settings());
+    let ctx = IntakeContext::new(config.clone(), spool.clone(), accounting.clone())?;
     let stored = ctx.stored.clone();
     let intake = Arc::new(Live::from_arc(ctx));
     if let Some(address) = config.metrics.address {
@@ -72,7 +77,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         (None, None)
     } else {
         let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone())?;
-        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, clock);
+        let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, clock, accounting.clone());
         tasks.spawn(runner.clone().run(watcher.clone()));
         (Some(delivery), Some(runner))
     };
@@ -80,16 +85,28 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
     let config_for_pickup = config.clone();
     let live_config = Arc::new(Live::from_arc(config));
     let (reloads, requests) = mpsc::channel(4);
-    let reloader =
-        Reloader { path, config: live_config.clone(), intake: intake.clone(), delivery, runner: runner.clone(), listeners: bound.clone() };
+    let reloader = Reloader {
+        path,
+        config: live_config.clone(),
+        intake: intake.clone(),
+        delivery,
+        runner: runner.clone(),
+        listeners: bound.clone(),
+        accounting: accounting.clone(),
+    };
     tasks.spawn(reloader.serve(requests, watcher.clone()));
     tasks.spawn(renew_certificate(live_config.clone(), watcher.clone()));
     tasks.spawn(crate::intake::local::serve(sendmail, intake.clone(), watcher.clone()));
     tasks.spawn(crate::intake::pickup::serve(config_for_pickup.sendmail.maildrop.clone(), intake.clone(), watcher.clone()));
-    let daemon =
-        crate::admin::Daemon { spool: spool.clone(), config: live_config.clone(), runner: runner.clone(), reloads: reloads.clone() };
+    let daemon = crate::admin::Daemon {
+        spool: spool.clone(),
+        config: live_config.clone(),
+        runner: runner.clone(),
+        reloads: reloads.clone(),
+        accounting: accounting.clone(),
+    };
     tasks.spawn(crate::admin::serve(admin, Arc::new(daemon), watcher));
-    Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads })
+    Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads, accounting })
 }
 
 /// Replaces a generated certificate before it ends, for a daemon that runs for months (the
@@ -117,6 +134,17 @@ impl Running {
         rx.await.map_err(|_| "the daemon is shutting down".to_string())?
     }
 
+    /// Waits until every accounting record emitted so far is in the file.
+    pub async fn flush_accounting(&self) {
+        let accounting = self.accounting.clone();
+        let _ = tokio::task::spawn_blocking(move || accounting.flush()).await;
+    }
+
+    /// Opens the accounting file again, as SIGUSR1 does.
+    pub fn reopen_accounting(&self) {
+        self.accounting.reopen();
+    }
+
     /// The listener addresses bound now, in config order.
     pub async fn addresses(&self) -> Vec<SocketAddr> {
         self.bound.lock().await.addresses()
@@ -137,6 +165,8 @@ impl Running {
         let _ = std::fs::remove_file(&self.config.get().admin.socket);
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.close()).await;
+        let accounting = self.accounting.clone();
+        let _ = tokio::task::spawn_blocking(move || accounting.close()).await;
     }
 }
 
@@ -147,6 +177,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| e.to_string())?;
     let running = start(config).await?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready");
     crate::notify::notify("READY=1");
@@ -178,6 +209,11 @@ pub async fn run(config: Config) -> Result<(), String> {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 let _ = running.reload().await;
+            }
+            // logrotate's habit: the accounting file was moved away; open it again.
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the accounting file");
+                running.accounting.reopen();
             }
         }
     }

@@ -23,6 +23,7 @@ pub struct Reloader {
     pub(super) delivery: Option<Arc<Delivery>>,
     pub(super) runner: Option<Arc<Runner>>,
     pub(super) listeners: Arc<Mutex<Listeners>>,
+    pub(super) accounting: Arc<crate::accounting::Accounting>,
 }
 
 /// Settings only a restart puts in force: what was opened, bound or started once (the spool,
@@ -96,6 +97,9 @@ impl Reloader {
         let new = Arc::new(new);
         // Everything that can fail, before anything changes.
         let intake = self.intake.get().next(new.clone())?;
+        if let Some(settings) = new.accounting.settings() {
+            crate::accounting::check(&settings)?;
+        }
         let mut listeners = self.listeners.lock().await;
         let plan = listeners.prepare(&new.listeners).await?;
         let own = listeners.planned(&plan);
@@ -112,6 +116,7 @@ impl Reloader {
         if let Some(runner) = &self.runner {
             runner.reconfigure(&new);
         }
+        self.accounting.configure(new.accounting.settings());
         self.config.replace(new);
         let names = |v: &[std::net::SocketAddr]| v.iter().map(ToString::to_string).collect();
         Ok(ReloadReport {

@@ -30,13 +30,21 @@ pub struct Attempted {
 /// The connection a result came over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
-    /// `host[address]:port`, as Postfix's `relay=`.
-    pub relay: String,
+    /// The host's name (the MX or smarthost name) and the address the connection went to.
+    pub host: String,
+    pub addr: std::net::SocketAddr,
     /// TLS version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), if any.
     pub tls: Option<String>,
     /// Setting the connection up (0 for a pooled one), and the transaction on it.
     pub connect_ms: u64,
     pub transfer_ms: u64,
+}
+
+impl std::fmt::Display for Via {
+    /// `host[address]:port`, as Postfix's `relay=`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]:{}", self.host, self.addr.ip(), self.addr.port())
+    }
 }
 
 /// A host that failed on the way (the queue logs it with the queue id).
@@ -207,7 +215,8 @@ impl<T: Transport> Sender<T> {
                 let transferring = Instant::now();
                 let result = conn.transact(sub, &settings).await;
                 let via = Via {
-                    relay: relay_of(target),
+                    host: target.host.clone(),
+                    addr: target.addr,
                     tls: conn.tls.as_deref().map(|t| t.replace(' ', "/")),
                     connect_ms: if reused { 0 } else { connect_ms },
                     transfer_ms: transferring.elapsed().as_millis() as u64,

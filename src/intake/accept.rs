@@ -188,6 +188,7 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     sub.params.priority = sub.params.priority.or(user_priority).or(Some(default_priority).filter(|&p| p != 0));
     // RFC 8689 5: the header field is ignored when REQUIRETLS was given.
     sub.params.tls_optional = facts.tls_required_no && !sub.params.requiretls;
+    let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{hostname}>"));
     let envelope = Envelope {
         queue_id: queue_id.clone(),
         from: sub.from,
@@ -201,11 +202,21 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
         arrival_ms: Some(since_epoch.as_millis() as u64),
         body: None,
         held: false,
+        message_id: Some(message_id.clone()),
     };
     let from = format!("<{}>", envelope.from.as_ref().map(|m| m.to_string()).unwrap_or_default());
+    let record = ctx.accounting.enabled().then(|| {
+        let mut r = crate::accounting::message_record(crate::accounting::Event::Received, &envelope);
+        r.size = Some(size);
+        r.session = Some(sub.source.session().to_string());
+        r.tls = Some(tls_text.clone());
+        if let Source::Local { .. } = sub.source {
+            r.listener = Some("local".into());
+        }
+        r
+    });
     let session = sub.source.session().to_string();
     let recipients = envelope.recipients.len();
-    let message_id = facts.message_id.unwrap_or_else(|| format!("<{queue_id}@{hostname}>"));
     let started = Instant::now();
     let stored = if sub.body.tail.is_some() || sub.body.head.len() > BLOCKING_WRITE_THRESHOLD {
         let spool = ctx.spool.clone();
@@ -232,6 +243,9 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     metrics::histogram!(m::COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
     metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
     metrics::counter!(m::BYTES_ACCEPTED).increment(size);
+    if let Some(record) = record {
+        ctx.accounting.emit(record);
+    }
     // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
     // What the client chose is quoted and escaped by the log's format (crate::log), so no
     // value can end the line or pose as another field.

@@ -56,6 +56,8 @@ pub struct IntakeContext {
     pub body_memory: Arc<body::MemoryBudget>,
     /// Refusal lines per client address, summarised past a threshold.
     pub refusal_log: Arc<refusals::RefusalLog>,
+    /// The accounting stream (`received` records).
+    pub accounting: Arc<crate::accounting::Accounting>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -69,12 +71,13 @@ struct Carried {
     auth_checks: Arc<tokio::sync::Semaphore>,
     body_memory: Arc<body::MemoryBudget>,
     refusal_log: Arc<refusals::RefusalLog>,
+    accounting: Arc<crate::accounting::Accounting>,
 }
 
 impl IntakeContext {
     /// Loads TLS material (generating a self-signed certificate if configured to) and the
     /// users file.
-    pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>) -> Result<Arc<Self>, String> {
+    pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>, accounting: Arc<crate::accounting::Accounting>) -> Result<Arc<Self>, String> {
         let carried = Carried {
             spool,
             limits: ConnectionLimits::new(),
@@ -85,6 +88,7 @@ impl IntakeContext {
             auth_checks: Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
             body_memory: Arc::default(),
             refusal_log: Arc::default(),
+            accounting,
         };
         Self::build(config, carried)
     }
@@ -101,6 +105,7 @@ impl IntakeContext {
             auth_checks: self.auth_checks.clone(),
             body_memory: self.body_memory.clone(),
             refusal_log: self.refusal_log.clone(),
+            accounting: self.accounting.clone(),
         };
         Self::build(config, carried)
     }
@@ -150,7 +155,7 @@ impl IntakeContext {
         };
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
-        let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, .. } = carried;
+        let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, accounting, .. } = carried;
         Ok(Arc::new(IntakeContext {
             relay,
             submission,
@@ -167,6 +172,7 @@ impl IntakeContext {
             auth_checks,
             body_memory,
             refusal_log,
+            accounting,
         }))
     }
 

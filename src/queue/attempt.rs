@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::dsn;
 use super::outcome::{self, RetryPolicy, Tally};
 use super::runner::Runner;
+use crate::accounting::{self, Event};
 use crate::config::Config;
 use crate::delivery::attempt::Attempted;
 use crate::delivery::route::{self, Route, Target};
@@ -32,6 +33,14 @@ pub type Groups = BTreeMap<(String, bool), Vec<usize>>;
 struct Gathered {
     results: Vec<(usize, Attempted)>,
     postponed: Vec<(usize, u64, String)>,
+    /// The operator whose `sluice queue bounce` these results are.
+    operator: Option<String>,
+}
+
+/// An attempt's spool change, and the accounting records to emit once it is durable.
+struct Settled {
+    changes: Changes,
+    records: Vec<accounting::Record>,
 }
 
 fn local(outcome: RcptOutcome) -> Attempted {
@@ -74,14 +83,14 @@ impl Runner {
         if gathered.results.is_empty() && gathered.postponed.is_empty() {
             return Ok(()); // Stopped before anything was tried.
         }
-        let changes = self.settle(env, gathered, &body);
-        self.spool().apply(changes)?.wait().await
+        let settled = self.settle(env, gathered, &body);
+        self.record(settled).await
     }
 
     /// Bounces every queued recipient of a message with `reply` (an operator's `queue bounce`):
     /// the same settling as an attempt's (states, the RFC 3464 report to the sender, removal),
     /// in one spool change.
-    pub(super) async fn bounce_now(&self, queue_id: &str, reply: &Reply) -> Result<(), SpoolError> {
+    pub(super) async fn bounce_now(&self, queue_id: &str, reply: &Reply, operator: &str) -> Result<(), SpoolError> {
         let Some((env, body)) = self.load(queue_id).await? else { return Ok(()) };
         let results = env
             .recipients
@@ -90,8 +99,15 @@ impl Runner {
             .filter(|(_, r)| r.state == RecipientState::Queued)
             .map(|(i, _)| (i, local(RcptOutcome::Failed(reply.clone()))))
             .collect();
-        let changes = self.settle(env, Gathered { results, postponed: Vec::new() }, &body);
-        self.spool().apply(changes)?.wait().await
+        let settled = self.settle(env, Gathered { results, postponed: Vec::new(), operator: Some(operator.to_string()) }, &body);
+        self.record(settled).await
+    }
+
+    /// Applies an attempt's change; its records follow once it is durable.
+    async fn record(&self, settled: Settled) -> Result<(), SpoolError> {
+        self.spool().apply(settled.changes)?.wait().await?;
+        settled.records.into_iter().for_each(|r| self.accounting.emit(r));
+        Ok(())
     }
 
     /// The envelope and its body; `None` when the message is gone (or was just parked because
@@ -222,8 +238,8 @@ impl Runner {
 
     /// The attempt's results on the envelope (states, next attempts, expiry), logged and
     /// counted, with the report anyone should get: one spool change.
-    fn settle(&self, mut env: Envelope, gathered: Gathered, body: &[u8]) -> Changes {
-        let Gathered { mut results, postponed } = gathered;
+    fn settle(&self, mut env: Envelope, gathered: Gathered, body: &[u8]) -> Settled {
+        let Gathered { mut results, postponed, operator } = gathered;
         let config = self.config();
         let d = &config.delivery;
         let schedule: Vec<Duration> = d.retry.iter().map(|r| r.0).collect();
@@ -233,8 +249,15 @@ impl Runner {
         outcome::postpone(&mut env, &postponed, &mut results, now, &policy);
         let tally = outcome::record(&mut env, &results, now, &policy);
         self.log_results(&env, &results, &tally, now);
+        let mut records = match self.accounting.enabled() {
+            true => self.records(&env, &results, operator.as_deref(), now),
+            false => Vec::new(),
+        };
         let mut changes = Changes::default();
         if let Some(bounce) = self.report(&env, &tally, body, now) {
+            if self.accounting.enabled() {
+                records.push(dsn_record(&env, &bounce.0));
+            }
             changes.store.push(bounce);
         }
         if outcome::is_final(&env) {
@@ -242,7 +265,45 @@ impl Runner {
         } else {
             changes.update.push(env);
         }
-        changes
+        Settled { changes, records }
+    }
+
+    /// The accounting records of an attempt's results (recipients as they now stand).
+    fn records(&self, env: &Envelope, results: &[(usize, Attempted)], operator: Option<&str>, now: u64) -> Vec<accounting::Record> {
+        let delays = Delays::new(env, self.clock.as_ref(), now);
+        let record = |(i, a): &(usize, Attempted)| {
+            let r = &env.recipients[*i];
+            let event = match (r.state, &a.outcome) {
+                (RecipientState::Delivered, _) => Event::Delivered,
+                (RecipientState::Queued, _) => Event::Deferred,
+                (RecipientState::Failed, _) if operator.is_some() => Event::AdminBounce,
+                (RecipientState::Failed, RcptOutcome::Failed(_)) => Event::Bounced,
+                (RecipientState::Failed, _) => Event::Expired,
+            };
+            let mut rec = accounting::recipient_record(event, env, *i);
+            let reply = match (&a.outcome, event) {
+                // An expiry's verdict is ours (5.4.7); the reply text stored says both.
+                (_, Event::Expired) => Some((554, outcome::EXPIRED)),
+                (o, _) => o.reply().map(|reply| (reply.code, reply.enhanced.unwrap_or(Enhanced(0, 0, 0)))),
+            };
+            if let Some((code, enhanced)) = reply {
+                rec.code = Some(code);
+                rec.dsn = Some(enhanced.to_string()).filter(|_| enhanced.0 != 0);
+            }
+            if let Some(via) = &a.via {
+                rec.mx = Some(via.host.clone());
+                rec.ip = Some(via.addr.ip().to_string());
+                rec.port = Some(via.addr.port());
+                rec.tls = Some(via.tls.clone().unwrap_or_else(|| "none".into()));
+            }
+            let (queued, connect, transfer) = delays.parts(a);
+            (rec.delay_ms, rec.queued_ms, rec.connect_ms, rec.transfer_ms) =
+                (Some(delays.total_ms), Some(queued), Some(connect), Some(transfer));
+            rec.next_attempt = r.next_attempt.filter(|_| event == Event::Deferred);
+            rec.operator = operator.map(str::to_string);
+            rec
+        };
+        results.iter().map(record).collect()
     }
 
     /// Verified TLS for REQUIRETLS and TLS-only recipients; the domain's policy otherwise,
@@ -270,6 +331,7 @@ impl Runner {
     }
 
     fn log_results(&self, env: &Envelope, results: &[(usize, Attempted)], tally: &Tally, now: u64) {
+        let delays = Delays::new(env, self.clock.as_ref(), now);
         for (i, a) in results {
             let r = &env.recipients[*i];
             let status = match r.state {
@@ -279,21 +341,13 @@ impl Runner {
             };
             let reply = a.outcome.reply();
             let dsn = reply.and_then(|r| r.enhanced).map(|e| e.to_string());
-            // Postfix's delay and delays=a/b/c: in the queue (before this attempt and waiting
-            // in it), connecting, and the transaction.
-            let total_ms = match env.arrival_ms {
-                Some(ms) => self.clock.now_ms().saturating_sub(ms),
-                None => now.saturating_sub(env.arrival) * 1000,
-            };
-            let (connect_ms, transfer_ms) = a.via.as_ref().map_or((0, 0), |v| (v.connect_ms, v.transfer_ms));
-            let queued_ms = total_ms.saturating_sub(connect_ms + transfer_ms);
-            let secs = |ms: u64| format!("{}.{:02}", ms / 1000, ms % 1000 / 10);
+            let (queued_ms, connect_ms, transfer_ms) = delays.parts(a);
             tracing::info!(
                 queue_id = %env.queue_id,
                 to = format!("<{}>", r.mailbox).as_str(),
                 status,
-                relay = a.via.as_ref().map_or("none", |v| v.relay.as_str()),
-                delay = secs(total_ms).as_str(),
+                relay = a.via.as_ref().map_or_else(|| "none".to_string(), ToString::to_string).as_str(),
+                delay = secs(delays.total_ms).as_str(),
                 delays = format!("{}/{}/{}", secs(queued_ms), secs(connect_ms), secs(transfer_ms)).as_str(),
                 dsn = dsn.as_deref().unwrap_or("none"),
                 code = reply.map_or(0, |r| r.code),
@@ -304,11 +358,7 @@ impl Runner {
                 "delivery"
             );
             if r.state == RecipientState::Delivered {
-                let latency = match env.arrival_ms {
-                    Some(ms) => self.clock.now_ms().saturating_sub(ms) as f64 / 1000.0,
-                    None => now.saturating_sub(env.arrival) as f64,
-                };
-                metrics::histogram!(m::DELIVERY_LATENCY).record(latency);
+                metrics::histogram!(m::DELIVERY_LATENCY).record(delays.total_ms as f64 / 1000.0);
             }
         }
         metrics::counter!(m::DELIVERED).increment(tally.delivered as u64);
@@ -355,6 +405,42 @@ impl Runner {
         tracing::info!(queue_id = %env.queue_id, report = %envelope.queue_id, to = format!("<{}>", envelope.recipients[0].mailbox).as_str(), recipients = notices.len(), "delivery status notification queued");
         Some((envelope, body))
     }
+}
+
+/// Postfix's delay and delays=a/b/c: from arrival to now, and its parts for one result: in
+/// the queue (before this attempt and waiting in it), connecting, and the transaction.
+struct Delays {
+    total_ms: u64,
+}
+
+impl Delays {
+    fn new(env: &Envelope, clock: &dyn crate::clock::Clock, now: u64) -> Delays {
+        let total_ms = match env.arrival_ms {
+            Some(ms) => clock.now_ms().saturating_sub(ms),
+            None => now.saturating_sub(env.arrival) * 1000,
+        };
+        Delays { total_ms }
+    }
+
+    /// (queued, connect, transfer) in milliseconds.
+    fn parts(&self, a: &Attempted) -> (u64, u64, u64) {
+        let (connect, transfer) = a.via.as_ref().map_or((0, 0), |v| (v.connect_ms, v.transfer_ms));
+        (self.total_ms.saturating_sub(connect + transfer), connect, transfer)
+    }
+}
+
+/// Seconds with two decimals, as the delivery line writes delays.
+fn secs(ms: u64) -> String {
+    format!("{}.{:02}", ms / 1000, ms % 1000 / 10)
+}
+
+/// The `dsn_sent` record of `report`, a notification about `env`.
+fn dsn_record(env: &Envelope, report: &Envelope) -> accounting::Record {
+    let mut r = accounting::Record::new(Event::DsnSent, &env.queue_id, env.from.as_ref().map(|m| m.to_string()).unwrap_or_default());
+    r.message_id = env.message_id.clone();
+    r.report_id = Some(report.queue_id.clone());
+    r.recipient = report.recipients.first().map(|r| r.mailbox.to_string());
+    r
 }
 
 #[cfg(test)]

@@ -216,6 +216,7 @@ mod tests {
             arrival_ms: None,
             body: None,
             held: false,
+            message_id: None,
         }
     }
 

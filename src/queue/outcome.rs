@@ -52,6 +52,9 @@ impl Diagnostic {
     }
 }
 
+/// The status of a recipient that expired (RFC 3463: delivery time expired).
+pub const EXPIRED: Enhanced = Enhanced(5, 4, 7);
+
 /// How much of a reply is kept in the spool and logs.
 pub const STORED_LINES: usize = 5;
 pub const STORED_OCTETS: usize = 900;
@@ -169,7 +172,7 @@ fn record_one(
                     RcptOutcome::Deferred(reply) => Diagnostic::of(attempted, reply),
                     _ => Diagnostic::Local("too many recipients for one transaction".to_string()),
                 };
-                let reply = Reply::new(554, Enhanced(5, 4, 7), format!("Delivery time expired after {} attempts", r.attempts));
+                let reply = Reply::new(554, EXPIRED, format!("Delivery time expired after {} attempts", r.attempts));
                 let last = match &diagnostic {
                     Diagnostic::Remote(remote) => remote.summary(STORED_LINES, STORED_OCTETS),
                     Diagnostic::Local(text) => text.clone(),
@@ -262,6 +265,7 @@ mod tests {
             arrival_ms: None,
             body: None,
             held: false,
+            message_id: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //! memory. The runner sleeps until the next due time, a new message, or a finished delivery;
 //! it never polls in a loop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::capacity::{Capacity, Permit};
 
+use crate::accounting::{self, Accounting, Event};
 use crate::clock::Clock;
 use crate::delivery::Delivery;
 use crate::metrics as m;
@@ -28,23 +29,30 @@ pub struct Runner {
     in_flight: Mutex<HashSet<String>>,
     /// Flushed by an operator: attempted at the next dispatch, every queued recipient due.
     flushed: Mutex<HashSet<String>>,
-    /// Deleted by an operator while being delivered: removed once that attempt has recorded.
-    doomed: Mutex<HashSet<String>>,
+    /// Deleted by an operator (named) while being delivered: removed once that attempt has recorded.
+    doomed: Mutex<HashMap<String, String>>,
     /// Bounced by an operator while being delivered, with this reply: once that attempt has recorded.
-    bouncing: Mutex<std::collections::HashMap<String, crate::smtp::reply::Reply>>,
+    bouncing: Mutex<HashMap<String, (crate::smtp::reply::Reply, String)>>,
     /// Held (true) or released (false) while being delivered: applied once that attempt has recorded.
-    holding: Mutex<std::collections::HashMap<String, bool>>,
+    holding: Mutex<HashMap<String, (bool, String)>>,
     /// `delivery.max_concurrent_deliveries`, resized by a reload.
     permits: Arc<Capacity>,
     /// Every time the runner and its attempts decide on.
     pub(super) clock: Arc<dyn Clock>,
+    pub(super) accounting: Arc<Accounting>,
 }
 
 impl Runner {
-    pub fn new(spool: Arc<dyn Spool>, delivery: Arc<Delivery>, notify: Arc<Notify>, clock: Arc<dyn Clock>) -> Arc<Runner> {
+    pub fn new(
+        spool: Arc<dyn Spool>,
+        delivery: Arc<Delivery>,
+        notify: Arc<Notify>,
+        clock: Arc<dyn Clock>,
+        accounting: Arc<Accounting>,
+    ) -> Arc<Runner> {
         let permits = Capacity::new(delivery.config().delivery.max_concurrent_deliveries);
         let (in_flight, flushed, doomed, holding, bouncing) = Default::default();
-        Arc::new(Runner { spool, delivery, notify, in_flight, flushed, doomed, holding, bouncing, permits, clock })
+        Arc::new(Runner { spool, delivery, notify, in_flight, flushed, doomed, holding, bouncing, permits, clock, accounting })
     }
 
     pub fn delivery(&self) -> Arc<Delivery> {
@@ -113,34 +121,49 @@ impl Runner {
     /// Deletes these messages from the queue (`postsuper -d`), in one spool change. One being
     /// delivered now is removed as soon as that attempt has recorded its outcome, so it is
     /// neither resurrected by the attempt nor interrupted on the wire.
-    pub async fn delete(&self, queue_ids: Vec<String>) -> Result<(), crate::spool::SpoolError> {
-        let durable = {
+    pub async fn delete(&self, queue_ids: Vec<String>, operator: &str) -> Result<(), crate::spool::SpoolError> {
+        let (durable, records) = {
             // Held while removing, so the dispatcher cannot start one of them meanwhile (and
             // no attempt can finish one: that needs it in flight).
             let in_flight = self.in_flight.lock().expect("in-flight lock");
             let (busy, idle): (Vec<String>, Vec<String>) = queue_ids.into_iter().partition(|id| in_flight.contains(id));
             // Delivered (and gone) since the operator's list was made: nothing to remove.
-            let idle: Vec<String> = idle.into_iter().filter(|id| self.spool.get(id).is_ok()).collect();
-            self.doomed.lock().expect("doomed lock").extend(busy);
-            self.flushed.lock().expect("flushed lock").retain(|id| !idle.contains(id));
-            self.spool.apply(crate::spool::Changes { remove: idle, ..Default::default() })?
+            let idle: Vec<crate::spool::Envelope> = idle.iter().filter_map(|id| self.spool.get(id).ok()).collect();
+            self.doomed.lock().expect("doomed lock").extend(busy.into_iter().map(|id| (id, operator.to_string())));
+            self.flushed.lock().expect("flushed lock").retain(|id| !idle.iter().any(|e| e.queue_id == *id));
+            let records = self.admin_records(Event::Deleted, &idle, operator);
+            let remove = idle.into_iter().map(|e| e.queue_id).collect();
+            (self.spool.apply(crate::spool::Changes { remove, ..Default::default() })?, records)
         };
-        durable.wait().await
+        durable.wait().await?;
+        records.into_iter().for_each(|r| self.accounting.emit(r));
+        Ok(())
+    }
+
+    /// Per-message records of an operator's action, if accounting is on.
+    fn admin_records(&self, event: Event, envelopes: &[crate::spool::Envelope], operator: &str) -> Vec<accounting::Record> {
+        if !self.accounting.enabled() {
+            return Vec::new();
+        }
+        let record = |env| accounting::Record { operator: Some(operator.to_string()), ..accounting::message_record(event, env) };
+        envelopes.iter().map(record).collect()
     }
 
     /// Holds (`postsuper -h`) or releases (`postsuper -H`) these messages, each a durable
     /// change of its envelope: a held message is out of the schedule, across restarts too. A
     /// released one is flushed. One being delivered is changed once that attempt has recorded.
-    pub async fn hold(&self, queue_ids: Vec<String>, held: bool) -> Result<(), crate::spool::SpoolError> {
+    pub async fn hold(&self, queue_ids: Vec<String>, held: bool, operator: &str) -> Result<(), crate::spool::SpoolError> {
         let released = queue_ids.clone();
-        let durable = {
+        let (durable, records) = {
             let in_flight = self.in_flight.lock().expect("in-flight lock");
             let (busy, idle): (Vec<String>, Vec<String>) = queue_ids.into_iter().partition(|id| in_flight.contains(id));
-            self.holding.lock().expect("holding lock").extend(busy.into_iter().map(|id| (id, held)));
+            self.holding.lock().expect("holding lock").extend(busy.into_iter().map(|id| (id, (held, operator.to_string()))));
             let update = self.held_envelopes(&idle, held);
-            self.spool.apply(crate::spool::Changes { update, ..Default::default() })?
+            let records = self.admin_records(if held { Event::Held } else { Event::Released }, &update, operator);
+            (self.spool.apply(crate::spool::Changes { update, ..Default::default() })?, records)
         };
         durable.wait().await?;
+        records.into_iter().for_each(|r| self.accounting.emit(r));
         if !held {
             self.flush(released, &[]);
         }
@@ -154,17 +177,18 @@ impl Runner {
         self: &Arc<Self>,
         queue_ids: Vec<String>,
         reply: crate::smtp::reply::Reply,
+        operator: &str,
     ) -> Result<(), crate::spool::SpoolError> {
         let idle: Vec<String> = {
             let mut in_flight = self.in_flight.lock().expect("in-flight lock");
             let (busy, idle): (Vec<String>, Vec<String>) = queue_ids.into_iter().partition(|id| in_flight.contains(id));
-            self.bouncing.lock().expect("bouncing lock").extend(busy.into_iter().map(|id| (id, reply.clone())));
+            self.bouncing.lock().expect("bouncing lock").extend(busy.into_iter().map(|id| (id, (reply.clone(), operator.to_string()))));
             in_flight.extend(idle.iter().cloned());
             idle
         };
         let mut result = Ok(());
         for queue_id in &idle {
-            if let Err(e) = self.bounce_now(queue_id, &reply).await {
+            if let Err(e) = self.bounce_now(queue_id, &reply, operator).await {
                 result = Err(e);
             }
         }
@@ -181,17 +205,24 @@ impl Runner {
     /// A hold or delete an operator asked for while the message was in flight; called under
     /// the in-flight lock, so no request can slip between it and the message leaving flight.
     fn held_or_deleted_after_attempt(&self, queue_id: &str) {
+        // Not waited for (this runs under the in-flight lock): the records follow the change.
         let hold = self.holding.lock().expect("holding lock").remove(queue_id);
-        if let Some(held) = hold {
+        if let Some((held, operator)) = hold {
             let update = self.held_envelopes(&[queue_id.to_string()], held);
-            if let Err(e) = self.spool.apply(crate::spool::Changes { update, ..Default::default() }) {
-                tracing::error!(queue_id = %queue_id, error = %e, "holding the message after its attempt failed");
+            let records = self.admin_records(if held { Event::Held } else { Event::Released }, &update, &operator);
+            match self.spool.apply(crate::spool::Changes { update, ..Default::default() }) {
+                Ok(_) => records.into_iter().for_each(|r| self.accounting.emit(r)),
+                Err(e) => tracing::error!(queue_id = %queue_id, error = %e, "holding the message after its attempt failed"),
             }
         }
-        if self.doomed.lock().expect("doomed lock").remove(queue_id) && self.spool.get(queue_id).is_ok() {
-            let removal = self.spool.apply(crate::spool::Changes { remove: vec![queue_id.to_string()], ..Default::default() });
-            if let Err(e) = removal {
-                tracing::error!(queue_id = %queue_id, error = %e, "deleting the message after its attempt failed");
+        let doomed = self.doomed.lock().expect("doomed lock").remove(queue_id);
+        if let Some(operator) = doomed
+            && let Ok(env) = self.spool.get(queue_id)
+        {
+            let records = self.admin_records(Event::Deleted, std::slice::from_ref(&env), &operator);
+            match self.spool.apply(crate::spool::Changes { remove: vec![env.queue_id], ..Default::default() }) {
+                Ok(_) => records.into_iter().for_each(|r| self.accounting.emit(r)),
+                Err(e) => tracing::error!(queue_id = %queue_id, error = %e, "deleting the message after its attempt failed"),
             }
         }
     }
@@ -254,8 +285,8 @@ impl Runner {
         // holding the in-flight lock); one asked for meanwhile is seen under the lock below.
         let mut in_flight = loop {
             let bounce = self.bouncing.lock().expect("bouncing lock").remove(&queue_id);
-            if let Some(reply) = bounce
-                && let Err(e) = self.bounce_now(&queue_id, &reply).await
+            if let Some((reply, operator)) = bounce
+                && let Err(e) = self.bounce_now(&queue_id, &reply, &operator).await
             {
                 tracing::error!(queue_id = %queue_id, error = %e, "bouncing the message after its attempt failed");
             }

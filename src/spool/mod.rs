@@ -104,6 +104,7 @@ impl Envelope {
             arrival_ms: None,
             body: None,
             held: false,
+            message_id: None,
         }
     }
 }
@@ -209,6 +210,10 @@ pub struct Envelope {
     /// Held by an operator (`sluice queue hold`): never dispatched until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// The message's Message-ID (ours when it had none), for the accounting records of its
+    /// deliveries; absent in envelopes written before it was kept, and in our reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 impl Envelope {

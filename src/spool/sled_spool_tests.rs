@@ -36,6 +36,7 @@ fn envelope(spool: &SledSpool, to: &str) -> Envelope {
         arrival_ms: None,
         body: None,
         held: false,
+        message_id: None,
     }
 }
 

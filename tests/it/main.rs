@@ -3,6 +3,7 @@
 
 mod common;
 
+mod accounting;
 mod admin_queue_list;
 mod auth;
 mod check_config;

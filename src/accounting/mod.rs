@@ -1,0 +1,333 @@
+//! The accounting stream: one JSON line per event in a message's life (received, delivered,
+//! deferred, bounced, expired, DSN sent, held, released, deleted, bounced by an operator),
+//! for billing, analytics and "what bounced today and why" (`jq`). `docs/ACCOUNTING.md`
+//! documents it; `contrib/accounting.schema.json` is its schema.
+//!
+//! Records are handed to a writer thread through a bounded channel: the caller never waits
+//! on the file. When the writer falls that far behind (a stalled disk), records are dropped,
+//! counted and logged, and mail goes on: accounting must never hold delivery back.
+
+mod build;
+mod file;
+mod record;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+pub use build::{message_record, recipient_record};
+pub use file::Settings;
+pub use record::{Event, Record, SCHEMA_VERSION};
+
+use crate::metrics as m;
+use file::RotatingFile;
+
+/// Records that may wait for the writer; past this they are dropped.
+pub const BUFFERED_RECORDS: usize = 65_536;
+
+/// Drops are logged at most this often (with how many there were).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+enum Msg {
+    Record(Box<Record>),
+    /// Look at the control block (new settings, reopen).
+    Wake,
+    /// Answered once everything sent before it is written.
+    Flush(mpsc::Sender<()>),
+    Close,
+}
+
+#[derive(Default)]
+struct Control {
+    /// New settings to put in force (`Some(None)`: turn the stream off).
+    settings: Option<Option<Settings>>,
+    reopen: bool,
+}
+
+/// The handle every part that has something to record holds.
+pub struct Accounting {
+    enabled: AtomicBool,
+    sender: SyncSender<Msg>,
+    control: Mutex<Control>,
+    waiting: Arc<AtomicUsize>,
+    dropped: AtomicU64,
+    drops: Mutex<Drops>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct Drops {
+    since_logged: u64,
+    logged: Option<Instant>,
+}
+
+/// Whether the file in `settings` can be opened for appending (created if missing): a start
+/// or reload that names one that cannot is refused rather than dropping every record.
+pub fn check(settings: &Settings) -> Result<(), String> {
+    let opened = std::fs::OpenOptions::new().create(true).append(true).open(&settings.path);
+    opened.map(|_| ()).map_err(|e| format!("accounting.path {}: {e}", settings.path.display()))
+}
+
+impl Accounting {
+    /// Starts the writer thread with `settings` (`None`: off until a reload turns it on).
+    pub fn start(settings: Option<Settings>) -> Arc<Accounting> {
+        Self::with_capacity(settings, BUFFERED_RECORDS)
+    }
+
+    fn with_capacity(settings: Option<Settings>, capacity: usize) -> Arc<Accounting> {
+        let (sender, receiver) = mpsc::sync_channel(capacity);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let accounting = Arc::new(Accounting {
+            enabled: AtomicBool::new(settings.is_some()),
+            sender,
+            control: Mutex::new(Control { settings: Some(settings), reopen: false }),
+            waiting: waiting.clone(),
+            dropped: AtomicU64::new(0),
+            drops: Mutex::default(),
+            writer: Mutex::new(None),
+        });
+        let writer = std::thread::Builder::new()
+            .name("sluice-accounting".into())
+            .spawn({
+                let accounting = Arc::downgrade(&accounting);
+                move || Writer { file: None, receiver, waiting, accounting }.run()
+            })
+            .expect("spawning the accounting writer");
+        *accounting.writer.lock().expect("accounting writer lock") = Some(writer);
+        accounting
+    }
+
+    /// Whether records are wanted: callers check before building one.
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Hands a record to the writer, or drops it (counted, logged) when the writer is behind.
+    pub fn emit(&self, record: Record) {
+        if !self.enabled() {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        match self.sender.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                self.dropped("the writer is behind", 1);
+            }
+        }
+    }
+
+    /// Puts new settings in force (a reload): another file, rotation limits, on or off.
+    pub fn configure(&self, settings: Option<Settings>) {
+        self.enabled.store(settings.is_some(), Ordering::Relaxed);
+        self.control.lock().expect("accounting control lock").settings = Some(settings);
+        let _ = self.sender.try_send(Msg::Wake);
+    }
+
+    /// Opens the file again (SIGUSR1, after logrotate moved it).
+    pub fn reopen(&self) {
+        self.control.lock().expect("accounting control lock").reopen = true;
+        let _ = self.sender.try_send(Msg::Wake);
+    }
+
+    /// Waits until every record emitted before is in the file (tests, shutdown).
+    pub fn flush(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self.sender.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// Writes what is buffered and stops the writer; later records are not written.
+    pub fn close(&self) {
+        self.enabled.store(false, Ordering::Relaxed);
+        let _ = self.sender.send(Msg::Close);
+        if let Some(writer) = self.writer.lock().expect("accounting writer lock").take() {
+            let _ = writer.join();
+        }
+    }
+
+    /// Records dropped since start.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn dropped(&self, why: &str, count: u64) {
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!(m::ACCOUNTING_DROPPED).increment(count);
+        let Ok(mut drops) = self.drops.try_lock() else { return };
+        drops.since_logged += count;
+        if drops.logged.is_none_or(|at| at.elapsed() >= DROP_LOG_EVERY) {
+            tracing::error!(records = drops.since_logged, why, "accounting records dropped");
+            drops.since_logged = 0;
+            drops.logged = Some(Instant::now());
+        }
+    }
+}
+
+struct Writer {
+    file: Option<RotatingFile>,
+    receiver: Receiver<Msg>,
+    waiting: Arc<AtomicUsize>,
+    /// Weak, so the handle's last owner going away ends the thread.
+    accounting: std::sync::Weak<Accounting>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        self.take_control(); // the file is open before the first record comes
+        loop {
+            let first = match self.receiver.recv_timeout(Duration::from_secs(1)) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            self.take_control();
+            let mut oldest: Option<SystemTime> = None;
+            let mut next = first;
+            let mut done = false;
+            while let Some(msg) = next {
+                match msg {
+                    Msg::Record(record) => {
+                        self.waiting.fetch_sub(1, Ordering::Relaxed);
+                        oldest = Some(oldest.map_or(record.time, |o| o.min(record.time)));
+                        self.write(&record);
+                    }
+                    Msg::Wake => self.take_control(),
+                    Msg::Flush(done) => {
+                        self.flush();
+                        let _ = done.send(());
+                    }
+                    Msg::Close => done = true,
+                }
+                if done {
+                    break;
+                }
+                next = self.receiver.try_recv().ok();
+            }
+            self.flush();
+            let lag = oldest.and_then(|t| t.elapsed().ok()).map_or(0.0, |d| d.as_secs_f64());
+            metrics::gauge!(m::ACCOUNTING_LAG).set(lag);
+            metrics::gauge!(m::ACCOUNTING_WAITING).set(self.waiting.load(Ordering::Relaxed) as f64);
+            if done {
+                return;
+            }
+        }
+    }
+
+    fn take_control(&mut self) {
+        let Some(accounting) = self.accounting.upgrade() else { return };
+        let control = std::mem::take(&mut *accounting.control.lock().expect("accounting control lock"));
+        if let Some(settings) = control.settings {
+            self.install(settings);
+        }
+        if control.reopen
+            && let Some(file) = &mut self.file
+            && let Err(e) = file.reopen()
+        {
+            tracing::error!(path = %file.settings().path.display(), error = %e, "reopening the accounting file failed");
+        }
+    }
+
+    fn install(&mut self, settings: Option<Settings>) {
+        match (&mut self.file, settings) {
+            (_, None) => self.file = None,
+            (Some(file), Some(s)) if *file.settings() == s => {}
+            (_, Some(s)) => {
+                let path = s.path.clone();
+                self.file = None; // flushed and synced before the new one opens
+                match RotatingFile::open(s) {
+                    Ok(file) => self.file = Some(file),
+                    Err(e) => tracing::error!(path = %path.display(), error = %e, "opening the accounting file failed"),
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, record: &Record) {
+        let Some(file) = &mut self.file else {
+            self.dropped("the accounting file could not be opened");
+            return;
+        };
+        if let Err(e) = file.write(&record.to_line()) {
+            tracing::error!(path = %file.settings().path.display(), error = %e, "writing the accounting file failed");
+            self.dropped("the accounting file could not be written");
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.flush()
+        {
+            tracing::error!(path = %file.settings().path.display(), error = %e, "writing the accounting file failed");
+        }
+    }
+
+    fn dropped(&self, why: &str) {
+        if let Some(accounting) = self.accounting.upgrade() {
+            accounting.dropped(why, 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        Settings { path: dir.join("acct.jsonl"), max_size: 1 << 20, keep: 2 }
+    }
+
+    fn read(path: &std::path::Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[test]
+    fn records_reach_the_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let acct = Accounting::start(Some(settings(dir.path())));
+        for n in 0..100 {
+            acct.emit(Record::new(Event::Delivered, &format!("Q{n}"), String::new()));
+        }
+        acct.flush();
+        let got = read(&dir.path().join("acct.jsonl"));
+        assert_eq!(got.len(), 100);
+        assert_eq!(got[99]["queue_id"], "Q99");
+        acct.close();
+    }
+
+    #[test]
+    fn off_writes_nothing_and_a_reload_turns_it_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let acct = Accounting::start(None);
+        assert!(!acct.enabled());
+        acct.emit(Record::new(Event::Received, "Q0", String::new()));
+        acct.configure(Some(settings(dir.path())));
+        acct.emit(Record::new(Event::Received, "Q1", String::new()));
+        acct.flush();
+        let got = read(&dir.path().join("acct.jsonl"));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["queue_id"], "Q1");
+        acct.close();
+    }
+
+    #[test]
+    fn a_full_buffer_drops_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        // The writer is kept busy by a file it cannot open (a directory): nothing is lost
+        // silently, and emit never blocks.
+        let acct = Accounting::with_capacity(Some(Settings { path: dir.path().into(), max_size: 10, keep: 0 }), 4);
+        let started = Instant::now();
+        for n in 0..10_000 {
+            acct.emit(Record::new(Event::Delivered, &format!("Q{n}"), String::new()));
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        acct.flush();
+        assert_eq!(acct.waiting.load(Ordering::Relaxed), 0);
+        // Each was dropped either at emit (buffer full) or by the writer (no file): counted.
+        assert_eq!(acct.dropped_total(), 10_000);
+        acct.close();
+        acct.emit(Record::new(Event::Delivered, "late", String::new())); // after close: ignored
+    }
+}
