@@ -4,7 +4,8 @@
 #   1. SMTP greeting and EHLO from the appliance (port 25 forwarded to 127.0.0.1:2625);
 #   2. a message sent to it is relayed to a sink on the host (the guest reaches the host's
 #      loopback as 10.0.2.2; a SLUICE-SEED disk points the smarthost there);
-#   3. the metrics endpoint answers (forwarded to 127.0.0.1:9287);
+#   3. the metrics endpoint answers (forwarded to 127.0.0.1:9287), and /healthz and /readyz
+#      say 200 with every check ok (after the power loss too);
 #   +. the unit restarts a daemon killed by SIGKILL, and a message given to sendmail while
 #      the daemon is down waits in the maildrop and is delivered (first boot, see the seed);
 #   4. power loss: with the sink down, messages are accepted, QEMU is SIGKILLed right after
@@ -157,6 +158,15 @@ grep -q "sluice_intake_messages_accepted_total" <<<"$metrics" || fail "metrics e
 # fallback itself is tested with a seccomp filter in tests/it/delivery_io.rs).
 grep -q 'sluice_delivery_io_backend{backend="io_uring"} 1' <<<"$metrics" || fail "delivery is not on io_uring under the unit's system call filter"
 echo "delivery runs on io_uring under the unit's system call filter"
+health_ok() {
+  local path body
+  for path in /healthz /readyz; do
+    body=$(curl -sf "http://127.0.0.1:$metrics_port$path") || fail "$path is not 200: $(curl -s "http://127.0.0.1:$metrics_port$path")"
+    grep -q '"status":"ok","spool":"ok","listeners_down":\[\]' <<<"$body" || fail "$path: $body"
+  done
+  echo "boot $boots: /healthz and /readyz: $body"
+}
+health_ok
 
 echo "== power loss: sink down, 5 messages accepted, QEMU killed after the last 250"
 kill "$sink_pid" && wait "$sink_pid" 2>/dev/null || true
@@ -173,6 +183,7 @@ boot
 wait_greeting
 # A new sink counts from zero.
 wait_sink 5 300
+health_ok
 echo "boot-test: all 5 messages accepted before the power loss arrived after the reboot"
 kill -9 "$qemu_pid" 2>/dev/null || true
 echo "boot-test: passed"

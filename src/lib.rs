@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod dns;
+pub mod health;
 pub mod intake;
 pub mod live;
 pub mod log;

@@ -347,9 +347,17 @@ pub struct Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Prometheus endpoint; `null` turns it off.
+    /// Prometheus endpoint (/metrics, /healthz, /readyz); `null` turns it off.
     #[serde(default = "default_metrics_address")]
     pub address: Option<SocketAddr>,
+    /// How often the queue is counted by state for `sluice_queue_*` (each count reads every
+    /// envelope; a count that takes long is made at most every twenty times its duration).
+    #[serde(default = "default_census_interval")]
+    pub queue_census_interval: HumanDuration,
+}
+
+fn default_census_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -485,7 +493,7 @@ impl Default for Limits {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { address: default_metrics_address() }
+        MetricsConfig { address: default_metrics_address(), queue_census_interval: default_census_interval() }
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,6 +23,8 @@ struct Open {
     /// Its settings for the next connection; dropping the sender stops the listener.
     spec: watch::Sender<ListenerConfig>,
     task: JoinHandle<()>,
+    /// False while accepting fails (out of file descriptors, say).
+    accepting: Arc<AtomicBool>,
 }
 
 pub struct Listeners {
@@ -105,9 +108,10 @@ impl Listeners {
                     tracing::info!(address = %bound, mode = spec.mode.name(), "listening");
                     let configured = spec.address;
                     let (tx, rx) = watch::channel(spec);
-                    let task = tokio::spawn(intake::serve(listener, rx, self.intake.clone(), self.shutdown.clone()));
+                    let accepting = Arc::new(AtomicBool::new(true));
+                    let task = tokio::spawn(intake::serve(listener, rx, self.intake.clone(), self.shutdown.clone(), accepting.clone()));
                     changes.added.push(bound);
-                    self.open.push(Open { configured, bound, spec: tx, task });
+                    self.open.push(Open { configured, bound, spec: tx, task, accepting });
                 }
             }
         }
@@ -122,6 +126,11 @@ impl Listeners {
     /// Bound addresses, in config order.
     pub fn addresses(&self) -> Vec<SocketAddr> {
         self.open.iter().map(|o| o.bound).collect()
+    }
+
+    /// Each listener's address and whether it accepts (its loop runs and its last accept worked).
+    pub fn status(&self) -> Vec<(String, bool)> {
+        self.open.iter().map(|o| (o.bound.to_string(), !o.task.is_finished() && o.accepting.load(Ordering::Relaxed))).collect()
     }
 
     /// The addresses a plan would leave bound, in config order.

@@ -6,6 +6,7 @@ mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
@@ -32,6 +33,70 @@ pub struct Running {
     runner: Option<Arc<crate::queue::runner::Runner>>,
     reloads: crate::admin::Reloads,
     accounting: Arc<crate::accounting::Accounting>,
+    /// Started and not draining: what `/readyz` adds to `/healthz`.
+    serving: Arc<AtomicBool>,
+}
+
+/// What `/healthz` and `/readyz` judge, gathered when asked.
+fn facts_source(spool: Arc<SledSpool>, listeners: Arc<Mutex<Listeners>>, serving: Arc<AtomicBool>) -> crate::metrics::http::FactsSource {
+    Arc::new(move || {
+        let (spool, listeners, serving) = (spool.clone(), listeners.clone(), serving.clone());
+        Box::pin(async move {
+            crate::health::Facts {
+                spool: crate::spool::Spool::health(spool.as_ref()),
+                listeners: listeners.lock().await.status(),
+                serving: serving.load(Ordering::Relaxed),
+            }
+        })
+    })
+}
+
+type Census = Arc<std::sync::Mutex<Option<crate::queue::census::Census>>>;
+
+/// Counts the queue by state now and then (`queue::census`), for the scrapes.
+async fn count_the_queue(
+    spool: Arc<SledSpool>,
+    runner: Option<Arc<crate::queue::runner::Runner>>,
+    census: Census,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let in_flight = runner.as_ref().map(|r| r.in_flight_ids()).unwrap_or_default();
+        let spool = spool.clone();
+        let counted = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let envelopes = crate::spool::SpoolRead::scan(spool.as_ref()).filter_map(Result::ok);
+            let mut c = crate::queue::census::count(envelopes, &in_flight);
+            c.took = started.elapsed();
+            c.taken_at = crate::clock::Clock::now(&crate::clock::SystemClock);
+            c
+        })
+        .await;
+        let pause = match counted {
+            Ok(c) => {
+                let pause = crate::queue::census::interval(every, c.took);
+                *census.lock().expect("census lock") = Some(c);
+                pause
+            }
+            Err(_) => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The series a scrape reads from live state: the queue census and the destinations.
+fn live_series(census: Census, delivery: Option<Arc<crate::delivery::Delivery>>) -> crate::metrics::http::ExtraSeries {
+    Arc::new(move |out: &mut String| {
+        let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+        crate::queue::census::render(census.lock().expect("census lock").as_ref(), now, out);
+        if let Some(delivery) = &delivery {
+            crate::shaping::exposition::render(&delivery.shaper().states(now), out);
+        }
+    })
 }
 
 pub async fn start(config: Config) -> Result<Running, String> {
@@ -57,9 +122,14 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
     let ctx = IntakeContext::new(config.clone(), spool.clone(), accounting.clone())?;
     let stored = ctx.stored.clone();
     let intake = Arc::new(Live::from_arc(ctx));
-    if let Some(address) = config.metrics.address {
-        crate::metrics::install(address)?;
-    }
+    let metrics = match config.metrics.address {
+        Some(address) => {
+            let handle = crate::metrics::recorder()?;
+            let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("metrics.address {address}: {e}"))?;
+            Some((listener, handle))
+        }
+        None => None,
+    };
     // Before the listeners: by the time mail is accepted, sendmail can leave mail too.
     crate::intake::pickup::prepare(&config.sendmail.maildrop);
     let (shutdown, watcher) = watch::channel(false);
@@ -82,6 +152,18 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         (Some(delivery), Some(runner))
     };
     let bound = Arc::new(Mutex::new(bound));
+    let serving = Arc::new(AtomicBool::new(false));
+    if let Some((listener, handle)) = metrics {
+        let census = Arc::new(std::sync::Mutex::new(None));
+        let every = config.metrics.queue_census_interval.0;
+        tasks.spawn(count_the_queue(spool.clone(), runner.clone(), census.clone(), every, watcher.clone()));
+        let sources = crate::metrics::http::Sources {
+            handle,
+            extra: live_series(census, runner.as_ref().map(|r| r.delivery())),
+            facts: facts_source(spool.clone(), bound.clone(), serving.clone()),
+        };
+        tasks.spawn(crate::metrics::http::serve(listener, sources, watcher.clone()));
+    }
     let config_for_pickup = config.clone();
     let live_config = Arc::new(Live::from_arc(config));
     let (reloads, requests) = mpsc::channel(4);
@@ -106,7 +188,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         accounting: accounting.clone(),
     };
     tasks.spawn(crate::admin::serve(admin, Arc::new(daemon), watcher));
-    Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads, accounting })
+    serving.store(true, Ordering::Relaxed);
+    Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads, accounting, serving })
 }
 
 /// Replaces a generated certificate before it ends, for a daemon that runs for months (the
@@ -154,6 +237,7 @@ impl Running {
     /// waits up to `grace` for them and for deliveries under way (so their outcomes are
     /// recorded, not repeated after the restart), then lets the committer finish every commit.
     pub async fn stop(mut self, grace: Duration) {
+        self.serving.store(false, Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         self.bound.lock().await.join().await;

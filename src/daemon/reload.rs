@@ -41,6 +41,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
     }
     keep!(spool);
     keep!(metrics.address);
+    keep!(metrics.queue_census_interval);
     keep!(admin.socket);
     keep!(admin.group);
     keep!(sendmail.socket);

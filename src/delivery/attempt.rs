@@ -192,6 +192,9 @@ impl<T: Transport> Sender<T> {
                         if matches!(e, ConnError::Tls(_) | ConnError::Smtp(Failure::TlsUnavailable)) {
                             tls_failures += 1;
                         }
+                        if matches!(e, ConnError::Smtp(Failure::TlsUnavailable)) {
+                            metrics::counter!(m::DELIVERY_TLS_FAILURES, "kind" => "not_offered").increment(1);
+                        }
                         last_error = format!("{} [{}]: {e}", target.host, target.addr);
                         hosts.push(HostEvent { relay: relay_of(target), error: e.to_string(), plaintext_retry: false });
                         continue 'targets;

@@ -353,7 +353,10 @@ impl<T: Transport> Connection<T> {
         };
         let name = ServerName::try_from(self.target.host.clone()).map_err(|e| ConnError::Tls(e.to_string()))?;
         let config = if self.policy == TlsPolicy::Required { settings.verified_tls.clone() } else { settings.tls.clone() };
-        let tls = TlsLink::connect(plain, config, name, settings.timeouts.command.0).await.map_err(|e| ConnError::Tls(e.to_string()))?;
+        let tls = TlsLink::connect(plain, config, name, settings.timeouts.command.0).await.map_err(|e| {
+            metrics::counter!(crate::metrics::DELIVERY_TLS_FAILURES, "kind" => super::tls::failure_kind(&e)).increment(1);
+            ConnError::Tls(e.to_string())
+        })?;
         self.tls = Some(tls.describe());
         self.link = Link::Tls(Box::new(tls));
         self.client.tls_established(&mut self.out);

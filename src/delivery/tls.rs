@@ -21,6 +21,17 @@ pub struct TlsLink<T> {
     records: Vec<u8>,
 }
 
+/// What kind of failure a failed handshake was, for `sluice_delivery_tls_failures_total`.
+pub fn failure_kind(e: &io::Error) -> &'static str {
+    if e.kind() == io::ErrorKind::TimedOut {
+        return "timeout";
+    }
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => "certificate",
+        _ => "handshake",
+    }
+}
+
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -31,7 +42,8 @@ fn absorb(session: &mut ClientConnection, mut bytes: &[u8], plain: &mut Vec<u8>)
         if session.read_tls(&mut bytes)? == 0 {
             return Err(invalid("TLS session refused more input"));
         }
-        let state = session.process_new_packets().map_err(invalid)?;
+        // The rustls error is kept whole, so a failed handshake can be told apart by kind.
+        let state = session.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let n = state.plaintext_bytes_to_read();
         if n > 0 {
             let start = plain.len();

@@ -98,7 +98,7 @@ impl Dns {
                     .collect();
                 if mx.is_empty() { MxAnswer::NoMx } else { MxAnswer::Mx(mx) }
             }
-            Err(e) => match self.classify(&e, domain).await {
+            Err(e) => match self.classify(&e, domain, "mx").await {
                 Negative::NoDomain => MxAnswer::NoDomain,
                 Negative::NoData => MxAnswer::NoMx,
                 Negative::Temporary(why) => MxAnswer::Temporary(why),
@@ -110,7 +110,16 @@ impl Dns {
     /// followed; if that chain loops or is longer than the resolver follows, the answer says
     /// nothing about the domain (a broken zone, perhaps for a moment): temporary, not "no such
     /// domain".
-    async fn classify(&self, e: &NetError, asked: &str) -> Negative {
+    /// Temporary failures are counted by record type (`sluice_dns_failures_total`).
+    async fn classify(&self, e: &NetError, asked: &str, kind: &'static str) -> Negative {
+        let negative = self.classify_uncounted(e, asked).await;
+        if let Negative::Temporary(_) = negative {
+            metrics::counter!(crate::metrics::DNS_FAILURES, "type" => kind).increment(1);
+        }
+        negative
+    }
+
+    async fn classify_uncounted(&self, e: &NetError, asked: &str) -> Negative {
         let negative = classify(e);
         let NetError::Dns(DnsError::NoRecordsFound(nr)) = e else { return negative };
         let answered = nr.query.name().to_ascii();
@@ -161,7 +170,8 @@ impl Dns {
                     _ => None,
                 })),
                 Err(e) => {
-                    if let Negative::Temporary(why) = self.classify(&e, host).await {
+                    let label = if kind == RecordType::A { "a" } else { "aaaa" };
+                    if let Negative::Temporary(why) = self.classify(&e, host, label).await {
                         temporary = Some(why);
                     }
                 }

@@ -218,11 +218,13 @@ pub fn plain_session_config(config: &Config) -> SessionConfig {
 /// Accepts connections until `shutdown` turns true or the listener's settings are dropped
 /// (a reload removed it); each connection runs in its own task,
 /// under the listener settings and the intake generation in force when it was accepted.
+/// `accepting` says whether the last accept worked.
 pub async fn serve(
     listener: TcpListener,
     mut spec: watch::Receiver<ListenerConfig>,
     intake: Arc<Live<IntakeContext>>,
     mut shutdown: watch::Receiver<bool>,
+    accepting: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -232,9 +234,14 @@ pub async fn serve(
     loop {
         let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    accepting.store(true, std::sync::atomic::Ordering::Relaxed);
+                    a
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
+                    // Out of file descriptors and the like: back off instead of spinning; /healthz
+                    // says the listener is down until an accept succeeds again.
+                    accepting.store(false, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;

@@ -249,6 +249,7 @@ impl Runner {
         outcome::postpone(&mut env, &postponed, &mut results, now, &policy);
         let tally = outcome::record(&mut env, &results, now, &policy);
         self.log_results(&env, &results, &tally, now);
+        self.count_reasons(&env, &results, operator.is_some());
         let mut records = match self.accounting.enabled() {
             true => self.records(&env, &results, operator.as_deref(), now),
             false => Vec::new(),
@@ -362,10 +363,19 @@ impl Runner {
             }
         }
         metrics::counter!(m::DELIVERED).increment(tally.delivered as u64);
-        metrics::counter!(m::DEFERRED).increment(tally.deferred as u64);
-        for f in &tally.failed {
-            let class = if f.reply.code >= 500 { "5xx" } else { "4xx" };
-            metrics::counter!(m::BOUNCED, "class" => class).increment(1);
+    }
+
+    /// Deferrals and bounces by reason class; expiries and operators' bounces apart.
+    fn count_reasons(&self, env: &Envelope, results: &[(usize, Attempted)], by_operator: bool) {
+        for (i, a) in results {
+            let reason = outcome::reason_class(&a.outcome, a.remote_said);
+            match (env.recipients[*i].state, &a.outcome) {
+                (RecipientState::Queued, _) => metrics::counter!(m::DEFERRED, "reason" => reason).increment(1),
+                (RecipientState::Failed, _) if by_operator => metrics::counter!(m::BOUNCED, "reason" => "admin").increment(1),
+                (RecipientState::Failed, RcptOutcome::Failed(_)) => metrics::counter!(m::BOUNCED, "reason" => reason).increment(1),
+                (RecipientState::Failed, _) => metrics::counter!(m::BOUNCED, "reason" => "expired").increment(1),
+                (RecipientState::Delivered, _) => {}
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The queue: when each message is due, and what an attempt's results do to it.
 
 mod attempt;
+pub mod census;
 pub mod dsn;
 pub mod outcome;
 pub mod runner;

@@ -55,6 +55,34 @@ impl Diagnostic {
 /// The status of a recipient that expired (RFC 3463: delivery time expired).
 pub const EXPIRED: Enhanced = Enhanced(5, 4, 7);
 
+/// Why a recipient was deferred or bounced, as a small fixed set (the metrics' `reason`
+/// label): what the next hop said, by RFC 3463 subject, or what stopped us before it could.
+pub fn reason_class(outcome: &RcptOutcome, remote_said: bool) -> &'static str {
+    let Some(reply) = outcome.reply() else { return "overflow" };
+    let e = reply.enhanced.unwrap_or(Enhanced((reply.code / 100) as u8, 0, 0));
+    if remote_said {
+        if reply.code == 421 || (reply.code / 100 == 4 && e.1 == 7) {
+            return "throttled";
+        }
+        return match e.1 {
+            1 => "recipient",
+            2 => "mailbox",
+            7 => "policy",
+            _ => "remote",
+        };
+    }
+    match (e.1, e.2) {
+        (4, 3) | (4, 4) => "dns",
+        (1, 2) | (1, 10) => "routing",
+        (4, 1) | (4, 2) => "connection",
+        (4, 6) => "loop",
+        (4, 5) => "shaping",
+        (7, _) => "tls",
+        (5, _) | (6, 3) => "protocol",
+        _ => "local",
+    }
+}
+
 /// How much of a reply is kept in the spool and logs.
 pub const STORED_LINES: usize = 5;
 pub const STORED_OCTETS: usize = 900;
@@ -341,6 +369,23 @@ mod tests {
         };
         let t = record(&mut e, &[(0, without), (1, with)], 2000, &p);
         assert_eq!(t.relayed.iter().map(|n| (n.index, n.action)).collect::<Vec<_>>(), [(0, Action::Relayed)]);
+    }
+
+    #[test]
+    fn reasons_are_a_small_fixed_set_from_the_reply() {
+        let r = |code, e: Enhanced| RcptOutcome::Failed(Reply::new(code, e, "x"));
+        assert_eq!(reason_class(&r(550, Enhanced(5, 1, 1)), true), "recipient");
+        assert_eq!(reason_class(&r(552, Enhanced(5, 2, 2)), true), "mailbox");
+        assert_eq!(reason_class(&r(550, Enhanced(5, 7, 1)), true), "policy");
+        assert_eq!(reason_class(&r(451, Enhanced(4, 7, 28)), true), "throttled");
+        assert_eq!(reason_class(&r(421, Enhanced(4, 3, 2)), true), "throttled");
+        assert_eq!(reason_class(&r(451, Enhanced(4, 3, 0)), true), "remote");
+        assert_eq!(reason_class(&r(451, Enhanced(4, 4, 3)), false), "dns");
+        assert_eq!(reason_class(&r(556, Enhanced(5, 1, 10)), false), "routing");
+        assert_eq!(reason_class(&r(451, Enhanced(4, 4, 1)), false), "connection");
+        assert_eq!(reason_class(&r(451, Enhanced(4, 7, 4)), false), "tls");
+        assert_eq!(reason_class(&r(554, Enhanced(5, 4, 6)), false), "loop");
+        assert_eq!(reason_class(&RcptOutcome::Overflow, false), "overflow");
     }
 
     #[test]

@@ -75,6 +75,11 @@ impl Runner {
         &self.spool
     }
 
+    /// The messages being delivered now, by queue id.
+    pub fn in_flight_ids(&self) -> HashSet<String> {
+        self.in_flight.lock().expect("in-flight lock").clone()
+    }
+
     /// Messages being delivered now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.lock().expect("in-flight lock").len()

@@ -8,6 +8,7 @@
 //! count per next-hop address (`delivery.max_connections_per_destination`); a rule's cap
 //! counts every connection to any of its hosts.
 
+pub mod exposition;
 pub mod health;
 pub mod queue;
 pub mod rate;
@@ -217,11 +218,11 @@ impl Shaper {
             let until = until.div_ceil(1000);
             tracing::warn!(destination = bucket.name.as_str(), until, reason, "destination suspended");
             let kind = if matches!(signal, Signal::Throttled(_)) { "throttled" } else { "unreachable" };
-            metrics::counter!(m::DESTINATION_SUSPENSIONS, "destination" => bucket.name.clone(), "reason" => kind).increment(1);
-            metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(1.0);
+            // By reason only: the log line names the destination, the scrape shows the busiest
+            // ones (`metrics_text`); a label per recipient domain would grow without end.
+            metrics::counter!(m::DESTINATION_SUSPENSIONS, "reason" => kind).increment(1);
         } else if was && *signal == Signal::Answered && health.suspended(now).is_none() {
             tracing::info!(destination = bucket.name.as_str(), "destination resumed");
-            metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(0.0);
         }
     }
 
@@ -240,7 +241,6 @@ impl Shaper {
         let mut health = bucket.health.lock().expect("health lock");
         if health.suspended(now.saturating_mul(1000)).is_some() {
             tracing::info!(destination = bucket.name.as_str(), "destination resumed by a flush");
-            metrics::gauge!(m::DESTINATION_SUSPENDED, "destination" => bucket.name.clone()).set(0.0);
         }
         *health = Health::default();
     }
@@ -268,6 +268,7 @@ impl Shaper {
                 connections: b.active.load(Ordering::SeqCst),
                 max_connections: b.max_connections,
                 suspended: b.suspended(now),
+                ruled: matches!(b.key, BucketKey::Rule(_)),
             })
             .collect()
     }
@@ -296,4 +297,7 @@ pub struct DestinationState {
     pub max_connections: usize,
     /// Until (unix seconds) and why.
     pub suspended: Option<(u64, String)>,
+    /// A configured destination rule (else one recipient domain).
+    #[serde(default)]
+    pub ruled: bool,
 }

@@ -29,6 +29,7 @@ mod delivery_tls_required;
 mod disk_full;
 mod durability_strace;
 mod extensions;
+mod health;
 mod hop_limit;
 mod intake_memory;
 mod lettre_client;

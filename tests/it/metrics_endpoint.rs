@@ -96,7 +96,7 @@ fn delivery_metrics_count_outcomes_and_connections() {
     }
     for needle in [
         "sluice_delivery_delivered_total 3",
-        "sluice_delivery_bounced_total{class=\"5xx\"} 1",
+        "sluice_delivery_bounced_total{reason=\"recipient\"} 1",
         "sluice_delivery_connections_opened_total 1",
         "sluice_delivery_connections_reused_total 3",
         "sluice_delivery_tls_total{version=\"none\"} 1",
@@ -105,4 +105,108 @@ fn delivery_metrics_count_outcomes_and_connections() {
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
+}
+
+/// The value of one series (`name{labels}` exactly as rendered), if present.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).and_then(|v| v.parse().ok())
+}
+
+/// Scrapes until `ready` holds for the text (20 s at most).
+fn scrape_until(port: u16, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = scrape(port);
+        if ready(&text) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn delivery_metrics_after_a_known_sequence() {
+    use std::sync::Arc;
+
+    use crate::peers::dest::{Behavior, Dest};
+    let dest = Dest::start(Behavior {
+        rcpt: Arc::new(|rcpt, _| match rcpt {
+            r if r.contains("nobody@") => "550 5.1.1 no such user".into(),
+            r if r.contains("busy@") => "451 4.2.1 mailbox busy".into(),
+            _ => "250 2.1.5 ok".into(),
+        }),
+        ..Behavior::default()
+    });
+    // A destination offering STARTTLS with a certificate nobody trusts, where TLS is required.
+    let strict = crate::common::TestRelay::with_tls("hostname: strict.test\n");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "metrics: {{ address: \"127.0.0.1:{port}\", queue_census_interval: 200ms }}\n\
+         delivery:\n  routes: {{ \"dest.test\": \"[127.0.0.1]:{}\", \"strict.test\": \"[127.0.0.1]:{}\" }}\n  \
+         tls_policies: {{ \"strict.test\": required }}\n  retry: [1h]\n",
+        dest.addr.port(),
+        strict.addr.port()
+    );
+    let daemon = Daemon::spawn(dir.path(), &extra, &[]);
+    let mut c = Client::connect(daemon.addr);
+    // sender.test has no route, and the test's name server is dead: its bounce meets a DNS failure.
+    let to = ["ok@dest.test", "nobody@dest.test", "busy@dest.test"];
+    assert_eq!(c.send_mail("app@sender.test", &to, "Subject: m\r\n\r\nm\r\n").code, 250);
+    assert_eq!(c.send_mail("app@sender.test", &["x@strict.test"], "Subject: m\r\n\r\nm\r\n").code, 250);
+
+    let text = scrape_until(port, "the sequence's metrics", |t| {
+        series(t, "sluice_delivery_deferred_total{reason=\"dns\"}").is_some()
+            && series(t, "sluice_delivery_deferred_total{reason=\"tls\"}").is_some()
+            && series(t, "sluice_queue_messages{state=\"deferred\"}") == Some(3.0)
+    });
+    let expect = [
+        ("sluice_delivery_delivered_total", 1.0),
+        ("sluice_delivery_bounced_total{reason=\"recipient\"}", 1.0),
+        ("sluice_delivery_deferred_total{reason=\"mailbox\"}", 1.0),
+        ("sluice_delivery_deferred_total{reason=\"dns\"}", 1.0),
+        ("sluice_delivery_deferred_total{reason=\"tls\"}", 1.0),
+        ("sluice_delivery_tls_failures_total{kind=\"certificate\"}", 1.0),
+        // Queued: busy@ (deferred), the bounce for nobody@ (deferred: DNS) and x@strict.test.
+        ("sluice_queue_messages{state=\"deferred\"}", 3.0),
+        ("sluice_queue_recipients{state=\"deferred\"}", 3.0),
+        ("sluice_queue_messages{state=\"new\"}", 0.0),
+        ("sluice_queue_messages{state=\"held\"}", 0.0),
+        ("sluice_destination_suspended{destination=\"dest.test\"}", 0.0),
+        ("sluice_accounting_dropped_total", f64::NAN), // absent: nothing dropped
+    ];
+    for (name, want) in expect {
+        match series(&text, name) {
+            got if want.is_nan() => assert_eq!(got, None, "{name}:\n{text}"),
+            got => assert_eq!(got, Some(want), "{name}:\n{text}"),
+        }
+    }
+    assert!(series(&text, "sluice_dns_failures_total{type=\"mx\"}").is_some_and(|n| n >= 1.0), "{text}");
+    let age = series(&text, "sluice_queue_oldest_message_age_seconds").unwrap();
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert!(!text.contains("destination=\"sender.test\"") || text.contains("sluice_destination_connections{destination=\"sender.test\"}"));
+    promtool_lints_clean(&text);
+}
+
+/// Prometheus's own linter on a real scrape (the Debian package `prometheus`, which
+/// scripts/test.sh installs; required under CI).
+fn promtool_lints_clean(text: &str) {
+    use std::process::{Command, Stdio};
+    let child =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("CI").is_none() => return eprintln!("promtool not run: {e}"),
+        Err(e) => panic!("promtool: {e}"),
+    };
+    let body = text.split_once("\r\n\r\n").map_or(text, |(_, b)| b);
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -86,7 +86,7 @@ fn failed_commit_is_451_and_failed_fsync_is_421_until_restart() {
         forbid_unauth_pipelining: true,
     };
     let (_spec, spec) = tokio::sync::watch::channel(spec);
-    rt.spawn(intake::serve(listener, spec, Arc::new(sluice::live::Live::from_arc(ctx)), watch));
+    rt.spawn(intake::serve(listener, spec, Arc::new(sluice::live::Live::from_arc(ctx)), watch, Default::default()));
 
     let mut c = Client::connect(addr);
     let r = c.send_mail("a@x.test", &["b@y.test"], "one\r\n");

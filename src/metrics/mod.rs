@@ -1,6 +1,12 @@
 //! Every metric name in one place, with its help text. Names are prefixed `sluice_`.
 
-use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub mod http;
+pub mod process;
+pub mod text;
 
 pub const CONNECTIONS_TOTAL: &str = "sluice_intake_connections_total";
 pub const CONNECTIONS_ACTIVE: &str = "sluice_intake_connections_active";
@@ -28,18 +34,25 @@ pub const BOUNCED: &str = "sluice_delivery_bounced_total";
 pub const DELIVERY_TLS: &str = "sluice_delivery_tls_total";
 pub const DELIVERY_LATENCY: &str = "sluice_delivery_latency_seconds";
 pub const DELIVERY_IO_BACKEND: &str = "sluice_delivery_io_backend";
-pub const DESTINATION_SUSPENDED: &str = "sluice_destination_suspended";
 pub const DESTINATION_SUSPENSIONS: &str = "sluice_destination_suspensions_total";
 pub const SHAPING_POSTPONED: &str = "sluice_shaping_postponed_total";
 pub const QUEUE_IN_FLIGHT: &str = "sluice_queue_in_flight";
+pub const BUILD_INFO: &str = "sluice_build_info";
+pub const DNS_FAILURES: &str = "sluice_dns_failures_total";
+pub const DELIVERY_TLS_FAILURES: &str = "sluice_delivery_tls_failures_total";
 pub const ACCOUNTING_DROPPED: &str = "sluice_accounting_dropped_total";
 pub const ACCOUNTING_LAG: &str = "sluice_accounting_lag_seconds";
 pub const ACCOUNTING_WAITING: &str = "sluice_accounting_waiting_records";
 
-/// Installs the Prometheus exporter on `address` (HTTP, path /metrics) and describes the metrics.
-pub fn install(address: SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(address)
+/// The Prometheus recorder, installed once per process (tests start several relays in one),
+/// with its upkeep (histogram summaries, idle labels) on a thread of its own.
+pub fn recorder() -> Result<PrometheusHandle, String> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE.get_or_init(install_recorder).clone()
+}
+
+fn install_recorder() -> Result<PrometheusHandle, String> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
         .and_then(|b| {
             b.set_buckets_for_metric(
@@ -54,10 +67,21 @@ pub fn install(address: SocketAddr) -> Result<(), String> {
                 &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0],
             )
         })
-        .and_then(|b| b.install())
-        .map_err(|e| format!("metrics exporter on {address}: {e}"))?;
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("sluice-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })
+        .map_err(|e| format!("metrics upkeep thread: {e}"))?;
     describe();
-    Ok(())
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
 }
 
 fn describe() {
@@ -85,11 +109,24 @@ fn describe() {
     );
     describe_counter!(DELIVERY_ATTEMPTS, "Delivery attempts of one message to one destination");
     describe_counter!(DELIVERED, "Recipients delivered");
-    describe_counter!(DEFERRED, "Recipients deferred for a later attempt");
-    describe_counter!(BOUNCED, "Recipients bounced, by status class");
+    describe_counter!(
+        DEFERRED,
+        "Recipients deferred for a later attempt, by reason (throttled, recipient, mailbox, policy, remote: the next hop said so; dns, connection, tls, loop, protocol, shaping, overflow, local: we could not get that far)"
+    );
+    describe_counter!(
+        BOUNCED,
+        "Recipients bounced, by reason (as for deferrals, and expired: past delivery.max_age; admin: sluice queue bounce)"
+    );
+    describe_counter!(DNS_FAILURES, "DNS lookups that failed for now (timeout, SERVFAIL, CNAME loop), by record type (mx, a, aaaa)");
+    describe_counter!(
+        DELIVERY_TLS_FAILURES,
+        "Outbound STARTTLS that failed, by kind: certificate (not valid for the host, when verified), handshake, timeout, not_offered (required but not offered)"
+    );
     describe_counter!(DELIVERY_TLS, "Outbound connections by TLS version (or none)");
-    describe_gauge!(DESTINATION_SUSPENDED, "1 while a destination is suspended (it throttled us, or could not be reached)");
-    describe_counter!(DESTINATION_SUSPENSIONS, "Destination suspensions, by reason (throttled, unreachable)");
+    describe_counter!(
+        DESTINATION_SUSPENSIONS,
+        "Destination suspensions, by reason (throttled, unreachable); the log names the destination"
+    );
     describe_counter!(SHAPING_POSTPONED, "Recipient groups put back in the queue by shaping, by reason (suspended, rate)");
     describe_gauge!(DELIVERY_IO_BACKEND, "1 for the I/O backend the delivery workers run on (io_uring or epoll)");
     describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "From arrival to the 250 of the destination, per recipient");
@@ -97,5 +134,58 @@ fn describe() {
     describe_counter!(ACCOUNTING_DROPPED, "Accounting records lost: the writer was behind, or the file could not be opened or written");
     describe_gauge!(ACCOUNTING_LAG, Unit::Seconds, "Age of the oldest record in the accounting writer's last batch (0 when idle)");
     describe_gauge!(ACCOUNTING_WAITING, "Accounting records waiting for the writer");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build");
     describe_counter!(AUTH_ATTEMPTS, "AUTH attempts by result: success, failure, locked_out, temporary_failure");
+}
+
+#[cfg(test)]
+mod tests {
+    /// Metric names a source file defines: `pub const X: &str = "name"` and the series
+    /// rendered at scrape time (`Gauge::new(out, "name"` and `Gauge::counter(out, "name"`).
+    fn names_in(source: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for line in source.lines() {
+            let t = line.trim_start();
+            let constant = t.starts_with("pub const ") && t.contains(": &str = \"sluice_");
+            let rendered = t.contains("Gauge::new(") || t.contains("Gauge::counter(");
+            // Or a family in a table of families.
+            let listed = t.starts_with("(\"sluice_") || t.starts_with("\"sluice_");
+            let quoted = if constant || rendered || listed { line.split('"').nth(1) } else { None };
+            if let Some(name) = quoted.filter(|n| n.starts_with("sluice_") || n.starts_with("process_")) {
+                names.push(name.to_string());
+            }
+        }
+        names
+    }
+
+    #[test]
+    fn every_metric_is_documented_and_the_contrib_files_use_only_documented_ones() {
+        let doc = include_str!("../../docs/METRICS.md");
+        let sources = [
+            include_str!("mod.rs"),
+            include_str!("http.rs"),
+            include_str!("process.rs"),
+            include_str!("../queue/census.rs"),
+            include_str!("../shaping/exposition.rs"),
+        ];
+        let defined: Vec<String> = sources.iter().flat_map(|s| names_in(s)).collect();
+        assert!(defined.len() > 40, "{defined:?}");
+        for live in ["sluice_destination_suspended", "sluice_queue_messages", "process_cpu_seconds_total", "sluice_health_check"] {
+            assert!(defined.iter().any(|d| d == live), "{live} not found in the sources: {defined:?}");
+        }
+        for name in &defined {
+            assert!(doc.contains(&format!("| `{name}` |")), "{name} is not in docs/METRICS.md");
+        }
+        // Every series name the alerts and the dashboard use is one Sluice exports.
+        for file in
+            [include_str!("../../contrib/prometheus/sluice-alerts.yaml"), include_str!("../../contrib/grafana/sluice-dashboard.json")]
+        {
+            for word in file.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("sluice_") || word.starts_with("process_") {
+                    let family = ["_bucket", "_sum", "_count"].iter().fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+                    assert!(defined.iter().any(|d| d == family), "{word} is used in contrib/ but not exported");
+                }
+            }
+        }
+    }
 }
