@@ -5,13 +5,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{BackoffConfig, DestinationRule, Hostname, HumanDuration, NextHop, Rate};
 
 /// The delivery workers' I/O: `auto` (io_uring where the kernel allows it, else epoll),
 /// `uring` (refuse to start without it), or `epoll`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IoBackend {
     #[default]
@@ -20,7 +20,7 @@ pub enum IoBackend {
     Epoll,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IpFamily {
     #[default]
@@ -31,7 +31,7 @@ pub enum IpFamily {
 
 /// Outbound TLS: `opportunistic` (STARTTLS when offered, any certificate: RFC 7435), `required`
 /// (STARTTLS with a certificate valid for the MX name, or no delivery), or `none`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboundTls {
     #[default]
@@ -40,7 +40,7 @@ pub enum OutboundTls {
     None,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Accept and spool mail but deliver nothing (maintenance; a queue on hold).
@@ -129,7 +129,7 @@ pub struct DeliveryConfig {
     pub timeouts: ClientTimeouts,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmarthostAuth {
     pub username: String,
@@ -138,7 +138,7 @@ pub struct SmarthostAuth {
 }
 
 /// Client timeouts (RFC 5321 4.5.3.2).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTimeouts {
     #[serde(default = "default_connect_timeout")]

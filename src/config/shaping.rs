@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{HumanDuration, Rate};
 
 /// Limits for the destinations a rule matches: recipient domains, or MX host names, each exact
 /// or `*.suffix`. Every domain a rule matches shares its limits (all domains hosted at one
 /// provider, say). Unset keys take the `delivery` defaults.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationRule {
     /// Shown in metrics and `sluice queue summary` (default: the first pattern).
@@ -79,7 +79,7 @@ pub fn matches_pattern(pattern: &str, name: &str) -> bool {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     /// First suspension; each one in a row doubles, up to `max`.

@@ -238,3 +238,50 @@ impl<'de> Deserialize<'de> for HumanDuration {
         d.deserialize_any(Visitor)
     }
 }
+
+/// The config's own spellings, so `sluice config show` prints what `Config::parse` reads back.
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.no_mx {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl fmt::Display for MailboxOrDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MailboxOrDomain::Mailbox(local, domain) => write!(f, "{}", Mailbox { local: local.clone(), domain: domain.clone() }),
+            MailboxOrDomain::Domain(domain) => f.write_str(domain),
+        }
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    /// The largest units that add up exactly: `1h30min`, `250ms`, `0s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut ms = self.0.as_millis() as u64;
+        if ms == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, per) in [("w", 7 * 86_400_000), ("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000), ("ms", 1)] {
+            if ms >= per {
+                write!(f, "{}{unit}", ms / per)?;
+                ms %= per;
+            }
+        }
+        Ok(())
+    }
+}
+
+macro_rules! serialize_as_text {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_text!(NextHop, MailboxOrDomain, HumanDuration, Cidr, super::Rate);
