@@ -25,10 +25,19 @@ enum Command {
         #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
         config: PathBuf,
     },
-    /// Validate a configuration file and exit (non-zero with the key and line on error).
+    /// Validate a configuration file and exit (non-zero with the key and line on error;
+    /// warnings, such as a hostname that is not fully qualified, go to stderr).
     CheckConfig {
         #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
         config: PathBuf,
+        /// One JSON object: ok, file, warnings; or error, key and line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print configuration as YAML that parses back to the same config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Print a users-file line (`user:argon2id-hash`) for USER; the password is read from
     /// stdin (asked twice, without echo, on a terminal).
@@ -51,6 +60,20 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// The effective config: every key with the value in force (postconf); --changed only
+    /// what differs from the defaults (postconf -n); --defaults the defaults (postconf -d).
+    Show {
+        #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+        config: PathBuf,
+        #[arg(long, conflicts_with = "changed")]
+        defaults: bool,
+        #[arg(long)]
+        changed: bool,
     },
 }
 
@@ -316,11 +339,21 @@ fn main() -> ExitCode {
         Command::Sendmail { args } => return ExitCode::from(sluice::sendmail::main(&args)),
         Command::Reload { config } => return reload(&config),
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
-        Command::CheckConfig { config } => load(&config).map(|c| {
+        Command::CheckConfig { config, json: true } => {
+            let loaded = Config::load(&config);
+            println!("{}", sluice::config::show::check_report(&config, &loaded));
+            return if loaded.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        }
+        Command::CheckConfig { config, json: false } => load(&config).map(|c| {
             for warning in &c.warnings {
                 eprintln!("{}: warning: {warning}", config.display());
             }
             println!("{}: OK", config.display());
+        }),
+        Command::Config { command: ConfigCommand::Show { defaults: true, .. } } => sluice::config::show::defaults().map(|y| print!("{y}")),
+        Command::Config { command: ConfigCommand::Show { config, changed, .. } } => load(&config).and_then(|c| {
+            let yaml = if changed { sluice::config::show::changed(&c) } else { sluice::config::show::effective(&c) };
+            yaml.map(|y| print!("{y}"))
         }),
         Command::Queue { command: QueueCommand::List { config, ids, domain, filters, json } } => {
             return list(&config, filters.selection(ids, domain, false), json);

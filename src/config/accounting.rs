@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountingConfig {
     /// The file records are appended to; without it there is no accounting stream.
@@ -16,6 +16,12 @@ pub struct AccountingConfig {
     /// Rotated files kept; the oldest is removed. 0 keeps none.
     #[serde(default = "default_keep")]
     pub keep: u32,
+}
+
+impl Default for AccountingConfig {
+    fn default() -> Self {
+        AccountingConfig { path: None, max_size: default_max_size(), keep: default_keep() }
+    }
 }
 
 fn default_max_size() -> u64 {

@@ -31,6 +31,7 @@ pub use sendmail::SendmailConfig;
 mod accounting;
 pub use accounting::AccountingConfig;
 
+pub mod show;
 mod validate;
 
 #[derive(Debug)]

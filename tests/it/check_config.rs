@@ -54,3 +54,43 @@ fn a_hostname_that_is_not_fully_qualified_passes_with_a_warning() {
     let (ok, _, err) = sluice(&["check-config", "--config", path.to_str().unwrap()]);
     assert!(ok && !err.contains("warning"), "{err}");
 }
+
+#[test]
+fn config_show_prints_what_parses_back_and_changed_only_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    let (ok, shown, err) = sluice(&["config", "show", "--config", example]);
+    assert!(ok, "{err}");
+    assert!(shown.contains("max_hops: 100") && shown.contains("commit_window: 2ms"), "every key, defaults too:\n{shown}");
+    // What it printed is a config of its own, equal to the one it came from.
+    let again = dir.path().join("shown.yaml");
+    std::fs::write(&again, &shown).unwrap(); // its paths are absolute already
+    let (ok, reshown, err) = sluice(&["config", "show", "--config", again.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(reshown.lines().count(), shown.lines().count());
+
+    let small = dir.path().join("small.yaml");
+    std::fs::write(&small, "hostname: relay.example.net\nlimits:\n  max_hops: 30 # fewer\ndelivery: { retry: [5min, 1h30m] }\n").unwrap();
+    let (ok, changed, err) = sluice(&["config", "show", "--changed", "--config", small.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(changed, "delivery:\n  retry:\n  - 5min\n  - 1h30min\nhostname: relay.example.net\nlimits:\n  max_hops: 30\n");
+    let (ok, defaults, _) = sluice(&["config", "show", "--defaults", "--config", "/nonexistent.yaml"]);
+    assert!(ok && defaults.contains("max_hops: 100") && defaults.contains("accounting:"), "{defaults}");
+}
+
+#[test]
+fn check_config_json_gives_key_and_line_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "hostname: a.test\n# max_failures: 5\nauth:\n  max_failures: 0\n").unwrap();
+    let (code, out, _) = crate::common::sluice_status(&["check-config", "--json", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((r["ok"].as_bool(), r["key"].as_str(), r["line"].as_u64()), (Some(false), Some("auth.max_failures"), Some(4)), "{r}");
+    let warned = dir.path().join("warned.yaml");
+    std::fs::write(&warned, "hostname: vm\n").unwrap();
+    let (code, out, _) = crate::common::sluice_status(&["check-config", "--json", "--config", warned.to_str().unwrap()]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, r["ok"].as_bool()), (0, Some(true)));
+    assert!(r["warnings"][0].as_str().unwrap().contains("not a fully qualified"), "{r}");
+}
