@@ -2,7 +2,7 @@
 # Builds the Sluice appliance: a bootable x86_64 GPT disk image (UEFI, systemd-boot) with
 # Debian 12 minbase, linux-image-amd64 (drivers for real hardware too), systemd-networkd (DHCP
 # on any ethernet), systemd-timesyncd, persistent journald, the release `sluice` binary, its
-# units and the default config. Run as root. Output: target/image/sluice.raw and .qcow2.
+# units, manual pages, completions and the default config. Run as root. Output: target/image/sluice.raw and .qcow2.
 #
 # Nothing is mounted and no loop device is used: mmdebstrap fills a folder, `mkfs.ext4 -d`
 # turns it into the root file system, mtools fills the EFI system partition, sfdisk writes
@@ -29,7 +29,7 @@ mkdir -p "$work" "$out"
 
 echo "== Debian 12 root file system"
 mmdebstrap --variant=minbase --quiet \
-  --include=linux-image-amd64,systemd,systemd-sysv,systemd-timesyncd,systemd-boot-efi,udev,dbus,iproute2,kmod,ca-certificates,netbase,procps,logrotate \
+  --include=linux-image-amd64,systemd,systemd-sysv,systemd-timesyncd,systemd-boot-efi,udev,dbus,iproute2,kmod,ca-certificates,netbase,procps,logrotate,man-db,bash-completion \
   --customize-hook='chroot "$1" systemctl enable systemd-networkd systemd-timesyncd' \
   bookworm "$root" "$mirror"
 
@@ -43,6 +43,15 @@ install -D -m 0644 "$repo/systemd/sluice.tmpfiles" "$root/usr/lib/tmpfiles.d/slu
 install -D -m 0644 "$repo/image/config.yaml" "$root/etc/sluice/config.yaml"
 install -m 0644 /dev/null "$root/etc/sluice/users"
 install -D -m 0644 "$repo/contrib/logrotate/sluice" "$root/etc/logrotate.d/sluice"
+# Manual pages and shell completions, generated from the binary's own command definitions.
+"$repo/target/release/sluice" generate man "$work/man"
+gzip -9n "$work/man"/*.1
+install -d "$root/usr/share/man/man1"
+install -m 0644 "$work/man"/*.1.gz "$root/usr/share/man/man1/"
+"$repo/target/release/sluice" generate completions "$work/completions"
+install -D -m 0644 "$work/completions/sluice.bash" "$root/usr/share/bash-completion/completions/sluice"
+install -D -m 0644 "$work/completions/_sluice" "$root/usr/share/zsh/vendor-completions/_sluice"
+install -D -m 0644 "$work/completions/sluice.fish" "$root/usr/share/fish/vendor_completions.d/sluice.fish"
 install -D -m 0644 "$repo/image/seed.service" "$root/usr/lib/systemd/system/sluice-seed.service"
 install -D -m 0755 "$repo/image/seed.sh" "$root/usr/lib/sluice/seed.sh"
 ln -sf /usr/lib/systemd/system/sluice.service "$root/etc/systemd/system/multi-user.target.wants/sluice.service"

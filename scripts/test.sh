@@ -25,7 +25,7 @@ trap '[ -z "$stage_name" ] || echo "===== test.sh: failed in: $stage_name (after
 
 stage "installing the test peers"
 need_install=""
-for cmd in smtp-source swaks strace curl bc pkill systemd-analyze promtool prlimit; do
+for cmd in smtp-source swaks strace curl bc pkill systemd-analyze promtool prlimit jq; do
   command -v "$cmd" >/dev/null 2>&1 || need_install=yes
 done
 perl -MNet::SSLeay -MIO::Socket::SSL -MAuthen::SASL -e1 >/dev/null 2>&1 || need_install=yes
@@ -36,7 +36,7 @@ if [ -n "$need_install" ]; then
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
-    strace curl bc procps systemd prometheus util-linux >/dev/null
+    strace curl bc procps systemd prometheus util-linux jq >/dev/null
 fi
 
 # aiosmtpd: on Debian's own Python from Debian's package (that Python refuses pip installs,

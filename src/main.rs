@@ -12,7 +12,21 @@ use sluice::config::Config;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A high-throughput outbound SMTP relay")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A high-throughput outbound SMTP relay",
+    long_about = "Sluice accepts mail over SMTP (a relay listener for trusted networks, submission with \
+STARTTLS and AUTH, submissions with implicit TLS) and from the sendmail command line, stores it \
+durably (a 250 means the message is on disk, fsynced), and delivers it by MX, routes or a \
+smarthost, with retries, per-destination shaping and RFC 3464 bounces.",
+    after_long_help = "Files: /etc/sluice/config.yaml (the config; `sluice check-config`, `sluice config show`), \
+/etc/sluice/users (AUTH users; `sluice passwd`), /var/lib/sluice/spool (the queue), \
+/var/log/sluice/accounting.jsonl (the accounting stream), /run/sluice/admin.sock (the admin socket). \
+Signals to `sluice run`: SIGHUP reloads the config, SIGTERM and SIGINT drain and stop, SIGUSR1 reopens \
+the accounting file. Environment: SLUICE_LOG sets the log level (info), SLUICE_LOG_TARGETS=1 adds \
+module paths. The metrics port serves /metrics, /healthz and /readyz."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,11 +70,45 @@ enum Command {
         #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
         config: PathBuf,
     },
+    /// Write the manual pages (sluice.1, sluice-queue-list.1, ...) or the shell completions
+    /// (bash, zsh, fish) into DIR, from these very definitions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    Man { dir: PathBuf },
+    Completions { dir: PathBuf },
+}
+
+/// The manual pages and completions, generated from `Cli` (clap_mangen, clap_complete).
+fn generate(what: Generate) -> Result<(), String> {
+    use clap::CommandFactory;
+    let (dir, wrote) = match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            (dir, "manual pages")
+        }
+        Generate::Completions { dir } => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+                clap_complete::generate_to(shell, &mut Cli::command(), "sluice", &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            (dir, "completions")
+        }
+    };
+    eprintln!("{wrote} written to {}", dir.display());
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -338,6 +386,7 @@ fn main() -> ExitCode {
         }),
         Command::Sendmail { args } => return ExitCode::from(sluice::sendmail::main(&args)),
         Command::Reload { config } => return reload(&config),
+        Command::Generate { what } => generate(what),
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
         Command::CheckConfig { config, json: true } => {
             let loaded = Config::load(&config);

@@ -11,6 +11,15 @@ use super::{BackoffConfig, DestinationRule, Hostname, HumanDuration, NextHop, Ra
 
 /// The delivery workers' I/O: `auto` (io_uring where the kernel allows it, else epoll),
 /// `uring` (refuse to start without it), or `epoll`.
+/// `delivery.smarthost_tls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    #[default]
+    Starttls,
+    Implicit,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IoBackend {
@@ -68,6 +77,11 @@ pub struct DeliveryConfig {
     /// Log in to the smarthost (over TLS verified like `required`, never in plain text).
     #[serde(default)]
     pub smarthost_auth: Option<SmarthostAuth>,
+    /// How TLS to the smarthost starts: `starttls` (after the greeting, the default) or
+    /// `implicit` (from the first byte, as on port 465: RFC 8314), never falling back to
+    /// plain text.
+    #[serde(default)]
+    pub smarthost_tls: SmarthostTls,
     /// Per recipient domain: a next hop instead of MX.
     #[serde(default)]
     pub routes: std::collections::BTreeMap<String, NextHop>,
@@ -184,6 +198,7 @@ impl Default for DeliveryConfig {
             ip_family: IpFamily::Any,
             smarthost: None,
             smarthost_auth: None,
+            smarthost_tls: SmarthostTls::Starttls,
             routes: Default::default(),
             address_literals: false,
             chunking: true,

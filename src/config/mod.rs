@@ -17,7 +17,7 @@ mod values;
 pub use values::{Cidr, HumanDuration, MailboxOrDomain, NextHop};
 
 mod delivery;
-pub use delivery::{ClientTimeouts, DeliveryConfig, IoBackend, IpFamily, OutboundTls, SmarthostAuth};
+pub use delivery::{ClientTimeouts, DeliveryConfig, IoBackend, IpFamily, OutboundTls, SmarthostAuth, SmarthostTls};
 
 mod rate;
 pub use rate::{Rate, Unit};

@@ -72,7 +72,7 @@ fn errors_name_the_key_and_line_table() {
         ("hostname: a.b\ntrusted_networks: [\"::/0\"]\n", "trusted_networks: ::/0 lets anyone relay", "line 2"),
         (
             "hostname: a.b\ndelivery:\n  smarthost: \"mail.example.com:465\"\n",
-            "delivery.smarthost: mail.example.com:465 is implicit TLS",
+            "delivery.smarthost: mail.example.com:465 is implicit TLS (submissions): set delivery.smarthost_tls: implicit",
             "line 3",
         ),
         (
@@ -100,6 +100,15 @@ fn errors_name_the_key_and_line_table() {
         let e = parse(text).expect_err(text);
         assert!(e.contains(key) && e.contains(line), "{text:?} gave {e:?}");
     }
+}
+
+#[test]
+fn implicit_tls_makes_a_smarthost_on_465_valid_but_not_a_route() {
+    let c = parse("hostname: a.b\ndelivery:\n  smarthost: \"mail.example.com:465\"\n  smarthost_tls: implicit\n").unwrap();
+    assert_eq!(c.delivery.smarthost_tls, SmarthostTls::Implicit);
+    let e = parse("hostname: a.b\ndelivery:\n  smarthost_tls: implicit\n  routes: { x.test: \"[10.0.0.1]:465\" }\n").unwrap_err();
+    assert!(e.starts_with("delivery.routes: 10.0.0.1:465 is implicit TLS") && e.contains("line 4"), "{e}");
+    assert!(parse("hostname: a.b\ndelivery: { smarthost_tls: tls }\n").unwrap_err().contains("delivery.smarthost_tls: unknown variant"));
 }
 
 #[test]

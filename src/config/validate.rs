@@ -113,19 +113,22 @@ impl Config {
         if let Some((key, domain)) = keyed.into_iter().find(|(_, k)| address::check_domain(k).is_err()) {
             return Err(err(key, format!("{domain:?} is not a domain")));
         }
-        // Port 465 speaks TLS from the first byte (RFC 8314); delivery starts in plain text and
-        // would wait for a greeting that never comes.
-        let implicit = d
-            .smarthost
-            .iter()
-            .map(|h| ("delivery.smarthost", h))
-            .chain(d.routes.values().map(|h| ("delivery.routes", h)))
-            .find(|(_, h)| h.port == 465);
+        // Port 465 speaks TLS from the first byte (RFC 8314); a connection starting in plain
+        // text would wait for a greeting that never comes.
+        let starttls = d.smarthost_tls == super::SmarthostTls::Starttls;
+        let smarthost = d.smarthost.iter().filter(|_| starttls).map(|h| ("delivery.smarthost", h));
+        let implicit = smarthost.chain(d.routes.values().map(|h| ("delivery.routes", h))).find(|(_, h)| h.port == 465);
         if let Some((key, hop)) = implicit {
-            let msg = format!(
-                "{}:465 is implicit TLS (submissions), which delivery does not speak; use the next hop's port 587 (STARTTLS)",
-                hop.host
-            );
+            let msg = match key {
+                "delivery.smarthost" => format!(
+                    "{}:465 is implicit TLS (submissions): set delivery.smarthost_tls: implicit, or use the smarthost's port 587 (STARTTLS)",
+                    hop.host
+                ),
+                _ => format!(
+                    "{}:465 is implicit TLS (submissions), which routes do not speak; use the next hop's port 587 (STARTTLS), or make it the smarthost with smarthost_tls: implicit",
+                    hop.host
+                ),
+            };
             return Err(err(key, msg));
         }
         if let Some(auth) = &d.smarthost_auth {

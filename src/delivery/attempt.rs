@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Hop;
 use super::connection::{ConnError, Connection, Settings};
 use super::pool::{Checkout, Pool, PoolKey, Slot};
 use super::route::Target;
@@ -25,6 +26,18 @@ pub struct Attempted {
     pub remote_dsn: bool,
     /// The outcome's reply is the remote server's own, not ours about it.
     pub remote_said: bool,
+}
+
+impl Attempted {
+    /// Our own verdict, no server involved (routing, REQUIRETLS, shaping, an operator).
+    pub fn local(outcome: RcptOutcome) -> Attempted {
+        Attempted { outcome, remote: None, via: None, remote_dsn: false, remote_said: false }
+    }
+
+    /// What the server `remote` answered (over no connection worth logging: tests, mostly).
+    pub fn from_server(outcome: RcptOutcome, remote: &str, remote_dsn: bool) -> Attempted {
+        Attempted { outcome, remote: Some(remote.to_string()), via: None, remote_dsn, remote_said: true }
+    }
 }
 
 /// The connection a result came over.
@@ -86,13 +99,13 @@ impl<T: Transport> Sender<T> {
     /// dispatcher reserved one). `fresh` asks for a new one: a pooled one just died.
     async fn connection(
         &self,
-        (target, policy, login): (&Target, TlsPolicy, bool),
+        (target, policy, hop): (&Target, TlsPolicy, Hop),
         slot: Option<Slot>,
         fresh: bool,
         bucket: &Bucket,
         settings: &Settings,
     ) -> Result<(Connection<T>, bool, Option<HostEvent>), ConnError> {
-        let key = PoolKey::new(target, policy, login);
+        let key = PoolKey::new(target, policy, hop);
         let cap = bucket.cap(target);
         let permit = match (slot, fresh) {
             (Some(slot), true) => slot,
@@ -111,12 +124,12 @@ impl<T: Transport> Sender<T> {
             tokio::time::sleep(wait).await;
         }
         let mut fallback = None;
-        let mut opened = match Connection::open(target.clone(), policy, login, settings, permit).await {
+        let mut opened = match Connection::open(target.clone(), policy, hop, settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
-            Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
+            Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic && !hop.implicit_tls => {
                 fallback = Some(HostEvent { relay: relay_of(target), error: e.to_string(), plaintext_retry: true });
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
-                Connection::open(target.clone(), TlsPolicy::Never, login, settings, permit).await
+                Connection::open(target.clone(), TlsPolicy::Never, hop, settings, permit).await
             }
             other => other,
         }?;
@@ -143,7 +156,7 @@ impl<T: Transport> Sender<T> {
         bucket: &Bucket,
         msg: Message,
         policy: TlsPolicy,
-        login: bool,
+        hop: Hop,
     ) -> Report {
         let n = msg.recipients.len();
         let mut answered = false;
@@ -163,7 +176,7 @@ impl<T: Transport> Sender<T> {
                 let connection = tokio::select! {
                     biased;
                     _ = stop.wait_for(|stopping| *stopping) => return finish(results, Signal::Answered, hosts),
-                    c = self.connection((target, policy, login), reserved, fresh, bucket, &settings) => c,
+                    c = self.connection((target, policy, hop), reserved, fresh, bucket, &settings) => c,
                 };
                 let connect_ms = connecting.elapsed().as_millis() as u64;
                 if *stop.borrow() {

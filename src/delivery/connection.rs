@@ -127,8 +127,8 @@ pub struct Connection<T> {
     pub tls: Option<String>,
     pub idle_since: Instant,
     pub policy: TlsPolicy,
-    /// Logged in with the smarthost credentials.
-    pub login: bool,
+    /// How it was set up (logged in with the smarthost credentials, ...).
+    pub hop: super::Hop,
     /// The settings' generation it was opened under.
     pub generation: u64,
     slot: Slot,
@@ -168,12 +168,18 @@ impl<T> Connection<T> {
 impl<T: Transport> Connection<T> {
     /// Connects and runs greeting, EHLO and (policy permitting) STARTTLS.
     /// With `login`, the smarthost credentials are presented after TLS.
-    pub async fn open(target: Target, policy: TlsPolicy, login: bool, settings: &Settings, slot: Slot) -> Result<Connection<T>, ConnError> {
+    pub async fn open(
+        target: Target,
+        policy: TlsPolicy,
+        hop: super::Hop,
+        settings: &Settings,
+        slot: Slot,
+    ) -> Result<Connection<T>, ConnError> {
         let transport = tokio::time::timeout(settings.timeouts.connect.0, T::connect(target.addr, settings.source_address))
             .await
             .map_err(|_| ConnError::Connect(format!("{} timed out", target.addr)))?
             .map_err(|e| ConnError::Connect(format!("{}: {e}", target.addr)))?;
-        let auth = if login { settings.login.clone() } else { None };
+        let auth = if hop.login { settings.login.clone() } else { None };
         let cfg = ClientConfig {
             ehlo_name: settings.ehlo_name.clone(),
             our_hostname: settings.our_hostname.clone(),
@@ -181,16 +187,26 @@ impl<T: Transport> Connection<T> {
             auth,
             chunking: settings.chunking,
         };
+        let mut client = Client::new(cfg);
+        let (link, tls) = match hop.implicit_tls {
+            true => {
+                let tls = Self::handshake(transport, &target, policy, settings).await?;
+                client.tls_at_connect();
+                let described = tls.describe();
+                (Link::Tls(Box::new(tls)), Some(described))
+            }
+            false => (Link::Plain(transport), None),
+        };
         let mut conn = Connection {
-            link: Link::Plain(transport),
-            client: Client::new(cfg),
+            link,
+            client,
             out: Vec::with_capacity(4096),
             target,
             deliveries: 0,
-            tls: None,
+            tls,
             idle_since: Instant::now(),
             policy,
-            login,
+            hop,
             generation: settings.generation,
             slot,
         };
@@ -347,16 +363,22 @@ impl<T: Transport> Connection<T> {
         Ok(())
     }
 
+    /// The TLS handshake over `plain` (after STARTTLS, or at once for implicit TLS): the
+    /// certificate verified for the host's name under `required`, any under opportunistic.
+    async fn handshake(plain: T, target: &Target, policy: TlsPolicy, settings: &Settings) -> Result<TlsLink<T>, ConnError> {
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| ConnError::Tls(e.to_string()))?;
+        let config = if policy == TlsPolicy::Required { settings.verified_tls.clone() } else { settings.tls.clone() };
+        TlsLink::connect(plain, config, name, settings.timeouts.command.0).await.map_err(|e| {
+            metrics::counter!(crate::metrics::DELIVERY_TLS_FAILURES, "kind" => super::tls::failure_kind(&e)).increment(1);
+            ConnError::Tls(e.to_string())
+        })
+    }
+
     async fn upgrade(&mut self, settings: &Settings) -> Result<(), ConnError> {
         let Link::Plain(plain) = std::mem::replace(&mut self.link, Link::Closed) else {
             return Err(ConnError::Tls("STARTTLS on a TLS connection".into()));
         };
-        let name = ServerName::try_from(self.target.host.clone()).map_err(|e| ConnError::Tls(e.to_string()))?;
-        let config = if self.policy == TlsPolicy::Required { settings.verified_tls.clone() } else { settings.tls.clone() };
-        let tls = TlsLink::connect(plain, config, name, settings.timeouts.command.0).await.map_err(|e| {
-            metrics::counter!(crate::metrics::DELIVERY_TLS_FAILURES, "kind" => super::tls::failure_kind(&e)).increment(1);
-            ConnError::Tls(e.to_string())
-        })?;
+        let tls = Self::handshake(plain, &self.target, self.policy, settings).await?;
         self.tls = Some(tls.describe());
         self.link = Link::Tls(Box::new(tls));
         self.client.tls_established(&mut self.out);

@@ -27,6 +27,18 @@ use crate::live::Live;
 use crate::shaping::Bucket;
 use crate::smtp::client::{Message, TlsPolicy};
 
+/// How a connection to a next hop is set up beyond its TLS policy: with the smarthost's
+/// login or not, TLS from the first byte or not. Connections that differ in it are never
+/// pooled together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Hop {
+    /// Log in with the smarthost credentials (after TLS).
+    pub login: bool,
+    /// TLS before the greeting (`delivery.smarthost_tls: implicit`): no STARTTLS, and no
+    /// plain-text retry when the handshake fails.
+    pub implicit_tls: bool,
+}
+
 /// Everything delivery shares: the config generation in force (with its DNS), the workers
 /// (which read the connection settings of the same generation) and shaping.
 pub struct Delivery {
@@ -160,8 +172,16 @@ impl Delivery {
     }
 
     /// Sends `msg` on one of the workers; see `Sender::send`.
-    pub async fn send(&self, targets: Vec<Target>, bucket: Arc<Bucket>, msg: Message, policy: TlsPolicy, login: bool) -> Report {
-        self.workers.send(targets, bucket, msg, policy, login).await
+    pub async fn send(&self, targets: Vec<Target>, bucket: Arc<Bucket>, msg: Message, policy: TlsPolicy, hop: Hop) -> Report {
+        self.workers.send(targets, bucket, msg, policy, hop).await
+    }
+
+    /// How connections for mail to `domain` are set up beyond their TLS policy.
+    pub fn hop(&self, domain: &str) -> Hop {
+        let config = self.config();
+        let d = &config.delivery;
+        let smarthost = d.smarthost.is_some() && !d.routes.contains_key(&domain.to_ascii_lowercase());
+        Hop { login: self.logs_in(domain), implicit_tls: smarthost && d.smarthost_tls == crate::config::SmarthostTls::Implicit }
     }
 
     /// Mail to `domain` goes to the smarthost with a login: over required TLS, logged in.

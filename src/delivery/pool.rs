@@ -51,14 +51,14 @@ pub struct PoolKey {
     pub policy: TlsPolicy,
     /// The name the certificate was verified for (`required` only).
     pub verified_name: Option<String>,
-    /// Logged in with the smarthost credentials.
-    pub login: bool,
+    /// Logged in with the smarthost credentials, and so on.
+    pub hop: super::Hop,
 }
 
 impl PoolKey {
-    pub fn new(target: &Target, policy: TlsPolicy, login: bool) -> PoolKey {
+    pub fn new(target: &Target, policy: TlsPolicy, hop: super::Hop) -> PoolKey {
         let verified_name = (policy == TlsPolicy::Required).then(|| target.host.clone());
-        PoolKey { addr: target.addr, policy, verified_name, login }
+        PoolKey { addr: target.addr, policy, verified_name, hop }
     }
 }
 
@@ -398,7 +398,7 @@ impl<T: Transport> Pool<T> {
             IdleState::Closed => return,
             state => return discarded(state),
         }
-        let key = PoolKey::new(&conn.target, conn.policy, conn.login);
+        let key = PoolKey::new(&conn.target, conn.policy, conn.hop);
         let limit = conn.slot().limit.clone();
         let stale = conn.generation != self.settings.get().generation;
         if stale || conn.deliveries >= limit.max_deliveries.load(Ordering::SeqCst) || self.wanted_elsewhere(&limit) {

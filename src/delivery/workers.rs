@@ -64,7 +64,7 @@ struct Job {
     bucket: Arc<Bucket>,
     msg: Message,
     policy: TlsPolicy,
-    login: bool,
+    hop: super::Hop,
     done: oneshot::Sender<Report>,
 }
 
@@ -105,7 +105,7 @@ impl Workers {
     }
 
     /// Sends `msg` to the first of `targets` that takes it, on the next worker in turn.
-    pub async fn send(&self, targets: Vec<Target>, bucket: Arc<Bucket>, msg: Message, policy: TlsPolicy, login: bool) -> Report {
+    pub async fn send(&self, targets: Vec<Target>, bucket: Arc<Bucket>, msg: Message, policy: TlsPolicy, hop: super::Hop) -> Report {
         let n = msg.recipients.len();
         let (done, result) = oneshot::channel();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
@@ -116,7 +116,7 @@ impl Workers {
             }
             None => (start, None),
         };
-        let job = Job { targets, slot, bucket, msg, policy, login, done };
+        let job = Job { targets, slot, bucket, msg, policy, hop, done };
         if self.queues[worker].send(job).is_ok()
             && let Ok(attempted) = result.await
         {
@@ -125,11 +125,7 @@ impl Workers {
         // Only when a worker died (a bug): the recipients are tried again later.
         tracing::error!(worker, "delivery worker is gone");
         let reply = Reply::new(451, Enhanced(4, 3, 0), "Delivery worker unavailable");
-        let results =
-            vec![
-                Some(Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, via: None, remote_dsn: false, remote_said: false });
-                n
-            ];
+        let results = vec![Some(Attempted::local(RcptOutcome::Deferred(reply))); n];
         Report { results, signal: Signal::Answered, hosts: Vec::new() }
     }
 }
@@ -178,7 +174,7 @@ async fn serve<T: Transport>(
                 let Some(job) = job else { return };
                 let sender = sender.clone();
                 tokio::task::spawn_local(async move {
-                    let attempted = sender.send(&job.targets, job.slot, &job.bucket, job.msg, job.policy, job.login).await;
+                    let attempted = sender.send(&job.targets, job.slot, &job.bucket, job.msg, job.policy, job.hop).await;
                     let _ = job.done.send(attempted);
                 });
             }

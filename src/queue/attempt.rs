@@ -43,10 +43,6 @@ struct Settled {
     records: Vec<accounting::Record>,
 }
 
-fn local(outcome: RcptOutcome) -> Attempted {
-    Attempted { outcome, remote: None, via: None, remote_dsn: false, remote_said: false }
-}
-
 /// The recipients of `env` due at `now` (unix seconds), grouped.
 pub fn due_groups(env: &Envelope, config: &Config, now: u64) -> Groups {
     let mut groups = Groups::new();
@@ -97,7 +93,7 @@ impl Runner {
             .iter()
             .enumerate()
             .filter(|(_, r)| r.state == RecipientState::Queued)
-            .map(|(i, _)| (i, local(RcptOutcome::Failed(reply.clone()))))
+            .map(|(i, _)| (i, Attempted::local(RcptOutcome::Failed(reply.clone()))))
             .collect();
         let settled = self.settle(env, Gathered { results, postponed: Vec::new(), operator: Some(operator.to_string()) }, &body);
         self.record(settled).await
@@ -148,8 +144,12 @@ impl Runner {
         let domain = env.recipients[indexes[0]].mailbox.domain.clone();
         let delivery = self.delivery();
         match delivery.route(&domain).await {
-            Route::Fail(reply) => gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Failed(reply.clone()))))),
-            Route::Defer(reply) => gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Deferred(reply.clone()))))),
+            Route::Fail(reply) => {
+                gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(RcptOutcome::Failed(reply.clone())))))
+            }
+            Route::Defer(reply) => {
+                gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(RcptOutcome::Deferred(reply.clone())))))
+            }
             Route::Targets(_) if env.params.requiretls && route::next_hop(&domain.to_ascii_lowercase(), &self.config()).is_none() => {
                 // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
                 // MX records; neither exists here), so only a configured route qualifies.
@@ -160,7 +160,7 @@ impl Runner {
                         "REQUIRETLS support required: no authenticated route to {domain} (only configured routes and smarthosts qualify)"
                     ),
                 );
-                gathered.results.extend(indexes.iter().map(|&i| (i, local(RcptOutcome::Failed(reply.clone())))));
+                gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(RcptOutcome::Failed(reply.clone())))));
             }
             Route::Targets(targets) => {
                 let bucket = delivery.shaper().bucket(&domain, &targets);
@@ -222,7 +222,7 @@ impl Runner {
                 body: body.clone(),
             };
             let started = self.clock.now_ms();
-            let report = delivery.send(targets.to_vec(), bucket.clone(), msg, policy, delivery.logs_in(domain)).await;
+            let report = delivery.send(targets.to_vec(), bucket.clone(), msg, policy, delivery.hop(domain)).await;
             for host in &report.hosts {
                 let (relay, error) = (host.relay.as_str(), host.error.as_str());
                 if host.plaintext_retry {

@@ -124,10 +124,7 @@ pub fn postpone(
     for (index, until, why) in postponed {
         if expired {
             let reply = Reply::new(451, Enhanced(4, 4, 5), why.clone());
-            results.push((
-                *index,
-                Attempted { outcome: RcptOutcome::Deferred(reply), remote: None, via: None, remote_dsn: false, remote_said: false },
-            ));
+            results.push((*index, Attempted::local(RcptOutcome::Deferred(reply))));
         } else {
             let r = &mut env.recipients[*index];
             r.next_attempt = Some(*until);
@@ -250,13 +247,7 @@ mod tests {
         let policy = RetryPolicy { schedule: &schedule, max_age: Duration::from_secs(86400), delay_warning: None };
         for n in 0..7u64 {
             let reply = Reply::new(451, Enhanced(4, 3, 0), format!("busy {n}"));
-            let attempted = Attempted {
-                outcome: RcptOutcome::Deferred(reply),
-                remote: Some("mx.y.test".into()),
-                via: None,
-                remote_dsn: false,
-                remote_said: true,
-            };
+            let attempted = Attempted::from_server(RcptOutcome::Deferred(reply), "mx.y.test", false);
             record(&mut env, &[(0, attempted)], 100 + n, &policy);
         }
         let history = &env.recipients[0].history;
@@ -298,7 +289,7 @@ mod tests {
     }
 
     fn att(o: RcptOutcome) -> Attempted {
-        Attempted { outcome: o, remote: Some("mx.y.test".into()), via: None, remote_dsn: false, remote_said: true }
+        Attempted::from_server(o, "mx.y.test", false)
     }
 
     const SCHEDULE: [Duration; 3] = [Duration::from_secs(60), Duration::from_secs(300), Duration::from_secs(3600)];
@@ -353,20 +344,8 @@ mod tests {
         }
         let p = RetryPolicy { schedule: &SCHEDULE, max_age: Duration::from_secs(86400), delay_warning: None };
         let ok = Reply::new(250, Enhanced(2, 0, 0), "ok");
-        let without = Attempted {
-            outcome: RcptOutcome::Delivered(ok.clone()),
-            remote: Some("old.test".into()),
-            via: None,
-            remote_dsn: false,
-            remote_said: false,
-        };
-        let with = Attempted {
-            outcome: RcptOutcome::Delivered(ok),
-            remote: Some("new.test".into()),
-            via: None,
-            remote_dsn: true,
-            remote_said: true,
-        };
+        let without = Attempted { remote_said: false, ..Attempted::from_server(RcptOutcome::Delivered(ok.clone()), "old.test", false) };
+        let with = Attempted::from_server(RcptOutcome::Delivered(ok), "new.test", true);
         let t = record(&mut e, &[(0, without), (1, with)], 2000, &p);
         assert_eq!(t.relayed.iter().map(|n| (n.index, n.action)).collect::<Vec<_>>(), [(0, Action::Relayed)]);
     }
@@ -401,13 +380,7 @@ mod tests {
         assert!(is_final(&e));
         // Our own reason (no server answered) is a local diagnostic.
         let mut e = env(1);
-        let down = Attempted {
-            outcome: RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 1), "no host answered")),
-            remote: None,
-            via: None,
-            remote_dsn: false,
-            remote_said: false,
-        };
+        let down = Attempted::local(RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 4, 1), "no host answered")));
         let t = record(&mut e, &[(0, down)], 1600, &p);
         assert_eq!(t.failed[0].diagnostic, Diagnostic::Local("451 4.4.1 no host answered".into()));
     }

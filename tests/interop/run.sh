@@ -30,7 +30,7 @@ fail() { echo "interop: FAIL: $*" >&2; tail -n 5 "$work"/daemon.*.log >&2 2>/dev
 
 sink_pid=""
 aio_pid=""
-for tool in swaks smtp-source smtp-sink curl; do
+for tool in swaks smtp-source smtp-sink curl jq; do
   command -v "$tool" >/dev/null || fail "$tool is not installed"
 done
 [ -x "$bin" ] || (cd "$repo" && cargo build --release --quiet)
@@ -56,7 +56,8 @@ start_daemon() {
     grep -q " ready version=" "$log" 2>/dev/null && return 0
     sleep 0.1
   done
-  fail "daemon did not start"
+  fail "daemon did not start (is another relay, the README's say, still running on 127.0.0.1:2525? stop it first):
+$(cat "$log")"
 }
 
 queued() {
@@ -165,6 +166,22 @@ for _ in $(seq 100); do [ "$(ls "$work/maildir/new" 2>/dev/null | wc -l)" -ge 2 
 [ "$(ls "$work/maildir/new" | wc -l)" -eq 2 ] || fail "aiosmtpd received $(ls "$work/maildir/new" 2>/dev/null | wc -l) of 2 messages"
 grep -q "by relay.example.net (Sluice)" "$work"/maildir/new/* || fail "no Sluice Received field at aiosmtpd"
 
+echo "== the accounting file, read with jq (docs/ACCOUNTING.md)"
+acct="$work/var/accounting.jsonl"
+for _ in $(seq 50); do [ -s "$acct" ] && break; sleep 0.1; done
+jq -e -s 'all(.[]; .v == 1 and (.queue_id | length) == 13)' "$acct" >/dev/null || fail "records without the schema version or a queue id: $(head -3 "$acct")"
+bob=$(jq -r 'select(.event == "received" and .recipients == ["bob@dest.test"]) | .queue_id' "$acct" | head -1)
+[ -n "$bob" ] || fail "no received record for the swaks message"
+for _ in $(seq 100); do
+  jq -e --arg id "$bob" 'select(.queue_id == $id and .event == "delivered")' "$acct" >/dev/null && break
+  sleep 0.1
+done
+jq -e --arg id "$bob" 'select(.queue_id == $id and .event == "delivered" and .code == 250 and .ip == "127.0.0.1")' "$acct" >/dev/null \
+  || fail "the swaks message has no delivered record: $(grep "$bob" "$acct")"
+jq -e 'select(.event == "delivered" and .port == 2527)' "$acct" >/dev/null || fail "no delivery to aiosmtpd recorded"
+! jq -e 'select(.sender == "a@outside.test")' "$acct" >/dev/null || fail "the refused relay attempt has a record"
+echo "accounting: $(wc -l < "$acct") records; the swaks message $bob received and delivered"
+
 relay_run() { # relay_run BACKEND: smtp-source -> Sluice -> smtp-sink; prints the rates
   grep -q "delivery workers started backend=$1 " "$log" || fail "the daemon does not deliver over $1"
   echo "== relay ($1): $messages messages of 1 KiB over 20 sessions, smtp-source -> Sluice -> smtp-sink"
@@ -189,4 +206,4 @@ grep -q '^  io: epoll' "$work/config.yaml" || fail "could not select epoll"
 start_daemon
 relay_run epoll
 
-echo "interop: 11 passed, 0 failed"
+echo "interop: 12 passed, 0 failed"

@@ -55,19 +55,24 @@ fn events(log: &str, name: &str) -> Vec<BTreeMap<String, Vec<String>>> {
     log.lines().map(parse).filter(|(n, _)| n == name).map(|(_, f)| f).collect()
 }
 
+/// From `ip` (not a trusted network): EHLO, MAIL FROM `from`, a RCPT for each of `to`, each
+/// refused 550 (relaying denied), QUIT.
+fn refused_rcpts(daemon: &Daemon, ip: &str, from: &str, to: &[&str]) {
+    let mut c = Client::connect_from(daemon.addr, ip);
+    c.cmd("EHLO scanner.lan");
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).code, 250);
+    for rcpt in to {
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).code, 550, "{rcpt}");
+    }
+    c.cmd("QUIT");
+}
+
 #[test]
 fn a_refused_relay_attempt_is_one_line_with_its_session_code_reason_and_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::spawn(dir.path(), "", &[]);
-    // 127.0.0.2 is not a trusted network.
-    let mut c = Client::connect_from(daemon.addr, "127.0.0.2");
-    c.cmd("EHLO scanner.lan");
-    assert_eq!(c.cmd("MAIL FROM:<scanner@lan.test>").code, 250);
-    assert_eq!(c.cmd("RCPT TO:<boss@example.com>").code, 550);
-    // A recipient that tries to look like more fields, and a forged line after a break.
-    assert_eq!(c.cmd("RCPT TO:<\"x code=250 reason=ok\\\"\"@example.com>").code, 550);
-    c.cmd("QUIT");
-    drop(c);
+    // The second recipient tries to look like more fields.
+    refused_rcpts(&daemon, "127.0.0.2", "scanner@lan.test", &["boss@example.com", "\"x code=250 reason=ok\\\"\"@example.com"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = daemon.log_text();
     let connect = events(&log, "connect").into_iter().find(|f| field(f, "client").starts_with("127.0.0.2:")).expect(&log);
@@ -125,22 +130,13 @@ fn an_accepted_message_names_its_session_and_no_line_has_a_module_path() {
 fn a_flood_of_refusals_from_one_address_is_cut_to_twenty_lines() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::spawn(dir.path(), "", &[]);
+    let victims: Vec<String> = (0..10).map(|i| format!("victim{i}@example.com")).collect();
+    let victims: Vec<&str> = victims.iter().map(String::as_str).collect();
     for _ in 0..4 {
-        let mut c = Client::connect_from(daemon.addr, "127.0.0.3");
-        c.cmd("EHLO prober");
-        c.cmd("MAIL FROM:<p@x.test>");
-        for i in 0..10 {
-            assert_eq!(c.cmd(&format!("RCPT TO:<victim{i}@example.com>")).code, 550);
-        }
-        c.cmd("QUIT");
+        refused_rcpts(&daemon, "127.0.0.3", "p@x.test", &victims);
     }
     // Another address still gets its lines.
-    let mut c = Client::connect_from(daemon.addr, "127.0.0.4");
-    c.cmd("EHLO other");
-    c.cmd("MAIL FROM:<o@x.test>");
-    assert_eq!(c.cmd("RCPT TO:<someone@example.com>").code, 550);
-    c.cmd("QUIT");
-    drop(c);
+    refused_rcpts(&daemon, "127.0.0.4", "o@x.test", &["someone@example.com"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = daemon.log_text();
     let from = |ip: &str| events(&log, "refused").iter().filter(|f| field(f, "client") == ip).count();
@@ -192,7 +188,7 @@ fn grep_for_the_queue_id_tells_the_message_story_with_relay_delays_and_dsn() {
         .a("mx2.dest.test", "127.0.0.1");
     let dns = TestDns::start(zone);
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!("{}delivery:\n  port: {}\n  retry: [1s]\n", dns.config(), dest.addr.port());
+    let extra = format!("{}delivery:\n  port: {}\n  retry: [1s]\naccounting: {{ path: acct.jsonl }}\n", dns.config(), dest.addr.port());
     let daemon = Daemon::spawn(dir.path(), &extra, &[]);
     let mut c = Client::connect(daemon.addr);
     let reply = c.send_mail("app@lan.test", &["user@dest.test"], "Subject: story\r\n\r\nbody\r\n");
@@ -232,4 +228,48 @@ fn grep_for_the_queue_id_tells_the_message_story_with_relay_delays_and_dsn() {
     let parts: Vec<f64> = field(&delivery, "delays").split('/').map(|p| p.parse().unwrap()).collect();
     assert_eq!(parts.len(), 3, "{delivery:?}");
     assert!((parts.iter().sum::<f64>() - delay).abs() < 0.03, "the parts add up to the delay: {delivery:?}");
+    // The same story in the accounting file: `jq 'select(.queue_id == "ID")'`.
+    let records = std::fs::read_to_string(dir.path().join("acct.jsonl")).unwrap();
+    let mine: Vec<&str> = records.lines().filter(|l| l.contains(&format!("\"queue_id\":\"{queue_id}\""))).collect();
+    eprintln!("{}", mine.join("\n"));
+    let events: Vec<String> =
+        mine.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(events, ["received", "delivered"], "{records}");
+}
+
+#[test]
+fn a_hostile_reply_from_the_next_hop_cannot_add_a_field_to_the_delivery_line() {
+    use std::sync::Arc;
+
+    use crate::peers::dest::{Behavior, Dest};
+    let hostile = "550 5.1.1 no\" status=delivered dsn=2.0.0 code=250 x=\\";
+    let dest = Dest::start(Behavior { rcpt: Arc::new(move |_, _| hostile.into()), ..Behavior::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "delivery:\n  routes: {{ \"dest.test\": \"[127.0.0.1]:{}\" }}\n  retry: [1h]\naccounting: {{ path: acct.jsonl }}\n",
+        dest.addr.port()
+    );
+    let daemon = Daemon::spawn(dir.path(), &extra, &[]);
+    assert_eq!(Client::connect(daemon.addr).send_mail("", &["user@dest.test"], "x\r\n").code, 250);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let line = loop {
+        let log = daemon.log_text();
+        if let Some(l) = log.lines().find(|l| parse(l).0 == "delivery") {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let fields = parse(&line).1;
+    for key in ["status", "dsn", "code"] {
+        assert_eq!(fields.get(key).map(Vec::len), Some(1), "{key} twice in {line}");
+    }
+    assert_eq!([field(&fields, "status"), field(&fields, "dsn"), field(&fields, "code")], ["bounced", "5.1.1", "550"], "{line}");
+    assert!(field(&fields, "reply").contains("status=delivered"), "the text stays inside its value: {line}");
+    assert!(!fields.contains_key("x"), "{line}");
+    let records = std::fs::read_to_string(dir.path().join("acct.jsonl")).unwrap();
+    let bounced: serde_json::Value =
+        records.lines().map(|l| serde_json::from_str(l).unwrap()).find(|r: &serde_json::Value| r["event"] == "bounced").unwrap();
+    assert_eq!((bounced["code"].as_u64(), bounced["dsn"].as_str()), (Some(550), Some("5.1.1")));
+    assert!(bounced["reply"].as_str().unwrap().contains("no\" status=delivered"), "{bounced}");
 }

@@ -36,6 +36,7 @@ mod lettre_client;
 mod limits;
 mod log_quoting;
 mod mail_log;
+mod manpages;
 mod metrics_endpoint;
 mod null_mx_submission;
 mod passwd;
