@@ -12,7 +12,7 @@ mod file;
 mod record;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +25,9 @@ use file::RotatingFile;
 
 /// Records that may wait for the writer; past this they are dropped.
 pub const BUFFERED_RECORDS: usize = 65_536;
+
+/// How often the writer looks for records: they reach the file within about this long.
+const POLL: Duration = Duration::from_millis(50);
 
 /// Drops are logged at most this often (with how many there were).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -175,36 +178,31 @@ struct Writer {
 }
 
 impl Writer {
+    /// Wakes every [`POLL`] and writes what came meanwhile in one batch. It never blocks in
+    /// the channel, so a sender never has to wake it: waking a parked thread for each record
+    /// cost more than writing it.
     fn run(mut self) {
         self.take_control(); // the file is open before the first record comes
         loop {
-            let first = match self.receiver.recv_timeout(Duration::from_secs(1)) {
-                Ok(msg) => Some(msg),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
+            std::thread::sleep(POLL);
             self.take_control();
             let mut oldest: Option<SystemTime> = None;
-            let mut next = first;
             let mut done = false;
-            while let Some(msg) = next {
-                match msg {
-                    Msg::Record(record) => {
+            while !done {
+                match self.receiver.try_recv() {
+                    Ok(Msg::Record(record)) => {
                         self.waiting.fetch_sub(1, Ordering::Relaxed);
                         oldest = Some(oldest.map_or(record.time, |o| o.min(record.time)));
                         self.write(&record);
                     }
-                    Msg::Wake => self.take_control(),
-                    Msg::Flush(done) => {
+                    Ok(Msg::Wake) => self.take_control(),
+                    Ok(Msg::Flush(answer)) => {
                         self.flush();
-                        let _ = done.send(());
+                        let _ = answer.send(());
                     }
-                    Msg::Close => done = true,
+                    Ok(Msg::Close) | Err(TryRecvError::Disconnected) => done = true,
+                    Err(TryRecvError::Empty) => break,
                 }
-                if done {
-                    break;
-                }
-                next = self.receiver.try_recv().ok();
             }
             self.flush();
             let lag = oldest.and_then(|t| t.elapsed().ok()).map_or(0.0, |d| d.as_secs_f64());

@@ -229,12 +229,25 @@ fn grep_for_the_queue_id_tells_the_message_story_with_relay_delays_and_dsn() {
     assert_eq!(parts.len(), 3, "{delivery:?}");
     assert!((parts.iter().sum::<f64>() - delay).abs() < 0.03, "the parts add up to the delay: {delivery:?}");
     // The same story in the accounting file: `jq 'select(.queue_id == "ID")'`.
-    let records = std::fs::read_to_string(dir.path().join("acct.jsonl")).unwrap();
+    let records = records_when(&dir.path().join("acct.jsonl"), |t| t.contains("\"event\":\"delivered\""));
     let mine: Vec<&str> = records.lines().filter(|l| l.contains(&format!("\"queue_id\":\"{queue_id}\""))).collect();
     eprintln!("{}", mine.join("\n"));
     let events: Vec<String> =
         mine.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
     assert_eq!(events, ["received", "delivered"], "{records}");
+}
+
+/// The accounting file's text once `ready` holds for it (records are written in batches).
+fn records_when(path: &std::path::Path, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if ready(&text) {
+            return text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}: {text}", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -267,7 +280,7 @@ fn a_hostile_reply_from_the_next_hop_cannot_add_a_field_to_the_delivery_line() {
     assert_eq!([field(&fields, "status"), field(&fields, "dsn"), field(&fields, "code")], ["bounced", "5.1.1", "550"], "{line}");
     assert!(field(&fields, "reply").contains("status=delivered"), "the text stays inside its value: {line}");
     assert!(!fields.contains_key("x"), "{line}");
-    let records = std::fs::read_to_string(dir.path().join("acct.jsonl")).unwrap();
+    let records = records_when(&dir.path().join("acct.jsonl"), |t| t.contains("\"event\":\"bounced\""));
     let bounced: serde_json::Value =
         records.lines().map(|l| serde_json::from_str(l).unwrap()).find(|r: &serde_json::Value| r["event"] == "bounced").unwrap();
     assert_eq!((bounced["code"].as_u64(), bounced["dsn"].as_str()), (Some(550), Some("5.1.1")));
