@@ -248,10 +248,12 @@ impl Runner {
         let now = self.clock.now();
         outcome::postpone(&mut env, &postponed, &mut results, now, &policy);
         let tally = outcome::record(&mut env, &results, now, &policy);
-        self.log_results(&env, &results, &tally, now);
+        // One reading of the clock, so the log line and the record give the same delays.
+        let delays = Delays::new(&env, self.clock.as_ref(), now);
+        self.log_results(&env, &results, &tally, &delays);
         self.count_reasons(&env, &results, operator.is_some());
         let mut records = match self.accounting.enabled() {
-            true => self.records(&env, &results, operator.as_deref(), now),
+            true => self.records(&env, &results, operator.as_deref(), &delays),
             false => Vec::new(),
         };
         let mut changes = Changes::default();
@@ -270,8 +272,7 @@ impl Runner {
     }
 
     /// The accounting records of an attempt's results (recipients as they now stand).
-    fn records(&self, env: &Envelope, results: &[(usize, Attempted)], operator: Option<&str>, now: u64) -> Vec<accounting::Record> {
-        let delays = Delays::new(env, self.clock.as_ref(), now);
+    fn records(&self, env: &Envelope, results: &[(usize, Attempted)], operator: Option<&str>, delays: &Delays) -> Vec<accounting::Record> {
         let record = |(i, a): &(usize, Attempted)| {
             let r = &env.recipients[*i];
             let event = match (r.state, &a.outcome) {
@@ -331,8 +332,7 @@ impl Runner {
         self.spool().update(&env)?.wait().await
     }
 
-    fn log_results(&self, env: &Envelope, results: &[(usize, Attempted)], tally: &Tally, now: u64) {
-        let delays = Delays::new(env, self.clock.as_ref(), now);
+    fn log_results(&self, env: &Envelope, results: &[(usize, Attempted)], tally: &Tally, delays: &Delays) {
         for (i, a) in results {
             let r = &env.recipients[*i];
             let status = match r.state {

@@ -235,6 +235,9 @@ fn grep_for_the_queue_id_tells_the_message_story_with_relay_delays_and_dsn() {
     let events: Vec<String> =
         mine.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string()).collect();
     assert_eq!(events, ["received", "delivered"], "{records}");
+    let record: serde_json::Value = serde_json::from_str(mine[1]).unwrap();
+    let ms = record["delay_ms"].as_u64().unwrap();
+    assert_eq!(format!("{}.{:02}", ms / 1000, ms % 1000 / 10), field(&delivery, "delay"), "the line and the record say the same delay");
 }
 
 /// The accounting file's text once `ready` holds for it (records are written in batches).
