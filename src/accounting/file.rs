@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where records go and when the file is rotated (from `accounting` in the config).
@@ -58,11 +58,18 @@ impl RotatingFile {
         Ok(())
     }
 
-    /// `path` -> `path.1` -> ... -> `path.KEEP` (the oldest removed), then a new `path`.
+    /// `path` -> `path.1` -> ... -> `path.KEEP` (the oldest removed), then a new `path`. When
+    /// `path` is no longer the file we write (logrotate moved it and SIGUSR1 has not come yet,
+    /// or it was deleted), nothing is renamed: the path is just opened afresh.
     fn rotate(&mut self) -> io::Result<()> {
         self.out.flush()?;
         self.out.get_ref().sync_data()?;
         let path = &self.settings.path;
+        let ours = self.out.get_ref().metadata()?;
+        let there = std::fs::metadata(path).ok();
+        if there.is_none_or(|t| (t.dev(), t.ino()) != (ours.dev(), ours.ino())) {
+            return self.reopen();
+        }
         let keep = self.settings.keep;
         if keep == 0 {
             remove_if_there(path)?;
@@ -84,10 +91,22 @@ impl Drop for RotatingFile {
     }
 }
 
+/// Opens `path` for appending; a file it creates is mode 0640 whatever the umask: readable by
+/// the daemon's group (log shippers run in it), not by everyone, as records name senders and
+/// recipients. An existing file keeps the mode its owner gave it.
+pub fn open(path: &Path) -> io::Result<File> {
+    match OpenOptions::new().append(true).create_new(true).mode(0o640).open(path) {
+        Ok(file) => {
+            file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+            Ok(file)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new().append(true).open(path),
+        Err(e) => Err(e),
+    }
+}
+
 fn open_append(path: &Path) -> io::Result<(BufWriter<File>, u64)> {
-    // Readable by the daemon's group (log shippers run in it), not by everyone: records name
-    // senders and recipients.
-    let file = OpenOptions::new().create(true).append(true).mode(0o640).open(path)?;
+    let file = open(path)?;
     let size = file.metadata()?.len();
     Ok((BufWriter::with_capacity(64 * 1024, file), size))
 }
@@ -133,6 +152,34 @@ mod tests {
         assert_eq!(lines(&numbered(&path, 1)), ["record-4", "record-5"]);
         assert_eq!(lines(&numbered(&path, 2)), ["record-2", "record-3"]);
         assert!(!numbered(&path, 3).exists(), "only two rotated files are kept");
+    }
+
+    #[test]
+    fn a_file_moved_away_before_its_rotation_is_not_renamed_and_nothing_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acct.jsonl");
+        let mut f = RotatingFile::open(Settings { path: path.clone(), max_size: 20, keep: 2 }).unwrap();
+        std::fs::write(numbered(&path, 1), "older\n").unwrap();
+        f.write(b"record-0\n").unwrap();
+        f.write(b"record-1\n").unwrap();
+        std::fs::rename(&path, dir.path().join("moved")).unwrap(); // logrotate, no SIGUSR1 yet
+        for n in 2..6 {
+            f.write(format!("record-{n}\n").as_bytes()).unwrap();
+        }
+        f.flush().unwrap();
+        assert_eq!(lines(&dir.path().join("moved")), ["record-0", "record-1"]);
+        // The moved file was not renamed over path.1; the next rotation is an ordinary one.
+        assert_eq!(lines(&numbered(&path, 2)), ["older"]);
+        assert_eq!(lines(&numbered(&path, 1)), ["record-2", "record-3"]);
+        assert_eq!(lines(&path), ["record-4", "record-5"]);
+    }
+
+    #[test]
+    fn a_new_file_is_0640_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acct.jsonl");
+        drop(open(&path).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
     }
 
     #[test]

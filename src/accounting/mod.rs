@@ -14,7 +14,7 @@ mod record;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use build::{message_record, recipient_record};
 pub use file::Settings;
@@ -26,19 +26,22 @@ use file::RotatingFile;
 /// Records that may wait for the writer; past this they are dropped.
 pub const BUFFERED_RECORDS: usize = 65_536;
 
+/// And the octets they may hold (a record naming a thousand recipients is large).
+pub const BUFFERED_BYTES: usize = 64 << 20;
+
 /// How often the writer looks for records: they reach the file within about this long.
 const POLL: Duration = Duration::from_millis(50);
+
+/// Under a backlog the writer still looks at new settings and reopen requests this often.
+const CONTROL_EVERY: usize = 1024;
 
 /// Drops are logged at most this often (with how many there were).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 enum Msg {
-    Record(Box<Record>),
-    /// Look at the control block (new settings, reopen).
-    Wake,
+    Record(Box<Record>, usize),
     /// Answered once everything sent before it is written.
     Flush(mpsc::Sender<()>),
-    Close,
 }
 
 #[derive(Default)]
@@ -48,15 +51,27 @@ struct Control {
     reopen: bool,
 }
 
+/// What the handle and the writer share.
+#[derive(Default)]
+struct Shared {
+    control: Mutex<Control>,
+    /// Records and octets waiting in the channel.
+    waiting: AtomicUsize,
+    waiting_bytes: AtomicUsize,
+    /// When the writer last found the channel empty (unix ms): the lag while records wait.
+    drained_at_ms: AtomicU64,
+    closing: AtomicBool,
+}
+
 /// The handle every part that has something to record holds.
 pub struct Accounting {
     enabled: AtomicBool,
     sender: SyncSender<Msg>,
-    control: Mutex<Control>,
-    waiting: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     dropped: AtomicU64,
     drops: Mutex<Drops>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Told when the writer has ended.
+    ended: Mutex<Option<Receiver<()>>>,
 }
 
 #[derive(Default)]
@@ -65,11 +80,15 @@ struct Drops {
     logged: Option<Instant>,
 }
 
-/// Whether the file in `settings` can be opened for appending (created if missing): a start
-/// or reload that names one that cannot is refused rather than dropping every record.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether the file in `settings` can be opened for appending (created, mode 0640, if
+/// missing): a start or reload that names one that cannot is refused rather than dropping
+/// every record.
 pub fn check(settings: &Settings) -> Result<(), String> {
-    let opened = std::fs::OpenOptions::new().create(true).append(true).open(&settings.path);
-    opened.map(|_| ()).map_err(|e| format!("accounting.path {}: {e}", settings.path.display()))
+    file::open(&settings.path).map(|_| ()).map_err(|e| format!("accounting.path {}: {e}", settings.path.display()))
 }
 
 impl Accounting {
@@ -80,24 +99,28 @@ impl Accounting {
 
     fn with_capacity(settings: Option<Settings>, capacity: usize) -> Arc<Accounting> {
         let (sender, receiver) = mpsc::sync_channel(capacity);
-        let waiting = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared::default());
+        shared.control.lock().expect("accounting control lock").settings = Some(settings.clone());
+        shared.drained_at_ms.store(now_ms(), Ordering::Relaxed);
+        let (ended_tx, ended_rx) = mpsc::channel();
         let accounting = Arc::new(Accounting {
             enabled: AtomicBool::new(settings.is_some()),
             sender,
-            control: Mutex::new(Control { settings: Some(settings), reopen: false }),
-            waiting: waiting.clone(),
+            shared: shared.clone(),
             dropped: AtomicU64::new(0),
             drops: Mutex::default(),
-            writer: Mutex::new(None),
+            ended: Mutex::new(Some(ended_rx)),
         });
-        let writer = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("sluice-accounting".into())
             .spawn({
                 let accounting = Arc::downgrade(&accounting);
-                move || Writer { file: None, receiver, waiting, accounting }.run()
+                move || {
+                    Writer { file: None, receiver, shared, accounting }.run();
+                    let _ = ended_tx.send(());
+                }
             })
             .expect("spawning the accounting writer");
-        *accounting.writer.lock().expect("accounting writer lock") = Some(writer);
         accounting
     }
 
@@ -111,49 +134,80 @@ impl Accounting {
         if !self.enabled() {
             return;
         }
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(Msg::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                self.dropped("the writer is behind", 1);
-            }
+        let weight = record.weight();
+        let s = &self.shared;
+        if s.waiting_bytes.fetch_add(weight, Ordering::Relaxed) + weight > BUFFERED_BYTES {
+            s.waiting_bytes.fetch_sub(weight, Ordering::Relaxed);
+            return self.dropped("the writer is behind", 1);
+        }
+        s.waiting.fetch_add(1, Ordering::Relaxed);
+        if self.sender.try_send(Msg::Record(Box::new(record), weight)).is_err() {
+            s.waiting.fetch_sub(1, Ordering::Relaxed);
+            s.waiting_bytes.fetch_sub(weight, Ordering::Relaxed);
+            self.dropped("the writer is behind", 1);
         }
     }
 
     /// Puts new settings in force (a reload): another file, rotation limits, on or off.
+    /// Records emitted before go where the settings in force then said.
     pub fn configure(&self, settings: Option<Settings>) {
         self.enabled.store(settings.is_some(), Ordering::Relaxed);
-        self.control.lock().expect("accounting control lock").settings = Some(settings);
-        let _ = self.sender.try_send(Msg::Wake);
+        self.shared.control.lock().expect("accounting control lock").settings = Some(settings);
     }
 
     /// Opens the file again (SIGUSR1, after logrotate moved it).
     pub fn reopen(&self) {
-        self.control.lock().expect("accounting control lock").reopen = true;
-        let _ = self.sender.try_send(Msg::Wake);
+        self.shared.control.lock().expect("accounting control lock").reopen = true;
     }
 
-    /// Waits until every record emitted before is in the file (tests, shutdown).
+    /// Waits (10 s at most) until every record emitted before is in the file (tests).
     pub fn flush(&self) {
         let (tx, rx) = mpsc::channel();
-        if self.sender.send(Msg::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut msg = Msg::Flush(tx);
+        loop {
+            match self.sender.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(POLL);
+                }
+                Err(_) => return,
+            }
         }
+        let _ = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
     }
 
-    /// Writes what is buffered and stops the writer; later records are not written.
+    /// Writes what is buffered and stops the writer (waiting 5 s at most: a disk that hangs
+    /// must not hold the shutdown); later records are not written.
     pub fn close(&self) {
         self.enabled.store(false, Ordering::Relaxed);
-        let _ = self.sender.send(Msg::Close);
-        if let Some(writer) = self.writer.lock().expect("accounting writer lock").take() {
-            let _ = writer.join();
+        self.shared.closing.store(true, Ordering::Relaxed);
+        if let Some(ended) = self.ended.lock().expect("accounting ended lock").take() {
+            let _ = ended.recv_timeout(Duration::from_secs(5));
         }
     }
 
     /// Records dropped since start.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The writer's state as series, read at scrape time (so a stalled writer shows).
+    pub fn render(&self, out: &mut String) {
+        let waiting = self.shared.waiting.load(Ordering::Relaxed);
+        let lag = match waiting {
+            0 => 0.0,
+            _ => now_ms().saturating_sub(self.shared.drained_at_ms.load(Ordering::Relaxed)) as f64 / 1000.0,
+        };
+        crate::metrics::text::Gauge::new(out, "sluice_accounting_waiting_records", "Accounting records waiting for the writer")
+            .value(waiting as f64);
+        crate::metrics::text::Gauge::new(
+            out,
+            "sluice_accounting_lag_seconds",
+            "While records wait: how long since the writer last caught up (0 when none wait)",
+        )
+        .value(lag);
     }
 
     fn dropped(&self, why: &str, count: u64) {
@@ -172,9 +226,19 @@ impl Accounting {
 struct Writer {
     file: Option<RotatingFile>,
     receiver: Receiver<Msg>,
-    waiting: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     /// Weak, so the handle's last owner going away ends the thread.
     accounting: std::sync::Weak<Accounting>,
+}
+
+/// How a drain of the channel ended.
+#[derive(PartialEq, Eq)]
+enum Drained {
+    Empty,
+    /// `CONTROL_EVERY` records written and more waiting.
+    Budget,
+    /// Every handle is gone.
+    Gone,
 }
 
 impl Writer {
@@ -185,39 +249,54 @@ impl Writer {
         self.take_control(); // the file is open before the first record comes
         loop {
             std::thread::sleep(POLL);
-            self.take_control();
-            let mut oldest: Option<SystemTime> = None;
-            let mut done = false;
-            while !done {
-                match self.receiver.try_recv() {
-                    Ok(Msg::Record(record)) => {
-                        self.waiting.fetch_sub(1, Ordering::Relaxed);
-                        oldest = Some(oldest.map_or(record.time, |o| o.min(record.time)));
-                        self.write(&record);
-                    }
-                    Ok(Msg::Wake) => self.take_control(),
-                    Ok(Msg::Flush(answer)) => {
-                        self.flush();
-                        let _ = answer.send(());
-                    }
-                    Ok(Msg::Close) | Err(TryRecvError::Disconnected) => done = true,
-                    Err(TryRecvError::Empty) => break,
+            loop {
+                self.take_control();
+                match self.drain(Some(CONTROL_EVERY)) {
+                    Drained::Budget => continue,
+                    Drained::Empty => break,
+                    Drained::Gone => return self.flush(),
                 }
             }
             self.flush();
-            let lag = oldest.and_then(|t| t.elapsed().ok()).map_or(0.0, |d| d.as_secs_f64());
-            metrics::gauge!(m::ACCOUNTING_LAG).set(lag);
-            metrics::gauge!(m::ACCOUNTING_WAITING).set(self.waiting.load(Ordering::Relaxed) as f64);
-            if done {
+            self.shared.drained_at_ms.store(now_ms(), Ordering::Relaxed);
+            if self.shared.closing.load(Ordering::Relaxed) {
                 return;
             }
         }
     }
 
+    /// Writes waiting records (at most `budget`), answering flushes in order.
+    fn drain(&mut self, budget: Option<usize>) -> Drained {
+        let mut written = 0;
+        loop {
+            if budget.is_some_and(|b| written >= b) {
+                return Drained::Budget;
+            }
+            match self.receiver.try_recv() {
+                Ok(Msg::Record(record, weight)) => {
+                    self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
+                    self.shared.waiting_bytes.fetch_sub(weight, Ordering::Relaxed);
+                    self.write(&record);
+                    written += 1;
+                }
+                Ok(Msg::Flush(answer)) => {
+                    self.flush();
+                    let _ = answer.send(());
+                }
+                Err(TryRecvError::Empty) => return Drained::Empty,
+                Err(TryRecvError::Disconnected) => return Drained::Gone,
+            }
+        }
+    }
+
     fn take_control(&mut self) {
-        let Some(accounting) = self.accounting.upgrade() else { return };
-        let control = std::mem::take(&mut *accounting.control.lock().expect("accounting control lock"));
+        let control = std::mem::take(&mut *self.shared.control.lock().expect("accounting control lock"));
         if let Some(settings) = control.settings {
+            // What was emitted under the old settings goes where they said (or, turning the
+            // stream off, is still written): a reload drops nothing.
+            if self.file.is_some() {
+                self.drain(None);
+            }
             self.install(settings);
         }
         if control.reopen
@@ -322,7 +401,7 @@ mod tests {
         }
         assert!(started.elapsed() < Duration::from_secs(5));
         acct.flush();
-        assert_eq!(acct.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(acct.shared.waiting.load(Ordering::Relaxed), 0);
         // Each was dropped either at emit (buffer full) or by the writer (no file): counted.
         assert_eq!(acct.dropped_total(), 10_000);
         acct.close();

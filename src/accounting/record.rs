@@ -117,12 +117,12 @@ pub struct Record {
     pub client: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
-    /// Who submitted it: `trusted`, `user:NAME`, `certificate:NAME`, `local:NAME`, `bounce`.
+    /// Who submitted it: `trusted-network`, `user:NAME`, `certificate:NAME`, `local:NAME`, `bounce`, `anonymous`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i8>,
-    /// The operator of an admin action (`uid 0`).
+    /// The operator of an admin action (a user name, or `uidN`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
     /// A `dsn_sent` record's report: its own queue id.
@@ -165,6 +165,16 @@ impl Record {
             operator: None,
             report_id: None,
         }
+    }
+
+    /// About the octets the record holds, for the writer's byte bound.
+    pub fn weight(&self) -> usize {
+        let text = [&self.message_id, &self.recipient, &self.reply, &self.mx, &self.tls, &self.operator];
+        std::mem::size_of::<Record>()
+            + self.sender.len()
+            + self.queue_id.len()
+            + text.iter().filter_map(|t| t.as_ref()).map(String::len).sum::<usize>()
+            + self.recipients.iter().map(|r| r.len() + 24).sum::<usize>()
     }
 
     /// The record as one line, newline included.

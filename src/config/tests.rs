@@ -95,6 +95,12 @@ fn errors_name_the_key_and_line_table() {
         ("hostname: a.b\nspool:\n  segment_size: 10\n", "spool.segment_size: must be between", "line 3"),
         ("hostname: a.b\ndelivery:\n  max_connections: 0\n", "delivery.max_connections: must be positive", "line 3"),
         ("hostname: a.b\nlimits: { max_errors: 0 }\n", "limits.max_errors: must be positive", "line 2"),
+        ("hostname: a.b\naccounting:\n  path: /tmp/a.jsonl\n  max_size: 1000\n", "accounting.max_size: must be at least", "line 4"),
+        (
+            "hostname: a.b\ndelivery:\n  destinations:\n    - { name: other, domains: [\"a.test\"] }\n",
+            "delivery.destinations[0].name: \"other\" is reserved",
+            "line 4",
+        ),
     ];
     for (text, key, line) in table {
         let e = parse(text).expect_err(text);

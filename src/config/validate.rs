@@ -105,6 +105,10 @@ impl Config {
         }
         for (i, rule) in d.destinations.iter().enumerate() {
             rule.check().map_err(|e| err(&format!("delivery.destinations[{i}]"), e))?;
+            if rule.label() == "other" {
+                // The metrics add up the idlest destinations under that name.
+                return Err(err(&format!("delivery.destinations[{i}].name"), "\"other\" is reserved; choose another name".into()));
+            }
         }
         if d.backoff.initial.0.is_zero() || d.backoff.max.0 < d.backoff.initial.0 || d.backoff.after_failures == 0 {
             return Err(err("delivery.backoff", "initial must be positive, max at least initial, after_failures at least 1".into()));
@@ -187,6 +191,10 @@ impl Config {
             if timeout.0 < Duration::from_secs(1) {
                 return Err(err(key, "must be at least 1s".into()));
             }
+        }
+        if self.accounting.max_size < 1 << 20 {
+            // Smaller rotates (and fsyncs) every few records, keeping only `keep` files of them.
+            return Err(err("accounting.max_size", "must be at least 1048576 (1 MiB)".into()));
         }
         if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
             return Err(err("spool.segment_size", "must be between 1 MiB and 1 GiB".into()));

@@ -89,8 +89,13 @@ async fn count_the_queue(
 }
 
 /// The series a scrape reads from live state: the queue census and the destinations.
-fn live_series(census: Census, delivery: Option<Arc<crate::delivery::Delivery>>) -> crate::metrics::http::ExtraSeries {
+fn live_series(
+    census: Census,
+    delivery: Option<Arc<crate::delivery::Delivery>>,
+    accounting: Arc<crate::accounting::Accounting>,
+) -> crate::metrics::http::ExtraSeries {
     Arc::new(move |out: &mut String| {
+        accounting.render(out);
         let now = crate::clock::Clock::now(&crate::clock::SystemClock);
         crate::queue::census::render(census.lock().expect("census lock").as_ref(), now, out);
         if let Some(delivery) = &delivery {
@@ -159,7 +164,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         tasks.spawn(count_the_queue(spool.clone(), runner.clone(), census.clone(), every, watcher.clone()));
         let sources = crate::metrics::http::Sources {
             handle,
-            extra: live_series(census, runner.as_ref().map(|r| r.delivery())),
+            extra: live_series(census, runner.as_ref().map(|r| r.delivery()), accounting.clone()),
             facts: facts_source(spool.clone(), bound.clone(), serving.clone()),
         };
         tasks.spawn(crate::metrics::http::serve(listener, sources, watcher.clone()));

@@ -238,14 +238,15 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
         tracing::error!(queue_id = %queue_id, error = %e, "message not stored");
         return Err(Refusal::Spool(e));
     }
+    // Before the runner is woken, so `received` is never written after the message's delivery.
+    if let Some(record) = record {
+        ctx.accounting.emit(record);
+    }
     ctx.stored.notify_one();
     ctx.rates.count(client_ip, user.as_deref());
     metrics::histogram!(m::COMMIT_LATENCY).record(started.elapsed().as_secs_f64());
     metrics::counter!(m::MESSAGES_ACCEPTED).increment(1);
     metrics::counter!(m::BYTES_ACCEPTED).increment(size);
-    if let Some(record) = record {
-        ctx.accounting.emit(record);
-    }
     // The traceability line (spamops draft 3.1): queue id, identity, client, TLS, Message-ID.
     // What the client chose is quoted and escaped by the log's format (crate::log), so no
     // value can end the line or pose as another field.

@@ -239,9 +239,14 @@ pub async fn serve(
                     a
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning; /healthz
-                    // says the listener is down until an accept succeeds again.
-                    accepting.store(false, std::sync::atomic::Ordering::Relaxed);
+                    // Out of file descriptors or memory: back off instead of spinning; /healthz
+                    // says the listener is down until an accept succeeds again. A connection
+                    // that failed on its own (aborted, refused by a filter) says nothing of
+                    // the listener.
+                    let exhausted = [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+                    if e.raw_os_error().is_some_and(|n| exhausted.contains(&n)) {
+                        accepting.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;

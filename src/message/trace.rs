@@ -20,6 +20,21 @@ pub struct HeaderFacts {
     pub tls_required_no: bool,
 }
 
+/// The longest Message-ID kept (a text line's limit, RFC 5322 2.1.1): it goes into the
+/// envelope, the log and every accounting record of the message, so a client's 256 KiB of
+/// folded header must not.
+pub const MAX_MESSAGE_ID: usize = 998;
+
+fn cap(id: &mut String) {
+    if id.len() > MAX_MESSAGE_ID {
+        let mut end = MAX_MESSAGE_ID;
+        while !id.is_char_boundary(end) {
+            end -= 1;
+        }
+        id.truncate(end);
+    }
+}
+
 /// Scans the header section (up to the first empty line) for field names.
 pub fn scan_headers(body: &[u8]) -> HeaderFacts {
     let mut facts = HeaderFacts::default();
@@ -36,6 +51,7 @@ pub fn scan_headers(body: &[u8]) -> HeaderFacts {
             // Folded continuation of the previous field.
             if last_was_message_id && let Some(id) = facts.message_id.as_mut() {
                 id.push_str(String::from_utf8_lossy(line).trim());
+                cap(id);
             }
             continue;
         }
@@ -47,7 +63,9 @@ pub fn scan_headers(body: &[u8]) -> HeaderFacts {
         if name.eq_ignore_ascii_case(b"Received") {
             facts.received += 1;
         } else if last_was_message_id {
-            facts.message_id = Some(String::from_utf8_lossy(&line[colon + 1..]).trim().to_string());
+            let mut id = String::from_utf8_lossy(&line[colon + 1..]).trim().to_string();
+            cap(&mut id);
+            facts.message_id = Some(id);
         } else if name.eq_ignore_ascii_case(b"Date") {
             facts.has_date = true;
         } else if name.eq_ignore_ascii_case(b"TLS-Required") {
@@ -152,6 +170,17 @@ fn clean_comment(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_giant_folded_message_id_is_cut_to_a_line() {
+        let mut head = b"Message-ID: <a".to_vec();
+        for _ in 0..10_000 {
+            head.extend_from_slice(b"\r\n\txxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\xc3\xa9");
+        }
+        head.extend_from_slice(b">\r\n\r\nbody");
+        let id = super::scan_headers(&head).message_id.unwrap();
+        assert!(id.len() <= super::MAX_MESSAGE_ID && id.len() > 900 && id.starts_with("<a"), "{}", id.len());
+    }
     use super::*;
 
     #[test]

@@ -15,10 +15,12 @@ pub fn render(out: &mut String) {
         Gauge::new(out, "process_threads", "Threads of the process").value(stat.threads as f64);
         Gauge::new(out, "process_virtual_memory_bytes", "Virtual memory size in bytes").value(stat.vsize as f64);
         Gauge::new(out, "process_resident_memory_bytes", "Resident memory size in bytes").value(stat.rss_pages as f64 * page_size());
-        if let Some(boot) = boot_time() {
-            let start = boot + stat.start_ticks as f64 / ticks;
-            Gauge::new(out, "process_start_time_seconds", "Start time of the process since the epoch in seconds").value(start);
-        }
+    }
+    // From /proc/stat's boot time where it can be read; the unit's ProcSubset=pid hides it,
+    // and then the time the recorder was installed (the daemon's start) stands in.
+    let start = read_stat().zip(boot_time()).map(|(stat, boot)| boot + stat.start_ticks as f64 / ticks).or_else(|| STARTED.get().copied());
+    if let Some(start) = start {
+        Gauge::new(out, "process_start_time_seconds", "Start time of the process since the epoch in seconds").value(start);
     }
     if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
         // Less the one read_dir itself holds open.
@@ -53,6 +55,14 @@ fn parse_stat(text: &str) -> Option<Stat> {
     // f[0] is field 3 (state): field N is f[N - 3].
     let n = |field: usize| f.get(field - 3).and_then(|v| v.parse::<u64>().ok());
     Some(Stat { utime: n(14)?, stime: n(15)?, threads: n(20)?, start_ticks: n(22)?, vsize: n(23)?, rss_pages: n(24)? })
+}
+
+static STARTED: OnceLock<f64> = OnceLock::new();
+
+/// Notes the start time, for kernels that hide /proc/stat from us.
+pub fn started() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let _ = STARTED.set(now);
 }
 
 fn boot_time() -> Option<f64> {

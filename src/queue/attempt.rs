@@ -286,11 +286,12 @@ impl Runner {
             let reply = match (&a.outcome, event) {
                 // An expiry's verdict is ours (5.4.7); the reply text stored says both.
                 (_, Event::Expired) => Some((554, outcome::EXPIRED)),
-                (o, _) => o.reply().map(|reply| (reply.code, reply.enhanced.unwrap_or(Enhanced(0, 0, 0)))),
+                // A reply without an enhanced code gets its class's (RFC 3463 3.1: X.0.0).
+                (o, _) => o.reply().map(|reply| (reply.code, reply.enhanced.unwrap_or(Enhanced((reply.code / 100) as u8, 0, 0)))),
             };
             if let Some((code, enhanced)) = reply {
                 rec.code = Some(code);
-                rec.dsn = Some(enhanced.to_string()).filter(|_| enhanced.0 != 0);
+                rec.dsn = Some(enhanced.to_string());
             }
             if let Some(via) = &a.via {
                 rec.mx = Some(via.host.clone());

@@ -26,6 +26,10 @@ pub struct Census {
     pub took: Duration,
 }
 
+/// How far along each state is, for a message's state (its furthest recipient's): held and
+/// active win, then deferred over waiting over new.
+const RANK: [u8; 5] = [0, 3, 2, 1, 4];
+
 fn state_of(env: &Envelope, r: &crate::spool::RecipientRecord, in_flight: bool) -> usize {
     if env.held {
         4
@@ -49,8 +53,7 @@ pub fn count(envelopes: impl Iterator<Item = Envelope>, in_flight: &HashSet<Stri
         for r in env.recipients.iter().filter(|r| r.state == RecipientState::Queued) {
             let s = state_of(&env, r, flying);
             census.recipients[s] += 1;
-            // A message is as far along as its furthest recipient (deferred over waiting over new).
-            message_state = Some(message_state.map_or(s, |m: usize| m.max(s)));
+            message_state = Some(message_state.map_or(s, |m: usize| if RANK[s] > RANK[m] { s } else { m }));
         }
         if let Some(s) = message_state {
             census.messages[s] += 1;
@@ -116,13 +119,15 @@ mod tests {
             env("N", 100, vec![rcpt(0, None, q), rcpt(0, None, q)]),
             env("A", 90, vec![rcpt(1, Some("451"), q)]),
             env("D", 80, vec![rcpt(0, None, q), rcpt(2, Some("451 busy"), q), rcpt(1, Some("250"), RecipientState::Delivered)]),
+            // Deferred and waiting recipients: the message counts as deferred.
+            env("M", 75, vec![rcpt(0, Some("451 4.4.5 Waiting for the message rate"), q), rcpt(1, Some("451 busy"), q)]),
             env("W", 70, vec![rcpt(0, Some("451 4.4.5 Waiting for the message rate"), q)]),
             held,
         ];
         let in_flight: HashSet<String> = ["A".to_string()].into();
         let c = count(envelopes.into_iter(), &in_flight);
-        assert_eq!(c.messages, [1, 1, 1, 1, 1]);
-        assert_eq!(c.recipients, [3, 1, 1, 1, 1], "a delivered recipient is not queued");
+        assert_eq!(c.messages, [1, 1, 2, 1, 1]);
+        assert_eq!(c.recipients, [3, 1, 2, 2, 1], "a delivered recipient is not queued");
         assert_eq!(c.oldest_arrival, Some(50));
         let mut out = String::new();
         render(Some(&Census { taken_at: 1000, ..c }), 1030, &mut out);

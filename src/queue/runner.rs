@@ -209,14 +209,16 @@ impl Runner {
 
     /// A hold or delete an operator asked for while the message was in flight; called under
     /// the in-flight lock, so no request can slip between it and the message leaving flight.
-    fn held_or_deleted_after_attempt(&self, queue_id: &str) {
-        // Not waited for (this runs under the in-flight lock): the records follow the change.
+    /// The changes are made here; their records are for the caller to emit once each is
+    /// durable (it cannot wait under the lock).
+    fn held_or_deleted_after_attempt(&self, queue_id: &str) -> Vec<(crate::spool::Durable, Vec<accounting::Record>)> {
+        let mut pending = Vec::new();
         let hold = self.holding.lock().expect("holding lock").remove(queue_id);
         if let Some((held, operator)) = hold {
             let update = self.held_envelopes(&[queue_id.to_string()], held);
             let records = self.admin_records(if held { Event::Held } else { Event::Released }, &update, &operator);
             match self.spool.apply(crate::spool::Changes { update, ..Default::default() }) {
-                Ok(_) => records.into_iter().for_each(|r| self.accounting.emit(r)),
+                Ok(durable) => pending.push((durable, records)),
                 Err(e) => tracing::error!(queue_id = %queue_id, error = %e, "holding the message after its attempt failed"),
             }
         }
@@ -226,15 +228,17 @@ impl Runner {
         {
             let records = self.admin_records(Event::Deleted, std::slice::from_ref(&env), &operator);
             match self.spool.apply(crate::spool::Changes { remove: vec![env.queue_id], ..Default::default() }) {
-                Ok(_) => records.into_iter().for_each(|r| self.accounting.emit(r)),
+                Ok(durable) => pending.push((durable, records)),
                 Err(e) => tracing::error!(queue_id = %queue_id, error = %e, "deleting the message after its attempt failed"),
             }
         }
+        pending
     }
 
-    /// The envelopes of `ids` (those still queued) with `held` set.
+    /// The envelopes of `ids` (those still queued and not already so) with `held` set.
     fn held_envelopes(&self, ids: &[String], held: bool) -> Vec<crate::spool::Envelope> {
-        ids.iter().filter_map(|id| self.spool.get(id).ok()).map(|e| crate::spool::Envelope { held, ..e }).collect()
+        let envelopes = ids.iter().filter_map(|id| self.spool.get(id).ok());
+        envelopes.filter(|e| e.held != held).map(|e| crate::spool::Envelope { held, ..e }).collect()
     }
 
     /// Starts every due message there is room for; returns how long to sleep.
@@ -288,21 +292,30 @@ impl Runner {
         }
         // An operator's bounce of this message waits for its attempt (it cannot be made while
         // holding the in-flight lock); one asked for meanwhile is seen under the lock below.
-        let mut in_flight = loop {
-            let bounce = self.bouncing.lock().expect("bouncing lock").remove(&queue_id);
-            if let Some((reply, operator)) = bounce
-                && let Err(e) = self.bounce_now(&queue_id, &reply, &operator).await
-            {
-                tracing::error!(queue_id = %queue_id, error = %e, "bouncing the message after its attempt failed");
-            }
-            let in_flight = self.in_flight.lock().expect("in-flight lock");
-            if !self.bouncing.lock().expect("bouncing lock").contains_key(&queue_id) {
-                break in_flight;
-            }
+        // The in-flight lock is released at the end of this block, before any wait below.
+        let pending = {
+            let mut in_flight = loop {
+                let bounce = self.bouncing.lock().expect("bouncing lock").remove(&queue_id);
+                if let Some((reply, operator)) = bounce
+                    && let Err(e) = self.bounce_now(&queue_id, &reply, &operator).await
+                {
+                    tracing::error!(queue_id = %queue_id, error = %e, "bouncing the message after its attempt failed");
+                }
+                let in_flight = self.in_flight.lock().expect("in-flight lock");
+                if !self.bouncing.lock().expect("bouncing lock").contains_key(&queue_id) {
+                    break in_flight;
+                }
+            };
+            let pending = self.held_or_deleted_after_attempt(&queue_id);
+            in_flight.remove(&queue_id);
+            pending
         };
-        self.held_or_deleted_after_attempt(&queue_id);
-        in_flight.remove(&queue_id);
-        drop(in_flight);
+        for (durable, records) in pending {
+            match durable.wait().await {
+                Ok(()) => records.into_iter().for_each(|r| self.accounting.emit(r)),
+                Err(e) => tracing::error!(queue_id = %queue_id, error = %e, "an operator's change after the attempt was not recorded"),
+            }
+        }
         metrics::gauge!(m::QUEUE_IN_FLIGHT).decrement(1.0);
         self.notify.notify_one();
     }

@@ -486,7 +486,6 @@ impl Client {
         }
     }
 
-    /// The TLS handshake after [`Event::StartTls`] succeeded: EHLO again (RFC 3207 4.2).
     /// TLS was set up before the greeting (implicit TLS, RFC 8314 3.3): the session never
     /// asks for STARTTLS and counts as encrypted (for AUTH and REQUIRETLS). Called before any
     /// input.
@@ -494,6 +493,7 @@ impl Client {
         self.tls_active = true;
     }
 
+    /// The TLS handshake after [`Event::StartTls`] succeeded: EHLO again (RFC 3207 4.2).
     pub fn tls_established(&mut self, out: &mut Vec<u8>) {
         self.tls_active = true;
         self.caps = Capabilities::default();

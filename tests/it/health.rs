@@ -95,6 +95,14 @@ fn a_failed_fsync_makes_the_relay_unhealthy_until_restarted() {
     let (code, body) = path(port, "/healthz");
     assert_eq!((code, body["spool"].as_str()), (503, Some("failed")), "{body}");
     assert_eq!(path(port, "/readyz").0, 503);
+    // Restarted (as systemd does when the watchdog starves), on the same spool and port, it
+    // recovers the spool and is healthy again.
+    let mut daemon = daemon;
+    daemon.kill9();
+    let restarted = Daemon::spawn(dir.path(), "", &[]); // its config, port included, is kept
+    let (code, body) = path(port, "/healthz");
+    assert_eq!((code, body["spool"].as_str()), (200, Some("ok")), "{body}");
+    drop(restarted);
 }
 
 /// A keep-alive connection to the metrics port, for asking while the daemon has no file
