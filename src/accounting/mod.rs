@@ -68,6 +68,8 @@ pub struct Accounting {
     enabled: AtomicBool,
     sender: SyncSender<Msg>,
     shared: Arc<Shared>,
+    /// [`BUFFERED_BYTES`], smaller in tests.
+    max_bytes: usize,
     dropped: AtomicU64,
     drops: Mutex<Drops>,
     /// Told when the writer has ended.
@@ -94,10 +96,10 @@ pub fn check(settings: &Settings) -> Result<(), String> {
 impl Accounting {
     /// Starts the writer thread with `settings` (`None`: off until a reload turns it on).
     pub fn start(settings: Option<Settings>) -> Arc<Accounting> {
-        Self::with_capacity(settings, BUFFERED_RECORDS)
+        Self::with_limits(settings, BUFFERED_RECORDS, BUFFERED_BYTES)
     }
 
-    fn with_capacity(settings: Option<Settings>, capacity: usize) -> Arc<Accounting> {
+    fn with_limits(settings: Option<Settings>, capacity: usize, max_bytes: usize) -> Arc<Accounting> {
         let (sender, receiver) = mpsc::sync_channel(capacity);
         let shared = Arc::new(Shared::default());
         shared.control.lock().expect("accounting control lock").settings = Some(settings.clone());
@@ -107,6 +109,7 @@ impl Accounting {
             enabled: AtomicBool::new(settings.is_some()),
             sender,
             shared: shared.clone(),
+            max_bytes,
             dropped: AtomicU64::new(0),
             drops: Mutex::default(),
             ended: Mutex::new(Some(ended_rx)),
@@ -136,7 +139,7 @@ impl Accounting {
         }
         let weight = record.weight();
         let s = &self.shared;
-        if s.waiting_bytes.fetch_add(weight, Ordering::Relaxed) + weight > BUFFERED_BYTES {
+        if s.waiting_bytes.fetch_add(weight, Ordering::Relaxed) + weight > self.max_bytes {
             s.waiting_bytes.fetch_sub(weight, Ordering::Relaxed);
             return self.dropped("the writer is behind", 1);
         }
@@ -394,7 +397,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // The writer is kept busy by a file it cannot open (a directory): nothing is lost
         // silently, and emit never blocks.
-        let acct = Accounting::with_capacity(Some(Settings { path: dir.path().into(), max_size: 10, keep: 0 }), 4);
+        let acct = Accounting::with_limits(Some(Settings { path: dir.path().into(), max_size: 10, keep: 0 }), 4, BUFFERED_BYTES);
         let started = Instant::now();
         for n in 0..10_000 {
             acct.emit(Record::new(Event::Delivered, &format!("Q{n}"), String::new()));
@@ -406,5 +409,29 @@ mod tests {
         assert_eq!(acct.dropped_total(), 10_000);
         acct.close();
         acct.emit(Record::new(Event::Delivered, "late", String::new())); // after close: ignored
+    }
+
+    #[test]
+    fn large_records_are_bounded_by_octets_not_only_by_count() {
+        // Records naming a thousand recipients each, against a 1 MiB bound: the writer (asleep
+        // for its first 50 ms) cannot take them as fast as they come, so most are dropped at
+        // emit; what was taken reaches the file, and every record is one or the other.
+        let dir = tempfile::tempdir().unwrap();
+        let acct = Accounting::with_limits(Some(settings(dir.path())), BUFFERED_RECORDS, 1 << 20);
+        let big = |n: usize| Record {
+            recipients: (0..1000).map(|r| format!("recipient-{r:04}@destination.example")).collect(),
+            ..Record::new(Event::Received, &format!("Q{n}"), String::new())
+        };
+        let records: Vec<Record> = (0..100).map(big).collect();
+        assert!(records[0].weight() > 50_000, "{}", records[0].weight());
+        for r in records {
+            acct.emit(r);
+        }
+        acct.flush();
+        let written = read(&dir.path().join("acct.jsonl")).len() as u64;
+        assert!(written < 30, "{written} written past a 1 MiB bound");
+        assert_eq!(written + acct.dropped_total(), 100);
+        assert_eq!(acct.shared.waiting_bytes.load(Ordering::Relaxed), 0);
+        acct.close();
     }
 }

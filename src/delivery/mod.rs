@@ -177,18 +177,21 @@ impl Delivery {
     }
 
     /// How connections for mail to `domain` are set up beyond their TLS policy.
+    /// One reading of the config: whether mail to `domain` goes to the smarthost (no route of
+    /// its own), and then whether with a login and implicit TLS.
     pub fn hop(&self, domain: &str) -> Hop {
         let config = self.config();
         let d = &config.delivery;
         let smarthost = d.smarthost.is_some() && !d.routes.contains_key(&domain.to_ascii_lowercase());
-        Hop { login: self.logs_in(domain), implicit_tls: smarthost && d.smarthost_tls == crate::config::SmarthostTls::Implicit }
+        Hop {
+            login: smarthost && d.smarthost_auth.is_some(),
+            implicit_tls: smarthost && d.smarthost_tls == crate::config::SmarthostTls::Implicit,
+        }
     }
 
     /// Mail to `domain` goes to the smarthost with a login: over required TLS, logged in.
     pub fn logs_in(&self, domain: &str) -> bool {
-        let config = self.config();
-        let d = &config.delivery;
-        d.smarthost.is_some() && d.smarthost_auth.is_some() && !d.routes.contains_key(&domain.to_ascii_lowercase())
+        self.hop(domain).login
     }
 
     /// The TLS policy for mail to `domain`: required for a smarthost login, else its entry in

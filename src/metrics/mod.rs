@@ -132,7 +132,10 @@ fn describe() {
     describe_gauge!(DELIVERY_IO_BACKEND, "1 for the I/O backend the delivery workers run on (io_uring or epoll)");
     describe_histogram!(DELIVERY_LATENCY, Unit::Seconds, "From arrival to the 250 of the destination, per recipient");
     describe_gauge!(QUEUE_IN_FLIGHT, "Messages being delivered now");
-    describe_counter!(ACCOUNTING_DROPPED, "Accounting records lost: the writer was behind, or the file could not be opened or written");
+    describe_counter!(
+        ACCOUNTING_DROPPED,
+        "Accounting records lost: the writer was behind (65,536 records or 64 MiB waiting), or the file could not be opened or written"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build");
     describe_counter!(AUTH_ATTEMPTS, "AUTH attempts by result: success, failure, locked_out, temporary_failure");
 }
