@@ -1,13 +1,16 @@
 //! The metrics port: `GET /metrics` (Prometheus text), `/healthz` and `/readyz` (200 or 503
 //! with a JSON body naming each check, `crate::health`). Anything else is 404, any other
 //! method 405. Served with hyper, HTTP/1.1 only; a slow or idle client is cut off, and at
-//! most [`MAX_CONNECTIONS`] are served at once, so a scraper gone wrong cannot exhaust the
-//! daemon.
+//! most [`MAX_CONNECTIONS`] are served at once and [`MAX_PER_ADDRESS`] from one address, so
+//! a scraper gone wrong (or one peer on a port the image binds on every address) cannot
+//! exhaust the daemon or shut the real scraper out.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -21,6 +24,9 @@ use tokio::sync::watch;
 use crate::health::{self, Facts};
 
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one address may hold at once; more are closed at accept. A Prometheus
+/// server uses one keep-alive connection, so this leaves room for a probe and a person.
+pub const MAX_PER_ADDRESS: usize = 8;
 /// A request's header must arrive within this, and a connection ends after its lifetime.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
@@ -43,10 +49,11 @@ pub struct Sources {
 /// Serves the metrics port until shutdown.
 pub async fn serve(listener: TcpListener, sources: Sources, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = PerAddress::default();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
+                Ok(accepted) => accepted,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -54,7 +61,8 @@ pub async fn serve(listener: TcpListener, sources: Sources, mut shutdown: watch:
             },
             _ = shutdown.changed() => return,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else { continue }; // dropped: closed
+        let Some(address_slot) = per_address.take(peer.ip()) else { continue }; // dropped: closed
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let sources = sources.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| answer(req, sources.clone()));
@@ -64,7 +72,42 @@ pub async fn serve(listener: TcpListener, sources: Sources, mut shutdown: watch:
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
             drop(slot);
+            drop(address_slot);
         });
+    }
+}
+
+/// Counts the open connections per peer address.
+#[derive(Clone, Default)]
+struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in [`PerAddress`], given back on drop.
+struct AddressSlot {
+    table: PerAddress,
+    address: IpAddr,
+}
+
+impl PerAddress {
+    fn take(&self, address: IpAddr) -> Option<AddressSlot> {
+        let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let open = table.entry(address).or_insert(0);
+        if *open >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *open += 1;
+        Some(AddressSlot { table: self.clone(), address })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut table = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = table.get_mut(&self.address) {
+            *open -= 1;
+            if *open == 0 {
+                table.remove(&self.address); // an address that left takes no memory
+            }
+        }
     }
 }
 

@@ -163,3 +163,45 @@ fn a_listener_that_cannot_accept_is_named_until_it_can_again() {
         assert!(Instant::now() < deadline, "still unhealthy after the clients left");
     }
 }
+
+/// A connection from `source` (any 127/8 address) to the port.
+fn connect_from(source: &str, port: u16) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap();
+        stream.into_std().unwrap()
+    })
+}
+
+/// Whether the port answers a request on this connection with 200 (false: closed on us).
+fn answers(mut s: TcpStream) -> bool {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn one_address_cannot_hold_every_metrics_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, port) = daemon(dir.path(), "", &[]);
+    // Eight idle connections from one address are its share; the ninth is closed at once.
+    let hogs: Vec<TcpStream> = (0..8).map(|_| connect_from("127.0.0.2", port)).collect();
+    std::thread::sleep(Duration::from_millis(300)); // let the port accept all eight
+    assert!(!answers(connect_from("127.0.0.2", port)), "a ninth connection from one address was served");
+    // Another address (the real scraper) is still served.
+    assert!(answers(connect_from("127.0.0.3", port)));
+    // The share comes back as the hog's connections close.
+    drop(hogs);
+    let started = Instant::now();
+    while !answers(connect_from("127.0.0.2", port)) {
+        assert!(started.elapsed() < Duration::from_secs(5), "the address's share never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
