@@ -1,7 +1,7 @@
 //! The accounting file: appended to, rotated by size, reopened when logrotate moved it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -17,15 +17,34 @@ pub struct Settings {
 
 pub struct RotatingFile {
     settings: Settings,
-    out: BufWriter<File>,
-    /// Octets in the current file.
+    file: File,
+    /// Whole lines not yet handed to the kernel, and how many records they are.
+    pending: Vec<u8>,
+    pending_records: u64,
+    /// Octets in the current file (not counting `pending`).
     size: u64,
 }
 
+/// A write that failed, and how many records went with it (counted as dropped by the caller).
+#[derive(Debug)]
+pub struct WriteFailed {
+    pub error: io::Error,
+    pub lost: u64,
+}
+
+impl std::fmt::Display for WriteFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+/// Records are handed to the kernel in batches of about this many octets.
+const BATCH: usize = 64 * 1024;
+
 impl RotatingFile {
     pub fn open(settings: Settings) -> io::Result<RotatingFile> {
-        let (out, size) = open_append(&settings.path)?;
-        Ok(RotatingFile { settings, out, size })
+        let (file, size) = open_append(&settings.path)?;
+        Ok(RotatingFile { settings, file, pending: Vec::with_capacity(BATCH), pending_records: 0, size })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -34,26 +53,61 @@ impl RotatingFile {
 
     /// Appends one line, rotating first when it would not fit (a line longer than
     /// `max_size` gets a file of its own rather than being lost).
-    pub fn write(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 > self.settings.max_size {
-            self.rotate()?;
+    pub fn write(&mut self, line: &[u8]) -> Result<(), WriteFailed> {
+        let held = self.size + self.pending.len() as u64;
+        if held > 0 && held + line.len() as u64 > self.settings.max_size {
+            self.rotate().map_err(|mut failed| {
+                failed.lost += 1; // this line too
+                failed
+            })?;
         }
-        self.out.write_all(line)?;
-        self.size += line.len() as u64;
+        self.pending.extend_from_slice(line);
+        self.pending_records += 1;
+        if self.pending.len() >= BATCH {
+            self.flush()?;
+        }
         Ok(())
     }
 
-    /// Hands what is buffered to the kernel (records are not fsynced one by one: they
-    /// describe mail whose own state is durable in the spool).
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+    /// Hands what is pending to the kernel (records are not fsynced one by one: they describe
+    /// mail whose own state is durable in the spool). When that fails (a full disk), the
+    /// pending records are given up and counted, and a line written only in part is cut off
+    /// again, so the file stays whole lines a reader can parse.
+    pub fn flush(&mut self) -> Result<(), WriteFailed> {
+        let mut written = 0;
+        while written < self.pending.len() {
+            match self.file.write(&self.pending[written..]) {
+                Ok(0) => return Err(self.give_up(written, io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.give_up(written, e)),
+            }
+        }
+        self.size += written as u64;
+        self.pending.clear();
+        self.pending_records = 0;
+        Ok(())
+    }
+
+    fn give_up(&mut self, written: usize, error: io::Error) -> WriteFailed {
+        if written > 0 {
+            // Truncating needs no space; if even that fails the next record still starts on
+            // a line of its own.
+            if self.file.set_len(self.size).is_err() {
+                let _ = self.file.write_all(b"\n");
+            }
+        }
+        let lost = std::mem::take(&mut self.pending_records);
+        self.pending.clear();
+        WriteFailed { error, lost }
     }
 
     /// Opens the path again (after logrotate renamed the file: SIGUSR1).
-    pub fn reopen(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        let (out, size) = open_append(&self.settings.path)?;
-        self.out = out;
+    pub fn reopen(&mut self) -> Result<(), WriteFailed> {
+        self.flush()?;
+        let (file, size) = open_append(&self.settings.path).map_err(|error| WriteFailed { error, lost: 0 })?;
+        let _ = self.file.sync_data();
+        self.file = file;
         self.size = size;
         Ok(())
     }
@@ -61,33 +115,41 @@ impl RotatingFile {
     /// `path` -> `path.1` -> ... -> `path.KEEP` (the oldest removed), then a new `path`. When
     /// `path` is no longer the file we write (logrotate moved it and SIGUSR1 has not come yet,
     /// or it was deleted), nothing is renamed: the path is just opened afresh.
-    fn rotate(&mut self) -> io::Result<()> {
-        self.out.flush()?;
-        self.out.get_ref().sync_data()?;
+    fn rotate(&mut self) -> Result<(), WriteFailed> {
+        self.flush()?;
+        let failed = |error| WriteFailed { error, lost: 0 };
+        self.file.sync_data().map_err(failed)?;
         let path = &self.settings.path;
-        let ours = self.out.get_ref().metadata()?;
+        let ours = self.file.metadata().map_err(failed)?;
         let there = std::fs::metadata(path).ok();
         if there.is_none_or(|t| (t.dev(), t.ino()) != (ours.dev(), ours.ino())) {
             return self.reopen();
         }
         let keep = self.settings.keep;
         if keep == 0 {
-            remove_if_there(path)?;
+            remove_if_there(path).map_err(failed)?;
         } else {
-            remove_if_there(&numbered(path, keep))?;
+            remove_if_there(&numbered(path, keep)).map_err(failed)?;
             for n in (1..keep).rev() {
-                rename_if_there(&numbered(path, n), &numbered(path, n + 1))?;
+                rename_if_there(&numbered(path, n), &numbered(path, n + 1)).map_err(failed)?;
             }
-            std::fs::rename(path, numbered(path, 1))?;
+            std::fs::rename(path, numbered(path, 1)).map_err(failed)?;
         }
         self.reopen()
+    }
+
+    /// Flushes and syncs before the file is let go; what could not be written is returned.
+    pub fn close(mut self) -> Result<(), WriteFailed> {
+        let flushed = self.flush();
+        let _ = self.file.sync_data();
+        flushed
     }
 }
 
 impl Drop for RotatingFile {
     fn drop(&mut self) {
-        let _ = self.out.flush();
-        let _ = self.out.get_ref().sync_data();
+        let _ = self.flush();
+        let _ = self.file.sync_data();
     }
 }
 
@@ -105,10 +167,10 @@ pub fn open(path: &Path) -> io::Result<File> {
     }
 }
 
-fn open_append(path: &Path) -> io::Result<(BufWriter<File>, u64)> {
+fn open_append(path: &Path) -> io::Result<(File, u64)> {
     let file = open(path)?;
     let size = file.metadata()?.len();
-    Ok((BufWriter::with_capacity(64 * 1024, file), size))
+    Ok((file, size))
 }
 
 fn numbered(path: &Path, n: u32) -> PathBuf {
@@ -208,5 +270,53 @@ mod tests {
         f.flush().unwrap();
         assert_eq!(lines(&dir.path().join("moved")), ["old", "a", "b"]);
         assert_eq!(lines(&path), ["c"]);
+    }
+
+    #[test]
+    fn a_full_disk_loses_the_pending_records_and_says_how_many() {
+        let mut f = RotatingFile::open(Settings { path: "/dev/full".into(), max_size: 1 << 20, keep: 0 }).unwrap();
+        for n in 0..3 {
+            f.write(format!("record-{n}\n").as_bytes()).unwrap();
+        }
+        let failed = f.flush().unwrap_err();
+        assert_eq!((failed.error.raw_os_error(), failed.lost), (Some(libc::ENOSPC), 3));
+        f.write(b"record-3\n").unwrap();
+        assert_eq!(f.flush().unwrap_err().lost, 1, "the records already counted are not counted again");
+        assert!(f.flush().is_ok(), "nothing pending");
+    }
+
+    /// The child half of the next test: under a 100-octet file size limit, a batch that fits
+    /// only in part is written in part by the kernel.
+    #[test]
+    fn torn_line_child() {
+        let Some(path) = std::env::var_os("SLUICE_TORN_LINE_CHILD") else { return };
+        // SAFETY: plain libc calls in a process running this one test; SIGXFSZ ignored so the
+        // write past the limit fails with EFBIG instead of killing the process.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit { rlim_cur: 100, rlim_max: 100 };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+        }
+        let mut f = RotatingFile::open(Settings { path: path.into(), max_size: 1 << 20, keep: 0 }).unwrap();
+        f.write(&[b'a'; 59].iter().copied().chain([b'\n']).collect::<Vec<u8>>()).unwrap();
+        f.flush().unwrap();
+        f.write(&[b'b'; 59].iter().copied().chain([b'\n']).collect::<Vec<u8>>()).unwrap();
+        let failed = f.flush().unwrap_err();
+        assert_eq!((failed.error.raw_os_error(), failed.lost), (Some(libc::EFBIG), 1));
+    }
+
+    #[test]
+    fn a_line_written_in_part_is_cut_off_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acct.jsonl");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "accounting::file::tests::torn_line_child", "--test-threads=1"])
+            .env("SLUICE_TORN_LINE_CHILD", &path)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout);
+        assert!(child.status.success() && out.contains("1 passed"), "{out}{}", String::from_utf8_lossy(&child.stderr));
+        // The kernel took 40 octets of the second line; they were cut off again.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", "a".repeat(59)));
     }
 }

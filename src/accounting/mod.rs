@@ -119,7 +119,7 @@ impl Accounting {
             .spawn({
                 let accounting = Arc::downgrade(&accounting);
                 move || {
-                    Writer { file: None, receiver, shared, accounting }.run();
+                    Writer { file: None, receiver, shared, accounting, error_logged: None }.run();
                     let _ = ended_tx.send(());
                 }
             })
@@ -232,6 +232,8 @@ struct Writer {
     shared: Arc<Shared>,
     /// Weak, so the handle's last owner going away ends the thread.
     accounting: std::sync::Weak<Accounting>,
+    /// When a write error was last logged.
+    error_logged: Option<Instant>,
 }
 
 /// How a drain of the channel ended.
@@ -304,19 +306,20 @@ impl Writer {
         }
         if control.reopen
             && let Some(file) = &mut self.file
-            && let Err(e) = file.reopen()
+            && let Err(failed) = file.reopen()
         {
-            tracing::error!(path = %file.settings().path.display(), error = %e, "reopening the accounting file failed");
+            tracing::error!(path = %file.settings().path.display(), error = %failed, "reopening the accounting file failed");
+            self.dropped("the accounting file could not be written", failed.lost);
         }
     }
 
     fn install(&mut self, settings: Option<Settings>) {
         match (&mut self.file, settings) {
-            (_, None) => self.file = None,
             (Some(file), Some(s)) if *file.settings() == s => {}
+            (_, None) => self.close_file(),
             (_, Some(s)) => {
                 let path = s.path.clone();
-                self.file = None; // flushed and synced before the new one opens
+                self.close_file(); // flushed and synced before the new one opens
                 match RotatingFile::open(s) {
                     Ok(file) => self.file = Some(file),
                     Err(e) => tracing::error!(path = %path.display(), error = %e, "opening the accounting file failed"),
@@ -327,26 +330,48 @@ impl Writer {
 
     fn write(&mut self, record: &Record) {
         let Some(file) = &mut self.file else {
-            self.dropped("the accounting file could not be opened");
+            self.dropped("the accounting file could not be opened", 1);
             return;
         };
-        if let Err(e) = file.write(&record.to_line()) {
-            tracing::error!(path = %file.settings().path.display(), error = %e, "writing the accounting file failed");
-            self.dropped("the accounting file could not be written");
+        if let Err(failed) = file.write(&record.to_line()) {
+            let path = file.settings().path.clone();
+            self.write_failed(&path, failed);
         }
     }
 
     fn flush(&mut self) {
         if let Some(file) = &mut self.file
-            && let Err(e) = file.flush()
+            && let Err(failed) = file.flush()
         {
-            tracing::error!(path = %file.settings().path.display(), error = %e, "writing the accounting file failed");
+            let path = file.settings().path.clone();
+            self.write_failed(&path, failed);
         }
     }
 
-    fn dropped(&self, why: &str) {
-        if let Some(accounting) = self.accounting.upgrade() {
-            accounting.dropped(why, 1);
+    fn close_file(&mut self) {
+        if let Some(file) = self.file.take() {
+            let path = file.settings().path.clone();
+            if let Err(failed) = file.close() {
+                self.write_failed(&path, failed);
+            }
+        }
+    }
+
+    /// The lost records are counted (and summarised by `accounting records dropped`); the
+    /// error itself is logged once per [`DROP_LOG_EVERY`], not on every batch of a full disk.
+    fn write_failed(&mut self, path: &std::path::Path, failed: file::WriteFailed) {
+        if self.error_logged.is_none_or(|at| at.elapsed() >= DROP_LOG_EVERY) {
+            tracing::error!(path = %path.display(), error = %failed, "writing the accounting file failed");
+            self.error_logged = Some(Instant::now());
+        }
+        self.dropped("the accounting file could not be written", failed.lost);
+    }
+
+    fn dropped(&self, why: &str, count: u64) {
+        if count > 0
+            && let Some(accounting) = self.accounting.upgrade()
+        {
+            accounting.dropped(why, count);
         }
     }
 }
@@ -432,6 +457,37 @@ mod tests {
         assert!(written < 30, "{written} written past a 1 MiB bound");
         assert_eq!(written + acct.dropped_total(), 100);
         assert_eq!(acct.shared.waiting_bytes.load(Ordering::Relaxed), 0);
+        acct.close();
+    }
+
+    fn series(text: &str, name: &str) -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap()
+    }
+
+    #[test]
+    fn a_stalled_writer_shows_its_lag_and_waiting_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let acct = Accounting::start(Some(settings(dir.path())));
+        acct.flush(); // the writer is running
+        // Holding the control lock stops the writer at its next wake, as a disk that stopped
+        // answering would.
+        let stall = acct.shared.control.lock().unwrap();
+        std::thread::sleep(POLL * 3);
+        for n in 0..5 {
+            acct.emit(Record::new(Event::Delivered, &format!("Q{n}"), String::new()));
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        let mut text = String::new();
+        acct.render(&mut text);
+        assert_eq!(series(&text, "sluice_accounting_waiting_records"), 5.0, "{text}");
+        let lag = series(&text, "sluice_accounting_lag_seconds");
+        assert!(lag >= 0.4, "{text}");
+        drop(stall);
+        acct.flush();
+        let mut text = String::new();
+        acct.render(&mut text);
+        assert_eq!(series(&text, "sluice_accounting_lag_seconds"), 0.0, "{text}");
+        assert_eq!(read(&dir.path().join("acct.jsonl")).len(), 5);
         acct.close();
     }
 }

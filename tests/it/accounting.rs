@@ -308,3 +308,39 @@ fn sigusr1_reopens_the_file_logrotate_moved_and_a_reload_moves_the_stream() {
     assert_eq!(wait_for_lines(&dir.path().join("other.jsonl"), 1).len(), 1);
     assert_eq!(received_ids(&file).len(), 1, "the old path no longer written");
 }
+
+#[test]
+fn a_full_disk_under_the_accounting_file_is_logged_and_counted_and_mail_still_flows() {
+    // /dev/full opens like a file and fails every write with ENOSPC.
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::metrics_endpoint::free_port();
+    let extra = format!("accounting: {{ path: /dev/full }}\nmetrics: {{ address: \"127.0.0.1:{port}\" }}\n");
+    let daemon = crate::common::Daemon::spawn(dir.path(), &extra, &[]);
+    let mut c = crate::common::Client::connect(daemon.addr);
+    for _ in 0..3 {
+        assert_eq!(c.send_mail("a@x.test", &["b@y.test"], "x\r\n").code, 250, "mail is accepted whatever the stream does");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dropped = loop {
+        let text = crate::metrics_endpoint::scrape(port);
+        let n = text.lines().find_map(|l| l.strip_prefix("sluice_accounting_dropped_total ")).and_then(|v| v.parse::<f64>().ok());
+        if n == Some(3.0) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(dropped.contains("sluice_accounting_dropped_total 3"));
+    let log = daemon.log_text();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" error ")).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|l| l.contains("writing the accounting file failed") && l.contains("path=/dev/full") && l.contains("No space left")),
+        "{log}"
+    );
+    // One summary line for the batch, not a line per record.
+    let summaries: Vec<&&str> = errors.iter().filter(|l| l.contains("accounting records dropped")).collect();
+    assert!(!summaries.is_empty() && summaries.len() < 3, "{log}");
+    assert!(summaries[0].contains("why=\"the accounting file could not be written\""), "{log}");
+}
