@@ -20,6 +20,8 @@ use crate::spool::Spool;
 
 /// The longest the runner sleeps without a reason; a safety net, not a poll.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// How often destinations nobody uses are forgotten (their series leave the metrics with them).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Runner {
     spool: Arc<dyn Spool>,
@@ -105,15 +107,23 @@ impl Runner {
 
     /// Dispatches due messages until shut down; deliveries under way finish on their own.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut prune = tokio::time::interval(Duration::from_secs(60));
+        // Pruning goes by the queue's clock (so virtual time reaches it); the interval only
+        // makes sure the loop wakes to look.
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        let mut pruned_at = self.clock.now();
         let jumped = self.clock.jumped();
         loop {
+            let now = self.clock.now();
+            if now >= pruned_at + PRUNE_EVERY.as_secs() {
+                self.delivery.shaper().prune(now);
+                pruned_at = now;
+            }
             let sleep = self.dispatch();
             tokio::select! {
                 _ = self.notify.notified() => {}
                 _ = async { match &jumped { Some(j) => j.notified().await, None => std::future::pending().await } } => {}
                 _ = tokio::time::sleep(sleep) => {}
-                _ = prune.tick() => self.delivery.shaper().prune(self.clock.now()),
+                _ = prune.tick() => {}
                 _ = shutdown.changed() => {
                     // Deliveries under way finish their transaction; nothing new starts.
                     self.delivery.stop();

@@ -289,3 +289,54 @@ fn a_hostile_reply_from_the_next_hop_cannot_add_a_field_to_the_delivery_line() {
     assert_eq!((bounced["code"].as_u64(), bounced["dsn"].as_str()), (Some(550), Some("5.1.1")));
     assert!(bounced["reply"].as_str().unwrap().contains("no\" status=delivered"), "{bounced}");
 }
+
+#[test]
+fn a_tls_session_and_a_tls_delivery_log_their_version_and_cipher() {
+    use crate::common::{TestRelay, tls_auth_yaml};
+    use crate::peers::dns::{TestDns, Zone};
+    // The next hop offers STARTTLS (a Sluice of its own, keeping what it receives).
+    let destination = TestRelay::with_tls("hostname: dest.test\n");
+    let dns = TestDns::start(Zone::default().mx("dest.test", &[(10, "mx.dest.test")]).a("mx.dest.test", "127.0.0.1"));
+    let dir = tempfile::tempdir().unwrap();
+    let delivery =
+        format!("{}delivery:\n  port: {}\n  retry: [1s]\naccounting: {{ path: acct.jsonl }}\n", dns.config(), destination.addr.port());
+    let daemon = Daemon::spawn(dir.path(), &tls_auth_yaml(dir.path(), &delivery), &[]);
+    let mut c = Client::connect(daemon.addr);
+    assert_eq!(c.cmd("EHLO client.test").code, 250);
+    assert_eq!(c.cmd("STARTTLS").code, 220);
+    c.start_tls(&dir.path().join("cert.pem"));
+    let reply = c.send_mail("app@lan.test", &["user@dest.test"], "Subject: tls story\r\n\r\nbody\r\n");
+    assert_eq!(reply.code, 250);
+    let queue_id = reply.text().rsplit(' ').next().unwrap().trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log = loop {
+        let log = daemon.log_text();
+        if log.lines().any(|l| l.contains(" delivery ") && l.contains(&queue_id)) {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no delivery line:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    // Intake: the handshake is a line of the session, and the accepted line names the TLS.
+    let accepted = events(&log, "accepted").into_iter().find(|f| field(f, "queue_id") == queue_id).unwrap();
+    let session = field(&accepted, "session");
+    let established = events(&log, "TLS established");
+    assert_eq!(established.len(), 1, "{log}");
+    assert_eq!(field(&established[0], "session"), session);
+    assert_eq!(field(&established[0], "version"), "TLSv1.3");
+    assert!(field(&established[0], "cipher").starts_with("TLS13_"), "{established:?}");
+    assert!(field(&accepted, "tls").contains("TLSv1.3"), "{accepted:?}");
+    // Delivery: version and cipher of the outbound session, on the line and in the record.
+    let line = events(&log, "delivery").into_iter().find(|f| field(f, "queue_id") == queue_id).unwrap();
+    assert_eq!(field(&line, "status"), "delivered", "{line:?}");
+    let tls = field(&line, "tls").trim_matches('"').to_string();
+    let (version, cipher) = tls.split_once('/').unwrap_or_else(|| panic!("version and cipher: {tls:?}"));
+    assert_eq!(version, "TLSv1.3");
+    assert!(cipher.starts_with("TLS13_"), "{tls}");
+    let records = records_when(&dir.path().join("acct.jsonl"), |t| t.contains("\"event\":\"delivered\""));
+    let delivered: serde_json::Value =
+        serde_json::from_str(records.lines().find(|l| l.contains("\"event\":\"delivered\"")).unwrap()).unwrap();
+    assert_eq!(delivered["tls"].as_str(), Some(tls.as_str()), "{records}");
+    let received: serde_json::Value = serde_json::from_str(records.lines().next().unwrap()).unwrap();
+    assert!(received["tls"].as_str().unwrap().starts_with("TLSv1.3"), "{records}");
+}

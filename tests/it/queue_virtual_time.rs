@@ -87,3 +87,34 @@ fn a_message_never_accepted_expires_at_max_age_and_its_sender_is_told() {
     assert_eq!(tries.load(Ordering::SeqCst), 4, "attempts at 0, 1 h, 2 h and 3 h");
     crate::common::wait_for_empty_queue(&relay.config, "the expired message stayed queued");
 }
+
+#[test]
+fn a_destination_nobody_uses_leaves_the_metrics_when_it_is_forgotten() {
+    let dest = Dest::start(Behavior::default());
+    let clock = ManualClock::at_system_time();
+    let port = crate::metrics_endpoint::free_port();
+    let routes = format!("  routes: {{ \"dest.test\": \"[127.0.0.1]:{}\" }}\n", dest.addr.port());
+    let relay = TestRelay::with_clock(&format!("metrics: {{ address: \"127.0.0.1:{port}\" }}\ndelivery:\n{routes}"), clock.clone());
+    assert_eq!(relay.client().send_mail("a@sender.test", &["b@dest.test"], "Subject: once\r\n\r\nx\r\n").code, 250);
+    catch_up_with_the_arrival(&clock);
+    let series = "sluice_destination_connections{destination=\"dest.test\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !crate::metrics_endpoint::scrape(port).contains(series) {
+        assert!(std::time::Instant::now() < deadline, "the destination never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    crate::common::wait_for_empty_queue(&relay.config, "the message was not delivered");
+    // While it is still in use (its pooled connection idle for a while) it stays; once idle
+    // and a prune has passed, it is gone, and nothing else went with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        clock.advance(Duration::from_secs(61));
+        std::thread::sleep(Duration::from_millis(200));
+        let text = crate::metrics_endpoint::scrape(port);
+        if !text.contains(series) {
+            assert!(text.contains("sluice_destinations_suspended 0"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the destination was never forgotten:\n{text}");
+    }
+}
