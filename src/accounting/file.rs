@@ -89,27 +89,36 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// The whole lines the kernel took stay; a line it took only in part is cut off (the cut
+    /// is measured from the file's real end, as someone else may have appended or emptied it),
+    /// and the records not written are counted lost.
     fn give_up(&mut self, written: usize, error: io::Error) -> WriteFailed {
-        if written > 0 {
-            // Truncating needs no space; if even that fails the next record still starts on
-            // a line of its own.
-            if self.file.set_len(self.size).is_err() {
-                let _ = self.file.write_all(b"\n");
-            }
-        }
-        let lost = std::mem::take(&mut self.pending_records);
+        let whole = self.pending[..written].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let kept = self.pending[..whole].iter().filter(|&&b| b == b'\n').count() as u64;
+        let lost = self.pending_records - kept;
         self.pending.clear();
+        self.pending_records = 0;
+        let torn = (written - whole) as u64;
+        let end = self.file.metadata().map(|m| m.len()).unwrap_or(self.size + written as u64);
+        self.size = end.saturating_sub(torn);
+        if torn > 0 && self.file.set_len(self.size).is_err() {
+            // Truncating needs no space, but if even that fails, the next record still starts
+            // on a line of its own.
+            self.pending.push(b'\n');
+            self.size = end;
+        }
         WriteFailed { error, lost }
     }
 
-    /// Opens the path again (after logrotate renamed the file: SIGUSR1).
+    /// What the old file could not take is reported, but the path is opened all the same (a
+    /// full disk must not keep the stream on a file logrotate has moved away).
     pub fn reopen(&mut self) -> Result<(), WriteFailed> {
-        self.flush()?;
+        let flushed = self.flush();
         let (file, size) = open_append(&self.settings.path).map_err(|error| WriteFailed { error, lost: 0 })?;
         let _ = self.file.sync_data();
         self.file = file;
         self.size = size;
-        Ok(())
+        flushed
     }
 
     /// `path` -> `path.1` -> ... -> `path.KEEP` (the oldest removed), then a new `path`. When
@@ -300,8 +309,9 @@ mod tests {
         let mut f = RotatingFile::open(Settings { path: path.into(), max_size: 1 << 20, keep: 0 }).unwrap();
         f.write(&[b'a'; 59].iter().copied().chain([b'\n']).collect::<Vec<u8>>()).unwrap();
         f.flush().unwrap();
-        f.write(&[b'b'; 59].iter().copied().chain([b'\n']).collect::<Vec<u8>>()).unwrap();
-        let failed = f.flush().unwrap_err();
+        f.write(&[b'b'; 19].iter().copied().chain([b'\n']).collect::<Vec<u8>>()).unwrap();
+        f.write(&[b'c'; 59].iter().copied().chain([b'\n']).collect::<Vec<u8>>()).unwrap();
+        let failed = f.flush().unwrap_err(); // the kernel took the b line and 20 octets of c
         assert_eq!((failed.error.raw_os_error(), failed.lost), (Some(libc::EFBIG), 1));
     }
 
@@ -316,7 +326,7 @@ mod tests {
             .unwrap();
         let out = String::from_utf8_lossy(&child.stdout);
         assert!(child.status.success() && out.contains("1 passed"), "{out}{}", String::from_utf8_lossy(&child.stderr));
-        // The kernel took 40 octets of the second line; they were cut off again.
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", "a".repeat(59)));
+        // The whole line of the failed batch stays (not counted lost); the torn one is cut off.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n{}\n", "a".repeat(59), "b".repeat(19)));
     }
 }

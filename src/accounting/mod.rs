@@ -61,6 +61,9 @@ struct Shared {
     /// When the writer last found the channel empty (unix ms): the lag while records wait.
     drained_at_ms: AtomicU64,
     closing: AtomicBool,
+    /// Held by a test to stop the writer before its next drain, as a stuck disk would.
+    #[cfg(test)]
+    gate: Mutex<()>,
 }
 
 /// The handle every part that has something to record holds.
@@ -272,6 +275,10 @@ impl Writer {
 
     /// Writes waiting records (at most `budget`), answering flushes in order.
     fn drain(&mut self, budget: Option<usize>) -> Drained {
+        #[cfg(test)]
+        let shared = self.shared.clone();
+        #[cfg(test)]
+        let _gate = shared.gate.lock().expect("test gate");
         let mut written = 0;
         loop {
             if budget.is_some_and(|b| written >= b) {
@@ -308,8 +315,8 @@ impl Writer {
             && let Some(file) = &mut self.file
             && let Err(failed) = file.reopen()
         {
-            tracing::error!(path = %file.settings().path.display(), error = %failed, "reopening the accounting file failed");
-            self.dropped("the accounting file could not be written", failed.lost);
+            let path = file.settings().path.clone();
+            self.write_failed(&path, failed);
         }
     }
 
@@ -469,10 +476,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let acct = Accounting::start(Some(settings(dir.path())));
         acct.flush(); // the writer is running
-        // Holding the control lock stops the writer at its next wake, as a disk that stopped
-        // answering would.
-        let stall = acct.shared.control.lock().unwrap();
-        std::thread::sleep(POLL * 3);
+        // Once the test holds the gate, the writer drains nothing more.
+        let stall = acct.shared.gate.lock().unwrap();
         for n in 0..5 {
             acct.emit(Record::new(Event::Delivered, &format!("Q{n}"), String::new()));
         }

@@ -1,9 +1,9 @@
 //! The metrics port: `GET /metrics` (Prometheus text), `/healthz` and `/readyz` (200 or 503
 //! with a JSON body naming each check, `crate::health`). Anything else is 404, any other
 //! method 405. Served with hyper, HTTP/1.1 only; a slow or idle client is cut off, and at
-//! most [`MAX_CONNECTIONS`] are served at once and [`MAX_PER_ADDRESS`] from one address, so
-//! a scraper gone wrong (or one peer on a port the image binds on every address) cannot
-//! exhaust the daemon or shut the real scraper out.
+//! most [`MAX_CONNECTIONS`] are served at once and [`MAX_PER_ADDRESS`] from one address (an
+//! IPv6 /64), so a scraper gone wrong cannot exhaust the daemon and one peer alone cannot
+//! take every slot.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -24,8 +24,9 @@ use tokio::sync::watch;
 use crate::health::{self, Facts};
 
 pub const MAX_CONNECTIONS: usize = 64;
-/// Connections one address may hold at once; more are closed at accept. A Prometheus
-/// server uses one keep-alive connection, so this leaves room for a probe and a person.
+/// Connections one address (or IPv6 /64) may hold at once; more are closed at accept. A
+/// Prometheus server uses one keep-alive connection, so this leaves room for a probe and a
+/// person behind the same address.
 pub const MAX_PER_ADDRESS: usize = 8;
 /// A request's header must arrive within this, and a connection ends after its lifetime.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,7 +89,15 @@ struct AddressSlot {
 }
 
 impl PerAddress {
+    /// An IPv6 peer is counted by its /64 (one host commonly holds the whole prefix).
     fn take(&self, address: IpAddr) -> Option<AddressSlot> {
+        let address = match address {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        };
         let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let open = table.entry(address).or_insert(0);
         if *open >= MAX_PER_ADDRESS {

@@ -114,7 +114,8 @@ impl Runner {
         let jumped = self.clock.jumped();
         loop {
             let now = self.clock.now();
-            if now >= pruned_at + PRUNE_EVERY.as_secs() {
+            // abs_diff: a wall clock stepped back must not stop pruning until it catches up.
+            if now.abs_diff(pruned_at) >= PRUNE_EVERY.as_secs() {
                 self.delivery.shaper().prune(now);
                 pruned_at = now;
             }
