@@ -188,12 +188,12 @@ fn grep_for_the_queue_id_tells_the_message_story_with_relay_delays_and_dsn() {
         .a("mx2.dest.test", "127.0.0.1");
     let dns = TestDns::start(zone);
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!("{}delivery:\n  port: {}\n  retry: [1s]\naccounting: {{ path: acct.jsonl }}\n", dns.config(), dest.addr.port());
+    let extra = delivering_with_accounting(&dns, dest.addr.port());
     let daemon = Daemon::spawn(dir.path(), &extra, &[]);
     let mut c = Client::connect(daemon.addr);
     let reply = c.send_mail("app@lan.test", &["user@dest.test"], "Subject: story\r\n\r\nbody\r\n");
     assert_eq!(reply.code, 250);
-    let queue_id = reply.text().rsplit(' ').next().unwrap().trim().to_string();
+    let queue_id = queue_id_of(&reply);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let story = loop {
         let log = daemon.log_text();
@@ -241,6 +241,16 @@ fn grep_for_the_queue_id_tells_the_message_story_with_relay_delays_and_dsn() {
 }
 
 /// The accounting file's text once `ready` holds for it (records are written in batches).
+/// Config for a daemon delivering through `dns` to `port`, with accounting to acct.jsonl.
+fn delivering_with_accounting(dns: &crate::peers::dns::TestDns, port: u16) -> String {
+    format!("{}delivery:\n  port: {port}\n  retry: [1s]\naccounting: {{ path: acct.jsonl }}\n", dns.config())
+}
+
+/// The queue id a 250 to the final dot ends with.
+fn queue_id_of(reply: &crate::common::Reply) -> String {
+    reply.text().rsplit(' ').next().unwrap().trim().to_string()
+}
+
 fn records_when(path: &std::path::Path, ready: impl Fn(&str) -> bool) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -298,8 +308,7 @@ fn a_tls_session_and_a_tls_delivery_log_their_version_and_cipher() {
     let destination = TestRelay::with_tls("hostname: dest.test\n");
     let dns = TestDns::start(Zone::default().mx("dest.test", &[(10, "mx.dest.test")]).a("mx.dest.test", "127.0.0.1"));
     let dir = tempfile::tempdir().unwrap();
-    let delivery =
-        format!("{}delivery:\n  port: {}\n  retry: [1s]\naccounting: {{ path: acct.jsonl }}\n", dns.config(), destination.addr.port());
+    let delivery = delivering_with_accounting(&dns, destination.addr.port());
     let daemon = Daemon::spawn(dir.path(), &tls_auth_yaml(dir.path(), &delivery), &[]);
     let mut c = Client::connect(daemon.addr);
     assert_eq!(c.cmd("EHLO client.test").code, 250);
@@ -307,7 +316,7 @@ fn a_tls_session_and_a_tls_delivery_log_their_version_and_cipher() {
     c.start_tls(&dir.path().join("cert.pem"));
     let reply = c.send_mail("app@lan.test", &["user@dest.test"], "Subject: tls story\r\n\r\nbody\r\n");
     assert_eq!(reply.code, 250);
-    let queue_id = reply.text().rsplit(' ').next().unwrap().trim().to_string();
+    let queue_id = queue_id_of(&reply);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let log = loop {
         let log = daemon.log_text();
