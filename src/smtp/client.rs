@@ -22,7 +22,7 @@ use super::reply::{Enhanced, Reply, ReplyError, ReplyParser};
 use super::sasl::{self, Secret};
 
 mod wire;
-pub use wire::{dot_stuff, last_chunk};
+pub use wire::{LineFolder, dot_stuff, last_chunk};
 use wire::{mail_command, rcpt_command};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -376,6 +376,49 @@ fn lines_over_998_octets_are_broken_with_crlf_space() {
     assert_eq!(out, exact);
 }
 
+/// What a next hop stores after DATA: the dot-stuffed text with its leading dots removed.
+fn unstuffed(wire: &[u8]) -> Vec<u8> {
+    wire.split_inclusive(|&b| b == b'\n').flat_map(|l| l.strip_prefix(b".").unwrap_or(l)).copied().collect()
+}
+
+#[test]
+fn the_line_folder_gives_what_data_and_bdat_deliver_whatever_the_pieces() {
+    let long = vec![b'z'; 1200];
+    let mut accent = vec![b'y'; 996];
+    accent.extend_from_slice("éé".as_bytes());
+    let pieces: [&[u8]; 9] = [b".", b"ab", b"\r\n", b"\n", b"\r", b"..", &long, &accent, "ü".as_bytes()];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let mut body = Vec::new();
+        for _ in 0..(next() % 16) {
+            body.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+        }
+        let mut bdat = Vec::new();
+        last_chunk(&body, &mut bdat);
+        let bdat = bdat[bdat.iter().position(|&b| b == b'\n').unwrap() + 1..].to_vec();
+        let mut data = Vec::new();
+        dot_stuff(&body, &mut data);
+        assert_eq!(unstuffed(&data), bdat, "DATA and BDAT deliver the same text: {:?}", String::from_utf8_lossy(&body));
+        // Fed in random pieces, the folder gives the same.
+        let mut folder = LineFolder::default();
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let n = 1 + (next() as usize % 1500).min(rest.len() - 1);
+            folder.push(&rest[..n], &mut out);
+            rest = &rest[n..];
+        }
+        folder.finish(&mut out);
+        assert_eq!(out, bdat, "{:?}", String::from_utf8_lossy(&body));
+    }
+}
+
 fn with_login(tls: TlsPolicy) -> Script {
     let mut s = Script::new(tls);
     s.client = Client::new(ClientConfig { auth: Some(("alice".into(), sasl::Secret::new("pw".into()))), ..cfg(tls) });

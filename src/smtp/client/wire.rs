@@ -96,7 +96,7 @@ fn write_body(body: &[u8], double_dots: bool, out: &mut Vec<u8>) {
         let line = &body[line_start..line_end];
         let content = line.strip_suffix(b"\r\n").unwrap_or(line);
         let doubled = double_dots && line[0] == b'.';
-        let limit = MAX_LINE - usize::from(doubled);
+        let limit = first_limit(line);
         if doubled || content.len() > limit {
             out.extend_from_slice(&body[run_start..line_start]);
             if doubled {
@@ -115,6 +115,100 @@ fn write_body(body: &[u8], double_dots: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(&body[run_start..]);
     if !body.is_empty() && !body.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Where a line over 998 octets is first cut. DATA doubles a leading dot, so such a line is
+/// cut one octet earlier there; BDAT cuts it at the same place, so the next hop stores the
+/// same text either way, and a DKIM signature made at intake over `LineFolder`'s output holds
+/// for both.
+fn first_limit(line: &[u8]) -> usize {
+    MAX_LINE - usize::from(line.first() == Some(&b'.'))
+}
+
+/// The message as the next hop will store it, made from pieces as they come: lines over 998
+/// octets folded exactly as `dot_stuff` and `last_chunk` fold them, a CRLF added at the end
+/// when missing; no dots doubled. What DKIM signs, so that delivery's folding does not break
+/// the signature. Holds at most one line's first 1,000 octets between pieces.
+#[derive(Default)]
+pub struct LineFolder {
+    /// The unfinished line's bytes not yet written (fewer than its cut limit + 2).
+    line: Vec<u8>,
+    /// The cut limit of the unfinished line's next piece; `None` before its first byte.
+    limit: Option<usize>,
+    /// The last two octets pushed, to tell whether the message ends with CRLF.
+    last: [u8; 2],
+    pushed: bool,
+}
+
+impl LineFolder {
+    /// Appends the folded form of `bytes` to `out`.
+    pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<u8>) {
+        if let Some(&b) = bytes.last() {
+            self.last = [if bytes.len() > 1 { bytes[bytes.len() - 2] } else { self.last[1] }, b];
+            self.pushed = true;
+        }
+        while !bytes.is_empty() {
+            let (piece, complete) = match memchr::memchr(b'\n', bytes) {
+                Some(i) => (&bytes[..=i], true),
+                None => (bytes, false),
+            };
+            bytes = &bytes[piece.len()..];
+            if complete && self.limit.is_none() {
+                // A whole line in one piece, the common case: as `write_body` does it.
+                let content = piece.strip_suffix(b"\r\n").unwrap_or(piece);
+                let limit = first_limit(piece);
+                if content.len() > limit {
+                    fold_line(content, limit, out);
+                    out.extend_from_slice(&piece[content.len()..]);
+                } else {
+                    out.extend_from_slice(piece);
+                }
+                continue;
+            }
+            let limit = *self.limit.get_or_insert_with(|| first_limit(piece));
+            self.line.extend_from_slice(piece);
+            if complete {
+                let content = self.line.strip_suffix(b"\r\n").unwrap_or(&self.line);
+                fold_line(content, limit, out);
+                out.extend_from_slice(&self.line[content.len()..]);
+                self.line.clear();
+                self.limit = None;
+            } else {
+                self.cut_what_is_certain(out);
+            }
+        }
+    }
+
+    /// Ends the message (the unfinished line as it is, then CRLF if it did not end with one).
+    pub fn finish(mut self, out: &mut Vec<u8>) {
+        if let Some(limit) = self.limit {
+            fold_line(&self.line, limit, out);
+            self.line.clear();
+        }
+        if self.pushed && self.last != *b"\r\n" {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Cuts the unfinished line where its end cannot change the cut: with `limit + 2` octets
+    /// and no LF yet, its content (without a CRLF still to come) is longer than `limit`.
+    fn cut_what_is_certain(&mut self, out: &mut Vec<u8>) {
+        let Some(mut limit) = self.limit else { return };
+        let mut start = 0;
+        while self.line.len() - start >= limit + 2 {
+            let content = &self.line[start..];
+            let mut cut = limit;
+            while cut > limit - 3 && content[cut] & 0xC0 == 0x80 {
+                cut -= 1;
+            }
+            out.extend_from_slice(&content[..cut]);
+            out.extend_from_slice(b"\r\n ");
+            start += cut;
+            limit = MAX_LINE - 1;
+        }
+        self.line.drain(..start);
+        self.limit = Some(limit);
     }
 }
 
