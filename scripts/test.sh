@@ -25,7 +25,7 @@ trap '[ -z "$stage_name" ] || echo "===== test.sh: failed in: $stage_name (after
 
 stage "installing the test peers"
 need_install=""
-for cmd in smtp-source swaks strace curl bc pkill systemd-analyze promtool prlimit jq; do
+for cmd in smtp-source swaks strace curl bc pkill systemd-analyze promtool prlimit jq openssl; do
   command -v "$cmd" >/dev/null 2>&1 || need_install=yes
 done
 perl -MNet::SSLeay -MIO::Socket::SSL -MAuthen::SASL -e1 >/dev/null 2>&1 || need_install=yes
@@ -36,7 +36,7 @@ if [ -n "$need_install" ]; then
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
-    strace curl bc procps systemd prometheus util-linux jq >/dev/null
+    strace curl bc procps systemd prometheus util-linux jq openssl >/dev/null
 fi
 
 # aiosmtpd: on Debian's own Python from Debian's package (that Python refuses pip installs,
@@ -49,6 +49,15 @@ if ! python3 -c "import aiosmtpd" 2>/dev/null; then
   else
     python3 -m pip install --quiet aiosmtpd
   fi
+fi
+
+# dkimpy, the DKIM verifier of the signing tests: Debian's package, for Debian's Python
+# (the tests run /usr/bin/python3 by path); it brings dnspython and PyNaCl (Ed25519).
+if ! /usr/bin/python3 -c "import dkim, dns.query, nacl" 2>/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dkim python3-nacl python3-dnspython >/dev/null
 fi
 
 stage "Prometheus alert rules (promtool check and test)"

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod dkim;
 pub mod dns;
 pub mod health;
 pub mod intake;

@@ -53,6 +53,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// DKIM keys: make one and print its DNS record (`keygen`), or print an existing key's
+    /// record (`record`).
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Print a users-file line (`user:argon2id-hash`) for USER; the password is read from
     /// stdin (asked twice, without echo, on a terminal).
     Passwd { user: String },
@@ -109,6 +115,39 @@ fn generate(what: Generate) -> Result<(), String> {
     };
     eprintln!("{wrote} written to {}", dir.display());
     Ok(())
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Write a new private key (mode 0600, never over an existing file) and print the DNS TXT
+    /// record to publish and the config entry that signs with it.
+    Keygen {
+        /// The signing domain (d=).
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=): the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// rsa verifies everywhere; ed25519 (RFC 8463) is small and fast but not verified by
+        /// every mailbox provider: sign with both to have both.
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ed25519"])]
+        algorithm: String,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the key (default: DOMAIN.SELECTOR.key here).
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
+    /// Print the DNS TXT record of an existing private key (PEM, RSA or Ed25519).
+    Record {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -387,6 +426,12 @@ fn main() -> ExitCode {
         Command::Sendmail { args } => return ExitCode::from(sluice::sendmail::main(&args)),
         Command::Reload { config } => return reload(&config),
         Command::Generate { what } => generate(what),
+        Command::Dkim { command: DkimCommand::Keygen { domain, selector, algorithm, bits, out } } => {
+            sluice::dkim::keygen::keygen(&domain, &selector, &algorithm, bits, out).map(|text| print!("{text}"))
+        }
+        Command::Dkim { command: DkimCommand::Record { key, domain, selector } } => {
+            sluice::dkim::keygen::record(&key, &domain, &selector).map(|text| print!("{text}"))
+        }
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
         Command::CheckConfig { config, json: true } => {
             let loaded = Config::load(&config);

@@ -31,6 +31,9 @@ pub use sendmail::SendmailConfig;
 mod accounting;
 pub use accounting::AccountingConfig;
 
+mod dkim;
+pub use dkim::{DkimConfig, DkimSignature};
+
 pub mod show;
 mod validate;
 
@@ -89,6 +92,9 @@ pub struct Config {
     /// The accounting stream: one JSON line per delivery event (off without a path).
     #[serde(default)]
     pub accounting: AccountingConfig,
+    /// DKIM signing at intake (off without entries).
+    #[serde(default)]
+    pub dkim: DkimConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     /// The local submission socket of `sluice sendmail`.
@@ -531,6 +537,7 @@ impl Config {
             paths.push(accounting);
         }
         paths.extend(config.delivery.tls_trust.iter_mut());
+        paths.extend(config.dkim.sign.iter_mut().map(|s| &mut s.key));
         if let Some(auth) = config.delivery.smarthost_auth.as_mut() {
             paths.push(&mut auth.password_file);
         }

@@ -41,6 +41,18 @@ fn errors_name_the_key_and_line_table() {
             "line 3",
         ),
         (
+            "hostname: a.b\ndkim:\n  sign:\n    - { domain: x.test, selector: s1, key: /nonexistent/k.pem }\n",
+            "dkim.sign[0].key: cannot read /nonexistent/k.pem",
+            "line 4",
+        ),
+        (
+            "hostname: a.b\ndkim:\n  sign:\n    - domain: x.test\n      selector: \"s 1\"\n      key: /nonexistent/k.pem\n",
+            "dkim.sign[0].selector: \"s 1\" is not a selector",
+            "line 5",
+        ),
+        ("hostname: a.b\ndkim:\n  sign:\n    - { domain: \"*x.test\", selector: s, key: k }\n", "dkim.sign[0].domain", "line 4"),
+        ("hostname: a.b\ndkim:\n  headers: [From, \"Sub ject\"]\n", "dkim.headers: \"Sub ject\" is not a header field name", "line 3"),
+        (
             "hostname: a.b\ntls:\n  certificate: /nonexistent/c.pem\n  private_key: /nonexistent/k.pem\n",
             "tls.certificate: file /nonexistent/c.pem does not exist",
             "line 3",

@@ -79,7 +79,7 @@ pub(super) async fn body_of(ctx: &IntakeContext, message: Vec<u8>) -> Result<Bod
 /// The exit code sendmail gives its caller: temporary where trying again can succeed.
 fn refusal_response(refusal: Refusal) -> Response {
     let exit = match &refusal {
-        Refusal::Spool(_) | Refusal::Body(BodyError::OverBudget | BodyError::Scratch(_)) => EX_TEMPFAIL,
+        Refusal::Spool(_) | Refusal::Signing(_) | Refusal::Body(BodyError::OverBudget | BodyError::Scratch(_)) => EX_TEMPFAIL,
         Refusal::TooManyHops | Refusal::Body(BodyError::HeaderTooBig { .. }) => EX_DATAERR,
     };
     refused(exit, refusal.to_string())

@@ -58,6 +58,8 @@ pub struct IntakeContext {
     pub refusal_log: Arc<refusals::RefusalLog>,
     /// The accounting stream (`received` records).
     pub accounting: Arc<crate::accounting::Accounting>,
+    /// DKIM signing, when the config has entries (keys loaded with this generation).
+    pub signer: Option<Arc<crate::dkim::Signer>>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -155,6 +157,7 @@ impl IntakeContext {
         };
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
+        let signer = crate::dkim::Signer::load(&config.dkim)?;
         let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, accounting, .. } = carried;
         Ok(Arc::new(IntakeContext {
             relay,
@@ -173,6 +176,7 @@ impl IntakeContext {
             body_memory,
             refusal_log,
             accounting,
+            signer,
         }))
     }
 

@@ -27,6 +27,7 @@ mod delivery_split;
 mod delivery_tls;
 mod delivery_tls_required;
 mod disk_full;
+mod dkim;
 mod durability_strace;
 mod extensions;
 mod health;

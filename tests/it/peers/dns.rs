@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, CNAME, MX};
+use hickory_server::proto::rr::rdata::{A, CNAME, MX, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -19,6 +19,8 @@ pub struct Zone {
     pub servfail: HashSet<String>,
     /// name -> target: every query for the name is answered with this CNAME alone.
     pub cname: HashMap<String, String>,
+    /// name -> TXT records, each one text (split into strings of 255 octets when served).
+    pub txt: HashMap<String, Vec<String>>,
 }
 
 impl Zone {
@@ -32,6 +34,10 @@ impl Zone {
     }
     pub fn cname(mut self, name: &str, target: &str) -> Self {
         self.cname.insert(name.into(), target.into());
+        self
+    }
+    pub fn txt(mut self, name: &str, text: &str) -> Self {
+        self.txt.entry(name.to_ascii_lowercase()).or_default().push(text.into());
         self
     }
     pub fn servfail(mut self, domain: &str) -> Self {
@@ -62,7 +68,8 @@ impl RequestHandler for Handler {
             let msg = builder.error_msg(&request.metadata, ResponseCode::ServFail);
             return response.send_response(msg).await.expect("send");
         }
-        let exists = zone.mx.contains_key(&qname) || zone.a.contains_key(&qname) || zone.cname.contains_key(&qname);
+        let exists =
+            zone.mx.contains_key(&qname) || zone.a.contains_key(&qname) || zone.cname.contains_key(&qname) || zone.txt.contains_key(&qname);
         let mut records = Vec::new();
         if let Some(target) = zone.cname.get(&qname) {
             records.push(Record::from_rdata(name(&qname), 60, RData::CNAME(CNAME(name(target)))));
@@ -72,6 +79,12 @@ impl RequestHandler for Handler {
             RecordType::MX => {
                 for (pref, host) in zone.mx.get(&qname).into_iter().flatten() {
                     records.push(Record::from_rdata(name(&qname), 60, RData::MX(MX::new(*pref, name(host)))));
+                }
+            }
+            RecordType::TXT => {
+                for text in zone.txt.get(&qname).into_iter().flatten() {
+                    let strings = text.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+                    records.push(Record::from_rdata(name(&qname), 60, RData::TXT(TXT::new(strings))));
                 }
             }
             RecordType::A => {
