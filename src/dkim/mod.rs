@@ -21,6 +21,10 @@ use crate::message::submission::{field_name, header_fields};
 use crate::smtp::client::LineFolder;
 use key::{Key, SharedKey};
 
+/// Messages up to this size signed with Ed25519 alone are signed where they are accepted
+/// (about 30 us for 1 KiB, 50 us for 16 KiB); anything more goes to a blocking thread.
+const QUICK_SIZE: usize = 16 * 1024;
+
 /// The signing rules of one config generation, with their keys loaded.
 pub struct Signer {
     rules: Vec<Rule>,
@@ -151,6 +155,13 @@ impl Signer {
         Plan { rules, headers }
     }
 
+    /// Whether signing a message of `size` octets with this plan takes only tens of
+    /// microseconds: Ed25519 keys only (an RSA-2048 signature takes about half a
+    /// millisecond) and a small message (hashing runs at about 600 MB/s here).
+    pub fn is_quick(&self, plan: &Plan, size: usize) -> bool {
+        size <= QUICK_SIZE && plan.rules.iter().all(|&i| matches!(*self.rules[i].key, Key::Ed25519(_)))
+    }
+
     /// Signs the message `feed` hands over in pieces (blocking: the caller runs it off the
     /// async workers). Every planned signature is made in one pass over the message.
     pub fn sign(&self, plan: &Plan, feed: impl FnOnce(&mut dyn FnMut(&[u8])) -> std::io::Result<()>) -> Result<Signed, SignError> {
@@ -173,7 +184,7 @@ impl Signer {
             .collect();
         let mut streams: Vec<_> = signers.iter().map(|s| s.sign_streaming()).collect();
         let mut folder = LineFolder::default();
-        let mut folded = Vec::with_capacity(64 * 1024);
+        let mut folded = Vec::new();
         feed(&mut |piece| {
             folded.clear();
             folder.push(piece, &mut folded);
