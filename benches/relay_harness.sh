@@ -54,7 +54,7 @@ start_sluice() { # start_sluice IO [SED [WRAPPER...]]
   local io=$1 edit=${2:-}
   shift $(($# < 2 ? $# : 2))
   rm -rf "$work/sluice" && mkdir -p "$work/sluice"
-  cp "$repo/config.example.yaml" "$repo/config.example.users" "$work/sluice/"
+  cp "$repo/config.example.yaml" "$repo/config.example.users" "$repo/config.example.keys" "$work/sluice/"
   sed -i "s/^  io: auto/  io: $io/" "$work/sluice/config.example.yaml"
   [ -z "$edit" ] || sed -i "$edit" "$work/sluice/config.example.yaml"
   ( cd "$work/sluice"; join relay; exec "$@" "$bin" run --config config.example.yaml ) 2> "$work/sluice.log" &

@@ -9,7 +9,7 @@ bin=$1
 w=$(mktemp -d)
 cp "$2" "$w/config.yaml"
 # The example names its users file by a relative path.
-cp "$(dirname "$2")/config.example.users" "$w/" 2>/dev/null || true
+cp "$(dirname "$2")/config.example.users" "$(dirname "$2")/config.example.keys" "$w/" 2>/dev/null || true
 smtp-sink -c -u nobody 127.0.0.1:2526 256 > "$w/sink.out" 2>&1 &
 sink=$!
 "$bin" run --config "$w/config.yaml" 2> "$w/log" &

@@ -85,7 +85,7 @@ sink=$!
 pids+=("$sink")
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/2526) 2>/dev/null && break; sleep 0.1; done
 
-cp "$repo/config.example.yaml" "$repo/config.example.users" "$work/"
+cp "$repo/config.example.yaml" "$repo/config.example.users" "$repo/config.example.keys" "$work/"
 config="$work/config.example.yaml"
 sed -i "s|^  message_rate: null|  message_rate: \"$rate/s\"|; s|^  max_connections_per_destination: .*|  max_connections_per_destination: $connections|" "$config"
 grep -q "message_rate: \"$rate/s\"" "$config" || { echo "could not set the rate" >&2; exit 1; }

@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod dkim;
 pub mod dns;
 pub mod health;
+pub mod http;
 pub mod intake;
 pub mod live;
 pub mod log;

@@ -59,6 +59,14 @@ enum Command {
         #[command(subcommand)]
         command: DkimCommand,
     },
+    /// Print a new HTTP API key (give it to the application; it is not stored) and its line
+    /// for api.keys_file (the key's name, scopes and SHA-256).
+    ApiKey {
+        name: String,
+        /// inject (send mail), admin (the queue endpoints), or both: inject,admin.
+        #[arg(long, default_value = "inject")]
+        scopes: String,
+    },
     /// Print a users-file line (`user:argon2id-hash`) for USER; the password is read from
     /// stdin (asked twice, without echo, on a terminal).
     Passwd { user: String },
@@ -432,6 +440,10 @@ fn main() -> ExitCode {
         Command::Dkim { command: DkimCommand::Record { key, domain, selector } } => {
             sluice::dkim::keygen::record(&key, &domain, &selector).map(|text| print!("{text}"))
         }
+        Command::ApiKey { name, scopes } => sluice::http::keys::generate(&name, &scopes).map(|(key, line)| {
+            println!("# The key, for the application's Authorization: Bearer header (it is not kept anywhere):\n{key}");
+            println!("# The line for api.keys_file:\n{line}");
+        }),
         Command::Passwd { user } => sluice::admin::users_file_line(&user).map(|line| println!("{line}")),
         Command::CheckConfig { config, json: true } => {
             let loaded = Config::load(&config);

@@ -34,6 +34,9 @@ pub use accounting::AccountingConfig;
 mod dkim;
 pub use dkim::{DkimConfig, DkimSignature};
 
+mod api;
+pub use api::{ApiConfig, HttpListener};
+
 pub mod show;
 mod validate;
 
@@ -59,6 +62,11 @@ pub struct Config {
     /// Where intake listens (default: one relay listener on 127.0.0.1:25).
     #[serde(default = "default_listeners")]
     pub listeners: Vec<ListenerConfig>,
+    /// Where the HTTP injection API listens (default: nowhere).
+    #[serde(default)]
+    pub http_listeners: Vec<HttpListener>,
+    #[serde(default)]
+    pub api: ApiConfig,
     /// Clients allowed to relay on `relay` listeners (default: loopback only).
     #[serde(default = "default_trusted")]
     pub trusted_networks: Vec<Cidr>,
@@ -538,6 +546,7 @@ impl Config {
         }
         paths.extend(config.delivery.tls_trust.iter_mut());
         paths.extend(config.dkim.sign.iter_mut().map(|s| &mut s.key));
+        paths.extend(config.api.keys_file.as_mut());
         if let Some(auth) = config.delivery.smarthost_auth.as_mut() {
             paths.push(&mut auth.password_file);
         }

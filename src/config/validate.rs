@@ -197,6 +197,7 @@ impl Config {
             return Err(err("accounting.max_size", "must be at least 1048576 (1 MiB)".into()));
         }
         self.dkim.check().map_err(|(key, msg)| err(&key, msg))?;
+        self.check_api().map_err(|(key, msg)| err(&key, msg))?;
         if !(1 << 20..=1 << 30).contains(&self.spool.segment_size) {
             return Err(err("spool.segment_size", "must be between 1 MiB and 1 GiB".into()));
         }

@@ -135,6 +135,13 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         }
         None => None,
     };
+    let mut http = Vec::new();
+    for l in &config.http_listeners {
+        let listener = tokio::net::TcpListener::bind(l.address).await.map_err(|e| format!("http_listeners {}: {e}", l.address))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(address = %local, tls = l.tls, "http api bound");
+        http.push((listener, crate::http::Listener { local, tls: l.tls }));
+    }
     // Before the listeners: by the time mail is accepted, sendmail can leave mail too.
     crate::intake::pickup::prepare(&config.sendmail.maildrop);
     let (shutdown, watcher) = watch::channel(false);
@@ -168,6 +175,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
             facts: facts_source(spool.clone(), bound.clone(), serving.clone()),
         };
         tasks.spawn(crate::metrics::http::serve(listener, sources, watcher.clone()));
+    }
+    for (listener, settings) in http {
+        tasks.spawn(crate::http::serve(listener, settings, intake.clone(), watcher.clone()));
     }
     let config_for_pickup = config.clone();
     let live_config = Arc::new(Live::from_arc(config));

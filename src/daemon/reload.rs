@@ -40,6 +40,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
         };
     }
     keep!(spool);
+    keep!(http_listeners);
     keep!(metrics.address);
     keep!(metrics.queue_census_interval);
     keep!(admin.socket);

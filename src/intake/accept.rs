@@ -1,5 +1,5 @@
-//! The one accept path: a message handed in, over SMTP or on the sendmail socket (the HTTP API
-//! to come), is checked, stamped with its trace fields, stored, and answered only once the
+//! The one accept path: a message handed in, over SMTP, on the sendmail socket or through the
+//! HTTP API, is checked, stamped with its trace fields, signed, stored, and answered only once the
 //! spool has made it durable. (The runner's reports are stored with the change that caused
 //! them, in one commit; their envelope is `Envelope::report`.)
 
@@ -44,6 +44,8 @@ pub enum Source {
     },
     /// On the sendmail socket, from a local user (the header work of `sendmail -t` is done).
     Local { user: String, uid: u32 },
+    /// From the HTTP API, sent with this key (its name).
+    Http { peer: SocketAddr, local: SocketAddr, key: String, tls: Option<TlsInfo> },
 }
 
 /// One message to accept.
@@ -105,12 +107,13 @@ impl Source {
         match self {
             Source::Smtp { session, .. } => session,
             Source::Local { .. } => "local",
+            Source::Http { .. } => "http",
         }
     }
 
     fn client_ip(&self) -> IpAddr {
         match self {
-            Source::Smtp { peer, .. } => peer.ip(),
+            Source::Smtp { peer, .. } | Source::Http { peer, .. } => peer.ip(),
             Source::Local { .. } => std::net::Ipv4Addr::LOCALHOST.into(),
         }
     }
@@ -122,16 +125,18 @@ impl Source {
             Source::Smtp { trusted: true, .. } => Identity::TrustedNetwork,
             Source::Smtp { .. } => Identity::Anonymous,
             Source::Local { user, .. } => Identity::Local(user.clone()),
+            Source::Http { key, .. } => Identity::ApiKey(key.clone()),
         }
     }
 
     /// Who the per-user rate limits and priorities count: the authenticated user, else the
-    /// client certificate's identity; the local user.
+    /// client certificate's identity; the local user; the API key.
     fn user(&self) -> Option<&str> {
         match self {
             Source::Smtp { user: Some(user), .. } => Some(user),
             Source::Smtp { tls, .. } => tls.as_ref().and_then(|t| t.certificate_identity.as_deref()),
             Source::Local { user, .. } => Some(user),
+            Source::Http { key, .. } => Some(key),
         }
     }
 }
@@ -145,7 +150,7 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     if facts.received >= config.limits.max_hops {
         return Err(Refusal::TooManyHops);
     }
-    if let Source::Smtp { fix_ups: true, .. } = sub.source
+    if let Source::Smtp { fix_ups: true, .. } | Source::Http { .. } = sub.source
         && let Some(fixed) = crate::message::submission::fix_recipient_headers(&sub.body.head)
     {
         sub.body.head = fixed;
@@ -173,6 +178,20 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
             &facts,
         ),
         Source::Local { user, uid } => trace::local_prefix(hostname, &queue_id, user, *uid, single, now, &facts),
+        Source::Http { peer, tls, key, .. } => trace::prefix_fields(
+            &Trace {
+                helo: "api",
+                client_ip: peer.ip(),
+                hostname,
+                protocol: if tls.is_some() { "HTTPS" } else { "HTTP" },
+                queue_id: &queue_id,
+                single_recipient: single,
+                unix_time: now,
+                tls: tls.as_ref(),
+                identity: Some(&format!("api-key={key}")),
+            },
+            &facts,
+        ),
     };
     let user = sub.source.user().map(str::to_string);
     let (signed, body) = match &ctx.signer {
@@ -190,11 +209,16 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
             (helo.clone(), *local, tls, *default_priority)
         }
         Source::Local { .. } => ("localhost".to_string(), SocketAddr::new(client_ip, 0), "none".to_string(), 0),
+        Source::Http { local, tls, .. } => {
+            let tls = tls.as_ref().map(|t| format!("{} {}", t.version, t.cipher)).unwrap_or_else(|| "none".into());
+            ("api".to_string(), *local, tls, 0)
+        }
     };
     // MT-PRIORITY as given; else the (authenticated or local) user's default; else the listener's.
     let login = match &sub.source {
         Source::Smtp { user, .. } => user.as_deref(),
         Source::Local { user, .. } => Some(user.as_str()),
+        Source::Http { key, .. } => Some(key.as_str()),
     };
     let user_priority = login.and_then(|u| config.auth.user_priorities.get(u).copied());
     sub.params.priority = sub.params.priority.or(user_priority).or(Some(default_priority).filter(|&p| p != 0));

@@ -60,6 +60,8 @@ pub struct IntakeContext {
     pub accounting: Arc<crate::accounting::Accounting>,
     /// DKIM signing, when the config has entries (keys loaded with this generation).
     pub signer: Option<Arc<crate::dkim::Signer>>,
+    /// The HTTP API's keys (`api.keys_file`), read with this generation.
+    pub api_keys: Option<Arc<crate::http::keys::ApiKeys>>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -158,6 +160,10 @@ impl IntakeContext {
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
         let signer = crate::dkim::Signer::load(&config.dkim)?;
+        let api_keys = match &config.api.keys_file {
+            Some(path) => Some(Arc::new(crate::http::keys::ApiKeys::load(path)?)),
+            None => None,
+        };
         let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, accounting, .. } = carried;
         Ok(Arc::new(IntakeContext {
             relay,
@@ -177,6 +183,7 @@ impl IntakeContext {
             refusal_log,
             accounting,
             signer,
+            api_keys,
         }))
     }
 

@@ -50,7 +50,7 @@ pub struct Sources {
 /// Serves the metrics port until shutdown.
 pub async fn serve(listener: TcpListener, sources: Sources, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_address = PerAddress::default();
+    let per_address = PerAddress::new(MAX_PER_ADDRESS);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -78,19 +78,27 @@ pub async fn serve(listener: TcpListener, sources: Sources, mut shutdown: watch:
     }
 }
 
-/// Counts the open connections per peer address.
-#[derive(Clone, Default)]
-struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+/// Counts the open connections per peer address (also the HTTP API's).
+#[derive(Clone)]
+pub(crate) struct PerAddress {
+    table: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
 
 /// One connection's place in [`PerAddress`], given back on drop.
-struct AddressSlot {
+pub(crate) struct AddressSlot {
     table: PerAddress,
     address: IpAddr,
 }
 
 impl PerAddress {
+    /// At most `max` connections from one address.
+    pub(crate) fn new(max: usize) -> PerAddress {
+        PerAddress { table: Arc::default(), max }
+    }
+
     /// An IPv6 peer is counted by its /64 (one host commonly holds the whole prefix).
-    fn take(&self, address: IpAddr) -> Option<AddressSlot> {
+    pub(crate) fn take(&self, address: IpAddr) -> Option<AddressSlot> {
         let address = match address {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
@@ -98,9 +106,9 @@ impl PerAddress {
             },
             v4 => v4,
         };
-        let mut table = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let open = table.entry(address).or_insert(0);
-        if *open >= MAX_PER_ADDRESS {
+        if *open >= self.max {
             return None;
         }
         *open += 1;
@@ -110,7 +118,7 @@ impl PerAddress {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut table = self.table.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = self.table.table.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(open) = table.get_mut(&self.address) {
             *open -= 1;
             if *open == 0 {

@@ -29,6 +29,8 @@ pub const DELIVERY_CONNECTIONS_DISCARDED: &str = "sluice_delivery_connections_di
 pub const DELIVERY_CONVERTED_7BIT: &str = "sluice_delivery_converted_7bit_total";
 pub const DKIM_SIGNATURES: &str = "sluice_dkim_signatures_total";
 pub const DKIM_FAILURES: &str = "sluice_dkim_signing_failures_total";
+pub const API_REQUESTS: &str = "sluice_api_requests_total";
+pub const API_REQUEST_SECONDS: &str = "sluice_api_request_seconds";
 pub const DELIVERY_ATTEMPTS: &str = "sluice_delivery_attempts_total";
 pub const DELIVERED: &str = "sluice_delivery_delivered_total";
 pub const DEFERRED: &str = "sluice_delivery_deferred_total";
@@ -108,6 +110,8 @@ fn describe() {
     describe_counter!(DELIVERY_CONVERTED_7BIT, "8-bit messages converted to quoted-printable for a next hop without 8BITMIME");
     describe_counter!(DKIM_SIGNATURES, "DKIM signatures added at intake, by signing domain and algorithm");
     describe_counter!(DKIM_FAILURES, "Messages refused with 451 because a DKIM signature could not be made");
+    describe_counter!(API_REQUESTS, "HTTP API message requests, by key name (unknown for a key not in the keys file) and status");
+    describe_histogram!(API_REQUEST_SECONDS, Unit::Seconds, "HTTP API message requests, arrival to answer (202: every message durable)");
     describe_counter!(
         DELIVERY_CONNECTIONS_DISCARDED,
         "Pooled outbound connections found unusable (reason: closed by the peer, unread data, died in use before an answer)"

@@ -84,6 +84,8 @@ pub enum Identity {
     Certificate(String),
     /// A local system user, through `sluice sendmail`.
     Local(String),
+    /// The HTTP API, with this key (by its name).
+    ApiKey(String),
 }
 
 impl Envelope {
@@ -118,6 +120,7 @@ impl fmt::Display for Identity {
             Identity::Bounce => f.write_str("bounce"),
             Identity::Certificate(name) => write!(f, "certificate:{name}"),
             Identity::Local(user) => write!(f, "local:{user}"),
+            Identity::ApiKey(name) => write!(f, "api-key:{name}"),
         }
     }
 }

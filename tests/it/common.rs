@@ -54,7 +54,7 @@ pub fn config_yaml(dir: &Path, extra: &str) -> String {
             dir.join("maildrop").display()
         ));
     }
-    if !extra.contains("listeners:") {
+    if !extra.lines().any(|l| l.trim_start_matches("  - ").starts_with("listeners:") || l.starts_with("listeners:")) {
         yaml.push_str("listeners:\n  - { address: \"127.0.0.1:0\", mode: relay }\n");
     }
     yaml.push_str(&with_test_io(extra));

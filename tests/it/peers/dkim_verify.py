@@ -3,7 +3,8 @@
 keys up in the test DNS server on loopback (never the system resolver).
 
 Usage: dkim_verify.py MESSAGE_FILE DNS_IP DNS_PORT
-Prints one JSON list: for each signature, top first, {"d", "s", "a", "ok", "error"}.
+       dkim_verify.py MESSAGE_FILE --record NAME TEXT   (the record given, for tests/interop)
+Prints one JSON list: for each signature, top first, {"d", "s", "a", "h", "ok", "error"}.
 """
 import json
 import sys
@@ -14,12 +15,17 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-path, server, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+path = sys.argv[1]
+given = {sys.argv[3].rstrip(".").lower(): sys.argv[4].encode()} if sys.argv[2] == "--record" else None
+if given is None:
+    server, port = sys.argv[2], int(sys.argv[3])
 
 
 def txt(name, timeout=5):
     if isinstance(name, bytes):
         name = name.decode()
+    if given is not None:
+        return given.get(name.rstrip(".").lower())
     answer = dns.query.udp(dns.message.make_query(name, dns.rdatatype.TXT), server, port=port, timeout=timeout)
     for rrset in answer.answer:
         for record in rrset:

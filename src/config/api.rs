@@ -1,0 +1,80 @@
+//! The HTTP injection API: its listeners (`http_listeners`) and the `api` section.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListener {
+    pub address: SocketAddr,
+    /// HTTPS with the `tls` section's certificate; plain HTTP is allowed on loopback only,
+    /// as a bearer key in plain text is anyone's who can read the network.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// API keys, one per line: `NAME:SCOPES:SHA256-HEX` (scopes `inject`, `admin`, comma
+    /// separated; `sluice api-key NAME` prints a key and its line). Read again on reload.
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+    /// The largest request body accepted, in octets (413 above it).
+    #[serde(default = "default_max_request_size")]
+    pub max_request_size: u64,
+    /// Recipients of one request at most, all its messages together (422 above it).
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { keys_file: None, max_request_size: default_max_request_size(), max_recipients: default_max_recipients() }
+    }
+}
+
+fn default_max_request_size() -> u64 {
+    // A 25 MiB message grows by a third in base64 inside JSON.
+    36 * 1024 * 1024
+}
+
+fn default_max_recipients() -> usize {
+    1000
+}
+
+impl super::Config {
+    /// The checks of `http_listeners` and `api`: (key, message).
+    pub(super) fn check_api(&self) -> Result<(), (String, String)> {
+        for (i, l) in self.http_listeners.iter().enumerate() {
+            if l.tls && self.tls.is_none() {
+                return Err((format!("http_listeners[{i}].tls"), "needs a tls section".into()));
+            }
+            if !l.tls && !l.address.ip().is_loopback() {
+                let msg = format!("plain HTTP on {} would carry API keys in clear text; set tls: true, or listen on loopback", l.address);
+                return Err((format!("http_listeners[{i}].address"), msg));
+            }
+            let twice = l.address.port() != 0
+                && (self.http_listeners[..i].iter().any(|o| o.address == l.address)
+                    || self.listeners.iter().any(|o| o.address == l.address));
+            if twice {
+                return Err((format!("http_listeners[{i}].address"), format!("address {} is already used by another listener", l.address)));
+            }
+        }
+        match &self.api.keys_file {
+            None if !self.http_listeners.is_empty() => {
+                return Err(("api.keys_file".into(), "http_listeners need a keys file (sluice api-key NAME prints a line for it)".into()));
+            }
+            Some(path) if !path.is_file() => {
+                return Err(("api.keys_file".into(), format!("file {} does not exist", path.display())));
+            }
+            _ => {}
+        }
+        if self.api.max_recipients == 0 || self.api.max_request_size < 1024 {
+            return Err(("api".into(), "max_recipients must be positive and max_request_size at least 1024".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+//! The HTTP injection API (`http_listeners`): hyper, HTTP/1.1, plain on loopback or TLS with
+//! the intake's certificate. Requests carry `Authorization: Bearer KEY` (`keys`); answers are
+//! JSON, errors RFC 9457 problem documents (`problem`). `POST /api/v1/messages` (`inject`)
+//! hands each message to the one accept path and answers 202 with the queue ids only once the
+//! spool has made them durable, the promise SMTP's 250 makes.
+
+// A refusal is the rare path, made at most once per request: its size costs nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod inject;
+pub mod keys;
+pub mod problem;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::intake::IntakeContext;
+use crate::intake::accept::{self, Refusal, Source, Submission};
+use crate::live::Live;
+use crate::metrics as m;
+use crate::metrics::http::PerAddress;
+use crate::smtp::server::TlsInfo;
+use problem::Problem;
+
+/// Connections served at once per listener, and from one address (an IPv6 /64).
+const MAX_CONNECTIONS: usize = 512;
+const MAX_PER_ADDRESS: usize = 128;
+/// A request's header must arrive within this; a whole request (its body read, its messages
+/// made durable) within `REQUEST_TIMEOUT`; an idle keep-alive connection ends after that too.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One listener's settings.
+#[derive(Clone, Copy)]
+pub struct Listener {
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Serves one HTTP listener until shutdown; each request reads the intake generation in force
+/// (keys, limits, TLS certificate), so a reload applies to the next request.
+pub async fn serve(listener: TcpListener, settings: Listener, intake: Arc<Live<IntakeContext>>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = PerAddress::new(MAX_PER_ADDRESS);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Some(address_slot) = per_address.take(peer.ip()) else { continue };
+        let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+        let _ = stream.set_nodelay(true);
+        let intake = intake.clone();
+        tokio::spawn(async move {
+            if settings.tls {
+                let Some(acceptor) = intake.get().tls.clone() else { return };
+                let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else { return };
+                let info = crate::intake::tls::info(tls.get_ref().1, |_| None);
+                connection(TokioIo::new(tls), peer, settings.local, Some(info), intake).await;
+            } else {
+                connection(TokioIo::new(stream), peer, settings.local, None, intake).await;
+            }
+            drop(slot);
+            drop(address_slot);
+        });
+    }
+}
+
+async fn connection<S>(io: TokioIo<S>, peer: SocketAddr, local: SocketAddr, tls: Option<TlsInfo>, intake: Arc<Live<IntakeContext>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let (intake, tls) = (intake.clone(), tls.clone());
+        async move {
+            let ctx = intake.get();
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, route(req, &ctx, peer, local, tls)).await;
+            Ok::<_, Infallible>(answer.unwrap_or_else(|_| problem(Problem::new(503, "timeout", "The request took too long"))))
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, service);
+    let _ = connection.await;
+}
+
+type Answer = Response<Full<Bytes>>;
+
+async fn route(req: Request<Incoming>, ctx: &Arc<IntakeContext>, peer: SocketAddr, local: SocketAddr, tls: Option<TlsInfo>) -> Answer {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (path.as_str(), &method) {
+        ("/api/v1/messages", &Method::POST) => {
+            let started = Instant::now();
+            let key = match authorize(&req, ctx, |s| s.inject) {
+                Ok(key) => key,
+                Err(p) => return problem(p),
+            };
+            let answer = match messages(req, ctx, &key, peer, local, tls).await {
+                Ok(accepted) => json(StatusCode::ACCEPTED, &accepted),
+                Err(p) => problem(p),
+            };
+            let status = answer.status().as_u16().to_string();
+            metrics::counter!(m::API_REQUESTS, "key" => key, "status" => status).increment(1);
+            metrics::histogram!(m::API_REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
+            answer
+        }
+        ("/api/v1/messages", _) => problem(Problem::new(405, "method-not-allowed", "Method not allowed").detail("POST only")),
+        _ => problem(Problem::new(404, "not-found", "No such endpoint").detail(format!("{method} {path}"))),
+    }
+}
+
+/// The key's name when the request carries a key with the scope `allowed` asks for.
+fn authorize(req: &Request<Incoming>, ctx: &IntakeContext, allowed: impl Fn(&keys::Scopes) -> bool) -> Result<String, Problem> {
+    let Some(keys) = &ctx.api_keys else { return Err(Problem::unauthorized("no API keys are configured")) };
+    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = presented.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))) else {
+        return Err(Problem::unauthorized("send Authorization: Bearer KEY"));
+    };
+    let Some(key) = keys.find(token.trim()) else {
+        metrics::counter!(m::API_REQUESTS, "key" => "unknown", "status" => "401").increment(1);
+        tracing::warn!(client = %"api", "API request with an unknown key refused");
+        return Err(Problem::unauthorized("the key is not known"));
+    };
+    if !allowed(&key.scopes) {
+        return Err(Problem::new(403, "forbidden", "The key lacks the scope for this").detail(format!("key {}", key.name)));
+    }
+    Ok(key.name.clone())
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    messages: Vec<AcceptedMessage>,
+}
+
+#[derive(Serialize)]
+struct AcceptedMessage {
+    queue_id: String,
+    recipients: Vec<String>,
+}
+
+async fn messages(
+    req: Request<Incoming>,
+    ctx: &Arc<IntakeContext>,
+    key: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+) -> Result<Accepted, Problem> {
+    let json_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
+        let t = t.split(';').next().unwrap_or("").trim();
+        t.eq_ignore_ascii_case("application/json")
+    });
+    if !json_type {
+        return Err(Problem::new(415, "unsupported-media-type", "The body must be JSON").detail("Content-Type: application/json"));
+    }
+    if let Some(reply) = ctx.rates.gate(peer.ip(), Some(key)) {
+        let mut p = Problem::new(429, "rate-limited", "Too many messages from this key").detail(reply.lines.join(" "));
+        p.retry_after = Some(1);
+        return Err(p);
+    }
+    let limit = ctx.config.api.max_request_size;
+    let body = Limited::new(req.into_body(), limit as usize).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            Problem::new(413, "too-large", "The request is too large").detail(format!("at most {limit} octets (api.max_request_size)"))
+        } else {
+            Problem::new(400, "bad-request", "The request body could not be read").detail(e.to_string())
+        }
+    })?;
+    let request: inject::MessageRequest = serde_json::from_slice(&body.to_bytes())
+        .map_err(|e| Problem::new(400, "malformed-json", "The body is not the JSON this endpoint takes").detail(e.to_string()))?;
+    let limits = inject::Limits {
+        max_recipients: ctx.config.api.max_recipients,
+        max_message_size: ctx.config.limits.max_message_size,
+        hostname: ctx.config.hostname.0.clone(),
+    };
+    let prepared = inject::prepare(request, &limits)?;
+    let mut accepted = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let recipients = p.recipients.iter().map(|(m, _)| m.to_string()).collect();
+        let mut buffer = ctx.body_buffer();
+        buffer.push(p.message).await;
+        let body = match buffer.finish().await {
+            Ok(body) => body,
+            Err(e) => return Err(refused(Refusal::Body(e), &accepted)),
+        };
+        let source = Source::Http { peer, local, key: key.to_string(), tls: tls.clone() };
+        let submission = Submission { from: p.from, params: p.params, recipients: p.recipients, body, source };
+        match accept::accept(ctx, submission).await {
+            Ok(queue_id) => accepted.push(AcceptedMessage { queue_id, recipients }),
+            Err(refusal) => return Err(refused(refusal, &accepted)),
+        }
+    }
+    Ok(Accepted { messages: accepted })
+}
+
+/// The problem for a message the accept path refused, naming those already queued.
+fn refused(refusal: Refusal, queued: &[AcceptedMessage]) -> Problem {
+    let mut p = match &refusal {
+        Refusal::TooManyHops => Problem::invalid("/raw", refusal.to_string()),
+        Refusal::Body(crate::intake::body::BodyError::HeaderTooBig { .. }) => Problem::invalid("/raw", refusal.to_string()),
+        _ => {
+            let mut p = Problem::new(503, "unavailable", "The message could not be queued now").detail(refusal.to_string());
+            p.retry_after = Some(5);
+            p
+        }
+    };
+    p.queued = queued.iter().map(|q| q.queue_id.clone()).collect();
+    p
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Answer {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn problem(p: Problem) -> Answer {
+    let status = StatusCode::from_u16(p.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json(status, &p);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    if let Some(seconds) = p.retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
