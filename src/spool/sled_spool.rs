@@ -485,7 +485,10 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// sled writes nodes larger than a quarter segment to `blobs/` and never fsyncs them.
+/// sled writes nodes larger than a quarter segment to `blobs/` and never fsyncs them. A blob
+/// listed and then gone (sled deletes one once the node it held is superseded, on its own
+/// threads, at any moment) needs no sync: what replaced it is in `db` or in a newer blob. (Taken
+/// for a failed fsync, it poisoned the spool under load with envelopes of 100 recipients.)
 fn sync_new_blobs(dir: &Path, synced: &mut HashSet<PathBuf>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -497,7 +500,11 @@ fn sync_new_blobs(dir: &Path, synced: &mut HashSet<PathBuf>) -> io::Result<()> {
     for entry in entries {
         let path = entry?.path();
         if !synced.contains(&path) {
-            File::open(&path)?.sync_data()?;
+            match File::open(&path) {
+                Ok(file) => file.sync_data()?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
             any_new = true;
         }
         present.insert(path);

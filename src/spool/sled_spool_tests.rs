@@ -260,3 +260,17 @@ fn apply_stores_a_bounce_and_updates_its_cause_together() {
     assert_eq!(spool.read_body(&spool.get(&bounce).unwrap()).unwrap(), b"bounce\r\n");
     assert_eq!(spool.due(u64::MAX - 1, 10).unwrap(), vec![bounce], "only the bounce is queued");
 }
+
+#[test]
+fn a_blob_that_sled_deleted_after_the_listing_is_not_a_failed_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    fs::create_dir(&blobs).unwrap();
+    fs::write(blobs.join("1"), b"node").unwrap();
+    // Listed, then gone before it is opened: what a dangling link looks like to the sync.
+    std::os::unix::fs::symlink(blobs.join("deleted"), blobs.join("2")).unwrap();
+    let mut synced = HashSet::new();
+    sync_new_blobs(&blobs, &mut synced).expect("a vanished blob is skipped");
+    assert!(synced.contains(&blobs.join("1")) && !synced.contains(&blobs.join("2")));
+}
+
