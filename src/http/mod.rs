@@ -194,24 +194,55 @@ async fn messages(
         hostname: ctx.config.hostname.0.clone(),
     };
     let prepared = inject::prepare(request, &limits)?;
-    let mut accepted = Vec::with_capacity(prepared.len());
-    for p in prepared {
-        let recipients = p.recipients.iter().map(|(m, _)| m.to_string()).collect();
-        let mut buffer = ctx.body_buffer();
-        buffer.push(p.message).await;
-        let body = match buffer.finish().await {
-            Ok(body) => body,
-            Err(e) => return Err(refused(Refusal::Body(e), &accepted)),
-        };
-        let source = Source::Http { peer, local, key: key.to_string(), tls: tls.clone() };
-        let submission = Submission { from: p.from, params: p.params, recipients: p.recipients, body, source };
-        match accept::accept(ctx, submission).await {
-            Ok(queue_id) => accepted.push(AcceptedMessage { queue_id, recipients }),
-            Err(refusal) => return Err(refused(refusal, &accepted)),
+    // The messages of one request are accepted side by side (at most ACCEPT_AT_ONCE), so they
+    // share group commits instead of waiting for one fsync each.
+    let count = prepared.len();
+    let mut results: Vec<Option<Result<String, Refusal>>> = (0..count).map(|_| None).collect();
+    let mut recipients = Vec::with_capacity(count);
+    let mut running = tokio::task::JoinSet::new();
+    for (i, p) in prepared.into_iter().enumerate() {
+        recipients.push(p.recipients.iter().map(|(m, _)| m.to_string()).collect::<Vec<_>>());
+        if running.len() >= ACCEPT_AT_ONCE
+            && let Some(Ok((done, result))) = running.join_next().await
+        {
+            results[done] = Some(result);
+        }
+        let (ctx, source) = (ctx.clone(), Source::Http { peer, local, key: key.to_string(), tls: tls.clone() });
+        running.spawn(async move {
+            let mut buffer = ctx.body_buffer();
+            buffer.push(p.message).await;
+            let result = match buffer.finish().await {
+                Ok(body) => {
+                    let submission = Submission { from: p.from, params: p.params, recipients: p.recipients, body, source };
+                    accept::accept(&ctx, submission).await
+                }
+                Err(e) => Err(Refusal::Body(e)),
+            };
+            (i, result)
+        });
+    }
+    while let Some(joined) = running.join_next().await {
+        if let Ok((done, result)) = joined {
+            results[done] = Some(result);
         }
     }
-    Ok(Accepted { messages: accepted })
+    let mut accepted = Vec::with_capacity(count);
+    let mut first_refusal = None;
+    for (result, recipients) in results.into_iter().zip(recipients) {
+        match result {
+            Some(Ok(queue_id)) => accepted.push(AcceptedMessage { queue_id, recipients }),
+            Some(Err(refusal)) => first_refusal = first_refusal.or(Some(refusal)),
+            None => first_refusal = first_refusal.or(Some(Refusal::Spool(crate::spool::SpoolError::Io("the accept task failed".into())))),
+        }
+    }
+    match first_refusal {
+        Some(refusal) => Err(refused(refusal, &accepted)),
+        None => Ok(Accepted { messages: accepted }),
+    }
 }
+
+/// Messages of one request in the accept path at once.
+const ACCEPT_AT_ONCE: usize = 32;
 
 /// The problem for a message the accept path refused, naming those already queued.
 fn refused(refusal: Refusal, queued: &[AcceptedMessage]) -> Problem {

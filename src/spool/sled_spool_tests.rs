@@ -273,4 +273,3 @@ fn a_blob_that_sled_deleted_after_the_listing_is_not_a_failed_fsync() {
     sync_new_blobs(&blobs, &mut synced).expect("a vanished blob is skipped");
     assert!(synced.contains(&blobs.join("1")) && !synced.contains(&blobs.join("2")));
 }
-
