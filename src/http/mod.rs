@@ -33,6 +33,12 @@ use crate::metrics::http::PerAddress;
 use crate::smtp::server::TlsInfo;
 use problem::Problem;
 
+/// Every endpoint, as `docs/openapi.json` lists them (a test holds the two in step).
+pub const ROUTES: &[(&str, &str)] = &[("POST", "/api/v1/messages"), ("GET", "/api/v1/openapi.json")];
+
+/// The OpenAPI document, served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
 /// Connections served at once per listener, and from one address (an IPv6 /64).
 const MAX_CONNECTIONS: usize = 512;
 const MAX_PER_ADDRESS: usize = 128;
@@ -124,7 +130,20 @@ async fn route(req: Request<Incoming>, ctx: &Arc<IntakeContext>, peer: SocketAdd
             metrics::histogram!(m::API_REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
             answer
         }
-        ("/api/v1/messages", _) => problem(Problem::new(405, "method-not-allowed", "Method not allowed").detail("POST only")),
+        ("/api/v1/openapi.json", &Method::GET) => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        (known, _) if ROUTES.iter().any(|(_, p)| *p == known) => {
+            let allowed: Vec<&str> = ROUTES.iter().filter(|(_, p)| *p == known).map(|(m, _)| *m).collect();
+            let mut answer =
+                problem(Problem::new(405, "method-not-allowed", "Method not allowed").detail(format!("{} only", allowed.join(", "))));
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                answer.headers_mut().insert(header::ALLOW, v);
+            }
+            answer
+        }
         _ => problem(Problem::new(404, "not-found", "No such endpoint").detail(format!("{method} {path}"))),
     }
 }
@@ -280,4 +299,47 @@ fn problem(p: Problem) -> Answer {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.push((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut routes: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
+
+    #[test]
+    fn the_documented_request_fields_are_the_ones_the_endpoint_takes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let properties = doc["components"]["schemas"]["MessageRequest"]["properties"].as_object().unwrap();
+        for name in properties.keys() {
+            let err = serde_json::from_value::<inject::MessageRequest>(serde_json::json!({ name.as_str(): null }))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!err.contains("unknown field"), "{name} is documented but not taken: {err}");
+        }
+        // And a field the document lacks is refused, so the check above means something.
+        let err = serde_json::from_value::<inject::MessageRequest>(serde_json::json!({"recipients": []})).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+        let fields = err.split("expected one of ").nth(1).unwrap_or_default();
+        let taken = fields.split(", ").map(|f| f.trim_matches('`').to_string()).collect::<Vec<_>>();
+        let mut documented: Vec<String> = properties.keys().cloned().collect();
+        let mut taken_sorted = taken.clone();
+        documented.sort();
+        taken_sorted.sort();
+        assert_eq!(documented, taken_sorted, "every field the endpoint takes is documented");
+    }
 }

@@ -202,6 +202,19 @@ fn every_refusal_is_a_problem_document_naming_what_is_wrong() {
     let (status, head, text) = curl(api.addr, "GET", "/api/v1/nothing", Some(&api.key), "application/json", b"");
     assert_eq!(status, 404);
     problem(404, &head, &text);
+    // The OpenAPI document is served, and every endpoint it lists answers (neither 404 nor 405).
+    let (status, _, text) = curl(api.addr, "GET", "/api/v1/openapi.json", None, "application/json", b"");
+    assert_eq!(status, 200);
+    let served: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap()).unwrap();
+    assert_eq!(served, committed);
+    for (path, item) in committed["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let (status, _, _) = curl(api.addr, &method.to_ascii_uppercase(), path, Some(&api.key), "application/json", b"{}");
+            assert!(status != 404 && status != 405, "{method} {path}: {status}");
+        }
+    }
     // Fields at fault, each named by its JSON Pointer.
     let cases = [
         (serde_json::json!({"from": "a@shop.test", "to": ["b@dest.test", "not an address"], "text": "t"}), 422, "/to/1"),
