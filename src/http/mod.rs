@@ -198,6 +198,25 @@ async fn messages(
         return Err(p);
     }
     let limit = ctx.config.api.max_request_size;
+    // Request bodies are held whole while they arrive: past the free share each one takes its
+    // declared size (or the largest allowed) from the intake memory budget, so many clients
+    // sending large requests at once get 503 instead of the daemon's memory.
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Problem::new(413, "too-large", "The request is too large").detail(format!("at most {limit} octets (api.max_request_size)")));
+    }
+    let needed = declared.unwrap_or(limit).saturating_sub(crate::intake::body::FREE_BYTES as u64) as usize;
+    let _charge = match needed {
+        0 => None,
+        n => match ctx.body_memory.charge(n, ctx.config.limits.intake_memory) {
+            Some(charge) => Some(charge),
+            None => {
+                let mut p = Problem::new(503, "busy", "Too much mail is arriving at once").detail("limits.intake_memory is in use; try again");
+                p.retry_after = Some(1);
+                return Err(p);
+            }
+        },
+    };
     let body = Limited::new(req.into_body(), limit as usize).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             Problem::new(413, "too-large", "The request is too large").detail(format!("at most {limit} octets (api.max_request_size)"))

@@ -38,10 +38,17 @@ impl MemoryBudget {
     fn try_take(&self, n: usize, limit: usize) -> bool {
         self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| used.checked_add(n).filter(|&u| u <= limit)).is_ok()
     }
+
+    /// `n` bytes of the budget (of `limit` in all) for something else held in memory while it
+    /// arrives (an HTTP API request), given back when the charge is dropped; `None` when the
+    /// budget does not have them.
+    pub fn charge(self: &Arc<Self>, n: usize, limit: usize) -> Option<Charge> {
+        self.try_take(n, limit).then(|| Charge { budget: self.clone(), bytes: n })
+    }
 }
 
 /// Bytes one body holds of the budget, given back when the body is dropped.
-struct Charge {
+pub struct Charge {
     budget: Arc<MemoryBudget>,
     bytes: usize,
 }

@@ -75,7 +75,7 @@ fn start(dir: &Path, dest: &Dest) -> (Daemon, Api, TestDns) {
     let record: String = out.lines().find(|l| l.contains(" IN TXT ")).unwrap().split('"').skip(1).step_by(2).collect();
     let dns = TestDns::start(Zone::default().txt("ed._domainkey.shop.test", &record));
     let extra = format!(
-        "http_listeners: [{{ address: \"127.0.0.1:0\" }}]\napi: {{ keys_file: {d}/api.keys, max_recipients: 5, max_request_size: 200000 }}\ndkim:\n  sign:\n    - {{ domain: shop.test, selector: ed, key: {d}/ed.key }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{port}\"\n  retry: [1s]\n",
+        "http_listeners: [{{ address: \"127.0.0.1:0\" }}]\napi: {{ keys_file: {d}/api.keys, max_recipients: 5, max_request_size: 200000 }}\nlimits: {{ intake_memory: 100000 }}\ndkim:\n  sign:\n    - {{ domain: shop.test, selector: ed, key: {d}/ed.key }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{port}\"\n  retry: [1s]\n",
         d = dir.display(),
         port = dest.addr.port()
     );
@@ -196,6 +196,13 @@ fn every_refusal_is_a_problem_document_naming_what_is_wrong() {
     let (status, head, text) = curl(api.addr, "POST", "/api/v1/messages", Some(&api.key), "application/json", huge.to_string().as_bytes());
     assert_eq!(status, 413);
     problem(413, &head, &text);
+    // Within api.max_request_size but more than the intake memory budget has: 503, and the
+    // budget is whole again afterwards.
+    let big = serde_json::json!({"from": "a@shop.test", "to": ["b@dest.test"], "subject": "s", "text": "x".repeat(180_000)});
+    let (status, head, text) = curl(api.addr, "POST", "/api/v1/messages", Some(&api.key), "application/json", big.to_string().as_bytes());
+    assert_eq!(status, 503);
+    assert!(head.to_ascii_lowercase().contains("retry-after: 1"), "{head}");
+    assert_eq!(problem(503, &head, &text)["type"], "/api/v1/problems/busy");
     let (status, head, text) = curl(api.addr, "GET", "/api/v1/messages", Some(&api.key), "application/json", b"");
     assert_eq!(status, 405);
     problem(405, &head, &text);
@@ -263,6 +270,13 @@ fn every_refusal_is_a_problem_document_naming_what_is_wrong() {
     assert!(dest.state.lock().unwrap().transactions.is_empty());
     let (status, answer) = api.post(&good);
     assert_eq!(status, 202, "{answer}");
+    // Two requests that each take most of the budget, one after the other: the first gave its
+    // share back.
+    let medium = serde_json::json!({"from": "a@shop.test", "to": ["b@dest.test"], "subject": "s", "text": "y".repeat(130_000)});
+    for _ in 0..2 {
+        let (status, answer) = api.post(&medium);
+        assert_eq!(status, 202, "{answer}");
+    }
 }
 
 fn base64_encode(bytes: &[u8]) -> String {
