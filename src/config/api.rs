@@ -28,17 +28,30 @@ pub struct ApiConfig {
     /// Recipients of one request at most, all its messages together (422 above it).
     #[serde(default = "default_max_recipients")]
     pub max_recipients: usize,
+    /// How long the answer to a request with an `Idempotency-Key` header is kept (durably, in
+    /// the spool): a retry with the same key within it gets that answer, nothing is sent twice.
+    #[serde(default = "default_idempotency_ttl")]
+    pub idempotency_ttl: super::HumanDuration,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { keys_file: None, max_request_size: default_max_request_size(), max_recipients: default_max_recipients() }
+        ApiConfig {
+            keys_file: None,
+            max_request_size: default_max_request_size(),
+            max_recipients: default_max_recipients(),
+            idempotency_ttl: default_idempotency_ttl(),
+        }
     }
 }
 
 fn default_max_request_size() -> u64 {
     // A 25 MiB message grows by a third in base64 inside JSON.
     36 * 1024 * 1024
+}
+
+fn default_idempotency_ttl() -> super::HumanDuration {
+    super::HumanDuration(std::time::Duration::from_secs(24 * 3600))
 }
 
 fn default_max_recipients() -> usize {
@@ -74,6 +87,9 @@ impl super::Config {
         }
         if self.api.max_recipients == 0 || self.api.max_request_size < 1024 {
             return Err(("api".into(), "max_recipients must be positive and max_request_size at least 1024".into()));
+        }
+        if self.api.idempotency_ttl.0 < std::time::Duration::from_secs(60) {
+            return Err(("api.idempotency_ttl".into(), "must be at least 1min (a client's retries come later than that)".into()));
         }
         Ok(())
     }

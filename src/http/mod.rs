@@ -7,6 +7,7 @@
 // A refusal is the rare path, made at most once per request: its size costs nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod idempotency;
 pub mod inject;
 pub mod keys;
 pub mod problem;
@@ -122,7 +123,12 @@ async fn route(req: Request<Incoming>, ctx: &Arc<IntakeContext>, peer: SocketAdd
                 Err(p) => return problem(p),
             };
             let answer = match messages(req, ctx, &key, peer, local, tls).await {
-                Ok(accepted) => json(StatusCode::ACCEPTED, &accepted),
+                Ok(Answered::Fresh(accepted)) => json(StatusCode::ACCEPTED, &accepted),
+                Ok(Answered::Replayed(first)) => {
+                    let mut answer = json(StatusCode::ACCEPTED, &first);
+                    answer.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+                    answer
+                }
                 Err(p) => problem(p),
             };
             let status = answer.status().as_u16().to_string();
@@ -166,6 +172,12 @@ fn authorize(req: &Request<Incoming>, ctx: &IntakeContext, allowed: impl Fn(&key
     Ok(key.name.clone())
 }
 
+enum Answered {
+    Fresh(serde_json::Value),
+    /// The answer to the first request with this Idempotency-Key.
+    Replayed(serde_json::Value),
+}
+
 #[derive(Serialize)]
 struct Accepted {
     messages: Vec<AcceptedMessage>,
@@ -184,7 +196,8 @@ async fn messages(
     peer: SocketAddr,
     local: SocketAddr,
     tls: Option<TlsInfo>,
-) -> Result<Accepted, Problem> {
+) -> Result<Answered, Problem> {
+    let idempotency_key = idempotency::header(req.headers())?;
     let json_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
         let t = t.split(';').next().unwrap_or("").trim();
         t.eq_ignore_ascii_case("application/json")
@@ -203,7 +216,9 @@ async fn messages(
     // sending large requests at once get 503 instead of the daemon's memory.
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
-        return Err(Problem::new(413, "too-large", "The request is too large").detail(format!("at most {limit} octets (api.max_request_size)")));
+        return Err(
+            Problem::new(413, "too-large", "The request is too large").detail(format!("at most {limit} octets (api.max_request_size)"))
+        );
     }
     let needed = declared.unwrap_or(limit).saturating_sub(crate::intake::body::FREE_BYTES as u64) as usize;
     let _charge = match needed {
@@ -211,7 +226,8 @@ async fn messages(
         n => match ctx.body_memory.charge(n, ctx.config.limits.intake_memory) {
             Some(charge) => Some(charge),
             None => {
-                let mut p = Problem::new(503, "busy", "Too much mail is arriving at once").detail("limits.intake_memory is in use; try again");
+                let mut p =
+                    Problem::new(503, "busy", "Too much mail is arriving at once").detail("limits.intake_memory is in use; try again");
                 p.retry_after = Some(1);
                 return Err(p);
             }
@@ -224,7 +240,15 @@ async fn messages(
             Problem::new(400, "bad-request", "The request body could not be read").detail(e.to_string())
         }
     })?;
-    let request: inject::MessageRequest = serde_json::from_slice(&body.to_bytes())
+    let body = body.to_bytes();
+    let claim = match &idempotency_key {
+        Some(k) => match idempotency::begin(ctx, key, k, &body)? {
+            idempotency::Lookup::Replay(first) => return Ok(Answered::Replayed(first)),
+            idempotency::Lookup::Fresh(claim) => Some(claim),
+        },
+        None => None,
+    };
+    let request: inject::MessageRequest = serde_json::from_slice(&body)
         .map_err(|e| Problem::new(400, "malformed-json", "The body is not the JSON this endpoint takes").detail(e.to_string()))?;
     let limits = inject::Limits {
         max_recipients: ctx.config.api.max_recipients,
@@ -273,10 +297,14 @@ async fn messages(
             None => first_refusal = first_refusal.or(Some(Refusal::Spool(crate::spool::SpoolError::Io("the accept task failed".into())))),
         }
     }
-    match first_refusal {
-        Some(refusal) => Err(refused(refusal, &accepted)),
-        None => Ok(Accepted { messages: accepted }),
+    if let Some(refusal) = first_refusal {
+        return Err(refused(refusal, &accepted));
     }
+    let answer = serde_json::to_value(Accepted { messages: accepted }).unwrap_or_default();
+    if let Some(claim) = &claim {
+        idempotency::remember(ctx, claim, &answer).await;
+    }
+    Ok(Answered::Fresh(answer))
 }
 
 /// Messages of one request in the accept path at once.

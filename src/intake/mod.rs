@@ -62,6 +62,8 @@ pub struct IntakeContext {
     pub signer: Option<Arc<crate::dkim::Signer>>,
     /// The HTTP API's keys (`api.keys_file`), read with this generation.
     pub api_keys: Option<Arc<crate::http::keys::ApiKeys>>,
+    /// Idempotency keys of HTTP requests being served now (a second request with one gets 409).
+    pub api_in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -76,6 +78,7 @@ struct Carried {
     body_memory: Arc<body::MemoryBudget>,
     refusal_log: Arc<refusals::RefusalLog>,
     accounting: Arc<crate::accounting::Accounting>,
+    api_in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 impl IntakeContext {
@@ -93,6 +96,7 @@ impl IntakeContext {
             body_memory: Arc::default(),
             refusal_log: Arc::default(),
             accounting,
+            api_in_flight: Arc::default(),
         };
         Self::build(config, carried)
     }
@@ -110,6 +114,7 @@ impl IntakeContext {
             body_memory: self.body_memory.clone(),
             refusal_log: self.refusal_log.clone(),
             accounting: self.accounting.clone(),
+            api_in_flight: self.api_in_flight.clone(),
         };
         Self::build(config, carried)
     }
@@ -164,7 +169,7 @@ impl IntakeContext {
             Some(path) => Some(Arc::new(crate::http::keys::ApiKeys::load(path)?)),
             None => None,
         };
-        let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, accounting, .. } = carried;
+        let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, accounting, api_in_flight, .. } = carried;
         Ok(Arc::new(IntakeContext {
             relay,
             submission,
@@ -184,6 +189,7 @@ impl IntakeContext {
             accounting,
             signer,
             api_keys,
+            api_in_flight,
         }))
     }
 

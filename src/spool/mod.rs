@@ -297,6 +297,19 @@ pub trait Spool: SpoolRead {
     fn remove(&self, queue_id: &str) -> Result<Durable, SpoolError> {
         self.apply(Changes { remove: vec![queue_id.to_string()], ..Changes::default() })
     }
+    /// Keeps the HTTP API's answer to a request with an idempotency key until `expires` (unix
+    /// seconds), durably once the result resolves.
+    fn remember(&self, _key: &str, _expires: u64, _answer: &[u8]) -> Result<Durable, SpoolError> {
+        Err(SpoolError::Io("this spool keeps no idempotency records".into()))
+    }
+    /// The answer kept for `key`, unless it expired by `now`.
+    fn recall(&self, _key: &str, _now: u64) -> Result<Option<Vec<u8>>, SpoolError> {
+        Ok(None)
+    }
+    /// Drops the answers expired by `now`; how many.
+    fn forget_expired(&self, _now: u64) -> Result<usize, SpoolError> {
+        Ok(0)
+    }
     /// Queue ids whose next attempt is due at `now` (unix seconds), earliest first.
     fn due(&self, now: u64, limit: usize) -> Result<Vec<String>, SpoolError>;
     /// The earliest scheduled attempt (unix seconds), if any message is queued.

@@ -54,6 +54,8 @@ const SPACE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct SledSpool {
     messages: sled::Tree,
+    /// HTTP API answers by idempotency key: `expires (u64 BE) ++ answer`.
+    answers: sled::Tree,
     segments: Segments,
     commits: Arc<CommitQueue>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -80,6 +82,7 @@ impl SledSpool {
         let db = open_index(&index_dir, cfg.cache_capacity)?;
         let messages = db.open_tree("messages")?;
         let meta = db.open_tree("meta")?;
+        let answers = db.open_tree("answers")?;
 
         // Recovery streams over the index and decodes only what it needs, so a spool of a
         // million deferred messages does not pass through memory all at once.
@@ -163,6 +166,7 @@ impl SledSpool {
         tracing::info!(path = %cfg.path.display(), messages = recovered, "spool opened");
         Ok(Arc::new(SledSpool {
             messages,
+            answers,
             segments,
             commits,
             committer: Mutex::new(Some(committer)),
@@ -368,6 +372,37 @@ impl Spool for SledSpool {
         let stores = changes.store.iter().map(|(e, b)| (e.clone(), [b.as_slice()])).collect::<Vec<_>>();
         let stores = stores.iter().map(|(e, b)| (e.clone(), &b[..], None)).collect();
         self.apply_parts(stores, &changes.update, &changes.remove)
+    }
+
+    fn remember(&self, key: &str, expires: u64, answer: &[u8]) -> Result<Durable, SpoolError> {
+        if self.commits.is_poisoned() {
+            return Err(SpoolError::Poisoned);
+        }
+        let mut value = expires.to_be_bytes().to_vec();
+        value.extend_from_slice(answer);
+        self.answers.insert(key.as_bytes(), value)?;
+        Ok(self.commits.request(Request::default()))
+    }
+
+    fn recall(&self, key: &str, now: u64) -> Result<Option<Vec<u8>>, SpoolError> {
+        let Some(value) = self.answers.get(key.as_bytes())? else { return Ok(None) };
+        let expires = value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+        Ok((expires > now).then(|| value[8..].to_vec()))
+    }
+
+    fn forget_expired(&self, now: u64) -> Result<usize, SpoolError> {
+        let mut gone = 0;
+        for item in self.answers.iter() {
+            let (key, value) = item?;
+            let expires = value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+            if expires <= now {
+                // Not made durable by itself: a forgotten answer that comes back after a crash
+                // is expired and forgotten again.
+                self.answers.remove(key)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     fn due(&self, now: u64, limit: usize) -> Result<Vec<String>, SpoolError> {

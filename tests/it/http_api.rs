@@ -80,16 +80,62 @@ fn start(dir: &Path, dest: &Dest) -> (Daemon, Api, TestDns) {
         port = dest.addr.port()
     );
     let daemon = Daemon::spawn(dir, &extra, &[]);
+    let addr = http_addr(&daemon);
+    (daemon, Api { addr, key, admin_key }, dns)
+}
+
+fn http_addr(daemon: &Daemon) -> SocketAddr {
     let log = daemon.log_text();
-    let addr = log
-        .lines()
+    log.lines()
         .find(|l| l.contains("http api bound"))
         .and_then(|l| l.split("address=").nth(1))
         .and_then(|r| r.split_whitespace().next())
         .unwrap_or_else(|| panic!("no http listener in {log}"))
         .parse()
+        .unwrap()
+}
+
+/// (status, headers, JSON body) of a POST with an Idempotency-Key header.
+fn post_once(addr: SocketAddr, key: &str, idempotency_key: &str, body: &serde_json::Value) -> (u16, String, serde_json::Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "-D", "-", "-H", "Content-Type: application/json", "-H", &format!("Authorization: Bearer {key}")])
+        .args(["-H", &format!("Idempotency-Key: {idempotency_key}"), "--data-binary", &body.to_string()])
+        .arg(format!("http://{addr}/api/v1/messages"))
+        .output()
         .unwrap();
-    (daemon, Api { addr, key, admin_key }, dns)
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), serde_json::from_str(body).unwrap())
+}
+
+#[test]
+fn a_retried_request_with_an_idempotency_key_gets_the_first_answer_even_after_a_crash() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, api, _dns) = start(dir.path(), &dest);
+    let order = serde_json::json!({"from": "a@shop.test", "to": ["b@dest.test"], "subject": "order 7", "text": "once"});
+    let (status, head, first) = post_once(api.addr, &api.key, "order-7", &order);
+    assert_eq!(status, 202, "{first}");
+    assert!(!head.contains("idempotent-replayed"), "{head}");
+    let (status, head, again) = post_once(api.addr, &api.key, "order-7", &order);
+    assert_eq!((status, &again), (202, &first));
+    assert!(head.contains("idempotent-replayed: true"), "{head}");
+    // The same key for another request is refused; a key with a space is not a key.
+    let other = serde_json::json!({"from": "a@shop.test", "to": ["c@dest.test"], "subject": "order 8", "text": "x"});
+    let (status, _, p) = post_once(api.addr, &api.key, "order-7", &other);
+    assert_eq!((status, p["type"].as_str()), (422, Some("/api/v1/problems/idempotency-key-reused")), "{p}");
+    let (status, _, p) = post_once(api.addr, &api.key, "two words", &order);
+    assert_eq!((status, p["type"].as_str()), (400, Some("/api/v1/problems/invalid-idempotency-key")), "{p}");
+    // Killed and started again: the answer was kept durably.
+    daemon.kill9();
+    let daemon = Daemon::spawn(dir.path(), "", &[]);
+    let (status, head, after) = post_once(http_addr(&daemon), &api.key, "order-7", &order);
+    assert_eq!((status, &after), (202, &first), "{head}");
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = dest.state.lock().unwrap().transactions.iter().filter(|t| t.body.contains("Subject: order 7")).count();
+    assert_eq!(sent, 1, "queued once for three requests: {got:?}");
 }
 
 fn verify_dkim(message: &str, dns: &TestDns) -> bool {
