@@ -42,8 +42,8 @@ pub struct DkimSignature {
     /// The signing domain (`d=`); default: `domain` (for `*.example.com`, `example.com`).
     #[serde(default)]
     pub signing_domain: Option<String>,
-    /// Only mail from these senders: authenticated users, client-certificate identities and
-    /// local users (default: everyone).
+    /// Only mail from these senders: authenticated users, client-certificate identities, local
+    /// users, and HTTP API keys as `api-key:NAME` (default: everyone).
     #[serde(default)]
     pub users: Vec<String>,
 }

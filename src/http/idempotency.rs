@@ -6,7 +6,7 @@
 //! commit and before the answer's (one commit, a few milliseconds) lets a retry queue again.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -86,10 +86,11 @@ pub fn begin(ctx: &IntakeContext, owner: &str, key: &str, body: &[u8]) -> Result
     }
 }
 
-static REMEMBERED: AtomicU64 = AtomicU64::new(0);
+static PRUNED_HOUR: AtomicU64 = AtomicU64::new(0);
+static PRUNING: AtomicBool = AtomicBool::new(false);
 
-/// Keeps `answer` for the claimed key, durably before this returns; every 1,024th answer also
-/// drops the expired ones. A failure is logged: the messages are queued either way.
+/// Keeps `answer` for the claimed key, durably before this returns; the first answer of each
+/// hour also drops the expired ones. A failure is logged: the messages are queued either way.
 pub async fn remember(ctx: &Arc<IntakeContext>, claim: &Claim, answer: &serde_json::Value) {
     let kept = Kept { request: claim.request.clone(), answer: answer.clone() };
     let bytes = serde_json::to_vec(&kept).unwrap_or_default();
@@ -101,8 +102,13 @@ pub async fn remember(ctx: &Arc<IntakeContext>, claim: &Claim, answer: &serde_js
     if let Err(e) = result {
         tracing::warn!(error = %e, "an HTTP API answer could not be kept for its Idempotency-Key; a retry would queue again");
     }
-    if REMEMBERED.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+    // At most one pass over the kept answers at a time, and at most one an hour.
+    let hour = now() / 3600;
+    if PRUNED_HOUR.swap(hour, Ordering::AcqRel) != hour && !PRUNING.swap(true, Ordering::AcqRel) {
         let spool = ctx.spool.clone();
-        tokio::task::spawn_blocking(move || spool.forget_expired(now()));
+        tokio::task::spawn_blocking(move || {
+            let _ = spool.forget_expired(now());
+            PRUNING.store(false, Ordering::Release);
+        });
     }
 }

@@ -74,11 +74,15 @@ pub struct EnvelopeRequest {
 pub enum AddressField {
     /// `a@b.example` or `Name <a@b.example>`.
     Text(String),
-    Named {
-        email: String,
-        #[serde(default)]
-        name: Option<String>,
-    },
+    Named(NamedAddress),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedAddress {
+    pub email: String,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +123,10 @@ pub struct Prepared {
 pub struct Limits {
     pub max_recipients: usize,
     pub max_message_size: u64,
+    /// What all messages of one request may come to (api.max_request_size).
+    pub max_total: u64,
+    /// Recipients of one message at most (limits.max_recipients, as for SMTP).
+    pub max_recipients_per_message: usize,
     /// For the Message-IDs of built messages.
     pub hostname: String,
 }
@@ -224,7 +232,7 @@ fn raw(req: MessageRequest, params: MailParams, rcpt: RcptParams, limits: &Limit
     if envelope.to.is_empty() {
         return Err(Problem::invalid("/envelope/to", "at least one recipient"));
     }
-    if envelope.to.len() > limits.max_recipients {
+    if envelope.to.len() > limits.max_recipients.min(limits.max_recipients_per_message) {
         return Err(too_many(envelope.to.len(), limits));
     }
     let recipients = envelope
@@ -234,8 +242,14 @@ fn raw(req: MessageRequest, params: MailParams, rcpt: RcptParams, limits: &Limit
         .map(|(i, t)| Ok((mailbox(t, &format!("/envelope/to/{i}"))?, rcpt.clone())))
         .collect::<Result<Vec<_>, Problem>>()?;
     let message = crlf(req.raw.unwrap_or_default().as_bytes());
-    if crate::message::submission::header_fields(&message).0.is_empty() {
+    let (fields, body_start) = crate::message::submission::header_fields(&message);
+    if fields.is_empty() {
         return Err(Problem::invalid("/raw", "no header fields: a message starts with its header section"));
+    }
+    // The header section ends at an empty line (or the message's end); a body line straight
+    // after the fields is split differently by different readers, a DKIM verifier among them.
+    if body_start < message.len() && !message[body_start..].starts_with(b"\r\n") {
+        return Err(Problem::invalid("/raw", "the header section must end with an empty line"));
     }
     Ok(vec![Prepared { from, params, recipients, message }.fixed()])
 }
@@ -258,7 +272,7 @@ fn structured(req: MessageRequest, params: MailParams, rcpt: RcptParams, limits:
     if count == 0 {
         return Err(Problem::invalid("/to", "at least one recipient in to, cc or bcc"));
     }
-    if count > limits.max_recipients {
+    if count > limits.max_recipients || (req.substitutions.is_empty() && count > limits.max_recipients_per_message) {
         return Err(too_many(count, limits));
     }
     let reply_to = req.reply_to.as_ref().map(|r| named(r, "/reply_to")).transpose()?;
@@ -298,23 +312,46 @@ fn structured(req: MessageRequest, params: MailParams, rcpt: RcptParams, limits:
         attachments.push((content_type, a.filename.clone(), content));
     }
     let templates: Vec<&str> = [Some(subject.as_str()), req.text.as_deref(), req.html.as_deref()].into_iter().flatten().collect();
-    let variables = variables(&templates);
-    let build = |to_header: &[(Option<String>, Mailbox)], values: Option<&BTreeMap<String, String>>| {
-        let fill = |t: &str| match values {
-            Some(v) => substitute(t, v),
-            None => t.to_string(),
-        };
+    let variables = variables(&templates)?;
+    // What the messages of one request may come to together: as much as a request may be, so
+    // no request makes far more in memory than it brought (substitutions and attachments copy).
+    let attachment_size: u64 = attachments.iter().map(|(_, _, c)| c.len() as u64 * 4 / 3 + 512).sum();
+    let mut total = 0u64;
+    let mut account = |filled: &[&Option<String>]| -> Result<(), Problem> {
+        let size = filled.iter().map(|f| f.as_ref().map_or(0, |t| t.len() as u64)).sum::<u64>() + attachment_size + 2048;
+        total += size;
+        if size > limits.max_message_size || total > limits.max_total {
+            let detail = format!(
+                "the request's messages would come to more than {} octets each or {} together (limits.max_message_size, api.max_request_size); send fewer recipients per request",
+                limits.max_message_size, limits.max_total
+            );
+            return Err(Problem::new(413, "too-large", "The messages would be too large").detail(detail));
+        }
+        Ok(())
+    };
+    let fill = |template: &Option<String>, values: Option<&BTreeMap<String, String>>| -> Result<Option<String>, Problem> {
+        match (template, values) {
+            (None, _) => Ok(None),
+            (Some(t), None) => Ok(Some(t.clone())),
+            (Some(t), Some(v)) => substitute(t, v, limits.max_message_size as usize).map(Some).ok_or_else(|| {
+                Problem::new(413, "too-large", "A substituted message would be too large").detail("limits.max_message_size")
+            }),
+        }
+    };
+    let build = |to_header: &[(Option<String>, Mailbox)], subject: &str, text: &Option<String>, html: &Option<String>, personal: bool| {
         let address = |(name, mailbox): &(Option<String>, Mailbox)| match name {
             Some(n) => Address::new_address(Some(n.clone()), mailbox.to_string()),
             None => Address::new_address(None::<String>, mailbox.to_string()),
         };
         let list = |items: &[(Option<String>, Mailbox)]| Address::new_list(items.iter().map(address).collect());
-        let mut b =
-            MessageBuilder::new().from(address(&from_header)).subject(Text::new(fill(&subject))).message_id(message_id(&limits.hostname));
+        let mut b = MessageBuilder::new()
+            .from(address(&from_header))
+            .subject(Text::new(subject.to_string()))
+            .message_id(message_id(&limits.hostname));
         if !to_header.is_empty() {
             b = b.to(list(to_header));
         }
-        if values.is_none() && !cc.is_empty() {
+        if !personal && !cc.is_empty() {
             b = b.cc(list(&cc));
         }
         if let Some(r) = &reply_to {
@@ -323,11 +360,11 @@ fn structured(req: MessageRequest, params: MailParams, rcpt: RcptParams, limits:
         for (name, value) in &req.headers {
             b = b.header(name.clone(), Text::new(value.clone()));
         }
-        if let Some(text) = &req.text {
-            b = b.text_body(crlf_string(&fill(text)));
+        if let Some(text) = text {
+            b = b.text_body(crlf_string(text));
         }
-        if let Some(html) = &req.html {
-            b = b.html_body(crlf_string(&fill(html)));
+        if let Some(html) = html {
+            b = b.html_body(crlf_string(html));
         }
         for (content_type, filename, content) in &attachments {
             b = b.attachment(content_type.clone(), filename.clone(), content.clone());
@@ -336,39 +373,49 @@ fn structured(req: MessageRequest, params: MailParams, rcpt: RcptParams, limits:
     };
     let envelope_of = |rcpts: Vec<Mailbox>| rcpts.into_iter().map(|m| (m, rcpt.clone())).collect::<Vec<_>>();
     let mut messages = Vec::new();
+    let subject = Some(subject.clone());
     if req.substitutions.is_empty() {
         if let Some(v) = variables.first() {
             return Err(Problem::invalid("/substitutions", format!("{{{{{v}}}}} is used but no substitutions are given")));
         }
+        account(&[&subject, &req.text, &req.html])?;
         let recipients = envelope_of(to.iter().chain(&cc).chain(&bcc).map(|(_, m)| m.clone()).collect());
-        let message = build(&to, None);
+        let message = build(&to, subject.as_deref().unwrap_or(""), &req.text, &req.html, false);
         messages.push(Prepared { from: return_path.clone(), params: params.clone(), recipients, message }.fixed());
     } else {
         if !cc.is_empty() || !bcc.is_empty() {
             return Err(Problem::invalid("/cc", "with substitutions each message goes to one `to` recipient alone: no cc or bcc"));
         }
-        for key in req.substitutions.keys() {
-            if !to.iter().any(|(_, m)| m.to_string().eq_ignore_ascii_case(key)) {
+        let to_index: std::collections::HashMap<String, usize> =
+            to.iter().enumerate().map(|(i, (_, m))| (m.to_string().to_ascii_lowercase(), i)).collect();
+        let mut by_recipient: Vec<Option<&BTreeMap<String, String>>> = vec![None; to.len()];
+        for (key, values) in &req.substitutions {
+            let Some(&i) = to_index.get(&key.to_ascii_lowercase()) else {
                 return Err(Problem::invalid(format!("/substitutions/{}", pointer_escape(key)), "not one of the to recipients"));
+            };
+            if by_recipient[i].replace(values).is_some() {
+                return Err(Problem::invalid(format!("/substitutions/{}", pointer_escape(key)), "this recipient has values twice"));
             }
         }
+        let empty = BTreeMap::new();
         for (i, recipient) in to.iter().enumerate() {
             let address = recipient.1.to_string();
-            let values = req.substitutions.iter().find(|(k, _)| k.eq_ignore_ascii_case(&address)).map(|(_, v)| v);
-            let empty = BTreeMap::new();
-            let values = values.unwrap_or(&empty);
+            let values = by_recipient[i].unwrap_or(&empty);
             if let Some(missing) = variables.iter().find(|v| !values.contains_key(*v)) {
                 let pointer = format!("/substitutions/{}", pointer_escape(&address));
                 return Err(Problem::invalid(pointer, format!("no value for {{{{{missing}}}}} (to/{i})")));
             }
-            if values.values().any(|v| v.contains(['\r', '\n'])) && subject.contains("{{") {
+            let filled_subject = fill(&subject, Some(values))?;
+            if filled_subject.as_deref().is_some_and(|s| s.contains(['\r', '\n'])) {
                 return Err(Problem::invalid(
                     format!("/substitutions/{}", pointer_escape(&address)),
                     "values used in the subject are one line",
                 ));
             }
+            let (text, html) = (fill(&req.text, Some(values))?, fill(&req.html, Some(values))?);
+            account(&[&filled_subject, &text, &html])?;
             let recipients = envelope_of(vec![recipient.1.clone()]);
-            let message = build(std::slice::from_ref(recipient), Some(values));
+            let message = build(std::slice::from_ref(recipient), filled_subject.as_deref().unwrap_or(""), &text, &html, true);
             messages.push(Prepared { from: return_path.clone(), params: params.clone(), recipients, message }.fixed());
         }
     }
@@ -388,7 +435,10 @@ impl Prepared {
 }
 
 fn too_many(count: usize, limits: &Limits) -> Problem {
-    let detail = format!("{count} recipients; at most {} in one request (api.max_recipients)", limits.max_recipients);
+    let detail = format!(
+        "{count} recipients; at most {} in one request (api.max_recipients) and {} in one message (limits.max_recipients)",
+        limits.max_recipients, limits.max_recipients_per_message
+    );
     Problem::new(422, "too-many-recipients", "Too many recipients").detail(detail)
 }
 
@@ -401,7 +451,7 @@ fn mailbox(text: &str, pointer: &str) -> Result<Mailbox, Problem> {
 /// A display name and address, from `Name <a@b>`, `a@b` or `{email, name}`.
 fn named(field: &AddressField, pointer: &str) -> Result<(Option<String>, Mailbox), Problem> {
     let (name, email) = match field {
-        AddressField::Named { email, name } => (name.clone(), email.clone()),
+        AddressField::Named(NamedAddress { email, name }) => (name.clone(), email.clone()),
         AddressField::Text(text) => match (text.find('<'), text.rfind('>')) {
             (Some(a), Some(b)) if a < b => {
                 let name = text[..a].trim().trim_matches('"').trim();
@@ -414,7 +464,7 @@ fn named(field: &AddressField, pointer: &str) -> Result<(Option<String>, Mailbox
         return Err(Problem::invalid(pointer, "a display name is one line"));
     }
     let pointer = match field {
-        AddressField::Named { .. } => format!("{pointer}/email"),
+        AddressField::Named(_) => format!("{pointer}/email"),
         AddressField::Text(_) => pointer.to_string(),
     };
     Ok((name, mailbox(&email, &pointer)?))
@@ -458,9 +508,13 @@ fn pointer_escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
+/// Distinct `{{name}}` variables a request's templates may use.
+const MAX_VARIABLES: usize = 100;
+
 /// The `{{name}}` variables the templates use, in order of first use.
-fn variables(templates: &[&str]) -> Vec<String> {
+fn variables(templates: &[&str]) -> Result<Vec<String>, Problem> {
     let mut found: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for t in templates {
         let mut rest = *t;
         while let Some(start) = rest.find("{{") {
@@ -469,19 +523,23 @@ fn variables(templates: &[&str]) -> Vec<String> {
             let name = after[..end].trim();
             if !name.is_empty()
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-                && !found.iter().any(|f| f == name)
+                && seen.insert(name)
             {
                 found.push(name.to_string());
+                if found.len() > MAX_VARIABLES {
+                    return Err(Problem::invalid("/substitutions", format!("more than {MAX_VARIABLES} different {{{{variables}}}}")));
+                }
             }
             rest = &after[end + 2..];
         }
     }
-    found
+    Ok(found)
 }
 
-/// `{{name}}` replaced by its value (variables without one were refused before).
-fn substitute(template: &str, values: &BTreeMap<String, String>) -> String {
-    let mut out = String::with_capacity(template.len());
+/// `{{name}}` replaced by its value (variables without one were refused before); `None` once
+/// the result would pass `cap` octets.
+fn substitute(template: &str, values: &BTreeMap<String, String>, cap: usize) -> Option<String> {
+    let mut out = String::with_capacity(template.len().min(cap));
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
@@ -500,9 +558,12 @@ fn substitute(template: &str, values: &BTreeMap<String, String>) -> String {
                 rest = "";
             }
         }
+        if out.len() > cap {
+            return None;
+        }
     }
     out.push_str(rest);
-    out
+    (out.len() <= cap).then_some(out)
 }
 
 /// `<time.counter@hostname>`'s inside, unique in this process and across restarts.
@@ -518,15 +579,24 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { max_recipients: 10, max_message_size: 1 << 20, hostname: "relay.test".into() }
+        Limits {
+            max_recipients: 10,
+            max_message_size: 1 << 20,
+            max_total: 4 << 20,
+            max_recipients_per_message: 10,
+            hostname: "relay.test".into(),
+        }
     }
 
     #[test]
     fn substitutions_fill_each_recipients_message_and_leave_text_without_variables_alone() {
         let values: BTreeMap<String, String> = [("name".to_string(), "Ann".to_string())].into();
-        assert_eq!(substitute("Hi {{name}}, {{ name }}! {{", &values), "Hi Ann, Ann! {{");
-        assert_eq!(substitute("{{other}} stays", &values), "{{other}} stays");
-        assert_eq!(variables(&["a {{x}} {{y}}", "{{x}} {{not valid}} {{}}"]), ["x", "y"]);
+        assert_eq!(substitute("Hi {{name}}, {{ name }}! {{", &values, 100).unwrap(), "Hi Ann, Ann! {{");
+        assert_eq!(substitute("{{other}} stays", &values, 100).unwrap(), "{{other}} stays");
+        assert!(substitute(&"{{name}}".repeat(40), &values, 100).is_none(), "stops at the cap");
+        assert_eq!(variables(&["a {{x}} {{y}}", "{{x}} {{not valid}} {{}}"]).unwrap(), ["x", "y"]);
+        let many: String = (0..200).map(|i| format!("{{{{v{i}}}}}")).collect();
+        assert!(variables(&[&many]).is_err());
         let req: MessageRequest = serde_json::from_value(serde_json::json!({
             "from": "Shop <s@shop.test>", "to": ["a@x.test", "b@x.test"], "subject": "For {{n}}", "text": "{{n}}\n",
             "substitutions": {"a@x.test": {"n": "A"}, "B@X.test": {"n": "B"}}
@@ -557,6 +627,31 @@ mod tests {
         assert_eq!(xtext("a+b=c d"), "a+2Bb+3Dc+20d");
         assert_eq!(pointer_escape("a/b~c"), "a~1b~0c");
         assert_eq!(crlf(b"\na\r\nb\n"), b"\r\na\r\nb\r\n");
+    }
+
+    #[test]
+    fn copies_of_attachments_and_substituted_text_count_against_the_request_size() {
+        // 10 recipients x a 200 KB attachment would be 2.7 MB built from a 270 KB request.
+        let content = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 200_000]);
+        let to: Vec<String> = (0..10).map(|i| format!("r{i}@x.test")).collect();
+        let subs: BTreeMap<String, BTreeMap<String, String>> =
+            to.iter().map(|t| (t.clone(), [("n".to_string(), "v".to_string())].into())).collect();
+        let req: MessageRequest = serde_json::from_value(serde_json::json!({
+            "from": "a@x.test", "to": to, "text": "{{n}}", "substitutions": subs,
+            "attachments": [{"filename": "f.bin", "content": content}]
+        }))
+        .unwrap();
+        let tight = Limits { max_total: 1 << 20, ..limits() };
+        assert_eq!(prepare(req, &tight).unwrap_err().status, 413);
+        let typo = serde_json::from_value::<MessageRequest>(serde_json::json!({
+            "from": "a@x.test", "to": ["b@x.test"], "text": "t", "reply_to": {"email": "c@x.test", "nmae": "typo"}
+        }));
+        assert!(typo.is_err(), "an address object with an unknown field is refused");
+        let raw: MessageRequest = serde_json::from_value(serde_json::json!({
+            "envelope": {"from": "a@x.test", "to": ["b@x.test"]}, "raw": "Subject: x\nnot a field\n\nbody\n"
+        }))
+        .unwrap();
+        assert_eq!(prepare(raw, &limits()).unwrap_err().pointer.as_deref(), Some("/raw"));
     }
 
     #[test]

@@ -48,6 +48,8 @@ const MAX_PER_ADDRESS: usize = 128;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must have arrived within this (it holds its share of the memory budget).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One listener's settings.
 #[derive(Clone, Copy)]
@@ -162,8 +164,8 @@ fn authorize(req: &Request<Incoming>, ctx: &IntakeContext, allowed: impl Fn(&key
         return Err(Problem::unauthorized("send Authorization: Bearer KEY"));
     };
     let Some(key) = keys.find(token.trim()) else {
+        // Counted, not logged: anyone can send these, as fast as they like.
         metrics::counter!(m::API_REQUESTS, "key" => "unknown", "status" => "401").increment(1);
-        tracing::warn!(client = %"api", "API request with an unknown key refused");
         return Err(Problem::unauthorized("the key is not known"));
     };
     if !allowed(&key.scopes) {
@@ -205,7 +207,7 @@ async fn messages(
     if !json_type {
         return Err(Problem::new(415, "unsupported-media-type", "The body must be JSON").detail("Content-Type: application/json"));
     }
-    if let Some(reply) = ctx.rates.gate(peer.ip(), Some(key)) {
+    if let Some(reply) = ctx.rates.gate(peer.ip(), Some(&accept::api_user(key))) {
         let mut p = Problem::new(429, "rate-limited", "Too many messages from this key").detail(reply.lines.join(" "));
         p.retry_after = Some(1);
         return Err(p);
@@ -233,7 +235,11 @@ async fn messages(
             }
         },
     };
-    let body = Limited::new(req.into_body(), limit as usize).collect().await.map_err(|e| {
+    let reading = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit as usize).collect()).await;
+    let Ok(reading) = reading else {
+        return Err(Problem::new(408, "timeout", "The request body came too slowly").detail(format!("within {} s", BODY_TIMEOUT.as_secs())));
+    };
+    let body = reading.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             Problem::new(413, "too-large", "The request is too large").detail(format!("at most {limit} octets (api.max_request_size)"))
         } else {
@@ -248,28 +254,62 @@ async fn messages(
         },
         None => None,
     };
-    let request: inject::MessageRequest = serde_json::from_slice(&body)
-        .map_err(|e| Problem::new(400, "malformed-json", "The body is not the JSON this endpoint takes").detail(e.to_string()))?;
     let limits = inject::Limits {
         max_recipients: ctx.config.api.max_recipients,
         max_message_size: ctx.config.limits.max_message_size,
+        max_total: ctx.config.api.max_request_size,
+        max_recipients_per_message: ctx.config.limits.max_recipients,
         hostname: ctx.config.hostname.0.clone(),
     };
-    let prepared = inject::prepare(request, &limits)?;
-    // The messages of one request are accepted side by side (at most ACCEPT_AT_ONCE), so they
-    // share group commits instead of waiting for one fsync each.
+    // Parsing and building MIME take CPU in proportion to the request: not on the async workers.
+    let prepared = tokio::task::spawn_blocking(move || {
+        let request: inject::MessageRequest = serde_json::from_slice(&body)
+            .map_err(|e| Problem::new(400, "malformed-json", "The body is not the JSON this endpoint takes").detail(e.to_string()))?;
+        inject::prepare(request, &limits)
+    })
+    .await
+    .map_err(|e| Problem::new(503, "unavailable", "The request could not be read").detail(e.to_string()))??;
+    // The accepts run in a task of their own: a client that goes away, or the request timeout,
+    // cannot stop them part-way (each message is queued whole, logged, counted), and the claim
+    // on the Idempotency-Key lasts until its answer is kept.
+    let accepting = tokio::spawn(accept_all(ctx.clone(), key.to_string(), peer, local, tls, prepared, claim));
+    accepting.await.unwrap_or_else(|e| Err(Problem::new(503, "unavailable", "The messages could not be queued").detail(e.to_string())))
+}
+
+/// Hands each message to the accept path, side by side (at most ACCEPT_AT_ONCE, so they share
+/// group commits instead of waiting for one fsync each), each gated by the key's rate first.
+async fn accept_all(
+    ctx: Arc<IntakeContext>,
+    key: String,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+    prepared: Vec<inject::Prepared>,
+    claim: Option<idempotency::Claim>,
+) -> Result<Answered, Problem> {
     let count = prepared.len();
     let mut results: Vec<Option<Result<String, Refusal>>> = (0..count).map(|_| None).collect();
     let mut recipients = Vec::with_capacity(count);
     let mut running = tokio::task::JoinSet::new();
+    let mut rate_limited = None;
+    // A message is counted against its sender's rate once it is queued: with a rate set, one
+    // at a time, so each gate sees the ones before it.
+    let at_once = if ctx.rates.limited() { 1 } else { ACCEPT_AT_ONCE };
     for (i, p) in prepared.into_iter().enumerate() {
         recipients.push(p.recipients.iter().map(|(m, _)| m.to_string()).collect::<Vec<_>>());
-        if running.len() >= ACCEPT_AT_ONCE
+        if rate_limited.is_some() {
+            continue;
+        }
+        if running.len() >= at_once
             && let Some(Ok((done, result))) = running.join_next().await
         {
             results[done] = Some(result);
         }
-        let (ctx, source) = (ctx.clone(), Source::Http { peer, local, key: key.to_string(), tls: tls.clone() });
+        if let Some(reply) = ctx.rates.gate(peer.ip(), Some(&accept::api_user(&key))) {
+            rate_limited = Some(reply.lines.join(" "));
+            continue;
+        }
+        let (ctx, source) = (ctx.clone(), Source::Http { peer, local, key: key.clone(), tls: tls.clone() });
         running.spawn(async move {
             let mut buffer = ctx.body_buffer();
             buffer.push(p.message).await;
@@ -290,19 +330,29 @@ async fn messages(
     }
     let mut accepted = Vec::with_capacity(count);
     let mut first_refusal = None;
+    let mut unsent = false;
     for (result, recipients) in results.into_iter().zip(recipients) {
         match result {
             Some(Ok(queue_id)) => accepted.push(AcceptedMessage { queue_id, recipients }),
             Some(Err(refusal)) => first_refusal = first_refusal.or(Some(refusal)),
-            None => first_refusal = first_refusal.or(Some(Refusal::Spool(crate::spool::SpoolError::Io("the accept task failed".into())))),
+            None => unsent = true,
         }
     }
     if let Some(refusal) = first_refusal {
         return Err(refused(refusal, &accepted));
     }
+    if let Some(why) = rate_limited.filter(|_| unsent) {
+        let mut p = Problem::new(429, "rate-limited", "Too many messages from this key").detail(why);
+        p.retry_after = Some(1);
+        p.queued = accepted.iter().map(|q| q.queue_id.clone()).collect();
+        return Err(p);
+    }
+    if unsent {
+        return Err(refused(Refusal::Spool(crate::spool::SpoolError::Io("an accept task failed".into())), &accepted));
+    }
     let answer = serde_json::to_value(Accepted { messages: accepted }).unwrap_or_default();
     if let Some(claim) = &claim {
-        idempotency::remember(ctx, claim, &answer).await;
+        idempotency::remember(&ctx, claim, &answer).await;
     }
     Ok(Answered::Fresh(answer))
 }

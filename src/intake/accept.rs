@@ -21,6 +21,11 @@ use crate::spool::{Envelope, Identity, RecipientRecord, SpoolError};
 /// with a scratch file always is: its copy reads the file).
 const BLOCKING_WRITE_THRESHOLD: usize = 256 * 1024;
 
+/// The user name an API key counts as (rates, priorities, signing rules).
+pub fn api_user(key: &str) -> String {
+    format!("api-key:{key}")
+}
+
 /// How a message came in.
 pub enum Source {
     /// Over SMTP on one of our listeners.
@@ -44,7 +49,8 @@ pub enum Source {
     },
     /// On the sendmail socket, from a local user (the header work of `sendmail -t` is done).
     Local { user: String, uid: u32 },
-    /// From the HTTP API, sent with this key (its name).
+    /// From the HTTP API, sent with this key (its name). The key is the user `api-key:NAME` for
+    /// per-user rates, priorities and signing rules, never one of the SMTP or local users.
     Http { peer: SocketAddr, local: SocketAddr, key: String, tls: Option<TlsInfo> },
 }
 
@@ -136,7 +142,15 @@ impl Source {
             Source::Smtp { user: Some(user), .. } => Some(user),
             Source::Smtp { tls, .. } => tls.as_ref().and_then(|t| t.certificate_identity.as_deref()),
             Source::Local { user, .. } => Some(user),
-            Source::Http { key, .. } => Some(key),
+            Source::Http { .. } => None,
+        }
+    }
+
+    /// `user()`, owned, with an API key as `api-key:NAME`.
+    fn user_name(&self) -> Option<String> {
+        match self {
+            Source::Http { key, .. } => Some(api_user(key)),
+            other => other.user().map(str::to_string),
         }
     }
 }
@@ -193,7 +207,7 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
             &facts,
         ),
     };
-    let user = sub.source.user().map(str::to_string);
+    let user = sub.source.user_name();
     let (signed, body) = match &ctx.signer {
         Some(signer) => sign(signer, &prefix, sub.body, user.as_deref()).await?,
         None => (None, sub.body),
@@ -218,7 +232,7 @@ pub async fn accept(ctx: &Arc<IntakeContext>, mut sub: Submission) -> Result<Str
     let login = match &sub.source {
         Source::Smtp { user, .. } => user.as_deref(),
         Source::Local { user, .. } => Some(user.as_str()),
-        Source::Http { key, .. } => Some(key.as_str()),
+        Source::Http { .. } => user.as_deref(),
     };
     let user_priority = login.and_then(|u| config.auth.user_priorities.get(u).copied());
     sub.params.priority = sub.params.priority.or(user_priority).or(Some(default_priority).filter(|&p| p != 0));

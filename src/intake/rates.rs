@@ -45,6 +45,11 @@ impl SenderRates {
         v
     }
 
+    /// Whether any rate is set (without one, `gate` never refuses).
+    pub fn limited(&self) -> bool {
+        self.per_ip.is_some() || self.per_user.is_some()
+    }
+
     /// The refusal for a MAIL from this sender now, if it is over its rate.
     pub fn gate(&self, ip: IpAddr, user: Option<&str>) -> Option<Reply> {
         // Asked on every read of every session: nothing to do (and no lock) without limits.

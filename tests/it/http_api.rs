@@ -56,6 +56,10 @@ fn new_key(name: &str, scopes: &str) -> (String, String) {
 }
 
 fn start(dir: &Path, dest: &Dest) -> (Daemon, Api, TestDns) {
+    start_with(dir, dest, "")
+}
+
+fn start_with(dir: &Path, dest: &Dest, more: &str) -> (Daemon, Api, TestDns) {
     let (key, line) = new_key("shop", "inject");
     let (admin_key, admin_line) = new_key("ops", "admin");
     std::fs::write(dir.join("api.keys"), format!("# API keys\n{line}\n{admin_line}\n")).unwrap();
@@ -75,9 +79,10 @@ fn start(dir: &Path, dest: &Dest) -> (Daemon, Api, TestDns) {
     let record: String = out.lines().find(|l| l.contains(" IN TXT ")).unwrap().split('"').skip(1).step_by(2).collect();
     let dns = TestDns::start(Zone::default().txt("ed._domainkey.shop.test", &record));
     let extra = format!(
-        "http_listeners: [{{ address: \"127.0.0.1:0\" }}]\napi: {{ keys_file: {d}/api.keys, max_recipients: 5, max_request_size: 200000 }}\nlimits: {{ intake_memory: 100000 }}\ndkim:\n  sign:\n    - {{ domain: shop.test, selector: ed, key: {d}/ed.key }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{port}\"\n  retry: [1s]\n",
+        "http_listeners: [{{ address: \"127.0.0.1:0\" }}]\napi: {{ keys_file: {d}/api.keys, max_recipients: 5, max_request_size: 200000 }}\nlimits: {{ intake_memory: 100000{more} }}\ndkim:\n  sign:\n    - {{ domain: shop.test, selector: ed, key: {d}/ed.key }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{port}\"\n  retry: [1s]\n",
         d = dir.display(),
-        port = dest.addr.port()
+        port = dest.addr.port(),
+        more = more
     );
     let daemon = Daemon::spawn(dir, &extra, &[]);
     let addr = http_addr(&daemon);
@@ -328,4 +333,20 @@ fn every_refusal_is_a_problem_document_naming_what_is_wrong() {
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn the_keys_rate_is_checked_for_each_message_of_a_request() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, api, _dns) = start_with(dir.path(), &dest, ", messages_per_user: 2/min");
+    let to: Vec<String> = (0..5).map(|i| format!("r{i}@dest.test")).collect();
+    let subs: serde_json::Map<String, serde_json::Value> = to.iter().map(|t| (t.clone(), serde_json::json!({"n": t}))).collect();
+    let (status, p) = api.post(&serde_json::json!({"from": "a@shop.test", "to": to, "text": "for {{n}}", "substitutions": subs}));
+    assert_eq!((status, p["type"].as_str()), (429, Some("/api/v1/problems/rate-limited")), "{p}");
+    let queued = p["queued"].as_array().map_or(0, Vec::len);
+    assert!((1..5).contains(&queued), "some queued before the limit, not all: {p}");
+    dest.wait_for(queued, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(dest.state.lock().unwrap().transactions.len(), queued, "exactly the queued ones are sent");
 }
