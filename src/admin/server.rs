@@ -43,13 +43,15 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, mut shutdown: wa
             if (&mut reader).take(64 * 1024).read_line(&mut line).await.is_err() {
                 return;
             }
-            let operator = reader.get_ref().peer_cred().ok().map(|c| c.uid());
+            let uid = reader.get_ref().peer_cred().ok().map(|c| c.uid());
+            let operator =
+                uid.map(|uid| crate::sys::user_name(uid).unwrap_or_else(|| format!("uid{uid}"))).unwrap_or_else(|| "unknown".into());
             let mut out = reader.into_inner();
-            let h = Handlers { daemon, operator };
             match serde_json::from_str::<Request>(line.trim()) {
-                Ok(Request::QueueList(selection)) => queue_list(&h, selection, &mut out).await,
+                Ok(Request::QueueList(selection)) => queue_list(&daemon, selection, &mut out).await,
                 Ok(request) => {
-                    let _ = write_line(&mut out, &handle(request, &h).await).await;
+                    let answer = perform(&daemon, operator, request).await.unwrap_or_else(Response::from);
+                    let _ = write_line(&mut out, &answer).await;
                 }
                 Err(e) => {
                     let _ = write_line(&mut out, &Response::Error(format!("bad request: {e}"))).await;
@@ -59,23 +61,56 @@ pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, mut shutdown: wa
     }
 }
 
-/// One request's handler state.
-struct Handlers {
-    daemon: Arc<Daemon>,
-    /// The uid of the operator asking (SO_PEERCRED), for the log.
-    operator: Option<u32>,
+/// Why an admin request was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// No message with this queue id.
+    NotFound(String),
+    /// The request itself is wrong (a status that is not a permanent one, ...).
+    Invalid(String),
+    /// The action needs delivery, and delivery is paused.
+    Paused(String),
+    /// The daemon is shutting down.
+    Unavailable(String),
+    /// The spool or the config failed; nothing (or, as said, part) was done.
+    Failed(String),
 }
 
-impl std::ops::Deref for Handlers {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.daemon
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::NotFound(id) => write!(f, "no message {id}"),
+            Refused::Paused(what) => write!(f, "delivery is paused (delivery.paused): {what}"),
+            Refused::Invalid(e) | Refused::Unavailable(e) | Refused::Failed(e) => f.write_str(e),
+        }
     }
 }
 
-impl Handlers {
+impl From<Refused> for Response {
+    fn from(refused: Refused) -> Response {
+        match refused {
+            Refused::NotFound(id) => Response::NotFound(id),
+            other => Response::Error(other.to_string()),
+        }
+    }
+}
+
+/// One request's handler state: the daemon, and who asks (for the log and accounting).
+struct Handlers<'a> {
+    daemon: &'a Daemon,
+    operator: String,
+}
+
+impl std::ops::Deref for Handlers<'_> {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        self.daemon
+    }
+}
+
+impl Handlers<'_> {
     fn operator(&self) -> String {
-        self.operator.map(|uid| crate::sys::user_name(uid).unwrap_or_else(|| format!("uid{uid}"))).unwrap_or_else(|| "unknown".into())
+        self.operator.clone()
     }
 }
 
@@ -86,44 +121,43 @@ async fn write_line(out: &mut UnixStream, response: &Response) -> std::io::Resul
     out.write_all(&bytes).await
 }
 
-async fn handle(request: Request, h: &Handlers) -> Response {
+/// Carries out one request for `operator` (a user name, or `api-key:NAME` over HTTP) and
+/// answers it; every request but `QueueList`, which is streamed (`queue_list`).
+pub async fn perform(daemon: &Daemon, operator: String, request: Request) -> Result<Response, Refused> {
+    let h = &Handlers { daemon, operator };
     match request {
-        // Streamed by the caller; never answered as one document.
-        Request::QueueList(_) => Response::Error("queue_list is streamed".into()),
+        Request::QueueList(_) => Err(Refused::Invalid("queue_list is streamed".into())),
         Request::QueueSummary => queue_summary(h).await,
         Request::QueueShow { id, body } => queue_show(h, id, body).await,
-        Request::QueueFlush(selection) => queue_flush(h, selection).await.unwrap_or_else(|answer| answer),
-        Request::QueueRequeue(selection) => queue_requeue(h, selection).await.unwrap_or_else(|answer| answer),
-        Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await.unwrap_or_else(|answer| answer),
-        Request::QueueHold { selection, held } => queue_hold(h, selection, held).await.unwrap_or_else(|answer| answer),
-        Request::QueueBounce { selection, status, reason } => {
-            queue_bounce(h, selection, &status, reason).await.unwrap_or_else(|answer| answer)
-        }
+        Request::QueueFlush(selection) => queue_flush(h, selection).await,
+        Request::QueueRequeue(selection) => queue_requeue(h, selection).await,
+        Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await,
+        Request::QueueHold { selection, held } => queue_hold(h, selection, held).await,
+        Request::QueueBounce { selection, status, reason } => queue_bounce(h, selection, &status, reason).await,
         Request::Reload => reload(h).await,
     }
 }
 
-async fn reload(h: &Handlers) -> Response {
+async fn reload(h: &Handlers<'_>) -> Result<Response, Refused> {
     tracing::info!(operator = %h.operator(), "reload asked for");
     let (tx, rx) = oneshot::channel();
-    if h.reloads.send(tx).await.is_err() {
-        return Response::Error("the daemon is shutting down".into());
-    }
+    let shutting_down = || Refused::Unavailable("the daemon is shutting down".into());
+    h.reloads.send(tx).await.map_err(|_| shutting_down())?;
     match rx.await {
-        Ok(Ok(report)) => Response::Reloaded(report),
-        Ok(Err(e)) => Response::Error(e),
-        Err(_) => Response::Error("the daemon is shutting down".into()),
+        Ok(Ok(report)) => Ok(Response::Reloaded(report)),
+        Ok(Err(e)) => Err(Refused::Failed(e)),
+        Err(_) => Err(shutting_down()),
     }
 }
 
 /// Reads the spool on a blocking thread (sled reads block).
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(e.to_string()))
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, Refused> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(e.to_string())).map_err(Refused::Failed)
 }
 
 /// Streams the selected messages: the spool is read on a blocking thread and each entry
 /// handed over through a short channel, so neither side holds the queue in memory.
-async fn queue_list(h: &Handlers, selection: Selection, out: &mut UnixStream) {
+async fn queue_list(h: &Daemon, selection: Selection, out: &mut UnixStream) {
     let (tx, mut rx) = mpsc::channel::<Response>(256);
     let spool = h.spool.clone();
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
@@ -153,18 +187,15 @@ async fn queue_list(h: &Handlers, selection: Selection, out: &mut UnixStream) {
     let _ = scan.await;
 }
 
-async fn queue_summary(h: &Handlers) -> Response {
+async fn queue_summary(h: &Handlers<'_>) -> Result<Response, Refused> {
     let (spool, config) = (h.spool.clone(), h.config.get());
     let delivery = h.runner.as_ref().map(|r| r.delivery());
-    let rows: Result<Vec<DestinationSummary>, String> = blocking(move || from_spool(spool.as_ref(), &config, delivery.as_deref())).await;
-    match rows {
-        Ok(rows) => Response::Summary(rows),
-        Err(e) => Response::Error(e),
-    }
+    let rows: Vec<DestinationSummary> = blocking(move || from_spool(spool.as_ref(), &config, delivery.as_deref())).await?;
+    Ok(Response::Summary(rows))
 }
 
 /// The selection's queued messages and their domains, or the answer that ends the request.
-async fn selected(h: &Handlers, selection: &Selection) -> Result<(Vec<String>, Vec<String>), Response> {
+async fn selected(h: &Handlers<'_>, selection: &Selection) -> Result<(Vec<String>, Vec<String>), Refused> {
     // Selected while the spool is scanned: a large queue never passes through memory at once.
     let (spool, selection) = (h.spool.clone(), selection.clone());
     let now = crate::clock::Clock::now(&crate::clock::SystemClock);
@@ -177,15 +208,15 @@ async fn selected(h: &Handlers, selection: &Selection) -> Result<(Vec<String>, V
             None => Ok(picked),
         }
     });
-    picked.await.map_err(Response::Error)?.map_err(Response::NotFound)
+    picked.await?.map_err(Refused::NotFound)
 }
 
 /// Actions that change what delivery does need it running.
-fn runner<'a>(h: &'a Handlers, what: &str) -> Result<&'a Arc<Runner>, Response> {
-    h.runner.as_ref().ok_or_else(|| Response::Error(format!("delivery is paused (delivery.paused): {what}")))
+fn runner<'a>(h: &'a Handlers<'_>, what: &str) -> Result<&'a Arc<Runner>, Refused> {
+    h.runner.as_ref().ok_or_else(|| Refused::Paused(what.to_string()))
 }
 
-async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Result<Response, Response> {
+async fn queue_delete(h: &Handlers<'_>, selection: Selection, dry_run: bool) -> Result<Response, Refused> {
     let (ids, _) = selected(h, &selection).await?;
     if !dry_run {
         let operator = h.operator();
@@ -194,13 +225,13 @@ async fn queue_delete(h: &Handlers, selection: Selection, dry_run: bool) -> Resu
             // Delivery is paused: nothing is in flight, the spool is the daemon's alone.
             None => delete_while_paused(h, &ids, &operator).await,
         };
-        result.map_err(|e| Response::Error(format!("deleting failed, nothing was removed: {e}")))?;
+        result.map_err(|e| Refused::Failed(format!("deleting failed, nothing was removed: {e}")))?;
     }
     tracing::info!(operator = %h.operator(), messages = ids.len(), dry_run, ids = ids.join(",").as_str(), "queue delete");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
-async fn delete_while_paused(h: &Handlers, ids: &[String], operator: &str) -> Result<(), crate::spool::SpoolError> {
+async fn delete_while_paused(h: &Handlers<'_>, ids: &[String], operator: &str) -> Result<(), crate::spool::SpoolError> {
     let records: Vec<_> = match h.accounting.enabled() {
         true => ids
             .iter()
@@ -217,30 +248,30 @@ async fn delete_while_paused(h: &Handlers, ids: &[String], operator: &str) -> Re
     Ok(())
 }
 
-async fn queue_hold(h: &Handlers, selection: Selection, held: bool) -> Result<Response, Response> {
+async fn queue_hold(h: &Handlers<'_>, selection: Selection, held: bool) -> Result<Response, Refused> {
     let runner = runner(h, "nothing is dispatched to hold")?;
     let (ids, _) = selected(h, &selection).await?;
-    runner.hold(ids.clone(), held, &h.operator()).await.map_err(|e| Response::Error(format!("holding failed: {e}")))?;
+    runner.hold(ids.clone(), held, &h.operator()).await.map_err(|e| Refused::Failed(format!("holding failed: {e}")))?;
     tracing::info!(operator = %h.operator(), messages = ids.len(), held, ids = ids.join(",").as_str(), "queue hold");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
-async fn queue_bounce(h: &Handlers, selection: Selection, status: &str, reason: String) -> Result<Response, Response> {
+async fn queue_bounce(h: &Handlers<'_>, selection: Selection, status: &str, reason: String) -> Result<Response, Refused> {
     let runner = runner(h, "bounces would not be sent")?;
     // A permanent status alone, as RFC 3463 writes it (the reply parser's own reading).
     let enhanced = crate::smtp::reply::parse_enhanced(status)
         .filter(|e| e.0 == 5 && !status.contains(char::is_whitespace))
-        .ok_or_else(|| Response::Error(format!("{status:?} is not a permanent status such as 5.0.0")))?;
+        .ok_or_else(|| Refused::Invalid(format!("{status:?} is not a permanent status such as 5.0.0")))?;
     let (ids, _) = selected(h, &selection).await?;
     let operator = h.operator();
     let text: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let reply = crate::smtp::reply::Reply::new(550, enhanced, format!("{text} (bounced by {operator})"));
-    runner.bounce(ids.clone(), reply, &operator).await.map_err(|e| Response::Error(format!("bouncing failed: {e}")))?;
+    runner.bounce(ids.clone(), reply, &operator).await.map_err(|e| Refused::Failed(format!("bouncing failed: {e}")))?;
     tracing::info!(operator = %operator, messages = ids.len(), status, ids = ids.join(",").as_str(), "queue bounce");
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
-async fn queue_flush(h: &Handlers, selection: Selection) -> Result<Response, Response> {
+async fn queue_flush(h: &Handlers<'_>, selection: Selection) -> Result<Response, Refused> {
     let runner = runner(h, "nothing is sent")?;
     let (ids, domains) = selected(h, &selection).await?;
     runner.flush(ids.clone(), &domains);
@@ -248,7 +279,7 @@ async fn queue_flush(h: &Handlers, selection: Selection) -> Result<Response, Res
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
-async fn queue_requeue(h: &Handlers, selection: Selection) -> Result<Response, Response> {
+async fn queue_requeue(h: &Handlers<'_>, selection: Selection) -> Result<Response, Refused> {
     let runner = runner(h, "nothing is sent")?;
     let (ids, _) = selected(h, &selection).await?;
     // Routing happens at each attempt, so an attempt now is a new routing; suspensions stay.
@@ -257,12 +288,11 @@ async fn queue_requeue(h: &Handlers, selection: Selection) -> Result<Response, R
     Ok(Response::Done { messages: ids.len(), ids })
 }
 
-async fn queue_show(h: &Handlers, id: String, whole: bool) -> Response {
+async fn queue_show(h: &Handlers<'_>, id: String, whole: bool) -> Result<Response, Refused> {
     let spool = h.spool.clone();
     let wanted = id.clone();
-    match blocking(move || show(spool.as_ref(), &wanted, whole)).await {
-        Ok(Some(view)) => Response::Message(Box::new(view)),
-        Ok(None) => Response::NotFound(id),
-        Err(e) => Response::Error(e),
+    match blocking(move || show(spool.as_ref(), &wanted, whole)).await? {
+        Some(view) => Ok(Response::Message(Box::new(view))),
+        None => Err(Refused::NotFound(id)),
     }
 }
