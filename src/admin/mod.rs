@@ -19,7 +19,7 @@ pub use client::{
     reload,
 };
 pub use passwd::users_file_line;
-pub use server::{Daemon, Refused, Reloads, perform, serve};
+pub use server::{Daemon, Refused, Reloads, list_page, perform, serve};
 pub use summary::{DestinationSummary, format_summary};
 
 use std::os::unix::fs::PermissionsExt;

@@ -296,3 +296,33 @@ async fn queue_show(h: &Handlers<'_>, id: String, whole: bool) -> Result<Respons
         None => Err(Refused::NotFound(id)),
     }
 }
+
+/// One page of a listing: the selected messages with ids after `after`, at most `limit`, in
+/// queue id order, and whether more follow. The spool is scanned once and only the page is
+/// held (whatever order the spool lists in).
+pub async fn list_page(
+    daemon: &Daemon,
+    selection: Selection,
+    after: Option<String>,
+    limit: usize,
+) -> Result<(Vec<QueueEntry>, bool), Refused> {
+    let spool = daemon.spool.clone();
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+    blocking(move || {
+        let mut page = std::collections::BTreeMap::new();
+        let mut more = false;
+        for item in spool.scan() {
+            let env = item.map_err(|e| format!("reading the spool: {e}"))?;
+            if after.as_ref().is_some_and(|a| env.queue_id <= *a) || !selection.matches(&env, now) {
+                continue;
+            }
+            page.insert(env.queue_id.clone(), QueueEntry::from(&env));
+            if page.len() > limit {
+                page.pop_last();
+                more = true;
+            }
+        }
+        Ok((page.into_values().collect(), more))
+    })
+    .await
+}

@@ -176,9 +176,6 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         };
         tasks.spawn(crate::metrics::http::serve(listener, sources, watcher.clone()));
     }
-    for (listener, settings) in http {
-        tasks.spawn(crate::http::serve(listener, settings, intake.clone(), watcher.clone()));
-    }
     let config_for_pickup = config.clone();
     let live_config = Arc::new(Live::from_arc(config));
     let (reloads, requests) = mpsc::channel(4);
@@ -202,7 +199,12 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         reloads: reloads.clone(),
         accounting: accounting.clone(),
     };
-    tasks.spawn(crate::admin::serve(admin, Arc::new(daemon), watcher));
+    let daemon = Arc::new(daemon);
+    // The HTTP API serves the admin requests too (under the admin scope).
+    for (listener, settings) in http {
+        tasks.spawn(crate::http::serve(listener, settings, intake.clone(), daemon.clone(), watcher.clone()));
+    }
+    tasks.spawn(crate::admin::serve(admin, daemon, watcher));
     serving.store(true, Ordering::Relaxed);
     Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads, accounting, serving })
 }

@@ -7,6 +7,7 @@
 // A refusal is the rare path, made at most once per request: its size costs nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod idempotency;
 pub mod inject;
 pub mod keys;
@@ -35,7 +36,31 @@ use crate::smtp::server::TlsInfo;
 use problem::Problem;
 
 /// Every endpoint, as `docs/openapi.json` lists them (a test holds the two in step).
-pub const ROUTES: &[(&str, &str)] = &[("POST", "/api/v1/messages"), ("GET", "/api/v1/openapi.json")];
+/// `{id}` stands for one path segment, a queue id.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/v1/messages"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/queue"),
+    ("GET", "/api/v1/queue/summary"),
+    ("GET", "/api/v1/queue/{id}"),
+    ("POST", "/api/v1/queue/flush"),
+    ("POST", "/api/v1/queue/requeue"),
+    ("POST", "/api/v1/queue/hold"),
+    ("POST", "/api/v1/queue/release"),
+    ("POST", "/api/v1/queue/delete"),
+    ("POST", "/api/v1/queue/bounce"),
+    ("POST", "/api/v1/reload"),
+];
+
+/// The route template a path matches: itself when a route names it, `/api/v1/queue/{id}` for
+/// any other single segment under the queue.
+pub fn template(path: &str) -> Option<&'static str> {
+    if let Some((_, known)) = ROUTES.iter().find(|(_, p)| *p == path) {
+        return Some(known);
+    }
+    let id = path.strip_prefix("/api/v1/queue/")?;
+    (!id.is_empty() && !id.contains('/')).then_some("/api/v1/queue/{id}")
+}
 
 /// The OpenAPI document, served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -60,7 +85,13 @@ pub struct Listener {
 
 /// Serves one HTTP listener until shutdown; each request reads the intake generation in force
 /// (keys, limits, TLS certificate), so a reload applies to the next request.
-pub async fn serve(listener: TcpListener, settings: Listener, intake: Arc<Live<IntakeContext>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    settings: Listener,
+    intake: Arc<Live<IntakeContext>>,
+    admin: Arc<crate::admin::Daemon>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let per_address = PerAddress::new(MAX_PER_ADDRESS);
     loop {
@@ -77,15 +108,15 @@ pub async fn serve(listener: TcpListener, settings: Listener, intake: Arc<Live<I
         let Some(address_slot) = per_address.take(peer.ip()) else { continue };
         let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
         let _ = stream.set_nodelay(true);
-        let intake = intake.clone();
+        let (intake, admin) = (intake.clone(), admin.clone());
         tokio::spawn(async move {
             if settings.tls {
                 let Some(acceptor) = intake.get().tls.clone() else { return };
                 let Ok(Ok(tls)) = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else { return };
                 let info = crate::intake::tls::info(tls.get_ref().1, |_| None);
-                connection(TokioIo::new(tls), peer, settings.local, Some(info), intake).await;
+                connection(TokioIo::new(tls), peer, settings.local, Some(info), intake, admin).await;
             } else {
-                connection(TokioIo::new(stream), peer, settings.local, None, intake).await;
+                connection(TokioIo::new(stream), peer, settings.local, None, intake, admin).await;
             }
             drop(slot);
             drop(address_slot);
@@ -93,15 +124,21 @@ pub async fn serve(listener: TcpListener, settings: Listener, intake: Arc<Live<I
     }
 }
 
-async fn connection<S>(io: TokioIo<S>, peer: SocketAddr, local: SocketAddr, tls: Option<TlsInfo>, intake: Arc<Live<IntakeContext>>)
-where
+async fn connection<S>(
+    io: TokioIo<S>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+    intake: Arc<Live<IntakeContext>>,
+    admin: Arc<crate::admin::Daemon>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let (intake, tls) = (intake.clone(), tls.clone());
+        let (intake, tls, admin) = (intake.clone(), tls.clone(), admin.clone());
         async move {
             let ctx = intake.get();
-            let answer = tokio::time::timeout(REQUEST_TIMEOUT, route(req, &ctx, peer, local, tls)).await;
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, route(req, &ctx, &admin, peer, local, tls)).await;
             Ok::<_, Infallible>(answer.unwrap_or_else(|_| problem(Problem::new(503, "timeout", "The request took too long"))))
         }
     });
@@ -114,10 +151,19 @@ where
 
 type Answer = Response<Full<Bytes>>;
 
-async fn route(req: Request<Incoming>, ctx: &Arc<IntakeContext>, peer: SocketAddr, local: SocketAddr, tls: Option<TlsInfo>) -> Answer {
+async fn route(
+    req: Request<Incoming>,
+    ctx: &Arc<IntakeContext>,
+    admin: &crate::admin::Daemon,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<TlsInfo>,
+) -> Answer {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    match (path.as_str(), &method) {
+    let matched = template(&path);
+    let routed = matched.is_some_and(|t| ROUTES.contains(&(method.as_str(), t)));
+    match (matched.unwrap_or(""), &method) {
         ("/api/v1/messages", &Method::POST) => {
             let started = Instant::now();
             let key = match authorize(&req, ctx, |s| s.inject) {
@@ -143,7 +189,19 @@ async fn route(req: Request<Incoming>, ctx: &Arc<IntakeContext>, peer: SocketAdd
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        (known, _) if ROUTES.iter().any(|(_, p)| *p == known) => {
+        (admin_route, _) if routed && admin_route.starts_with("/api/v1/") => {
+            let started = Instant::now();
+            let key = match authorize(&req, ctx, |s| s.admin) {
+                Ok(key) => key,
+                Err(p) => return problem(p),
+            };
+            let answer = admin::serve(req, admin_route, admin, &key).await;
+            let status = answer.status().as_u16().to_string();
+            metrics::counter!(m::API_REQUESTS, "key" => key, "status" => status).increment(1);
+            metrics::histogram!(m::API_REQUEST_SECONDS).record(started.elapsed().as_secs_f64());
+            answer
+        }
+        (known, _) if matched.is_some() => {
             let allowed: Vec<&str> = ROUTES.iter().filter(|(_, p)| *p == known).map(|(m, _)| *m).collect();
             let mut answer =
                 problem(Problem::new(405, "method-not-allowed", "Method not allowed").detail(format!("{} only", allowed.join(", "))));

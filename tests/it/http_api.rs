@@ -12,19 +12,20 @@ use crate::common::{Daemon, sluice};
 use crate::peers::dest::{Behavior, Dest};
 use crate::peers::dns::{TestDns, Zone};
 
-struct Api {
-    addr: SocketAddr,
-    key: String,
+pub struct Api {
+    pub addr: SocketAddr,
+    pub key: String,
     /// A key with the admin scope only.
-    admin_key: String,
+    pub admin_key: String,
 }
 
 /// (status, headers, body) of a curl request; `key` None sends no Authorization.
-fn curl(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String, String) {
+pub fn curl(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String, String) {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(body).unwrap();
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-S", "-D", "-", "-X", method, "-H", &format!("Content-Type: {content_type}"), "--max-time", "30"]);
+    // -g: no globbing, so a path such as /api/v1/queue/{id} goes as written.
+    cmd.args(["-s", "-S", "-g", "-D", "-", "-X", method, "-H", &format!("Content-Type: {content_type}"), "--max-time", "30"]);
     if let Some(key) = key {
         cmd.args(["-H", &format!("Authorization: Bearer {key}")]);
     }
@@ -40,7 +41,7 @@ fn curl(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, content_t
 }
 
 impl Api {
-    fn post(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    pub fn post(&self, body: &serde_json::Value) -> (u16, serde_json::Value) {
         let (status, _, text) =
             curl(self.addr, "POST", "/api/v1/messages", Some(&self.key), "application/json", body.to_string().as_bytes());
         (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
@@ -59,7 +60,7 @@ fn start(dir: &Path, dest: &Dest) -> (Daemon, Api, TestDns) {
     start_with(dir, dest, "")
 }
 
-fn start_with(dir: &Path, dest: &Dest, more: &str) -> (Daemon, Api, TestDns) {
+pub fn start_with(dir: &Path, dest: &Dest, more: &str) -> (Daemon, Api, TestDns) {
     let (key, line) = new_key("shop", "inject");
     let (admin_key, admin_line) = new_key("ops", "admin");
     std::fs::write(dir.join("api.keys"), format!("# API keys\n{line}\n{admin_line}\n")).unwrap();

@@ -32,6 +32,7 @@ mod durability_strace;
 mod extensions;
 mod health;
 mod hop_limit;
+mod http_admin;
 mod http_api;
 mod intake_memory;
 mod lettre_client;
