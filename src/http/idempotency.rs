@@ -2,8 +2,11 @@
 //! same key (by the same API key) gets the first answer, and nothing is queued twice. The answer
 //! is kept in the spool's index, made durable before the 202 is sent, for `api.idempotency_ttl`.
 //! A request still being served when its repeat arrives makes the repeat 409; the same key
-//! with a different request body is 422. One window is left: a crash after the messages'
-//! commit and before the answer's (one commit, a few milliseconds) lets a retry queue again.
+//! with a different request body is 422. A request only part of which was queued (a 429 or
+//! 503 naming the `queued` messages) keeps which messages those were: its retry with the same
+//! key queues only the rest, and its answer names every message. One window is left: a crash
+//! after the messages' commit and before the record's (one commit, a few milliseconds) lets a
+//! retry queue them again.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +25,13 @@ use crate::intake::IntakeContext;
 struct Kept {
     /// SHA-256 of the request body, hex.
     request: String,
+    /// The 202 answer; null while only part of the request is queued.
+    #[serde(default)]
     answer: serde_json::Value,
+    /// While only part is queued: the queue id of each message queued, by its place in the
+    /// request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    queued: Vec<Option<String>>,
 }
 
 /// The request's `Idempotency-Key`, if it has one: 1 to 255 printable ASCII characters.
@@ -42,6 +51,8 @@ pub struct Claim {
     set: Arc<Mutex<HashSet<String>>>,
     key: String,
     request: String,
+    /// Messages an earlier try of this request queued, by their place in it (empty if none).
+    pub queued: Vec<Option<String>>,
 }
 
 impl Drop for Claim {
@@ -72,14 +83,18 @@ pub fn begin(ctx: &IntakeContext, owner: &str, key: &str, body: &[u8]) -> Result
                 .detail("wait for its answer, then send again to get it"));
         }
     }
-    let claim = Claim { set: ctx.api_in_flight.clone(), key: stored_key, request };
+    let mut claim = Claim { set: ctx.api_in_flight.clone(), key: stored_key, request, queued: Vec::new() };
     let kept = ctx
         .spool
         .recall(&claim.key, now())
         .map_err(|e| Problem::new(503, "unavailable", "The idempotency record could not be read").detail(e.to_string()))?;
     match kept.map(|bytes| serde_json::from_slice::<Kept>(&bytes)) {
         None => Ok(Lookup::Fresh(claim)),
-        Some(Ok(kept)) if kept.request == claim.request => Ok(Lookup::Replay(kept.answer)),
+        Some(Ok(kept)) if kept.request == claim.request && !kept.answer.is_null() => Ok(Lookup::Replay(kept.answer)),
+        Some(Ok(kept)) if kept.request == claim.request => {
+            claim.queued = kept.queued;
+            Ok(Lookup::Fresh(claim))
+        }
         Some(Ok(_)) => Err(Problem::new(422, "idempotency-key-reused", "This Idempotency-Key was used for another request")
             .detail("an Idempotency-Key names one request; use a new key for a new request")),
         Some(Err(e)) => Err(Problem::new(503, "unavailable", "The idempotency record is damaged").detail(e.to_string())),
@@ -92,7 +107,16 @@ static PRUNING: AtomicBool = AtomicBool::new(false);
 /// Keeps `answer` for the claimed key, durably before this returns; the first answer of each
 /// hour also drops the expired ones. A failure is logged: the messages are queued either way.
 pub async fn remember(ctx: &Arc<IntakeContext>, claim: &Claim, answer: &serde_json::Value) {
-    let kept = Kept { request: claim.request.clone(), answer: answer.clone() };
+    keep(ctx, claim, Kept { request: claim.request.clone(), answer: answer.clone(), queued: Vec::new() }).await
+}
+
+/// Keeps which messages of the claimed request are queued (by place) when it was not all
+/// queued, so that its retry queues only the rest.
+pub async fn remember_partial(ctx: &Arc<IntakeContext>, claim: &Claim, queued: Vec<Option<String>>) {
+    keep(ctx, claim, Kept { request: claim.request.clone(), answer: serde_json::Value::Null, queued }).await
+}
+
+async fn keep(ctx: &Arc<IntakeContext>, claim: &Claim, kept: Kept) {
     let bytes = serde_json::to_vec(&kept).unwrap_or_default();
     let expires = now() + ctx.config.api.idempotency_ttl.0.as_secs();
     let result = match ctx.spool.remember(&claim.key, expires, &bytes) {

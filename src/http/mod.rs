@@ -265,10 +265,18 @@ async fn messages(
     if !json_type {
         return Err(Problem::new(415, "unsupported-media-type", "The body must be JSON").detail("Content-Type: application/json"));
     }
-    if let Some(reply) = ctx.rates.gate(peer.ip(), Some(&accept::api_user(key))) {
-        let mut p = Problem::new(429, "rate-limited", "Too many messages from this key").detail(reply.lines.join(" "));
-        p.retry_after = Some(1);
-        return Err(p);
+    // Over its rate, a key's request is refused before its body is read; one with an
+    // Idempotency-Key only once it is known not to be a repeat (a repeat queues nothing).
+    let over_rate = || match ctx.rates.gate(peer.ip(), Some(&accept::api_user(key))) {
+        Some(reply) => {
+            let mut p = Problem::new(429, "rate-limited", "Too many messages from this key").detail(reply.lines.join(" "));
+            p.retry_after = Some(1);
+            Err(p)
+        }
+        None => Ok(()),
+    };
+    if idempotency_key.is_none() {
+        over_rate()?;
     }
     let limit = ctx.config.api.max_request_size;
     // Request bodies are held whole while they arrive: past the free share each one takes its
@@ -308,7 +316,10 @@ async fn messages(
     let claim = match &idempotency_key {
         Some(k) => match idempotency::begin(ctx, key, k, &body)? {
             idempotency::Lookup::Replay(first) => return Ok(Answered::Replayed(first)),
-            idempotency::Lookup::Fresh(claim) => Some(claim),
+            idempotency::Lookup::Fresh(claim) => {
+                over_rate()?;
+                Some(claim)
+            }
         },
         None => None,
     };
@@ -347,6 +358,12 @@ async fn accept_all(
 ) -> Result<Answered, Problem> {
     let count = prepared.len();
     let mut results: Vec<Option<Result<String, Refusal>>> = (0..count).map(|_| None).collect();
+    // Messages an earlier try of this request (same Idempotency-Key, same body) queued.
+    let already = claim.as_ref().map(|c| c.queued.clone()).unwrap_or_default();
+    if !already.is_empty() && already.len() != count {
+        return Err(Problem::new(422, "idempotency-key-reused", "This Idempotency-Key was used for another request")
+            .detail("the request now makes another number of messages than when it was first sent"));
+    }
     let mut recipients = Vec::with_capacity(count);
     let mut running = tokio::task::JoinSet::new();
     let mut rate_limited = None;
@@ -355,6 +372,10 @@ async fn accept_all(
     let at_once = if ctx.rates.limited() { 1 } else { ACCEPT_AT_ONCE };
     for (i, p) in prepared.into_iter().enumerate() {
         recipients.push(p.recipients.iter().map(|(m, _)| m.to_string()).collect::<Vec<_>>());
+        if let Some(Some(id)) = already.get(i) {
+            results[i] = Some(Ok(id.clone()));
+            continue;
+        }
         if rate_limited.is_some() {
             continue;
         }
@@ -386,6 +407,27 @@ async fn accept_all(
             results[done] = Some(result);
         }
     }
+    let queued: Vec<Option<String>> = results.iter().map(|r| r.as_ref().and_then(|r| r.as_ref().ok()).cloned()).collect();
+    let answer = answer_of(results, recipients, rate_limited);
+    if let (Err(_), Some(claim)) = (&answer, &claim)
+        && queued.iter().any(Option::is_some)
+    {
+        idempotency::remember_partial(&ctx, claim, queued).await;
+    }
+    let answer = answer?;
+    if let Some(claim) = &claim {
+        idempotency::remember(&ctx, claim, &answer).await;
+    }
+    Ok(Answered::Fresh(answer))
+}
+
+/// The 202 answer when every message is queued, else the problem naming those that are.
+fn answer_of(
+    results: Vec<Option<Result<String, Refusal>>>,
+    recipients: Vec<Vec<String>>,
+    rate_limited: Option<String>,
+) -> Result<serde_json::Value, Problem> {
+    let count = results.len();
     let mut accepted = Vec::with_capacity(count);
     let mut first_refusal = None;
     let mut unsent = false;
@@ -408,11 +450,7 @@ async fn accept_all(
     if unsent {
         return Err(refused(Refusal::Spool(crate::spool::SpoolError::Io("an accept task failed".into())), &accepted));
     }
-    let answer = serde_json::to_value(Accepted { messages: accepted }).unwrap_or_default();
-    if let Some(claim) = &claim {
-        idempotency::remember(&ctx, claim, &answer).await;
-    }
-    Ok(Answered::Fresh(answer))
+    Ok(serde_json::to_value(Accepted { messages: accepted }).unwrap_or_default())
 }
 
 /// Messages of one request in the accept path at once.

@@ -351,3 +351,104 @@ fn the_keys_rate_is_checked_for_each_message_of_a_request() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(dest.state.lock().unwrap().transactions.len(), queued, "exactly the queued ones are sent");
 }
+
+#[test]
+fn a_request_queued_in_part_is_completed_by_its_retry_with_the_same_idempotency_key() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, api, _dns) = start_with(dir.path(), &dest, ", messages_per_user: 2/s");
+    let to: Vec<String> = (0..5).map(|i| format!("r{i}@dest.test")).collect();
+    let subs: serde_json::Map<String, serde_json::Value> = to.iter().map(|t| (t.clone(), serde_json::json!({"n": t}))).collect();
+    let request = serde_json::json!({"from": "a@shop.test", "to": to, "text": "for {{n}}", "substitutions": subs});
+    let (status, _, first) = post_once(api.addr, &api.key, "batch-1", &request);
+    assert_eq!(status, 429, "the rate stops the request part-way: {first}");
+    let first_queued: Vec<String> = first["queued"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert!((1..5).contains(&first_queued.len()), "{first}");
+    // Retried with the same key until it is all queued: the ones queued before keep their ids.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        std::thread::sleep(Duration::from_millis(1100));
+        let (status, _, answer) = post_once(api.addr, &api.key, "batch-1", &request);
+        if status == 202 {
+            break answer;
+        }
+        assert_eq!(status, 429, "{answer}");
+        assert!(std::time::Instant::now() < deadline, "never completed: {answer}");
+    };
+    let ids: Vec<String> = answer["messages"].as_array().unwrap().iter().map(|m| m["queue_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 5, "{answer}");
+    assert_eq!(ids[..first_queued.len()], first_queued[..], "the first try's messages are named, not queued again");
+    let (status, head, replay) = post_once(api.addr, &api.key, "batch-1", &request);
+    assert_eq!((status, &replay), (202, &answer));
+    assert!(head.contains("idempotent-replayed: true"), "{head}");
+    dest.wait_for(5, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut sent: Vec<String> = dest.state.lock().unwrap().transactions.iter().map(|t| t.rcpts[0].clone()).collect();
+    sent.sort();
+    assert_eq!(sent, to, "each message of the request sent exactly once");
+}
+
+#[test]
+fn one_idempotency_key_sent_at_once_many_times_queues_once() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, api, _dns) = start(dir.path(), &dest);
+    let order = serde_json::json!({"from": "a@shop.test", "to": ["b@dest.test", "c@dest.test"], "subject": "order 9", "text": "x"});
+    let answers: Vec<(u16, String, serde_json::Value)> = std::thread::scope(|s| {
+        let tries: Vec<_> = (0..8).map(|_| s.spawn(|| post_once(api.addr, &api.key, "order-9", &order))).collect();
+        tries.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let fresh = answers.iter().filter(|(status, head, _)| *status == 202 && !head.contains("idempotent-replayed")).count();
+    assert_eq!(fresh, 1, "one request is served, the others replayed or told it is in flight: {answers:?}");
+    for (status, _, answer) in &answers {
+        match status {
+            202 => assert_eq!(answer["messages"][0]["recipients"], serde_json::json!(["b@dest.test", "c@dest.test"]), "{answer}"),
+            409 => assert_eq!(answer["type"], "/api/v1/problems/idempotency-key-in-use"),
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    dest.wait_for(1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = dest.state.lock().unwrap().transactions.iter().filter(|t| t.body.contains("Subject: order 9")).count();
+    assert_eq!(sent, 1, "queued once");
+}
+
+#[test]
+fn the_api_over_https_uses_the_tls_certificate_and_refuses_plain_http() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = new_key("shop", "inject");
+    std::fs::write(dir.path().join("api.keys"), format!("{line}\n")).unwrap();
+    let extra = format!(
+        "tls: {{ certificate: {d}/cert.pem, private_key: {d}/key.pem, self_signed_if_missing: true }}\nhttp_listeners: [{{ address: \"127.0.0.1:0\", tls: true }}]\napi: {{ keys_file: {d}/api.keys }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{port}\"\n",
+        d = dir.path().display(),
+        port = dest.addr.port()
+    );
+    let daemon = Daemon::spawn(dir.path(), &extra, &[]);
+    let addr = http_addr(&daemon);
+    let body = serde_json::json!({"from": "a@shop.test", "to": ["b@dest.test"], "subject": "over tls", "text": "x"}).to_string();
+    let https = |verify: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-S", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20", "-H", "Content-Type: application/json"]);
+        cmd.args(["-H", &format!("Authorization: Bearer {key}"), "--data-binary", &body]);
+        cmd.args(["--resolve", &format!("relay.test:{}:127.0.0.1", addr.port())]);
+        match verify {
+            true => cmd.args(["--cacert", dir.path().join("cert.pem").to_str().unwrap()]),
+            false => cmd.args(["--cacert", "/dev/null"]),
+        };
+        let out = cmd.arg(format!("https://relay.test:{}/api/v1/messages", addr.port())).output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
+    };
+    let (out, ok) = https(true);
+    assert!(ok && out.ends_with("\n202"), "202 over TLS with the relay's certificate: {out}");
+    let (out, ok) = https(false);
+    assert!(!ok, "a client that does not trust the certificate gets no answer: {out}");
+    let plain = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://{addr}/api/v1/openapi.json"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&plain.stdout), "000", "no plain HTTP on the TLS listener");
+    let got = dest.wait_for(1, Duration::from_secs(20));
+    assert!(got[0].body.contains("Subject: over tls"), "{}", got[0].body);
+}
