@@ -4,9 +4,12 @@
 
 pub mod attempt;
 pub mod connection;
+pub mod dane;
+pub mod mta_sts;
 pub mod pool;
 pub mod route;
 pub mod tls;
+pub mod tls_rpt;
 pub mod transport;
 pub mod uring;
 pub mod workers;
