@@ -4,7 +4,6 @@
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header;
 use hyper::{Request, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +21,11 @@ const MAX_ACTION_BODY: usize = 64 * 1024;
 
 /// The queue actions taken with `POST /api/v1/queue/ACTION`.
 pub const ACTIONS: &[&str] = &["flush", "requeue", "hold", "release", "delete", "bounce"];
+
+/// Whether a route template is one of these endpoints (the `admin` scope's).
+pub fn serves(template: &str) -> bool {
+    template.starts_with("/api/v1/queue") || template == "/api/v1/reload"
+}
 
 /// Serves one admin endpoint (`template` is the route it matched, the key already checked).
 pub async fn serve(req: Request<Incoming>, template: &str, daemon: &Daemon, key: &str) -> Answer {
@@ -125,14 +129,7 @@ struct ActionBody {
 }
 
 async fn action_request(req: Request<Incoming>, action: &str) -> Result<AdminRequest, Problem> {
-    let json_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
-    if !json_type {
-        return Err(Problem::new(415, "unsupported-media-type", "The body must be JSON").detail("Content-Type: application/json"));
-    }
+    super::json_body(req.headers())?;
     let reading = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_ACTION_BODY).collect()).await;
     let body = match reading {
         Err(_) => return Err(Problem::new(408, "timeout", "The request body came too slowly")),

@@ -189,7 +189,7 @@ async fn route(
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        (admin_route, _) if routed && admin_route.starts_with("/api/v1/") => {
+        (admin_route, _) if routed && admin::serves(admin_route) => {
             let started = Instant::now();
             let key = match authorize(&req, ctx, |s| s.admin) {
                 Ok(key) => key,
@@ -258,13 +258,7 @@ async fn messages(
     tls: Option<TlsInfo>,
 ) -> Result<Answered, Problem> {
     let idempotency_key = idempotency::header(req.headers())?;
-    let json_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| {
-        let t = t.split(';').next().unwrap_or("").trim();
-        t.eq_ignore_ascii_case("application/json")
-    });
-    if !json_type {
-        return Err(Problem::new(415, "unsupported-media-type", "The body must be JSON").detail("Content-Type: application/json"));
-    }
+    json_body(req.headers())?;
     // Over its rate, a key's request is refused before its body is read; one with an
     // Idempotency-Key only once it is known not to be a repeat (a repeat queues nothing).
     let over_rate = || match ctx.rates.gate(peer.ip(), Some(&accept::api_user(key))) {
@@ -469,6 +463,15 @@ fn refused(refusal: Refusal, queued: &[AcceptedMessage]) -> Problem {
     };
     p.queued = queued.iter().map(|q| q.queue_id.clone()).collect();
     p
+}
+
+/// A request body must be declared JSON (415 otherwise).
+fn json_body(headers: &hyper::HeaderMap) -> Result<(), Problem> {
+    let declared = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match declared.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json") {
+        true => Ok(()),
+        false => Err(Problem::new(415, "unsupported-media-type", "The body must be JSON").detail("Content-Type: application/json")),
+    }
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> Answer {

@@ -105,6 +105,12 @@ fn the_queue_toolbox_answers_over_http_for_an_admin_key() {
     let (status, _, _) = curl(api.addr, "GET", "/api/v1/queue", None, "application/json", b"");
     assert_eq!(status, 401);
 
+    // A body that is not declared JSON, or is huge, is refused before it is parsed.
+    let (status, _, _) = curl(api.addr, "POST", "/api/v1/queue/flush", Some(&api.admin_key), "text/plain", b"{\"all\":true}");
+    assert_eq!(status, 415);
+    let huge = format!("{{\"ids\": [{}]}}", vec!["\"0123456789ABC\""; 6000].join(","));
+    let (status, _, _) = curl(api.addr, "POST", "/api/v1/queue/hold", Some(&api.admin_key), "application/json", huge.as_bytes());
+    assert_eq!(status, 413);
     // Actions must name their messages, with their own fields only.
     assert_eq!(post(&api, "/api/v1/queue/flush", serde_json::json!({})).0, 422);
     assert_eq!(post(&api, "/api/v1/queue/hold", serde_json::json!({"domian": "dest.test"})).0, 400);
