@@ -83,7 +83,12 @@ impl super::Config {
             Some(path) if !path.is_file() => {
                 return Err(("api.keys_file".into(), format!("file {} does not exist", path.display())));
             }
-            _ => {}
+            // Read as the daemon reads it, so check-config finds the bad line before a reload does.
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ("api.keys_file".to_string(), format!("{}: {e}", path.display())))?;
+                crate::http::keys::ApiKeys::parse(&text).map_err(|e| ("api.keys_file".to_string(), format!("{}: {e}", path.display())))?;
+            }
+            None => {}
         }
         if self.api.max_recipients == 0 || self.api.max_request_size < 1024 {
             return Err(("api".into(), "max_recipients must be positive and max_request_size at least 1024".into()));

@@ -230,6 +230,20 @@ mod tests {
     }
 
     #[test]
+    fn each_kind_of_refusal_has_its_status() {
+        let status = |r: Refused| {
+            let p = problem_for(r);
+            (p.status, p.retry_after)
+        };
+        assert_eq!(status(Refused::NotFound("Q1".into())), (404, None));
+        assert_eq!(status(Refused::Invalid("x".into())), (422, None));
+        assert_eq!(status(Refused::Paused("nothing is sent".into())), (409, None));
+        // The daemon is shutting down: another node, or this one after its restart, can serve it.
+        assert_eq!(status(Refused::Unavailable("shutting down".into())), (503, Some(5)));
+        assert_eq!(status(Refused::Failed("disk".into())), (500, None));
+    }
+
+    #[test]
     fn actions_need_a_selection_and_only_their_own_fields() {
         assert_eq!(action_for("flush", body(serde_json::json!({}))).unwrap_err().status, 422);
         let p = action_for("hold", body(serde_json::json!({"all": true, "dry_run": true}))).unwrap_err();

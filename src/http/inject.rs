@@ -127,6 +127,8 @@ pub struct Limits {
     pub max_total: u64,
     /// Recipients of one message at most (limits.max_recipients, as for SMTP).
     pub max_recipients_per_message: usize,
+    /// The longest line of a raw message, without CRLF (limits.max_line_length, as for SMTP).
+    pub max_line: usize,
     /// For the Message-IDs of built messages.
     pub hostname: String,
 }
@@ -250,6 +252,14 @@ fn raw(req: MessageRequest, params: MailParams, rcpt: RcptParams, limits: &Limit
     // after the fields is split differently by different readers, a DKIM verifier among them.
     if body_start < message.len() && !message[body_start..].starts_with(b"\r\n") {
         return Err(Problem::invalid("/raw", "the header section must end with an empty line"));
+    }
+    // As SMTP's DATA refuses them: a longer line would be folded on the way out, which breaks
+    // its signature and, in a header, its meaning.
+    if let Some((number, length)) = longest_over(&message, limits.max_line) {
+        return Err(Problem::invalid(
+            "/raw",
+            format!("line {number} is {length} octets; at most {} (limits.max_line_length)", limits.max_line),
+        ));
     }
     Ok(vec![Prepared { from, params, recipients, message }.fixed()])
 }
@@ -474,6 +484,15 @@ fn list(fields: &[AddressField], pointer: &str) -> Result<Vec<(Option<String>, M
     fields.iter().enumerate().map(|(i, f)| named(f, &format!("{pointer}/{i}"))).collect()
 }
 
+/// The first line (1-based) longer than `max` octets without its CRLF, and its length.
+fn longest_over(message: &[u8], max: usize) -> Option<(usize, usize)> {
+    let mut lines = message.split(|&b| b == b'\n').enumerate();
+    lines.find_map(|(i, line)| {
+        let length = line.strip_suffix(b"\r").unwrap_or(line).len();
+        (length > max).then_some((i + 1, length))
+    })
+}
+
 /// CRLF line ends whatever came (LF alone, CRLF, or a mix).
 fn crlf(text: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + text.len() / 32);
@@ -584,6 +603,7 @@ mod tests {
             max_message_size: 1 << 20,
             max_total: 4 << 20,
             max_recipients_per_message: 10,
+            max_line: 998,
             hostname: "relay.test".into(),
         }
     }
@@ -620,6 +640,23 @@ mod tests {
         let m = prepare(req, &limits()).unwrap().remove(0);
         assert_eq!(m.message, "Subject: é\r\n\r\nbody\r\nmixed\r\n".as_bytes());
         assert!(m.from.is_none() && m.params.smtputf8 && m.params.body == Some(Body::EightBitMime));
+    }
+
+    #[test]
+    fn a_raw_line_longer_than_smtp_takes_is_refused_with_its_number() {
+        let raw = |body: &str| -> MessageRequest {
+            serde_json::from_value(
+                serde_json::json!({"envelope": {"from": "s@x.test", "to": ["a@x.test"]}, "raw": format!("Subject: s\n\nok\n{body}\n")}),
+            )
+            .unwrap()
+        };
+        let at_limit = prepare(raw(&"x".repeat(998)), &limits());
+        assert!(at_limit.is_ok(), "998 octets without CRLF is the limit: {:?}", at_limit.err().map(|p| p.detail));
+        let p = prepare(raw(&"x".repeat(999)), &limits()).err().unwrap();
+        assert_eq!(p.status, 422);
+        assert!(p.detail.as_deref().unwrap().contains("line 4 is 999 octets; at most 998"), "{:?}", p.detail);
+        assert_eq!(p.pointer.as_deref(), Some("/raw"));
+        assert!(prepare(raw(&"x".repeat(1500)), &Limits { max_line: 2000, ..limits() }).is_ok(), "as limits.max_line_length says");
     }
 
     #[test]

@@ -227,6 +227,8 @@ fn authorize(req: &Request<Incoming>, ctx: &IntakeContext, allowed: impl Fn(&key
         return Err(Problem::unauthorized("the key is not known"));
     };
     if !allowed(&key.scopes) {
+        // A known key: counted under its name, so its owner sees the refusals too.
+        metrics::counter!(m::API_REQUESTS, "key" => key.name.clone(), "status" => "403").increment(1);
         return Err(Problem::new(403, "forbidden", "The key lacks the scope for this").detail(format!("key {}", key.name)));
     }
     Ok(key.name.clone())
@@ -322,6 +324,7 @@ async fn messages(
         max_message_size: ctx.config.limits.max_message_size,
         max_total: ctx.config.api.max_request_size,
         max_recipients_per_message: ctx.config.limits.max_recipients,
+        max_line: ctx.config.limits.max_line_length,
         hostname: ctx.config.hostname.0.clone(),
     };
     // Parsing and building MIME take CPU in proportion to the request: not on the async workers.

@@ -110,7 +110,7 @@ fn describe() {
     describe_counter!(DELIVERY_CONVERTED_7BIT, "8-bit messages converted to quoted-printable for a next hop without 8BITMIME");
     describe_counter!(DKIM_SIGNATURES, "DKIM signatures added at intake, by signing domain and algorithm");
     describe_counter!(DKIM_FAILURES, "Messages refused with 451 because a DKIM signature could not be made");
-    describe_counter!(API_REQUESTS, "HTTP API message requests, by key name (unknown for a key not in the keys file) and status");
+    describe_counter!(API_REQUESTS, "HTTP API requests, by key name (unknown for a key not in the keys file) and status");
     describe_histogram!(API_REQUEST_SECONDS, Unit::Seconds, "HTTP API message requests, arrival to answer (202: every message durable)");
     describe_counter!(
         DELIVERY_CONNECTIONS_DISCARDED,

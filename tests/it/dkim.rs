@@ -204,3 +204,54 @@ fn a_reload_puts_a_new_key_in_force_and_a_bad_key_fails_check_config_and_the_rel
         assert_eq!((results[0]["s"].as_str(), results[0]["ok"].as_bool()), (Some(selector), Some(true)), "{subject}: {results:?}");
     }
 }
+
+#[test]
+fn http_mail_with_8bit_text_and_long_lines_is_signed_with_rsa_and_ed25519_and_dkimpy_verifies_both() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let dns = TestDns::start(keys(dir.path()));
+    let (key, line) = crate::http_api::new_key("news", "inject");
+    std::fs::write(dir.path().join("api.keys"), format!("{line}\n")).unwrap();
+    let config = format!(
+        "{}http_listeners: [{{ address: \"127.0.0.1:0\" }}]\napi: {{ keys_file: {}/api.keys }}\n",
+        dkim_config(dir.path(), &dest),
+        dir.path().display()
+    );
+    let daemon = Daemon::spawn(dir.path(), &config, &[]);
+    let addr = crate::http_api::http_addr(&daemon);
+    let post = |body: serde_json::Value| {
+        let (status, _, text) =
+            crate::http_api::curl(addr, "POST", "/api/v1/messages", Some(&key), "application/json", body.to_string().as_bytes());
+        (status, serde_json::from_str::<serde_json::Value>(&text).unwrap())
+    };
+    let long = "x".repeat(2500);
+    let dotted = format!(".{}", "y".repeat(1500));
+    // Built by the API: 8-bit text with trailing white space and a line too long to send as it is.
+    let (status, answer) = post(serde_json::json!({
+        "from": "Sender <news@sender.test>", "to": ["a@dest.test"], "subject": "built Grüße",
+        "text": format!("Grüße aus Köln  \nnaïve façade\t\n{long}\n"),
+        "html": "<p>Grüße aus Köln</p>"
+    }));
+    assert_eq!(status, 202, "{answer}");
+    // Raw: 8-bit as it came, and lines over 998 octets (within limits.max_line_length) that
+    // delivery folds, one starting with a dot.
+    let raw = format!(
+        "From: news@sender.test\nTo: b@dest.test\nSubject: raw 8bit\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nGrüße  \n{long}\n{dotted}\nend\n"
+    );
+    let (status, answer) = post(serde_json::json!({"envelope": {"from": "news@sender.test", "to": ["b@dest.test"]}, "raw": raw}));
+    assert_eq!(status, 202, "{answer}");
+    // A line longer than limits.max_line_length is refused as SMTP's DATA refuses it.
+    let too_long = format!("From: news@sender.test\n\n{}\n", "z".repeat(4001));
+    let (status, problem) = post(serde_json::json!({"envelope": {"from": "news@sender.test", "to": ["c@dest.test"]}, "raw": too_long}));
+    assert_eq!((status, problem["pointer"].as_str()), (422, Some("/raw")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("line 3 is 4001 octets"), "{problem}");
+
+    let got = dest.wait_for(2, Duration::from_secs(30));
+    for rcpt in ["a@dest.test", "b@dest.test"] {
+        let message = got.iter().find(|m| m.rcpts == [rcpt]).expect(rcpt);
+        assert_both_verify(message, &dns);
+        assert!(message.body.lines().all(|l| l.len() <= 998), "no line over 998 octets left: {rcpt}");
+    }
+    let raw = got.iter().find(|m| m.rcpts == ["b@dest.test"]).unwrap();
+    assert!(raw.body.contains("\r\nGrüße  \r\n"), "8-bit sent as it came: {}", raw.body);
+}

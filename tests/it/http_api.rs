@@ -49,7 +49,7 @@ impl Api {
 }
 
 /// The key line of `sluice api-key`'s output, and the key.
-fn new_key(name: &str, scopes: &str) -> (String, String) {
+pub fn new_key(name: &str, scopes: &str) -> (String, String) {
     let (ok, out, err) = sluice(&["api-key", name, "--scopes", scopes]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
@@ -61,6 +61,21 @@ fn start(dir: &Path, dest: &Dest) -> (Daemon, Api, TestDns) {
 }
 
 pub fn start_with(dir: &Path, dest: &Dest, more: &str) -> (Daemon, Api, TestDns) {
+    start_custom(dir, dest, Custom { limits: more, ..Custom::default() })
+}
+
+/// What a test adds to the API daemon's config.
+#[derive(Default)]
+pub struct Custom<'a> {
+    /// More `limits:` entries, each starting with ", ".
+    pub limits: &'a str,
+    /// More `delivery:` lines, indented; `retry:` here replaces the default `[1s]`.
+    pub delivery: &'a str,
+    /// More top-level YAML.
+    pub extra: &'a str,
+}
+
+pub fn start_custom(dir: &Path, dest: &Dest, custom: Custom) -> (Daemon, Api, TestDns) {
     let (key, line) = new_key("shop", "inject");
     let (admin_key, admin_line) = new_key("ops", "admin");
     std::fs::write(dir.join("api.keys"), format!("# API keys\n{line}\n{admin_line}\n")).unwrap();
@@ -80,17 +95,20 @@ pub fn start_with(dir: &Path, dest: &Dest, more: &str) -> (Daemon, Api, TestDns)
     let record: String = out.lines().find(|l| l.contains(" IN TXT ")).unwrap().split('"').skip(1).step_by(2).collect();
     let dns = TestDns::start(Zone::default().txt("ed._domainkey.shop.test", &record));
     let extra = format!(
-        "http_listeners: [{{ address: \"127.0.0.1:0\" }}]\napi: {{ keys_file: {d}/api.keys, max_recipients: 5, max_request_size: 200000 }}\nlimits: {{ intake_memory: 100000{more} }}\ndkim:\n  sign:\n    - {{ domain: shop.test, selector: ed, key: {d}/ed.key }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{port}\"\n  retry: [1s]\n",
+        "http_listeners: [{{ address: \"127.0.0.1:0\" }}]\napi: {{ keys_file: {d}/api.keys, max_recipients: 5, max_request_size: 200000 }}\nlimits: {{ intake_memory: 100000{more} }}\ndkim:\n  sign:\n    - {{ domain: shop.test, selector: ed, key: {d}/ed.key }}\ndelivery:\n  smarthost: \"[127.0.0.1]:{port}\"\n{retry}{delivery}{extra}",
         d = dir.display(),
         port = dest.addr.port(),
-        more = more
+        more = custom.limits,
+        retry = if custom.delivery.contains("retry:") { "" } else { "  retry: [1s]\n" },
+        delivery = custom.delivery,
+        extra = custom.extra,
     );
     let daemon = Daemon::spawn(dir, &extra, &[]);
     let addr = http_addr(&daemon);
     (daemon, Api { addr, key, admin_key }, dns)
 }
 
-fn http_addr(daemon: &Daemon) -> SocketAddr {
+pub fn http_addr(daemon: &Daemon) -> SocketAddr {
     let log = daemon.log_text();
     log.lines()
         .find(|l| l.contains("http api bound"))

@@ -34,6 +34,7 @@ mod health;
 mod hop_limit;
 mod http_admin;
 mod http_api;
+mod http_api_ops;
 mod intake_memory;
 mod lettre_client;
 mod limits;

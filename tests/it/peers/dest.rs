@@ -114,6 +114,11 @@ impl Dest {
         }
     }
 
+    /// The transactions that arrived so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().transactions.clone()
+    }
+
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap().connections
     }
