@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::problem::Problem;
 use crate::intake::IntakeContext;
+use crate::spool::Shelf;
 
 /// What is kept per key.
 #[derive(Serialize, Deserialize)]
@@ -86,7 +87,7 @@ pub fn begin(ctx: &IntakeContext, owner: &str, key: &str, body: &[u8]) -> Result
     let mut claim = Claim { set: ctx.api_in_flight.clone(), key: stored_key, request, queued: Vec::new() };
     let kept = ctx
         .spool
-        .recall(&claim.key, now())
+        .recall(Shelf::Answers, &claim.key, now())
         .map_err(|e| Problem::new(503, "unavailable", "The idempotency record could not be read").detail(e.to_string()))?;
     match kept.map(|bytes| serde_json::from_slice::<Kept>(&bytes)) {
         None => Ok(Lookup::Fresh(claim)),
@@ -119,7 +120,7 @@ pub async fn remember_partial(ctx: &Arc<IntakeContext>, claim: &Claim, queued: V
 async fn keep(ctx: &Arc<IntakeContext>, claim: &Claim, kept: Kept) {
     let bytes = serde_json::to_vec(&kept).unwrap_or_default();
     let expires = now() + ctx.config.api.idempotency_ttl.0.as_secs();
-    let result = match ctx.spool.remember(&claim.key, expires, &bytes) {
+    let result = match ctx.spool.remember(Shelf::Answers, &claim.key, expires, &bytes) {
         Ok(durable) => durable.wait().await,
         Err(e) => Err(e),
     };
@@ -131,7 +132,7 @@ async fn keep(ctx: &Arc<IntakeContext>, claim: &Claim, kept: Kept) {
     if PRUNED_HOUR.swap(hour, Ordering::AcqRel) != hour && !PRUNING.swap(true, Ordering::AcqRel) {
         let spool = ctx.spool.clone();
         tokio::task::spawn_blocking(move || {
-            let _ = spool.forget_expired(now());
+            let _ = spool.forget_expired(Shelf::Answers, now());
             PRUNING.store(false, Ordering::Release);
         });
     }

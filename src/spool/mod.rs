@@ -263,6 +263,14 @@ impl Durable {
 }
 
 /// Reading a spool: all the admin commands need, and all a read-only snapshot offers.
+/// Records the spool keeps beside messages, each kind on its own shelf, each record with an
+/// expiry: they live in the same database, so they are as durable as the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shelf {
+    /// The HTTP API's answers, by idempotency key.
+    Answers,
+}
+
 pub trait SpoolRead: Send + Sync {
     fn get(&self, queue_id: &str) -> Result<Envelope, SpoolError>;
     fn read_body(&self, envelope: &Envelope) -> Result<Vec<u8>, SpoolError>;
@@ -297,17 +305,17 @@ pub trait Spool: SpoolRead {
     fn remove(&self, queue_id: &str) -> Result<Durable, SpoolError> {
         self.apply(Changes { remove: vec![queue_id.to_string()], ..Changes::default() })
     }
-    /// Keeps the HTTP API's answer to a request with an idempotency key until `expires` (unix
-    /// seconds), durably once the result resolves.
-    fn remember(&self, _key: &str, _expires: u64, _answer: &[u8]) -> Result<Durable, SpoolError> {
-        Err(SpoolError::Io("this spool keeps no idempotency records".into()))
+    /// Keeps `value` under `key` on `shelf` until `expires` (unix seconds), durably once the
+    /// result resolves.
+    fn remember(&self, _shelf: Shelf, _key: &str, _expires: u64, _value: &[u8]) -> Result<Durable, SpoolError> {
+        Err(SpoolError::Io("this spool keeps no records beside messages".into()))
     }
-    /// The answer kept for `key`, unless it expired by `now`.
-    fn recall(&self, _key: &str, _now: u64) -> Result<Option<Vec<u8>>, SpoolError> {
+    /// The value kept for `key` on `shelf`, unless it expired by `now`.
+    fn recall(&self, _shelf: Shelf, _key: &str, _now: u64) -> Result<Option<Vec<u8>>, SpoolError> {
         Ok(None)
     }
-    /// Drops the answers expired by `now`; how many.
-    fn forget_expired(&self, _now: u64) -> Result<usize, SpoolError> {
+    /// Drops the records on `shelf` expired by `now`; how many.
+    fn forget_expired(&self, _shelf: Shelf, _now: u64) -> Result<usize, SpoolError> {
         Ok(0)
     }
     /// Queue ids whose next attempt is due at `now` (unix seconds), earliest first.

@@ -25,7 +25,7 @@ use super::commit::{Batch, CommitQueue, Request};
 use super::queue_id::{self, QueueIdGenerator};
 use super::scratch::{Scratch, ScratchDir};
 use super::segments::Segments;
-use super::{BodyRef, Changes, Durable, Envelope, Health, RecipientState, Spool, SpoolError, SpoolRead};
+use super::{BodyRef, Changes, Durable, Envelope, Health, RecipientState, Shelf, Spool, SpoolError, SpoolRead};
 use crate::config::SpoolConfig;
 use crate::metrics as m;
 
@@ -351,6 +351,14 @@ pub(super) fn scan_envelopes(messages: &sled::Tree) -> Box<dyn Iterator<Item = R
     }))
 }
 
+impl SledSpool {
+    fn shelf(&self, shelf: Shelf) -> &sled::Tree {
+        match shelf {
+            Shelf::Answers => &self.answers,
+        }
+    }
+}
+
 impl Spool for SledSpool {
     fn new_queue_id(&self) -> String {
         self.ids.next().1
@@ -374,31 +382,32 @@ impl Spool for SledSpool {
         self.apply_parts(stores, &changes.update, &changes.remove)
     }
 
-    fn remember(&self, key: &str, expires: u64, answer: &[u8]) -> Result<Durable, SpoolError> {
+    fn remember(&self, shelf: Shelf, key: &str, expires: u64, value: &[u8]) -> Result<Durable, SpoolError> {
         if self.commits.is_poisoned() {
             return Err(SpoolError::Poisoned);
         }
-        let mut value = expires.to_be_bytes().to_vec();
-        value.extend_from_slice(answer);
-        self.answers.insert(key.as_bytes(), value)?;
+        let mut record = expires.to_be_bytes().to_vec();
+        record.extend_from_slice(value);
+        self.shelf(shelf).insert(key.as_bytes(), record)?;
         Ok(self.commits.request(Request::default()))
     }
 
-    fn recall(&self, key: &str, now: u64) -> Result<Option<Vec<u8>>, SpoolError> {
-        let Some(value) = self.answers.get(key.as_bytes())? else { return Ok(None) };
+    fn recall(&self, shelf: Shelf, key: &str, now: u64) -> Result<Option<Vec<u8>>, SpoolError> {
+        let Some(value) = self.shelf(shelf).get(key.as_bytes())? else { return Ok(None) };
         let expires = value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
         Ok((expires > now).then(|| value[8..].to_vec()))
     }
 
-    fn forget_expired(&self, now: u64) -> Result<usize, SpoolError> {
+    fn forget_expired(&self, shelf: Shelf, now: u64) -> Result<usize, SpoolError> {
         let mut gone = 0;
-        for item in self.answers.iter() {
+        let tree = self.shelf(shelf);
+        for item in tree.iter() {
             let (key, value) = item?;
             let expires = value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
             if expires <= now {
-                // Not made durable by itself: a forgotten answer that comes back after a crash
+                // Not made durable by itself: a forgotten record that comes back after a crash
                 // is expired and forgotten again.
-                self.answers.remove(key)?;
+                tree.remove(key)?;
                 gone += 1;
             }
         }
