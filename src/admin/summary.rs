@@ -28,6 +28,10 @@ pub struct DestinationSummary {
     /// Messages by age: younger than each of `AGE_BUCKETS`, and older than the last.
     #[serde(default)]
     pub ages: [usize; AGE_BUCKETS.len() + 1],
+    /// The TLS policy its latest attempt applied (`mta-sts-enforce`, `mta-sts-testing`,
+    /// `required`, `opportunistic`, `none`); none before an attempt since the start.
+    #[serde(default)]
+    pub tls_policy: Option<String>,
 }
 
 /// The age buckets' upper bounds, in seconds, with their names.
@@ -50,6 +54,7 @@ impl DestinationSummary {
             waiting: 0,
             suspended: None,
             ages: Default::default(),
+            tls_policy: None,
         }
     }
 }
@@ -87,6 +92,7 @@ pub fn summarize(
         s.message_rate = st.message_rate;
         s.waiting += st.waiting;
         s.suspended = st.suspended;
+        s.tls_policy = st.tls_policy.map(str::to_string);
     }
     by_name.into_values().collect()
 }
@@ -99,8 +105,8 @@ pub fn format_summary(rows: &[DestinationSummary], now: u64) -> String {
     ages.push_str(&format!(" {:>5}", format!(">{}", AGE_BUCKETS[AGE_BUCKETS.len() - 1].1)));
     let _ = writeln!(
         out,
-        "{:<32} {:>8} {:>10} {:>10}{ages} {:>11} {:>14}  state",
-        "destination", "messages", "recipients", "oldest", "connections", "rate"
+        "{:<32} {:>8} {:>10} {:>10}{ages} {:>11} {:>14} {:>15}  state",
+        "destination", "messages", "recipients", "oldest", "connections", "rate", "tls"
     );
     for r in rows {
         let oldest = r.oldest_arrival.map_or("-".to_string(), |a| age(now.saturating_sub(a)));
@@ -117,8 +123,14 @@ pub fn format_summary(rows: &[DestinationSummary], now: u64) -> String {
         let ages: String = r.ages.iter().map(|n| format!(" {n:>5}")).collect();
         let _ = writeln!(
             out,
-            "{:<32} {:>8} {:>10} {:>10}{ages} {:>11} {:>14}  {state}",
-            r.destination, r.messages, r.recipients, oldest, connections, rate
+            "{:<32} {:>8} {:>10} {:>10}{ages} {:>11} {:>14} {:>15}  {state}",
+            r.destination,
+            r.messages,
+            r.recipients,
+            oldest,
+            connections,
+            rate,
+            r.tls_policy.as_deref().unwrap_or("-")
         );
     }
     out

@@ -97,9 +97,17 @@ pub struct DeliveryConfig {
     /// Per recipient domain, a TLS policy other than `tls`.
     #[serde(default)]
     pub tls_policies: std::collections::BTreeMap<String, OutboundTls>,
-    /// PEM certificates trusted for `required` TLS besides the WebPKI roots (private CAs).
+    /// PEM certificates trusted for `required` TLS besides the WebPKI roots (private CAs);
+    /// also for MTA-STS policy hosts and the MX hosts a policy enforces TLS to.
     #[serde(default)]
     pub tls_trust: Vec<PathBuf>,
+    /// A host whose STARTTLS handshake failed is sent to in plain text at once for this long,
+    /// where the policy is opportunistic (0s: a handshake is tried every time).
+    #[serde(default = "default_starttls_failure_memory")]
+    pub starttls_failure_memory: HumanDuration,
+    /// MTA-STS (RFC 8461): the policies recipient domains publish for mail to their MX hosts.
+    #[serde(default)]
+    pub mta_sts: MtaStsConfig,
     #[serde(default = "default_max_recipients_per_transaction")]
     pub max_recipients_per_transaction: usize,
     /// Transactions on one connection before it is closed.
@@ -205,6 +213,8 @@ impl Default for DeliveryConfig {
             tls: OutboundTls::Opportunistic,
             tls_policies: Default::default(),
             tls_trust: Vec::new(),
+            starttls_failure_memory: default_starttls_failure_memory(),
+            mta_sts: MtaStsConfig::default(),
             max_recipients_per_transaction: default_max_recipients_per_transaction(),
             max_deliveries_per_connection: default_max_deliveries_per_connection(),
             max_connections_per_destination: default_max_connections_per_destination(),
@@ -221,6 +231,37 @@ impl Default for DeliveryConfig {
             timeouts: ClientTimeouts::default(),
         }
     }
+}
+
+/// MTA-STS: looked up for mail that goes by MX records (not for routes or the smarthost).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtaStsConfig {
+    /// Honour policies: `enforce` delivers only to the policy's MX hosts over verified TLS.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Port of `mta-sts.DOMAIN` (443; other values are for test setups).
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+    /// One policy fetch, connection to the last byte.
+    #[serde(default = "default_sts_fetch_timeout")]
+    pub fetch_timeout: HumanDuration,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig { enabled: true, port: default_https_port(), fetch_timeout: default_sts_fetch_timeout() }
+    }
+}
+
+fn default_starttls_failure_memory() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+fn default_https_port() -> u16 {
+    443
+}
+fn default_sts_fetch_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 
 fn default_true() -> bool {

@@ -158,7 +158,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         tracing::warn!("delivery is paused: mail is accepted and kept in the queue");
         (None, None)
     } else {
-        let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone())?;
+        let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone(), spool.clone())?;
         let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, clock, accounting.clone());
         tasks.spawn(runner.clone().run(watcher.clone()));
         (Some(delivery), Some(runner))

@@ -60,13 +60,23 @@ impl std::fmt::Display for Via {
     }
 }
 
-/// A host that failed on the way (the queue logs it with the queue id).
+/// A host that failed on the way, or was sent to in plain text (the queue logs it with the
+/// queue id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostEvent {
     pub relay: String,
     pub error: String,
+    pub kind: HostEventKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostEventKind {
+    /// The host failed; the next one is tried.
+    Failed,
     /// Opportunistic TLS failed and the same host was tried again in plain text.
-    pub plaintext_retry: bool,
+    PlaintextRetry,
+    /// The host's STARTTLS failed earlier (`error` says how): plain text at once.
+    PlaintextRemembered,
 }
 
 /// One attempt's results, and what it said about the destination (for backoff). A recipient
@@ -92,6 +102,8 @@ pub struct Sender<T> {
     pub settings: Arc<crate::live::Live<Settings>>,
     pub pool: Pool<T>,
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Hosts whose STARTTLS failed, shared by the workers.
+    pub legacy: Arc<super::legacy::LegacyHosts>,
 }
 
 impl<T: Transport> Sender<T> {
@@ -124,10 +136,23 @@ impl<T: Transport> Sender<T> {
             tokio::time::sleep(wait).await;
         }
         let mut fallback = None;
-        let mut opened = match Connection::open(target.clone(), policy, hop, settings, permit).await {
-            // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1).
-            Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic && !hop.implicit_tls => {
-                fallback = Some(HostEvent { relay: relay_of(target), error: e.to_string(), plaintext_retry: true });
+        let opportunistic = policy == TlsPolicy::Opportunistic && !hop.implicit_tls;
+        let remembered = if opportunistic { self.legacy.remembered(target.addr, std::time::Instant::now()) } else { None };
+        let first_policy = match &remembered {
+            Some(why) => {
+                metrics::counter!(m::DELIVERY_TLS_FALLBACKS, "how" => "remembered").increment(1);
+                fallback = Some(HostEvent { relay: relay_of(target), error: why.clone(), kind: HostEventKind::PlaintextRemembered });
+                TlsPolicy::Never
+            }
+            None => policy,
+        };
+        let mut opened = match Connection::open(target.clone(), first_policy, hop, settings, permit).await {
+            // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1),
+            // and the host remembered so that its next connections skip the handshake.
+            Err(ConnError::Tls(e)) if opportunistic && remembered.is_none() => {
+                metrics::counter!(m::DELIVERY_TLS_FALLBACKS, "how" => "retried").increment(1);
+                self.legacy.remember(target.addr, &e.to_string(), settings.starttls_failure_memory, std::time::Instant::now());
+                fallback = Some(HostEvent { relay: relay_of(target), error: e.to_string(), kind: HostEventKind::PlaintextRetry });
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
                 Connection::open(target.clone(), TlsPolicy::Never, hop, settings, permit).await
             }
@@ -209,7 +234,7 @@ impl<T: Transport> Sender<T> {
                             metrics::counter!(m::DELIVERY_TLS_FAILURES, "kind" => "not_offered").increment(1);
                         }
                         last_error = format!("{} [{}]: {e}", target.host, target.addr);
-                        hosts.push(HostEvent { relay: relay_of(target), error: e.to_string(), plaintext_retry: false });
+                        hosts.push(HostEvent { relay: relay_of(target), error: e.to_string(), kind: HostEventKind::Failed });
                         continue 'targets;
                     }
                 };

@@ -63,6 +63,8 @@ pub struct Settings {
     pub login: Option<(String, crate::smtp::sasl::Secret)>,
     /// `delivery.chunking`.
     pub chunking: bool,
+    /// `delivery.starttls_failure_memory`: how long a failed STARTTLS handshake is remembered.
+    pub starttls_failure_memory: std::time::Duration,
     /// Rises when a reload changes what connections are opened with (`opened_with`): a
     /// pooled connection opened under an older generation is closed instead of reused.
     pub generation: u64,

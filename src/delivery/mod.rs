@@ -5,9 +5,12 @@
 pub mod attempt;
 pub mod connection;
 pub mod dane;
+pub mod legacy;
 pub mod mta_sts;
 pub mod pool;
 pub mod route;
+pub mod sts;
+pub mod sts_fetch;
 pub mod tls;
 pub mod tls_rpt;
 pub mod transport;
@@ -50,6 +53,8 @@ pub struct Delivery {
     settings: Arc<Live<Settings>>,
     workers: Workers,
     shaper: crate::shaping::Shaper,
+    /// MTA-STS policies: the cache (in the spool) and the fetches under way.
+    sts: Arc<sts::Sts>,
     /// True once the daemon stops: no transaction starts after that.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -60,6 +65,8 @@ struct Generation {
     dns: Arc<Dns>,
     /// Our listener addresses, for loop detection.
     own: Vec<SocketAddr>,
+    /// How MTA-STS policies are fetched under this config.
+    sts_fetch: sts_fetch::FetchSettings,
 }
 
 /// A loaded next generation (see [`Delivery::prepare`]), not yet in force.
@@ -99,6 +106,7 @@ fn settings(config: &Config, generation: u64) -> Result<Settings, String> {
         our_hostname: config.hostname.0.clone(),
         source_address: d.source_address,
         chunking: d.chunking,
+        starttls_failure_memory: d.starttls_failure_memory.0,
         timeouts: d.timeouts.clone(),
         tls: tls::opportunistic_tls(),
         verified_tls: tls::verified_tls(&d.tls_trust)?,
@@ -108,15 +116,23 @@ fn settings(config: &Config, generation: u64) -> Result<Settings, String> {
     })
 }
 
+fn sts_fetch(config: &Config, settings: &Settings) -> sts_fetch::FetchSettings {
+    let s = &config.delivery.mta_sts;
+    sts_fetch::FetchSettings { port: s.port, timeout: s.fetch_timeout.0, tls: settings.verified_tls.clone() }
+}
+
 impl Delivery {
-    pub fn new(config: Arc<Config>, own: Vec<SocketAddr>) -> Result<Arc<Delivery>, String> {
+    /// `store` keeps what delivery learns beside the queue (MTA-STS policies).
+    pub fn new(config: Arc<Config>, own: Vec<SocketAddr>, store: Arc<dyn crate::spool::Spool>) -> Result<Arc<Delivery>, String> {
         let dns = Arc::new(Dns::new(&config.dns)?);
-        let settings = Arc::new(Live::new(settings(&config, 0)?));
+        let first = settings(&config, 0)?;
+        let fetching = sts_fetch(&config, &first);
+        let settings = Arc::new(Live::new(first));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let workers = Workers::start(&config, settings.clone(), stopping)?;
         let shaper = crate::shaping::Shaper::new(&config);
-        let generation = Live::new(Generation { config, dns, own });
-        Ok(Arc::new(Delivery { generation, settings, workers, shaper, stop }))
+        let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching });
+        Ok(Arc::new(Delivery { generation, settings, workers, shaper, sts: sts::Sts::new(store), stop }))
     }
 
     /// Loads what `config` needs (DNS servers, TLS trust, the smarthost password) without
@@ -134,7 +150,8 @@ impl Delivery {
         if settings.opened_with == running.opened_with {
             settings.generation = running.generation;
         }
-        Ok(Prepared { generation: Generation { config, dns, own }, settings })
+        let fetching = sts_fetch(&config, &settings);
+        Ok(Prepared { generation: Generation { config, dns, own, sts_fetch: fetching }, settings })
     }
 
     /// Puts a prepared generation in force: routes, policies, shaping and connection
@@ -162,6 +179,23 @@ impl Delivery {
     pub async fn route(&self, domain: &str) -> route::Route {
         let g = self.generation.get();
         route::route(domain, &g.config, &g.own, g.dns.as_ref()).await
+    }
+
+    /// The MTA-STS policy for mail to `domain` by its MX records at `now` (unix seconds), with
+    /// the fetch failure met on the way; no policy when `delivery.mta_sts.enabled` is off.
+    pub async fn mta_sts(&self, domain: &str, now: u64) -> sts::Found {
+        let g = self.generation.get();
+        let ascii = crate::dns::ascii_domain(domain);
+        match ascii {
+            Some(ascii) if g.config.delivery.mta_sts.enabled => self.sts.discover(&ascii, &g.dns, &g.sts_fetch, now).await,
+            _ => sts::Found { policy: None, failure: None },
+        }
+    }
+
+    /// Whether an explicit `tls_policies` entry (or a smarthost login) decides the TLS of
+    /// mail to `domain`, over anything the domain publishes.
+    pub fn tls_configured(&self, domain: &str) -> bool {
+        self.logs_in(domain) || self.config().delivery.tls_policies.contains_key(&domain.to_ascii_lowercase())
     }
 
     /// Starts no transaction from now on; those under way finish.

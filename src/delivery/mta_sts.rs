@@ -74,6 +74,17 @@ pub enum Mode {
     None,
 }
 
+impl Mode {
+    /// As the policy file writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Testing => "testing",
+            Mode::None => "none",
+        }
+    }
+}
+
 /// A parsed policy file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {

@@ -188,6 +188,9 @@ mod tests {
             }
             self.a.get(host).cloned().unwrap_or(AddrAnswer::None)
         }
+        async fn txt(&self, _: &str) -> crate::dns::TxtAnswer {
+            crate::dns::TxtAnswer::None
+        }
     }
 
     fn table() -> Table {

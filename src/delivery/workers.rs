@@ -83,15 +83,16 @@ impl Workers {
             n => n,
         };
         let limits = Arc::new(Limits::new(d.max_connections, count));
+        let legacy = Arc::new(super::legacy::LegacyHosts::default());
         let mut queues = Vec::with_capacity(count);
         for worker in 0..count {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.push(tx);
             let pool = PoolConfig { limits: limits.clone(), worker, idle_timeout: d.idle_timeout.0 };
-            let (settings, stop) = (settings.clone(), stop.clone());
+            let (settings, stop, legacy) = (settings.clone(), stop.clone(), legacy.clone());
             std::thread::Builder::new()
                 .name(format!("sluice-delivery-{worker}"))
-                .spawn(move || run_thread(backend, settings, pool, stop, rx))
+                .spawn(move || run_thread(backend, settings, pool, stop, legacy, rx))
                 .map_err(|e| format!("starting delivery worker {worker}: {e}"))?;
         }
         tracing::info!(backend = backend.name(), workers = count, "delivery workers started");
@@ -141,11 +142,12 @@ fn run_thread(
     settings: Arc<Live<Settings>>,
     pool: PoolConfig,
     stop: watch::Receiver<bool>,
+    legacy: Arc<super::legacy::LegacyHosts>,
     jobs: mpsc::UnboundedReceiver<Job>,
 ) {
     if backend == Backend::Uring {
         match tokio_uring::Runtime::new(&tokio_uring::builder()) {
-            Ok(rt) => return rt.block_on(serve::<Uring>(settings, pool, stop, jobs)),
+            Ok(rt) => return rt.block_on(serve::<Uring>(settings, pool, stop, legacy, jobs)),
             // The probe passed, so this is a limit (memory, rings): this worker does without.
             Err(e) => tracing::error!(worker = pool.worker, error = %e, "io_uring setup failed; this worker uses epoll"),
         }
@@ -154,7 +156,7 @@ fn run_thread(
         Ok(rt) => rt,
         Err(e) => return tracing::error!(worker = pool.worker, error = %e, "delivery worker could not start"),
     };
-    tokio::task::LocalSet::new().block_on(&rt, serve::<Epoll>(settings, pool, stop, jobs));
+    tokio::task::LocalSet::new().block_on(&rt, serve::<Epoll>(settings, pool, stop, legacy, jobs));
 }
 
 /// A worker's loop: take jobs, run each as a task of its own, keep the pool tidy.
@@ -162,11 +164,12 @@ async fn serve<T: Transport>(
     settings: Arc<Live<Settings>>,
     pool: PoolConfig,
     stop: watch::Receiver<bool>,
+    legacy: Arc<super::legacy::LegacyHosts>,
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
     let shed: Arc<Notify> = pool.limits.shed_signal(pool.worker);
     let pool = Pool::new(pool.limits.clone(), settings.clone(), pool.worker, pool.idle_timeout);
-    let sender = std::rc::Rc::new(Sender::<T> { pool, settings, stop });
+    let sender = std::rc::Rc::new(Sender::<T> { pool, settings, stop, legacy });
     let mut reap = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -20,6 +20,7 @@ use crate::config::{DnsConfig, IpFamily};
 pub trait Resolve: Sync {
     fn mx(&self, domain: &str) -> impl Future<Output = MxAnswer> + Send;
     fn addrs(&self, host: &str, family: IpFamily) -> impl Future<Output = AddrAnswer> + Send;
+    fn txt(&self, name: &str) -> impl Future<Output = TxtAnswer> + Send;
 }
 
 impl Resolve for Dns {
@@ -29,6 +30,19 @@ impl Resolve for Dns {
     fn addrs(&self, host: &str, family: IpFamily) -> impl Future<Output = AddrAnswer> + Send {
         Dns::addrs(self, host, family)
     }
+    fn txt(&self, name: &str) -> impl Future<Output = TxtAnswer> + Send {
+        Dns::txt(self, name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxtAnswer {
+    /// Each record's character-strings joined into one text (RFC 7208 3.3's reading, which
+    /// MTA-STS and TLS-RPT records share); not UTF-8 is kept lossily.
+    Records(Vec<String>),
+    /// NXDOMAIN or no TXT records.
+    None,
+    Temporary(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +116,27 @@ impl Dns {
                 Negative::NoDomain => MxAnswer::NoDomain,
                 Negative::NoData => MxAnswer::NoMx,
                 Negative::Temporary(why) => MxAnswer::Temporary(why),
+            },
+        }
+    }
+
+    pub async fn txt(&self, name: &str) -> TxtAnswer {
+        let Some(fq) = fqdn(name) else { return TxtAnswer::None };
+        match self.resolver.lookup(fq, RecordType::TXT).await {
+            Ok(lookup) => {
+                let records: Vec<String> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(txt.txt_data.iter().map(|part| String::from_utf8_lossy(part)).collect()),
+                        _ => None,
+                    })
+                    .collect();
+                if records.is_empty() { TxtAnswer::None } else { TxtAnswer::Records(records) }
+            }
+            Err(e) => match self.classify(&e, name, "txt").await {
+                Negative::NoDomain | Negative::NoData => TxtAnswer::None,
+                Negative::Temporary(why) => TxtAnswer::Temporary(why),
             },
         }
     }

@@ -29,6 +29,9 @@ pub const DELIVERY_CONNECTIONS_DISCARDED: &str = "sluice_delivery_connections_di
 pub const DELIVERY_CONVERTED_7BIT: &str = "sluice_delivery_converted_7bit_total";
 pub const DKIM_SIGNATURES: &str = "sluice_dkim_signatures_total";
 pub const DKIM_FAILURES: &str = "sluice_dkim_signing_failures_total";
+pub const DELIVERY_TLS_FALLBACKS: &str = "sluice_delivery_tls_fallbacks_total";
+pub const MTA_STS_FETCHES: &str = "sluice_mta_sts_fetches_total";
+pub const DELIVERY_TLS_POLICY: &str = "sluice_delivery_tls_policy_total";
 pub const API_REQUESTS: &str = "sluice_api_requests_total";
 pub const API_REQUEST_SECONDS: &str = "sluice_api_request_seconds";
 pub const DELIVERY_ATTEMPTS: &str = "sluice_delivery_attempts_total";
@@ -110,6 +113,15 @@ fn describe() {
     describe_counter!(DELIVERY_CONVERTED_7BIT, "8-bit messages converted to quoted-printable for a next hop without 8BITMIME");
     describe_counter!(DKIM_SIGNATURES, "DKIM signatures added at intake, by signing domain and algorithm");
     describe_counter!(DKIM_FAILURES, "Messages refused with 451 because a DKIM signature could not be made");
+    describe_counter!(
+        DELIVERY_TLS_FALLBACKS,
+        "Connections sent in plain text under opportunistic TLS: retried after a failed handshake, or at once for a host remembered"
+    );
+    describe_counter!(MTA_STS_FETCHES, "MTA-STS policy fetches, by result (ok or the RFC 8460 result type of the failure)");
+    describe_counter!(
+        DELIVERY_TLS_POLICY,
+        "Destinations routed by MX records, by the TLS policy that applied (mta-sts-enforce, mta-sts-testing, mta-sts-mismatch, configured)"
+    );
     describe_counter!(API_REQUESTS, "HTTP API requests, by key name (unknown for a key not in the keys file) and status");
     describe_histogram!(API_REQUEST_SECONDS, Unit::Seconds, "HTTP API message requests, arrival to answer (202: every message durable)");
     describe_counter!(

@@ -150,19 +150,43 @@ impl Runner {
             Route::Defer(reply) => {
                 gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(RcptOutcome::Deferred(reply.clone())))))
             }
-            Route::Targets(_) if env.params.requiretls && route::next_hop(&domain.to_ascii_lowercase(), &self.config()).is_none() => {
-                // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
-                // MX records; neither exists here), so only a configured route qualifies.
-                let reply = Reply::new(
-                    550,
-                    Enhanced(5, 7, 30),
-                    format!(
-                        "REQUIRETLS support required: no authenticated route to {domain} (only configured routes and smarthosts qualify)"
-                    ),
-                );
-                gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(RcptOutcome::Failed(reply.clone())))));
-            }
             Route::Targets(targets) => {
+                let by_mx = route::next_hop(&domain.to_ascii_lowercase(), &self.config()).is_none() && !domain.starts_with('[');
+                let published = match by_mx {
+                    true => self.mta_sts(env, &domain).await,
+                    false => None,
+                };
+                let enforced = published.as_ref().filter(|p| p.mode == crate::delivery::mta_sts::Mode::Enforce);
+                let testing = published.as_ref().filter(|p| p.mode == crate::delivery::mta_sts::Mode::Testing);
+                if let Some(testing) = testing
+                    && let Err(would) = crate::delivery::sts::enforce(testing, &domain, targets.clone())
+                {
+                    metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing-mismatch").increment(1);
+                    tracing::warn!(queue_id = %env.queue_id, domain, "MTA-STS testing mode, delivered all the same: {}", would.lines[0]);
+                }
+                if env.params.requiretls && by_mx && enforced.is_none() {
+                    // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
+                    // MX records), so only a configured route or an enforced policy qualifies.
+                    let reply = Reply::new(
+                        550,
+                        Enhanced(5, 7, 30),
+                        format!("REQUIRETLS support required: no authenticated route to {domain} (no MTA-STS policy in enforce mode)"),
+                    );
+                    gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(RcptOutcome::Failed(reply.clone())))));
+                    return;
+                }
+                let targets = match enforced {
+                    Some(policy) => match crate::delivery::sts::enforce(policy, &domain, targets) {
+                        Ok(allowed) => allowed,
+                        Err(reply) => {
+                            metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-mismatch").increment(1);
+                            let deferred = RcptOutcome::Deferred(reply);
+                            gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(deferred.clone()))));
+                            return;
+                        }
+                    },
+                    None => targets,
+                };
                 let bucket = delivery.shaper().bucket(&domain, &targets);
                 if let Some((until, why)) = bucket.suspended(self.clock.now()) {
                     metrics::counter!(m::SHAPING_POSTPONED, "reason" => "suspended").increment(1);
@@ -170,7 +194,15 @@ impl Runner {
                     gathered.postponed.extend(indexes.iter().map(|&i| (i, until, why.clone())));
                     return;
                 }
-                let policy = self.policy_for(env, &domain, tls_only);
+                // An enforced MTA-STS policy: TLS with a certificate valid for the MX name.
+                let policy = if enforced.is_some() { TlsPolicy::Required } else { self.policy_for(env, &domain, tls_only) };
+                bucket.note_tls_policy(match (enforced, testing, policy) {
+                    (Some(_), _, _) => "mta-sts-enforce",
+                    (_, Some(_), TlsPolicy::Opportunistic) => "mta-sts-testing",
+                    (_, _, TlsPolicy::Required) => "required",
+                    (_, _, TlsPolicy::Opportunistic) => "opportunistic",
+                    (_, _, TlsPolicy::Never) => "none",
+                });
                 self.send_chunks(env, body, &domain, &targets, &bucket, policy, indexes, stop, gathered).await;
             }
         }
@@ -225,10 +257,20 @@ impl Runner {
             let report = delivery.send(targets.to_vec(), bucket.clone(), msg, policy, delivery.hop(domain)).await;
             for host in &report.hosts {
                 let (relay, error) = (host.relay.as_str(), host.error.as_str());
-                if host.plaintext_retry {
-                    tracing::info!(queue_id = %env.queue_id, relay, error, "TLS handshake failed; retrying in plain text");
-                } else {
-                    tracing::info!(queue_id = %env.queue_id, relay, error, "destination host failed; trying the next");
+                use crate::delivery::attempt::HostEventKind;
+                match host.kind {
+                    HostEventKind::PlaintextRetry => {
+                        tracing::info!(queue_id = %env.queue_id, relay, error, "TLS handshake failed; retrying in plain text")
+                    }
+                    HostEventKind::PlaintextRemembered => tracing::info!(
+                        queue_id = %env.queue_id,
+                        relay,
+                        error,
+                        "plain text at once: this host's TLS handshake failed earlier (delivery.starttls_failure_memory)"
+                    ),
+                    HostEventKind::Failed => {
+                        tracing::info!(queue_id = %env.queue_id, relay, error, "destination host failed; trying the next")
+                    }
                 }
             }
             delivery.shaper().record(bucket, &report.signal, started, self.clock.now_ms());
@@ -307,6 +349,34 @@ impl Runner {
             rec
         };
         results.iter().map(record).collect()
+    }
+
+    /// The MTA-STS policy (enforce or testing) for mail to `domain` by its MX records: none
+    /// where `tls_policies` or a smarthost login decides, and none for a message sent with
+    /// `TLS-Required: No` (RFC 8689 5: the sender asked to ignore such policies).
+    async fn mta_sts(&self, env: &Envelope, domain: &str) -> Option<crate::delivery::mta_sts::Policy> {
+        use crate::delivery::mta_sts::Mode;
+        let delivery = self.delivery();
+        if delivery.tls_configured(domain) {
+            metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "configured").increment(1);
+            return None;
+        }
+        let policy = delivery.mta_sts(domain, self.clock.now()).await.policy?;
+        match policy.mode {
+            Mode::Enforce if env.params.tls_optional => {
+                tracing::info!(queue_id = %env.queue_id, domain, "MTA-STS policy not enforced: TLS-Required: No");
+                None
+            }
+            Mode::Enforce => {
+                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-enforce").increment(1);
+                Some(policy)
+            }
+            Mode::Testing => {
+                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing").increment(1);
+                Some(policy)
+            }
+            Mode::None => None,
+        }
     }
 
     /// Verified TLS for REQUIRETLS and TLS-only recipients; the domain's policy otherwise,

@@ -37,6 +37,10 @@ pub fn render(states: &[DestinationState], out: &mut String) {
             g.labelled(&[("destination", "other")], other(value));
         }
     }
+    let mut policies = Gauge::new(out, "sluice_destination_tls_policy", "1 for the TLS policy the destination's latest attempt applied");
+    for s in named.iter().filter(|s| s.tls_policy.is_some()) {
+        policies.labelled(&[("destination", &s.name), ("policy", s.tls_policy.unwrap_or_default())], 1.0);
+    }
     let mut total = Gauge::new(out, "sluice_destinations_suspended", "Destinations suspended now, all of them");
     total.value(states.iter().filter(|s| s.suspended.is_some()).count() as f64);
 }
@@ -54,6 +58,7 @@ mod tests {
             max_connections: 10,
             suspended: suspended.then(|| (0, "throttled".into())),
             ruled,
+            tls_policy: (connections % 2 == 1).then_some("mta-sts-enforce"),
         }
     }
 
@@ -73,6 +78,8 @@ mod tests {
         // 100 domains minus the 19 busiest named (the suspended one took a place): 0..=80.
         assert!(out.contains("sluice_destination_connections{destination=\"other\"} 3240"), "{out}");
         assert!(out.contains("sluice_destinations_suspended 1"));
+        assert!(out.contains("sluice_destination_tls_policy{destination=\"d099.test\",policy=\"mta-sts-enforce\"} 1"), "{out}");
+        assert!(!out.contains("sluice_destination_tls_policy{destination=\"d098.test\""), "none applied yet: {out}");
     }
 
     #[test]

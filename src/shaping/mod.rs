@@ -60,6 +60,8 @@ pub struct Bucket {
     /// Messages sent back to the queue on disk get successive slots after this time (from
     /// `origin`), so each comes back about when its turn comes, once, in order.
     booked: Mutex<Duration>,
+    /// The TLS policy the latest attempt applied (`mta-sts-enforce`, `required`, ...).
+    tls_policy: Mutex<Option<&'static str>>,
 }
 
 impl Bucket {
@@ -76,6 +78,11 @@ impl Bucket {
             Some(gcra) => gcra.lock().expect("gcra lock").reserve(self.origin.elapsed()),
             None => Duration::ZERO,
         }
+    }
+
+    /// Notes the TLS policy an attempt applies, for the summary and the metrics.
+    pub fn note_tls_policy(&self, policy: &'static str) {
+        *self.tls_policy.lock().expect("tls policy lock") = Some(policy);
     }
 
     /// Until when (unix seconds) and why, if suspended at `now`.
@@ -205,6 +212,7 @@ impl Shaper {
             health: Mutex::new(health),
             active: Arc::new(AtomicUsize::new(0)),
             booked: Mutex::new(Duration::ZERO),
+            tls_policy: Mutex::new(None),
         }
     }
 
@@ -269,6 +277,7 @@ impl Shaper {
                 max_connections: b.max_connections,
                 suspended: b.suspended(now),
                 ruled: matches!(b.key, BucketKey::Rule(_)),
+                tls_policy: *b.tls_policy.lock().expect("tls policy lock"),
             })
             .collect()
     }
@@ -300,4 +309,7 @@ pub struct DestinationState {
     /// A configured destination rule (else one recipient domain).
     #[serde(default)]
     pub ruled: bool,
+    /// The TLS policy its latest attempt applied.
+    #[serde(default, skip_deserializing)]
+    pub tls_policy: Option<&'static str>,
 }

@@ -269,6 +269,8 @@ impl Durable {
 pub enum Shelf {
     /// The HTTP API's answers, by idempotency key.
     Answers,
+    /// MTA-STS policies, by recipient domain, until their max_age runs out.
+    Policies,
 }
 
 pub trait SpoolRead: Send + Sync {

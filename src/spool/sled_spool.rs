@@ -56,6 +56,8 @@ pub struct SledSpool {
     messages: sled::Tree,
     /// HTTP API answers by idempotency key: `expires (u64 BE) ++ answer`.
     answers: sled::Tree,
+    /// MTA-STS policies by domain, the same way.
+    policies: sled::Tree,
     segments: Segments,
     commits: Arc<CommitQueue>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -83,6 +85,7 @@ impl SledSpool {
         let messages = db.open_tree("messages")?;
         let meta = db.open_tree("meta")?;
         let answers = db.open_tree("answers")?;
+        let policies = db.open_tree("mta_sts_policies")?;
 
         // Recovery streams over the index and decodes only what it needs, so a spool of a
         // million deferred messages does not pass through memory all at once.
@@ -167,6 +170,7 @@ impl SledSpool {
         Ok(Arc::new(SledSpool {
             messages,
             answers,
+            policies,
             segments,
             commits,
             committer: Mutex::new(Some(committer)),
@@ -355,6 +359,7 @@ impl SledSpool {
     fn shelf(&self, shelf: Shelf) -> &sled::Tree {
         match shelf {
             Shelf::Answers => &self.answers,
+            Shelf::Policies => &self.policies,
         }
     }
 }

@@ -273,3 +273,20 @@ fn a_blob_that_sled_deleted_after_the_listing_is_not_a_failed_fsync() {
     sync_new_blobs(&blobs, &mut synced).expect("a vanished blob is skipped");
     assert!(synced.contains(&blobs.join("1")) && !synced.contains(&blobs.join("2")));
 }
+
+#[test]
+fn records_on_each_shelf_outlive_a_reopen_until_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = SledSpool::open(&config(dir.path())).unwrap();
+        spool.remember(Shelf::Policies, "dest.test", 200, b"policy").unwrap().wait_blocking().unwrap();
+        spool.remember(Shelf::Answers, "key", 100, b"answer").unwrap().wait_blocking().unwrap();
+    }
+    let spool = SledSpool::open(&config(dir.path())).unwrap();
+    assert_eq!(spool.recall(Shelf::Policies, "dest.test", 150).unwrap().as_deref(), Some(&b"policy"[..]));
+    assert_eq!(spool.recall(Shelf::Answers, "dest.test", 150).unwrap(), None, "each shelf its own");
+    assert_eq!(spool.recall(Shelf::Answers, "key", 150).unwrap(), None, "expired");
+    assert_eq!(spool.forget_expired(Shelf::Policies, 150).unwrap(), 0);
+    assert_eq!(spool.forget_expired(Shelf::Answers, 150).unwrap(), 1);
+    assert_eq!(spool.forget_expired(Shelf::Policies, 200).unwrap(), 1);
+}

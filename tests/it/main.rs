@@ -42,6 +42,7 @@ mod log_quoting;
 mod mail_log;
 mod manpages;
 mod metrics_endpoint;
+mod mta_sts;
 mod null_mx_submission;
 mod passwd;
 mod peers;

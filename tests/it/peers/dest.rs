@@ -59,6 +59,9 @@ pub struct DestState {
     dropped: bool,
     /// When each connection was accepted.
     pub opened: Vec<std::time::Instant>,
+    /// STARTTLS commands received (each answered 220 and then the connection is closed: a
+    /// TLS stack that fails every handshake). Offered when `extensions` lists STARTTLS.
+    pub starttls: usize,
 }
 
 pub struct Dest {
@@ -159,6 +162,11 @@ fn session(stream: TcpStream, b: &Behavior, s: &Mutex<DestState>, conn: usize) -
             }
             "QUIT" => {
                 out.write_all(b"221 2.0.0 bye\r\n")?;
+                return Ok(());
+            }
+            "STARTTLS" => {
+                s.lock().unwrap().starttls += 1;
+                out.write_all(b"220 2.0.0 ready\r\n")?;
                 return Ok(());
             }
             "MAIL" => {

@@ -1,0 +1,261 @@
+//! MTA-STS over real sockets: the policy is served over HTTPS by Python's http.server with a
+//! certificate from the test's own CA (trusted through `delivery.tls_trust`), the TXT record
+//! by the test DNS server. `enforce` delivers only over TLS verified for the MX name and
+//! never in plain text; `testing` delivers as before; a policy that is not served as RFC 8461
+//! says (a redirect, another type, too large, an untrusted certificate) is no policy; a
+//! cached policy outlives a restart and a policy host that went away.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Daemon, TestRelay, wait_for_recipient};
+use crate::delivery_mx::delivering_relay;
+use crate::peers::dest::{Behavior, Dest};
+use crate::peers::dns::{TestDns, Zone};
+use crate::peers::test_ca::{Issued, TestCa, self_signed};
+
+const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/peers/sts_server.py");
+
+/// `https://mta-sts.dest.test/` on loopback.
+struct PolicyHost {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl PolicyHost {
+    fn start(dir: &Path, cert: &Issued) -> PolicyHost {
+        let dir = dir.join("policy-host");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new("python3")
+            .args([SERVER, dir.to_str().unwrap(), cert.cert.to_str().unwrap(), cert.key.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("no port from the policy host: {line:?}"));
+        PolicyHost { child, port, dir }
+    }
+
+    fn set(&self, file: &str, content: &str) {
+        std::fs::write(self.dir.join(file), content).unwrap();
+    }
+
+    fn requests(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("requests")).unwrap_or_default().lines().count()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PolicyHost {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn policy(mode: &str, mx: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+fn zone() -> Zone {
+    Zone::default()
+        .mx("dest.test", &[(10, "mx.dest.test")])
+        .a("mx.dest.test", "127.0.0.1")
+        .a("mta-sts.dest.test", "127.0.0.1")
+        .txt("_mta-sts.dest.test", "v=STSv1; id=20261204T1;")
+}
+
+/// The relay's `delivery:` lines for MTA-STS against the policy host.
+fn sts_settings(ca: &TestCa, host: &PolicyHost) -> String {
+    format!("  tls_trust: [{}]\n  mta_sts: {{ port: {}, fetch_timeout: 5s }}\n", ca.pem_path.display(), host.port)
+}
+
+/// A Sluice destination with STARTTLS and `cert`, keeping what it receives.
+fn tls_destination(cert: &Issued) -> TestRelay {
+    TestRelay::with_config(&format!(
+        "hostname: dest.test\ntls: {{ certificate: {}, private_key: {} }}\n",
+        cert.cert.display(),
+        cert.key.display()
+    ))
+}
+
+fn wait_received(destination: &TestRelay) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sluice::admin::queue_list(&destination.config).unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "nothing arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ids: Vec<String> = sluice::admin::queue_list(&destination.config).unwrap().iter().map(|e| e.queue_id.clone()).collect();
+    ids.join(",")
+}
+
+fn send(relay: &TestRelay, to: &str) {
+    let mut c = relay.client();
+    assert_eq!(c.send_mail("a@sender.test", &[to], "Subject: sts\r\n\r\nx\r\n").code, 250);
+}
+
+#[test]
+fn enforce_delivers_over_tls_verified_for_the_mx_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    host.set("policy.txt", &policy("enforce", "*.dest.test"));
+    let destination = tls_destination(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099));
+    let dns = TestDns::start(zone());
+    let relay = delivering_relay(&dns, destination.addr.port(), &sts_settings(&ca, &host));
+    send(&relay, "b@dest.test");
+    wait_received(&destination);
+    let stored = destination.stop_and_read();
+    assert!(stored[0].1.contains("with ESMTPS id"), "{}", stored[0].1);
+    assert_eq!(host.requests(), 1, "fetched once");
+}
+
+/// Each case: the destination's certificate (None: a server without STARTTLS) and the
+/// policy's mx pattern; enforce defers them all and nothing is sent in plain text.
+#[test]
+fn enforce_defers_rather_than_send_without_verified_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    let dns = TestDns::start(zone());
+
+    // STARTTLS stripped (or never offered): deferred, the plain-text server sees no mail.
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    let plain = Dest::start(Behavior::default());
+    let relay = delivering_relay(&dns, plain.addr.port(), &sts_settings(&ca, &host));
+    send(&relay, "b@dest.test");
+    let r = wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
+    assert!(r.last_reply.as_deref().unwrap_or("").to_ascii_lowercase().contains("tls"), "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(plain.received().is_empty(), "sent in plain text despite the policy");
+    let rows = sluice::admin::queue_summary(&relay.config).unwrap();
+    let row = rows.iter().find(|r| r.destination == "dest.test").expect("dest.test in the summary");
+    assert_eq!(row.tls_policy.as_deref(), Some("mta-sts-enforce"), "{rows:?}");
+    drop(relay);
+
+    // An MX host the policy does not name: deferred before any connection.
+    host.set("policy.txt", &policy("enforce", "mx.elsewhere.test"));
+    let relay = delivering_relay(&dns, plain.addr.port(), &sts_settings(&ca, &host));
+    send(&relay, "c@dest.test");
+    let r = wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
+    assert!(r.last_reply.as_deref().unwrap_or("").contains("allows none of its MX hosts (mx.dest.test)"), "{r:?}");
+    assert!(plain.received().is_empty());
+    drop(relay);
+
+    // Certificates that do not prove the MX name: expired, for another name, self-signed.
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    let bad = [
+        ca.issue(dir.path(), "expired", &["mx.dest.test"], 2021),
+        ca.issue(dir.path(), "misnamed", &["mx.other.test"], 2099),
+        self_signed(dir.path(), "self", &["mx.dest.test"]),
+    ];
+    for cert in &bad {
+        let destination = tls_destination(cert);
+        let relay = delivering_relay(&dns, destination.addr.port(), &sts_settings(&ca, &host));
+        send(&relay, "d@dest.test");
+        let r = wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
+        assert!(r.state == sluice::spool::RecipientState::Queued, "{}: {r:?}", cert.cert.display());
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(sluice::admin::queue_list(&destination.config).unwrap().is_empty(), "{} took the mail", cert.cert.display());
+    }
+}
+
+#[test]
+fn testing_mode_delivers_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    host.set("policy.txt", &policy("testing", "mx.elsewhere.test"));
+    let plain = Dest::start(Behavior::default());
+    let dns = TestDns::start(zone());
+    let relay = delivering_relay(&dns, plain.addr.port(), &sts_settings(&ca, &host));
+    send(&relay, "b@dest.test");
+    assert_eq!(plain.wait_for(1, Duration::from_secs(20))[0].rcpts, ["b@dest.test"]);
+    assert_eq!(host.requests(), 1);
+}
+
+/// Served wrong, the enforce policy is no policy: mail goes to the plain-text server as it
+/// would without MTA-STS, after the policy host was asked.
+#[test]
+fn a_policy_served_other_than_rfc_8461_says_is_no_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let dns = TestDns::start(zone());
+    let plain = Dest::start(Behavior::default());
+    let good = ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099);
+    // (what, the policy host's certificate, files that make it serve the policy wrong)
+    type Case<'a> = (&'a str, Issued, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 5] = [
+        ("a redirect", good, &[("status", "301")]),
+        ("text/html", ca.issue(dir.path(), "p2", &["mta-sts.dest.test"], 2099), &[("content_type", "text/html")]),
+        ("a 404", ca.issue(dir.path(), "p3", &["mta-sts.dest.test"], 2099), &[("status", "404")]),
+        ("a self-signed certificate", self_signed(dir.path(), "p4", &["mta-sts.dest.test"]), &[]),
+        ("a certificate for another name", ca.issue(dir.path(), "p5", &["www.dest.test"], 2099), &[]),
+    ];
+    for (n, (what, cert, files)) in cases.into_iter().enumerate() {
+        let host = PolicyHost::start(&dir.path().join(n.to_string()), &cert);
+        host.set("policy.txt", &policy("enforce", "mx.elsewhere.test"));
+        for (file, content) in files {
+            host.set(file, content);
+        }
+        let relay = delivering_relay(&dns, plain.addr.port(), &sts_settings(&ca, &host));
+        send(&relay, &format!("r{n}@dest.test"));
+        let got = plain.wait_for(n + 1, Duration::from_secs(20));
+        assert!(got.iter().any(|m| m.rcpts == [format!("r{n}@dest.test")]), "{what}: not delivered");
+        let asked = host.requests();
+        let handshake_refused = what.contains("certificate");
+        assert_eq!(asked, if handshake_refused { 0 } else { 1 }, "{what}: requests seen by the policy host");
+    }
+    // Larger than 64 KiB.
+    let host = PolicyHost::start(&dir.path().join("large"), &ca.issue(dir.path(), "p6", &["mta-sts.dest.test"], 2099));
+    let padding: String = (0..1200).map(|i| format!("x-pad{i}: {}\r\n", "p".repeat(50))).collect();
+    host.set("policy.txt", &format!("{}{padding}", policy("enforce", "mx.elsewhere.test")));
+    let relay = delivering_relay(&dns, plain.addr.port(), &sts_settings(&ca, &host));
+    send(&relay, "large@dest.test");
+    plain.wait_for(6, Duration::from_secs(20));
+}
+
+#[test]
+fn a_cached_policy_holds_across_a_restart_while_its_host_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let mut host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    let destination = tls_destination(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099));
+    let plain = Dest::start(Behavior::default());
+    let dns = TestDns::start(zone());
+    let settings = sts_settings(&ca, &host);
+    let delivery = |port: u16| format!("{}delivery:\n  port: {port}\n  retry: [1h]\n{settings}", dns.config());
+    let spool_dir = dir.path().join("relay");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    let mut daemon = Daemon::spawn(&spool_dir, &delivery(destination.addr.port()), &[]);
+    let mut c = crate::common::Client::connect(daemon.addr);
+    assert_eq!(c.send_mail("a@sender.test", &["b@dest.test"], "Subject: first\r\n\r\nx\r\n").code, 250);
+    wait_received(&destination);
+    assert!(daemon.log_text().contains("MTA-STS policy fetched"), "{}", daemon.log_text());
+    daemon.kill9();
+    host.stop();
+
+    // Restarted with the MX now a plain-text server and the policy host gone: the cached
+    // enforce policy still holds, so the mail waits.
+    std::fs::remove_file(spool_dir.join("config.yaml")).unwrap();
+    let daemon = Daemon::spawn(&spool_dir, &delivery(plain.addr.port()), &[]);
+    let mut c = crate::common::Client::connect(daemon.addr);
+    assert_eq!(c.send_mail("a@sender.test", &["c@dest.test"], "Subject: second\r\n\r\nx\r\n").code, 250);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.log_text().contains("deferred") {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(plain.received().is_empty(), "sent in plain text: the cached policy was lost");
+    // The record's id is the cached one: nothing was fetched (the host is gone anyway).
+    let log = daemon.log_text();
+    assert!(!log.contains("MTA-STS policy fetch"), "{log}");
+}
