@@ -24,3 +24,4 @@ pub mod smtp;
 pub mod spool;
 pub mod stream;
 pub mod sys;
+pub mod tlsrpt;

@@ -108,6 +108,9 @@ pub struct DeliveryConfig {
     /// MTA-STS (RFC 8461): the policies recipient domains publish for mail to their MX hosts.
     #[serde(default)]
     pub mta_sts: MtaStsConfig,
+    /// TLS-RPT (RFC 8460): daily reports to the domains that ask for them.
+    #[serde(default)]
+    pub tls_rpt: TlsRptConfig,
     #[serde(default = "default_max_recipients_per_transaction")]
     pub max_recipients_per_transaction: usize,
     /// Transactions on one connection before it is closed.
@@ -215,6 +218,7 @@ impl Default for DeliveryConfig {
             tls_trust: Vec::new(),
             starttls_failure_memory: default_starttls_failure_memory(),
             mta_sts: MtaStsConfig::default(),
+            tls_rpt: TlsRptConfig::default(),
             max_recipients_per_transaction: default_max_recipients_per_transaction(),
             max_deliveries_per_connection: default_max_deliveries_per_connection(),
             max_connections_per_destination: default_max_connections_per_destination(),
@@ -254,6 +258,36 @@ impl Default for MtaStsConfig {
     }
 }
 
+/// TLS-RPT: sessions with the MX hosts of domains routed by MX records are counted; at the
+/// end of each period, each domain whose `_smtp._tls` record names a `rua` gets its report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRptConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The From of mailed reports (default: the postmaster address).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// `organization-name` (default: the hostname).
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// `contact-info` (default: the postmaster address).
+    #[serde(default)]
+    pub contact: Option<String>,
+    /// The reporting period: a day (RFC 8460 4.1); shorter only for test setups.
+    #[serde(default = "default_tls_rpt_period")]
+    pub period: HumanDuration,
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig { enabled: true, from: None, organization: None, contact: None, period: default_tls_rpt_period() }
+    }
+}
+
+fn default_tls_rpt_period() -> HumanDuration {
+    HumanDuration(Duration::from_secs(86_400))
+}
 fn default_starttls_failure_memory() -> HumanDuration {
     HumanDuration(Duration::from_secs(3600))
 }

@@ -161,6 +161,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone(), spool.clone())?;
         let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, clock, accounting.clone());
         tasks.spawn(runner.clone().run(watcher.clone()));
+        let reporter = crate::tlsrpt::send::Reporter { delivery: delivery.clone(), spool: spool.clone(), notify: runner.notify.clone() };
+        tasks.spawn(crate::tlsrpt::send::run(reporter, watcher.clone()));
         (Some(delivery), Some(runner))
     };
     let bound = Arc::new(Mutex::new(bound));

@@ -67,6 +67,10 @@ pub struct HostEvent {
     pub relay: String,
     pub error: String,
     pub kind: HostEventKind,
+    /// The host's name and address.
+    pub target: Target,
+    /// What failed, as a TLS-RPT result type, when TLS did (a handshake, or STARTTLS missing).
+    pub tls: Option<super::tls_rpt::ResultType>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +145,13 @@ impl<T: Transport> Sender<T> {
         let first_policy = match &remembered {
             Some(why) => {
                 metrics::counter!(m::DELIVERY_TLS_FALLBACKS, "how" => "remembered").increment(1);
-                fallback = Some(HostEvent { relay: relay_of(target), error: why.clone(), kind: HostEventKind::PlaintextRemembered });
+                fallback = Some(HostEvent {
+                    relay: relay_of(target),
+                    error: why.clone(),
+                    kind: HostEventKind::PlaintextRemembered,
+                    target: target.clone(),
+                    tls: None,
+                });
                 TlsPolicy::Never
             }
             None => policy,
@@ -149,10 +159,16 @@ impl<T: Transport> Sender<T> {
         let mut opened = match Connection::open(target.clone(), first_policy, hop, settings, permit).await {
             // Opportunistic TLS that fails is retried in plain text (rustls speaks no TLS 1.0/1.1),
             // and the host remembered so that its next connections skip the handshake.
-            Err(ConnError::Tls(e)) if opportunistic && remembered.is_none() => {
+            Err(ConnError::Tls(e, result)) if opportunistic && remembered.is_none() => {
                 metrics::counter!(m::DELIVERY_TLS_FALLBACKS, "how" => "retried").increment(1);
                 self.legacy.remember(target.addr, &e.to_string(), settings.starttls_failure_memory, std::time::Instant::now());
-                fallback = Some(HostEvent { relay: relay_of(target), error: e.to_string(), kind: HostEventKind::PlaintextRetry });
+                fallback = Some(HostEvent {
+                    relay: relay_of(target),
+                    error: e.to_string(),
+                    kind: HostEventKind::PlaintextRetry,
+                    target: target.clone(),
+                    tls: Some(result),
+                });
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
                 Connection::open(target.clone(), TlsPolicy::Never, hop, settings, permit).await
             }
@@ -227,14 +243,25 @@ impl<T: Transport> Sender<T> {
                         {
                             throttled = Some(format!("{} [{}]: {r}", target.host, target.addr));
                         }
-                        if matches!(e, ConnError::Tls(_) | ConnError::Smtp(Failure::TlsUnavailable)) {
+                        if matches!(e, ConnError::Tls(..) | ConnError::Smtp(Failure::TlsUnavailable)) {
                             tls_failures += 1;
                         }
                         if matches!(e, ConnError::Smtp(Failure::TlsUnavailable)) {
                             metrics::counter!(m::DELIVERY_TLS_FAILURES, "kind" => "not_offered").increment(1);
                         }
                         last_error = format!("{} [{}]: {e}", target.host, target.addr);
-                        hosts.push(HostEvent { relay: relay_of(target), error: e.to_string(), kind: HostEventKind::Failed });
+                        let tls = match &e {
+                            ConnError::Tls(_, result) => Some(*result),
+                            ConnError::Smtp(Failure::TlsUnavailable) => Some(super::tls_rpt::ResultType::StarttlsNotSupported),
+                            _ => None,
+                        };
+                        hosts.push(HostEvent {
+                            relay: relay_of(target),
+                            error: e.to_string(),
+                            kind: HostEventKind::Failed,
+                            target: target.clone(),
+                            tls,
+                        });
                         continue 'targets;
                     }
                 };

@@ -24,8 +24,9 @@ pub enum ConnError {
     Connect(String),
     /// The SMTP dialogue failed (greeting refused, 421, protocol error, TLS unavailable, loop).
     Smtp(Failure),
-    /// The TLS handshake failed (opportunistic TLS retries the host in plain text).
-    Tls(String),
+    /// The TLS handshake failed (opportunistic TLS retries the host in plain text); what
+    /// failed, as TLS-RPT names it.
+    Tls(String, super::tls_rpt::ResultType),
     /// The peer closed the connection, or a read or write failed.
     Lost(String),
     /// A reply did not come, or a write did not go out, in time.
@@ -42,7 +43,7 @@ impl std::fmt::Display for ConnError {
             ConnError::Smtp(Failure::TlsUnavailable) => f.write_str("TLS required but not offered"),
             ConnError::Smtp(Failure::Loop) => f.write_str("the server greets with our own name (mail loop)"),
             ConnError::Smtp(Failure::Auth(r)) => write!(f, "login refused: {r}"),
-            ConnError::Tls(e) => write!(f, "TLS handshake failed: {e}"),
+            ConnError::Tls(e, _) => write!(f, "TLS handshake failed: {e}"),
             ConnError::Lost(e) => write!(f, "connection lost: {e}"),
             ConnError::Timeout(e) => write!(f, "timed out: {e}"),
         }
@@ -368,17 +369,18 @@ impl<T: Transport> Connection<T> {
     /// The TLS handshake over `plain` (after STARTTLS, or at once for implicit TLS): the
     /// certificate verified for the host's name under `required`, any under opportunistic.
     async fn handshake(plain: T, target: &Target, policy: TlsPolicy, settings: &Settings) -> Result<TlsLink<T>, ConnError> {
-        let name = ServerName::try_from(target.host.clone()).map_err(|e| ConnError::Tls(e.to_string()))?;
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| ConnError::Tls(e.to_string(), super::tls_rpt::ResultType::CertificateHostMismatch))?;
         let config = if policy == TlsPolicy::Required { settings.verified_tls.clone() } else { settings.tls.clone() };
         TlsLink::connect(plain, config, name, settings.timeouts.command.0).await.map_err(|e| {
             metrics::counter!(crate::metrics::DELIVERY_TLS_FAILURES, "kind" => super::tls::failure_kind(&e)).increment(1);
-            ConnError::Tls(e.to_string())
+            ConnError::Tls(e.to_string(), super::tls::result_type(&e))
         })
     }
 
     async fn upgrade(&mut self, settings: &Settings) -> Result<(), ConnError> {
         let Link::Plain(plain) = std::mem::replace(&mut self.link, Link::Closed) else {
-            return Err(ConnError::Tls("STARTTLS on a TLS connection".into()));
+            return Err(ConnError::Tls("STARTTLS on a TLS connection".into(), super::tls_rpt::ResultType::ValidationFailure));
         };
         let tls = Self::handshake(plain, &self.target, self.policy, settings).await?;
         self.tls = Some(tls.describe());

@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod connection;
 pub mod dane;
+pub mod https;
 pub mod legacy;
 pub mod mta_sts;
 pub mod pool;
@@ -55,6 +56,8 @@ pub struct Delivery {
     shaper: crate::shaping::Shaper,
     /// MTA-STS policies: the cache (in the spool) and the fetches under way.
     sts: Arc<sts::Sts>,
+    /// TLS-RPT: this period's sessions, by policy domain.
+    tls_reports: Arc<crate::tlsrpt::Collector>,
     /// True once the daemon stops: no transaction starts after that.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -132,7 +135,9 @@ impl Delivery {
         let workers = Workers::start(&config, settings.clone(), stopping)?;
         let shaper = crate::shaping::Shaper::new(&config);
         let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching });
-        Ok(Arc::new(Delivery { generation, settings, workers, shaper, sts: sts::Sts::new(store), stop }))
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let tls_reports = Arc::new(crate::tlsrpt::Collector::new(now));
+        Ok(Arc::new(Delivery { generation, settings, workers, shaper, sts: sts::Sts::new(store), tls_reports, stop }))
     }
 
     /// Loads what `config` needs (DNS servers, TLS trust, the smarthost password) without
@@ -190,6 +195,21 @@ impl Delivery {
             Some(ascii) if g.config.delivery.mta_sts.enabled => self.sts.discover(&ascii, &g.dns, &g.sts_fetch, now).await,
             _ => sts::Found { policy: None, failure: None },
         }
+    }
+
+    /// This period's TLS-RPT counts.
+    pub fn tls_reports(&self) -> &Arc<crate::tlsrpt::Collector> {
+        &self.tls_reports
+    }
+
+    /// The resolver in force.
+    pub fn dns(&self) -> Arc<Dns> {
+        self.generation.get().dns.clone()
+    }
+
+    /// Verified TLS (WebPKI roots plus `tls_trust`) under the settings in force.
+    pub fn verified_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.settings.get().verified_tls.clone()
     }
 
     /// Whether an explicit `tls_policies` entry (or a smarthost login) decides the TLS of

@@ -155,7 +155,7 @@ impl Sts {
                 Ok(policy)
             }
             Err(e) => {
-                metrics::counter!(m::MTA_STS_FETCHES, "result" => e.result_type()).increment(1);
+                metrics::counter!(m::MTA_STS_FETCHES, "result" => e.result_type().name()).increment(1);
                 tracing::warn!(domain, id, "MTA-STS policy fetch failed: {e}");
                 Err(e)
             }

@@ -1,20 +1,18 @@
 //! Fetching an MTA-STS policy (RFC 8461 3.3): `GET /.well-known/mta-sts.txt` from
 //! `mta-sts.DOMAIN` over HTTPS with a WebPKI-valid certificate for that name, HTTP/1.1, no
-//! redirects followed, 200 and `text/plain` only, at most 64 KiB, within one deadline. The
-//! policy host is found through our own resolver, never the system's.
+//! redirects followed, 200 and `text/plain` only, at most 64 KiB, within one deadline
+//! (the request itself is `delivery::https`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 
+use super::https::HttpsError;
 use super::mta_sts::{MAX_POLICY_SIZE, Policy, StsError, parse_policy};
-use crate::config::IpFamily;
-use crate::dns::{AddrAnswer, Resolve};
+use super::tls_rpt::ResultType;
+use crate::dns::Resolve;
 
 /// How a fetch is made.
 #[derive(Clone)]
@@ -44,11 +42,11 @@ pub enum FetchError {
 
 impl FetchError {
     /// The failure's result type in a TLS-RPT report (RFC 8460 4.3.2.2).
-    pub fn result_type(&self) -> &'static str {
+    pub fn result_type(&self) -> ResultType {
         match self {
-            FetchError::Tls(why) if why.contains("certificate") => "sts-webpki-invalid",
-            FetchError::Invalid(_) | FetchError::ContentType(_) | FetchError::TooLarge => "sts-policy-invalid",
-            _ => "sts-policy-fetch-error",
+            FetchError::Tls(why) if why.contains("certificate") => ResultType::StsWebpkiInvalid,
+            FetchError::Invalid(_) | FetchError::ContentType(_) | FetchError::TooLarge => ResultType::StsPolicyInvalid,
+            _ => ResultType::StsPolicyFetchError,
         }
     }
 }
@@ -78,39 +76,15 @@ pub async fn fetch(domain: &str, dns: &impl Resolve, settings: &FetchSettings) -
 }
 
 async fn fetch_text(host: &str, dns: &impl Resolve, settings: &FetchSettings) -> Result<String, FetchError> {
-    let addrs = match dns.addrs(host, IpFamily::Any).await {
-        AddrAnswer::Addrs(addrs) => addrs,
-        AddrAnswer::None => return Err(FetchError::Resolve(format!("{host} has no address"))),
-        AddrAnswer::Temporary(why) => return Err(FetchError::Resolve(why)),
-    };
-    let name = ServerName::try_from(host.to_string()).map_err(|e| FetchError::Resolve(e.to_string()))?;
-    // Each address in turn until one takes the connection; the deadline covers them all.
-    let mut last = FetchError::Resolve(format!("{host} has no address"));
-    for ip in addrs {
-        match tokio::net::TcpStream::connect(SocketAddr::new(ip, settings.port)).await {
-            Ok(stream) => return get(stream, host, name, settings).await,
-            Err(e) => last = FetchError::Connect(format!("{ip}: {e}")),
-        }
-    }
-    Err(last)
-}
-
-async fn get(stream: tokio::net::TcpStream, host: &str, name: ServerName<'static>, settings: &FetchSettings) -> Result<String, FetchError> {
-    let tls =
-        tokio_rustls::TlsConnector::from(settings.tls.clone()).connect(name, stream).await.map_err(|e| FetchError::Tls(e.to_string()))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| FetchError::Http(e.to_string()))?;
-    // The connection is driven beside the request and dropped with it (one request each).
-    let driving = tokio::spawn(connection);
-    let request = hyper::Request::get("/.well-known/mta-sts.txt")
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, concat!("Sluice/", env!("CARGO_PKG_VERSION")))
-        .header(hyper::header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FetchError::Http(e.to_string()))?;
-    let result = read(sender.send_request(request).await.map_err(|e| FetchError::Http(e.to_string()))?).await;
-    driving.abort();
-    result
+    let request =
+        hyper::Request::get("/.well-known/mta-sts.txt").body(Full::new(Bytes::new())).map_err(|e| FetchError::Http(e.to_string()))?;
+    let response = super::https::send(host, settings.port, request, dns, &settings.tls).await.map_err(|e| match e {
+        HttpsError::Resolve(why) => FetchError::Resolve(why),
+        HttpsError::Connect(why) => FetchError::Connect(why),
+        HttpsError::Tls(why) => FetchError::Tls(why),
+        HttpsError::Http(why) => FetchError::Http(why),
+    })?;
+    read(response).await
 }
 
 async fn read(response: hyper::Response<hyper::body::Incoming>) -> Result<String, FetchError> {

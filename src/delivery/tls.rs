@@ -32,6 +32,22 @@ pub fn failure_kind(e: &io::Error) -> &'static str {
     }
 }
 
+/// A failed handshake as a TLS-RPT result type (RFC 8460 4.3.2.1): which certificate check
+/// failed, or `validation-failure` for anything else.
+pub fn result_type(e: &io::Error) -> super::tls_rpt::ResultType {
+    use super::tls_rpt::ResultType;
+    use rustls::CertificateError as C;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(c)) => match c {
+            C::NotValidForName | C::NotValidForNameContext { .. } => ResultType::CertificateHostMismatch,
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => ResultType::CertificateExpired,
+            C::UnknownIssuer | C::BadSignature => ResultType::CertificateNotTrusted,
+            _ => ResultType::ValidationFailure,
+        },
+        _ => ResultType::ValidationFailure,
+    }
+}
+
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }

@@ -1,6 +1,7 @@
 //! TLS-RPT (RFC 8460), the pure part: the `_smtp._tls` TXT record naming where reports go,
 //! and the aggregate report's JSON (section 4), counted per policy and failure. Sending it
-//! (mail through the queue, or an HTTPS POST) and keeping the daily counts use these.
+//! (mail through the queue, or an HTTPS POST) and keeping the daily counts use these
+//! (`crate::tlsrpt`).
 
 use std::collections::BTreeMap;
 
@@ -54,6 +55,25 @@ pub enum PolicyType {
     Tlsa,
     Sts,
     NoPolicyFound,
+}
+
+impl ResultType {
+    /// As the report writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResultType::StarttlsNotSupported => "starttls-not-supported",
+            ResultType::CertificateHostMismatch => "certificate-host-mismatch",
+            ResultType::CertificateExpired => "certificate-expired",
+            ResultType::CertificateNotTrusted => "certificate-not-trusted",
+            ResultType::ValidationFailure => "validation-failure",
+            ResultType::TlsaInvalid => "tlsa-invalid",
+            ResultType::DnssecInvalid => "dnssec-invalid",
+            ResultType::DaneRequired => "dane-required",
+            ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
+            ResultType::StsPolicyInvalid => "sts-policy-invalid",
+            ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
+        }
+    }
 }
 
 /// Why a session failed (RFC 8460 4.3 result types).
@@ -117,9 +137,9 @@ impl Counts {
         self.by_policy.is_empty()
     }
 
-    /// The aggregate report (RFC 8460 4.4) for the UTC day starting at `day_start` (unix
-    /// seconds).
-    pub fn report(&self, organization: &str, contact: &str, report_id: &str, day_start: u64) -> Report {
+    /// The aggregate report (RFC 8460 4.4) for the period from `start` to `end` (unix
+    /// seconds, both included: a UTC day is `start` to `start + 86399`).
+    pub fn report(&self, organization: &str, contact: &str, report_id: &str, start: u64, end: u64) -> Report {
         let policies = self
             .by_policy
             .iter()
@@ -141,7 +161,7 @@ impl Counts {
             .collect();
         Report {
             organization_name: organization.to_string(),
-            date_range: DateRange { start: rfc3339(day_start), end: rfc3339(day_start + 86_399) },
+            date_range: DateRange { start: rfc3339(start), end: rfc3339(end) },
             contact_info: contact.to_string(),
             report_id: report_id.to_string(),
             policies,
@@ -241,7 +261,9 @@ mod tests {
         };
         counts.failure(&sts, expired.clone());
         counts.failure(&sts, expired);
-        let report = serde_json::to_value(counts.report("Sluice relay.test", "postmaster@relay.test", "r-1", 1_459_468_800)).unwrap();
+        let report =
+            serde_json::to_value(counts.report("Sluice relay.test", "postmaster@relay.test", "r-1", 1_459_468_800, 1_459_468_800 + 86_399))
+                .unwrap();
         let expected = serde_json::json!({
             "organization-name": "Sluice relay.test",
             "date-range": {"start-datetime": "2016-04-01T00:00:00Z", "end-datetime": "2016-04-01T23:59:59Z"},
@@ -268,8 +290,10 @@ mod tests {
         let none = PolicyKey { kind: PolicyType::NoPolicyFound, text: vec![], domain: "x.test".into(), mx_hosts: vec![] };
         let mut counts = Counts::default();
         counts.success(&none);
-        let report = serde_json::to_value(counts.report("o", "c", "r", 0)).unwrap();
+        let report = serde_json::to_value(counts.report("o", "c", "r", 0, 86_399)).unwrap();
         assert_eq!(report["policies"][0]["policy"], serde_json::json!({"policy-type": "no-policy-found", "policy-domain": "x.test"}));
-        assert_eq!(serde_json::to_value(ResultType::StsWebpkiInvalid).unwrap(), "sts-webpki-invalid");
+        for r in [ResultType::StsWebpkiInvalid, ResultType::StarttlsNotSupported, ResultType::CertificateHostMismatch] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.name());
+        }
     }
 }

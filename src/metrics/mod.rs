@@ -30,6 +30,8 @@ pub const DELIVERY_CONVERTED_7BIT: &str = "sluice_delivery_converted_7bit_total"
 pub const DKIM_SIGNATURES: &str = "sluice_dkim_signatures_total";
 pub const DKIM_FAILURES: &str = "sluice_dkim_signing_failures_total";
 pub const DELIVERY_TLS_FALLBACKS: &str = "sluice_delivery_tls_fallbacks_total";
+pub const TLS_RPT_REPORTS: &str = "sluice_tls_rpt_reports_total";
+pub const TLS_RPT_UNCOUNTED: &str = "sluice_tls_rpt_uncounted_total";
 pub const MTA_STS_FETCHES: &str = "sluice_mta_sts_fetches_total";
 pub const DELIVERY_TLS_POLICY: &str = "sluice_delivery_tls_policy_total";
 pub const API_REQUESTS: &str = "sluice_api_requests_total";
@@ -117,6 +119,8 @@ fn describe() {
         DELIVERY_TLS_FALLBACKS,
         "Connections sent in plain text under opportunistic TLS: retried after a failed handshake, or at once for a host remembered"
     );
+    describe_counter!(TLS_RPT_REPORTS, "TLS-RPT aggregate reports, by how (mailto, https) and result (queued, sent, failed)");
+    describe_counter!(TLS_RPT_UNCOUNTED, "Sessions not counted for TLS-RPT: the period already counts the most domains it keeps");
     describe_counter!(MTA_STS_FETCHES, "MTA-STS policy fetches, by result (ok or the RFC 8460 result type of the failure)");
     describe_counter!(
         DELIVERY_TLS_POLICY,

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::dsn;
+use super::mx_policy::MxPolicy;
 use super::outcome::{self, RetryPolicy, Tally};
 use super::runner::Runner;
 use crate::accounting::{self, Event};
 use crate::config::Config;
 use crate::delivery::attempt::Attempted;
 use crate::delivery::route::{self, Route, Target};
+use crate::delivery::tls_rpt::PolicyKey;
 use crate::metrics as m;
 use crate::shaping::Bucket;
 use crate::smtp::client::{Message, RcptOutcome, TlsPolicy};
@@ -152,40 +154,15 @@ impl Runner {
             }
             Route::Targets(targets) => {
                 let by_mx = route::next_hop(&domain.to_ascii_lowercase(), &self.config()).is_none() && !domain.starts_with('[');
-                let published = match by_mx {
-                    true => self.mta_sts(env, &domain).await,
-                    false => None,
-                };
-                let enforced = published.as_ref().filter(|p| p.mode == crate::delivery::mta_sts::Mode::Enforce);
-                let testing = published.as_ref().filter(|p| p.mode == crate::delivery::mta_sts::Mode::Testing);
-                if let Some(testing) = testing
-                    && let Err(would) = crate::delivery::sts::enforce(testing, &domain, targets.clone())
-                {
-                    metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing-mismatch").increment(1);
-                    tracing::warn!(queue_id = %env.queue_id, domain, "MTA-STS testing mode, delivered all the same: {}", would.lines[0]);
-                }
-                if env.params.requiretls && by_mx && enforced.is_none() {
-                    // RFC 8689 4.2.1: the next hop must be authenticated (DNSSEC or MTA-STS for
-                    // MX records), so only a configured route or an enforced policy qualifies.
-                    let reply = Reply::new(
-                        550,
-                        Enhanced(5, 7, 30),
-                        format!("REQUIRETLS support required: no authenticated route to {domain} (no MTA-STS policy in enforce mode)"),
-                    );
-                    gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(RcptOutcome::Failed(reply.clone())))));
-                    return;
-                }
-                let targets = match enforced {
-                    Some(policy) => match crate::delivery::sts::enforce(policy, &domain, targets) {
-                        Ok(allowed) => allowed,
-                        Err(reply) => {
-                            metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-mismatch").increment(1);
-                            let deferred = RcptOutcome::Deferred(reply);
-                            gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(deferred.clone()))));
+                let MxPolicy { targets, enforced, testing, reporting } = match by_mx {
+                    true => match self.mx_policy(env, &domain, targets).await {
+                        Ok(decided) => decided,
+                        Err(outcome) => {
+                            gathered.results.extend(indexes.iter().map(|&i| (i, Attempted::local(outcome.clone()))));
                             return;
                         }
                     },
-                    None => targets,
+                    false => MxPolicy { targets, enforced: false, testing: false, reporting: None },
                 };
                 let bucket = delivery.shaper().bucket(&domain, &targets);
                 if let Some((until, why)) = bucket.suspended(self.clock.now()) {
@@ -195,15 +172,15 @@ impl Runner {
                     return;
                 }
                 // An enforced MTA-STS policy: TLS with a certificate valid for the MX name.
-                let policy = if enforced.is_some() { TlsPolicy::Required } else { self.policy_for(env, &domain, tls_only) };
+                let policy = if enforced { TlsPolicy::Required } else { self.policy_for(env, &domain, tls_only) };
                 bucket.note_tls_policy(match (enforced, testing, policy) {
-                    (Some(_), _, _) => "mta-sts-enforce",
-                    (_, Some(_), TlsPolicy::Opportunistic) => "mta-sts-testing",
+                    (true, _, _) => "mta-sts-enforce",
+                    (_, true, TlsPolicy::Opportunistic) => "mta-sts-testing",
                     (_, _, TlsPolicy::Required) => "required",
                     (_, _, TlsPolicy::Opportunistic) => "opportunistic",
                     (_, _, TlsPolicy::Never) => "none",
                 });
-                self.send_chunks(env, body, &domain, &targets, &bucket, policy, indexes, stop, gathered).await;
+                self.send_chunks(env, body, &domain, &targets, &bucket, (policy, reporting.as_ref()), indexes, stop, gathered).await;
             }
         }
     }
@@ -220,7 +197,7 @@ impl Runner {
         domain: &str,
         targets: &[Target],
         bucket: &Arc<Bucket>,
-        policy: TlsPolicy,
+        (policy, reporting): (TlsPolicy, Option<&PolicyKey>),
         indexes: &[usize],
         stop: &mut tokio::sync::watch::Receiver<bool>,
         gathered: &mut Gathered,
@@ -272,6 +249,9 @@ impl Runner {
                         tracing::info!(queue_id = %env.queue_id, relay, error, "destination host failed; trying the next")
                     }
                 }
+            }
+            if let Some(key) = reporting {
+                delivery.tls_reports().record(key, &report, self.config().delivery.source_address);
             }
             delivery.shaper().record(bucket, &report.signal, started, self.clock.now_ms());
             gathered.results.extend(chunk.iter().copied().zip(report.results).filter_map(|(i, r)| Some((i, r?))));
@@ -349,34 +329,6 @@ impl Runner {
             rec
         };
         results.iter().map(record).collect()
-    }
-
-    /// The MTA-STS policy (enforce or testing) for mail to `domain` by its MX records: none
-    /// where `tls_policies` or a smarthost login decides, and none for a message sent with
-    /// `TLS-Required: No` (RFC 8689 5: the sender asked to ignore such policies).
-    async fn mta_sts(&self, env: &Envelope, domain: &str) -> Option<crate::delivery::mta_sts::Policy> {
-        use crate::delivery::mta_sts::Mode;
-        let delivery = self.delivery();
-        if delivery.tls_configured(domain) {
-            metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "configured").increment(1);
-            return None;
-        }
-        let policy = delivery.mta_sts(domain, self.clock.now()).await.policy?;
-        match policy.mode {
-            Mode::Enforce if env.params.tls_optional => {
-                tracing::info!(queue_id = %env.queue_id, domain, "MTA-STS policy not enforced: TLS-Required: No");
-                None
-            }
-            Mode::Enforce => {
-                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-enforce").increment(1);
-                Some(policy)
-            }
-            Mode::Testing => {
-                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing").increment(1);
-                Some(policy)
-            }
-            Mode::None => None,
-        }
     }
 
     /// Verified TLS for REQUIRETLS and TLS-only recipients; the domain's policy otherwise,

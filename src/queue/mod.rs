@@ -3,5 +3,6 @@
 mod attempt;
 pub mod census;
 pub mod dsn;
+mod mx_policy;
 pub mod outcome;
 pub mod runner;

@@ -271,6 +271,8 @@ pub enum Shelf {
     Answers,
     /// MTA-STS policies, by recipient domain, until their max_age runs out.
     Policies,
+    /// TLS-RPT reports that could not be posted yet, until a day after their period.
+    TlsReports,
 }
 
 pub trait SpoolRead: Send + Sync {
@@ -315,6 +317,14 @@ pub trait Spool: SpoolRead {
     /// The value kept for `key` on `shelf`, unless it expired by `now`.
     fn recall(&self, _shelf: Shelf, _key: &str, _now: u64) -> Result<Option<Vec<u8>>, SpoolError> {
         Ok(None)
+    }
+    /// Every record on `shelf` not expired by `now`: key, value, expiry.
+    fn shelved(&self, _shelf: Shelf, _now: u64) -> Result<Vec<(String, Vec<u8>, u64)>, SpoolError> {
+        Ok(Vec::new())
+    }
+    /// Drops one record (made durable with the next commit).
+    fn forget(&self, _shelf: Shelf, _key: &str) -> Result<(), SpoolError> {
+        Ok(())
     }
     /// Drops the records on `shelf` expired by `now`; how many.
     fn forget_expired(&self, _shelf: Shelf, _now: u64) -> Result<usize, SpoolError> {

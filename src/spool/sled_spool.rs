@@ -58,6 +58,8 @@ pub struct SledSpool {
     answers: sled::Tree,
     /// MTA-STS policies by domain, the same way.
     policies: sled::Tree,
+    /// TLS-RPT reports waiting for a retry, the same way.
+    tls_reports: sled::Tree,
     segments: Segments,
     commits: Arc<CommitQueue>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -86,6 +88,7 @@ impl SledSpool {
         let meta = db.open_tree("meta")?;
         let answers = db.open_tree("answers")?;
         let policies = db.open_tree("mta_sts_policies")?;
+        let tls_reports = db.open_tree("tls_reports")?;
 
         // Recovery streams over the index and decodes only what it needs, so a spool of a
         // million deferred messages does not pass through memory all at once.
@@ -171,6 +174,7 @@ impl SledSpool {
             messages,
             answers,
             policies,
+            tls_reports,
             segments,
             commits,
             committer: Mutex::new(Some(committer)),
@@ -360,6 +364,7 @@ impl SledSpool {
         match shelf {
             Shelf::Answers => &self.answers,
             Shelf::Policies => &self.policies,
+            Shelf::TlsReports => &self.tls_reports,
         }
     }
 }
@@ -401,6 +406,23 @@ impl Spool for SledSpool {
         let Some(value) = self.shelf(shelf).get(key.as_bytes())? else { return Ok(None) };
         let expires = value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
         Ok((expires > now).then(|| value[8..].to_vec()))
+    }
+
+    fn shelved(&self, shelf: Shelf, now: u64) -> Result<Vec<(String, Vec<u8>, u64)>, SpoolError> {
+        let mut kept = Vec::new();
+        for item in self.shelf(shelf).iter() {
+            let (key, value) = item?;
+            let expires = value.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+            if expires > now {
+                kept.push((String::from_utf8_lossy(&key).into_owned(), value[8..].to_vec(), expires));
+            }
+        }
+        Ok(kept)
+    }
+
+    fn forget(&self, shelf: Shelf, key: &str) -> Result<(), SpoolError> {
+        self.shelf(shelf).remove(key.as_bytes())?;
+        Ok(())
     }
 
     fn forget_expired(&self, shelf: Shelf, now: u64) -> Result<usize, SpoolError> {

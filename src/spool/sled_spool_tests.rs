@@ -288,5 +288,10 @@ fn records_on_each_shelf_outlive_a_reopen_until_they_expire() {
     assert_eq!(spool.recall(Shelf::Answers, "key", 150).unwrap(), None, "expired");
     assert_eq!(spool.forget_expired(Shelf::Policies, 150).unwrap(), 0);
     assert_eq!(spool.forget_expired(Shelf::Answers, 150).unwrap(), 1);
+    spool.remember(Shelf::TlsReports, "r1", 300, b"one").unwrap().wait_blocking().unwrap();
+    spool.remember(Shelf::TlsReports, "r2", 300, b"two").unwrap().wait_blocking().unwrap();
+    spool.forget(Shelf::TlsReports, "r1").unwrap();
+    assert_eq!(spool.shelved(Shelf::TlsReports, 250).unwrap(), [("r2".to_string(), b"two".to_vec(), 300)]);
+    assert!(spool.shelved(Shelf::TlsReports, 300).unwrap().is_empty(), "expired");
     assert_eq!(spool.forget_expired(Shelf::Policies, 200).unwrap(), 1);
 }

@@ -259,3 +259,134 @@ fn a_cached_policy_holds_across_a_restart_while_its_host_is_gone() {
     let log = daemon.log_text();
     assert!(!log.contains("MTA-STS policy fetch"), "{log}");
 }
+
+/// The JSON of a gzipped report, read by Python's gzip and json modules.
+fn report_json(gzipped: &[u8]) -> serde_json::Value {
+    let mut child = Command::new("python3")
+        .args(["-c", "import gzip, json, sys; print(json.dumps(json.loads(gzip.decompress(sys.stdin.buffer.read()))))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(gzipped).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "not a gzipped JSON report");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn tls_reports_go_by_mail_and_https_and_a_failed_post_is_tried_again() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test", "reports.test"], 2099));
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    host.set("post_status", "503");
+    // The MX of dest.test and of reports.test is the same Sluice, which keeps what it gets.
+    let destination = tls_destination(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099));
+    let rua = format!("v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://reports.test:{}/v1/tlsrpt", host.port);
+    let dns =
+        TestDns::start(zone().txt("_smtp._tls.dest.test", &rua).mx("reports.test", &[(10, "mx.dest.test")]).a("reports.test", "127.0.0.1"));
+    let settings = format!("{}  max_deliveries_per_connection: 1\n  tls_rpt: {{ period: 3s }}\n", sts_settings(&ca, &host));
+    let relay = delivering_relay(&dns, destination.addr.port(), &settings);
+    send(&relay, "b@dest.test");
+    send(&relay, "c@dest.test");
+
+    // Reports come at each 3-second period's end; the two sessions may fall in one or two.
+    // The first POST is refused with 503; the report is kept and posted again once it is 200.
+    let posts = || -> Vec<(Vec<u8>, String)> {
+        (0..50)
+            .map_while(|n| {
+                let body = std::fs::read(host.dir.join(format!("posted-{n}"))).ok()?;
+                Some((body, std::fs::read_to_string(host.dir.join(format!("posted-{n}.type"))).unwrap_or_default()))
+            })
+            .collect()
+    };
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("no refused POST", &|| !posts().is_empty());
+    let refused = posts()[0].clone();
+    assert_eq!(refused.1, "application/tlsrpt+gzip 503 /v1/tlsrpt");
+    let refused_id = report_json(&refused.0)["report-id"].clone();
+    host.set("post_status", "200");
+    wait("the refused report was not posted again", &|| {
+        posts().iter().any(|(body, kind)| kind.contains(" 200 ") && report_json(body)["report-id"] == refused_id)
+    });
+    // Every session reported once, by each way: two successes under the enforced policy.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut by_id = std::collections::BTreeMap::new();
+    for (body, kind) in posts() {
+        if kind.contains(" 200 ") {
+            let report = report_json(&body);
+            by_id.insert(report["report-id"].as_str().unwrap().to_string(), report);
+        }
+    }
+    let successes: u64 = by_id.values().map(|r| r["policies"][0]["summary"]["total-successful-session-count"].as_u64().unwrap()).sum();
+    assert_eq!(successes, 2, "{by_id:?}");
+    for report in by_id.values() {
+        let policy = &report["policies"][0];
+        assert_eq!(policy["policy"]["policy-type"], "sts", "{report}");
+        assert_eq!(policy["policy"]["policy-domain"], "dest.test");
+        assert_eq!(policy["policy"]["mx-host"], serde_json::json!(["mx.dest.test"]));
+        assert_eq!(policy["summary"]["total-failure-session-count"], 0, "{report}");
+        assert_eq!(report["contact-info"], "pm@admin.test");
+    }
+
+    let stored = destination.stop_and_read();
+    let mails: Vec<&String> =
+        stored.iter().filter(|(e, _)| e.recipients[0].mailbox.to_string() == "tlsrpt@reports.test").map(|(_, m)| m).collect();
+    assert_eq!(mails.len(), by_id.len(), "a mail for each report");
+    for mail in mails {
+        assert!(mail.contains("\r\nTLS-Report-Domain: dest.test\r\nTLS-Report-Submitter: relay.test\r\n"), "{mail}");
+        assert!(mail.contains("Subject: Report Domain: dest.test Submitter: relay.test Report-ID: <"), "{mail}");
+        assert!(mail.contains("Content-Type: multipart/report; report-type=\"tlsrpt\""), "{mail}");
+        // The attachment, as a mail reader would take it apart.
+        let encoded: String = mail
+            .split("Content-Disposition: attachment; filename=\"relay.test!dest.test!")
+            .nth(1)
+            .and_then(|rest| rest.split_once("\r\n\r\n"))
+            .map(|(_, b64)| b64.lines().take_while(|l| !l.starts_with("--")).collect())
+            .expect("the report attachment");
+        let mailed = report_json(&base64::engine::general_purpose::STANDARD.decode(encoded).unwrap());
+        let posted = &by_id[mailed["report-id"].as_str().unwrap()];
+        assert_eq!(mailed["policies"], posted["policies"], "the same report both ways");
+    }
+}
+
+#[test]
+fn a_tls_report_names_each_failure_with_its_result_type_and_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test", "reports.test"], 2099));
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    let destination = tls_destination(&ca.issue(dir.path(), "misnamed", &["mx.other.test"], 2099));
+    let rua = format!("v=TLSRPTv1; rua=https://reports.test:{}/v1/tlsrpt", host.port);
+    let dns = TestDns::start(zone().txt("_smtp._tls.dest.test", &rua).a("reports.test", "127.0.0.1"));
+    let settings = format!("{}  tls_rpt: {{ period: 2s }}\n", sts_settings(&ca, &host));
+    let relay = delivering_relay(&dns, destination.addr.port(), &settings);
+    send(&relay, "b@dest.test");
+    wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
+            break report_json(&body);
+        }
+        assert!(Instant::now() < deadline, "no report posted");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let policy = &report["policies"][0];
+    assert_eq!(policy["summary"]["total-successful-session-count"], 0, "{report}");
+    assert!(policy["summary"]["total-failure-session-count"].as_u64() >= Some(1), "{report}");
+    let detail = &policy["failure-details"][0];
+    assert_eq!(detail["result-type"], "certificate-host-mismatch", "{report}");
+    assert_eq!(detail["receiving-mx-hostname"], "mx.dest.test");
+    assert_eq!(detail["receiving-ip"], "127.0.0.1");
+    assert_eq!(detail["sending-mta-ip"], "127.0.0.1");
+    assert!(sluice::admin::queue_list(&destination.config).unwrap().is_empty(), "nothing sent over the misnamed certificate");
+}

@@ -6,7 +6,9 @@ GET /.well-known/mta-sts.txt from files in DIR read afresh for each request:
   policy.txt    the body (absent: 404)
   status        the status code (default 200); a 3xx sends Location: https://elsewhere.test/
   content_type  the Content-Type (default text/plain)
-Every request's path is appended to DIR/requests, one per line.
+Every GET's path is appended to DIR/requests, one per line. A POST (a TLS report) is answered
+with the status in DIR/post_status (default 200) and its body kept as DIR/posted-N (N from 0)
+with its Content-Type as DIR/posted-N.type.
 """
 import http.server
 import os
@@ -41,6 +43,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        status = int(read("post_status", b"200").decode().strip())
+        n = len([f for f in os.listdir(root) if f.startswith("posted-") and not f.endswith(".type")])
+        with open(os.path.join(root, f"posted-{n}"), "wb") as f:
+            f.write(body)
+        with open(os.path.join(root, f"posted-{n}.type"), "w") as f:
+            f.write(self.headers.get("Content-Type", "") + " " + str(status) + " " + self.path)
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def log_message(self, *args):
         pass

@@ -1,0 +1,105 @@
+//! What a domain's published TLS policy (MTA-STS) means for one attempt of mail routed by its
+//! MX records: the MX hosts it may go to, whether verified TLS is required, and the policy its
+//! sessions are counted under for the domain's TLS report. A REQUIRETLS message needs an
+//! enforced policy here (RFC 8689 4.2.1: the MX records must be authenticated).
+
+use super::runner::Runner;
+use crate::delivery::mta_sts::{Mode, Policy};
+use crate::delivery::route::Target;
+use crate::delivery::tls_rpt::{PolicyKey, ResultType};
+use crate::metrics as m;
+use crate::smtp::client::RcptOutcome;
+use crate::smtp::reply::{Enhanced, Reply};
+use crate::spool::Envelope;
+
+/// The attempt under the domain's policy.
+pub(super) struct MxPolicy {
+    /// The MX hosts the policy allows, in their order.
+    pub targets: Vec<Target>,
+    /// An MTA-STS policy in enforce mode: TLS verified for the MX name.
+    pub enforced: bool,
+    /// An MTA-STS policy in testing mode: delivered as before.
+    pub testing: bool,
+    /// The policy sessions are counted under for TLS-RPT.
+    pub reporting: Option<PolicyKey>,
+}
+
+impl Runner {
+    /// The attempt's MX hosts and TLS under the policy `domain` publishes, or the outcome
+    /// for every recipient when there is none to make (REQUIRETLS without an enforced policy
+    /// fails; an enforced policy that allows none of the MX hosts defers).
+    pub(super) async fn mx_policy(&self, env: &Envelope, domain: &str, targets: Vec<Target>) -> Result<MxPolicy, RcptOutcome> {
+        let lower = domain.to_ascii_lowercase();
+        let published = self.mta_sts(env, domain).await;
+        let reporting = Some(crate::tlsrpt::collect::policy_key(&lower, published.as_ref()));
+        let (enforced, testing) = match &published {
+            Some(p) => (p.mode == Mode::Enforce, p.mode == Mode::Testing),
+            None => (false, false),
+        };
+        if env.params.requiretls && !enforced {
+            let reply = Reply::new(
+                550,
+                Enhanced(5, 7, 30),
+                format!("REQUIRETLS support required: no authenticated route to {domain} (no MTA-STS policy in enforce mode)"),
+            );
+            return Err(RcptOutcome::Failed(reply));
+        }
+        let Some(policy) = published else { return Ok(MxPolicy { targets, enforced, testing, reporting }) };
+        if testing {
+            if let Err(would) = crate::delivery::sts::enforce(&policy, domain, targets.clone()) {
+                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing-mismatch").increment(1);
+                tracing::warn!(queue_id = %env.queue_id, domain, "MTA-STS testing mode, delivered all the same: {}", would.lines[0]);
+            }
+            return Ok(MxPolicy { targets, enforced, testing, reporting });
+        }
+        match crate::delivery::sts::enforce(&policy, domain, targets.clone()) {
+            Ok(allowed) => Ok(MxPolicy { targets: allowed, enforced, testing, reporting }),
+            Err(reply) => {
+                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-mismatch").increment(1);
+                let source = self.config().delivery.source_address;
+                let why = "the MX host is not one the MTA-STS policy allows";
+                for t in &targets {
+                    if let Some(key) = &reporting {
+                        self.delivery().tls_reports().refused(key, ResultType::ValidationFailure, &t.host, Some(t.addr.ip()), why, source);
+                    }
+                }
+                Err(RcptOutcome::Deferred(reply))
+            }
+        }
+    }
+
+    /// The MTA-STS policy (enforce or testing) for mail to `domain` by its MX records: none
+    /// where `tls_policies` or a smarthost login decides, and none for a message sent with
+    /// `TLS-Required: No` (RFC 8689 5: the sender asked to ignore such policies). A policy
+    /// that could not be fetched is counted for the domain's TLS report.
+    async fn mta_sts(&self, env: &Envelope, domain: &str) -> Option<Policy> {
+        let delivery = self.delivery();
+        if delivery.tls_configured(domain) {
+            metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "configured").increment(1);
+            return None;
+        }
+        let found = delivery.mta_sts(domain, self.clock.now()).await;
+        if let Some(failure) = &found.failure {
+            let lower = domain.to_ascii_lowercase();
+            let key = crate::tlsrpt::collect::policy_key(&lower, found.policy.as_ref());
+            let source = self.config().delivery.source_address;
+            delivery.tls_reports().refused(&key, failure.result_type(), &format!("mta-sts.{lower}"), None, &failure.to_string(), source);
+        }
+        let policy = found.policy?;
+        match policy.mode {
+            Mode::Enforce if env.params.tls_optional => {
+                tracing::info!(queue_id = %env.queue_id, domain, "MTA-STS policy not enforced: TLS-Required: No");
+                None
+            }
+            Mode::Enforce => {
+                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-enforce").increment(1);
+                Some(policy)
+            }
+            Mode::Testing => {
+                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing").increment(1);
+                Some(policy)
+            }
+            Mode::None => None,
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The period's counts, per policy domain, fed by delivery.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use crate::delivery::attempt::Report;
+use crate::delivery::mta_sts::Policy;
+use crate::delivery::tls_rpt::{Counts, Failure, PolicyKey, PolicyType, ResultType};
+
+/// Domains counted in one period at most; sessions with others are not counted (and the
+/// overflow is counted) rather than let a bulk sender's fan-out grow memory without bound.
+const MAX_DOMAINS: usize = 100_000;
+
+pub struct Collector {
+    period: Mutex<Period>,
+}
+
+struct Period {
+    start: u64,
+    domains: HashMap<String, Counts>,
+}
+
+impl Collector {
+    pub fn new(now: u64) -> Collector {
+        Collector { period: Mutex::new(Period { start: now, domains: HashMap::new() }) }
+    }
+
+    fn with(&self, policy: &PolicyKey, f: impl FnOnce(&mut Counts)) {
+        let mut period = self.period.lock().expect("tls-rpt lock");
+        if period.domains.len() >= MAX_DOMAINS && !period.domains.contains_key(&policy.domain) {
+            metrics::counter!(crate::metrics::TLS_RPT_UNCOUNTED).increment(1);
+            return;
+        }
+        f(period.domains.entry(policy.domain.clone()).or_default());
+    }
+
+    pub fn success(&self, policy: &PolicyKey) {
+        self.with(policy, |c| c.success(policy));
+    }
+
+    pub fn failure(&self, policy: &PolicyKey, failure: Failure) {
+        self.with(policy, |c| c.failure(policy, failure));
+    }
+
+    /// The counts since the period began (its start, and by domain); a new period starts at
+    /// `now`.
+    pub fn take(&self, now: u64) -> (u64, HashMap<String, Counts>) {
+        let mut period = self.period.lock().expect("tls-rpt lock");
+        let start = std::mem::replace(&mut period.start, now);
+        (start, std::mem::take(&mut period.domains))
+    }
+
+    /// Counts one attempt's sessions: each new connection that got TLS is a success, each
+    /// host where TLS failed (a handshake, STARTTLS missing under a policy) a failure.
+    pub fn record(&self, policy: &PolicyKey, report: &Report, source: Option<IpAddr>) {
+        let mut counted = Vec::new();
+        for via in report.results.iter().flatten().filter_map(|a| a.via.as_ref()) {
+            if via.tls.is_some() && via.connect_ms > 0 && !counted.contains(&via.addr) {
+                counted.push(via.addr);
+                self.success(policy);
+            }
+        }
+        for host in &report.hosts {
+            if let Some(result) = host.tls {
+                let failure = Failure {
+                    result,
+                    sending_ip: sending_ip(source, host.target.addr.ip()),
+                    receiving_mx: host.target.host.clone(),
+                    receiving_ip: Some(host.target.addr.ip().to_string()),
+                    reason: Some(host.error.clone()),
+                };
+                self.failure(policy, failure);
+            }
+        }
+    }
+
+    /// MX hosts an enforced policy did not allow, or a policy that could not be fetched: a
+    /// failure each, with no session.
+    pub fn refused(&self, policy: &PolicyKey, result: ResultType, host: &str, ip: Option<IpAddr>, reason: &str, source: Option<IpAddr>) {
+        let failure = Failure {
+            result,
+            sending_ip: ip.map_or_else(|| source.map(|s| s.to_string()).unwrap_or_default(), |ip| sending_ip(source, ip)),
+            receiving_mx: host.to_string(),
+            receiving_ip: ip.map(|ip| ip.to_string()),
+            reason: Some(reason.to_string()),
+        };
+        self.failure(policy, failure);
+    }
+}
+
+/// The report's name for a domain's policy: MTA-STS (enforce or testing) or none.
+pub fn policy_key(domain: &str, policy: Option<&Policy>) -> PolicyKey {
+    match policy {
+        Some(p) => {
+            let mut text = vec!["version: STSv1".to_string(), format!("mode: {}", p.mode.name())];
+            text.extend(p.mx.iter().map(|m| format!("mx: {m}")));
+            text.push(format!("max_age: {}", p.max_age));
+            PolicyKey { kind: PolicyType::Sts, text, domain: domain.to_string(), mx_hosts: p.mx.clone() }
+        }
+        None => PolicyKey { kind: PolicyType::NoPolicyFound, text: Vec::new(), domain: domain.to_string(), mx_hosts: Vec::new() },
+    }
+}
+
+/// The address mail to `to` leaves from: the configured source, else the one the kernel's
+/// routing picks (a UDP socket connected, nothing sent).
+fn sending_ip(configured: Option<IpAddr>, to: IpAddr) -> String {
+    if let Some(ip) = configured {
+        return ip.to_string();
+    }
+    let any: IpAddr = if to.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    std::net::UdpSocket::bind((any, 0))
+        .and_then(|s| s.connect((to, 25)).and_then(|_| s.local_addr()))
+        .map_or_else(|_| any.to_string(), |a| a.ip().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::attempt::{Attempted, HostEvent, HostEventKind, Via};
+    use crate::delivery::route::Target;
+    use crate::shaping::health::Signal;
+    use crate::smtp::client::RcptOutcome;
+
+    #[test]
+    fn new_tls_connections_are_successes_and_tls_failures_are_counted_with_their_host() {
+        let collector = Collector::new(1000);
+        let policy = policy_key("d.test", None);
+        let via = |port: u16, connect_ms: u64, tls: bool| Via {
+            host: "mx.d.test".into(),
+            addr: ([127, 0, 0, 1], port).into(),
+            tls: tls.then(|| "TLSv1.3 x".into()),
+            connect_ms,
+            transfer_ms: 1,
+        };
+        let delivered = |v: Via| {
+            Some(Attempted {
+                via: Some(v),
+                ..Attempted::local(RcptOutcome::Delivered(crate::smtp::reply::Reply::new(250, crate::smtp::reply::Enhanced(2, 0, 0), "ok")))
+            })
+        };
+        let failed = HostEvent {
+            relay: "mx2.d.test[127.0.0.1]:26".into(),
+            error: "TLS handshake failed: invalid peer certificate: Expired".into(),
+            kind: HostEventKind::Failed,
+            target: Target { host: "mx2.d.test".into(), addr: ([127, 0, 0, 1], 26).into() },
+            tls: Some(ResultType::CertificateExpired),
+        };
+        let report = Report {
+            // Two recipients over one new TLS connection, one over a pooled one, one in plain text.
+            results: vec![
+                delivered(via(25, 5, true)),
+                delivered(via(25, 5, true)),
+                delivered(via(27, 0, true)),
+                delivered(via(28, 5, false)),
+            ],
+            signal: Signal::Answered,
+            hosts: vec![failed],
+        };
+        collector.record(&policy, &report, None);
+        let (start, domains) = collector.take(2000);
+        assert_eq!(start, 1000);
+        let json = serde_json::to_value(domains["d.test"].report("o", "c", "r", 0, 86399)).unwrap();
+        let summary = &json["policies"][0]["summary"];
+        assert_eq!(
+            (summary["total-successful-session-count"].as_u64(), summary["total-failure-session-count"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let detail = &json["policies"][0]["failure-details"][0];
+        assert_eq!(detail["result-type"], "certificate-expired");
+        assert_eq!(detail["receiving-mx-hostname"], "mx2.d.test");
+        assert_eq!(detail["sending-mta-ip"], "127.0.0.1", "the address loopback mail leaves from");
+        assert!(collector.take(3000).1.is_empty(), "a new period");
+    }
+
+    #[test]
+    fn the_policy_names_its_lines_and_mx_patterns() {
+        let p = crate::delivery::mta_sts::parse_policy("version: STSv1\nmode: enforce\nmx: *.d.test\nmax_age: 600\n").unwrap();
+        let key = policy_key("d.test", Some(&p));
+        assert_eq!(key.kind, PolicyType::Sts);
+        assert_eq!(key.text, ["version: STSv1", "mode: enforce", "mx: *.d.test", "max_age: 600"]);
+        assert_eq!(key.mx_hosts, ["*.d.test"]);
+    }
+}
