@@ -48,6 +48,8 @@ pub struct Via {
     pub addr: std::net::SocketAddr,
     /// TLS version and cipher (`TLSv1.3/TLS13_AES_256_GCM_SHA384`), if any.
     pub tls: Option<String>,
+    /// What was wrong with a certificate checked but not required (`Hop::observe`).
+    pub tls_verdict: Option<(super::tls_rpt::ResultType, String)>,
     /// Setting the connection up (0 for a pooled one), and the transaction on it.
     pub connect_ms: u64,
     pub transfer_ms: u64,
@@ -286,6 +288,7 @@ impl<T: Transport> Sender<T> {
                     host: target.host.clone(),
                     addr: target.addr,
                     tls: conn.tls.as_deref().map(|t| t.replace(' ', "/")),
+                    tls_verdict: conn.tls_verdict.clone(),
                     connect_ms: if reused { 0 } else { connect_ms },
                     transfer_ms: transferring.elapsed().as_millis() as u64,
                 };

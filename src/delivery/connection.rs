@@ -60,6 +60,8 @@ pub struct Settings {
     pub tls: Arc<rustls::ClientConfig>,
     /// Required TLS: WebPKI roots plus `delivery.tls_trust`, checked against the MX name.
     pub verified_tls: Arc<rustls::ClientConfig>,
+    /// The same roots, for checking a certificate opportunistic TLS accepted anyway.
+    pub observer: Arc<rustls::client::WebPkiServerVerifier>,
     /// Smarthost credentials (user, password).
     pub login: Option<(String, crate::smtp::sasl::Secret)>,
     /// `delivery.chunking`.
@@ -128,6 +130,8 @@ pub struct Connection<T> {
     pub deliveries: usize,
     /// Set when STARTTLS succeeded: `version cipher`.
     pub tls: Option<String>,
+    /// With `hop.observe`, what was wrong with the certificate accepted (None: it was valid).
+    pub tls_verdict: Option<(super::tls_rpt::ResultType, String)>,
     pub idle_since: Instant,
     pub policy: TlsPolicy,
     /// How it was set up (logged in with the smarthost credentials, ...).
@@ -207,6 +211,7 @@ impl<T: Transport> Connection<T> {
             target,
             deliveries: 0,
             tls,
+            tls_verdict: None,
             idle_since: Instant::now(),
             policy,
             hop,
@@ -383,6 +388,9 @@ impl<T: Transport> Connection<T> {
             return Err(ConnError::Tls("STARTTLS on a TLS connection".into(), super::tls_rpt::ResultType::ValidationFailure));
         };
         let tls = Self::handshake(plain, &self.target, self.policy, settings).await?;
+        if self.hop.observe && self.policy == TlsPolicy::Opportunistic {
+            self.tls_verdict = super::tls::judge(&settings.observer, tls.peer_certificates(), &self.target.host);
+        }
         self.tls = Some(tls.describe());
         self.link = Link::Tls(Box::new(tls));
         self.client.tls_established(&mut self.out);

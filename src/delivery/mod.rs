@@ -44,6 +44,9 @@ pub struct Hop {
     /// TLS before the greeting (`delivery.smarthost_tls: implicit`): no STARTTLS, and no
     /// plain-text retry when the handshake fails.
     pub implicit_tls: bool,
+    /// Check the certificate for the host's name without requiring it (an MTA-STS policy in
+    /// testing mode): what TLS-RPT reports of the session.
+    pub observe: bool,
 }
 
 /// Everything delivery shares: the config generation in force (with its DNS), the workers
@@ -104,6 +107,7 @@ fn settings(config: &Config, generation: u64) -> Result<Settings, String> {
             login
         )
     };
+    let roots = tls::roots(&d.tls_trust)?;
     Ok(Settings {
         ehlo_name: config.ehlo_name().to_string(),
         our_hostname: config.hostname.0.clone(),
@@ -112,7 +116,8 @@ fn settings(config: &Config, generation: u64) -> Result<Settings, String> {
         starttls_failure_memory: d.starttls_failure_memory.0,
         timeouts: d.timeouts.clone(),
         tls: tls::opportunistic_tls(),
-        verified_tls: tls::verified_tls(&d.tls_trust)?,
+        verified_tls: tls::verified_tls(roots.clone())?,
+        observer: tls::observer(roots)?,
         login: d.smarthost_auth.as_ref().zip(password).map(|(a, p)| (a.username.clone(), crate::smtp::sasl::Secret::new(p))),
         generation,
         opened_with,
@@ -243,6 +248,7 @@ impl Delivery {
         Hop {
             login: smarthost && d.smarthost_auth.is_some(),
             implicit_tls: smarthost && d.smarthost_tls == crate::config::SmarthostTls::Implicit,
+            observe: false,
         }
     }
 

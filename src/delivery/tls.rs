@@ -35,10 +35,17 @@ pub fn failure_kind(e: &io::Error) -> &'static str {
 /// A failed handshake as a TLS-RPT result type (RFC 8460 4.3.2.1): which certificate check
 /// failed, or `validation-failure` for anything else.
 pub fn result_type(e: &io::Error) -> super::tls_rpt::ResultType {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(e) => rustls_result_type(e),
+        None => super::tls_rpt::ResultType::ValidationFailure,
+    }
+}
+
+fn rustls_result_type(e: &rustls::Error) -> super::tls_rpt::ResultType {
     use super::tls_rpt::ResultType;
     use rustls::CertificateError as C;
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(c)) => match c {
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
             C::NotValidForName | C::NotValidForNameContext { .. } => ResultType::CertificateHostMismatch,
             C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => ResultType::CertificateExpired,
             C::UnknownIssuer | C::BadSignature => ResultType::CertificateNotTrusted,
@@ -117,6 +124,11 @@ impl<T: Transport> TlsLink<T> {
             self.plain.clear();
         }
         Ok(n)
+    }
+
+    /// The chain the server sent.
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        self.session.peer_certificates().unwrap_or_default()
     }
 
     /// `version cipher` of the session, for logs and metrics.
@@ -208,8 +220,8 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// The client TLS configuration for required STARTTLS: the WebPKI roots and `extra` PEM files.
-pub fn verified_tls(extra: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The roots verified TLS trusts: the WebPKI roots and `extra` PEM files.
+pub fn roots(extra: &[std::path::PathBuf]) -> Result<Arc<rustls::RootCertStore>, String> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     for path in extra {
@@ -218,6 +230,37 @@ pub fn verified_tls(extra: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientCo
             roots.add(cert.map_err(|e| format!("{}: {e}", path.display()))?).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
+    Ok(Arc::new(roots))
+}
+
+/// Checks a certificate chain for `host` without refusing it: for sessions under an MTA-STS
+/// policy in testing mode, whose failures TLS-RPT reports while the mail goes on.
+pub fn observer(roots: Arc<rustls::RootCertStore>) -> Result<Arc<rustls::client::WebPkiServerVerifier>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider).build().map_err(|e| e.to_string())
+}
+
+/// What `verifier` says of the chain a server sent for `host`: None when it is valid.
+pub fn judge(
+    verifier: &rustls::client::WebPkiServerVerifier,
+    chain: &[CertificateDer<'static>],
+    host: &str,
+) -> Option<(super::tls_rpt::ResultType, String)> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Some((super::tls_rpt::ResultType::ValidationFailure, "no certificate".into()));
+    };
+    let name = match ServerName::try_from(host.to_string()) {
+        Ok(name) => name,
+        Err(e) => return Some((super::tls_rpt::ResultType::CertificateHostMismatch, e.to_string())),
+    };
+    match verifier.verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now()) {
+        Ok(_) => None,
+        Err(e) => Some((rustls_result_type(&e), e.to_string())),
+    }
+}
+
+/// The client TLS configuration for required STARTTLS, trusting `roots`.
+pub fn verified_tls(roots: Arc<rustls::RootCertStore>) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -180,7 +180,9 @@ impl Runner {
                     (_, _, TlsPolicy::Opportunistic) => "opportunistic",
                     (_, _, TlsPolicy::Never) => "none",
                 });
-                self.send_chunks(env, body, &domain, &targets, &bucket, (policy, reporting.as_ref()), indexes, stop, gathered).await;
+                let mut hop = delivery.hop(&domain);
+                hop.observe = testing;
+                self.send_chunks(env, body, &targets, &bucket, (policy, hop, reporting.as_ref()), indexes, stop, gathered).await;
             }
         }
     }
@@ -194,10 +196,9 @@ impl Runner {
         &self,
         env: &Envelope,
         body: &Arc<Vec<u8>>,
-        domain: &str,
         targets: &[Target],
         bucket: &Arc<Bucket>,
-        (policy, reporting): (TlsPolicy, Option<&PolicyKey>),
+        (policy, hop, reporting): (TlsPolicy, crate::delivery::Hop, Option<&PolicyKey>),
         indexes: &[usize],
         stop: &mut tokio::sync::watch::Receiver<bool>,
         gathered: &mut Gathered,
@@ -231,7 +232,7 @@ impl Runner {
                 body: body.clone(),
             };
             let started = self.clock.now_ms();
-            let report = delivery.send(targets.to_vec(), bucket.clone(), msg, policy, delivery.hop(domain)).await;
+            let report = delivery.send(targets.to_vec(), bucket.clone(), msg, policy, hop).await;
             for host in &report.hosts {
                 let (relay, error) = (host.relay.as_str(), host.error.as_str());
                 use crate::delivery::attempt::HostEventKind;

@@ -52,13 +52,25 @@ impl Collector {
     }
 
     /// Counts one attempt's sessions: each new connection that got TLS is a success, each
-    /// host where TLS failed (a handshake, STARTTLS missing under a policy) a failure.
+    /// host where TLS failed (a handshake, STARTTLS missing under a policy) a failure. Under
+    /// an MTA-STS policy in testing mode the mail went anyway: a certificate that did not
+    /// check out, or no TLS at all, is the session's failure.
     pub fn record(&self, policy: &PolicyKey, report: &Report, source: Option<IpAddr>) {
         let mut counted = Vec::new();
         for via in report.results.iter().flatten().filter_map(|a| a.via.as_ref()) {
-            if via.tls.is_some() && via.connect_ms > 0 && !counted.contains(&via.addr) {
-                counted.push(via.addr);
-                self.success(policy);
+            if via.connect_ms == 0 || counted.contains(&via.addr) {
+                continue;
+            }
+            counted.push(via.addr);
+            let failed = match (&via.tls, &via.tls_verdict) {
+                (Some(_), None) => None,
+                (Some(_), Some((result, why))) => Some((*result, why.clone())),
+                (None, _) if policy.kind == PolicyType::Sts => Some((ResultType::StarttlsNotSupported, "sent in plain text".to_string())),
+                (None, _) => continue,
+            };
+            match failed {
+                None => self.success(policy),
+                Some((result, why)) => self.refused(policy, result, &via.host, Some(via.addr.ip()), &why, source),
             }
         }
         for host in &report.hosts {
@@ -130,6 +142,7 @@ mod tests {
             host: "mx.d.test".into(),
             addr: ([127, 0, 0, 1], port).into(),
             tls: tls.then(|| "TLSv1.3 x".into()),
+            tls_verdict: None,
             connect_ms,
             transfer_ms: 1,
         };

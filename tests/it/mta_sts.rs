@@ -65,11 +65,15 @@ fn policy(mode: &str, mx: &str) -> String {
 }
 
 fn zone() -> Zone {
+    zone_with_id("20261204T1")
+}
+
+fn zone_with_id(id: &str) -> Zone {
     Zone::default()
         .mx("dest.test", &[(10, "mx.dest.test")])
         .a("mx.dest.test", "127.0.0.1")
         .a("mta-sts.dest.test", "127.0.0.1")
-        .txt("_mta-sts.dest.test", "v=STSv1; id=20261204T1;")
+        .txt("_mta-sts.dest.test", &format!("v=STSv1; id={id};"))
 }
 
 /// The relay's `delivery:` lines for MTA-STS against the policy host.
@@ -389,4 +393,121 @@ fn a_tls_report_names_each_failure_with_its_result_type_and_host() {
     assert_eq!(detail["receiving-ip"], "127.0.0.1");
     assert_eq!(detail["sending-mta-ip"], "127.0.0.1");
     assert!(sluice::admin::queue_list(&destination.config).unwrap().is_empty(), "nothing sent over the misnamed certificate");
+}
+
+#[test]
+fn a_new_record_id_fetches_the_policy_again_and_the_same_id_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    // First published without the MX host: the mail waits.
+    host.set("policy.txt", &policy("enforce", "mx.elsewhere.test"));
+    let destination = tls_destination(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099));
+    let dns = TestDns::start(zone());
+    let relay = delivering_relay(&dns, destination.addr.port(), &sts_settings(&ca, &host));
+    send(&relay, "b@dest.test");
+    wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
+    // The policy file changes but the record's id does not: the cached policy still holds.
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    wait_for_recipient(&relay.config, "no second attempt", |_, r| r.attempts >= 3);
+    assert!(sluice::admin::queue_list(&destination.config).unwrap().is_empty());
+    assert_eq!(host.requests(), 1, "fetched once for one id");
+    // A new id: fetched again at the next attempt, and the mail goes.
+    dns.replace(zone_with_id("20261204T2"));
+    wait_received(&destination);
+    assert_eq!(host.requests(), 2);
+}
+
+#[test]
+fn testing_mode_reports_what_enforce_would_have_refused_while_the_mail_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test", "reports.test"], 2099));
+    host.set("policy.txt", &policy("testing", "mx.dest.test"));
+    let destination = tls_destination(&ca.issue(dir.path(), "expired", &["mx.dest.test"], 2021));
+    let rua = format!("v=TLSRPTv1; rua=https://reports.test:{}/v1/tlsrpt", host.port);
+    let dns = TestDns::start(zone().txt("_smtp._tls.dest.test", &rua).a("reports.test", "127.0.0.1"));
+    let settings = format!("{}  tls_rpt: {{ period: 2s }}\n", sts_settings(&ca, &host));
+    let relay = delivering_relay(&dns, destination.addr.port(), &settings);
+    send(&relay, "b@dest.test");
+    wait_received(&destination);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
+            break report_json(&body);
+        }
+        assert!(Instant::now() < deadline, "no report posted");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let policy = &report["policies"][0];
+    assert_eq!(policy["policy"]["policy-string"][1], "mode: testing", "{report}");
+    assert_eq!(policy["summary"]["total-successful-session-count"], 0, "{report}");
+    assert_eq!(policy["summary"]["total-failure-session-count"], 1, "{report}");
+    assert_eq!(policy["failure-details"][0]["result-type"], "certificate-expired", "{report}");
+}
+
+/// Python's aiosmtpd on a free loopback port, keeping mail in a Maildir; with STARTTLS when
+/// given a certificate.
+struct Aiosmtpd {
+    child: Child,
+    port: u16,
+    maildir: PathBuf,
+}
+
+impl Aiosmtpd {
+    fn start(dir: &Path, cert: Option<&Issued>) -> Aiosmtpd {
+        let port = crate::metrics_endpoint::free_port();
+        let maildir = dir.join(format!("maildir-{port}"));
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"]);
+        cmd.arg(&maildir);
+        if let Some(cert) = cert {
+            cmd.arg("--tlscert").arg(&cert.cert).arg("--tlskey").arg(&cert.key);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("python3 -m aiosmtpd");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Aiosmtpd { child, port, maildir }
+    }
+
+    fn received(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else { return Vec::new() };
+        entries.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect()
+    }
+}
+
+impl Drop for Aiosmtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn enforce_with_aiosmtpd_delivers_over_its_starttls_and_defers_when_it_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    let dns = TestDns::start(zone());
+    let with_tls = Aiosmtpd::start(dir.path(), Some(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099)));
+    let relay = delivering_relay(&dns, with_tls.port, &sts_settings(&ca, &host));
+    send(&relay, "b@dest.test");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while with_tls.received().is_empty() {
+        assert!(Instant::now() < deadline, "aiosmtpd got nothing over STARTTLS");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(relay);
+
+    let without = Aiosmtpd::start(dir.path(), None);
+    let relay = delivering_relay(&dns, without.port, &sts_settings(&ca, &host));
+    send(&relay, "c@dest.test");
+    let r = wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
+    assert!(r.last_reply.as_deref().unwrap_or("").contains("TLS"), "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(without.received().is_empty(), "sent in plain text to aiosmtpd despite the policy");
 }

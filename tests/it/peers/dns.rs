@@ -46,7 +46,7 @@ impl Zone {
     }
 }
 
-struct Handler(Arc<Zone>);
+struct Handler(Arc<std::sync::RwLock<Zone>>);
 
 fn name(n: &str) -> Name {
     let mut name = Name::from_utf8(n).unwrap();
@@ -60,7 +60,8 @@ impl RequestHandler for Handler {
         let info = request.request_info().expect("one query");
         let qname = info.query.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
         let qtype = info.query.query_type();
-        let zone = &self.0;
+        // A copy, so no lock is held across the send; a test may replace the zone meanwhile.
+        let zone = &self.0.read().unwrap().clone();
         let builder = MessageResponseBuilder::from_message_request(request);
         // SERVFAIL for MX only: an A record is there, so a resolver that fell back to it would
         // be caught delivering.
@@ -84,7 +85,8 @@ impl RequestHandler for Handler {
             RecordType::TXT => {
                 for text in zone.txt.get(&qname).into_iter().flatten() {
                     let strings = text.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-                    records.push(Record::from_rdata(name(&qname), 60, RData::TXT(TXT::new(strings))));
+                    // A short TTL: tests change TXT records (an MTA-STS id) while a relay runs.
+                    records.push(Record::from_rdata(name(&qname), 1, RData::TXT(TXT::new(strings))));
                 }
             }
             RecordType::A => {
@@ -104,23 +106,31 @@ impl RequestHandler for Handler {
 
 pub struct TestDns {
     pub addr: SocketAddr,
+    zone: Arc<std::sync::RwLock<Zone>>,
 }
 
 impl TestDns {
     /// Serves `zone` on a UDP port of 127.0.0.1 from a thread of its own until the process ends.
     pub fn start(zone: Zone) -> TestDns {
         let (tx, rx) = std::sync::mpsc::channel();
+        let zone = Arc::new(std::sync::RwLock::new(zone));
+        let served = zone.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
                 tx.send(socket.local_addr().unwrap()).unwrap();
-                let mut server = hickory_server::Server::new(Handler(Arc::new(zone)));
+                let mut server = hickory_server::Server::new(Handler(served));
                 server.register_socket(socket);
                 let _ = server.block_until_done().await;
             });
         });
-        TestDns { addr: rx.recv().unwrap() }
+        TestDns { addr: rx.recv().unwrap(), zone }
+    }
+
+    /// Serves `zone` from now on (answers already cached by a resolver stay for their TTL).
+    pub fn replace(&self, zone: Zone) {
+        *self.zone.write().unwrap() = zone;
     }
 
     pub fn config(&self) -> String {
