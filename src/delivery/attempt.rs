@@ -50,6 +50,8 @@ pub struct Via {
     pub tls: Option<String>,
     /// What was wrong with a certificate checked but not required (`Hop::observe`).
     pub tls_verdict: Option<(super::tls_rpt::ResultType, String)>,
+    /// A pooled connection (not a new session).
+    pub reused: bool,
     /// Setting the connection up (0 for a pooled one), and the transaction on it.
     pub connect_ms: u64,
     pub transfer_ms: u64,
@@ -289,6 +291,7 @@ impl<T: Transport> Sender<T> {
                     addr: target.addr,
                     tls: conn.tls.as_deref().map(|t| t.replace(' ', "/")),
                     tls_verdict: conn.tls_verdict.clone(),
+                    reused,
                     connect_ms: if reused { 0 } else { connect_ms },
                     transfer_ms: transferring.elapsed().as_millis() as u64,
                 };

@@ -17,6 +17,8 @@ use crate::dns::{AddrAnswer, Resolve};
 /// A connection is given this long to finish after its response started (a server that
 /// keeps it open is cut off).
 const LINGER: Duration = Duration::from_secs(60);
+/// Connecting, shared among the host's addresses.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpsError {
@@ -59,15 +61,29 @@ pub async fn send(
     headers.insert(hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static(concat!("Sluice/", env!("CARGO_PKG_VERSION"))));
     headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
     let mut last = HttpsError::Resolve(format!("{host} has no address"));
+    // Each address gets its share of the time, so one that is black-holed leaves some to
+    // the others; a handshake that fails on one is tried on the next.
+    let count = addrs.len().max(1) as u32;
     for ip in addrs {
-        let stream = match tokio::net::TcpStream::connect(SocketAddr::new(ip, port)).await {
-            Ok(stream) => stream,
-            Err(e) => {
+        let connecting = tokio::time::timeout(CONNECT_TIMEOUT / count, tokio::net::TcpStream::connect(SocketAddr::new(ip, port)));
+        let stream = match connecting.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
                 last = HttpsError::Connect(format!("{ip}: {e}"));
                 continue;
             }
+            Err(_) => {
+                last = HttpsError::Connect(format!("{ip}: timed out"));
+                continue;
+            }
         };
-        let tls = tokio_rustls::TlsConnector::from(tls.clone()).connect(name, stream).await.map_err(|e| HttpsError::Tls(e.to_string()))?;
+        let tls = match tokio_rustls::TlsConnector::from(tls.clone()).connect(name.clone(), stream).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                last = HttpsError::Tls(e.to_string());
+                continue;
+            }
+        };
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| HttpsError::Http(e.to_string()))?;
         // Driven beside the request until the server closes (Connection: close), at most LINGER.

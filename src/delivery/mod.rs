@@ -198,7 +198,7 @@ impl Delivery {
         let ascii = crate::dns::ascii_domain(domain);
         match ascii {
             Some(ascii) if g.config.delivery.mta_sts.enabled => self.sts.discover(&ascii, &g.dns, &g.sts_fetch, now).await,
-            _ => sts::Found { policy: None, failure: None },
+            _ => sts::Found { policy: None, failure: None, unknown: false },
         }
     }
 

@@ -95,6 +95,9 @@ pub struct Policy {
     pub max_age: u64,
 }
 
+/// A policy with more mx lines than this is refused: real ones have a handful, and each
+/// is kept and matched at every attempt.
+pub const MAX_MX_PATTERNS: usize = 64;
 /// RFC 8461 3.2: max_age is at most about a year.
 pub const MAX_AGE_LIMIT: u64 = 31_557_600;
 /// The policy file is read up to this size; a longer one is refused (RFC 8461 3.3 suggests
@@ -118,6 +121,9 @@ pub fn parse_policy(text: &str) -> Result<Policy, StsError> {
             "version" if version.is_none() => version = Some(value.to_string()),
             "mode" if mode.is_none() => mode = Some(value.to_string()),
             "max_age" if max_age.is_none() => max_age = Some(value.to_string()),
+            "mx" if mx.len() >= MAX_MX_PATTERNS => {
+                return Err(StsError::Field("mx", format!("more than {MAX_MX_PATTERNS} patterns")));
+            }
             "mx" => mx.push(mx_pattern(value)?),
             _ => {}
         }
@@ -216,6 +222,8 @@ mod tests {
         assert_eq!(field("version: STSv1\nmode: enforce\nmx: *.*.a.test\nmax_age: 5\n"), "mx");
         assert_eq!(field("version: STSv1\nmode: enforce\nmx: localhost\nmax_age: 5\n"), "mx");
         assert_eq!(field("<html>not a policy</html>\n"), "policy");
+        let many: String = (0..=MAX_MX_PATTERNS).map(|i| format!("mx: mx{i}.a.test\n")).collect();
+        assert_eq!(field(&format!("version: STSv1\nmode: enforce\n{many}max_age: 5\n")), "mx");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! lookup or fetch keeps the cached policy; with none cached the domain has no policy. A
 //! cached policy past half its max_age is fetched again in the background while it is used.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -58,13 +58,23 @@ pub fn plan(record: Option<&Record>, cached: Option<&Cached>, now: u64) -> Plan 
     }
 }
 
+/// A failed fetch is not tried again for the same record id within this long (seconds):
+/// a policy host that is down does not cost every attempt its fetch timeout.
+const RETRY_FETCH_AFTER: u64 = 300;
+/// Recent fetch results kept at most (one per domain).
+const MAX_RECENT: usize = 10_000;
+
 /// The policy store and the fetches under way.
 pub struct Sts {
     store: Arc<dyn Spool>,
     /// Domains with a fetch under way: one at a time each, and no second background refresh.
     fetching: Mutex<HashSet<String>>,
-    /// Wakes those waiting for a domain's fetch.
+    /// Wakes those waiting for a fetch (any domain's; each checks its own).
     fetched: tokio::sync::Notify,
+    /// Per domain, the latest fetch: the record id, when, and what it found. Waiters take the
+    /// claimer's result from here (even when keeping it in the spool failed), and a failure
+    /// holds off the next fetch for the same id.
+    recent: Mutex<HashMap<String, (String, u64, Found)>>,
     last_sweep: AtomicU64,
 }
 
@@ -73,48 +83,84 @@ pub struct Sts {
 pub struct Found {
     pub policy: Option<Policy>,
     pub failure: Option<FetchError>,
+    /// Whether the domain may well have a policy that could not be had (its record lookup or
+    /// policy fetch failed, nothing cached): mail that needs one waits rather than fails.
+    pub unknown: bool,
+}
+
+impl Found {
+    fn none() -> Found {
+        Found { policy: None, failure: None, unknown: false }
+    }
+}
+
+/// A fetch claimed for a domain; released when dropped, even when the fetch is cancelled.
+struct Claim<'a> {
+    sts: &'a Sts,
+    domain: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.sts.fetching.lock().expect("fetching lock").remove(&self.domain);
+        self.sts.fetched.notify_waiters();
+    }
 }
 
 impl Sts {
     pub fn new(store: Arc<dyn Spool>) -> Arc<Sts> {
-        Arc::new(Sts { store, fetching: Mutex::new(HashSet::new()), fetched: tokio::sync::Notify::new(), last_sweep: AtomicU64::new(0) })
+        Arc::new(Sts {
+            store,
+            fetching: Mutex::new(HashSet::new()),
+            fetched: tokio::sync::Notify::new(),
+            recent: Mutex::new(HashMap::new()),
+            last_sweep: AtomicU64::new(0),
+        })
     }
 
     /// The policy that holds for mail to `domain` (A-label form, lower case) at `now`.
     pub async fn discover(self: &Arc<Self>, domain: &str, dns: &Arc<Dns>, settings: &FetchSettings, now: u64) -> Found {
-        let record = match dns.txt(&format!("_mta-sts.{domain}")).await {
-            TxtAnswer::Records(texts) => parse_record(texts.iter().map(String::as_str)).ok(),
-            TxtAnswer::None => None,
+        let (record, lookup_failed) = match dns.txt(&format!("_mta-sts.{domain}")).await {
+            TxtAnswer::Records(texts) => (parse_record(texts.iter().map(String::as_str)).ok(), false),
+            TxtAnswer::None => (None, false),
             TxtAnswer::Temporary(why) => {
                 tracing::debug!(domain, "MTA-STS record lookup failed: {why}");
-                None
+                (None, true)
             }
         };
         let cached = self.cached(domain, now);
+        let held = |found: Option<&Cached>| Found { policy: found.and_then(reading), failure: None, unknown: false };
         match plan(record.as_ref(), cached.as_ref(), now) {
-            Plan::None => Found { policy: None, failure: None },
-            Plan::UseCached => Found { policy: cached.as_ref().and_then(reading), failure: None },
+            Plan::None => Found { unknown: lookup_failed, ..Found::none() },
+            Plan::UseCached => held(cached.as_ref()),
             Plan::Refresh => {
-                if self.claim(domain) {
+                let id = record.map(|r| r.id).unwrap_or_default();
+                if !self.failed_lately(domain, &id, now) && !self.is_fetching(domain) {
                     let (sts, domain, dns, settings) = (self.clone(), domain.to_string(), dns.clone(), settings.clone());
-                    let id = record.map(|r| r.id).unwrap_or_default();
                     tokio::spawn(async move {
-                        let _ = sts.fetch_and_keep(&domain, &id, &dns, &settings, now).await;
-                        sts.release(&domain);
+                        // Claimed inside the task, so the claim lives as long as the fetch.
+                        if let Some(claim) = sts.claim(&domain) {
+                            let result = sts.fetch_and_keep(&domain, &id, &dns, &settings, now).await;
+                            sts.remember_fetch(&domain, &id, now, result, None);
+                            drop(claim);
+                        }
                     });
                 }
-                Found { policy: cached.as_ref().and_then(reading), failure: None }
+                held(cached.as_ref())
             }
             Plan::Fetch => {
                 let id = record.map(|r| r.id).unwrap_or_default();
+                if self.failed_lately(domain, &id, now) {
+                    return Found { unknown: cached.is_none(), ..held(cached.as_ref()) };
+                }
                 self.fetch_once(domain, &id, dns, settings, now, cached).await
             }
         }
     }
 
     /// Fetches unless another attempt is fetching this domain already; then waits for that
-    /// one and takes what it kept, or the cached policy if it kept nothing (a policy host that
-    /// is down is not asked again by every message waiting for it).
+    /// one and takes what it found (a policy host that is down is not asked again by every
+    /// message waiting for it).
     async fn fetch_once(
         &self,
         domain: &str,
@@ -124,18 +170,50 @@ impl Sts {
         now: u64,
         cached: Option<Cached>,
     ) -> Found {
-        let notified = self.fetched.notified();
-        if !self.claim(domain) {
-            notified.await;
-            let kept = self.cached(domain, now).or(cached);
-            return Found { policy: kept.as_ref().and_then(reading), failure: None };
-        }
+        let Some(claim) = self.claim(domain) else {
+            // Woken by any domain's fetch: wait on until this one's is over.
+            loop {
+                let notified = self.fetched.notified();
+                if !self.is_fetching(domain) {
+                    break;
+                }
+                notified.await;
+            }
+            let recent = self.recent.lock().expect("recent lock").get(domain).filter(|(was, _, _)| was == id).map(|(_, _, f)| f.clone());
+            return match recent {
+                Some(found) => Found { failure: None, ..found },
+                None => Found { policy: cached.as_ref().and_then(reading), failure: None, unknown: cached.is_none() },
+            };
+        };
         let result = self.fetch_and_keep(domain, id, dns, settings, now).await;
-        self.release(domain);
-        match result {
-            Ok(policy) => Found { policy: Some(policy), failure: None },
-            Err(e) => Found { policy: cached.as_ref().and_then(reading), failure: Some(e) },
+        let found = self.remember_fetch(domain, id, now, result, cached);
+        drop(claim);
+        found
+    }
+
+    /// Keeps the latest fetch's result for waiters and for holding off a retry; what it means.
+    fn remember_fetch(&self, domain: &str, id: &str, now: u64, result: Result<Policy, FetchError>, cached: Option<Cached>) -> Found {
+        let found = match result {
+            Ok(policy) => Found { policy: Some(policy), failure: None, unknown: false },
+            Err(e) => Found { policy: cached.as_ref().and_then(reading), failure: Some(e), unknown: cached.is_none() },
+        };
+        let mut recent = self.recent.lock().expect("recent lock");
+        if recent.len() >= MAX_RECENT {
+            recent.retain(|_, (_, at, _)| now.saturating_sub(*at) < RETRY_FETCH_AFTER);
+            if recent.len() >= MAX_RECENT {
+                recent.clear();
+            }
         }
+        recent.insert(domain.to_string(), (id.to_string(), now, found.clone()));
+        found
+    }
+
+    /// Whether a fetch for this domain and id failed within `RETRY_FETCH_AFTER`.
+    fn failed_lately(&self, domain: &str, id: &str, now: u64) -> bool {
+        let recent = self.recent.lock().expect("recent lock");
+        recent
+            .get(domain)
+            .is_some_and(|(was, at, found)| was == id && found.failure.is_some() && now.saturating_sub(*at) < RETRY_FETCH_AFTER)
     }
 
     async fn fetch_and_keep(
@@ -177,18 +255,23 @@ impl Sts {
             // Used for this delivery all the same; the next one fetches again.
             tracing::warn!(domain, "keeping the MTA-STS policy failed: {e}");
         }
-        if now.saturating_sub(self.last_sweep.swap(now, Ordering::Relaxed)) >= SWEEP_EVERY {
-            let _ = self.store.forget_expired(Shelf::Policies, now);
+        // One sweep an hour at most, by whichever keep finds the hour over.
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= SWEEP_EVERY
+            && self.last_sweep.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.forget_expired(Shelf::Policies, now));
         }
     }
 
-    fn claim(&self, domain: &str) -> bool {
-        self.fetching.lock().expect("fetching lock").insert(domain.to_string())
+    fn claim(&self, domain: &str) -> Option<Claim<'_>> {
+        let fresh = self.fetching.lock().expect("fetching lock").insert(domain.to_string());
+        fresh.then(|| Claim { sts: self, domain: domain.to_string() })
     }
 
-    fn release(&self, domain: &str) {
-        self.fetching.lock().expect("fetching lock").remove(domain);
-        self.fetched.notify_waiters();
+    fn is_fetching(&self, domain: &str) -> bool {
+        self.fetching.lock().expect("fetching lock").contains(domain)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a domain wants its reports (`rua=`), in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub fn parse_record<'a>(txts: impl IntoIterator<Item = &'a str>) -> Result<Vec<R
 }
 
 /// The policy a session was under (RFC 8460 4.4 `policy-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyType {
     Tlsa,
@@ -77,7 +77,7 @@ impl ResultType {
 }
 
 /// Why a session failed (RFC 8460 4.3 result types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ResultType {
     StarttlsNotSupported,
@@ -94,21 +94,21 @@ pub enum ResultType {
 }
 
 /// A policy as the report names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PolicyKey {
     #[serde(rename = "policy-type")]
     pub kind: PolicyType,
     /// The policy text, a line each (MTA-STS) or the TLSA records (DANE); empty without one.
-    #[serde(rename = "policy-string", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "policy-string", default, skip_serializing_if = "Vec::is_empty")]
     pub text: Vec<String>,
     #[serde(rename = "policy-domain")]
     pub domain: String,
-    #[serde(rename = "mx-host", skip_serializing_if = "Vec::is_empty")]
+    #[serde(rename = "mx-host", default, skip_serializing_if = "Vec::is_empty")]
     pub mx_hosts: Vec<String>,
 }
 
 /// One kind of failure with one MX host, counted.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Failure {
     pub result: ResultType,
     pub sending_ip: String,
@@ -119,12 +119,42 @@ pub struct Failure {
 }
 
 /// A day's counts for one reporting domain, by policy.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
     by_policy: BTreeMap<PolicyKey, (u64, BTreeMap<Failure, u64>)>,
 }
 
+/// One policy's counts as kept: successes and each failure's count.
+type KeptPolicy = (PolicyKey, u64, Vec<(Failure, u64)>);
+
+/// Counts as kept across a restart: JSON maps want string keys, so entries in a list.
+#[derive(Serialize, Deserialize)]
+pub struct KeptCounts(Vec<KeptPolicy>);
+
+impl From<&Counts> for KeptCounts {
+    fn from(c: &Counts) -> Self {
+        KeptCounts(c.by_policy.iter().map(|(k, (n, f))| (k.clone(), *n, f.iter().map(|(f, n)| (f.clone(), *n)).collect())).collect())
+    }
+}
+
+impl From<KeptCounts> for Counts {
+    fn from(k: KeptCounts) -> Self {
+        Counts { by_policy: k.0.into_iter().map(|(key, n, f)| (key, (n, f.into_iter().collect()))).collect() }
+    }
+}
+
 impl Counts {
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: Counts) {
+        for (key, (n, failures)) in other.by_policy {
+            let entry = self.by_policy.entry(key).or_default();
+            entry.0 += n;
+            for (f, m) in failures {
+                *entry.1.entry(f).or_default() += m;
+            }
+        }
+    }
+
     pub fn success(&mut self, policy: &PolicyKey) {
         self.by_policy.entry(policy.clone()).or_default().0 += 1;
     }

@@ -154,7 +154,7 @@ impl Runner {
             }
             Route::Targets(targets) => {
                 let by_mx = route::next_hop(&domain.to_ascii_lowercase(), &self.config()).is_none() && !domain.starts_with('[');
-                let MxPolicy { targets, enforced, testing, reporting } = match by_mx {
+                let MxPolicy { targets, enforced, testing, reporting, published } = match by_mx {
                     true => match self.mx_policy(env, &domain, targets).await {
                         Ok(decided) => decided,
                         Err(outcome) => {
@@ -162,7 +162,7 @@ impl Runner {
                             return;
                         }
                     },
-                    false => MxPolicy { targets, enforced: false, testing: false, reporting: None },
+                    false => MxPolicy { targets, enforced: false, testing: false, reporting: None, published: None },
                 };
                 let bucket = delivery.shaper().bucket(&domain, &targets);
                 if let Some((until, why)) = bucket.suspended(self.clock.now()) {
@@ -182,7 +182,8 @@ impl Runner {
                 });
                 let mut hop = delivery.hop(&domain);
                 hop.observe = testing;
-                self.send_chunks(env, body, &targets, &bucket, (policy, hop, reporting.as_ref()), indexes, stop, gathered).await;
+                let reporting = reporting.as_ref().map(|key| (key, published.as_ref()));
+                self.send_chunks(env, body, &targets, &bucket, (policy, hop, reporting), indexes, stop, gathered).await;
             }
         }
     }
@@ -198,7 +199,7 @@ impl Runner {
         body: &Arc<Vec<u8>>,
         targets: &[Target],
         bucket: &Arc<Bucket>,
-        (policy, hop, reporting): (TlsPolicy, crate::delivery::Hop, Option<&PolicyKey>),
+        (policy, hop, reporting): (TlsPolicy, crate::delivery::Hop, Option<(&PolicyKey, Option<&crate::delivery::mta_sts::Policy>)>),
         indexes: &[usize],
         stop: &mut tokio::sync::watch::Receiver<bool>,
         gathered: &mut Gathered,
@@ -251,8 +252,9 @@ impl Runner {
                     }
                 }
             }
-            if let Some(key) = reporting {
-                delivery.tls_reports().record(key, &report, self.config().delivery.source_address);
+            if let Some((key, published)) = reporting {
+                let allowed = |host: &str| published.is_none_or(|p| p.allows(host));
+                delivery.tls_reports().record(key, &report, self.config().delivery.source_address, &allowed);
             }
             delivery.shaper().record(bucket, &report.signal, started, self.clock.now_ms());
             gathered.results.extend(chunk.iter().copied().zip(report.results).filter_map(|(i, r)| Some((i, r?))));

@@ -22,21 +22,32 @@ pub(super) struct MxPolicy {
     pub testing: bool,
     /// The policy sessions are counted under for TLS-RPT.
     pub reporting: Option<PolicyKey>,
+    /// The policy found (enforce or testing): a session to an MX host it does not allow is a
+    /// failure in the report.
+    pub published: Option<Policy>,
 }
 
 impl Runner {
     /// The attempt's MX hosts and TLS under the policy `domain` publishes, or the outcome
     /// for every recipient when there is none to make (REQUIRETLS without an enforced policy
-    /// fails; an enforced policy that allows none of the MX hosts defers).
+    /// fails, or waits while the policy cannot be had; an enforced policy that allows none of
+    /// the MX hosts defers).
     pub(super) async fn mx_policy(&self, env: &Envelope, domain: &str, targets: Vec<Target>) -> Result<MxPolicy, RcptOutcome> {
-        let lower = domain.to_ascii_lowercase();
-        let published = self.mta_sts(env, domain).await;
-        let reporting = Some(crate::tlsrpt::collect::policy_key(&lower, published.as_ref()));
+        let key_domain = crate::dns::ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
+        let (published, unknown) = self.mta_sts(env, domain, &key_domain).await;
+        // Not reported: sessions a local setting or the sender's TLS-Required: No decides
+        // (reports among them: RFC 8460 3 wants them sent despite TLS failures, and not counted).
+        let reported = !env.params.tls_optional && !self.delivery().tls_configured(domain);
+        let reporting = reported.then(|| crate::tlsrpt::collect::policy_key(&key_domain, published.as_ref()));
         let (enforced, testing) = match &published {
             Some(p) => (p.mode == Mode::Enforce, p.mode == Mode::Testing),
             None => (false, false),
         };
         if env.params.requiretls && !enforced {
+            if unknown {
+                let text = format!("REQUIRETLS: the MTA-STS policy of {domain} cannot be had now");
+                return Err(RcptOutcome::Deferred(Reply::new(451, Enhanced(4, 7, 30), text)));
+            }
             let reply = Reply::new(
                 550,
                 Enhanced(5, 7, 30),
@@ -44,25 +55,29 @@ impl Runner {
             );
             return Err(RcptOutcome::Failed(reply));
         }
-        let Some(policy) = published else { return Ok(MxPolicy { targets, enforced, testing, reporting }) };
+        let Some(policy) = published else { return Ok(MxPolicy { targets, enforced, testing, reporting, published: None }) };
+        let source = self.config().delivery.source_address;
+        let refuse_each = |hosts: &[Target]| {
+            let why = "the MX host is not one the MTA-STS policy allows";
+            for t in hosts.iter().filter(|t| !policy.allows(&t.host)) {
+                if let Some(key) = &reporting {
+                    self.delivery().tls_reports().refused(key, ResultType::ValidationFailure, &t.host, Some(t.addr.ip()), why, source);
+                }
+            }
+        };
         if testing {
+            // Delivered all the same; the sessions to hosts outside the policy count as failures.
             if let Err(would) = crate::delivery::sts::enforce(&policy, domain, targets.clone()) {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing-mismatch").increment(1);
                 tracing::warn!(queue_id = %env.queue_id, domain, "MTA-STS testing mode, delivered all the same: {}", would.lines[0]);
             }
-            return Ok(MxPolicy { targets, enforced, testing, reporting });
+            return Ok(MxPolicy { targets, enforced, testing, reporting, published: Some(policy) });
         }
         match crate::delivery::sts::enforce(&policy, domain, targets.clone()) {
-            Ok(allowed) => Ok(MxPolicy { targets: allowed, enforced, testing, reporting }),
+            Ok(allowed) => Ok(MxPolicy { targets: allowed, enforced, testing, reporting, published: Some(policy) }),
             Err(reply) => {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-mismatch").increment(1);
-                let source = self.config().delivery.source_address;
-                let why = "the MX host is not one the MTA-STS policy allows";
-                for t in &targets {
-                    if let Some(key) = &reporting {
-                        self.delivery().tls_reports().refused(key, ResultType::ValidationFailure, &t.host, Some(t.addr.ip()), why, source);
-                    }
-                }
+                refuse_each(&targets);
                 Err(RcptOutcome::Deferred(reply))
             }
         }
@@ -70,36 +85,38 @@ impl Runner {
 
     /// The MTA-STS policy (enforce or testing) for mail to `domain` by its MX records: none
     /// where `tls_policies` or a smarthost login decides, and none for a message sent with
-    /// `TLS-Required: No` (RFC 8689 5: the sender asked to ignore such policies). A policy
-    /// that could not be fetched is counted for the domain's TLS report.
-    async fn mta_sts(&self, env: &Envelope, domain: &str) -> Option<Policy> {
+    /// `TLS-Required: No` (RFC 8689 5: the sender asked to ignore such policies). With it,
+    /// whether a policy may exist that could not be had. A policy that could not be fetched
+    /// is counted for the domain's TLS report.
+    async fn mta_sts(&self, env: &Envelope, domain: &str, key_domain: &str) -> (Option<Policy>, bool) {
         let delivery = self.delivery();
         if delivery.tls_configured(domain) {
             metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "configured").increment(1);
-            return None;
+            return (None, false);
         }
         let found = delivery.mta_sts(domain, self.clock.now()).await;
         if let Some(failure) = &found.failure {
-            let lower = domain.to_ascii_lowercase();
-            let key = crate::tlsrpt::collect::policy_key(&lower, found.policy.as_ref());
+            let key = crate::tlsrpt::collect::policy_key(key_domain, found.policy.as_ref());
             let source = self.config().delivery.source_address;
-            delivery.tls_reports().refused(&key, failure.result_type(), &format!("mta-sts.{lower}"), None, &failure.to_string(), source);
+            let reason = failure.to_string();
+            delivery.tls_reports().refused(&key, failure.result_type(), &format!("mta-sts.{key_domain}"), None, &reason, source);
         }
-        let policy = found.policy?;
+        let unknown = found.unknown;
+        let Some(policy) = found.policy else { return (None, unknown) };
         match policy.mode {
             Mode::Enforce if env.params.tls_optional => {
                 tracing::info!(queue_id = %env.queue_id, domain, "MTA-STS policy not enforced: TLS-Required: No");
-                None
+                (None, false)
             }
             Mode::Enforce => {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-enforce").increment(1);
-                Some(policy)
+                (Some(policy), false)
             }
             Mode::Testing => {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing").increment(1);
-                Some(policy)
+                (Some(policy), false)
             }
-            Mode::None => None,
+            Mode::None => (None, false),
         }
     }
 }

@@ -271,8 +271,10 @@ pub enum Shelf {
     Answers,
     /// MTA-STS policies, by recipient domain, until their max_age runs out.
     Policies,
-    /// TLS-RPT reports that could not be posted yet, until a day after their period.
+    /// TLS-RPT reports that could not be posted yet, for a day after their first try.
     TlsReports,
+    /// The TLS-RPT period's counts so far, kept over a restart.
+    TlsCounts,
 }
 
 pub trait SpoolRead: Send + Sync {

@@ -60,6 +60,8 @@ pub struct SledSpool {
     policies: sled::Tree,
     /// TLS-RPT reports waiting for a retry, the same way.
     tls_reports: sled::Tree,
+    /// The TLS-RPT period's counts at the latest stop or hour.
+    tls_counts: sled::Tree,
     segments: Segments,
     commits: Arc<CommitQueue>,
     committer: Mutex<Option<JoinHandle<()>>>,
@@ -89,6 +91,7 @@ impl SledSpool {
         let answers = db.open_tree("answers")?;
         let policies = db.open_tree("mta_sts_policies")?;
         let tls_reports = db.open_tree("tls_reports")?;
+        let tls_counts = db.open_tree("tls_counts")?;
 
         // Recovery streams over the index and decodes only what it needs, so a spool of a
         // million deferred messages does not pass through memory all at once.
@@ -175,6 +178,7 @@ impl SledSpool {
             answers,
             policies,
             tls_reports,
+            tls_counts,
             segments,
             commits,
             committer: Mutex::new(Some(committer)),
@@ -365,6 +369,7 @@ impl SledSpool {
             Shelf::Answers => &self.answers,
             Shelf::Policies => &self.policies,
             Shelf::TlsReports => &self.tls_reports,
+            Shelf::TlsCounts => &self.tls_counts,
         }
     }
 }

@@ -6,11 +6,13 @@ use std::sync::Mutex;
 
 use crate::delivery::attempt::Report;
 use crate::delivery::mta_sts::Policy;
-use crate::delivery::tls_rpt::{Counts, Failure, PolicyKey, PolicyType, ResultType};
+use crate::delivery::tls_rpt::{Counts, Failure, KeptCounts, PolicyKey, PolicyType, ResultType};
 
 /// Domains counted in one period at most; sessions with others are not counted (and the
 /// overflow is counted) rather than let a bulk sender's fan-out grow memory without bound.
 const MAX_DOMAINS: usize = 100_000;
+/// A failure reason is cut to this many octets.
+const MAX_REASON: usize = 200;
 
 pub struct Collector {
     period: Mutex<Period>,
@@ -43,6 +45,26 @@ impl Collector {
         self.with(policy, |c| c.failure(policy, failure));
     }
 
+    /// The period's counts as kept across a restart: its start, and per domain.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let period = self.period.lock().expect("tls-rpt lock");
+        let domains: Vec<(&String, KeptCounts)> = period.domains.iter().map(|(d, c)| (d, KeptCounts::from(c))).collect();
+        serde_json::to_vec(&(period.start, domains)).unwrap_or_default()
+    }
+
+    /// Adds counts kept by [`Collector::snapshot`] (an earlier run's) to this period's; the
+    /// earlier start is kept. Unreadable bytes add nothing.
+    pub fn restore(&self, bytes: &[u8]) {
+        let Ok((start, domains)) = serde_json::from_slice::<(u64, Vec<(String, KeptCounts)>)>(bytes) else { return };
+        let mut period = self.period.lock().expect("tls-rpt lock");
+        period.start = period.start.min(start);
+        for (domain, kept) in domains {
+            if period.domains.len() < MAX_DOMAINS || period.domains.contains_key(&domain) {
+                period.domains.entry(domain).or_default().merge(Counts::from(kept));
+            }
+        }
+    }
+
     /// The counts since the period began (its start, and by domain); a new period starts at
     /// `now`.
     pub fn take(&self, now: u64) -> (u64, HashMap<String, Counts>) {
@@ -54,15 +76,27 @@ impl Collector {
     /// Counts one attempt's sessions: each new connection that got TLS is a success, each
     /// host where TLS failed (a handshake, STARTTLS missing under a policy) a failure. Under
     /// an MTA-STS policy in testing mode the mail went anyway: a certificate that did not
-    /// check out, or no TLS at all, is the session's failure.
-    pub fn record(&self, policy: &PolicyKey, report: &Report, source: Option<IpAddr>) {
+    /// check out, no TLS at all, or an MX host the policy does not allow (`allowed`) is the
+    /// session's failure. A host whose handshake failed and that then took the mail in plain
+    /// text is one failed session, not two.
+    pub fn record(&self, policy: &PolicyKey, report: &Report, source: Option<IpAddr>, allowed: &dyn Fn(&str) -> bool) {
         let mut counted = Vec::new();
+        for host in &report.hosts {
+            if let Some(result) = host.tls {
+                counted.push(host.target.addr);
+                let reason = host.error.clone();
+                self.refused(policy, result, &host.target.host, Some(host.target.addr.ip()), &reason, source);
+            }
+        }
         for via in report.results.iter().flatten().filter_map(|a| a.via.as_ref()) {
-            if via.connect_ms == 0 || counted.contains(&via.addr) {
+            if via.reused || counted.contains(&via.addr) {
                 continue;
             }
             counted.push(via.addr);
             let failed = match (&via.tls, &via.tls_verdict) {
+                _ if !allowed(&via.host) => {
+                    Some((ResultType::ValidationFailure, "the MX host is not one the MTA-STS policy allows".to_string()))
+                }
                 (Some(_), None) => None,
                 (Some(_), Some((result, why))) => Some((*result, why.clone())),
                 (None, _) if policy.kind == PolicyType::Sts => Some((ResultType::StarttlsNotSupported, "sent in plain text".to_string())),
@@ -73,32 +107,36 @@ impl Collector {
                 Some((result, why)) => self.refused(policy, result, &via.host, Some(via.addr.ip()), &why, source),
             }
         }
-        for host in &report.hosts {
-            if let Some(result) = host.tls {
-                let failure = Failure {
-                    result,
-                    sending_ip: sending_ip(source, host.target.addr.ip()),
-                    receiving_mx: host.target.host.clone(),
-                    receiving_ip: Some(host.target.addr.ip().to_string()),
-                    reason: Some(host.error.clone()),
-                };
-                self.failure(policy, failure);
-            }
-        }
     }
 
     /// MX hosts an enforced policy did not allow, or a policy that could not be fetched: a
     /// failure each, with no session.
     pub fn refused(&self, policy: &PolicyKey, result: ResultType, host: &str, ip: Option<IpAddr>, reason: &str, source: Option<IpAddr>) {
+        // No session (a policy fetch): the configured source, else the unspecified address.
+        let unspecified = || source.map_or_else(|| std::net::Ipv4Addr::UNSPECIFIED.to_string(), |s| s.to_string());
         let failure = Failure {
             result,
-            sending_ip: ip.map_or_else(|| source.map(|s| s.to_string()).unwrap_or_default(), |ip| sending_ip(source, ip)),
+            sending_ip: ip.map_or_else(unspecified, |ip| sending_ip(source, ip)),
             receiving_mx: host.to_string(),
             receiving_ip: ip.map(|ip| ip.to_string()),
-            reason: Some(reason.to_string()),
+            reason: Some(bounded(reason)),
         };
         self.failure(policy, failure);
     }
+}
+
+/// A failure's reason as kept: printable, at most `MAX_REASON` octets (peers choose some of
+/// it, and each distinct reason is an entry of its own).
+fn bounded(reason: &str) -> String {
+    let mut out: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if out.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
 }
 
 /// The report's name for a domain's policy: MTA-STS (enforce or testing) or none.
@@ -143,6 +181,7 @@ mod tests {
             addr: ([127, 0, 0, 1], port).into(),
             tls: tls.then(|| "TLSv1.3 x".into()),
             tls_verdict: None,
+            reused: connect_ms == 0,
             connect_ms,
             transfer_ms: 1,
         };
@@ -170,7 +209,7 @@ mod tests {
             signal: Signal::Answered,
             hosts: vec![failed],
         };
-        collector.record(&policy, &report, None);
+        collector.record(&policy, &report, None, &|_| true);
         let (start, domains) = collector.take(2000);
         assert_eq!(start, 1000);
         let json = serde_json::to_value(domains["d.test"].report("o", "c", "r", 0, 86399)).unwrap();
@@ -184,6 +223,14 @@ mod tests {
         assert_eq!(detail["receiving-mx-hostname"], "mx2.d.test");
         assert_eq!(detail["sending-mta-ip"], "127.0.0.1", "the address loopback mail leaves from");
         assert!(collector.take(3000).1.is_empty(), "a new period");
+        // Kept across a restart: a snapshot restored into a new collector reports the same.
+        collector.record(&policy, &report, None, &|_| true);
+        let later = Collector::new(5000);
+        later.restore(&collector.snapshot());
+        later.restore(b"not json");
+        let (start, kept) = later.take(6000);
+        assert_eq!(start, 3000, "the earlier start");
+        assert_eq!(kept["d.test"], collector.take(6000).1["d.test"]);
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct ReportMail<'a> {
     pub domain: &'a str,
     /// Our host name.
     pub submitter: &'a str,
+    /// The domain of our contact address: the file name's first field.
+    pub sender: &'a str,
     pub report_id: &'a str,
     /// The period, unix seconds (both ends included).
     pub start: u64,
@@ -22,11 +24,11 @@ pub struct ReportMail<'a> {
     pub gzipped: &'a [u8],
 }
 
-/// The attachment's name (RFC 8460 5.3).
-pub fn file_name(submitter: &str, domain: &str, start: u64, end: u64, report_id: &str) -> String {
-    // '!' separates the fields; the id is ours and has none, but a name never carries one.
-    let id: String = report_id.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@')).collect();
-    format!("{submitter}!{domain}!{start}!{end}!{id}.json.gz")
+/// The attachment's name (RFC 8460 5.3): `sender!policy-domain!begin!end!unique-id`, the
+/// unique id letters and digits only.
+pub fn file_name(sender: &str, domain: &str, start: u64, end: u64, report_id: &str) -> String {
+    let id: String = report_id.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    format!("{sender}!{domain}!{start}!{end}!{id}.json.gz")
 }
 
 impl ReportMail<'_> {
@@ -34,14 +36,14 @@ impl ReportMail<'_> {
     pub fn render(&self) -> Vec<u8> {
         let boundary = format!("=_tlsrpt_{}_{}", self.start, self.end);
         let date = crate::message::date::rfc5322_date(self.now);
-        let name = file_name(self.submitter, self.domain, self.start, self.end, self.report_id);
+        let name = file_name(self.sender, self.domain, self.start, self.end, self.report_id);
         let encoded = base64::engine::general_purpose::STANDARD.encode(self.gzipped);
         let mut out = String::new();
         out.push_str(&format!("From: {}\r\n", self.from));
         out.push_str(&format!("To: {}\r\n", self.to));
         out.push_str(&format!("Subject: Report Domain: {} Submitter: {} Report-ID: <{}>\r\n", self.domain, self.submitter, self.report_id));
         out.push_str(&format!("Date: {date}\r\n"));
-        out.push_str(&format!("Message-ID: <{}>\r\n", self.report_id));
+        out.push_str(&format!("Message-ID: <{}@{}>\r\n", self.report_id, self.submitter));
         out.push_str(&format!("TLS-Report-Domain: {}\r\n", self.domain));
         out.push_str(&format!("TLS-Report-Submitter: {}\r\n", self.submitter));
         out.push_str("MIME-Version: 1.0\r\n");
@@ -78,17 +80,18 @@ mod tests {
             to: "tlsrpt@d.test",
             domain: "d.test",
             submitter: "relay.test",
-            report_id: "1700000000.d.test@relay.test",
+            sender: "admin.test",
+            report_id: "1700000000a1b2",
             start: 1_700_000_000,
             end: 1_700_086_399,
             now: 1_700_090_000,
             gzipped: &gz,
         };
         let text = String::from_utf8(mail.render()).unwrap();
-        assert!(text.contains("Subject: Report Domain: d.test Submitter: relay.test Report-ID: <1700000000.d.test@relay.test>\r\n"));
+        assert!(text.contains("Subject: Report Domain: d.test Submitter: relay.test Report-ID: <1700000000a1b2>\r\n"));
         assert!(text.contains("TLS-Report-Domain: d.test\r\nTLS-Report-Submitter: relay.test\r\n"));
         assert!(text.contains("Content-Type: multipart/report; report-type=\"tlsrpt\"; boundary="));
-        assert!(text.contains("filename=\"relay.test!d.test!1700000000!1700086399!1700000000.d.test@relay.test.json.gz\""));
+        assert!(text.contains("filename=\"admin.test!d.test!1700000000!1700086399!1700000000a1b2.json.gz\""));
         assert!(text.contains("\r\nH4sIAAECAw==\r\n"), "{text}");
         assert!(text.lines().all(|l| l.len() <= 998));
     }

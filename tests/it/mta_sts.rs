@@ -178,11 +178,26 @@ fn testing_mode_delivers_as_before() {
     let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
     host.set("policy.txt", &policy("testing", "mx.elsewhere.test"));
     let plain = Dest::start(Behavior::default());
-    let dns = TestDns::start(zone());
-    let relay = delivering_relay(&dns, plain.addr.port(), &sts_settings(&ca, &host));
+    let rua = format!("v=TLSRPTv1; rua=https://mta-sts.dest.test:{}/v1/tlsrpt", host.port);
+    let dns = TestDns::start(zone().txt("_smtp._tls.dest.test", &rua));
+    let settings = format!("{}  tls_rpt: {{ period: 2s }}\n", sts_settings(&ca, &host));
+    let relay = delivering_relay(&dns, plain.addr.port(), &settings);
     send(&relay, "b@dest.test");
     assert_eq!(plain.wait_for(1, Duration::from_secs(20))[0].rcpts, ["b@dest.test"]);
     assert_eq!(host.requests(), 1);
+    // What enforce would have refused: the MX host outside the policy (and no STARTTLS).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
+            break report_json(&body);
+        }
+        assert!(Instant::now() < deadline, "no report posted");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let summary = &report["policies"][0]["summary"];
+    let counts = (summary["total-successful-session-count"].as_u64(), summary["total-failure-session-count"].as_u64());
+    assert_eq!(counts, (Some(0), Some(1)), "{report}");
+    assert_eq!(report["policies"][0]["failure-details"][0]["result-type"], "validation-failure", "{report}");
 }
 
 /// Served wrong, the enforce policy is no policy: mail goes to the plain-text server as it
@@ -284,14 +299,26 @@ fn tls_reports_go_by_mail_and_https_and_a_failed_post_is_tried_again() {
     use base64::Engine;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
-    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test", "reports.test"], 2099));
+    let names = ["mta-sts.dest.test", "reports.test", "mta-sts.reports.test"];
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &names, 2099));
     host.set("policy.txt", &policy("enforce", "mx.dest.test"));
     host.set("post_status", "503");
     // The MX of dest.test and of reports.test is the same Sluice, which keeps what it gets.
+    // reports.test publishes the same enforce policy, which does not allow its own MX name,
+    // and asks for TLS reports itself: its report mail must go all the same (RFC 8460 3), and
+    // not be counted (else a report about the reports, every period, for ever).
     let destination = tls_destination(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099));
     let rua = format!("v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://reports.test:{}/v1/tlsrpt", host.port);
-    let dns =
-        TestDns::start(zone().txt("_smtp._tls.dest.test", &rua).mx("reports.test", &[(10, "mx.dest.test")]).a("reports.test", "127.0.0.1"));
+    let dns = TestDns::start(
+        zone()
+            .txt("_smtp._tls.dest.test", &rua)
+            .mx("reports.test", &[(10, "mx.reports.test")])
+            .a("mx.reports.test", "127.0.0.1")
+            .a("reports.test", "127.0.0.1")
+            .a("mta-sts.reports.test", "127.0.0.1")
+            .txt("_mta-sts.reports.test", "v=STSv1; id=r1;")
+            .txt("_smtp._tls.reports.test", "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test"),
+    );
     let settings = format!("{}  max_deliveries_per_connection: 1\n  tls_rpt: {{ period: 3s }}\n", sts_settings(&ca, &host));
     let relay = delivering_relay(&dns, destination.addr.port(), &settings);
     send(&relay, "b@dest.test");
@@ -345,6 +372,7 @@ fn tls_reports_go_by_mail_and_https_and_a_failed_post_is_tried_again() {
     let stored = destination.stop_and_read();
     let mails: Vec<&String> =
         stored.iter().filter(|(e, _)| e.recipients[0].mailbox.to_string() == "tlsrpt@reports.test").map(|(_, m)| m).collect();
+    assert!(mails.iter().all(|m| !m.contains("TLS-Report-Domain: reports.test")), "the report mail's own session was reported");
     assert_eq!(mails.len(), by_id.len(), "a mail for each report");
     for mail in mails {
         assert!(mail.contains("\r\nTLS-Report-Domain: dest.test\r\nTLS-Report-Submitter: relay.test\r\n"), "{mail}");
@@ -352,7 +380,7 @@ fn tls_reports_go_by_mail_and_https_and_a_failed_post_is_tried_again() {
         assert!(mail.contains("Content-Type: multipart/report; report-type=\"tlsrpt\""), "{mail}");
         // The attachment, as a mail reader would take it apart.
         let encoded: String = mail
-            .split("Content-Disposition: attachment; filename=\"relay.test!dest.test!")
+            .split("Content-Disposition: attachment; filename=\"admin.test!dest.test!")
             .nth(1)
             .and_then(|rest| rest.split_once("\r\n\r\n"))
             .map(|(_, b64)| b64.lines().take_while(|l| !l.starts_with("--")).collect())
@@ -510,4 +538,50 @@ fn enforce_with_aiosmtpd_delivers_over_its_starttls_and_defers_when_it_has_none(
     assert!(r.last_reply.as_deref().unwrap_or("").contains("TLS"), "{r:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(without.received().is_empty(), "sent in plain text to aiosmtpd despite the policy");
+}
+
+#[test]
+fn the_periods_counts_so_far_outlive_a_stop_and_are_reported_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    let destination = tls_destination(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099));
+    let rua = format!("v=TLSRPTv1; rua=https://mta-sts.dest.test:{}/v1/tlsrpt", host.port);
+    let dns = TestDns::start(zone().txt("_smtp._tls.dest.test", &rua));
+    let settings = sts_settings(&ca, &host);
+    let config = |period: &str| {
+        format!(
+            "{}delivery:\n  port: {}\n  retry: [1s]\n{settings}  tls_rpt: {{ period: {period} }}\n",
+            dns.config(),
+            destination.addr.port()
+        )
+    };
+    let relay_dir = dir.path().join("relay");
+    std::fs::create_dir_all(&relay_dir).unwrap();
+    // A day's period: nothing is reported before the stop.
+    let daemon = Daemon::spawn(&relay_dir, &config("1d"), &[]);
+    let mut c = crate::common::Client::connect(daemon.addr);
+    assert_eq!(c.send_mail("a@sender.test", &["b@dest.test"], "Subject: before\r\n\r\nx\r\n").code, 250);
+    wait_received(&destination);
+    let path = daemon.config_path.to_str().unwrap().to_string();
+    assert!(Command::new("pkill").args(["-TERM", "-f", &path]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Command::new("pgrep").args(["-f", &path]).output().unwrap().status.success() {
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read(host.dir.join("posted-0")).is_err(), "reported before its period ended");
+    // The next run, with a short period and no mail of its own, reports the session.
+    std::fs::remove_file(relay_dir.join("config.yaml")).unwrap();
+    let _daemon = Daemon::spawn(&relay_dir, &config("2s"), &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
+            break report_json(&body);
+        }
+        assert!(Instant::now() < deadline, "no report posted");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(report["policies"][0]["summary"]["total-successful-session-count"], 1, "{report}");
 }
