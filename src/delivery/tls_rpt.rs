@@ -118,6 +118,11 @@ pub struct Failure {
     pub reason: Option<String>,
 }
 
+/// Policies counted for one domain in one period at most.
+pub const MAX_POLICIES: usize = 8;
+/// Kinds of failure (result, hosts, reason) counted for one policy at most.
+pub const MAX_FAILURE_KINDS: usize = 100;
+
 /// A day's counts for one reporting domain, by policy.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counts {
@@ -155,12 +160,32 @@ impl Counts {
         }
     }
 
-    pub fn success(&mut self, policy: &PolicyKey) {
-        self.by_policy.entry(policy.clone()).or_default().0 += 1;
+    /// The entry for `policy`, unless the domain already has `MAX_POLICIES` others (a domain
+    /// changing its policy at every message would otherwise grow without bound).
+    fn entry(&mut self, policy: &PolicyKey) -> Option<&mut (u64, BTreeMap<Failure, u64>)> {
+        if self.by_policy.len() >= MAX_POLICIES && !self.by_policy.contains_key(policy) {
+            return None;
+        }
+        Some(self.by_policy.entry(policy.clone()).or_default())
     }
 
-    pub fn failure(&mut self, policy: &PolicyKey, failure: Failure) {
-        *self.by_policy.entry(policy.clone()).or_default().1.entry(failure).or_default() += 1;
+    /// Counts a successful session; false when it could not be counted (see `entry`).
+    pub fn success(&mut self, policy: &PolicyKey) -> bool {
+        self.entry(policy).map(|e| e.0 += 1).is_some()
+    }
+
+    /// Counts a failed session. Past `MAX_FAILURE_KINDS` kinds for one policy, a new kind is
+    /// counted without its reason, or not at all when that kind is new too (false).
+    pub fn failure(&mut self, policy: &PolicyKey, mut failure: Failure) -> bool {
+        let Some((_, failures)) = self.entry(policy) else { return false };
+        if failures.len() >= MAX_FAILURE_KINDS && !failures.contains_key(&failure) {
+            failure.reason = None;
+            if !failures.contains_key(&failure) {
+                return false;
+            }
+        }
+        *failures.entry(failure).or_default() += 1;
+        true
     }
 
     pub fn is_empty(&self) -> bool {
@@ -281,7 +306,7 @@ mod tests {
             mx_hosts: vec!["*.mail.company-y.example".into()],
         };
         let mut counts = Counts::default();
-        (0..3).for_each(|_| counts.success(&sts));
+        (0..3).for_each(|_| assert!(counts.success(&sts)));
         let expired = Failure {
             result: ResultType::CertificateExpired,
             sending_ip: "2001:db8:abcd:12::1".into(),
@@ -289,8 +314,8 @@ mod tests {
             receiving_ip: Some("203.0.113.56".into()),
             reason: None,
         };
-        counts.failure(&sts, expired.clone());
-        counts.failure(&sts, expired);
+        assert!(counts.failure(&sts, expired.clone()));
+        assert!(counts.failure(&sts, expired.clone()));
         let report =
             serde_json::to_value(counts.report("Sluice relay.test", "postmaster@relay.test", "r-1", 1_459_468_800, 1_459_468_800 + 86_399))
                 .unwrap();
@@ -317,6 +342,17 @@ mod tests {
             }]
         });
         assert_eq!(report, expected);
+        // Bounded: a new kind of failure past the cap keeps its count without its reason.
+        for n in 0..MAX_FAILURE_KINDS {
+            assert!(counts.failure(&sts, Failure { reason: Some(format!("reason {n}")), ..expired.clone() }));
+        }
+        let other = Failure { reason: Some("one more".into()), receiving_mx: "mx9.test".into(), ..expired.clone() };
+        assert!(!counts.failure(&sts, other), "a new kind, and new without its reason");
+        assert!(counts.failure(&sts, Failure { reason: Some("again".into()), ..expired.clone() }), "counted as the reasonless kind");
+        for n in 0..MAX_POLICIES {
+            let p = PolicyKey { text: vec![format!("mode: {n}")], ..sts.clone() };
+            assert_eq!(counts.success(&p), n + 1 < MAX_POLICIES, "policy {n}");
+        }
         let none = PolicyKey { kind: PolicyType::NoPolicyFound, text: vec![], domain: "x.test".into(), mx_hosts: vec![] };
         let mut counts = Counts::default();
         counts.success(&none);

@@ -120,7 +120,10 @@ fn describe() {
         "Connections sent in plain text under opportunistic TLS: retried after a failed handshake, or at once for a host remembered"
     );
     describe_counter!(TLS_RPT_REPORTS, "TLS-RPT aggregate reports, by how (mailto, https) and result (queued, sent, failed)");
-    describe_counter!(TLS_RPT_UNCOUNTED, "Sessions not counted for TLS-RPT: the period already counts the most domains it keeps");
+    describe_counter!(
+        TLS_RPT_UNCOUNTED,
+        "Sessions not counted for TLS-RPT: the period already counts the most domains, policies per domain or failure kinds per policy it keeps"
+    );
     describe_counter!(MTA_STS_FETCHES, "MTA-STS policy fetches, by result (ok or the RFC 8460 result type of the failure)");
     describe_counter!(
         DELIVERY_TLS_POLICY,

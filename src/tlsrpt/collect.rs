@@ -28,13 +28,15 @@ impl Collector {
         Collector { period: Mutex::new(Period { start: now, domains: HashMap::new() }) }
     }
 
-    fn with(&self, policy: &PolicyKey, f: impl FnOnce(&mut Counts)) {
+    fn with(&self, policy: &PolicyKey, f: impl FnOnce(&mut Counts) -> bool) {
         let mut period = self.period.lock().expect("tls-rpt lock");
-        if period.domains.len() >= MAX_DOMAINS && !period.domains.contains_key(&policy.domain) {
+        let counted = match period.domains.len() >= MAX_DOMAINS && !period.domains.contains_key(&policy.domain) {
+            true => false,
+            false => f(period.domains.entry(policy.domain.clone()).or_default()),
+        };
+        if !counted {
             metrics::counter!(crate::metrics::TLS_RPT_UNCOUNTED).increment(1);
-            return;
         }
-        f(period.domains.entry(policy.domain.clone()).or_default());
     }
 
     pub fn success(&self, policy: &PolicyKey) {
