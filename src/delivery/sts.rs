@@ -277,10 +277,10 @@ impl Sts {
 
 /// The targets an enforced policy allows (RFC 8461 4.1), in their order; none allowed is a
 /// temporary failure (the MX records may be spoofed, or the policy not yet updated).
-pub fn enforce(policy: &Policy, domain: &str, targets: Vec<Target>) -> Result<Vec<Target>, Reply> {
-    let hosts: Vec<String> = targets.iter().map(|t| t.host.clone()).collect();
-    let allowed: Vec<Target> = targets.into_iter().filter(|t| policy.allows(&t.host)).collect();
+pub fn enforce(policy: &Policy, domain: &str, targets: &[Target]) -> Result<Vec<Target>, Reply> {
+    let allowed: Vec<Target> = targets.iter().filter(|t| policy.allows(&t.host)).cloned().collect();
     if allowed.is_empty() {
+        let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
         let text = format!("MTA-STS policy of {domain} allows none of its MX hosts ({})", hosts.join(", "));
         return Err(Reply::new(451, Enhanced(4, 7, 5), text));
     }
@@ -304,9 +304,9 @@ mod tests {
     fn enforce_keeps_the_allowed_mx_hosts_in_order_and_defers_when_none_is() {
         let policy = parse_policy("version: STSv1\nmode: enforce\nmx: *.mail.test\nmx: mx.other.test\nmax_age: 86400\n").unwrap();
         let t = |host: &str, port: u16| Target { host: host.into(), addr: ([127, 0, 0, 1], port).into() };
-        let kept = enforce(&policy, "d.test", vec![t("evil.test", 1), t("a.mail.test", 2), t("mx.other.test", 3)]).unwrap();
+        let kept = enforce(&policy, "d.test", &[t("evil.test", 1), t("a.mail.test", 2), t("mx.other.test", 3)]).unwrap();
         assert_eq!(kept.iter().map(|t| t.addr.port()).collect::<Vec<_>>(), [2, 3]);
-        let refused = enforce(&policy, "d.test", vec![t("evil.test", 1), t("a.b.mail.test", 2)]).unwrap_err();
+        let refused = enforce(&policy, "d.test", &[t("evil.test", 1), t("a.b.mail.test", 2)]).unwrap_err();
         assert_eq!((refused.code, refused.enhanced), (451, Some(Enhanced(4, 7, 5))));
         assert!(refused.lines[0].contains("evil.test, a.b.mail.test"), "{:?}", refused.lines);
     }

@@ -67,13 +67,13 @@ impl Runner {
         };
         if testing {
             // Delivered all the same; the sessions to hosts outside the policy count as failures.
-            if let Err(would) = crate::delivery::sts::enforce(&policy, domain, targets.clone()) {
+            if let Err(would) = crate::delivery::sts::enforce(&policy, domain, &targets) {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing-mismatch").increment(1);
                 tracing::warn!(queue_id = %env.queue_id, domain, "MTA-STS testing mode, delivered all the same: {}", would.lines[0]);
             }
             return Ok(MxPolicy { targets, enforced, testing, reporting, published: Some(policy) });
         }
-        match crate::delivery::sts::enforce(&policy, domain, targets.clone()) {
+        match crate::delivery::sts::enforce(&policy, domain, &targets) {
             Ok(allowed) => Ok(MxPolicy { targets: allowed, enforced, testing, reporting, published: Some(policy) }),
             Err(reply) => {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-mismatch").increment(1);

@@ -42,14 +42,7 @@ fn wait_listed(api: &Api, path: &str, n: usize) -> serde_json::Value {
 fn the_queue_toolbox_answers_over_http_for_an_admin_key() {
     // The destination defers everything until the test lets it take mail.
     let open = Arc::new(AtomicBool::new(false));
-    let taking = open.clone();
-    let dest = Dest::start(Behavior {
-        after_dot: Arc::new(move |_| match taking.load(Ordering::SeqCst) {
-            true => "250 2.0.0 ok".into(),
-            false => "451 4.3.0 not now".into(),
-        }),
-        ..Behavior::default()
-    });
+    let dest = Dest::start(Behavior::deferring_until(open.clone()));
     let dir = tempfile::tempdir().unwrap();
     let (_daemon, api, _dns) = start_with(dir.path(), &dest, "");
     let mut queued = Vec::new();

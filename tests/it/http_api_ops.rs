@@ -85,14 +85,7 @@ fn a_reload_reads_the_keys_file_again_and_each_key_is_counted_under_its_name() {
 #[test]
 fn requeue_over_http_sends_deferred_mail_now() {
     let open = Arc::new(AtomicBool::new(false));
-    let taking = open.clone();
-    let dest = Dest::start(Behavior {
-        after_dot: Arc::new(move |_| match taking.load(Ordering::SeqCst) {
-            true => "250 2.0.0 ok".into(),
-            false => "451 4.3.0 not now".into(),
-        }),
-        ..Behavior::default()
-    });
+    let dest = Dest::start(Behavior::deferring_until(open.clone()));
     let dir = tempfile::tempdir().unwrap();
     // The next attempt after a deferral is an hour away.
     let (_daemon, api, _dns) = start_custom(dir.path(), &dest, Custom { delivery: "  retry: [1h]\n", ..Custom::default() });

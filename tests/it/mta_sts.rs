@@ -48,6 +48,18 @@ impl PolicyHost {
         std::fs::read_to_string(self.dir.join("requests")).unwrap_or_default().lines().count()
     }
 
+    /// The first report POSTed to this host (waits up to 30 s), as JSON.
+    fn first_report(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(body) = std::fs::read(self.dir.join("posted-0")) {
+                return report_json(&body);
+            }
+            assert!(Instant::now() < deadline, "no report posted");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -186,14 +198,7 @@ fn testing_mode_delivers_as_before() {
     assert_eq!(plain.wait_for(1, Duration::from_secs(20))[0].rcpts, ["b@dest.test"]);
     assert_eq!(host.requests(), 1);
     // What enforce would have refused: the MX host outside the policy (and no STARTTLS).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
-            break report_json(&body);
-        }
-        assert!(Instant::now() < deadline, "no report posted");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let report = host.first_report();
     let summary = &report["policies"][0]["summary"];
     let counts = (summary["total-successful-session-count"].as_u64(), summary["total-failure-session-count"].as_u64());
     assert_eq!(counts, (Some(0), Some(1)), "{report}");
@@ -404,14 +409,7 @@ fn a_tls_report_names_each_failure_with_its_result_type_and_host() {
     let relay = delivering_relay(&dns, destination.addr.port(), &settings);
     send(&relay, "b@dest.test");
     wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
-            break report_json(&body);
-        }
-        assert!(Instant::now() < deadline, "no report posted");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let report = host.first_report();
     let policy = &report["policies"][0];
     assert_eq!(policy["summary"]["total-successful-session-count"], 0, "{report}");
     assert!(policy["summary"]["total-failure-session-count"].as_u64() >= Some(1), "{report}");
@@ -459,14 +457,7 @@ fn testing_mode_reports_what_enforce_would_have_refused_while_the_mail_goes() {
     let relay = delivering_relay(&dns, destination.addr.port(), &settings);
     send(&relay, "b@dest.test");
     wait_received(&destination);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
-            break report_json(&body);
-        }
-        assert!(Instant::now() < deadline, "no report posted");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let report = host.first_report();
     let policy = &report["policies"][0];
     assert_eq!(policy["policy"]["policy-string"][1], "mode: testing", "{report}");
     assert_eq!(policy["summary"]["total-successful-session-count"], 0, "{report}");
@@ -575,13 +566,6 @@ fn the_periods_counts_so_far_outlive_a_stop_and_are_reported_by_the_next_run() {
     // The next run, with a short period and no mail of its own, reports the session.
     std::fs::remove_file(relay_dir.join("config.yaml")).unwrap();
     let _daemon = Daemon::spawn(&relay_dir, &config("2s"), &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        if let Ok(body) = std::fs::read(host.dir.join("posted-0")) {
-            break report_json(&body);
-        }
-        assert!(Instant::now() < deadline, "no report posted");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let report = host.first_report();
     assert_eq!(report["policies"][0]["summary"]["total-successful-session-count"], 1, "{report}");
 }

@@ -23,6 +23,19 @@ pub struct Behavior {
     pub drop_mid_data: Option<usize>,
 }
 
+impl Behavior {
+    /// Every final dot deferred (451) until `open` turns true, then accepted.
+    pub fn deferring_until(open: Arc<std::sync::atomic::AtomicBool>) -> Behavior {
+        Behavior {
+            after_dot: Arc::new(move |_| match open.load(std::sync::atomic::Ordering::SeqCst) {
+                true => "250 2.0.0 ok".into(),
+                false => "451 4.3.0 not now".into(),
+            }),
+            ..Behavior::default()
+        }
+    }
+}
+
 impl Default for Behavior {
     fn default() -> Self {
         Behavior {
