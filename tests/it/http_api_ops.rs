@@ -2,7 +2,8 @@
 //! removed one does not, a broken file is refused and the old keys stay); each key's requests
 //! are counted under its name on the metrics port; requeue over HTTP sends deferred mail now;
 //! actions that need delivery are 409 while it is paused; oversized, endless and slow requests
-//! are refused or cut off and the API goes on.
+//! are refused or cut off and the API goes on; a request's MT-PRIORITY and DSN parameters reach
+//! the queued message and its accounting record, which names the key and the HTTP listener.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,4 +194,52 @@ fn hostile_http_clients_get_an_answer_or_a_closed_connection_and_the_api_goes_on
     // After all that, the API still answers.
     assert_eq!(inject(&api, &api.key, "a@dest.test"), 202);
     assert_eq!(dest.wait_for(1, Duration::from_secs(20))[0].rcpts, ["a@dest.test"]);
+}
+
+#[test]
+fn an_http_messages_priority_and_dsn_reach_the_queue_and_its_accounting_record() {
+    let dest = Dest::start(Behavior::default());
+    let dir = tempfile::tempdir().unwrap();
+    let custom = Custom { delivery: "  paused: true\n", extra: "accounting: { path: acct.jsonl }\n", ..Custom::default() };
+    let (_daemon, api, _dns) = start_custom(dir.path(), &dest, custom);
+    let (status, _, text) = curl(
+        api.addr,
+        "POST",
+        "/api/v1/messages",
+        Some(&api.key),
+        "application/json",
+        serde_json::json!({
+            "from": "orders@shop.test", "to": ["a@dest.test", "b@dest.test"], "subject": "s", "text": "t",
+            "priority": -4, "dsn": {"ret": "full", "envid": "order-7"}
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(status, 202, "{text}");
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = answer["messages"][0]["queue_id"].as_str().unwrap().to_string();
+
+    let (status, _, text) = curl(api.addr, "GET", &format!("/api/v1/queue/{id}"), Some(&api.admin_key), "application/json", b"");
+    assert_eq!(status, 200, "{text}");
+    let shown: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(shown["priority"], -4, "{shown}");
+    assert_eq!((shown["ret"].as_str(), shown["envid"].as_str()), (Some("FULL"), Some("order-7")), "{shown}");
+
+    let path = dir.path().join("acct.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<serde_json::Value>(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no accounting record");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(record["event"], "received", "{record}");
+    assert_eq!(record["queue_id"].as_str(), Some(id.as_str()), "{record}");
+    assert_eq!(record["identity"], "api-key:shop", "{record}");
+    assert_eq!(record["priority"], -4, "{record}");
+    assert_eq!(record["sender"], "orders@shop.test", "{record}");
+    assert_eq!(record["recipients"], serde_json::json!(["a@dest.test", "b@dest.test"]), "{record}");
+    assert_eq!(record["listener"].as_str(), Some(api.addr.to_string().as_str()), "the HTTP listener it came in on: {record}");
 }
