@@ -124,8 +124,8 @@ fn shaping(c: &mut Criterion) {
     )
     .unwrap();
     let shaper = Shaper::new(&config);
-    let targets = [Target { host: "alt1.aspmx.l.google.com".into(), addr: "127.0.0.1:25".parse().unwrap() }];
-    let other = [Target { host: "mx.dest.test".into(), addr: "127.0.0.1:25".parse().unwrap() }];
+    let targets = [Target::new("alt1.aspmx.l.google.com", "127.0.0.1:25".parse().unwrap())];
+    let other = [Target::new("mx.dest.test", "127.0.0.1:25".parse().unwrap())];
     let mut g = c.benchmark_group("shaping");
     g.throughput(Throughput::Elements(1));
     g.bench_function("bucket_by_mx_rule", |b| b.iter(|| black_box(shaper.bucket(black_box("example.com"), &targets))));

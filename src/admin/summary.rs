@@ -28,7 +28,7 @@ pub struct DestinationSummary {
     /// Messages by age: younger than each of `AGE_BUCKETS`, and older than the last.
     #[serde(default)]
     pub ages: [usize; AGE_BUCKETS.len() + 1],
-    /// The TLS policy its latest attempt applied (`mta-sts-enforce`, `mta-sts-testing`,
+    /// The TLS policy its latest attempt applied (`dane`, `mta-sts-enforce`, `mta-sts-testing`,
     /// `required`, `opportunistic`, `none`); none before an attempt since the start.
     #[serde(default)]
     pub tls_policy: Option<String>,

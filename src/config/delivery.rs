@@ -108,6 +108,9 @@ pub struct DeliveryConfig {
     /// MTA-STS (RFC 8461): the policies recipient domains publish for mail to their MX hosts.
     #[serde(default)]
     pub mta_sts: MtaStsConfig,
+    /// DANE (RFC 7672): TLSA records of MX hosts, found by DNSSEC-validated lookups.
+    #[serde(default)]
+    pub dane: DaneConfig,
     /// TLS-RPT (RFC 8460): daily reports to the domains that ask for them.
     #[serde(default)]
     pub tls_rpt: TlsRptConfig,
@@ -218,6 +221,7 @@ impl Default for DeliveryConfig {
             tls_trust: Vec::new(),
             starttls_failure_memory: default_starttls_failure_memory(),
             mta_sts: MtaStsConfig::default(),
+            dane: DaneConfig::default(),
             tls_rpt: TlsRptConfig::default(),
             max_recipients_per_transaction: default_max_recipients_per_transaction(),
             max_deliveries_per_connection: default_max_deliveries_per_connection(),
@@ -256,6 +260,20 @@ impl Default for MtaStsConfig {
     fn default() -> Self {
         MtaStsConfig { enabled: true, port: default_https_port(), fetch_timeout: default_sts_fetch_timeout() }
     }
+}
+
+/// DANE: off unless asked for, because it needs name servers that pass DNSSEC records on
+/// (a resolver that strips them makes every answer bogus, and every message wait).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaneConfig {
+    /// Validate MX, address and TLSA answers, and authenticate MX hosts by their TLSA records.
+    #[serde(default)]
+    pub enabled: bool,
+    /// A file of DNSKEY records (`NAME TTL IN DNSKEY FLAGS 3 ALG KEY`) trusted as anchors
+    /// instead of the root zone's keys built in; names under none of them are not validated.
+    #[serde(default)]
+    pub trust_anchors: Option<PathBuf>,
 }
 
 /// TLS-RPT: sessions with the MX hosts of domains routed by MX records are counted; at the

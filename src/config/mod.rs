@@ -545,6 +545,7 @@ impl Config {
             paths.push(accounting);
         }
         paths.extend(config.delivery.tls_trust.iter_mut());
+        paths.extend(config.delivery.dane.trust_anchors.as_mut());
         paths.extend(config.dkim.sign.iter_mut().map(|s| &mut s.key));
         paths.extend(config.api.keys_file.as_mut());
         if let Some(auth) = config.delivery.smarthost_auth.as_mut() {

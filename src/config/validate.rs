@@ -146,6 +146,9 @@ impl Config {
         if let Some(missing) = d.tls_trust.iter().find(|p| !p.is_file()) {
             return Err(err("delivery.tls_trust", format!("file {} does not exist", missing.display())));
         }
+        if let Some(path) = d.dane.trust_anchors.as_deref() {
+            crate::dns::dnssec::read_anchors(path).map_err(|e| err("delivery.dane.trust_anchors", e))?;
+        }
         if let Some(bad) = self.client_certificates.keys().find(|k| fingerprint_key(k).is_none()) {
             return Err(err("client_certificates", format!("{bad:?} is not a SHA-256 fingerprint (64 hex digits)")));
         }

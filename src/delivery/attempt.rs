@@ -125,6 +125,8 @@ impl<T: Transport> Sender<T> {
         bucket: &Bucket,
         settings: &Settings,
     ) -> Result<(Connection<T>, bool, Option<HostEvent>), ConnError> {
+        // A host DANE authenticates is never sent to in plain text.
+        let policy = if target.dane.is_some() { TlsPolicy::Required } else { policy };
         let key = PoolKey::new(target, policy, hop);
         let cap = bucket.cap(target);
         let permit = match (slot, fresh) {

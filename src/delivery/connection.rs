@@ -13,6 +13,7 @@ use rustls::pki_types::ServerName;
 use super::pool::Slot;
 use super::route::Target;
 use super::tls::TlsLink;
+use super::tls_rpt::ResultType;
 use super::transport::{IdleState, Sink, Transport};
 use crate::config::ClientTimeouts;
 use crate::smtp::client::{Client, ClientConfig, Event, Failure, Message, RcptOutcome, TlsPolicy, Waiting};
@@ -372,20 +373,30 @@ impl<T: Transport> Connection<T> {
     }
 
     /// The TLS handshake over `plain` (after STARTTLS, or at once for implicit TLS): the
-    /// certificate verified for the host's name under `required`, any under opportunistic.
+    /// certificate checked against the host's TLSA records when it has them, else verified
+    /// for the host's name under `required`, any under opportunistic.
     async fn handshake(plain: T, target: &Target, policy: TlsPolicy, settings: &Settings) -> Result<TlsLink<T>, ConnError> {
-        let name = ServerName::try_from(target.host.clone())
-            .map_err(|e| ConnError::Tls(e.to_string(), super::tls_rpt::ResultType::CertificateHostMismatch))?;
-        let config = if policy == TlsPolicy::Required { settings.verified_tls.clone() } else { settings.tls.clone() };
+        let name =
+            ServerName::try_from(target.host.clone()).map_err(|e| ConnError::Tls(e.to_string(), ResultType::CertificateHostMismatch))?;
+        let config = match (&target.dane, policy) {
+            (Some(records), _) => super::dane::client_config(records),
+            (None, TlsPolicy::Required) => settings.verified_tls.clone(),
+            (None, _) => settings.tls.clone(),
+        };
         TlsLink::connect(plain, config, name, settings.timeouts.command.0).await.map_err(|e| {
             metrics::counter!(crate::metrics::DELIVERY_TLS_FAILURES, "kind" => super::tls::failure_kind(&e)).increment(1);
-            ConnError::Tls(e.to_string(), super::tls::result_type(&e))
+            let result = match (&target.dane, super::tls::result_type(&e)) {
+                // No TLSA record matched what the host presented (RFC 8460 4.3.2.1).
+                (Some(_), ResultType::ValidationFailure | ResultType::CertificateNotTrusted) => ResultType::TlsaInvalid,
+                (_, other) => other,
+            };
+            ConnError::Tls(e.to_string(), result)
         })
     }
 
     async fn upgrade(&mut self, settings: &Settings) -> Result<(), ConnError> {
         let Link::Plain(plain) = std::mem::replace(&mut self.link, Link::Closed) else {
-            return Err(ConnError::Tls("STARTTLS on a TLS connection".into(), super::tls_rpt::ResultType::ValidationFailure));
+            return Err(ConnError::Tls("STARTTLS on a TLS connection".into(), ResultType::ValidationFailure));
         };
         let tls = Self::handshake(plain, &self.target, self.policy, settings).await?;
         if self.hop.observe && self.policy == TlsPolicy::Opportunistic {

@@ -15,7 +15,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256, Sha512};
 
 /// One TLSA record (RFC 6698 2.1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tlsa {
     pub usage: u8,
     pub selector: u8,
@@ -58,6 +58,20 @@ impl Tlsa {
             _ => Sha512::digest(&selected).as_slice() == self.data.as_slice(),
         }
     }
+}
+
+/// The client TLS configuration for a host with these (usable) TLSA records. rustls sends
+/// the MX host name as SNI, as RFC 7672 3.2.2 asks.
+pub fn client_config(records: &[Tlsa]) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(DaneVerifier::new(records.to_vec(), provider.clone()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("TLS 1.2 and 1.3 are supported by the ring provider")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// Verifies a server's chain against a TLSA set.

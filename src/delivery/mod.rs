@@ -5,6 +5,7 @@
 pub mod attempt;
 pub mod connection;
 pub mod dane;
+pub mod dane_lookup;
 pub mod https;
 pub mod legacy;
 pub mod mta_sts;
@@ -73,6 +74,17 @@ struct Generation {
     own: Vec<SocketAddr>,
     /// How MTA-STS policies are fetched under this config.
     sts_fetch: sts_fetch::FetchSettings,
+    /// The validating resolver DANE looks up through, when `delivery.dane.enabled`.
+    secure_dns: Option<Arc<crate::dns::dnssec::SecureDns>>,
+}
+
+/// The validating resolver `config` asks for, if any.
+fn secure_dns(config: &Config) -> Result<Option<Arc<crate::dns::dnssec::SecureDns>>, String> {
+    let dane = &config.delivery.dane;
+    if !dane.enabled {
+        return Ok(None);
+    }
+    crate::dns::dnssec::SecureDns::new(&config.dns, dane.trust_anchors.as_deref()).map(|dns| Some(Arc::new(dns)))
 }
 
 /// A loaded next generation (see [`Delivery::prepare`]), not yet in force.
@@ -139,7 +151,8 @@ impl Delivery {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let workers = Workers::start(&config, settings.clone(), stopping)?;
         let shaper = crate::shaping::Shaper::new(&config);
-        let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching });
+        let secure_dns = secure_dns(&config)?;
+        let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching, secure_dns });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let tls_reports = Arc::new(crate::tlsrpt::Collector::new(now));
         Ok(Arc::new(Delivery { generation, settings, workers, shaper, sts: sts::Sts::new(store), tls_reports, stop }))
@@ -161,7 +174,10 @@ impl Delivery {
             settings.generation = running.generation;
         }
         let fetching = sts_fetch(&config, &settings);
-        Ok(Prepared { generation: Generation { config, dns, own, sts_fetch: fetching }, settings })
+        let same_dane =
+            format!("{:?}{:?}", current.config.dns, current.config.delivery.dane) == format!("{:?}{:?}", config.dns, config.delivery.dane);
+        let secure_dns = if same_dane { current.secure_dns.clone() } else { secure_dns(&config)? };
+        Ok(Prepared { generation: Generation { config, dns, own, sts_fetch: fetching, secure_dns }, settings })
     }
 
     /// Puts a prepared generation in force: routes, policies, shaping and connection
@@ -200,6 +216,15 @@ impl Delivery {
             Some(ascii) if g.config.delivery.mta_sts.enabled => self.sts.discover(&ascii, &g.dns, &g.sts_fetch, now).await,
             _ => sts::Found { policy: None, failure: None, unknown: false },
         }
+    }
+
+    /// The targets routing found for `domain` by its MX records under DANE; None when
+    /// `delivery.dane.enabled` is off.
+    pub async fn dane(&self, domain: &str, targets: Vec<Target>) -> Option<dane_lookup::DaneRoute> {
+        let g = self.generation.get();
+        let dns = g.secure_dns.as_ref()?;
+        let ascii = crate::dns::ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
+        Some(dane_lookup::authenticate(dns.as_ref(), &ascii, targets, g.config.delivery.ip_family).await)
     }
 
     /// This period's TLS-RPT counts.

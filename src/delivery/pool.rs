@@ -53,12 +53,14 @@ pub struct PoolKey {
     pub verified_name: Option<String>,
     /// Logged in with the smarthost credentials, and so on.
     pub hop: super::Hop,
+    /// The TLSA records the certificate was checked against (DANE).
+    pub dane: Option<Arc<Vec<super::dane::Tlsa>>>,
 }
 
 impl PoolKey {
     pub fn new(target: &Target, policy: TlsPolicy, hop: super::Hop) -> PoolKey {
         let verified_name = (policy == TlsPolicy::Required).then(|| target.host.clone());
-        PoolKey { addr: target.addr, policy, verified_name, hop }
+        PoolKey { addr: target.addr, policy, verified_name, hop, dane: target.dane.clone() }
     }
 }
 

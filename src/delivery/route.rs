@@ -3,7 +3,9 @@
 
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use super::dane::Tlsa;
 use crate::config::{Config, IpFamily, NextHop};
 use crate::dns::{AddrAnswer, MxAnswer, Resolve};
 use crate::smtp::reply::{Enhanced, Reply};
@@ -13,6 +15,15 @@ use crate::smtp::reply::{Enhanced, Reply};
 pub struct Target {
     pub host: String,
     pub addr: SocketAddr,
+    /// The host's usable TLSA records, found by DNSSEC-validated lookups: its certificate is
+    /// checked against them (DANE), and never sent to in plain text.
+    pub dane: Option<Arc<Vec<Tlsa>>>,
+}
+
+impl Target {
+    pub fn new(host: impl Into<String>, addr: SocketAddr) -> Target {
+        Target { host: host.into(), addr, dane: None }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +65,7 @@ pub async fn route<R: Resolve>(domain: &str, cfg: &Config, own: &[SocketAddr], d
     } else if let Some(literal) = domain.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
         let ip = literal.strip_prefix("ipv6:").unwrap_or(literal).parse::<IpAddr>();
         match ip {
-            Ok(ip) if d.address_literals => Route::Targets(vec![Target { host: literal.to_string(), addr: SocketAddr::new(ip, d.port) }]),
+            Ok(ip) if d.address_literals => Route::Targets(vec![Target::new(literal.to_string(), SocketAddr::new(ip, d.port))]),
             _ => Route::Fail(Reply::new(550, Enhanced(5, 1, 2), "Delivery to address literals is disabled")),
         }
     } else {
@@ -78,7 +89,7 @@ fn is_own(addr: SocketAddr, own: &[SocketAddr]) -> bool {
 async fn address_targets<R: Resolve>(host: &str, port: u16, family: IpFamily, dns: &R) -> Route {
     match dns.addrs(host, family).await {
         AddrAnswer::Addrs(ips) => {
-            Route::Targets(ips.into_iter().map(|ip| Target { host: host.to_string(), addr: SocketAddr::new(ip, port) }).collect())
+            Route::Targets(ips.into_iter().map(|ip| Target::new(host.to_string(), SocketAddr::new(ip, port))).collect())
         }
         AddrAnswer::None => Route::Defer(Reply::new(451, Enhanced(4, 4, 4), format!("Next hop {host} has no address records"))),
         AddrAnswer::Temporary(why) => Route::Defer(Reply::new(451, Enhanced(4, 4, 3), format!("DNS lookup of {host} failed: {why}"))),
@@ -93,7 +104,7 @@ async fn mx_targets<R: Resolve>(domain: &str, port: u16, cfg: &Config, dns: &R) 
         MxAnswer::NoMx => match dns.addrs(domain, family).await {
             // Implicit MX: the domain's own address records (RFC 5321 5.1).
             AddrAnswer::Addrs(ips) => {
-                Route::Targets(ips.into_iter().map(|ip| Target { host: domain.to_string(), addr: SocketAddr::new(ip, port) }).collect())
+                Route::Targets(ips.into_iter().map(|ip| Target::new(domain.to_string(), SocketAddr::new(ip, port))).collect())
             }
             AddrAnswer::None => Route::Fail(Reply::new(550, Enhanced(5, 1, 2), format!("Domain {domain} has no MX or address records"))),
             AddrAnswer::Temporary(why) => {
@@ -128,7 +139,7 @@ async fn mx_targets<R: Resolve>(domain: &str, port: u16, cfg: &Config, dns: &R) 
             for host in hosts {
                 match dns.addrs(&host, family).await {
                     AddrAnswer::Addrs(ips) => {
-                        targets.extend(ips.into_iter().map(|ip| Target { host: host.clone(), addr: SocketAddr::new(ip, port) }))
+                        targets.extend(ips.into_iter().map(|ip| Target::new(host.clone(), SocketAddr::new(ip, port))))
                     }
                     AddrAnswer::None => {}
                     AddrAnswer::Temporary(why) => temporary = Some(why),

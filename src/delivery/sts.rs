@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn enforce_keeps_the_allowed_mx_hosts_in_order_and_defers_when_none_is() {
         let policy = parse_policy("version: STSv1\nmode: enforce\nmx: *.mail.test\nmx: mx.other.test\nmax_age: 86400\n").unwrap();
-        let t = |host: &str, port: u16| Target { host: host.into(), addr: ([127, 0, 0, 1], port).into() };
+        let t = |host: &str, port: u16| Target::new(host, ([127, 0, 0, 1], port).into());
         let kept = enforce(&policy, "d.test", &[t("evil.test", 1), t("a.mail.test", 2), t("mx.other.test", 3)]).unwrap();
         assert_eq!(kept.iter().map(|t| t.addr.port()).collect::<Vec<_>>(), [2, 3]);
         let refused = enforce(&policy, "d.test", &[t("evil.test", 1), t("a.b.mail.test", 2)]).unwrap_err();

@@ -16,6 +16,8 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 use crate::config::{DnsConfig, IpFamily};
 
+pub mod dnssec;
+
 /// The lookups delivery and intake decide on; [`Dns`] in the product, a table in tests.
 pub trait Resolve: Sync {
     fn mx(&self, domain: &str) -> impl Future<Output = MxAnswer> + Send;
@@ -83,18 +85,7 @@ pub fn ascii_domain(domain: &str) -> Option<String> {
 
 impl Dns {
     pub fn new(cfg: &DnsConfig) -> Result<Dns, String> {
-        let mut builder = if cfg.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| format!("reading /etc/resolv.conf: {e}"))?
-        } else {
-            let servers = cfg.nameservers.iter().map(server).collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
-        };
-        let opts = builder.options_mut();
-        opts.timeout = cfg.timeout.0;
-        opts.attempts = 2;
-        // Absolute names only: a search domain must never turn an MX target into another host.
-        opts.ndots = 0;
-        builder.build().map_err(|e| format!("DNS resolver: {e}")).map(|resolver| Dns { resolver })
+        builder(cfg)?.build().map_err(|e| format!("DNS resolver: {e}")).map(|resolver| Dns { resolver })
     }
 
     pub async fn mx(&self, domain: &str) -> MxAnswer {
@@ -218,6 +209,22 @@ impl Dns {
             (true, None) => AddrAnswer::None,
         }
     }
+}
+
+/// A resolver of the configured name servers (or /etc/resolv.conf's), not yet built.
+fn builder(cfg: &DnsConfig) -> Result<hickory_resolver::ResolverBuilder<TokioRuntimeProvider>, String> {
+    let mut builder = if cfg.nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| format!("reading /etc/resolv.conf: {e}"))?
+    } else {
+        let servers = cfg.nameservers.iter().map(server).collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), TokioRuntimeProvider::default())
+    };
+    let opts = builder.options_mut();
+    opts.timeout = cfg.timeout.0;
+    opts.attempts = 2;
+    // Absolute names only: a search domain must never turn an MX target into another host.
+    opts.ndots = 0;
+    Ok(builder)
 }
 
 fn server(addr: &SocketAddr) -> NameServerConfig {

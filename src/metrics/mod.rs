@@ -127,7 +127,7 @@ fn describe() {
     describe_counter!(MTA_STS_FETCHES, "MTA-STS policy fetches, by result (ok or the RFC 8460 result type of the failure)");
     describe_counter!(
         DELIVERY_TLS_POLICY,
-        "Destinations routed by MX records, by the TLS policy that applied (mta-sts-enforce, mta-sts-testing, mta-sts-mismatch, configured)"
+        "Destinations routed by MX records, by the TLS policy that applied (dane, dane-dnssec-failure, mta-sts-enforce, mta-sts-testing, mta-sts-mismatch, configured)"
     );
     describe_counter!(API_REQUESTS, "HTTP API requests, by key name (unknown for a key not in the keys file) and status");
     describe_histogram!(API_REQUEST_SECONDS, Unit::Seconds, "HTTP API message requests, arrival to answer (202: every message durable)");

@@ -154,7 +154,7 @@ impl Runner {
             }
             Route::Targets(targets) => {
                 let by_mx = route::next_hop(&domain.to_ascii_lowercase(), &self.config()).is_none() && !domain.starts_with('[');
-                let MxPolicy { targets, enforced, testing, reporting, published } = match by_mx {
+                let MxPolicy { targets, enforced, testing, dane, reporting, published } = match by_mx {
                     true => match self.mx_policy(env, &domain, targets).await {
                         Ok(decided) => decided,
                         Err(outcome) => {
@@ -162,7 +162,7 @@ impl Runner {
                             return;
                         }
                     },
-                    false => MxPolicy { targets, enforced: false, testing: false, reporting: None, published: None },
+                    false => MxPolicy { targets, enforced: false, testing: false, dane: false, reporting: None, published: None },
                 };
                 let bucket = delivery.shaper().bucket(&domain, &targets);
                 if let Some((until, why)) = bucket.suspended(self.clock.now()) {
@@ -174,6 +174,7 @@ impl Runner {
                 // An enforced MTA-STS policy: TLS with a certificate valid for the MX name.
                 let policy = if enforced { TlsPolicy::Required } else { self.policy_for(env, &domain, tls_only) };
                 bucket.note_tls_policy(match (enforced, testing, policy) {
+                    _ if dane => "dane",
                     (true, _, _) => "mta-sts-enforce",
                     (_, true, TlsPolicy::Opportunistic) => "mta-sts-testing",
                     (_, _, TlsPolicy::Required) => "required",

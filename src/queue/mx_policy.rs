@@ -4,6 +4,7 @@
 //! enforced policy here (RFC 8689 4.2.1: the MX records must be authenticated).
 
 use super::runner::Runner;
+use crate::delivery::dane_lookup::DaneRoute;
 use crate::delivery::mta_sts::{Mode, Policy};
 use crate::delivery::route::Target;
 use crate::delivery::tls_rpt::{PolicyKey, ResultType};
@@ -20,10 +21,12 @@ pub(super) struct MxPolicy {
     pub enforced: bool,
     /// An MTA-STS policy in testing mode: delivered as before.
     pub testing: bool,
+    /// DANE authenticates some of the MX hosts (those whose targets carry TLSA records).
+    pub dane: bool,
     /// The policy sessions are counted under for TLS-RPT.
     pub reporting: Option<PolicyKey>,
     /// The policy found (enforce or testing): a session to an MX host it does not allow is a
-    /// failure in the report.
+    /// failure in the report. None where DANE applies (it is reported under the TLSA policy).
     pub published: Option<Policy>,
 }
 
@@ -34,15 +37,34 @@ impl Runner {
     /// the MX hosts defers).
     pub(super) async fn mx_policy(&self, env: &Envelope, domain: &str, targets: Vec<Target>) -> Result<MxPolicy, RcptOutcome> {
         let key_domain = crate::dns::ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
-        let (published, unknown) = self.mta_sts(env, domain, &key_domain).await;
         // Not reported: sessions a local setting or the sender's TLS-Required: No decides
         // (reports among them: RFC 8460 3 wants them sent despite TLS failures, and not counted).
         let reported = !env.params.tls_optional && !self.delivery().tls_configured(domain);
-        let reporting = reported.then(|| crate::tlsrpt::collect::policy_key(&key_domain, published.as_ref()));
+        let (targets, dane) = match reported {
+            true => self.dane(env, domain, &key_domain, targets).await?,
+            false => (targets, false),
+        };
+        let (published, unknown) = self.mta_sts(env, domain, &key_domain).await;
+        let reporting = reported.then(|| match dane {
+            true => crate::tlsrpt::collect::dane_policy_key(&key_domain, &targets),
+            false => crate::tlsrpt::collect::policy_key(&key_domain, published.as_ref()),
+        });
         let (enforced, testing) = match &published {
             Some(p) => (p.mode == Mode::Enforce, p.mode == Mode::Testing),
             None => (false, false),
         };
+        if dane {
+            // DANE wins (RFC 8461 2): the hosts it authenticates go first, whatever an MTA-STS
+            // policy says of them; the others only as that policy allows, and never for
+            // REQUIRETLS mail, which needs an authenticated route.
+            metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "dane").increment(1);
+            let allowed = |t: &Target| {
+                t.dane.is_some() || (!env.params.requiretls && published.as_ref().is_none_or(|p| !enforced || p.allows(&t.host)))
+            };
+            let (mut first, rest): (Vec<Target>, Vec<Target>) = targets.into_iter().filter(allowed).partition(|t| t.dane.is_some());
+            first.extend(rest);
+            return Ok(MxPolicy { targets: first, enforced, testing: false, dane: true, reporting, published: None });
+        }
         if env.params.requiretls && !enforced {
             if unknown {
                 let text = format!("REQUIRETLS: the MTA-STS policy of {domain} cannot be had now");
@@ -55,7 +77,7 @@ impl Runner {
             );
             return Err(RcptOutcome::Failed(reply));
         }
-        let Some(policy) = published else { return Ok(MxPolicy { targets, enforced, testing, reporting, published: None }) };
+        let Some(policy) = published else { return Ok(MxPolicy { targets, enforced, testing, dane: false, reporting, published: None }) };
         let source = self.config().delivery.source_address;
         let refuse_each = |hosts: &[Target]| {
             let why = "the MX host is not one the MTA-STS policy allows";
@@ -71,13 +93,42 @@ impl Runner {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-testing-mismatch").increment(1);
                 tracing::warn!(queue_id = %env.queue_id, domain, "MTA-STS testing mode, delivered all the same: {}", would.lines[0]);
             }
-            return Ok(MxPolicy { targets, enforced, testing, reporting, published: Some(policy) });
+            return Ok(MxPolicy { targets, enforced, testing, dane: false, reporting, published: Some(policy) });
         }
         match crate::delivery::sts::enforce(&policy, domain, &targets) {
-            Ok(allowed) => Ok(MxPolicy { targets: allowed, enforced, testing, reporting, published: Some(policy) }),
+            Ok(allowed) => Ok(MxPolicy { targets: allowed, enforced, testing, dane: false, reporting, published: Some(policy) }),
             Err(reply) => {
                 metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "mta-sts-mismatch").increment(1);
                 refuse_each(&targets);
+                Err(RcptOutcome::Deferred(reply))
+            }
+        }
+    }
+
+    /// The targets under DANE (those it authenticates carry their TLSA records), and whether
+    /// it authenticates any; or, when the DNSSEC lookups that decide it fail, the deferral.
+    /// A host left out for a failed TLSA lookup is counted for the domain's TLS report.
+    async fn dane(&self, env: &Envelope, domain: &str, key_domain: &str, targets: Vec<Target>) -> Result<(Vec<Target>, bool), RcptOutcome> {
+        let delivery = self.delivery();
+        let Some(route) = delivery.dane(domain, targets.clone()).await else { return Ok((targets, false)) };
+        let applies = route.applies();
+        match route {
+            DaneRoute::Unsigned(targets) => Ok((targets, false)),
+            DaneRoute::Signed { targets, left_out } => {
+                let key = crate::tlsrpt::collect::dane_policy_key(key_domain, &targets);
+                let source = self.config().delivery.source_address;
+                for (host, why) in &left_out {
+                    tracing::warn!(queue_id = %env.queue_id, domain, host, "MX host left out: its TLSA records cannot be had: {why}");
+                    delivery.tls_reports().refused(&key, ResultType::DnssecInvalid, host, None, why, source);
+                }
+                Ok((targets, applies))
+            }
+            DaneRoute::Defer(reply) => {
+                metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "dane-dnssec-failure").increment(1);
+                tracing::warn!(queue_id = %env.queue_id, domain, "{}", reply.lines[0]);
+                let key = crate::tlsrpt::collect::dane_policy_key(key_domain, &[]);
+                let source = self.config().delivery.source_address;
+                delivery.tls_reports().refused(&key, ResultType::DnssecInvalid, domain, None, &reply.lines[0], source);
                 Err(RcptOutcome::Deferred(reply))
             }
         }

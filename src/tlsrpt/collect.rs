@@ -141,6 +141,26 @@ fn bounded(reason: &str) -> String {
     out
 }
 
+/// The report's name for a domain's DANE policy: the TLSA records of its hosts that have
+/// them (`usage selector matching data`, RFC 8460 4.4), and those hosts.
+pub fn dane_policy_key(domain: &str, targets: &[crate::delivery::route::Target]) -> PolicyKey {
+    let (mut text, mut mx_hosts) = (Vec::new(), Vec::new());
+    for t in targets {
+        let Some(records) = &t.dane else { continue };
+        if !mx_hosts.contains(&t.host) {
+            mx_hosts.push(t.host.clone());
+        }
+        for r in records.iter() {
+            let hex: String = r.data.iter().map(|b| format!("{b:02X}")).collect();
+            let line = format!("{} {} {} {hex}", r.usage, r.selector, r.matching);
+            if !text.contains(&line) {
+                text.push(line);
+            }
+        }
+    }
+    PolicyKey { kind: PolicyType::Tlsa, text, domain: domain.to_string(), mx_hosts }
+}
+
 /// The report's name for a domain's policy: MTA-STS (enforce or testing) or none.
 pub fn policy_key(domain: &str, policy: Option<&Policy>) -> PolicyKey {
     match policy {
@@ -197,7 +217,7 @@ mod tests {
             relay: "mx2.d.test[127.0.0.1]:26".into(),
             error: "TLS handshake failed: invalid peer certificate: Expired".into(),
             kind: HostEventKind::Failed,
-            target: Target { host: "mx2.d.test".into(), addr: ([127, 0, 0, 1], 26).into() },
+            target: Target::new("mx2.d.test", ([127, 0, 0, 1], 26).into()),
             tls: Some(ResultType::CertificateExpired),
         };
         let report = Report {

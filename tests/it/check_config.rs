@@ -30,6 +30,11 @@ fn bad_configs_fail_with_key_and_line() {
             "smarthost: smtp.example.com:465 is implicit TLS",
             "line 3",
         ),
+        (
+            "hostname: a.test\ndelivery:\n  dane:\n    enabled: true\n    trust_anchors: /nonexistent/anchors\n",
+            "delivery.dane.trust_anchors: /nonexistent/anchors",
+            "line 5",
+        ),
     ];
     for (text, key, line) in cases {
         let path = dir.path().join("bad.yaml");

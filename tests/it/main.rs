@@ -10,6 +10,7 @@ mod check_config;
 mod client_certificates;
 mod crash_recovery;
 mod crash_soak;
+mod dane;
 mod delivery_8bit;
 mod delivery_bounce;
 mod delivery_dns;

@@ -19,14 +19,14 @@ use crate::peers::test_ca::{Issued, TestCa, self_signed};
 const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/peers/sts_server.py");
 
 /// `https://mta-sts.dest.test/` on loopback.
-struct PolicyHost {
+pub(crate) struct PolicyHost {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
 impl PolicyHost {
-    fn start(dir: &Path, cert: &Issued) -> PolicyHost {
+    pub(crate) fn start(dir: &Path, cert: &Issued) -> PolicyHost {
         let dir = dir.join("policy-host");
         std::fs::create_dir_all(&dir).unwrap();
         let mut child = Command::new("python3")
@@ -40,16 +40,16 @@ impl PolicyHost {
         PolicyHost { child, port, dir }
     }
 
-    fn set(&self, file: &str, content: &str) {
+    pub(crate) fn set(&self, file: &str, content: &str) {
         std::fs::write(self.dir.join(file), content).unwrap();
     }
 
-    fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         std::fs::read_to_string(self.dir.join("requests")).unwrap_or_default().lines().count()
     }
 
     /// The first report POSTed to this host (waits up to 30 s), as JSON.
-    fn first_report(&self) -> serde_json::Value {
+    pub(crate) fn first_report(&self) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(body) = std::fs::read(self.dir.join("posted-0")) {
@@ -72,7 +72,7 @@ impl Drop for PolicyHost {
     }
 }
 
-fn policy(mode: &str, mx: &str) -> String {
+pub(crate) fn policy(mode: &str, mx: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
 }
 
@@ -89,12 +89,12 @@ fn zone_with_id(id: &str) -> Zone {
 }
 
 /// The relay's `delivery:` lines for MTA-STS against the policy host.
-fn sts_settings(ca: &TestCa, host: &PolicyHost) -> String {
+pub(crate) fn sts_settings(ca: &TestCa, host: &PolicyHost) -> String {
     format!("  tls_trust: [{}]\n  mta_sts: {{ port: {}, fetch_timeout: 5s }}\n", ca.pem_path.display(), host.port)
 }
 
 /// A Sluice destination with STARTTLS and `cert`, keeping what it receives.
-fn tls_destination(cert: &Issued) -> TestRelay {
+pub(crate) fn tls_destination(cert: &Issued) -> TestRelay {
     TestRelay::with_config(&format!(
         "hostname: dest.test\ntls: {{ certificate: {}, private_key: {} }}\n",
         cert.cert.display(),
@@ -102,7 +102,7 @@ fn tls_destination(cert: &Issued) -> TestRelay {
     ))
 }
 
-fn wait_received(destination: &TestRelay) -> String {
+pub(crate) fn wait_received(destination: &TestRelay) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     while sluice::admin::queue_list(&destination.config).unwrap().is_empty() {
         assert!(Instant::now() < deadline, "nothing arrived");
@@ -112,7 +112,7 @@ fn wait_received(destination: &TestRelay) -> String {
     ids.join(",")
 }
 
-fn send(relay: &TestRelay, to: &str) {
+pub(crate) fn send(relay: &TestRelay, to: &str) {
     let mut c = relay.client();
     assert_eq!(c.send_mail("a@sender.test", &[to], "Subject: sts\r\n\r\nx\r\n").code, 250);
 }
@@ -467,14 +467,14 @@ fn testing_mode_reports_what_enforce_would_have_refused_while_the_mail_goes() {
 
 /// Python's aiosmtpd on a free loopback port, keeping mail in a Maildir; with STARTTLS when
 /// given a certificate.
-struct Aiosmtpd {
+pub(crate) struct Aiosmtpd {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     maildir: PathBuf,
 }
 
 impl Aiosmtpd {
-    fn start(dir: &Path, cert: Option<&Issued>) -> Aiosmtpd {
+    pub(crate) fn start(dir: &Path, cert: Option<&Issued>) -> Aiosmtpd {
         let port = crate::metrics_endpoint::free_port();
         let maildir = dir.join(format!("maildir-{port}"));
         let mut cmd = Command::new("python3");
@@ -492,7 +492,7 @@ impl Aiosmtpd {
         Aiosmtpd { child, port, maildir }
     }
 
-    fn received(&self) -> Vec<String> {
+    pub(crate) fn received(&self) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(self.maildir.join("new")) else { return Vec::new() };
         entries.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect()
     }

@@ -4,4 +4,5 @@
 pub mod dest;
 pub mod dns;
 pub mod faulty;
+pub mod signed_dns;
 pub mod test_ca;
