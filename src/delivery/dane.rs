@@ -94,7 +94,7 @@ impl DaneVerifier {
         server_name: &ServerName<'_>,
         now: UnixTime,
     ) -> Result<(), rustls::Error> {
-        let mut last = rustls::Error::General("no DANE-TA record matches a certificate of the chain".into());
+        let mut last = rustls::Error::General("no TLSA record names the certificate or a CA of the chain presented".into());
         for record in self.records.iter().filter(|r| r.usage == DANE_TA) {
             // The trust anchor is in the chain, or (a whole certificate, exact) is the record.
             let in_chain = intermediates.iter().chain(std::iter::once(end_entity)).find(|c| record.matches(c));

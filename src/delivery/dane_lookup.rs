@@ -12,6 +12,10 @@ use crate::config::IpFamily;
 use crate::dns::dnssec::{SecureDns, Security, TlsaAnswer};
 use crate::smtp::reply::{Enhanced, Reply};
 
+/// Usable TLSA records kept per host: each is tried against every handshake's chain, and a
+/// zone is free to publish hundreds.
+const MAX_RECORDS: usize = 16;
+
 /// The DNSSEC lookups `authenticate` needs; [`SecureDns`] in the product, a table in tests.
 pub trait Validate: Sync {
     fn mx_security(&self, domain: &str) -> impl Future<Output = Security> + Send;
@@ -76,7 +80,7 @@ pub async fn authenticate(dns: &impl Validate, domain: &str, mut targets: Vec<Ta
             Security::Insecure | Security::Bogus(_) | Security::Temporary(_) => None,
             Security::Secure => match dns.tlsa(&host, port).await {
                 TlsaAnswer::Records(records) => {
-                    let usable: Vec<Tlsa> = records.into_iter().filter(Tlsa::usable).collect();
+                    let usable: Vec<Tlsa> = records.into_iter().filter(Tlsa::usable).take(MAX_RECORDS).collect();
                     // A set with nothing usable is as if there were none (RFC 7672 2.2).
                     (!usable.is_empty()).then(|| Arc::new(usable))
                 }
@@ -162,6 +166,16 @@ mod tests {
         assert_eq!(targets[0].dane.as_deref(), Some(&vec![ee()]), "the unusable record is dropped");
         assert_eq!(targets[1].dane, None, "a set with nothing usable is as if there were none");
         assert!(left_out.is_empty());
+    }
+
+    #[test]
+    fn a_host_keeps_a_bounded_number_of_records() {
+        let mut table = Table::default();
+        signed(&mut table);
+        let many: Vec<Tlsa> = (0..500).map(|i| Tlsa { data: vec![(i % 256) as u8; 32], ..ee() }).collect();
+        table.tlsa.insert("_25._tcp.mx1.d.test".into(), TlsaAnswer::Records(many));
+        let DaneRoute::Signed { targets, .. } = run(&table) else { panic!() };
+        assert_eq!(targets[0].dane.as_ref().map(|r| r.len()), Some(MAX_RECORDS));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! by the test DNS server. `enforce` delivers only over TLS verified for the MX name and
 //! never in plain text; `testing` delivers as before; a policy that is not served as RFC 8461
 //! says (a redirect, another type, too large, an untrusted certificate) is no policy; a
-//! cached policy outlives a restart and a policy host that went away.
+//! cached policy outlives a restart, a policy host that went away and a failing `_mta-sts`
+//! lookup; a policy host that never answers is no policy once `fetch_timeout` has passed.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -282,6 +283,57 @@ fn a_cached_policy_holds_across_a_restart_while_its_host_is_gone() {
     // The record's id is the cached one: nothing was fetched (the host is gone anyway).
     let log = daemon.log_text();
     assert!(!log.contains("MTA-STS policy fetch"), "{log}");
+}
+
+#[test]
+fn a_policy_host_that_never_answers_is_no_policy_and_a_failing_txt_lookup_keeps_the_cached_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    // Takes connections and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    let plain = Dest::start(Behavior::default());
+    let dns = TestDns::start(zone());
+    let settings = format!("  tls_trust: [{}]\n  mta_sts: {{ port: {silent_port}, fetch_timeout: 2s }}\n", ca.pem_path.display());
+    let relay = delivering_relay(&dns, plain.addr.port(), &settings);
+    let started = Instant::now();
+    send(&relay, "b@dest.test");
+    let got = plain.wait_for(1, Duration::from_secs(20));
+    assert_eq!(got[0].rcpts, ["b@dest.test"], "no policy could be had: delivered as before");
+    assert!(started.elapsed() >= Duration::from_secs(2), "the fetch was waited for up to fetch_timeout");
+    drop(relay);
+
+    // A cached enforce policy, then the _mta-sts lookup fails (SERVFAIL) and the MX host is
+    // a plain-text server: the cached policy holds and the mail waits.
+    let host = PolicyHost::start(dir.path(), &ca.issue(dir.path(), "policy", &["mta-sts.dest.test"], 2099));
+    host.set("policy.txt", &policy("enforce", "mx.dest.test"));
+    let destination = tls_destination(&ca.issue(dir.path(), "mx", &["mx.dest.test"], 2099));
+    let delivery = |port: u16| format!("{}delivery:\n  port: {port}\n  retry: [1h]\n{}", dns.config(), sts_settings(&ca, &host));
+    let spool_dir = dir.path().join("relay");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    let mut daemon = Daemon::spawn(&spool_dir, &delivery(destination.addr.port()), &[]);
+    let mut c = crate::common::Client::connect(daemon.addr);
+    assert_eq!(c.send_mail("a@sender.test", &["c@dest.test"], "Subject: first\r\n\r\nx\r\n").code, 250);
+    wait_received(&destination);
+    daemon.kill9();
+    dns.replace(zone().servfail_txt("_mta-sts.dest.test"));
+    std::fs::remove_file(spool_dir.join("config.yaml")).unwrap();
+    let daemon = Daemon::spawn(&spool_dir, &delivery(plain.addr.port()), &[]);
+    let mut c = crate::common::Client::connect(daemon.addr);
+    assert_eq!(c.send_mail("a@sender.test", &["d@dest.test"], "Subject: second\r\n\r\nx\r\n").code, 250);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.log_text().contains("deferred") {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(plain.received().len(), 1, "only the first, policy-less message went in plain text");
+    assert_eq!(host.requests(), 1, "no fetch without a record to compare the cached id with");
 }
 
 /// The JSON of a gzipped report, read by Python's gzip and json modules.

@@ -17,6 +17,8 @@ pub struct Zone {
     pub mx: HashMap<String, Vec<(u16, String)>>,
     pub a: HashMap<String, Vec<Ipv4Addr>>,
     pub servfail: HashSet<String>,
+    /// Names whose TXT queries get SERVFAIL.
+    pub servfail_txt: HashSet<String>,
     /// name -> target: every query for the name is answered with this CNAME alone.
     pub cname: HashMap<String, String>,
     /// name -> TXT records, each one text (split into strings of 255 octets when served).
@@ -38,6 +40,10 @@ impl Zone {
     }
     pub fn txt(mut self, name: &str, text: &str) -> Self {
         self.txt.entry(name.to_ascii_lowercase()).or_default().push(text.into());
+        self
+    }
+    pub fn servfail_txt(mut self, name: &str) -> Self {
+        self.servfail_txt.insert(name.into());
         self
     }
     pub fn servfail(mut self, domain: &str) -> Self {
@@ -65,7 +71,7 @@ impl RequestHandler for Handler {
         let builder = MessageResponseBuilder::from_message_request(request);
         // SERVFAIL for MX only: an A record is there, so a resolver that fell back to it would
         // be caught delivering.
-        if qtype == RecordType::MX && zone.servfail.contains(&qname) {
+        if (qtype == RecordType::MX && zone.servfail.contains(&qname)) || (qtype == RecordType::TXT && zone.servfail_txt.contains(&qname)) {
             let msg = builder.error_msg(&request.metadata, ResponseCode::ServFail);
             return response.send_response(msg).await.expect("send");
         }
