@@ -247,6 +247,11 @@ enum QueueCommand {
         #[arg(long, default_value = "5.0.0")]
         status: String,
     },
+    /// Relay messages to another MTA over SMTP (to retire this node): each recipient leaves
+    /// the queue once that MTA answered 250 for it; DSN parameters, MT-PRIORITY and REQUIRETLS
+    /// go with the message. Exit 0 all moved, 1 some kept (listed with why), 2 usage, 3 none
+    /// selected, 69 no daemon.
+    Transfer(TransferArgs),
     /// Remove messages from the queue (postsuper -d), each selection in one spool change; a
     /// message being delivered goes once that attempt has recorded. Exit codes as flush.
     Delete {
@@ -277,6 +282,76 @@ struct Selected {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `sluice queue transfer`: its `--to` is where the mail goes, so the recipient filter is
+/// `--recipient` here.
+#[derive(clap::Args)]
+struct TransferArgs {
+    #[arg(long, short, default_value = "/etc/sluice/config.yaml")]
+    config: PathBuf,
+    /// The other MTA, HOST:PORT (it must relay for this node: a trusted network, or --login).
+    #[arg(long)]
+    to: String,
+    /// Log in with delivery.smarthost_auth's credentials (after STARTTLS).
+    #[arg(long)]
+    login: bool,
+    /// Queue ids.
+    ids: Vec<String>,
+    /// Every message with a queued recipient at this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Every queued message.
+    #[arg(long)]
+    all: bool,
+    /// The sender: an address, or a domain (`@domain`); `<>` for bounces.
+    #[arg(long)]
+    from: Option<String>,
+    /// Any recipient: an address, or a domain (`@domain`).
+    #[arg(long)]
+    recipient: Option<String>,
+    /// queued (not yet tried), deferred (tried, still queued) or held.
+    #[arg(long, value_parser = ["queued", "deferred", "held"])]
+    state: Option<String>,
+    /// Arrived at least this long ago (30m, 2h, 1d).
+    #[arg(long, value_parser = |s: &str| s.parse::<sluice::config::HumanDuration>().map(|d| d.0.as_secs()))]
+    older_than: Option<u64>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn transfer(args: TransferArgs) -> ExitCode {
+    let TransferArgs { config, to, login, ids, domain, all, from, recipient, state, older_than, json } = args;
+    let selection = Filters { from, to: recipient, state, older_than }.selection(ids, domain, all);
+    if selection.is_empty() {
+        eprintln!("sluice: queue transfer needs queue ids, --domain or --all");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = sluice::queue::transfer::parse_destination(&to) {
+        eprintln!("sluice: --to: {e}");
+        return ExitCode::from(2);
+    }
+    let report = match load(&config)
+        .map_err(sluice::admin::AdminError::Failed)
+        .and_then(|c| sluice::admin::queue_transfer(&c, selection, &to, login))
+    {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+        false => {
+            println!("{} message(s) transferred to {to}: {}", report.moved.len(), report.moved.join(" "));
+            for kept in &report.kept {
+                println!("kept {}: {}", kept.id, kept.why);
+            }
+        }
+    }
+    if report.kept.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// Filters every queue command takes; each one given must hold.
@@ -486,6 +561,7 @@ fn main() -> ExitCode {
         Command::Queue { command: QueueCommand::Bounce { selected, reason, status } } => {
             return act(selected, "bounced", |c, s| sluice::admin::queue_bounce(c, s, status, reason));
         }
+        Command::Queue { command: QueueCommand::Transfer(args) } => return transfer(args),
         Command::Queue { command: QueueCommand::Delete { selected, dry_run } } => {
             let verb = if dry_run { "would be deleted" } else { "deleted" };
             return act(selected, verb, |c, s| sluice::admin::queue_delete(c, s, dry_run));

@@ -214,6 +214,37 @@ pub fn queue_bounce(config: &Config, selection: Selection, status: String, reaso
     act(config, Request::QueueBounce { selection, status, reason })
 }
 
+/// Messages one transfer request hands over: a request is answered within the socket's
+/// read timeout however large the queue.
+const TRANSFER_BATCH: usize = 500;
+
+/// `sluice queue transfer`: the selected messages relayed to `to`, in batches until none
+/// is left that has not been tried.
+pub fn queue_transfer(
+    config: &Config,
+    selection: Selection,
+    to: &str,
+    login: bool,
+) -> Result<crate::queue::transfer::TransferReport, AdminError> {
+    let mut total = crate::queue::transfer::TransferReport::default();
+    loop {
+        let exclude: Vec<String> = total.kept.iter().map(|k| k.id.clone()).collect();
+        let request = Request::QueueTransfer { selection: selection.clone(), to: to.to_string(), login, limit: TRANSFER_BATCH, exclude };
+        match ask(config, &request)? {
+            Some(Response::Transferred { report, remaining }) => {
+                let progressed = !report.moved.is_empty() || !report.kept.is_empty();
+                total.moved.extend(report.moved);
+                total.kept.extend(report.kept);
+                if remaining == 0 || !progressed {
+                    return Ok(total);
+                }
+            }
+            Some(other) => return Err(unexpected(other)),
+            None => return Err(AdminError::Unreachable(config.admin.socket.display().to_string())),
+        }
+    }
+}
+
 /// `sluice queue delete`: the selected messages removed (or with `dry_run`, named).
 pub fn queue_delete(config: &Config, selection: Selection, dry_run: bool) -> Result<Vec<String>, AdminError> {
     act(config, Request::QueueDelete { selection, dry_run })

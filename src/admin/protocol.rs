@@ -27,6 +27,18 @@ pub enum Request {
     QueueBounce { selection: Selection, status: String, reason: String },
     /// Remove messages from the queue; with `dry_run`, only say which.
     QueueDelete { selection: Selection, dry_run: bool },
+    /// Relay at most `limit` of the selected messages (leaving out `exclude`) to the MTA at
+    /// `to` (`HOST:PORT`), logging in with the smarthost credentials when `login`; each
+    /// recipient leaves the queue once that MTA took it.
+    QueueTransfer {
+        selection: Selection,
+        to: String,
+        #[serde(default)]
+        login: bool,
+        limit: usize,
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
     /// Read the config file again and put it in force; a config that fails to load is
     /// refused and the running one kept.
     Reload,
@@ -79,6 +91,11 @@ pub enum Response {
     },
     /// A reload took effect.
     Reloaded(ReloadReport),
+    /// What a transfer moved and kept, and how many selected messages it did not reach.
+    Transferred {
+        report: crate::queue::transfer::TransferReport,
+        remaining: usize,
+    },
     /// No message with this queue id.
     NotFound(String),
     /// The request could not be carried out (or not read).

@@ -134,6 +134,7 @@ pub async fn perform(daemon: &Daemon, operator: String, request: Request) -> Res
         Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await,
         Request::QueueHold { selection, held } => queue_hold(h, selection, held).await,
         Request::QueueBounce { selection, status, reason } => queue_bounce(h, selection, &status, reason).await,
+        Request::QueueTransfer { selection, to, login, limit, exclude } => queue_transfer(h, selection, &to, login, (limit, exclude)).await,
         Request::Reload => reload(h).await,
     }
 }
@@ -269,6 +270,45 @@ async fn queue_bounce(h: &Handlers<'_>, selection: Selection, status: &str, reas
     runner.bounce(ids.clone(), reply, &operator).await.map_err(|e| Refused::Failed(format!("bouncing failed: {e}")))?;
     tracing::info!(operator = %operator, messages = ids.len(), status, ids = ids.join(",").as_str(), "queue bounce");
     Ok(Response::Done { messages: ids.len(), ids })
+}
+
+async fn queue_transfer(
+    h: &Handlers<'_>,
+    selection: Selection,
+    to: &str,
+    login: bool,
+    (limit, exclude): (usize, Vec<String>),
+) -> Result<Response, Refused> {
+    let runner = runner(h, "nothing is sent")?;
+    let (host, port) = crate::queue::transfer::parse_destination(to).map_err(Refused::Invalid)?;
+    if login && h.config.get().delivery.smarthost_auth.is_none() {
+        return Err(Refused::Invalid("logging in needs delivery.smarthost_auth".into()));
+    }
+    let delivery = runner.delivery();
+    let family = h.config.get().delivery.ip_family;
+    let targets: Vec<crate::delivery::route::Target> = match delivery.dns().addrs(&host, family).await {
+        crate::dns::AddrAnswer::Addrs(ips) => {
+            ips.into_iter().map(|ip| crate::delivery::route::Target::new(host.clone(), std::net::SocketAddr::new(ip, port))).collect()
+        }
+        crate::dns::AddrAnswer::None => return Err(Refused::Invalid(format!("{host} has no address"))),
+        crate::dns::AddrAnswer::Temporary(why) => return Err(Refused::Failed(format!("looking up {host}: {why}"))),
+    };
+    let (mut ids, _) = selected(h, &selection).await?;
+    ids.retain(|id| !exclude.contains(id));
+    let remaining = ids.len().saturating_sub(limit);
+    ids.truncate(limit);
+    let operator = h.operator();
+    let destination = crate::queue::transfer::Destination { host, targets, login };
+    let report = runner.transfer(ids, &destination, &operator).await;
+    tracing::info!(
+        operator = %operator,
+        to,
+        moved = report.moved.len(),
+        kept = report.kept.len(),
+        ids = report.moved.join(",").as_str(),
+        "queue transfer"
+    );
+    Ok(Response::Transferred { report, remaining })
 }
 
 async fn queue_flush(h: &Handlers<'_>, selection: Selection) -> Result<Response, Refused> {

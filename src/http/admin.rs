@@ -197,6 +197,7 @@ async fn perform(daemon: &Daemon, operator: String, request: AdminRequest) -> Re
         AdminResponse::Summary(destinations) => json(StatusCode::OK, &Summary { destinations }),
         AdminResponse::Message(view) => json(StatusCode::OK, &view),
         AdminResponse::Reloaded(report) => json(StatusCode::OK, &report),
+        AdminResponse::Transferred { report, .. } => json(StatusCode::OK, &report),
         AdminResponse::NotFound(id) => return Err(problem_for(Refused::NotFound(id))),
         AdminResponse::Error(e) => return Err(problem_for(Refused::Failed(e))),
         AdminResponse::Entry(_) | AdminResponse::Listed(_) => {

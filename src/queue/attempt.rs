@@ -32,15 +32,15 @@ pub type Groups = BTreeMap<(String, bool), Vec<usize>>;
 /// What trying the groups gathered: results (each an attempt) and recipients shaping held back
 /// (not attempts: recipient, when to try again, why).
 #[derive(Default)]
-struct Gathered {
-    results: Vec<(usize, Attempted)>,
-    postponed: Vec<(usize, u64, String)>,
-    /// The operator whose `sluice queue bounce` these results are.
-    operator: Option<String>,
+pub(super) struct Gathered {
+    pub(super) results: Vec<(usize, Attempted)>,
+    pub(super) postponed: Vec<(usize, u64, String)>,
+    /// The operator whose `sluice queue bounce` (or `transfer`) these results are.
+    pub(super) operator: Option<String>,
 }
 
 /// An attempt's spool change, and the accounting records to emit once it is durable.
-struct Settled {
+pub(super) struct Settled {
     changes: Changes,
     records: Vec<accounting::Record>,
 }
@@ -102,7 +102,7 @@ impl Runner {
     }
 
     /// Applies an attempt's change; its records follow once it is durable.
-    async fn record(&self, settled: Settled) -> Result<(), SpoolError> {
+    pub(super) async fn record(&self, settled: Settled) -> Result<(), SpoolError> {
         self.spool().apply(settled.changes)?.wait().await?;
         settled.records.into_iter().for_each(|r| self.accounting.emit(r));
         Ok(())
@@ -110,7 +110,7 @@ impl Runner {
 
     /// The envelope and its body; `None` when the message is gone (or was just parked because
     /// its body cannot be read).
-    async fn load(&self, queue_id: &str) -> Result<Option<(Envelope, Arc<Vec<u8>>)>, SpoolError> {
+    pub(super) async fn load(&self, queue_id: &str) -> Result<Option<(Envelope, Arc<Vec<u8>>)>, SpoolError> {
         let spool = self.spool();
         let env = match spool.get(queue_id) {
             Ok(e) => e,
@@ -264,7 +264,7 @@ impl Runner {
 
     /// The attempt's results on the envelope (states, next attempts, expiry), logged and
     /// counted, with the report anyone should get: one spool change.
-    fn settle(&self, mut env: Envelope, gathered: Gathered, body: &[u8]) -> Settled {
+    pub(super) fn settle(&self, mut env: Envelope, gathered: Gathered, body: &[u8]) -> Settled {
         let Gathered { mut results, postponed, operator } = gathered;
         let config = self.config();
         let d = &config.delivery;

@@ -6,3 +6,4 @@ pub mod dsn;
 mod mx_policy;
 pub mod outcome;
 pub mod runner;
+pub mod transfer;

@@ -301,6 +301,24 @@ impl Runner {
         if let Err(e) = self.attempt(&queue_id, flushed).await {
             tracing::error!(queue_id = %queue_id, error = %e, "delivery attempt could not be recorded");
         }
+        self.leave_flight(&queue_id).await;
+        metrics::gauge!(m::QUEUE_IN_FLIGHT).decrement(1.0);
+        self.notify.notify_one();
+    }
+
+    /// Claims the messages no delivery holds, as a dispatch does (no attempt starts on them
+    /// until [`Runner::leave_flight`]); the others are returned apart.
+    pub(super) fn claim(&self, queue_ids: Vec<String>) -> (Vec<String>, Vec<String>) {
+        let mut in_flight = self.in_flight.lock().expect("in-flight lock");
+        let (busy, idle): (Vec<String>, Vec<String>) = queue_ids.into_iter().partition(|id| in_flight.contains(id));
+        in_flight.extend(idle.iter().cloned());
+        (idle, busy)
+    }
+
+    /// A message's work is over (an attempt, a transfer): what operators asked for meanwhile
+    /// (bounce, hold, delete) is done now, and the message leaves flight.
+    pub(super) async fn leave_flight(&self, queue_id: &str) {
+        let queue_id = queue_id.to_string();
         // An operator's bounce of this message waits for its attempt (it cannot be made while
         // holding the in-flight lock); one asked for meanwhile is seen under the lock below.
         // The in-flight lock is released at the end of this block, before any wait below.
@@ -327,7 +345,5 @@ impl Runner {
                 Err(e) => tracing::error!(queue_id = %queue_id, error = %e, "an operator's change after the attempt was not recorded"),
             }
         }
-        metrics::gauge!(m::QUEUE_IN_FLIGHT).decrement(1.0);
-        self.notify.notify_one();
     }
 }

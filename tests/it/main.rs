@@ -57,6 +57,7 @@ mod queue_hold;
 mod queue_list_filters;
 mod queue_requeue;
 mod queue_show;
+mod queue_transfer;
 mod queue_virtual_time;
 mod relay_denied;
 mod reload;
