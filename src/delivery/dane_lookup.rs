@@ -18,14 +18,15 @@ const MAX_RECORDS: usize = 16;
 
 /// The DNSSEC lookups `authenticate` needs; [`SecureDns`] in the product, a table in tests.
 pub trait Validate: Sync {
-    fn mx_security(&self, domain: &str) -> impl Future<Output = Security> + Send;
+    /// The verdict on the MX records, and their hosts (none: no MX records, implicit MX).
+    fn mx(&self, domain: &str) -> impl Future<Output = (Security, Vec<String>)> + Send;
     fn addrs_security(&self, host: &str, family: IpFamily) -> impl Future<Output = Security> + Send;
     fn tlsa(&self, host: &str, port: u16) -> impl Future<Output = TlsaAnswer> + Send;
 }
 
 impl Validate for SecureDns {
-    fn mx_security(&self, domain: &str) -> impl Future<Output = Security> + Send {
-        self.security(domain, hickory_resolver::proto::rr::RecordType::MX)
+    fn mx(&self, domain: &str) -> impl Future<Output = (Security, Vec<String>)> + Send {
+        SecureDns::mx(self, domain)
     }
     fn addrs_security(&self, host: &str, family: IpFamily) -> impl Future<Output = Security> + Send {
         SecureDns::addrs_security(self, host, family)
@@ -55,17 +56,29 @@ impl DaneRoute {
 
 /// The targets routing found for `domain` by its MX records, under DANE.
 pub async fn authenticate(dns: &impl Validate, domain: &str, mut targets: Vec<Target>, family: IpFamily) -> DaneRoute {
-    match dns.mx_security(domain).await {
-        Security::Secure => {}
-        Security::Insecure => return DaneRoute::Unsigned(targets),
-        Security::Bogus(why) => {
+    let validated = match dns.mx(domain).await {
+        (Security::Secure, hosts) => hosts,
+        (Security::Insecure, _) => return DaneRoute::Unsigned(targets),
+        (Security::Bogus(why), _) => {
             let text = format!("DNSSEC validation of the MX records of {domain} failed: {why}");
             return DaneRoute::Defer(Reply::new(451, Enhanced(4, 7, 5), text));
         }
-        Security::Temporary(why) => {
+        (Security::Temporary(why), _) => {
             let text = format!("DNSSEC-validated MX lookup of {domain} failed: {why}");
             return DaneRoute::Defer(Reply::new(451, Enhanced(4, 4, 3), text));
         }
+    };
+    // Routing asked another resolver: only the hosts the validated answer names may go on
+    // (an attacker could answer that resolver's questions and not this one's).
+    let allowed = |host: &str| match validated.is_empty() {
+        true => host.eq_ignore_ascii_case(domain),
+        false => validated.iter().any(|v| v.eq_ignore_ascii_case(host)),
+    };
+    let found = targets.len();
+    targets.retain(|t| allowed(&t.host));
+    if targets.is_empty() && found > 0 {
+        let text = format!("the MX hosts of {domain} found are not those its DNSSEC-validated MX records name");
+        return DaneRoute::Defer(Reply::new(451, Enhanced(4, 7, 5), text));
     }
     let mut hosts: Vec<(String, u16)> = Vec::new();
     for t in &targets {
@@ -76,11 +89,26 @@ pub async fn authenticate(dns: &impl Validate, domain: &str, mut targets: Vec<Ta
     let mut left_out = Vec::new();
     for (host, port) in hosts {
         let records: Option<Arc<Vec<Tlsa>>> = match dns.addrs_security(&host, family).await {
-            // Addresses that do not validate: the TLSA name could be an attacker's choice.
-            Security::Insecure | Security::Bogus(_) | Security::Temporary(_) => None,
+            // Unsigned addresses: DANE does not apply to the host (RFC 7672 2.2.2).
+            Security::Insecure => None,
+            // Forged or unanswered: the host cannot be used now, or an attacker who drops
+            // the one answer would turn DANE off for it.
+            Security::Bogus(why) | Security::Temporary(why) => {
+                targets.retain(|t| !(t.host == host && t.addr.port() == port));
+                left_out.push((host, format!("its addresses: {why}")));
+                continue;
+            }
             Security::Secure => match dns.tlsa(&host, port).await {
                 TlsaAnswer::Records(records) => {
-                    let usable: Vec<Tlsa> = records.into_iter().filter(Tlsa::usable).take(MAX_RECORDS).collect();
+                    let mut usable: Vec<Tlsa> = records.into_iter().filter(Tlsa::usable).collect();
+                    if usable.len() > MAX_RECORDS {
+                        tracing::warn!(
+                            host,
+                            records = usable.len(),
+                            "more usable TLSA records than are kept; the first {MAX_RECORDS} are tried"
+                        );
+                        usable.truncate(MAX_RECORDS);
+                    }
                     // A set with nothing usable is as if there were none (RFC 7672 2.2).
                     (!usable.is_empty()).then(|| Arc::new(usable))
                 }
@@ -98,7 +126,7 @@ pub async fn authenticate(dns: &impl Validate, domain: &str, mut targets: Vec<Ta
     }
     if targets.is_empty() {
         let why: Vec<String> = left_out.iter().map(|(host, why)| format!("{host}: {why}")).collect();
-        let text = format!("TLSA lookup failed for every MX host of {domain} ({})", why.join("; "));
+        let text = format!("DNSSEC-validated lookups failed for every MX host of {domain} ({})", why.join("; "));
         return DaneRoute::Defer(Reply::new(451, Enhanced(4, 7, 5), text));
     }
     DaneRoute::Signed { targets, left_out }
@@ -109,22 +137,24 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// A lookup the table does not list is a test mistake, not an answer.
     #[derive(Default)]
     struct Table {
-        mx: HashMap<String, Security>,
+        mx: HashMap<String, (Security, Vec<String>)>,
         addrs: HashMap<String, Security>,
         tlsa: HashMap<String, TlsaAnswer>,
     }
 
     impl Validate for Table {
-        async fn mx_security(&self, domain: &str) -> Security {
-            self.mx.get(domain).cloned().unwrap_or(Security::Insecure)
+        async fn mx(&self, domain: &str) -> (Security, Vec<String>) {
+            self.mx.get(domain).cloned().unwrap_or_else(|| panic!("MX {domain} looked up"))
         }
         async fn addrs_security(&self, host: &str, _: IpFamily) -> Security {
-            self.addrs.get(host).cloned().unwrap_or(Security::Insecure)
+            self.addrs.get(host).cloned().unwrap_or_else(|| panic!("addresses of {host} looked up"))
         }
         async fn tlsa(&self, host: &str, port: u16) -> TlsaAnswer {
-            self.tlsa.get(&format!("_{port}._tcp.{host}")).cloned().unwrap_or(TlsaAnswer::None)
+            let name = format!("_{port}._tcp.{host}");
+            self.tlsa.get(&name).cloned().unwrap_or_else(|| panic!("TLSA {name} looked up"))
         }
     }
 
@@ -141,16 +171,18 @@ mod tests {
     }
 
     fn signed(table: &mut Table) {
-        table.mx.insert("d.test".into(), Security::Secure);
+        table.mx.insert("d.test".into(), (Security::Secure, vec!["mx1.d.test".into(), "mx2.d.test".into()]));
         table.addrs.insert("mx1.d.test".into(), Security::Secure);
         table.addrs.insert("mx2.d.test".into(), Security::Secure);
+        table.tlsa.insert("_25._tcp.mx1.d.test".into(), TlsaAnswer::None);
+        table.tlsa.insert("_25._tcp.mx2.d.test".into(), TlsaAnswer::None);
     }
 
     #[test]
     fn unsigned_mx_records_leave_the_targets_alone() {
         let mut table = Table::default();
-        table.tlsa.insert("_25._tcp.mx1.d.test".into(), TlsaAnswer::Records(vec![ee()]));
-        assert_eq!(run(&table), DaneRoute::Unsigned(targets()), "TLSA records are not even looked at");
+        table.mx.insert("d.test".into(), (Security::Insecure, vec!["mx1.d.test".into()]));
+        assert_eq!(run(&table), DaneRoute::Unsigned(targets()), "TLSA records are not even looked at (the table would panic)");
     }
 
     #[test]
@@ -189,6 +221,31 @@ mod tests {
     }
 
     #[test]
+    fn hosts_the_validated_mx_records_do_not_name_are_left_out() {
+        let mut table = Table::default();
+        signed(&mut table);
+        table.mx.insert("d.test".into(), (Security::Secure, vec!["MX2.d.test".into()]));
+        let DaneRoute::Signed { targets, .. } = run(&table) else { panic!() };
+        assert_eq!(targets.iter().map(|t| t.host.as_str()).collect::<Vec<_>>(), ["mx2.d.test"]);
+        table.mx.insert("d.test".into(), (Security::Secure, vec!["mx.attacker.test".into()]));
+        let DaneRoute::Defer(reply) = run(&table) else { panic!() };
+        assert!(reply.lines[0].contains("not those its DNSSEC-validated MX records name"), "{reply:?}");
+        // No MX records (validated): only the domain itself is its host.
+        table.mx.insert("d.test".into(), (Security::Secure, vec![]));
+        assert!(matches!(run(&table), DaneRoute::Defer(_)));
+    }
+
+    #[test]
+    fn addresses_that_are_bogus_or_unanswered_leave_the_host_out() {
+        let mut table = Table::default();
+        signed(&mut table);
+        table.addrs.insert("mx1.d.test".into(), Security::Bogus("forged".into()));
+        table.addrs.insert("mx2.d.test".into(), Security::Temporary("timeout".into()));
+        let DaneRoute::Defer(reply) = run(&table) else { panic!("a dropped answer must not turn DANE off") };
+        assert!(reply.lines[0].contains("mx1.d.test: its addresses: forged"), "{reply:?}");
+    }
+
+    #[test]
     fn a_failed_tlsa_lookup_leaves_the_host_out_and_all_failed_defers() {
         let mut table = Table::default();
         signed(&mut table);
@@ -205,10 +262,10 @@ mod tests {
     #[test]
     fn bogus_or_unanswered_mx_records_defer() {
         let mut table = Table::default();
-        table.mx.insert("d.test".into(), Security::Bogus("bad signature".into()));
+        table.mx.insert("d.test".into(), (Security::Bogus("bad signature".into()), vec![]));
         let DaneRoute::Defer(reply) = run(&table) else { panic!() };
         assert_eq!(reply.enhanced, Some(Enhanced(4, 7, 5)));
-        table.mx.insert("d.test".into(), Security::Temporary("timeout".into()));
+        table.mx.insert("d.test".into(), (Security::Temporary("timeout".into()), vec![]));
         let DaneRoute::Defer(reply) = run(&table) else { panic!() };
         assert_eq!(reply.enhanced, Some(Enhanced(4, 4, 3)));
     }

@@ -76,6 +76,16 @@ struct Generation {
     sts_fetch: sts_fetch::FetchSettings,
     /// The validating resolver DANE looks up through, when `delivery.dane.enabled`.
     secure_dns: Option<Arc<crate::dns::dnssec::SecureDns>>,
+    /// What it was made from (`secure_dns_from`): a reload that changes nothing keeps it.
+    secure_dns_from: String,
+}
+
+/// The settings the validating resolver is made from, with the anchors file's modification
+/// time (it may be edited in place).
+fn secure_dns_from(config: &Config) -> String {
+    let dane = &config.delivery.dane;
+    let anchors = dane.trust_anchors.as_ref().and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    format!("{:?}{dane:?}{anchors:?}", config.dns)
 }
 
 /// The validating resolver `config` asks for, if any.
@@ -151,8 +161,8 @@ impl Delivery {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let workers = Workers::start(&config, settings.clone(), stopping)?;
         let shaper = crate::shaping::Shaper::new(&config);
-        let secure_dns = secure_dns(&config)?;
-        let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching, secure_dns });
+        let (secure_dns, secure_dns_from) = (secure_dns(&config)?, secure_dns_from(&config));
+        let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching, secure_dns, secure_dns_from });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let tls_reports = Arc::new(crate::tlsrpt::Collector::new(now));
         Ok(Arc::new(Delivery { generation, settings, workers, shaper, sts: sts::Sts::new(store), tls_reports, stop }))
@@ -174,10 +184,9 @@ impl Delivery {
             settings.generation = running.generation;
         }
         let fetching = sts_fetch(&config, &settings);
-        let same_dane =
-            format!("{:?}{:?}", current.config.dns, current.config.delivery.dane) == format!("{:?}{:?}", config.dns, config.delivery.dane);
-        let secure_dns = if same_dane { current.secure_dns.clone() } else { secure_dns(&config)? };
-        Ok(Prepared { generation: Generation { config, dns, own, sts_fetch: fetching, secure_dns }, settings })
+        let secure_dns_from = secure_dns_from(&config);
+        let secure_dns = if secure_dns_from == current.secure_dns_from { current.secure_dns.clone() } else { secure_dns(&config)? };
+        Ok(Prepared { generation: Generation { config, dns, own, sts_fetch: fetching, secure_dns, secure_dns_from }, settings })
     }
 
     /// Puts a prepared generation in force: routes, policies, shaping and connection

@@ -88,14 +88,42 @@ impl SecureDns {
 
     /// Validates `name`'s RRset of `kind` (MX, A, AAAA).
     pub async fn security(&self, name: &str, kind: RecordType) -> Security {
-        let Some(fq) = super::fqdn(name) else { return Security::Insecure };
+        self.lookup(name, kind).await.0
+    }
+
+    /// The verdict on `name`'s RRset of `kind`, and its records when there are any.
+    async fn lookup(&self, name: &str, kind: RecordType) -> (Security, Vec<Record>) {
+        let Some(fq) = super::fqdn(name) else { return (Security::Insecure, Vec::new()) };
         if !self.anchored(&fq) {
-            return Security::Insecure;
+            return (Security::Insecure, Vec::new());
         }
-        match self.resolver.lookup(fq, kind).await {
-            Ok(lookup) => judge(lookup.answers().iter().filter(|r| r.record_type() == kind)),
-            Err(e) => judge_error(&e),
+        match self.resolver.lookup(fq.clone(), kind).await {
+            Ok(lookup) => {
+                let answers: Vec<Record> = lookup.answers().iter().filter(|r| r.record_type() != RecordType::RRSIG).cloned().collect();
+                let found: Vec<Record> = answers.iter().filter(|r| r.record_type() == kind).cloned().collect();
+                // Every record of the answer counts, a CNAME leading to the records too.
+                let verdict = if found.is_empty() {
+                    Security::Bogus(format!("{name}: an answer without {kind} records"))
+                } else {
+                    judge(answers.iter())
+                };
+                (verdict, found)
+            }
+            Err(e) => (judge_error(&e, &fq), Vec::new()),
         }
+    }
+
+    /// The MX host names of `domain` as validated (empty: no MX records, implicit MX).
+    pub async fn mx(&self, domain: &str) -> (Security, Vec<String>) {
+        let (verdict, records) = self.lookup(domain, RecordType::MX).await;
+        let hosts = records
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some(mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect();
+        (verdict, hosts)
     }
 
     /// Validates every address family `family` asks for: secure only if each is.
@@ -114,36 +142,25 @@ impl SecureDns {
 
     /// The TLSA records at `_PORT._tcp.HOST` (RFC 6698 3).
     pub async fn tlsa(&self, host: &str, port: u16) -> TlsaAnswer {
-        let Some(fq) = super::fqdn(&format!("_{port}._tcp.{host}")) else { return TlsaAnswer::None };
-        if !self.anchored(&fq) {
-            return TlsaAnswer::None;
-        }
-        match self.resolver.lookup(fq, RecordType::TLSA).await {
-            Ok(lookup) => {
-                let answers: Vec<&Record> = lookup.answers().iter().filter(|r| r.record_type() == RecordType::TLSA).collect();
-                match judge(answers.iter().copied()) {
-                    Security::Secure => TlsaAnswer::Records(
-                        answers
-                            .iter()
-                            .filter_map(|r| match &r.data {
-                                RData::TLSA(t) => Some(Tlsa {
-                                    usage: t.cert_usage.into(),
-                                    selector: t.selector.into(),
-                                    matching: t.matching.into(),
-                                    data: t.cert_data.clone(),
-                                }),
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
-                    Security::Insecure => TlsaAnswer::None,
-                    Security::Bogus(why) | Security::Temporary(why) => TlsaAnswer::Failed(why),
-                }
-            }
-            Err(e) => match judge_error(&e) {
-                Security::Secure | Security::Insecure => TlsaAnswer::None,
-                Security::Bogus(why) | Security::Temporary(why) => TlsaAnswer::Failed(why),
-            },
+        let (verdict, records) = self.lookup(&format!("_{port}._tcp.{host}"), RecordType::TLSA).await;
+        match verdict {
+            Security::Secure if records.is_empty() => TlsaAnswer::None,
+            Security::Secure => TlsaAnswer::Records(
+                records
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TLSA(t) => Some(Tlsa {
+                            usage: t.cert_usage.into(),
+                            selector: t.selector.into(),
+                            matching: t.matching.into(),
+                            data: t.cert_data.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Security::Insecure => TlsaAnswer::None,
+            Security::Bogus(why) | Security::Temporary(why) => TlsaAnswer::Failed(why),
         }
     }
 }
@@ -161,36 +178,55 @@ fn worse(a: Security, b: Security) -> Security {
     if rank(&b) > rank(&a) { b } else { a }
 }
 
-/// Secure when every record is; any bogus record makes the set bogus.
+/// Secure when every record is; any bogus or unvalidated record makes the set bogus.
 fn judge<'a>(records: impl Iterator<Item = &'a Record>) -> Security {
     let mut verdict = Security::Secure;
-    let mut any = false;
     for r in records {
-        any = true;
         verdict = worse(
             verdict,
             match r.proof {
                 Proof::Secure => Security::Secure,
-                Proof::Insecure | Proof::Indeterminate => Security::Insecure,
+                Proof::Insecure => Security::Insecure,
                 Proof::Bogus => Security::Bogus(format!("{} {}: signature does not validate", r.name, r.record_type())),
+                Proof::Indeterminate => Security::Bogus(format!("{} {}: not validated", r.name, r.record_type())),
             },
         );
     }
-    if any { verdict } else { Security::Insecure }
+    verdict
 }
 
-/// A failed lookup: a denial is as secure as the records that prove it.
-fn judge_error(e: &NetError) -> Security {
+/// A failed lookup of `asked`: a denial is as secure as the records that prove it, counting
+/// only those of the name's own zones (an answer may carry records of any zone, and one from
+/// a zone that really is unsigned must not make a signed name's denial look insecure).
+fn judge_error(e: &NetError, asked: &Name) -> Security {
     match e {
         NetError::Dns(DnsError::DnssecBogus) => Security::Bogus("DNSSEC validation failed".into()),
-        NetError::Dns(DnsError::Nsec { proof: Proof::Bogus, query, .. }) => {
-            Security::Bogus(format!("{query}: the proof of absence does not validate"))
+        NetError::Dns(DnsError::Nsec { proof: Proof::Insecure, .. }) => Security::Insecure,
+        NetError::Dns(DnsError::Nsec { proof, query, .. }) => Security::Bogus(format!("{query}: the proof of absence is {proof}")),
+        NetError::Dns(DnsError::NoRecordsFound(nr)) => {
+            let authorities = nr.authorities.as_deref().unwrap_or_default();
+            // The zone that answers for the name: its SOA, at or above the name.
+            let apex = nr
+                .soa
+                .as_ref()
+                .map(|soa| (soa.name.clone(), soa.proof))
+                .or_else(|| authorities.iter().find(|r| r.record_type() == RecordType::SOA).map(|r| (r.name.clone(), r.proof)));
+            let Some((apex, soa_proof)) = apex.filter(|(apex, _)| apex.zone_of(asked)) else {
+                return Security::Bogus(format!("{asked}: a denial without the SOA of the name's zone"));
+            };
+            let proof: Vec<&Record> =
+                authorities.iter().filter(|r| r.record_type() != RecordType::RRSIG && apex.zone_of(&r.name)).collect();
+            let proven = proof.iter().any(|r| matches!(r.record_type(), RecordType::NSEC | RecordType::NSEC3));
+            let soa = match soa_proof {
+                Proof::Secure => Security::Secure,
+                Proof::Insecure => Security::Insecure,
+                other => Security::Bogus(format!("{apex} SOA: {other}")),
+            };
+            match worse(soa, judge(proof.iter().copied())) {
+                Security::Secure if !proven => Security::Bogus(format!("{asked}: a signed denial without NSEC records")),
+                verdict => verdict,
+            }
         }
-        NetError::Dns(DnsError::Nsec { .. }) => Security::Insecure,
-        NetError::Dns(DnsError::NoRecordsFound(nr)) => match nr.authorities.as_deref() {
-            Some(proof) if !proof.is_empty() => judge(proof.iter()),
-            _ => Security::Insecure,
-        },
         other => Security::Temporary(other.to_string()),
     }
 }
@@ -205,6 +241,84 @@ mod tests {
         assert_eq!(worse(Security::Secure, Security::Insecure), Security::Insecure);
         assert_eq!(worse(bogus.clone(), Security::Insecure), bogus);
         assert_eq!(worse(bogus, Security::Temporary("t".into())), Security::Temporary("t".into()));
+    }
+
+    use hickory_resolver::net::NoRecords;
+    use hickory_resolver::proto::dnssec::rdata::{DNSSECRData, NSEC};
+    use hickory_resolver::proto::op::{Query, ResponseCode};
+    use hickory_resolver::proto::rr::rdata::{A, SOA};
+
+    fn name(n: &str) -> Name {
+        Name::from_str(n).unwrap()
+    }
+
+    fn record(owner: &str, data: RData, proof: Proof) -> Record {
+        let mut r = Record::from_rdata(name(owner), 60, data);
+        r.proof = proof;
+        r
+    }
+
+    fn a(proof: Proof) -> Record {
+        record("mx.d.test.", RData::A(A([127, 0, 0, 1].into())), proof)
+    }
+
+    fn soa(owner: &str, proof: Proof) -> Record {
+        let data = SOA::new(name("ns.d.test."), name("h.d.test."), 1, 1, 1, 1, 1);
+        record(owner, RData::SOA(data), proof)
+    }
+
+    fn nsec(owner: &str, proof: Proof) -> Record {
+        record(owner, RData::DNSSEC(DNSSECRData::NSEC(NSEC::new(name("z.d.test."), [RecordType::A]))), proof)
+    }
+
+    /// A NODATA answer for `_25._tcp.mx.d.test.` TLSA with these authority records.
+    fn denial(soa_record: Option<Record>, authorities: Vec<Record>) -> Security {
+        let asked = name("_25._tcp.mx.d.test.");
+        let mut nr = NoRecords::new(Query::query(asked.clone(), RecordType::TLSA), ResponseCode::NoError);
+        nr.soa = soa_record.map(|r| {
+            Box::new(
+                r.map(|data| match data {
+                    RData::SOA(soa) => Some(soa),
+                    _ => None,
+                })
+                .unwrap(),
+            )
+        });
+        nr.authorities = Some(authorities.into());
+        judge_error(&NetError::Dns(DnsError::NoRecordsFound(nr)), &asked)
+    }
+
+    #[test]
+    fn a_set_is_as_secure_as_its_least_secure_record() {
+        assert_eq!(judge([a(Proof::Secure)].iter()), Security::Secure);
+        assert_eq!(judge([a(Proof::Secure), a(Proof::Insecure)].iter()), Security::Insecure);
+        assert!(matches!(judge([a(Proof::Secure), a(Proof::Bogus)].iter()), Security::Bogus(_)));
+        assert!(matches!(judge([a(Proof::Indeterminate)].iter()), Security::Bogus(_)), "not validated is not insecure");
+    }
+
+    #[test]
+    fn a_denial_is_secure_only_with_the_zones_signed_soa_and_nsec_proof() {
+        let secure_soa = || Some(soa("d.test.", Proof::Secure));
+        assert_eq!(denial(secure_soa(), vec![nsec("mx.d.test.", Proof::Secure)]), Security::Secure);
+        assert!(matches!(denial(secure_soa(), vec![]), Security::Bogus(_)), "signed, but nothing proves the absence");
+        assert!(matches!(denial(secure_soa(), vec![nsec("mx.d.test.", Proof::Bogus)]), Security::Bogus(_)));
+        // A zone proven unsigned: its denial is insecure.
+        assert_eq!(denial(Some(soa("d.test.", Proof::Insecure)), vec![]), Security::Insecure);
+        // Records of another zone, really unsigned, do not speak for this name.
+        let foreign = vec![soa("unsigned.example.", Proof::Insecure), nsec("unsigned.example.", Proof::Insecure)];
+        assert!(matches!(denial(None, foreign.clone()), Security::Bogus(_)), "no SOA of the name's zone");
+        assert!(matches!(denial(Some(soa("unsigned.example.", Proof::Insecure)), foreign), Security::Bogus(_)));
+        // A secure SOA with an insecure foreign record beside it stays secure.
+        let mixed = vec![nsec("mx.d.test.", Proof::Secure), soa("unsigned.example.", Proof::Insecure)];
+        assert_eq!(denial(secure_soa(), mixed), Security::Secure);
+    }
+
+    #[test]
+    fn failures_are_bogus_or_temporary() {
+        let asked = name("d.test.");
+        assert!(matches!(judge_error(&NetError::Dns(DnsError::DnssecBogus), &asked), Security::Bogus(_)));
+        let timeout = NetError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(matches!(judge_error(&timeout, &asked), Security::Temporary(_)));
     }
 
     #[test]

@@ -54,16 +54,15 @@ impl Runner {
             None => (false, false),
         };
         if dane {
-            // DANE wins (RFC 8461 2): the hosts it authenticates go first, whatever an MTA-STS
+            // DANE wins (RFC 8461 2): the hosts it authenticates stay, whatever an MTA-STS
             // policy says of them; the others only as that policy allows, and never for
-            // REQUIRETLS mail, which needs an authenticated route.
+            // REQUIRETLS mail, which needs an authenticated route. MX preference holds.
             metrics::counter!(m::DELIVERY_TLS_POLICY, "policy" => "dane").increment(1);
             let allowed = |t: &Target| {
                 t.dane.is_some() || (!env.params.requiretls && published.as_ref().is_none_or(|p| !enforced || p.allows(&t.host)))
             };
-            let (mut first, rest): (Vec<Target>, Vec<Target>) = targets.into_iter().filter(allowed).partition(|t| t.dane.is_some());
-            first.extend(rest);
-            return Ok(MxPolicy { targets: first, enforced, testing: false, dane: true, reporting, published: None });
+            let targets: Vec<Target> = targets.into_iter().filter(allowed).collect();
+            return Ok(MxPolicy { targets, enforced, testing: false, dane: true, reporting, published: None });
         }
         if env.params.requiretls && !enforced {
             if unknown {

@@ -3,8 +3,9 @@
 //! hosts are aiosmtpd (Python) and Sluice with certificates from the test's CA or self-signed.
 //! DANE-EE and DANE-TA matches deliver; a TLSA set that matches nothing, or a host with TLSA
 //! records and no STARTTLS, defers and nothing goes in plain text; bogus DNSSEC defers; DANE
-//! wins over an MTA-STS policy that would refuse the host; domains that are not signed, or
-//! signed without TLSA records, are delivered as before.
+//! wins over an MTA-STS policy that would refuse the host; an MX host whose addresses are
+//! bogus is not used; domains that are not signed, or signed without TLSA records, are
+//! delivered as before.
 
 use std::path::Path;
 use std::time::Duration;
@@ -147,6 +148,25 @@ fn bogus_dnssec_defers_and_nothing_is_sent() {
     assert!(reply.contains("4.7.5") && reply.contains("DNSSEC"), "{r:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(plain.received().is_empty(), "delivered on bogus DNS answers");
+}
+
+#[test]
+fn an_mx_host_whose_addresses_are_bogus_is_not_used_even_without_dane() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = Dest::start(Behavior::default());
+    // The MX records validate; the host's zone does not: an attacker who forges its answers
+    // must not get DANE turned off for it.
+    let dns = SignedDns::start(vec![
+        SignedZone::new("test", Signing::Trusted).mx("dest.test", 10, "mx.dest.bogus"),
+        SignedZone::new("bogus", Signing::Mistrusted).a("mx.dest.bogus", "127.0.0.1"),
+    ]);
+    let relay = dane_relay(dir.path(), &dns, plain.addr.port(), "");
+    send(&relay, "b@dest.test");
+    let r = wait_for_recipient(&relay.config, "no attempt", |_, r| r.attempts >= 1);
+    let reply = r.last_reply.clone().unwrap_or_default();
+    assert!(reply.contains("4.7.5") && reply.contains("mx.dest.bogus: its addresses"), "{r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(plain.received().is_empty(), "delivered to a host with bogus addresses");
 }
 
 #[test]
