@@ -379,7 +379,7 @@ impl<T: Transport> Connection<T> {
         let name =
             ServerName::try_from(target.host.clone()).map_err(|e| ConnError::Tls(e.to_string(), ResultType::CertificateHostMismatch))?;
         let config = match (&target.dane, policy) {
-            (Some(records), _) => super::dane::client_config(records),
+            (Some(auth), _) => super::dane::client_config(auth),
             (None, TlsPolicy::Required) => settings.verified_tls.clone(),
             (None, _) => settings.tls.clone(),
         };

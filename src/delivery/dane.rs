@@ -2,7 +2,8 @@
 //! MX host presents, by a rustls verifier of our own that still verifies the handshake
 //! signature. DANE-EE(3) trusts the leaf whose certificate or key the record names (no name,
 //! chain or expiry check: the record is the authentication); DANE-TA(2) trusts a CA the record
-//! names and verifies the chain to it, and the MX host name, as WebPKI would. PKIX-TA(0) and
+//! names and verifies the chain to it, and the MX host name (or the recipient domain), as
+//! WebPKI would. PKIX-TA(0) and
 //! PKIX-EE(1) are unusable for SMTP (RFC 7672 3.1.3) and never match. Finding the records
 //! (only with DNSSEC-authenticated answers) is the caller's.
 
@@ -21,6 +22,14 @@ pub struct Tlsa {
     pub selector: u8,
     pub matching: u8,
     pub data: Vec<u8>,
+}
+
+/// What DANE authenticates a host by: its usable TLSA records, and the recipient domain,
+/// which a DANE-TA certificate may name instead of the MX host (RFC 7672 3.2.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DaneAuth {
+    pub records: Vec<Tlsa>,
+    pub domain: String,
 }
 
 pub const DANE_TA: u8 = 2;
@@ -62,9 +71,11 @@ impl Tlsa {
 
 /// The client TLS configuration for a host with these (usable) TLSA records. rustls sends
 /// the MX host name as SNI, as RFC 7672 3.2.2 asks.
-pub fn client_config(records: &[Tlsa]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(auth: &DaneAuth) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(DaneVerifier::new(records.to_vec(), provider.clone()));
+    let mut verifier = DaneVerifier::new(auth.records.clone(), provider.clone());
+    verifier.also_valid_for = ServerName::try_from(auth.domain.clone()).ok();
+    let verifier = Arc::new(verifier);
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("TLS 1.2 and 1.3 are supported by the ring provider")
@@ -79,12 +90,14 @@ pub fn client_config(records: &[Tlsa]) -> Arc<rustls::ClientConfig> {
 pub struct DaneVerifier {
     records: Vec<Tlsa>,
     provider: Arc<CryptoProvider>,
+    /// A name a DANE-TA certificate may carry instead of the one connected to.
+    pub also_valid_for: Option<ServerName<'static>>,
 }
 
 impl DaneVerifier {
     /// With the usable records of `records` (the caller has checked there is at least one).
     pub fn new(records: Vec<Tlsa>, provider: Arc<CryptoProvider>) -> DaneVerifier {
-        DaneVerifier { records: records.into_iter().filter(Tlsa::usable).collect(), provider }
+        DaneVerifier { records: records.into_iter().filter(Tlsa::usable).collect(), provider, also_valid_for: None }
     }
 
     fn ta_verified(
@@ -110,9 +123,11 @@ impl DaneVerifier {
             let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-            match verifier.verify_server_cert(end_entity, intermediates, server_name, &[], now) {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e,
+            for name in std::iter::once(server_name).chain(self.also_valid_for.as_ref()) {
+                match verifier.verify_server_cert(end_entity, intermediates, name, &[], now) {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e,
+                }
             }
         }
         Err(last)
@@ -232,6 +247,19 @@ mod tests {
         let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_800_000_000));
         let server = ServerName::try_from("mx.dest.test").unwrap();
         assert!(verifier.verify_server_cert(&CertificateDer::from(c.leaf.clone()), &[], &server, &[], now).is_ok());
+    }
+
+    #[test]
+    fn dane_ta_also_takes_a_certificate_for_the_recipient_domain() {
+        let c = chain(&["dest.test"], 2030);
+        assert!(verify(vec![record(2, 0, 1, &c.ca)], &c, "mx.dest.test").is_err(), "the MX name alone");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut verifier = DaneVerifier::new(vec![record(2, 0, 1, &c.ca)], provider);
+        verifier.also_valid_for = Some(ServerName::try_from("dest.test").unwrap());
+        let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(1_800_000_000));
+        let server = ServerName::try_from("mx.dest.test").unwrap();
+        let (leaf, ca) = (CertificateDer::from(c.leaf.clone()), [CertificateDer::from(c.ca.clone())]);
+        assert!(verifier.verify_server_cert(&leaf, &ca, &server, &[], now).is_ok());
     }
 
     #[test]

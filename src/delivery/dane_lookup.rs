@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::dane::Tlsa;
+use super::dane::{DaneAuth, Tlsa};
 use super::route::Target;
 use crate::config::IpFamily;
 use crate::dns::dnssec::{SecureDns, Security, TlsaAnswer};
@@ -88,7 +88,7 @@ pub async fn authenticate(dns: &impl Validate, domain: &str, mut targets: Vec<Ta
     }
     let mut left_out = Vec::new();
     for (host, port) in hosts {
-        let records: Option<Arc<Vec<Tlsa>>> = match dns.addrs_security(&host, family).await {
+        let records: Option<Arc<DaneAuth>> = match dns.addrs_security(&host, family).await {
             // Unsigned addresses: DANE does not apply to the host (RFC 7672 2.2.2).
             Security::Insecure => None,
             // Forged or unanswered: the host cannot be used now, or an attacker who drops
@@ -110,7 +110,7 @@ pub async fn authenticate(dns: &impl Validate, domain: &str, mut targets: Vec<Ta
                         usable.truncate(MAX_RECORDS);
                     }
                     // A set with nothing usable is as if there were none (RFC 7672 2.2).
-                    (!usable.is_empty()).then(|| Arc::new(usable))
+                    (!usable.is_empty()).then(|| Arc::new(DaneAuth { records: usable, domain: domain.to_string() }))
                 }
                 TlsaAnswer::None => None,
                 TlsaAnswer::Failed(why) => {
@@ -195,7 +195,8 @@ mod tests {
         let route = run(&table);
         assert!(route.applies());
         let DaneRoute::Signed { targets, left_out } = route else { panic!() };
-        assert_eq!(targets[0].dane.as_deref(), Some(&vec![ee()]), "the unusable record is dropped");
+        assert_eq!(targets[0].dane.as_ref().map(|d| &d.records), Some(&vec![ee()]), "the unusable record is dropped");
+        assert_eq!(targets[0].dane.as_ref().map(|d| d.domain.as_str()), Some("d.test"));
         assert_eq!(targets[1].dane, None, "a set with nothing usable is as if there were none");
         assert!(left_out.is_empty());
     }
@@ -207,7 +208,7 @@ mod tests {
         let many: Vec<Tlsa> = (0..500).map(|i| Tlsa { data: vec![(i % 256) as u8; 32], ..ee() }).collect();
         table.tlsa.insert("_25._tcp.mx1.d.test".into(), TlsaAnswer::Records(many));
         let DaneRoute::Signed { targets, .. } = run(&table) else { panic!() };
-        assert_eq!(targets[0].dane.as_ref().map(|r| r.len()), Some(MAX_RECORDS));
+        assert_eq!(targets[0].dane.as_ref().map(|d| d.records.len()), Some(MAX_RECORDS));
     }
 
     #[test]

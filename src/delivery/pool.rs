@@ -54,7 +54,7 @@ pub struct PoolKey {
     /// Logged in with the smarthost credentials, and so on.
     pub hop: super::Hop,
     /// The TLSA records the certificate was checked against (DANE).
-    pub dane: Option<Arc<Vec<super::dane::Tlsa>>>,
+    pub dane: Option<Arc<super::dane::DaneAuth>>,
 }
 
 impl PoolKey {

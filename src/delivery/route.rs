@@ -5,7 +5,7 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::dane::Tlsa;
+use super::dane::DaneAuth;
 use crate::config::{Config, IpFamily, NextHop};
 use crate::dns::{AddrAnswer, MxAnswer, Resolve};
 use crate::smtp::reply::{Enhanced, Reply};
@@ -17,7 +17,7 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The host's usable TLSA records, found by DNSSEC-validated lookups: its certificate is
     /// checked against them (DANE), and never sent to in plain text.
-    pub dane: Option<Arc<Vec<Tlsa>>>,
+    pub dane: Option<Arc<DaneAuth>>,
 }
 
 impl Target {

@@ -146,11 +146,11 @@ fn bounded(reason: &str) -> String {
 pub fn dane_policy_key(domain: &str, targets: &[crate::delivery::route::Target]) -> PolicyKey {
     let (mut text, mut mx_hosts) = (Vec::new(), Vec::new());
     for t in targets {
-        let Some(records) = &t.dane else { continue };
+        let Some(auth) = &t.dane else { continue };
         if !mx_hosts.contains(&t.host) {
             mx_hosts.push(t.host.clone());
         }
-        for r in records.iter() {
+        for r in auth.records.iter() {
             let hex: String = r.data.iter().map(|b| format!("{b:02X}")).collect();
             let line = format!("{} {} {} {hex}", r.usage, r.selector, r.matching);
             if !text.contains(&line) {
