@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite in one command, on a fresh Debian machine with Rust:
 # installs the peers the tests use (Postfix's smtp-source/smtp-sink, swaks, strace, Python's
-# aiosmtpd, ...),
+# aiosmtpd, redis-server, ...),
 # runs the Rust tests (unit and integration, over loopback), then the interop script, the
 # systemd unit check, each fuzz target for 20 s, and (as root) the appliance image build and
 # its QEMU boot test.
@@ -25,7 +25,7 @@ trap '[ -z "$stage_name" ] || echo "===== test.sh: failed in: $stage_name (after
 
 stage "installing the test peers"
 need_install=""
-for cmd in smtp-source swaks strace curl bc pkill systemd-analyze promtool prlimit jq openssl; do
+for cmd in smtp-source swaks strace curl bc pkill systemd-analyze promtool prlimit jq openssl redis-server; do
   command -v "$cmd" >/dev/null 2>&1 || need_install=yes
 done
 perl -MNet::SSLeay -MIO::Socket::SSL -MAuthen::SASL -e1 >/dev/null 2>&1 || need_install=yes
@@ -36,7 +36,7 @@ if [ -n "$need_install" ]; then
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     postfix swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl \
-    strace curl bc procps systemd prometheus util-linux jq openssl >/dev/null
+    strace curl bc procps systemd prometheus util-linux jq openssl redis-server >/dev/null
 fi
 
 # aiosmtpd: on Debian's own Python from Debian's package (that Python refuses pip installs,

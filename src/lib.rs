@@ -4,6 +4,7 @@ pub mod accounting;
 pub mod admin;
 pub mod capacity;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod delivery;

@@ -35,7 +35,9 @@ mod dkim;
 pub use dkim::{DkimConfig, DkimSignature};
 
 mod api;
+mod cluster;
 pub use api::{ApiConfig, HttpListener};
+pub use cluster::{ClusterConfig, RedisConfig};
 
 pub mod show;
 mod validate;
@@ -111,6 +113,9 @@ pub struct Config {
     /// Where mail to `<Postmaster>` goes (default: postmaster@hostname).
     #[serde(default)]
     pub postmaster: Option<String>,
+    /// Limits shared with other appliances on Redis (docs/CLUSTER.md).
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// The file this config was read from (`Config::load`); a reload reads it again.
     #[serde(skip)]
     pub source: Option<PathBuf>,

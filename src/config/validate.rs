@@ -146,6 +146,14 @@ impl Config {
         if let Some(missing) = d.tls_trust.iter().find(|p| !p.is_file()) {
             return Err(err("delivery.tls_trust", format!("file {} does not exist", missing.display())));
         }
+        if self.cluster.nodes == 0 {
+            return Err(err("cluster.nodes", "must be at least 1".into()));
+        }
+        if let Some(redis) = &self.cluster.redis
+            && let Err(e) = redis::Client::open(redis.url.as_str())
+        {
+            return Err(err("cluster.redis.url", format!("{:?}: {e}", redis.url)));
+        }
         if let Some(path) = d.dane.trust_anchors.as_deref() {
             crate::dns::dnssec::read_anchors(path).map_err(|e| err("delivery.dane.trust_anchors", e))?;
         }

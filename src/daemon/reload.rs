@@ -51,6 +51,7 @@ fn keep_restart_only(running: &Config, new: &mut Config) -> Vec<String> {
     keep!(delivery.io);
     keep!(delivery.workers);
     keep!(delivery.idle_timeout);
+    keep!(cluster);
     keys
 }
 

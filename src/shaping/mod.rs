@@ -118,6 +118,8 @@ pub struct Shaper {
     previous: Mutex<HashMap<String, Arc<Bucket>>>,
     /// Domains found (through their MX hosts) to belong to a rule, for the queue summary.
     ruled: Mutex<HashMap<String, usize>>,
+    /// Message rates are shared on its Redis (`cluster.redis`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Domains remembered in `ruled` at most (a summary convenience, not a cache that must hold).
@@ -148,12 +150,23 @@ impl Shape {
 
 impl Shaper {
     pub fn new(config: &Config) -> Shaper {
+        Shaper::with_cluster(config, None)
+    }
+
+    /// With `cluster`, message rates are shared with the other nodes on its Redis.
+    pub fn with_cluster(config: &Config, cluster: Option<Arc<crate::cluster::Cluster>>) -> Shaper {
         Shaper {
             shape: Live::new(Shape::of(config)),
             buckets: Mutex::new(HashMap::new()),
             previous: Mutex::new(HashMap::new()),
             ruled: Mutex::new(HashMap::new()),
+            cluster,
         }
+    }
+
+    /// The cluster message rates are shared in, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// Applies a reloaded config's limits to destinations from now on. Messages waiting in
@@ -200,13 +213,17 @@ impl Shaper {
         let pick = |own: Option<usize>, default: Option<usize>| own.or(default).unwrap_or(1);
         let message_rate = rule.message_rate.or(d.message_rate);
         let connection_rate = rule.connection_rate.or(d.connection_rate);
+        let messages = message_rate.map(|rate| match &self.cluster {
+            Some(cluster) => RateQueue::shared(rate, cluster.clone(), &name),
+            None => RateQueue::new(rate),
+        });
         Bucket {
             key,
             name,
             max_connections: pick(rule.max_connections, d.max_connections),
             max_deliveries: pick(rule.max_deliveries_per_connection, d.max_deliveries_per_connection),
             max_recipients: pick(rule.max_recipients_per_transaction, d.max_recipients_per_transaction),
-            messages: message_rate.map(RateQueue::new),
+            messages,
             connections: connection_rate.map(|r| Mutex::new(Gcra::new(&r))),
             origin: Instant::now(),
             health: Mutex::new(health),

@@ -22,10 +22,20 @@ pub struct RateQueue {
     rate: Rate,
     origin: Instant,
     inner: Mutex<Inner>,
+    /// The rate is shared with other nodes on Redis (`cluster.redis`): the head of the line
+    /// books there; while Redis is away, at this node's share of the rate.
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    cluster: Arc<crate::cluster::Cluster>,
+    destination: String,
 }
 
 struct Inner {
     gcra: Gcra,
+    /// This node's share of the rate, for while Redis is away.
+    share: Gcra,
     line: BTreeMap<Place, Arc<Notify>>,
     next: u64,
 }
@@ -55,7 +65,34 @@ impl Drop for InLine<'_> {
 
 impl RateQueue {
     pub fn new(rate: Rate) -> RateQueue {
-        RateQueue { rate, origin: Instant::now(), inner: Mutex::new(Inner { gcra: Gcra::new(&rate), line: BTreeMap::new(), next: 0 }) }
+        let inner = Inner { gcra: Gcra::new(&rate), share: Gcra::new(&rate), line: BTreeMap::new(), next: 0 };
+        RateQueue { rate, origin: Instant::now(), inner: Mutex::new(inner), shared: None }
+    }
+
+    /// The rate of `destination`, shared with the other nodes of `cluster`.
+    pub fn shared(rate: Rate, cluster: Arc<crate::cluster::Cluster>, destination: &str) -> RateQueue {
+        let mut queue = RateQueue::new(rate);
+        queue.inner.get_mut().expect("rate queue lock").share = Gcra::share(&rate, cluster.nodes);
+        queue.shared = Some(Shared { cluster, destination: destination.to_string() });
+        queue
+    }
+
+    /// At the head of the line: how long until this caller's message may go (zero: it was
+    /// booked, go now), at the shared rate when Redis answers, else at this node's share.
+    async fn head_wait(&self, shared: &Shared) -> Duration {
+        let booked = shared.cluster.reserve_message(&shared.destination, self.rate.interval(), self.rate.burst()).await;
+        match booked {
+            Ok(wait) => wait,
+            Err(()) => {
+                let mut inner = self.inner.lock().expect("rate queue lock");
+                let now = self.now();
+                let wait = inner.share.wait(now);
+                if wait.is_zero() {
+                    inner.share.reserve(now);
+                }
+                wait
+            }
+        }
     }
 
     pub fn rate(&self) -> Rate {
@@ -89,6 +126,26 @@ impl RateQueue {
         };
         let in_line = InLine { queue: self, place };
         loop {
+            if let Some(shared) = &self.shared {
+                let at_head = self.inner.lock().expect("rate queue lock").line.keys().next() == Some(&place);
+                if !at_head {
+                    signal.notified().await;
+                    continue;
+                }
+                let wait = self.head_wait(shared).await;
+                if wait.is_zero() {
+                    let mut inner = self.inner.lock().expect("rate queue lock");
+                    inner.line.remove(&place);
+                    inner.wake_head();
+                    std::mem::forget(in_line);
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = signal.notified() => {}
+                }
+                continue;
+            }
             let wait = {
                 let mut inner = self.inner.lock().expect("rate queue lock");
                 if inner.line.keys().next() != Some(&place) {

@@ -24,6 +24,15 @@ impl Gcra {
         Gcra { interval, tolerance: interval * (rate.burst() - 1), tat: Duration::ZERO }
     }
 
+    /// One of `nodes` equal shares of `rate`: the interval `nodes` times as long, the burst
+    /// divided (at least one).
+    pub fn share(rate: &Rate, nodes: u32) -> Gcra {
+        let nodes = nodes.max(1);
+        let interval = rate.interval() * nodes;
+        let burst = (rate.burst() / nodes).max(1);
+        Gcra { interval, tolerance: interval * (burst - 1), tat: Duration::ZERO }
+    }
+
     /// How long from `now` until an event may pass (zero: now).
     pub fn wait(&self, now: Duration) -> Duration {
         self.tat.saturating_sub(self.tolerance).saturating_sub(now)

@@ -35,6 +35,8 @@ fn bad_configs_fail_with_key_and_line() {
             "delivery.dane.trust_anchors: /nonexistent/anchors",
             "line 5",
         ),
+        ("hostname: a.test\ncluster:\n  redis: { url: \"http://x\" }\n", "cluster.redis.url", "line 3"),
+        ("hostname: a.test\ncluster:\n  nodes: 0\n", "cluster.nodes: must be at least 1", "line 3"),
     ];
     for (text, key, line) in cases {
         let path = dir.path().join("bad.yaml");

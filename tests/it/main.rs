@@ -8,6 +8,7 @@ mod admin_queue_list;
 mod auth;
 mod check_config;
 mod client_certificates;
+mod cluster;
 mod crash_recovery;
 mod crash_soak;
 mod dane;

@@ -1,0 +1,150 @@
+//! Limits shared with other appliances on Redis or Valkey (`cluster.redis`, docs/CLUSTER.md).
+//! Today: per-destination message rates, one GCRA per destination in a Lua script (`rate.rs`).
+//! While Redis cannot be reached, each node keeps to its share (the limit divided by
+//! `cluster.nodes`); that is logged once, shown as `sluice_cluster_redis_up` 0, and undone
+//! when Redis answers again. Without `cluster.redis` no code here runs.
+
+pub mod rate;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use crate::config::ClusterConfig;
+use crate::metrics as m;
+
+/// How often a node whose Redis went away tries it again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Cluster {
+    /// Before every key.
+    prefix: String,
+    /// The nodes sharing the limits: a node's share while Redis is away.
+    pub nodes: u32,
+    timeout: Duration,
+    /// Set once the first connection is made; it reconnects by itself after that.
+    connection: tokio::sync::OnceCell<ConnectionManager>,
+    up: AtomicBool,
+    /// When Redis last failed to answer: while it is away, it is asked once a second, not
+    /// for every message.
+    failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Cluster {
+    /// Starts connecting to `config`'s Redis in the background; None without one. A bad
+    /// URL is check-config's to refuse.
+    pub fn start(config: &ClusterConfig) -> Result<Option<Arc<Cluster>>, String> {
+        let Some(redis_cfg) = &config.redis else { return Ok(None) };
+        let client = redis::Client::open(redis_cfg.url.as_str()).map_err(|e| format!("cluster.redis.url: {e}"))?;
+        let timeout = redis_cfg.timeout.0;
+        let cluster = Arc::new(Cluster {
+            prefix: redis_cfg.key_prefix.clone(),
+            nodes: config.nodes.max(1),
+            timeout,
+            connection: tokio::sync::OnceCell::new(),
+            up: AtomicBool::new(false),
+            failed_at: std::sync::Mutex::new(None),
+        });
+        metrics::gauge!(m::CLUSTER_REDIS_UP).set(0.0);
+        let connecting = cluster.clone();
+        tokio::spawn(async move {
+            let settings = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(timeout.max(Duration::from_secs(1)))
+                .set_response_timeout(timeout)
+                .set_number_of_retries(1)
+                .set_max_delay(1000);
+            let mut said = false;
+            loop {
+                match client.get_connection_manager_with_config(settings.clone()).await {
+                    Ok(manager) => {
+                        let _ = connecting.connection.set(manager);
+                        connecting.mark(true, "connected");
+                        return;
+                    }
+                    Err(e) if !said => {
+                        said = true;
+                        tracing::warn!(error = %e, nodes = connecting.nodes, "Redis cannot be reached: each node keeps to its share of the shared limits");
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+        });
+        Ok(Some(cluster))
+    }
+
+    /// A key of ours: the prefix, a kind, and the name.
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}:{name}", self.prefix)
+    }
+
+    /// Whether the shared limits apply now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Notes a command's outcome: a change of state is logged once and shown as a metric.
+    fn mark(&self, up: bool, why: &str) {
+        if !up {
+            *self.failed_at.lock().expect("failed_at lock") = Some(std::time::Instant::now());
+        }
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            metrics::gauge!(m::CLUSTER_REDIS_UP).set(if up { 1.0 } else { 0.0 });
+            match up {
+                true => tracing::info!("Redis answers ({why}): the limits are shared again"),
+                false => tracing::warn!(
+                    error = why,
+                    nodes = self.nodes,
+                    "Redis cannot be reached: each node keeps to its share of the shared limits until it answers"
+                ),
+            }
+        }
+    }
+
+    /// The connection while Redis answers. While it does not, None at once (nobody waits on a
+    /// Redis that is away), and at most once a second a PING in the background finds out
+    /// whether it is back.
+    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
+        let connection = self.connection.get()?.clone();
+        if self.is_up() {
+            return Some(connection);
+        }
+        let due = {
+            let mut failed_at = self.failed_at.lock().expect("failed_at lock");
+            let due = failed_at.is_none_or(|at| at.elapsed() >= RETRY_EVERY);
+            if due {
+                *failed_at = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
+            let (cluster, mut connection) = (self.clone(), connection);
+            tokio::spawn(async move {
+                let ping = redis::cmd("PING");
+                if let Ok(Ok(_)) = tokio::time::timeout(cluster.timeout, ping.query_async::<String>(&mut connection)).await {
+                    cluster.mark(true, "a PING was answered");
+                }
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_prefix_and_kind() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let config: ClusterConfig = serde_norway::from_str("redis: { url: \"redis://127.0.0.1:1\", key_prefix: \"eu:\" }").unwrap();
+            let cluster = Cluster::start(&config).unwrap().unwrap();
+            assert_eq!(cluster.key("rate", "example.com"), "eu:rate:example.com");
+            assert!(!cluster.is_up(), "nothing answers on port 1");
+            assert!(Cluster::start(&ClusterConfig::default()).unwrap().is_none());
+        });
+    }
+}

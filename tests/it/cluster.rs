@@ -1,0 +1,118 @@
+//! Nodes sharing a destination's message rate on a real redis-server (Debian's package): two
+//! Sluice processes relay to one sink limited to 10 messages/s in all; the sink sees the
+//! shared rate, not twice it. With Redis stopped, each node keeps to its share (5/s) and says
+//! so once; with Redis back, the rate is shared again.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{Client, Daemon};
+use crate::peers::dest::{Behavior, Dest};
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node(dir: &Path, name: &str, sink: &Dest, redis_port: u16) -> Daemon {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let extra = format!(
+        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  message_rate: \"10/s\"\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 2\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n",
+        sink.addr.port()
+    );
+    Daemon::spawn(&dir, &extra, &[])
+}
+
+fn wait_log(node: &Daemon, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !node.log_text().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} in {}", node.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn inject(node: &Daemon, n: usize, tag: &str) {
+    let mut c = Client::connect(node.addr);
+    for i in 0..n {
+        assert_eq!(c.send_mail("app@sender.test", &[&format!("{tag}{i}@dest.test")], "Subject: x\r\n\r\nx\r\n").code, 250);
+    }
+}
+
+/// Messages per second the sink took, from the first of `from` on to the last.
+fn rate_from(sink: &Dest, from: usize, total: usize) -> f64 {
+    let got = sink.wait_for(total, Duration::from_secs(60));
+    let mut at: Vec<Instant> = got.iter().map(|m| m.at).collect();
+    at.sort();
+    let span = at[total - 1].duration_since(at[from]).as_secs_f64();
+    (total - 1 - from) as f64 / span
+}
+
+#[test]
+fn two_nodes_share_one_rate_and_keep_to_their_share_while_redis_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::metrics_endpoint::free_port();
+    let mut redis = Redis::start(port);
+    let sink = Dest::start(Behavior::default());
+    let (a, b) = (node(dir.path(), "a", &sink, redis.port), node(dir.path(), "b", &sink, redis.port));
+    wait_log(&a, "the limits are shared again");
+    wait_log(&b, "the limits are shared again");
+
+    // 50 messages each, at once: 10/s in all, so about 10 s (20/s, 5 s, if each kept its own).
+    std::thread::scope(|s| {
+        s.spawn(|| inject(&a, 50, "a"));
+        s.spawn(|| inject(&b, 50, "b"));
+    });
+    let shared = rate_from(&sink, 0, 100);
+    assert!((8.5..=11.5).contains(&shared), "the sink saw {shared:.1} messages/s, not the shared 10/s");
+
+    // Redis gone: each node keeps to 5/s, still about 10/s in all, and says so once.
+    redis.stop();
+    std::thread::scope(|s| {
+        s.spawn(|| inject(&a, 30, "c"));
+        s.spawn(|| inject(&b, 30, "d"));
+    });
+    let fallback = rate_from(&sink, 102, 160);
+    assert!((8.0..=12.0).contains(&fallback), "without Redis the sink saw {fallback:.1}/s");
+    for n in [&a, &b] {
+        let log = n.log_text();
+        assert_eq!(log.matches("Redis cannot be reached").count(), 1, "{log}");
+    }
+
+    // Back: shared again.
+    let _redis = Redis::start(port);
+    std::thread::sleep(Duration::from_millis(1500));
+    inject(&a, 10, "e");
+    wait_log(&a, "Redis answers (a PING was answered)");
+    let received = sink.wait_for(170, Duration::from_secs(30));
+    assert_eq!(received.len(), 170, "every message delivered once");
+}
