@@ -1,10 +1,12 @@
 //! Limits shared with other appliances on Redis or Valkey (`cluster.redis`, docs/CLUSTER.md).
-//! Today: per-destination message rates, one GCRA per destination in a Lua script (`rate.rs`).
+//! Today: per-destination message rates, one GCRA per destination in a Lua script (`rate.rs`),
+//! and suspensions (`suspend.rs`).
 //! While Redis cannot be reached, each node keeps to its share (the limit divided by
 //! `cluster.nodes`); that is logged once, shown as `sluice_cluster_redis_up` 0, and undone
 //! when Redis answers again. Without `cluster.redis` no code here runs.
 
 pub mod rate;
+pub mod suspend;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +25,10 @@ pub struct Cluster {
     prefix: String,
     /// The nodes sharing the limits: a node's share while Redis is away.
     pub nodes: u32,
+    /// This node's name, in what it tells the others.
+    pub node: String,
+    /// Shared suspensions as last heard, by destination.
+    heard: std::sync::Mutex<suspend::Heard>,
     timeout: Duration,
     /// Set once the first connection is made; it reconnects by itself after that.
     connection: tokio::sync::OnceCell<ConnectionManager>,
@@ -35,13 +41,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts connecting to `config`'s Redis in the background; None without one. A bad
     /// URL is check-config's to refuse.
-    pub fn start(config: &ClusterConfig) -> Result<Option<Arc<Cluster>>, String> {
+    pub fn start(config: &ClusterConfig, hostname: &str) -> Result<Option<Arc<Cluster>>, String> {
         let Some(redis_cfg) = &config.redis else { return Ok(None) };
         let client = redis::Client::open(redis_cfg.url.as_str()).map_err(|e| format!("cluster.redis.url: {e}"))?;
         let timeout = redis_cfg.timeout.0;
         let cluster = Arc::new(Cluster {
             prefix: redis_cfg.key_prefix.clone(),
             nodes: config.nodes.max(1),
+            node: config.node.clone().unwrap_or_else(|| hostname.to_string()),
+            heard: std::sync::Mutex::new(Default::default()),
             timeout,
             connection: tokio::sync::OnceCell::new(),
             up: AtomicBool::new(false),
@@ -141,10 +149,11 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let config: ClusterConfig = serde_norway::from_str("redis: { url: \"redis://127.0.0.1:1\", key_prefix: \"eu:\" }").unwrap();
-            let cluster = Cluster::start(&config).unwrap().unwrap();
+            let cluster = Cluster::start(&config, "relay.test").unwrap().unwrap();
+            assert_eq!(cluster.node, "relay.test");
             assert_eq!(cluster.key("rate", "example.com"), "eu:rate:example.com");
             assert!(!cluster.is_up(), "nothing answers on port 1");
-            assert!(Cluster::start(&ClusterConfig::default()).unwrap().is_none());
+            assert!(Cluster::start(&ClusterConfig::default(), "relay.test").unwrap().is_none());
         });
     }
 }

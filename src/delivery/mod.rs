@@ -160,7 +160,7 @@ impl Delivery {
         let settings = Arc::new(Live::new(first));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let workers = Workers::start(&config, settings.clone(), stopping)?;
-        let shaper = crate::shaping::Shaper::with_cluster(&config, crate::cluster::Cluster::start(&config.cluster)?);
+        let shaper = crate::shaping::Shaper::with_cluster(&config, crate::cluster::Cluster::start(&config.cluster, &config.hostname.0)?);
         let (secure_dns, secure_dns_from) = (secure_dns(&config)?, secure_dns_from(&config));
         let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching, secure_dns, secure_dns_from });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -171,6 +171,15 @@ impl Runner {
                     gathered.postponed.extend(indexes.iter().map(|&i| (i, until, why.clone())));
                     return;
                 }
+                // Another node's suspension holds here too (`cluster.redis`).
+                if let Some(cluster) = delivery.shaper().cluster()
+                    && let Some((until_ms, why)) = cluster.shared_suspension(&bucket.name).await
+                {
+                    metrics::counter!(m::SHAPING_POSTPONED, "reason" => "suspended").increment(1);
+                    let why = format!("Destination {} suspended: {why}", bucket.name);
+                    gathered.postponed.extend(indexes.iter().map(|&i| (i, until_ms.div_ceil(1000), why.clone())));
+                    return;
+                }
                 // An enforced MTA-STS policy: TLS with a certificate valid for the MX name.
                 let policy = if enforced { TlsPolicy::Required } else { self.policy_for(env, &domain, tls_only) };
                 bucket.note_tls_policy(match (enforced, testing, policy) {

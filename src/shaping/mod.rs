@@ -242,6 +242,9 @@ impl Shaper {
             let (until, reason) = health.suspended(now).expect("just suspended");
             let until = until.div_ceil(1000);
             tracing::warn!(destination = bucket.name.as_str(), until, reason, "destination suspended");
+            if let Some(cluster) = &self.cluster {
+                cluster.share_suspension(&bucket.name, until * 1000, reason);
+            }
             let kind = if matches!(signal, Signal::Throttled(_)) { "throttled" } else { "unreachable" };
             // By reason only: the log line names the destination, the scrape shows the busiest
             // ones (`metrics_text`); a label per recipient domain would grow without end.
@@ -255,6 +258,9 @@ impl Shaper {
     /// backoff history (an operator's flush: the cause was mended).
     pub fn resume(&self, domain: &str, now: u64) {
         let domain = domain.to_ascii_lowercase();
+        if let Some(cluster) = &self.cluster {
+            cluster.clear_suspension(&self.destination_of(&domain));
+        }
         // Not yet seen since a reload: it starts afresh instead of taking the old state over.
         self.previous.lock().expect("previous lock").remove(&self.destination_of(&domain));
         let rule = self.shape.get().rules.iter().position(|r| r.names_domain(&domain));

@@ -1,7 +1,8 @@
 //! Nodes sharing a destination's message rate on a real redis-server (Debian's package): two
 //! Sluice processes relay to one sink limited to 10 messages/s in all; the sink sees the
 //! shared rate, not twice it. With Redis stopped, each node keeps to its share (5/s) and says
-//! so once; with Redis back, the rate is shared again.
+//! so once; with Redis back, the rate is shared again. A 421 one node meets suspends the
+//! destination on the other too.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -115,4 +116,29 @@ fn two_nodes_share_one_rate_and_keep_to_their_share_while_redis_is_away() {
     wait_log(&a, "Redis answers (a PING was answered)");
     let received = sink.wait_for(170, Duration::from_secs(30));
     assert_eq!(received.len(), 170, "every message delivered once");
+}
+
+#[test]
+fn a_suspension_one_node_meets_holds_the_destination_on_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(crate::metrics_endpoint::free_port());
+    // The sink throttles: a 421 greeting suspends the destination at once.
+    let sink = Dest::start(Behavior { greeting: "421 4.7.0 too many connections, slow down".into(), ..Behavior::default() });
+    let (a, b) = (node(dir.path(), "a", &sink, redis.port), node(dir.path(), "b", &sink, redis.port));
+    wait_log(&a, "the limits are shared again");
+    wait_log(&b, "the limits are shared again");
+    inject(&a, 1, "a");
+    wait_log(&a, "destination suspended");
+    let connections = sink.state.lock().unwrap().connections;
+    assert!(connections >= 1, "a tried the sink");
+
+    // Told to Redis right after the log line.
+    std::thread::sleep(Duration::from_millis(300));
+    inject(&b, 1, "b");
+    let config = sluice::config::Config::load(&b.config_path).unwrap();
+    let r = crate::common::wait_for_recipient(&config, "b never considered its message", |_, r| r.last_reply.is_some());
+    assert!(r.last_reply.as_deref().unwrap().contains("suspended by node a"), "{r:?}");
+    assert_eq!(r.attempts, 0, "postponed, not attempted: {r:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sink.state.lock().unwrap().connections, connections, "b did not connect while a's suspension holds");
 }
