@@ -1,6 +1,6 @@
 //! Limits shared with other appliances on Redis or Valkey (`cluster.redis`, docs/CLUSTER.md).
-//! Today: per-destination message rates, one GCRA per destination in a Lua script (`rate.rs`),
-//! and suspensions (`suspend.rs`).
+//! Today: per-destination message rates and intake rates per sender, GCRAs in Lua scripts
+//! (`rate.rs`), and suspensions (`suspend.rs`).
 //! While Redis cannot be reached, each node keeps to its share (the limit divided by
 //! `cluster.nodes`); that is logged once, shown as `sluice_cluster_redis_up` 0, and undone
 //! when Redis answers again. Without `cluster.redis` no code here runs.

@@ -124,7 +124,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         crate::accounting::check(&settings)?;
     }
     let accounting = crate::accounting::Accounting::start(config.accounting.settings());
-    let ctx = IntakeContext::new(config.clone(), spool.clone(), accounting.clone())?;
+    // Limits shared with other appliances, one connection for intake and delivery.
+    let cluster = crate::cluster::Cluster::start(&config.cluster, &config.hostname.0)?;
+    let ctx = IntakeContext::new(config.clone(), spool.clone(), accounting.clone(), cluster.clone())?;
     let stored = ctx.stored.clone();
     let intake = Arc::new(Live::from_arc(ctx));
     let metrics = match config.metrics.address {
@@ -158,7 +160,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         tracing::warn!("delivery is paused: mail is accepted and kept in the queue");
         (None, None)
     } else {
-        let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone(), spool.clone())?;
+        let delivery = crate::delivery::Delivery::new(config.clone(), listeners.clone(), spool.clone(), cluster.clone())?;
         let runner = crate::queue::runner::Runner::new(spool.clone(), delivery.clone(), stored, clock, accounting.clone());
         tasks.spawn(runner.clone().run(watcher.clone()));
         let reporter = crate::tlsrpt::send::Reporter { delivery: delivery.clone(), spool: spool.clone(), notify: runner.notify.clone() };

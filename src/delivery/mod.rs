@@ -153,14 +153,20 @@ fn sts_fetch(config: &Config, settings: &Settings) -> sts_fetch::FetchSettings {
 
 impl Delivery {
     /// `store` keeps what delivery learns beside the queue (MTA-STS policies).
-    pub fn new(config: Arc<Config>, own: Vec<SocketAddr>, store: Arc<dyn crate::spool::Spool>) -> Result<Arc<Delivery>, String> {
+    /// With `cluster`, message rates and suspensions are shared with the other nodes.
+    pub fn new(
+        config: Arc<Config>,
+        own: Vec<SocketAddr>,
+        store: Arc<dyn crate::spool::Spool>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Result<Arc<Delivery>, String> {
         let dns = Arc::new(Dns::new(&config.dns)?);
         let first = settings(&config, 0)?;
         let fetching = sts_fetch(&config, &first);
         let settings = Arc::new(Live::new(first));
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let workers = Workers::start(&config, settings.clone(), stopping)?;
-        let shaper = crate::shaping::Shaper::with_cluster(&config, crate::cluster::Cluster::start(&config.cluster, &config.hostname.0)?);
+        let shaper = crate::shaping::Shaper::with_cluster(&config, cluster);
         let (secure_dns, secure_dns_from) = (secure_dns(&config)?, secure_dns_from(&config));
         let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching, secure_dns, secure_dns_from });
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());

@@ -64,6 +64,8 @@ pub struct IntakeContext {
     pub api_keys: Option<Arc<crate::http::keys::ApiKeys>>,
     /// Idempotency keys of HTTP requests being served now (a second request with one gets 409).
     pub api_in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Limits shared with other nodes (`cluster.redis`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The parts of a generation that carry state from one to the next.
@@ -79,12 +81,19 @@ struct Carried {
     refusal_log: Arc<refusals::RefusalLog>,
     accounting: Arc<crate::accounting::Accounting>,
     api_in_flight: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl IntakeContext {
     /// Loads TLS material (generating a self-signed certificate if configured to) and the
     /// users file.
-    pub fn new(config: Arc<Config>, spool: Arc<dyn Spool>, accounting: Arc<crate::accounting::Accounting>) -> Result<Arc<Self>, String> {
+    /// With `cluster`, intake rates are shared with the other nodes.
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<dyn Spool>,
+        accounting: Arc<crate::accounting::Accounting>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Result<Arc<Self>, String> {
         let carried = Carried {
             spool,
             limits: ConnectionLimits::new(),
@@ -97,6 +106,7 @@ impl IntakeContext {
             refusal_log: Arc::default(),
             accounting,
             api_in_flight: Arc::default(),
+            cluster,
         };
         Self::build(config, carried)
     }
@@ -115,6 +125,7 @@ impl IntakeContext {
             refusal_log: self.refusal_log.clone(),
             accounting: self.accounting.clone(),
             api_in_flight: self.api_in_flight.clone(),
+            cluster: self.cluster.clone(),
         };
         Self::build(config, carried)
     }
@@ -160,7 +171,7 @@ impl IntakeContext {
             Some((was, kept)) if (was.limits.messages_per_ip, was.limits.messages_per_user) == (l.messages_per_ip, l.messages_per_user) => {
                 kept
             }
-            _ => Arc::new(rates::SenderRates::new(l.messages_per_ip, l.messages_per_user)),
+            _ => Arc::new(rates::SenderRates::new(l.messages_per_ip, l.messages_per_user).shared(carried.cluster.clone())),
         };
         let submits = config.listeners.iter().any(|l| l.mode != ListenerMode::Relay);
         let dns = if submits { Some(crate::dns::Dns::new(&config.dns)?) } else { None };
@@ -169,7 +180,7 @@ impl IntakeContext {
             Some(path) => Some(Arc::new(crate::http::keys::ApiKeys::load(path)?)),
             None => None,
         };
-        let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, accounting, api_in_flight, .. } = carried;
+        let Carried { spool, limits, stored, auth_checks, body_memory, refusal_log, accounting, api_in_flight, cluster, .. } = carried;
         Ok(Arc::new(IntakeContext {
             relay,
             submission,
@@ -190,6 +201,7 @@ impl IntakeContext {
             signer,
             api_keys,
             api_in_flight,
+            cluster,
         }))
     }
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::shaping::rate::{Gcra, Rate};
@@ -23,7 +23,10 @@ pub struct SenderRates {
     per_ip: Option<Rate>,
     per_user: Option<Rate>,
     origin: Instant,
-    limiters: Mutex<HashMap<Sender, Gcra>>,
+    limiters: Arc<Mutex<HashMap<Sender, Gcra>>>,
+    /// With `cluster.redis`, each accepted message is counted there too, and what the other
+    /// nodes counted is learnt from the answer.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Limiters kept before idle ones are dropped.
@@ -31,7 +34,13 @@ const PRUNE_AT: usize = 10_000;
 
 impl SenderRates {
     pub fn new(per_ip: Option<Rate>, per_user: Option<Rate>) -> SenderRates {
-        SenderRates { per_ip, per_user, origin: Instant::now(), limiters: Mutex::new(HashMap::new()) }
+        SenderRates { per_ip, per_user, origin: Instant::now(), limiters: Arc::default(), cluster: None }
+    }
+
+    /// Counts shared with the other nodes of `cluster` too.
+    pub fn shared(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> SenderRates {
+        self.cluster = cluster;
+        self
     }
 
     fn senders(&self, ip: IpAddr, user: Option<&str>) -> Vec<(Sender, Rate)> {
@@ -83,8 +92,23 @@ impl SenderRates {
         if limiters.len() >= PRUNE_AT {
             limiters.retain(|_, g| !g.wait(now).is_zero());
         }
+        for (sender, rate) in &senders {
+            limiters.entry(sender.clone()).or_insert_with(|| Gcra::new(rate)).reserve(now);
+        }
+        drop(limiters);
+        let Some(cluster) = &self.cluster else { return };
         for (sender, rate) in senders {
-            limiters.entry(sender).or_insert_with(|| Gcra::new(&rate)).reserve(now);
+            let (cluster, limiters, origin) = (cluster.clone(), self.limiters.clone(), self.origin);
+            tokio::spawn(async move {
+                let name = match &sender {
+                    Sender::Ip(ip) => format!("ip:{ip}"),
+                    Sender::User(u) => format!("user:{u}"),
+                };
+                if let Ok(ahead) = cluster.book_intake(&name, rate.interval(), rate.burst()).await {
+                    let now = origin.elapsed();
+                    limiters.lock().expect("rates lock").entry(sender).or_insert_with(|| Gcra::new(&rate)).learn(now, ahead);
+                }
+            });
         }
     }
 }

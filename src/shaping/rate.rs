@@ -49,6 +49,11 @@ impl Gcra {
         wait
     }
 
+    /// Learns that the schedule (what other nodes booked too, say) runs `ahead` of `now`.
+    pub fn learn(&mut self, now: Duration, ahead: Duration) {
+        self.tat = self.tat.max(now + ahead);
+    }
+
     pub fn interval(&self) -> Duration {
         self.interval
     }
@@ -60,6 +65,23 @@ mod tests {
 
     fn rate(s: &str) -> Rate {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_schedule_learnt_from_elsewhere_holds_events_back() {
+        let mut g = Gcra::new(&rate("1/s burst 2"));
+        let t0 = Duration::from_secs(100);
+        assert_eq!(g.wait(t0), Duration::ZERO);
+        // Others booked three: the schedule runs 3 s ahead, one interval past the burst.
+        g.learn(t0, Duration::from_secs(3));
+        assert_eq!(g.wait(t0), Duration::from_secs(2));
+        g.learn(t0, Duration::from_secs(1));
+        assert_eq!(g.wait(t0), Duration::from_secs(2), "an older view changes nothing");
+        let mut share = Gcra::share(&rate("10/s burst 4"), 2);
+        assert_eq!(share.interval(), Duration::from_millis(200));
+        assert_eq!(share.reserve(t0), Duration::ZERO);
+        assert_eq!(share.reserve(t0), Duration::ZERO, "a burst of 2 each");
+        assert_eq!(share.reserve(t0), Duration::from_millis(200));
     }
 
     #[test]

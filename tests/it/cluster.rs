@@ -2,7 +2,7 @@
 //! Sluice processes relay to one sink limited to 10 messages/s in all; the sink sees the
 //! shared rate, not twice it. With Redis stopped, each node keeps to its share (5/s) and says
 //! so once; with Redis back, the rate is shared again. A 421 one node meets suspends the
-//! destination on the other too.
+//! destination on the other too; a sender's intake rate counts its messages on both.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -45,10 +45,14 @@ impl Drop for Redis {
 }
 
 fn node(dir: &Path, name: &str, sink: &Dest, redis_port: u16) -> Daemon {
+    node_with(dir, name, sink, redis_port, "")
+}
+
+fn node_with(dir: &Path, name: &str, sink: &Dest, redis_port: u16, more: &str) -> Daemon {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let extra = format!(
-        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  message_rate: \"10/s\"\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 2\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n",
+        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  message_rate: \"10/s\"\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 2\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n{more}",
         sink.addr.port()
     );
     Daemon::spawn(&dir, &extra, &[])
@@ -141,4 +145,42 @@ fn a_suspension_one_node_meets_holds_the_destination_on_the_other() {
     assert_eq!(r.attempts, 0, "postponed, not attempted: {r:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.state.lock().unwrap().connections, connections, "b did not connect while a's suspension holds");
+}
+
+/// MAIL's reply code on a new session (the message sent when it is 250).
+fn mail_code(node: &Daemon) -> u16 {
+    let mut c = Client::connect(node.addr);
+    assert_eq!(c.cmd("EHLO client.test").code, 250);
+    let code = c.cmd("MAIL FROM:<app@sender.test>").code;
+    if code == 250 {
+        assert_eq!(c.cmd("RCPT TO:<x@dest.test>").code, 250);
+        assert_eq!(c.cmd("DATA").code, 354);
+        c.send(b"Subject: x\r\n\r\nx\r\n.\r\n");
+        assert_eq!(c.reply().code, 250);
+    }
+    // The count reaches Redis in the background.
+    std::thread::sleep(Duration::from_millis(200));
+    code
+}
+
+#[test]
+fn a_senders_intake_rate_counts_its_messages_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(crate::metrics_endpoint::free_port());
+    let sink = Dest::start(Behavior::default());
+    let limit = "limits: { messages_per_ip: \"4/min burst 4\" }\n";
+    let a = node_with(dir.path(), "a", &sink, redis.port, limit);
+    let b = node_with(dir.path(), "b", &sink, redis.port, limit);
+    wait_log(&a, "the limits are shared again");
+    wait_log(&b, "the limits are shared again");
+    // Four in all is the burst: two on each node.
+    for node in [&a, &a, &b, &b] {
+        assert_eq!(mail_code(node), 250);
+    }
+    // b learnt the total (4) when it counted its second: its own third is refused, which
+    // alone it would have taken.
+    assert_eq!(mail_code(&b), 451, "b refuses: the sender used its burst on both nodes");
+    // a last heard of 2; it takes one more, learns the total, and refuses the next.
+    assert_eq!(mail_code(&a), 250);
+    assert_eq!(mail_code(&a), 451);
 }

@@ -77,7 +77,7 @@ fn failed_commit_is_451_and_failed_fsync_is_421_until_restart() {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let (_stop, watch) = tokio::sync::watch::channel(false);
-    let ctx = IntakeContext::new(config, Arc::new(FailingSpool::default()), sluice::accounting::Accounting::start(None)).unwrap();
+    let ctx = IntakeContext::new(config, Arc::new(FailingSpool::default()), sluice::accounting::Accounting::start(None), None).unwrap();
     let spec = sluice::config::ListenerConfig {
         address: addr,
         mode: sluice::config::ListenerMode::Relay,
