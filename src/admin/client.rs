@@ -55,12 +55,12 @@ impl std::fmt::Display for AdminError {
 
 /// The daemon's socket, connected; `Ok(None)` when no daemon listens there (no socket, or a
 /// stale one nobody accepts on).
-fn connect(config: &Config) -> Result<Option<UnixStream>, AdminError> {
+fn connect(config: &Config, patience: Duration) -> Result<Option<UnixStream>, AdminError> {
     let socket = &config.admin.socket;
     match UnixStream::connect(socket) {
         Ok(s) => {
             // A daemon that accepted but never answers must not hang the command.
-            let _ = s.set_read_timeout(Some(Duration::from_secs(120)));
+            let _ = s.set_read_timeout(Some(patience));
             Ok(Some(s))
         }
         Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => Ok(None),
@@ -73,8 +73,18 @@ fn connect(config: &Config) -> Result<Option<UnixStream>, AdminError> {
 
 /// Sends `request` and hands each answer line to `each` until it returns false; `Ok(false)`
 /// when no daemon runs.
-fn exchange(config: &Config, request: &Request, mut each: impl FnMut(Response) -> bool) -> Result<bool, AdminError> {
-    let Some(mut stream) = connect(config)? else { return Ok(false) };
+fn exchange(config: &Config, request: &Request, each: impl FnMut(Response) -> bool) -> Result<bool, AdminError> {
+    exchange_within(config, request, Duration::from_secs(120), each)
+}
+
+/// `exchange`, waiting up to `patience` for each answer line.
+fn exchange_within(
+    config: &Config,
+    request: &Request,
+    patience: Duration,
+    mut each: impl FnMut(Response) -> bool,
+) -> Result<bool, AdminError> {
+    let Some(mut stream) = connect(config, patience)? else { return Ok(false) };
     let failed = |e: std::io::Error| AdminError::Failed(format!("talking to the daemon: {e}"));
     let mut line = serde_json::to_vec(request).map_err(|e| AdminError::Failed(e.to_string()))?;
     line.push(b'\n');
@@ -214,9 +224,10 @@ pub fn queue_bounce(config: &Config, selection: Selection, status: String, reaso
     act(config, Request::QueueBounce { selection, status, reason })
 }
 
-/// Messages one transfer request hands over: a request is answered within the socket's
-/// read timeout however large the queue.
+/// Messages one transfer request hands over at most; the daemon starts new ones for about a
+/// minute, and those started may take up to their delivery timeouts, hence the patience.
 const TRANSFER_BATCH: usize = 500;
+const TRANSFER_PATIENCE: Duration = Duration::from_secs(15 * 60);
 
 /// `sluice queue transfer`: the selected messages relayed to `to`, in batches until none
 /// is left that has not been tried.
@@ -227,20 +238,32 @@ pub fn queue_transfer(
     login: bool,
 ) -> Result<crate::queue::transfer::TransferReport, AdminError> {
     let mut total = crate::queue::transfer::TransferReport::default();
+    let mut after = None;
     loop {
-        let exclude: Vec<String> = total.kept.iter().map(|k| k.id.clone()).collect();
-        let request = Request::QueueTransfer { selection: selection.clone(), to: to.to_string(), login, limit: TRANSFER_BATCH, exclude };
-        match ask(config, &request)? {
-            Some(Response::Transferred { report, remaining }) => {
-                let progressed = !report.moved.is_empty() || !report.kept.is_empty();
+        let request = Request::QueueTransfer { selection: selection.clone(), to: to.to_string(), login, limit: TRANSFER_BATCH, after };
+        let mut answer = None;
+        let asked = exchange_within(config, &request, TRANSFER_PATIENCE, |r| {
+            answer = Some(r);
+            false
+        });
+        match (asked, answer) {
+            (Ok(true), Some(Response::Transferred { report, remaining, last })) => {
                 total.moved.extend(report.moved);
                 total.kept.extend(report.kept);
-                if remaining == 0 || !progressed {
+                if remaining == 0 || last.is_none() {
                     return Ok(total);
                 }
+                after = last;
             }
-            Some(other) => return Err(unexpected(other)),
-            None => return Err(AdminError::Unreachable(config.admin.socket.display().to_string())),
+            // Named messages handed over by an earlier batch are gone now: the selection is done.
+            (Ok(true), Some(Response::NotFound(_))) if !total.moved.is_empty() => return Ok(total),
+            (Ok(true), Some(other)) => return Err(unexpected(other)),
+            (Ok(false), _) | (Ok(true), None) => return Err(AdminError::Unreachable(config.admin.socket.display().to_string())),
+            (Err(e), _) if total.moved.is_empty() && total.kept.is_empty() => return Err(e),
+            (Err(e), _) => {
+                total.kept.push(crate::queue::transfer::Kept { id: "-".into(), why: format!("the transfer stopped: {e}") });
+                return Ok(total);
+            }
         }
     }
 }

@@ -27,9 +27,10 @@ pub enum Request {
     QueueBounce { selection: Selection, status: String, reason: String },
     /// Remove messages from the queue; with `dry_run`, only say which.
     QueueDelete { selection: Selection, dry_run: bool },
-    /// Relay at most `limit` of the selected messages (leaving out `exclude`) to the MTA at
-    /// `to` (`HOST:PORT`), logging in with the smarthost credentials when `login`; each
-    /// recipient leaves the queue once that MTA took it.
+    /// Relay at most `limit` of the selected messages, in queue id order after `after`, to
+    /// the MTA at `to` (`HOST:PORT`), logging in with the smarthost credentials when `login`;
+    /// each recipient leaves the queue once that MTA took it. New messages are started for
+    /// about a minute; the answer's `last` is the last one started.
     QueueTransfer {
         selection: Selection,
         to: String,
@@ -37,7 +38,7 @@ pub enum Request {
         login: bool,
         limit: usize,
         #[serde(default)]
-        exclude: Vec<String>,
+        after: Option<String>,
     },
     /// Read the config file again and put it in force; a config that fails to load is
     /// refused and the running one kept.
@@ -95,6 +96,7 @@ pub enum Response {
     Transferred {
         report: crate::queue::transfer::TransferReport,
         remaining: usize,
+        last: Option<String>,
     },
     /// No message with this queue id.
     NotFound(String),

@@ -134,7 +134,7 @@ pub async fn perform(daemon: &Daemon, operator: String, request: Request) -> Res
         Request::QueueDelete { selection, dry_run } => queue_delete(h, selection, dry_run).await,
         Request::QueueHold { selection, held } => queue_hold(h, selection, held).await,
         Request::QueueBounce { selection, status, reason } => queue_bounce(h, selection, &status, reason).await,
-        Request::QueueTransfer { selection, to, login, limit, exclude } => queue_transfer(h, selection, &to, login, (limit, exclude)).await,
+        Request::QueueTransfer { selection, to, login, limit, after } => queue_transfer(h, selection, &to, login, (limit, after)).await,
         Request::Reload => reload(h).await,
     }
 }
@@ -277,7 +277,7 @@ async fn queue_transfer(
     selection: Selection,
     to: &str,
     login: bool,
-    (limit, exclude): (usize, Vec<String>),
+    (limit, after): (usize, Option<String>),
 ) -> Result<Response, Refused> {
     let runner = runner(h, "nothing is sent")?;
     let (host, port) = crate::queue::transfer::parse_destination(to).map_err(Refused::Invalid)?;
@@ -294,12 +294,15 @@ async fn queue_transfer(
         crate::dns::AddrAnswer::Temporary(why) => return Err(Refused::Failed(format!("looking up {host}: {why}"))),
     };
     let (mut ids, _) = selected(h, &selection).await?;
-    ids.retain(|id| !exclude.contains(id));
-    let remaining = ids.len().saturating_sub(limit);
+    ids.sort();
+    ids.retain(|id| after.as_ref().is_none_or(|a| id > a));
+    let selected_after = ids.len();
     ids.truncate(limit);
     let operator = h.operator();
     let destination = crate::queue::transfer::Destination { host, targets, login };
-    let report = runner.transfer(ids, &destination, &operator).await;
+    let report = runner.transfer(ids.clone(), &destination, &operator).await;
+    let started: Vec<&String> = ids.iter().filter(|id| !report.unstarted.contains(id)).collect();
+    let (last, remaining) = (started.last().map(|id| id.to_string()), selected_after - started.len());
     tracing::info!(
         operator = %operator,
         to,
@@ -308,7 +311,7 @@ async fn queue_transfer(
         ids = report.moved.join(",").as_str(),
         "queue transfer"
     );
-    Ok(Response::Transferred { report, remaining })
+    Ok(Response::Transferred { report, remaining, last })
 }
 
 async fn queue_flush(h: &Handlers<'_>, selection: Selection) -> Result<Response, Refused> {

@@ -36,6 +36,8 @@ pub struct Cluster {
     /// When Redis last failed to answer: while it is away, it is asked once a second, not
     /// for every message.
     failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When a refusal by Redis was last logged.
+    refused_said_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Cluster {
@@ -54,6 +56,7 @@ impl Cluster {
             connection: tokio::sync::OnceCell::new(),
             up: AtomicBool::new(false),
             failed_at: std::sync::Mutex::new(None),
+            refused_said_at: std::sync::Mutex::new(None),
         });
         metrics::gauge!(m::CLUSTER_REDIS_UP).set(0.0);
         let connecting = cluster.clone();
@@ -72,10 +75,12 @@ impl Cluster {
                         return;
                     }
                     Err(e) if !said => {
+                        // Shown from the first failure on (the recorder may come later: set it each time).
+                        metrics::gauge!(m::CLUSTER_REDIS_UP).set(0.0);
                         said = true;
                         tracing::warn!(error = %e, nodes = connecting.nodes, "Redis cannot be reached: each node keeps to its share of the shared limits");
                     }
-                    Err(_) => {}
+                    Err(_) => metrics::gauge!(m::CLUSTER_REDIS_UP).set(0.0),
                 }
                 tokio::time::sleep(RETRY_EVERY).await;
             }
@@ -108,6 +113,22 @@ impl Cluster {
                     "Redis cannot be reached: each node keeps to its share of the shared limits until it answers"
                 ),
             }
+        }
+    }
+
+    /// A command failed: Redis is away when the connection failed or it did not answer in
+    /// time; an error Redis answered with (READONLY after a failover, OOM, NOPERM) leaves
+    /// the state as it is and is logged at most once a minute, this command kept to the
+    /// node's share.
+    fn failed(&self, e: &redis::RedisError) {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+            self.mark(false, &e.to_string());
+            return;
+        }
+        let mut said = self.refused_said_at.lock().expect("refused_said_at lock");
+        if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *said = Some(std::time::Instant::now());
+            tracing::warn!(error = %e, "Redis refused a command: kept to this node's share meanwhile");
         }
     }
 

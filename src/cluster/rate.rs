@@ -11,6 +11,7 @@ use super::Cluster;
 /// between messages, ARGV[2]: the burst tolerance (both microseconds). Returns 0 when a message
 /// may go now (and books it), else how many microseconds until one may.
 const GCRA: &str = r"
+redis.replicate_commands()
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
 local interval = tonumber(ARGV[1])
@@ -28,6 +29,7 @@ return 0
 /// always books (the message was accepted already) and returns how far ahead of now, in
 /// microseconds, the shared schedule now is (every node's messages counted).
 const BOOK: &str = r"
+redis.replicate_commands()
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
 local interval = tonumber(ARGV[1])
@@ -67,7 +69,7 @@ impl Cluster {
                 Ok(Duration::from_micros(wait))
             }
             Ok(Err(e)) => {
-                self.mark(false, &e.to_string());
+                self.failed(&e);
                 Err(())
             }
             Err(_) => {

@@ -32,7 +32,7 @@ impl Cluster {
             set.arg(&key).arg(value).arg("PX").arg(until_ms - now_ms);
             match tokio::time::timeout(cluster.timeout, set.query_async::<()>(&mut connection)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => cluster.mark(false, &e.to_string()),
+                Ok(Err(e)) => cluster.failed(&e),
                 Err(_) => cluster.mark(false, "no answer within cluster.redis.timeout"),
             }
         });
@@ -65,7 +65,7 @@ impl Cluster {
         let value = match tokio::time::timeout(self.timeout, get.query_async::<Option<String>>(&mut connection)).await {
             Ok(Ok(value)) => value,
             Ok(Err(e)) => {
-                self.mark(false, &e.to_string());
+                self.failed(&e);
                 return None;
             }
             Err(_) => {

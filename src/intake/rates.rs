@@ -23,10 +23,23 @@ pub struct SenderRates {
     per_ip: Option<Rate>,
     per_user: Option<Rate>,
     origin: Instant,
-    limiters: Arc<Mutex<HashMap<Sender, Gcra>>>,
+    limiters: Arc<Mutex<HashMap<Sender, Limiter>>>,
     /// With `cluster.redis`, each accepted message is counted there too, and what the other
     /// nodes counted is learnt from the answer.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// One sender's limiter: at its rate, and at this node's share of it (for while the cluster's
+/// Redis is away; the same as the rate without a cluster).
+struct Limiter {
+    full: Gcra,
+    share: Gcra,
+}
+
+impl Limiter {
+    fn new(rate: &Rate, nodes: u32) -> Limiter {
+        Limiter { full: Gcra::new(rate), share: Gcra::share(rate, nodes) }
+    }
 }
 
 /// Limiters kept before idle ones are dropped.
@@ -66,9 +79,11 @@ impl SenderRates {
             return None;
         }
         let now = self.origin.elapsed();
+        // Redis away: this node keeps to its share of each sender's rate.
+        let alone = self.cluster.as_ref().is_some_and(|c| !c.is_up());
         let limiters = self.limiters.lock().expect("rates lock");
         for (sender, rate) in self.senders(ip, user) {
-            let wait = limiters.get(&sender).map_or(Duration::ZERO, |g| g.wait(now));
+            let wait = limiters.get(&sender).map_or(Duration::ZERO, |l| if alone { l.share.wait(now) } else { l.full.wait(now) });
             if !wait.is_zero() {
                 let who = match sender {
                     Sender::Ip(ip) => format!("from {ip}"),
@@ -90,15 +105,18 @@ impl SenderRates {
         let now = self.origin.elapsed();
         let mut limiters = self.limiters.lock().expect("rates lock");
         if limiters.len() >= PRUNE_AT {
-            limiters.retain(|_, g| !g.wait(now).is_zero());
+            limiters.retain(|_, l| !l.full.wait(now).is_zero() || !l.share.wait(now).is_zero());
         }
+        let nodes = self.cluster.as_ref().map_or(1, |c| c.nodes);
         for (sender, rate) in &senders {
-            limiters.entry(sender.clone()).or_insert_with(|| Gcra::new(rate)).reserve(now);
+            let limiter = limiters.entry(sender.clone()).or_insert_with(|| Limiter::new(rate, nodes));
+            limiter.full.reserve(now);
+            limiter.share.reserve(now);
         }
         drop(limiters);
         let Some(cluster) = &self.cluster else { return };
         for (sender, rate) in senders {
-            let (cluster, limiters, origin) = (cluster.clone(), self.limiters.clone(), self.origin);
+            let (cluster, limiters, origin, nodes) = (cluster.clone(), self.limiters.clone(), self.origin, nodes);
             tokio::spawn(async move {
                 let name = match &sender {
                     Sender::Ip(ip) => format!("ip:{ip}"),
@@ -106,7 +124,7 @@ impl SenderRates {
                 };
                 if let Ok(ahead) = cluster.book_intake(&name, rate.interval(), rate.burst()).await {
                     let now = origin.elapsed();
-                    limiters.lock().expect("rates lock").entry(sender).or_insert_with(|| Gcra::new(&rate)).learn(now, ahead);
+                    limiters.lock().expect("rates lock").entry(sender).or_insert_with(|| Limiter::new(&rate, nodes)).full.learn(now, ahead);
                 }
             });
         }
@@ -116,6 +134,26 @@ impl SenderRates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn while_redis_is_away_a_node_keeps_to_its_share() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            // Nothing listens on port 1: the cluster is away from the start.
+            let config: crate::config::ClusterConfig = serde_norway::from_str("nodes: 2\nredis: { url: \"redis://127.0.0.1:1\" }").unwrap();
+            let cluster = crate::cluster::Cluster::start(&config, "relay.test").unwrap();
+            let rate = || Some("2/min burst 2".parse().unwrap());
+            let (shared, alone) = (SenderRates::new(rate(), None).shared(cluster), SenderRates::new(rate(), None));
+            let ip: IpAddr = "192.0.2.1".parse().unwrap();
+            for rates in [&shared, &alone] {
+                assert!(rates.gate(ip, None).is_none());
+                rates.count(ip, None);
+            }
+            assert!(alone.gate(ip, None).is_none(), "alone, the burst of 2 is this node's");
+            let refused = shared.gate(ip, None).expect("half the burst each while Redis is away");
+            assert_eq!(refused.code, 451);
+        });
+    }
 
     #[test]
     fn the_rate_is_per_ip_and_per_user() {

@@ -20,6 +20,9 @@ use crate::spool::RecipientState;
 const AT_ONCE: usize = 8;
 /// How long a transfer waits for attempts under way on selected messages to end.
 const WAIT_FOR_ATTEMPTS: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long one transfer request starts new messages: its answer must come while the
+/// operator's command waits.
+const STARTING_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where a transfer goes.
 #[derive(Debug, Clone)]
@@ -38,6 +41,9 @@ pub struct TransferReport {
     pub moved: Vec<String>,
     /// Still here (some of their recipients may have gone), and why.
     pub kept: Vec<Kept>,
+    /// Claimed but not started: the minute for starting new messages was over.
+    #[serde(skip)]
+    pub unstarted: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,11 +69,12 @@ impl Runner {
     /// handed over once that attempt is over (kept if that takes longer than 30 s).
     pub async fn transfer(self: &Arc<Self>, queue_ids: Vec<String>, to: &Destination, operator: &str) -> TransferReport {
         let mut report = TransferReport::default();
-        let deadline = tokio::time::Instant::now() + WAIT_FOR_ATTEMPTS;
+        let started = tokio::time::Instant::now();
+        let (deadline, starting_until) = (started + WAIT_FOR_ATTEMPTS, started + STARTING_FOR);
         let mut pending = queue_ids;
         loop {
             let (claimed, busy) = self.claim(pending);
-            self.transfer_claimed(claimed, to, operator, &mut report).await;
+            self.transfer_claimed(claimed, to, operator, starting_until, &mut report).await;
             if busy.is_empty() {
                 break;
             }
@@ -79,6 +86,9 @@ impl Runner {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             pending = busy;
         }
+        for id in &report.unstarted {
+            self.leave_flight(id).await;
+        }
         self.notify.notify_one();
         report.moved.sort();
         report.kept.sort_by(|a, b| a.id.cmp(&b.id));
@@ -86,10 +96,20 @@ impl Runner {
     }
 
     /// Hands over messages this transfer has claimed, a few at once.
-    async fn transfer_claimed(self: &Arc<Self>, claimed: Vec<String>, to: &Destination, operator: &str, report: &mut TransferReport) {
+    async fn transfer_claimed(
+        self: &Arc<Self>,
+        claimed: Vec<String>,
+        to: &Destination,
+        operator: &str,
+        starting_until: tokio::time::Instant,
+        report: &mut TransferReport,
+    ) {
         let mut work = claimed.into_iter();
         let mut running = tokio::task::JoinSet::new();
         loop {
+            if tokio::time::Instant::now() >= starting_until {
+                report.unstarted.extend(work.by_ref());
+            }
             while running.len() < AT_ONCE {
                 let Some(id) = work.next() else { break };
                 let (runner, to, operator) = (self.clone(), to.clone(), operator.to_string());

@@ -69,8 +69,11 @@ fn a_thousand_queued_messages_move_to_the_other_node_exactly_once_with_their_par
     let (env, _) = arrived.iter().find(|(e, _)| e.recipients[0].mailbox.to_string() == "first@dest.test").unwrap();
     assert_eq!(env.params.priority, Some(3));
     assert_eq!(env.params.envid.as_deref(), Some("order-7"));
+    assert_eq!(env.params.ret, Some(sluice::smtp::address::Ret::Hdrs));
     let rcpt = &env.recipients[0].params;
-    assert!(format!("{rcpt:?}").contains("first@dest.test"), "ORCPT went along: {rcpt:?}");
+    assert_eq!(rcpt.orcpt.as_deref(), Some("rfc822;first@dest.test"), "ORCPT went along: {rcpt:?}");
+    let notify = rcpt.notify.expect("NOTIFY went along");
+    assert!(notify.success && notify.failure && !notify.delay && !notify.never, "{notify:?}");
 }
 
 #[test]
