@@ -68,7 +68,13 @@ impl Cluster {
                 .set_max_delay(1000);
             let mut said = false;
             loop {
-                match client.get_connection_manager_with_config(settings.clone()).await {
+                // A server that takes the connection and never answers would hold the first
+                // connection forever: the whole of it is bounded.
+                let connected =
+                    tokio::time::timeout(timeout + Duration::from_secs(1), client.get_connection_manager_with_config(settings.clone()))
+                        .await
+                        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "no answer while connecting"))));
+                match connected {
                     Ok(manager) => {
                         let _ = connecting.connection.set(manager);
                         connecting.mark(true, "connected");

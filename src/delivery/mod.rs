@@ -233,13 +233,13 @@ impl Delivery {
         }
     }
 
-    /// The targets routing found for `domain` by its MX records under DANE; None when
-    /// `delivery.dane.enabled` is off.
-    pub async fn dane(&self, domain: &str, targets: Vec<Target>) -> Option<dane_lookup::DaneRoute> {
+    /// The targets routing found for `domain` by its MX records under DANE; as they are
+    /// (`Unsigned`) when `delivery.dane.enabled` is off.
+    pub async fn dane(&self, domain: &str, targets: Vec<Target>) -> dane_lookup::DaneRoute {
         let g = self.generation.get();
-        let dns = g.secure_dns.as_ref()?;
+        let Some(dns) = g.secure_dns.as_ref() else { return dane_lookup::DaneRoute::Unsigned(targets) };
         let ascii = crate::dns::ascii_domain(domain).unwrap_or_else(|| domain.to_ascii_lowercase());
-        Some(dane_lookup::authenticate(dns.as_ref(), &ascii, targets, g.config.delivery.ip_family).await)
+        dane_lookup::authenticate(dns.as_ref(), &ascii, targets, g.config.delivery.ip_family).await
     }
 
     /// This period's TLS-RPT counts.

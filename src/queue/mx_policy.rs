@@ -109,7 +109,7 @@ impl Runner {
     /// A host left out for a failed TLSA lookup is counted for the domain's TLS report.
     async fn dane(&self, env: &Envelope, domain: &str, key_domain: &str, targets: Vec<Target>) -> Result<(Vec<Target>, bool), RcptOutcome> {
         let delivery = self.delivery();
-        let Some(route) = delivery.dane(domain, targets.clone()).await else { return Ok((targets, false)) };
+        let route = delivery.dane(domain, targets).await;
         let applies = route.applies();
         match route {
             DaneRoute::Unsigned(targets) => Ok((targets, false)),

@@ -2,7 +2,8 @@
 //! Sluice processes relay to one sink limited to 10 messages/s in all; the sink sees the
 //! shared rate, not twice it. With Redis stopped, each node keeps to its share (5/s) and says
 //! so once; with Redis back, the rate is shared again. A 421 one node meets suspends the
-//! destination on the other too; a sender's intake rate counts its messages on both.
+//! destination on the other too; a sender's intake rate counts its messages on both; a Redis
+//! that takes connections and never answers leaves each node its share.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -183,4 +184,25 @@ fn a_senders_intake_rate_counts_its_messages_on_every_node() {
     // a last heard of 2; it takes one more, learns the total, and refuses the next.
     assert_eq!(mail_code(&a), 250);
     assert_eq!(mail_code(&a), 451);
+}
+
+#[test]
+fn a_redis_that_takes_connections_and_never_answers_leaves_each_node_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts and says nothing, ever.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream);
+        }
+    });
+    let sink = Dest::start(Behavior::default());
+    let a = node(dir.path(), "a", &sink, port);
+    inject(&a, 12, "a");
+    // Half of 10/s, nobody waiting on the silent Redis.
+    let alone = rate_from(&sink, 1, 12);
+    assert!((4.0..=6.0).contains(&alone), "the sink saw {alone:.1}/s, not this node's share of 5/s");
+    assert_eq!(a.log_text().matches("Redis cannot be reached").count(), 1, "{}", a.log_text());
 }
