@@ -8,10 +8,11 @@ use std::time::Duration;
 use super::Cluster;
 
 /// One GCRA step. KEYS[1]: the theoretical arrival time (microseconds). ARGV[1]: the
-/// interval between events, ARGV[2]: the burst tolerance (both microseconds), ARGV[3]: `ask`
-/// books only an event that may pass now and returns 0 for it, else how many microseconds
-/// until one may; `count` books whatever (an accepted message) and returns how far ahead of
-/// now the schedule runs, every node's events counted.
+/// interval between events, ARGV[2]: the burst tolerance (both microseconds), ARGV[3]: `book`
+/// books the next free slot and returns how many microseconds until it comes (0: now), so
+/// a node that sleeps until then loses no slot to the time it takes to ask again; `count`
+/// books whatever (an accepted message) and returns how far ahead of now the schedule
+/// runs, every node's events counted.
 const GCRA: &str = r"
 redis.replicate_commands()
 local now_parts = redis.call('TIME')
@@ -20,11 +21,12 @@ local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-if ARGV[3] == 'ask' and now < tat - tolerance then return tat - tolerance - now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
 local next_tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
 if ARGV[3] == 'count' then return next_tat - now end
-return 0
+return wait
 ";
 
 /// The script, hashed once (EVALSHA, and the hash is not computed again per message).
@@ -38,14 +40,14 @@ impl Cluster {
         self.run_gcra("count", &self.key("intake", sender), interval, burst).await
     }
 
-    /// Books a message of `destination` at the shared rate (one every `interval`, `burst` at
-    /// once): Ok(zero) when it may go now, Ok(wait) when it must wait that long first (and
-    /// ask again), Err when Redis did not answer (the caller keeps to its own share).
-    pub async fn reserve_message(self: &Arc<Self>, destination: &str, interval: Duration, burst: u32) -> Result<Duration, ()> {
-        self.run_gcra("ask", &self.key("rate", destination), interval, burst).await
+    /// Books the next free slot for a message of `destination` at the shared rate (one every
+    /// `interval`, `burst` at once): Ok(how long until it comes), zero for now; Err when
+    /// Redis did not answer (the caller keeps to its own share).
+    pub async fn book_message(self: &Arc<Self>, destination: &str, interval: Duration, burst: u32) -> Result<Duration, ()> {
+        self.run_gcra("book", &self.key("rate", destination), interval, burst).await
     }
 
-    /// One step of `key`'s GCRA in `mode` (`ask` or `count`, see [`GCRA`]).
+    /// One step of `key`'s GCRA in `mode` (`book` or `count`, see [`GCRA`]).
     async fn run_gcra(self: &Arc<Self>, mode: &str, key: &str, interval: Duration, burst: u32) -> Result<Duration, ()> {
         let mut connection = self.connection().ok_or(())?;
         let tolerance = interval * burst.saturating_sub(1);

@@ -23,7 +23,8 @@ pub struct RateQueue {
     origin: Instant,
     inner: Mutex<Inner>,
     /// The rate is shared with other nodes on Redis (`cluster.redis`): the head of the line
-    /// books there; while Redis is away, at this node's share of the rate.
+    /// books the next free slot there and goes when it comes; while Redis is away, at this
+    /// node's share of the rate.
     shared: Option<Shared>,
 }
 
@@ -38,6 +39,10 @@ struct Inner {
     share: Gcra,
     line: BTreeMap<Place, Arc<Notify>>,
     next: u64,
+    /// A shared slot booked on Redis and not yet used: when it comes (from `origin`). It
+    /// belongs to whoever is at the head then, so a caller that leaves the line or is passed
+    /// by a higher priority wastes no slot.
+    booked: Option<Duration>,
 }
 
 impl Inner {
@@ -65,7 +70,7 @@ impl Drop for InLine<'_> {
 
 impl RateQueue {
     pub fn new(rate: Rate) -> RateQueue {
-        let inner = Inner { gcra: Gcra::new(&rate), share: Gcra::new(&rate), line: BTreeMap::new(), next: 0 };
+        let inner = Inner { gcra: Gcra::new(&rate), share: Gcra::new(&rate), line: BTreeMap::new(), next: 0, booked: None };
         RateQueue { rate, origin: Instant::now(), inner: Mutex::new(inner), shared: None }
     }
 
@@ -77,22 +82,55 @@ impl RateQueue {
         queue
     }
 
-    /// At the head of the line: how long until this caller's message may go (zero: it was
-    /// booked, go now), at the shared rate when Redis answers, else at this node's share.
-    async fn head_wait(&self, shared: &Shared) -> Duration {
-        let booked = shared.cluster.reserve_message(&shared.destination, self.rate.interval(), self.rate.burst()).await;
+    /// At the head of the line with no slot booked: when (from `origin`) the next message may
+    /// go. Booked on Redis (every node's messages counted, so the slot is ours and the line
+    /// keeps it), or while Redis is away at this node's share (booked here when it is now).
+    async fn book(&self, shared: &Shared) -> Result<Duration, Duration> {
+        let booked = shared.cluster.book_message(&shared.destination, self.rate.interval(), self.rate.burst()).await;
+        let mut inner = self.inner.lock().expect("rate queue lock");
+        let now = self.now();
         match booked {
-            Ok(wait) => wait,
+            Ok(wait) => {
+                inner.booked = Some(now + wait);
+                Ok(now + wait)
+            }
             Err(()) => {
-                let mut inner = self.inner.lock().expect("rate queue lock");
-                let now = self.now();
                 let wait = inner.share.wait(now);
                 if wait.is_zero() {
                     inner.share.reserve(now);
                 }
-                wait
+                Err(now + wait)
             }
         }
+    }
+
+    /// The head of the line takes its turn at the shared rate: Ok once it may go, Err(due)
+    /// when it must wait until `due` (and ask again, or be passed meanwhile).
+    async fn shared_turn(&self, shared: &Shared, place: Place) -> Result<(), Option<Duration>> {
+        let booked = {
+            let inner = self.inner.lock().expect("rate queue lock");
+            if inner.line.keys().next() != Some(&place) {
+                return Err(None);
+            }
+            inner.booked
+        };
+        let due = match booked {
+            Some(due) => due,
+            None => match self.book(shared).await {
+                Ok(due) => due,
+                Err(due) if due <= self.now() => return Ok(()),
+                Err(due) => return Err(Some(due)),
+            },
+        };
+        if due > self.now() {
+            return Err(Some(due));
+        }
+        let mut inner = self.inner.lock().expect("rate queue lock");
+        if inner.line.keys().next() != Some(&place) {
+            return Err(None);
+        }
+        inner.booked = None;
+        Ok(())
     }
 
     pub fn rate(&self) -> Rate {
@@ -127,22 +165,21 @@ impl RateQueue {
         let in_line = InLine { queue: self, place };
         loop {
             if let Some(shared) = &self.shared {
-                let at_head = self.inner.lock().expect("rate queue lock").line.keys().next() == Some(&place);
-                if !at_head {
-                    signal.notified().await;
-                    continue;
-                }
-                let wait = self.head_wait(shared).await;
-                if wait.is_zero() {
-                    let mut inner = self.inner.lock().expect("rate queue lock");
-                    inner.line.remove(&place);
-                    inner.wake_head();
-                    std::mem::forget(in_line);
-                    return Ok(());
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = signal.notified() => {}
+                match self.shared_turn(shared, place).await {
+                    Ok(()) => {
+                        let mut inner = self.inner.lock().expect("rate queue lock");
+                        inner.line.remove(&place);
+                        inner.wake_head();
+                        std::mem::forget(in_line);
+                        return Ok(());
+                    }
+                    Err(None) => signal.notified().await,
+                    Err(Some(due)) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(due.saturating_sub(self.now())) => {}
+                            _ = signal.notified() => {}
+                        }
+                    }
                 }
                 continue;
             }
