@@ -185,6 +185,16 @@ pub fn queue_summary(config: &Config) -> Result<Vec<DestinationSummary>, AdminEr
     }
 }
 
+/// Whether the running daemon shares its limits with other nodes now; None when it runs
+/// without `cluster.redis`, or does not run.
+pub fn cluster_status(config: &Config) -> Result<Option<crate::cluster::ClusterStatus>, AdminError> {
+    match ask(config, &Request::ClusterStatus)? {
+        Some(Response::Cluster(status)) => Ok(status),
+        Some(other) => Err(unexpected(other)),
+        None => Ok(None),
+    }
+}
+
 /// An action only the running daemon can carry out (nothing is written to the spool behind
 /// its back): the ids it took.
 fn act(config: &Config, request: Request) -> Result<Vec<String>, AdminError> {

@@ -15,8 +15,8 @@ mod server;
 mod summary;
 
 pub use client::{
-    AdminError, list_queue, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_requeue, queue_show, queue_summary,
-    queue_transfer, reload,
+    AdminError, cluster_status, list_queue, queue_bounce, queue_delete, queue_flush, queue_hold, queue_list, queue_requeue, queue_show,
+    queue_summary, queue_transfer, reload,
 };
 pub use passwd::users_file_line;
 pub use server::{Daemon, Refused, Reloads, list_page, perform, serve};

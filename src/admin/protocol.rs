@@ -14,6 +14,8 @@ pub enum Request {
     QueueList(Selection),
     /// Per destination: queued mail, connections, rates, suspensions.
     QueueSummary,
+    /// Whether limits are shared with other nodes now, or kept to this node's share.
+    ClusterStatus,
     /// One message: its envelope, recipients' states, headers, and with `body` all of it.
     QueueShow { id: String, body: bool },
     /// Make messages due now and end their destinations' suspensions.
@@ -84,6 +86,8 @@ pub enum Response {
     /// The end of a listing: how many messages it had.
     Listed(usize),
     Summary(Vec<DestinationSummary>),
+    /// None without `cluster.redis`.
+    Cluster(Option<crate::cluster::ClusterStatus>),
     Message(Box<MessageView>),
     /// How many messages an action took, and which.
     Done {

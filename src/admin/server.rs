@@ -26,6 +26,8 @@ pub struct Daemon {
     pub reloads: Reloads,
     /// `deleted` records while delivery is paused (the runner makes them otherwise).
     pub accounting: Arc<crate::accounting::Accounting>,
+    /// Limits shared with other nodes, if they are (`cluster.redis`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Serves the admin socket until shutdown: one task per connection, one request each.
@@ -128,6 +130,7 @@ pub async fn perform(daemon: &Daemon, operator: String, request: Request) -> Res
     match request {
         Request::QueueList(_) => Err(Refused::Invalid("queue_list is streamed".into())),
         Request::QueueSummary => queue_summary(h).await,
+        Request::ClusterStatus => Ok(Response::Cluster(h.cluster.as_ref().map(|c| c.status()))),
         Request::QueueShow { id, body } => queue_show(h, id, body).await,
         Request::QueueFlush(selection) => queue_flush(h, selection).await,
         Request::QueueRequeue(selection) => queue_requeue(h, selection).await,

@@ -1,10 +1,12 @@
 //! Limits shared with other appliances on Redis or Valkey (`cluster.redis`, docs/CLUSTER.md).
-//! Today: per-destination message rates and intake rates per sender, GCRAs in Lua scripts
-//! (`rate.rs`), and suspensions (`suspend.rs`).
+//! Per-destination message rates and intake rates per sender, GCRAs in Lua scripts
+//! (`rate.rs`); connection caps, as leases that expire unless renewed (`lease.rs`); and
+//! suspensions (`suspend.rs`).
 //! While Redis cannot be reached, each node keeps to its share (the limit divided by
 //! `cluster.nodes`); that is logged once, shown as `sluice_cluster_redis_up` 0, and undone
 //! when Redis answers again. Without `cluster.redis` no code here runs.
 
+pub mod lease;
 pub mod rate;
 pub mod suspend;
 
@@ -38,6 +40,59 @@ pub struct Cluster {
     failed_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// When a refusal by Redis was last logged.
     refused_said_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// The connection leases this node holds, and how long each lives unless renewed.
+    leases: lease::Leases,
+    lease_ttl: Duration,
+    /// Names this process's leases: the node, and when it started (a node restarted under
+    /// the same name must not renew its predecessor's leases).
+    member_prefix: String,
+    /// The daemon's runtime: leases are given back from whichever thread drops them.
+    runtime: tokio::runtime::Handle,
+    /// Where Redis is, without a password (for the status).
+    redis_shown: String,
+    /// Since when (unix seconds) Redis has not answered, while it does not.
+    away_since: std::sync::Mutex<Option<u64>>,
+}
+
+/// What `sluice queue summary` shows of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterStatus {
+    pub node: String,
+    pub nodes: u32,
+    pub redis: String,
+    /// The limits are shared now (Redis answers); else each node keeps to its share.
+    pub shared: bool,
+    /// Since when (unix seconds) Redis has not answered, while it does not.
+    pub away_since: Option<u64>,
+    /// Connection leases this node holds.
+    pub leases_held: usize,
+}
+
+impl ClusterStatus {
+    /// One line for the summary.
+    pub fn describe(&self) -> String {
+        let whom = format!("cluster: node {} of {}", self.node, self.nodes);
+        match (self.shared, self.away_since) {
+            (true, _) => format!("{whom}, limits shared on {}, {} connection leases held", self.redis, self.leases_held),
+            (false, since) => format!(
+                "{whom}, {} unreachable{}: each node keeps to 1/{} of every shared limit",
+                self.redis,
+                since.map(|s| format!(" since {}", crate::message::date::rfc5322_date(s))).unwrap_or_default(),
+                self.nodes
+            ),
+        }
+    }
+}
+
+/// `url` without its password.
+fn shown(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
 }
 
 impl Cluster {
@@ -57,8 +112,15 @@ impl Cluster {
             up: AtomicBool::new(false),
             failed_at: std::sync::Mutex::new(None),
             refused_said_at: std::sync::Mutex::new(None),
+            leases: Default::default(),
+            lease_ttl: config.lease_ttl.0,
+            member_prefix: format!("{}:{}", config.node.as_deref().unwrap_or(hostname), suspend::unix_ms()),
+            runtime: tokio::runtime::Handle::current(),
+            redis_shown: shown(&redis_cfg.url),
+            away_since: std::sync::Mutex::new(Some(suspend::unix_ms() / 1000)),
         });
         metrics::gauge!(m::CLUSTER_REDIS_UP).set(0.0);
+        tokio::spawn(cluster.clone().renew_leases());
         let connecting = cluster.clone();
         tokio::spawn(async move {
             let settings = redis::aio::ConnectionManagerConfig::new()
@@ -99,6 +161,18 @@ impl Cluster {
         format!("{}{kind}:{name}", self.prefix)
     }
 
+    /// What the summary shows.
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus {
+            node: self.node.clone(),
+            nodes: self.nodes,
+            redis: self.redis_shown.clone(),
+            shared: self.is_up(),
+            away_since: *self.away_since.lock().expect("away_since lock"),
+            leases_held: self.leases_held(),
+        }
+    }
+
     /// Whether the shared limits apply now.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
@@ -110,6 +184,7 @@ impl Cluster {
             *self.failed_at.lock().expect("failed_at lock") = Some(std::time::Instant::now());
         }
         if self.up.swap(up, Ordering::Relaxed) != up {
+            *self.away_since.lock().expect("away_since lock") = (!up).then(|| suspend::unix_ms() / 1000);
             metrics::gauge!(m::CLUSTER_REDIS_UP).set(if up { 1.0 } else { 0.0 });
             match up {
                 true => tracing::info!("Redis answers ({why}): the limits are shared again"),
@@ -156,7 +231,8 @@ impl Cluster {
         };
         if due {
             let (cluster, mut connection) = (self.clone(), connection);
-            tokio::spawn(async move {
+            // On the daemon's runtime: this may be called where a lease is dropped.
+            self.runtime.spawn(async move {
                 let ping = redis::cmd("PING");
                 if let Ok(Ok(_)) = tokio::time::timeout(cluster.timeout, ping.query_async::<String>(&mut connection)).await {
                     cluster.mark(true, "a PING was answered");
@@ -180,6 +256,10 @@ mod tests {
             assert_eq!(cluster.node, "relay.test");
             assert_eq!(cluster.key("rate", "example.com"), "eu:rate:example.com");
             assert!(!cluster.is_up(), "nothing answers on port 1");
+            let status = cluster.status();
+            assert!(!status.shared && status.away_since.is_some());
+            assert!(status.describe().contains("redis://127.0.0.1:1 unreachable since"), "{}", status.describe());
+            assert_eq!(shown("redis://user:secret@redis.example:6380/2"), "redis://redis.example:6380/2");
             assert!(Cluster::start(&ClusterConfig::default(), "relay.test").unwrap().is_none());
         });
     }

@@ -92,7 +92,7 @@ fn parse(value: &str) -> Option<(u64, String)> {
     Some((until, format!("{why} (suspended by node {node})")))
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

@@ -17,11 +17,16 @@ pub struct ClusterConfig {
     /// Where the shared state lives; without it every limit is this node's alone.
     #[serde(default)]
     pub redis: Option<RedisConfig>,
+    /// How long a connection's lease on a shared connection cap lasts unless renewed (it is
+    /// renewed every third of this while the connection is open): the longest a crashed
+    /// node's connections keep counting against the cap.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { node: None, nodes: default_nodes(), redis: None }
+        ClusterConfig { node: None, nodes: default_nodes(), redis: None, lease_ttl: default_lease_ttl() }
     }
 }
 
@@ -40,6 +45,9 @@ pub struct RedisConfig {
 
 fn default_nodes() -> u32 {
     1
+}
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 fn default_key_prefix() -> String {
     "sluice:".into()

@@ -149,6 +149,9 @@ impl Config {
         if self.cluster.nodes == 0 {
             return Err(err("cluster.nodes", "must be at least 1".into()));
         }
+        if self.cluster.lease_ttl.0 < std::time::Duration::from_secs(3) {
+            return Err(err("cluster.lease_ttl", "must be at least 3s (leases are renewed every third of it)".into()));
+        }
         if let Some(redis) = &self.cluster.redis
             && let Err(e) = redis::Client::open(redis.url.as_str())
         {

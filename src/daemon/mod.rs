@@ -202,6 +202,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         runner: runner.clone(),
         reloads: reloads.clone(),
         accounting: accounting.clone(),
+        cluster,
     };
     let daemon = Arc::new(daemon);
     // The HTTP API serves the admin requests too (under the admin scope).

@@ -112,9 +112,47 @@ pub struct Sender<T> {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// Hosts whose STARTTLS failed, shared by the workers.
     pub legacy: Arc<super::legacy::LegacyHosts>,
+    /// Connection caps are shared with the other nodes on its Redis (`cluster.redis`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl<T: Transport> Sender<T> {
+    /// `slot` with its lease on the cap shared with other nodes (`cluster.redis`). While the
+    /// cap is full, a connection of this worker's under `key` put back serves instead
+    /// (Err): this node's connections stay busy rather than its mail waiting for another
+    /// node to close one.
+    async fn leased(&self, mut slot: Slot, key: &PoolKey, target: &Target, bucket: &Bucket) -> Result<Slot, Connection<T>> {
+        let Some(cluster) = &self.cluster else { return Ok(slot) };
+        if slot.leased() {
+            return Ok(slot);
+        }
+        let (cap, returned) = (bucket.shared_cap(target), self.pool.returned(slot.cap()));
+        let mut pause = crate::cluster::lease::FIRST_PAUSE;
+        loop {
+            if let Some(conn) = self.pool.take(key) {
+                return Err(conn);
+            }
+            if let Some(lease) = cluster.try_lease(&cap, bucket.max_connections).await {
+                slot.hold(lease);
+                return Ok(slot);
+            }
+            tokio::select! {
+                _ = returned.notified() => {}
+                _ = tokio::time::sleep(pause) => pause = crate::cluster::lease::next_pause(pause),
+            }
+        }
+    }
+
+    /// `slot` with its lease, for a connection that must be new (the plain-text retry).
+    async fn leased_new(&self, mut slot: Slot, target: &Target, bucket: &Bucket) -> Slot {
+        if let Some(cluster) = &self.cluster
+            && !slot.leased()
+        {
+            slot.hold(cluster.lease(&bucket.shared_cap(target), bucket.max_connections).await);
+        }
+        slot
+    }
+
     /// A pooled connection to `target` (true: reused), or a new one (with `slot` when the
     /// dispatcher reserved one). `fresh` asks for a new one: a pooled one just died.
     async fn connection(
@@ -140,6 +178,10 @@ impl<T: Transport> Sender<T> {
                 Checkout::Pooled(conn) => return Ok((*conn, true, None)),
                 Checkout::New(slot) => slot,
             },
+        };
+        let permit = match self.leased(permit, &key, target, bucket).await {
+            Ok(permit) => permit,
+            Err(pooled) => return Ok((pooled, true, None)),
         };
         let wait = bucket.connection_wait();
         if !wait.is_zero() {
@@ -176,6 +218,7 @@ impl<T: Transport> Sender<T> {
                     tls: Some(result),
                 });
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
+                let permit = self.leased_new(permit, target, bucket).await;
                 Connection::open(target.clone(), TlsPolicy::Never, hop, settings, permit).await
             }
             other => other,

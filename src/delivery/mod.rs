@@ -153,7 +153,8 @@ fn sts_fetch(config: &Config, settings: &Settings) -> sts_fetch::FetchSettings {
 
 impl Delivery {
     /// `store` keeps what delivery learns beside the queue (MTA-STS policies).
-    /// With `cluster`, message rates and suspensions are shared with the other nodes.
+    /// With `cluster`, message rates, connection caps and suspensions are shared with the
+    /// other nodes.
     pub fn new(
         config: Arc<Config>,
         own: Vec<SocketAddr>,
@@ -165,7 +166,7 @@ impl Delivery {
         let fetching = sts_fetch(&config, &first);
         let settings = Arc::new(Live::new(first));
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let workers = Workers::start(&config, settings.clone(), stopping)?;
+        let workers = Workers::start(&config, settings.clone(), stopping, cluster.clone())?;
         let shaper = crate::shaping::Shaper::with_cluster(&config, cluster);
         let (secure_dns, secure_dns_from) = (secure_dns(&config)?, secure_dns_from(&config));
         let generation = Live::new(Generation { config, dns, own, sts_fetch: fetching, secure_dns, secure_dns_from });

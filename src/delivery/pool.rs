@@ -24,6 +24,10 @@
 //!
 //! A slot is released only after its connection has closed (QUIT, then the server's close),
 //! so the destination never sees more than the cap, not even for a moment.
+//!
+//! With `cluster.redis` a slot also holds a lease on the cap shared by every node (taken by
+//! the sender before it connects, `cluster::lease`); a connection whose lease says so is
+//! closed when it is next idle.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -88,17 +92,36 @@ pub struct Slot {
     worker: usize,
     /// The destination's count of connections (for `sluice queue summary`).
     active: Arc<AtomicUsize>,
+    /// The connection's lease on the cap shared with other nodes (`cluster.redis`). Declared
+    /// last: given back after the local share.
+    lease: Option<crate::cluster::lease::Lease>,
 }
 
 impl Slot {
     fn new(permit: Permit, total: Permit, limit: Arc<Limit>, worker: usize, active: &Arc<AtomicUsize>) -> Slot {
         limit.open_on[worker].fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
-        Slot { _permit: permit, _total: total, limit, worker, active: active.clone() }
+        Slot { _permit: permit, _total: total, limit, worker, active: active.clone(), lease: None }
     }
 
     pub fn cap(&self) -> &CapKey {
         &self.limit.key
+    }
+
+    /// Whether the slot already holds its lease on the shared cap.
+    pub fn leased(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Holds `lease` for as long as the slot lives.
+    pub fn hold(&mut self, lease: crate::cluster::lease::Lease) {
+        self.lease = Some(lease);
+    }
+
+    /// The shared cap wants this connection closed rather than idle (for `idle`, when it is
+    /// idle; see `cluster::lease`).
+    fn should_yield(&self, idle: Option<Duration>) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.should_yield(idle))
     }
 }
 
@@ -363,7 +386,7 @@ impl<T: Transport> Pool<T> {
             // An idle connection under the same cap to another host of the rule: close it to
             // make room rather than wait for it to time out.
             self.retire_idle_once(|k, c| c.slot().cap() == cap && k != key);
-            let returned = self.returned.borrow_mut().entry(cap.clone()).or_default().clone();
+            let returned = self.returned(cap);
             limit.waiting_on[self.worker].fetch_add(1, Ordering::SeqCst);
             let _waiting = Waiting { limit: &limit, worker: self.worker };
             if limit.open_on[self.worker].load(Ordering::SeqCst) == 0 {
@@ -381,6 +404,11 @@ impl<T: Transport> Pool<T> {
                 _ = returned.notified() => {}
             }
         }
+    }
+
+    /// The signal for connections under `cap` put back on this worker.
+    pub fn returned(&self, cap: &CapKey) -> Rc<Notify> {
+        self.returned.borrow_mut().entry(cap.clone()).or_default().clone()
     }
 
     /// Another slot under `cap` (for a retry on the same host).
@@ -403,7 +431,11 @@ impl<T: Transport> Pool<T> {
         let key = PoolKey::new(&conn.target, conn.policy, conn.hop);
         let limit = conn.slot().limit.clone();
         let stale = conn.generation != self.settings.get().generation;
-        if stale || conn.deliveries >= limit.max_deliveries.load(Ordering::SeqCst) || self.wanted_elsewhere(&limit) {
+        if stale
+            || conn.deliveries >= limit.max_deliveries.load(Ordering::SeqCst)
+            || self.wanted_elsewhere(&limit)
+            || conn.slot().should_yield(None)
+        {
             return self.retire(conn);
         }
         self.count_idle(&conn, 1, 0);
@@ -445,10 +477,12 @@ impl<T: Transport> Pool<T> {
         self.retire_idle(|_, c| self.wanted_elsewhere(&c.slot().limit));
     }
 
-    /// Closes idle connections past the idle timeout, and those a reload made stale;
-    /// called periodically.
+    /// Closes idle connections past the idle timeout, those a reload made stale, and those
+    /// another node's wait for a shared cap asks for; called periodically.
     pub fn reap(&self) {
         let generation = self.settings.get().generation;
-        self.retire_idle(|_, c| c.idle_since.elapsed() >= self.idle_timeout || c.generation != generation);
+        self.retire_idle(|_, c| {
+            c.idle_since.elapsed() >= self.idle_timeout || c.generation != generation || c.slot().should_yield(Some(c.idle_since.elapsed()))
+        });
     }
 }

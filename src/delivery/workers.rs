@@ -75,7 +75,12 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(config: &Config, settings: Arc<Live<Settings>>, stop: watch::Receiver<bool>) -> Result<Workers, String> {
+    pub fn start(
+        config: &Config,
+        settings: Arc<Live<Settings>>,
+        stop: watch::Receiver<bool>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Result<Workers, String> {
         let d = &config.delivery;
         let backend = Backend::choose(d.io)?;
         let count = match d.workers {
@@ -88,7 +93,7 @@ impl Workers {
         for worker in 0..count {
             let (tx, rx) = mpsc::unbounded_channel();
             queues.push(tx);
-            let pool = PoolConfig { limits: limits.clone(), worker, idle_timeout: d.idle_timeout.0 };
+            let pool = PoolConfig { limits: limits.clone(), worker, idle_timeout: d.idle_timeout.0, cluster: cluster.clone() };
             let (settings, stop, legacy) = (settings.clone(), stop.clone(), legacy.clone());
             std::thread::Builder::new()
                 .name(format!("sluice-delivery-{worker}"))
@@ -135,6 +140,8 @@ struct PoolConfig {
     limits: Arc<Limits>,
     worker: usize,
     idle_timeout: std::time::Duration,
+    /// Where connection caps are shared with other nodes, if they are.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 fn run_thread(
@@ -168,8 +175,9 @@ async fn serve<T: Transport>(
     mut jobs: mpsc::UnboundedReceiver<Job>,
 ) {
     let shed: Arc<Notify> = pool.limits.shed_signal(pool.worker);
+    let cluster = pool.cluster.clone();
     let pool = Pool::new(pool.limits.clone(), settings.clone(), pool.worker, pool.idle_timeout);
-    let sender = std::rc::Rc::new(Sender::<T> { pool, settings, stop, legacy });
+    let sender = std::rc::Rc::new(Sender::<T> { pool, settings, stop, legacy, cluster });
     let mut reap = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {

@@ -188,16 +188,22 @@ struct Done {
 #[derive(Serialize)]
 struct Summary {
     destinations: Vec<crate::admin::DestinationSummary>,
+    /// Whether limits are shared with other nodes now (absent without `cluster.redis`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::cluster::ClusterStatus>,
 }
 
 async fn perform(daemon: &Daemon, operator: String, request: AdminRequest) -> Result<Answer, Problem> {
     let answer = crate::admin::perform(daemon, operator, request).await.map_err(problem_for)?;
     Ok(match answer {
         AdminResponse::Done { messages, ids } => json(StatusCode::OK, &Done { messages, ids }),
-        AdminResponse::Summary(destinations) => json(StatusCode::OK, &Summary { destinations }),
+        AdminResponse::Summary(destinations) => {
+            json(StatusCode::OK, &Summary { destinations, cluster: daemon.cluster.as_ref().map(|c| c.status()) })
+        }
         AdminResponse::Message(view) => json(StatusCode::OK, &view),
         AdminResponse::Reloaded(report) => json(StatusCode::OK, &report),
         AdminResponse::Transferred { report, .. } => json(StatusCode::OK, &report),
+        AdminResponse::Cluster(status) => json(StatusCode::OK, &status),
         AdminResponse::NotFound(id) => return Err(problem_for(Refused::NotFound(id))),
         AdminResponse::Error(e) => return Err(problem_for(Refused::Failed(e))),
         AdminResponse::Entry(_) | AdminResponse::Listed(_) => {

@@ -34,6 +34,8 @@ pub const TLS_RPT_REPORTS: &str = "sluice_tls_rpt_reports_total";
 pub const TLS_RPT_UNCOUNTED: &str = "sluice_tls_rpt_uncounted_total";
 pub const MTA_STS_FETCHES: &str = "sluice_mta_sts_fetches_total";
 pub const CLUSTER_REDIS_UP: &str = "sluice_cluster_redis_up";
+pub const CLUSTER_LEASES_HELD: &str = "sluice_cluster_leases_held";
+pub const CLUSTER_LEASE_WAITS: &str = "sluice_cluster_lease_waits_total";
 pub const DELIVERY_TLS_POLICY: &str = "sluice_delivery_tls_policy_total";
 pub const API_REQUESTS: &str = "sluice_api_requests_total";
 pub const API_REQUEST_SECONDS: &str = "sluice_api_request_seconds";
@@ -125,6 +127,8 @@ fn describe() {
         TLS_RPT_UNCOUNTED,
         "Sessions not counted for TLS-RPT: the period already counts the most domains, policies per domain or failure kinds per policy it keeps"
     );
+    describe_gauge!(CLUSTER_LEASES_HELD, "Connection leases this node holds on shared connection caps");
+    describe_counter!(CLUSTER_LEASE_WAITS, "Times a new connection found its shared connection cap full and waited");
     describe_gauge!(CLUSTER_REDIS_UP, "1 while the cluster's Redis answers (shared limits apply), 0 while each node keeps to its share");
     describe_counter!(MTA_STS_FETCHES, "MTA-STS policy fetches, by result (ok or the RFC 8460 result type of the failure)");
     describe_counter!(

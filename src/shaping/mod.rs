@@ -72,6 +72,15 @@ impl Bucket {
         }
     }
 
+    /// The name other nodes know `target`'s connection cap by (`cluster::lease`): the
+    /// rule's label, or the next-hop address.
+    pub fn shared_cap(&self, target: &Target) -> String {
+        match self.key {
+            BucketKey::Rule(_) => format!("rule:{}", self.name),
+            BucketKey::Domain(_) => format!("addr:{}", target.addr),
+        }
+    }
+
     /// Books a new connection under the connection rate; how long to wait before opening it.
     pub fn connection_wait(&self) -> Duration {
         match &self.connections {

@@ -6,44 +6,11 @@
 //! that takes connections and never answers leaves each node its share.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{Client, Daemon};
 use crate::peers::dest::{Behavior, Dest};
-
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis { child, port }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use crate::peers::redis::Redis;
 
 fn node(dir: &Path, name: &str, sink: &Dest, redis_port: u16) -> Daemon {
     node_with(dir, name, sink, redis_port, "")
@@ -59,7 +26,7 @@ fn node_with(dir: &Path, name: &str, sink: &Dest, redis_port: u16, more: &str) -
     Daemon::spawn(&dir, &extra, &[])
 }
 
-fn wait_log(node: &Daemon, text: &str) {
+pub(crate) fn wait_log(node: &Daemon, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !node.log_text().contains(text) {
         assert!(Instant::now() < deadline, "no {text:?} in {}", node.log_text());
@@ -67,7 +34,7 @@ fn wait_log(node: &Daemon, text: &str) {
     }
 }
 
-fn inject(node: &Daemon, n: usize, tag: &str) {
+pub(crate) fn inject(node: &Daemon, n: usize, tag: &str) {
     let mut c = Client::connect(node.addr);
     for i in 0..n {
         assert_eq!(c.send_mail("app@sender.test", &[&format!("{tag}{i}@dest.test")], "Subject: x\r\n\r\nx\r\n").code, 250);
@@ -75,7 +42,7 @@ fn inject(node: &Daemon, n: usize, tag: &str) {
 }
 
 /// Messages per second the sink took, from the first of `from` on to the last.
-fn rate_from(sink: &Dest, from: usize, total: usize) -> f64 {
+pub(crate) fn rate_from(sink: &Dest, from: usize, total: usize) -> f64 {
     let got = sink.wait_for(total, Duration::from_secs(60));
     let mut at: Vec<Instant> = got.iter().map(|m| m.at).collect();
     at.sort();

@@ -9,6 +9,7 @@ mod auth;
 mod check_config;
 mod client_certificates;
 mod cluster;
+mod cluster_nodes;
 mod crash_recovery;
 mod crash_soak;
 mod dane;

@@ -4,5 +4,6 @@
 pub mod dest;
 pub mod dns;
 pub mod faulty;
+pub mod redis;
 pub mod signed_dns;
 pub mod test_ca;
