@@ -6,6 +6,7 @@
 //! `cluster.nodes`); that is logged once, shown as `sluice_cluster_redis_up` 0, and undone
 //! when Redis answers again. Without `cluster.redis` no code here runs.
 
+pub mod connect;
 pub mod lease;
 pub mod rate;
 pub mod suspend;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use self::connect::{Connection, Connector};
 
 use crate::config::ClusterConfig;
 use crate::metrics as m;
@@ -33,7 +34,7 @@ pub struct Cluster {
     heard: std::sync::Mutex<suspend::Heard>,
     timeout: Duration,
     /// Set once the first connection is made; it reconnects by itself after that.
-    connection: tokio::sync::OnceCell<ConnectionManager>,
+    connection: tokio::sync::OnceCell<Connection>,
     up: AtomicBool,
     /// When Redis last failed to answer: while it is away, it is asked once a second, not
     /// for every message.
@@ -84,15 +85,10 @@ impl ClusterStatus {
     }
 }
 
-/// `url` without its password.
-fn shown(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
+/// Whether `config`'s URLs and CA file can be used (check-config); an error starts with
+/// the key it is about.
+pub fn check(config: &crate::config::RedisConfig) -> Result<(), String> {
+    Connector::new(config).map(drop)
 }
 
 impl Cluster {
@@ -100,7 +96,7 @@ impl Cluster {
     /// URL is check-config's to refuse.
     pub fn start(config: &ClusterConfig, hostname: &str) -> Result<Option<Arc<Cluster>>, String> {
         let Some(redis_cfg) = &config.redis else { return Ok(None) };
-        let client = redis::Client::open(redis_cfg.url.as_str()).map_err(|e| format!("cluster.redis.url: {e}"))?;
+        let connector = Connector::new(redis_cfg)?;
         let timeout = redis_cfg.timeout.0;
         let cluster = Arc::new(Cluster {
             prefix: redis_cfg.key_prefix.clone(),
@@ -116,26 +112,20 @@ impl Cluster {
             lease_ttl: config.lease_ttl.0,
             member_prefix: format!("{}:{}", config.node.as_deref().unwrap_or(hostname), suspend::unix_ms()),
             runtime: tokio::runtime::Handle::current(),
-            redis_shown: shown(&redis_cfg.url),
+            redis_shown: redis_cfg.shown(),
             away_since: std::sync::Mutex::new(Some(suspend::unix_ms() / 1000)),
         });
         metrics::gauge!(m::CLUSTER_REDIS_UP).set(0.0);
         tokio::spawn(cluster.clone().renew_leases());
         let connecting = cluster.clone();
         tokio::spawn(async move {
-            let settings = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(timeout.max(Duration::from_secs(1)))
-                .set_response_timeout(timeout)
-                .set_number_of_retries(1)
-                .set_max_delay(1000);
             let mut said = false;
             loop {
                 // A server that takes the connection and never answers would hold the first
                 // connection forever: the whole of it is bounded.
-                let connected =
-                    tokio::time::timeout(timeout + Duration::from_secs(1), client.get_connection_manager_with_config(settings.clone()))
-                        .await
-                        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "no answer while connecting"))));
+                let connected = tokio::time::timeout(timeout + Duration::from_secs(1), connector.connect(timeout))
+                    .await
+                    .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::IoError, "no answer while connecting"))));
                 match connected {
                     Ok(manager) => {
                         let _ = connecting.connection.set(manager);
@@ -216,7 +206,7 @@ impl Cluster {
     /// The connection while Redis answers. While it does not, None at once (nobody waits on a
     /// Redis that is away), and at most once a second a PING in the background finds out
     /// whether it is back.
-    fn connection(self: &Arc<Self>) -> Option<ConnectionManager> {
+    fn connection(self: &Arc<Self>) -> Option<Connection> {
         let connection = self.connection.get()?.clone();
         if self.is_up() {
             return Some(connection);
@@ -259,7 +249,6 @@ mod tests {
             let status = cluster.status();
             assert!(!status.shared && status.away_since.is_some());
             assert!(status.describe().contains("redis://127.0.0.1:1 unreachable since"), "{}", status.describe());
-            assert_eq!(shown("redis://user:secret@redis.example:6380/2"), "redis://redis.example:6380/2");
             assert!(Cluster::start(&ClusterConfig::default(), "relay.test").unwrap().is_none());
         });
     }

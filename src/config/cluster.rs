@@ -33,14 +33,70 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (Redis or Valkey).
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]` (Redis or Valkey), `rediss://` over TLS. A
+    /// Redis Cluster: `redis+cluster://` (`rediss+cluster://`) naming one of its nodes, or a
+    /// list of URLs naming several.
+    pub url: RedisUrls,
+    /// PEM CA certificates a `rediss://` server's certificate is checked against (default:
+    /// the system's roots). Only with `rediss://`.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Put before every key, so several clusters can share one Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
     /// One command's answer at most; longer counts as Redis being unreachable.
     #[serde(default = "default_redis_timeout")]
     pub timeout: HumanDuration,
+}
+
+/// One URL, or several (a Redis Cluster's seed nodes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RedisUrls {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl RedisConfig {
+    fn given(&self) -> Vec<&str> {
+        match &self.url {
+            RedisUrls::One(url) => vec![url.as_str()],
+            RedisUrls::Many(urls) => urls.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Whether the URLs name a Redis Cluster: a `+cluster` scheme, or more than one.
+    pub fn cluster_mode(&self) -> bool {
+        let given = self.given();
+        given.len() > 1 || given.iter().any(|u| u.starts_with("redis+cluster://") || u.starts_with("rediss+cluster://"))
+    }
+
+    /// The URLs as redis-rs reads them (`+cluster` taken off).
+    pub fn urls(&self) -> Vec<String> {
+        self.given().iter().map(|u| u.replacen("+cluster://", "://", 1)).collect()
+    }
+
+    /// Whether the connections are TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.urls().iter().any(|u| u.starts_with("rediss://"))
+    }
+
+    /// The first URL, for the logs and the status: without its password.
+    pub fn shown(&self) -> String {
+        let first = self.given().first().map(|u| u.to_string()).unwrap_or_default();
+        let more = self.given().len().saturating_sub(1);
+        let first = match first.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://{host}"),
+                None => first.clone(),
+            },
+            None => first.clone(),
+        };
+        match more {
+            0 => first,
+            n => format!("{first} (and {n} more)"),
+        }
+    }
 }
 
 fn default_nodes() -> u32 {

@@ -37,7 +37,7 @@ pub use dkim::{DkimConfig, DkimSignature};
 mod api;
 mod cluster;
 pub use api::{ApiConfig, HttpListener};
-pub use cluster::{ClusterConfig, RedisConfig};
+pub use cluster::{ClusterConfig, RedisConfig, RedisUrls};
 
 pub mod show;
 mod validate;

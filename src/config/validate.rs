@@ -153,9 +153,10 @@ impl Config {
             return Err(err("cluster.lease_ttl", "must be at least 3s (leases are renewed every third of it)".into()));
         }
         if let Some(redis) = &self.cluster.redis
-            && let Err(e) = redis::Client::open(redis.url.as_str())
+            && let Err(e) = crate::cluster::check(redis)
         {
-            return Err(err("cluster.redis.url", format!("{:?}: {e}", redis.url)));
+            let (key, why) = e.split_once(": ").unwrap_or(("cluster.redis", &e));
+            return Err(err(key, why.to_string()));
         }
         if let Some(path) = d.dane.trust_anchors.as_deref() {
             crate::dns::dnssec::read_anchors(path).map_err(|e| err("delivery.dane.trust_anchors", e))?;

@@ -37,6 +37,22 @@ fn bad_configs_fail_with_key_and_line() {
         ),
         ("hostname: a.test\ncluster:\n  redis: { url: \"http://x\" }\n", "cluster.redis.url", "line 3"),
         ("hostname: a.test\ncluster:\n  nodes: 0\n", "cluster.nodes: must be at least 1", "line 3"),
+        (
+            "hostname: a.test\ncluster:\n  redis:\n    url: \"redis://127.0.0.1\"\n    ca_file: /etc/hostname\n",
+            "cluster.redis.ca_file: only for rediss:// URLs",
+            "line 5",
+        ),
+        (
+            "hostname: a.test\ncluster:\n  redis:\n    url: \"rediss://127.0.0.1\"\n    ca_file: /etc/hostname\n",
+            "cluster.redis.ca_file: /etc/hostname: no PEM certificate",
+            "line 5",
+        ),
+        (
+            "hostname: a.test\ncluster:\n  redis:\n    url: [\"rediss://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n",
+            "cluster.redis.url: a cluster's nodes are all rediss:// or all redis://",
+            "line 4",
+        ),
+        ("hostname: a.test\ncluster:\n  lease_ttl: 1s\n", "cluster.lease_ttl: must be at least 3s", "line 3"),
     ];
     for (text, key, line) in cases {
         let path = dir.path().join("bad.yaml");

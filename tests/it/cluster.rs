@@ -17,10 +17,15 @@ fn node(dir: &Path, name: &str, sink: &Dest, redis_port: u16) -> Daemon {
 }
 
 fn node_with(dir: &Path, name: &str, sink: &Dest, redis_port: u16, more: &str) -> Daemon {
+    node_on(dir, name, sink, &format!("{{ url: \"redis://127.0.0.1:{redis_port}\" }}"), more)
+}
+
+/// A node whose `cluster.redis` is `redis` (YAML).
+fn node_on(dir: &Path, name: &str, sink: &Dest, redis: &str, more: &str) -> Daemon {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let extra = format!(
-        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  message_rate: \"10/s\"\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 2\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n{more}",
+        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  message_rate: \"10/s\"\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 2\n  redis: {redis}\n{more}",
         sink.addr.port()
     );
     Daemon::spawn(&dir, &extra, &[])
@@ -172,4 +177,58 @@ fn a_redis_that_takes_connections_and_never_answers_leaves_each_node_its_share()
     let alone = rate_from(&sink, 1, 12);
     assert!((4.0..=6.0).contains(&alone), "the sink saw {alone:.1}/s, not this node's share of 5/s");
     assert_eq!(a.log_text().matches("Redis cannot be reached").count(), 1, "{}", a.log_text());
+}
+
+/// Two nodes inject 20 messages each and the sink sees the shared 10/s.
+fn share_one_rate(a: &Daemon, b: &Daemon, sink: &Dest) {
+    wait_log(a, "the limits are shared again");
+    wait_log(b, "the limits are shared again");
+    std::thread::scope(|s| {
+        s.spawn(|| inject(a, 20, "a"));
+        s.spawn(|| inject(b, 20, "b"));
+    });
+    let shared = rate_from(sink, 0, 40);
+    assert!((8.5..=11.5).contains(&shared), "the sink saw {shared:.1} messages/s, not the shared 10/s");
+    // Shared, not each node's share of it: Redis answered every command.
+    for n in [a, b] {
+        let log = n.log_text();
+        assert!(!log.contains("Redis refused") && !log.contains("Redis cannot be reached"), "{log}");
+    }
+}
+
+#[test]
+fn nodes_share_their_limits_on_a_redis_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::peers::test_ca::TestCa::new(dir.path());
+    let issued = ca.issue(dir.path(), "redis", &["127.0.0.1"], 2099);
+    let redis = Redis::start_tls(crate::metrics_endpoint::free_port(), &issued.cert, &issued.key);
+    let sink = Dest::start(Behavior::default());
+    let url = format!("{{ url: \"rediss://127.0.0.1:{}\", ca_file: \"{}\" }}", redis.port, ca.pem_path.display());
+    let (a, b) = (node_on(dir.path(), "a", &sink, &url, ""), node_on(dir.path(), "b", &sink, &url, ""));
+    share_one_rate(&a, &b, &sink);
+
+    // Without the CA, the system's roots do not know the server's certificate: no Redis.
+    let untrusted = format!("{{ url: \"rediss://127.0.0.1:{}\" }}", redis.port);
+    let c = node_on(dir.path(), "c", &sink, &untrusted, "");
+    wait_log(&c, "Redis cannot be reached");
+    assert!(!c.log_text().contains("the limits are shared again"), "{}", c.log_text());
+}
+
+#[test]
+fn nodes_share_their_limits_on_a_redis_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| crate::metrics_endpoint::free_port()).collect();
+    let servers: Vec<Redis> = ports.iter().map(|&p| Redis::start_cluster_node(p, dir.path())).collect();
+    crate::peers::redis::create_cluster(&servers.iter().collect::<Vec<_>>());
+    let sink = Dest::start(Behavior::default());
+    // One names a node by the scheme, the other two nodes by a list.
+    let one = format!("{{ url: \"redis+cluster://127.0.0.1:{}\" }}", ports[0]);
+    let list = format!("{{ url: [\"redis://127.0.0.1:{}\", \"redis://127.0.0.1:{}\"] }}", ports[1], ports[2]);
+    let (a, b) = (node_on(dir.path(), "a", &sink, &one, ""), node_on(dir.path(), "b", &sink, &list, ""));
+    share_one_rate(&a, &b, &sink);
+    // The rate's key and the connection cap's lease set live on the cluster.
+    let keys: String = servers.iter().map(|s| s.cli(&["--scan"])).collect::<Vec<_>>().join("\n");
+    assert!(keys.contains("sluice:rate:dest.test"), "{keys}");
+    let summary = crate::common::sluice(&["queue", "summary", "--config", b.config_path.to_str().unwrap()]).1;
+    assert!(summary.contains(&format!("limits shared on redis://127.0.0.1:{} (and 1 more)", ports[1])), "{summary}");
 }
