@@ -545,7 +545,8 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
             } else {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                if let Some(status) = sluice::admin::cluster_status(&c).map_err(|e| e.to_string())? {
+                // A daemon from before cluster status (upgraded, not restarted) has none to give.
+                if let Ok(Some(status)) = sluice::admin::cluster_status(&c) {
                     println!("{}", status.describe());
                 }
                 print!("{}", sluice::admin::format_summary(&rows, now));

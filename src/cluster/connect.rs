@@ -67,6 +67,9 @@ impl Connector {
         let urls = config.urls();
         let bad = |e: redis::RedisError| format!("cluster.redis.url: {e}");
         if config.cluster_mode() {
+            if config.key_prefix.contains(['{', '}']) {
+                return Err("cluster.redis.key_prefix: no braces with a Redis Cluster (a connection cap's two keys must hash alike)".into());
+            }
             if config.urls().iter().any(|u| u.starts_with("rediss://")) != config.urls().iter().all(|u| u.starts_with("rediss://")) {
                 return Err("cluster.redis.url: a cluster's nodes are all rediss:// or all redis://".into());
             }

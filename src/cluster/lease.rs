@@ -4,9 +4,11 @@
 //! the leases of a node that crashed or lost its network expire by themselves within one TTL.
 //!
 //! Pooled connections are idle most of the time and would keep their leases forever: a node
-//! refused a lease marks the cap wanted, and nodes holding more than their share (the cap
-//! divided by `cluster.nodes`) then close idle connections above it, so the cap is shared out
-//! rather than kept by whoever came first.
+//! refused a lease notes in Redis that it waits, and the other nodes, at their next renewal,
+//! learn that someone does. Until that note lapses they close connections above their share
+//! (the cap divided by `cluster.nodes`, rounded down) as they are put back, and any that stays
+//! idle for 500 ms, so the cap is shared out rather than kept by whoever came first. A node's
+//! own wait never makes it close its own connections.
 //!
 //! While Redis is away a node keeps to its share of each cap (at least one connection),
 //! counted here. Leases so granted are not in Redis: once it is back, the next renewal finds
@@ -20,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use super::Cluster;
 
-/// KEYS[1]: the cap's leases, KEYS[2]: its wanted mark. ARGV[1]: the new lease, ARGV[2]: the
-/// cap, ARGV[3]: the lease's time to live, ARGV[4]: how long a refusal marks the cap wanted
-/// (both milliseconds). 1: granted; 0: the cap is full.
+/// KEYS[1]: the cap's leases; KEYS[2]: the nodes waiting for one (scored by when their
+/// wait is forgotten). ARGV[1]: the new lease, ARGV[2]: the cap, ARGV[3]: the lease's time to
+/// live, ARGV[4]: how long a refusal marks this node as waiting (both milliseconds), ARGV[5]:
+/// this node. 1: granted; 0: the cap is full. A key lives as long as its latest member.
 const ACQUIRE: &str = r"
 redis.replicate_commands()
 local t = redis.call('TIME')
@@ -31,30 +34,37 @@ local ttl = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2])))
   return 1
 end
-redis.call('SET', KEYS[2], '1', 'PX', tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last[2])))
 return 0
 ";
 
-/// KEYS as for [`ACQUIRE`]. ARGV[1]: the time to live, ARGV[2...]: the node's leases. The
-/// answer: '1' or '0' (whether another node wants the cap), then the leases no longer there.
+/// KEYS as for [`ACQUIRE`]. ARGV[1]: the time to live, ARGV[2]: this node, ARGV[3...]: its
+/// leases. The answer: how many other nodes wait for the cap, then the leases no longer there.
 const RENEW: &str = r"
 redis.replicate_commands()
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local answer = { tostring(redis.call('EXISTS', KEYS[2])) }
-for i = 2, #ARGV do
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local others = redis.call('ZCARD', KEYS[2])
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then others = others - 1 end
+local answer = { tostring(others) }
+for i = 3, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
     redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
   else
     table.insert(answer, ARGV[i])
   end
 end
-if redis.call('ZCARD', KEYS[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if last[2] then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2]))) end
 return answer
 ";
 
@@ -156,15 +166,23 @@ impl Drop for Lease {
         }
         let Some(member) = self.member.take() else { return };
         self.cap.members.lock().expect("members lock").remove(&member);
-        let Some(mut connection) = self.cluster.connection() else { return };
-        let (timeout, key) = (self.cluster.timeout, self.cap.key.clone());
-        // Dropped on whichever thread closed the connection: the release runs on the
-        // daemon's runtime. A release that fails leaves the lease to expire.
-        self.cluster.runtime.spawn(async move {
-            let mut zrem = redis::cmd("ZREM");
-            zrem.arg(&key).arg(&member);
-            let _ = tokio::time::timeout(timeout, zrem.query_async::<()>(&mut connection)).await;
-        });
+        self.cluster.give_back(self.cap.key.clone(), vec![member]);
+    }
+}
+
+/// An ask for a lease under way: unless answered, its lease is given back when it ends.
+struct Asking<'a> {
+    cluster: &'a Arc<Cluster>,
+    key: &'a str,
+    member: &'a str,
+    answered: bool,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.cluster.give_back(self.key.to_string(), vec![self.member.to_string()]);
+        }
     }
 }
 
@@ -226,10 +244,21 @@ impl Cluster {
         let ttl = self.lease_ttl;
         if let Some(mut connection) = self.connection() {
             let member = format!("{}:{}", self.member_prefix, self.leases.next.fetch_add(1, Ordering::Relaxed));
+            // Should the answer not come (a timeout, a drop at shutdown), Redis may have
+            // granted it all the same: it is given back rather than left to expire.
+            let mut asking = Asking { cluster: self, key: &cap.key, member: &member, answered: false };
             let mut invocation = ACQUIRE_SCRIPT.key(&cap.key);
-            invocation.key(&cap.wanted_key).arg(&member).arg(max).arg(ttl.as_millis() as u64).arg((ttl / 3 * 2).as_millis() as u64);
+            invocation
+                .key(&cap.wanted_key)
+                .arg(&member)
+                .arg(max)
+                .arg(ttl.as_millis() as u64)
+                .arg((ttl / 3 * 2).as_millis() as u64)
+                .arg(&self.member_prefix);
             match tokio::time::timeout(self.timeout, invocation.invoke_async::<u8>(&mut connection)).await {
                 Ok(Ok(granted)) => {
+                    asking.answered = true;
+                    drop(asking);
                     self.mark(true, "a connection lease was asked for");
                     if granted == 0 {
                         return Asked::Full;
@@ -265,6 +294,34 @@ impl Cluster {
         Asked::Granted(Lease { cap, member: None, lost, yielded: AtomicBool::new(false), cluster: self.clone() })
     }
 
+    /// Removes `members` from the leases at `key`, in the background, on the daemon's runtime
+    /// (a lease may be dropped on any thread). One that fails leaves them to expire.
+    fn give_back(self: &Arc<Self>, key: String, members: Vec<String>) {
+        let Some(mut connection) = self.connection() else { return };
+        let timeout = self.timeout;
+        self.runtime.spawn(async move {
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&key).arg(&members);
+            let _ = tokio::time::timeout(timeout, zrem.query_async::<()>(&mut connection)).await;
+        });
+    }
+
+    /// Gives back every lease this node holds in Redis (a clean stop: the next process would
+    /// not renew them, and they would hold the caps until they expired).
+    pub async fn release_all(self: &Arc<Self>) {
+        let Some(mut connection) = self.connection() else { return };
+        let caps: Vec<Arc<Cap>> = self.leases.caps.lock().expect("caps lock").values().cloned().collect();
+        for cap in caps {
+            let members: Vec<String> = cap.members.lock().expect("members lock").drain().map(|(m, _)| m).collect();
+            if members.is_empty() {
+                continue;
+            }
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(&cap.key).arg(&members);
+            let _ = tokio::time::timeout(self.timeout, zrem.query_async::<()>(&mut connection)).await;
+        }
+    }
+
     /// Leases this node holds now, over every cap.
     pub fn leases_held(&self) -> usize {
         self.leases.caps.lock().expect("caps lock").values().map(|c| c.held.load(Ordering::Relaxed)).sum()
@@ -278,8 +335,9 @@ impl Cluster {
             every.tick().await;
             let caps: Vec<Arc<Cap>> = {
                 let mut caps = self.leases.caps.lock().expect("caps lock");
-                // A cap no connection holds is forgotten (a new lease makes it again).
-                caps.retain(|_, c| c.held.load(Ordering::SeqCst) > 0 || !c.members.lock().expect("members lock").is_empty());
+                // A cap nothing refers to (no lease, no ask under way) is forgotten; a new
+                // lease makes it again.
+                caps.retain(|_, c| Arc::strong_count(c) > 1);
                 caps.values().cloned().collect()
             };
             metrics::gauge!(crate::metrics::CLUSTER_LEASES_HELD).set(self.leases_held() as f64);
@@ -293,7 +351,7 @@ impl Cluster {
         let Some(mut connection) = self.connection() else { return };
         let members: Vec<String> = cap.members.lock().expect("members lock").keys().cloned().collect();
         let mut invocation = RENEW_SCRIPT.key(&cap.key);
-        invocation.key(&cap.wanted_key).arg(self.lease_ttl.as_millis() as u64);
+        invocation.key(&cap.wanted_key).arg(self.lease_ttl.as_millis() as u64).arg(&self.member_prefix);
         for member in &members {
             invocation.arg(member);
         }
@@ -302,8 +360,9 @@ impl Cluster {
             Ok(Err(e)) => return self.failed(&e),
             Err(_) => return self.mark(false, "no answer within cluster.redis.timeout"),
         };
-        let Some((wanted, lost)) = answer.split_first() else { return };
-        *cap.wanted_until.lock().expect("wanted lock") = (wanted == "1").then(|| Instant::now() + self.lease_ttl / 3 * 2);
+        let Some((others, lost)) = answer.split_first() else { return };
+        let wanted = others.parse::<u64>().is_ok_and(|n| n > 0);
+        *cap.wanted_until.lock().expect("wanted lock") = wanted.then(|| Instant::now() + self.lease_ttl / 3);
         let mut held = cap.members.lock().expect("members lock");
         for member in lost {
             if let Some(flag) = held.remove(member) {

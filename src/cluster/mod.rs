@@ -53,7 +53,12 @@ pub struct Cluster {
     redis_shown: String,
     /// Since when (unix seconds) Redis has not answered, while it does not.
     away_since: std::sync::Mutex<Option<u64>>,
+    /// The latest error Redis answered with, and when.
+    last_refusal: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// A refusal this recent says the limits are kept to the node's share (for the status).
+const REFUSING_FOR: Duration = Duration::from_secs(10);
 
 /// What `sluice queue summary` shows of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,6 +68,10 @@ pub struct ClusterStatus {
     pub redis: String,
     /// The limits are shared now (Redis answers); else each node keeps to its share.
     pub shared: bool,
+    /// An error Redis answered with in the last 10 s (READONLY after a failover, OOM,
+    /// NOPERM): the commands it refuses are kept to the node's share.
+    #[serde(default)]
+    pub refusing: Option<String>,
     /// Since when (unix seconds) Redis has not answered, while it does not.
     pub away_since: Option<u64>,
     /// Connection leases this node holds.
@@ -74,6 +83,12 @@ impl ClusterStatus {
     pub fn describe(&self) -> String {
         let whom = format!("cluster: node {} of {}", self.node, self.nodes);
         match (self.shared, self.away_since) {
+            (true, _) if self.refusing.is_some() => format!(
+                "{whom}, {} refuses commands ({}): those are kept to 1/{} of the limit",
+                self.redis,
+                self.refusing.as_deref().unwrap_or_default(),
+                self.nodes
+            ),
             (true, _) => format!("{whom}, limits shared on {}, {} connection leases held", self.redis, self.leases_held),
             (false, since) => format!(
                 "{whom}, {} unreachable{}: each node keeps to 1/{} of every shared limit",
@@ -114,6 +129,7 @@ impl Cluster {
             runtime: tokio::runtime::Handle::current(),
             redis_shown: redis_cfg.shown(),
             away_since: std::sync::Mutex::new(Some(suspend::unix_ms() / 1000)),
+            last_refusal: std::sync::Mutex::new(None),
         });
         metrics::gauge!(m::CLUSTER_REDIS_UP).set(0.0);
         tokio::spawn(cluster.clone().renew_leases());
@@ -159,6 +175,13 @@ impl Cluster {
             redis: self.redis_shown.clone(),
             shared: self.is_up(),
             away_since: *self.away_since.lock().expect("away_since lock"),
+            refusing: self
+                .last_refusal
+                .lock()
+                .expect("last_refusal lock")
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < REFUSING_FOR)
+                .map(|(_, e)| e.clone()),
             leases_held: self.leases_held(),
         }
     }
@@ -196,6 +219,7 @@ impl Cluster {
             self.mark(false, &e.to_string());
             return;
         }
+        *self.last_refusal.lock().expect("last_refusal lock") = Some((std::time::Instant::now(), e.to_string()));
         let mut said = self.refused_said_at.lock().expect("refused_said_at lock");
         if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
             *said = Some(std::time::Instant::now());

@@ -35,6 +35,8 @@ pub struct Running {
     accounting: Arc<crate::accounting::Accounting>,
     /// Started and not draining: what `/readyz` adds to `/healthz`.
     serving: Arc<AtomicBool>,
+    /// Its connection leases are given back at a clean stop.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What `/healthz` and `/readyz` judge, gathered when asked.
@@ -202,8 +204,9 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         runner: runner.clone(),
         reloads: reloads.clone(),
         accounting: accounting.clone(),
-        cluster,
+        cluster: cluster.clone(),
     };
+    let cluster_for_stop = cluster;
     let daemon = Arc::new(daemon);
     // The HTTP API serves the admin requests too (under the admin scope).
     for (listener, settings) in http {
@@ -211,7 +214,20 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
     }
     tasks.spawn(crate::admin::serve(admin, daemon, watcher));
     serving.store(true, Ordering::Relaxed);
-    Ok(Running { listeners, shutdown, tasks, bound, intake, config: live_config, spool, runner, reloads, accounting, serving })
+    Ok(Running {
+        listeners,
+        shutdown,
+        tasks,
+        bound,
+        intake,
+        config: live_config,
+        spool,
+        runner,
+        reloads,
+        accounting,
+        serving,
+        cluster: cluster_for_stop,
+    })
 }
 
 /// Replaces a generated certificate before it ends, for a daemon that runs for months (the
@@ -267,6 +283,9 @@ impl Running {
         let busy = |r: &Option<Arc<crate::queue::runner::Runner>>| r.as_ref().map_or(0, |r| r.in_flight());
         while (self.intake.get().limits.active() > 0 || busy(&self.runner) > 0) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.release_all().await;
         }
         let _ = std::fs::remove_file(&self.config.get().admin.socket);
         let spool = self.spool.clone();

@@ -120,7 +120,8 @@ impl<T: Transport> Sender<T> {
     /// `slot` with its lease on the cap shared with other nodes (`cluster.redis`). While the
     /// cap is full, a connection of this worker's under `key` put back serves instead
     /// (Err): this node's connections stay busy rather than its mail waiting for another
-    /// node to close one.
+    /// node to close one. While it waits, the slot's share of `delivery.max_connections` is
+    /// lent back, so a destination other nodes keep busy does not hold up the rest.
     async fn leased(&self, mut slot: Slot, key: &PoolKey, target: &Target, bucket: &Bucket) -> Result<Slot, Connection<T>> {
         let Some(cluster) = &self.cluster else { return Ok(slot) };
         if slot.leased() {
@@ -134,8 +135,12 @@ impl<T: Transport> Sender<T> {
             }
             if let Some(lease) = cluster.try_lease(&cap, bucket.max_connections).await {
                 slot.hold(lease);
+                if !slot.has_total() {
+                    slot.set_total(self.pool.total_share().await);
+                }
                 return Ok(slot);
             }
+            slot.lend_total();
             tokio::select! {
                 _ = returned.notified() => {}
                 _ = tokio::time::sleep(pause) => pause = crate::cluster::lease::next_pause(pause),
@@ -179,14 +184,15 @@ impl<T: Transport> Sender<T> {
                 Checkout::New(slot) => slot,
             },
         };
-        let permit = match self.leased(permit, &key, target, bucket).await {
-            Ok(permit) => permit,
-            Err(pooled) => return Ok((pooled, true, None)),
-        };
         let wait = bucket.connection_wait();
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        // After the connection rate's wait: a lease is held only while connecting or connected.
+        let permit = match self.leased(permit, &key, target, bucket).await {
+            Ok(permit) => permit,
+            Err(pooled) => return Ok((pooled, true, None)),
+        };
         let mut fallback = None;
         let opportunistic = policy == TlsPolicy::Opportunistic && !hop.implicit_tls;
         let remembered = if opportunistic { self.legacy.remembered(target.addr, std::time::Instant::now()) } else { None };

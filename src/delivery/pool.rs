@@ -86,8 +86,8 @@ pub struct Limit {
 /// A connection's share of its address's cap: held until the connection has closed.
 pub struct Slot {
     _permit: Permit,
-    /// A share of `delivery.max_connections`.
-    _total: Permit,
+    /// A share of `delivery.max_connections` (lent back while it waits for a lease).
+    total: Option<Permit>,
     limit: Arc<Limit>,
     worker: usize,
     /// The destination's count of connections (for `sluice queue summary`).
@@ -101,7 +101,7 @@ impl Slot {
     fn new(permit: Permit, total: Permit, limit: Arc<Limit>, worker: usize, active: &Arc<AtomicUsize>) -> Slot {
         limit.open_on[worker].fetch_add(1, Ordering::SeqCst);
         active.fetch_add(1, Ordering::SeqCst);
-        Slot { _permit: permit, _total: total, limit, worker, active: active.clone(), lease: None }
+        Slot { _permit: permit, total: Some(total), limit, worker, active: active.clone(), lease: None }
     }
 
     pub fn cap(&self) -> &CapKey {
@@ -111,6 +111,21 @@ impl Slot {
     /// Whether the slot already holds its lease on the shared cap.
     pub fn leased(&self) -> bool {
         self.lease.is_some()
+    }
+
+    /// Gives its share of `delivery.max_connections` back while it waits for a lease (a wait
+    /// on other nodes must not hold up mail to other destinations); `has_total` says
+    /// whether it still holds one.
+    pub fn lend_total(&mut self) {
+        self.total = None;
+    }
+
+    pub fn has_total(&self) -> bool {
+        self.total.is_some()
+    }
+
+    pub fn set_total(&mut self, total: Permit) {
+        self.total = Some(total);
     }
 
     /// Holds `lease` for as long as the slot lives.
@@ -285,7 +300,8 @@ impl<T: Transport> Pool<T> {
             let mut found = None;
             while let Some(mut conn) = list.pop() {
                 self.count_idle(&conn, 0, 1);
-                if conn.idle_since.elapsed() >= self.idle_timeout || conn.generation != generation {
+                let idle = conn.idle_since.elapsed();
+                if idle >= self.idle_timeout || conn.generation != generation || conn.slot().should_yield(Some(idle)) {
                     expired.push(conn);
                     continue;
                 }
@@ -356,7 +372,7 @@ impl<T: Transport> Pool<T> {
 
     /// A share of the global cap: at once if one is free, else after idle connections
     /// everywhere have been given up for it.
-    async fn total_share(&self) -> Permit {
+    pub async fn total_share(&self) -> Permit {
         if let Some(share) = self.limits.total.try_acquire() {
             return share;
         }

@@ -18,6 +18,16 @@ use super::rate::{Gcra, Rate};
 /// Position in line: higher priority first (so the priority is negated), then arrival order.
 type Place = (i16, u64);
 
+/// What a booking at the head of a shared line got.
+enum Booked {
+    /// A slot on Redis, due then (from `origin`).
+    Shared(Duration),
+    /// Redis is away: this node's share had a token now, taken.
+    Taken,
+    /// Redis is away: the share's next token comes then.
+    Wait(Duration),
+}
+
 pub struct RateQueue {
     rate: Rate,
     origin: Instant,
@@ -43,6 +53,9 @@ struct Inner {
     /// belongs to whoever is at the head then, so a caller that leaves the line or is passed
     /// by a higher priority wastes no slot.
     booked: Option<Duration>,
+    /// A head is booking on Redis now: a new head waits for it rather than book a second
+    /// slot (one would be lost).
+    booking: bool,
 }
 
 impl Inner {
@@ -70,7 +83,7 @@ impl Drop for InLine<'_> {
 
 impl RateQueue {
     pub fn new(rate: Rate) -> RateQueue {
-        let inner = Inner { gcra: Gcra::new(&rate), share: Gcra::new(&rate), line: BTreeMap::new(), next: 0, booked: None };
+        let inner = Inner { gcra: Gcra::new(&rate), share: Gcra::new(&rate), line: BTreeMap::new(), next: 0, booked: None, booking: false };
         RateQueue { rate, origin: Instant::now(), inner: Mutex::new(inner), shared: None }
     }
 
@@ -82,44 +95,64 @@ impl RateQueue {
         queue
     }
 
-    /// At the head of the line with no slot booked: when (from `origin`) the next message may
-    /// go. Booked on Redis (every node's messages counted, so the slot is ours and the line
-    /// keeps it), or while Redis is away at this node's share (booked here when it is now).
-    async fn book(&self, shared: &Shared) -> Result<Duration, Duration> {
+    /// At the head of the line (at `place`) with no slot booked: books the next one. On Redis
+    /// (every node's messages counted): the slot is the line's, used by whoever is at its
+    /// head when it comes. While Redis is away, at this node's share: taken only when it is
+    /// now.
+    async fn book(&self, shared: &Shared, place: Place) -> Booked {
+        /// Ends the booking, answered or not (a caller dropped at shutdown), and wakes a new
+        /// head that waited for it (not the booker, who carries on).
+        struct Booking<'a>(&'a Mutex<Inner>, Place);
+        impl Drop for Booking<'_> {
+            fn drop(&mut self) {
+                let mut inner = self.0.lock().expect("rate queue lock");
+                inner.booking = false;
+                if inner.line.keys().next() != Some(&self.1) {
+                    inner.wake_head();
+                }
+            }
+        }
+        let _booking = Booking(&self.inner, place);
         let booked = shared.cluster.book_message(&shared.destination, self.rate.interval(), self.rate.burst()).await;
         let mut inner = self.inner.lock().expect("rate queue lock");
         let now = self.now();
         match booked {
             Ok(wait) => {
                 inner.booked = Some(now + wait);
-                Ok(now + wait)
+                Booked::Shared(now + wait)
             }
             Err(()) => {
                 let wait = inner.share.wait(now);
                 if wait.is_zero() {
                     inner.share.reserve(now);
+                    Booked::Taken
+                } else {
+                    Booked::Wait(now + wait)
                 }
-                Err(now + wait)
             }
         }
     }
 
     /// The head of the line takes its turn at the shared rate: Ok once it may go, Err(due)
-    /// when it must wait until `due` (and ask again, or be passed meanwhile).
+    /// when it must wait until `due` (and ask again, or be passed meanwhile), Err(None) when
+    /// it is not the head or another head's booking is under way.
     async fn shared_turn(&self, shared: &Shared, place: Place) -> Result<(), Option<Duration>> {
         let booked = {
-            let inner = self.inner.lock().expect("rate queue lock");
-            if inner.line.keys().next() != Some(&place) {
+            let mut inner = self.inner.lock().expect("rate queue lock");
+            if inner.line.keys().next() != Some(&place) || (inner.booked.is_none() && inner.booking) {
                 return Err(None);
+            }
+            if inner.booked.is_none() {
+                inner.booking = true;
             }
             inner.booked
         };
         let due = match booked {
             Some(due) => due,
-            None => match self.book(shared).await {
-                Ok(due) => due,
-                Err(due) if due <= self.now() => return Ok(()),
-                Err(due) => return Err(Some(due)),
+            None => match self.book(shared, place).await {
+                Booked::Shared(due) => due,
+                Booked::Taken => return Ok(()),
+                Booked::Wait(due) => return Err(Some(due)),
             },
         };
         if due > self.now() {
@@ -246,6 +279,29 @@ mod tests {
             }
             done.iter().map(|(n, _)| *n).collect()
         })
+    }
+
+    #[test]
+    fn while_redis_is_away_a_shared_line_keeps_to_its_share() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let config: crate::config::ClusterConfig = serde_norway::from_str("nodes: 3\nredis: { url: \"redis://127.0.0.1:1\" }").unwrap();
+            let cluster = crate::cluster::Cluster::start(&config, "relay.test").unwrap().unwrap();
+            let queue = Arc::new(RateQueue::shared("30/s".parse().unwrap(), cluster, "dest.test"));
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..21 {
+                let q = queue.clone();
+                tasks.push(tokio::spawn(async move { q.acquire(0, 100).await.unwrap() }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            // 10/s, the first at once: 20 intervals of 100 ms (a token taken early would go
+            // without being booked, and two would go at once).
+            let took = started.elapsed();
+            assert!(took >= Duration::from_millis(1990) && took < Duration::from_millis(2200), "{took:?}");
+        });
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! shared rate, not twice it. With Redis stopped, each node keeps to its share (5/s) and says
 //! so once; with Redis back, the rate is shared again. A 421 one node meets suspends the
 //! destination on the other too; a sender's intake rate counts its messages on both; a Redis
-//! that takes connections and never answers leaves each node its share.
+//! that takes connections and never answers, or refuses writes, leaves each node its share;
+//! the limits are shared over TLS and on a Redis Cluster too.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -231,4 +232,32 @@ fn nodes_share_their_limits_on_a_redis_cluster() {
     assert!(keys.contains("sluice:rate:dest.test"), "{keys}");
     let summary = crate::common::sluice(&["queue", "summary", "--config", b.config_path.to_str().unwrap()]).1;
     assert!(summary.contains(&format!("limits shared on redis://127.0.0.1:{} (and 1 more)", ports[1])), "{summary}");
+}
+
+#[test]
+fn a_redis_that_refuses_writes_keeps_each_node_to_its_share_and_the_summary_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // A replica of a master that is gone, as after a failover: it answers, and refuses every
+    // write (READONLY).
+    let gone = crate::metrics_endpoint::free_port().to_string();
+    let redis = Redis::start_with(crate::metrics_endpoint::free_port(), &["--replicaof", "127.0.0.1", &gone]);
+    let sink = Dest::start(Behavior::default());
+    let (a, b) = (node(dir.path(), "a", &sink, redis.port), node(dir.path(), "b", &sink, redis.port));
+    wait_log(&a, "the limits are shared again");
+    wait_log(&b, "the limits are shared again");
+    std::thread::scope(|s| {
+        s.spawn(|| inject(&a, 15, "a"));
+        s.spawn(|| inject(&b, 15, "b"));
+    });
+    // Each at its share, 5/s: about 10/s in all, as while Redis is away.
+    let rate = rate_from(&sink, 2, 30);
+    assert!((8.0..=12.0).contains(&rate), "the sink saw {rate:.1}/s");
+    for n in [&a, &b] {
+        let log = n.log_text();
+        assert_eq!(log.matches("Redis refused a command").count(), 1, "logged once a minute: {log}");
+        assert!(log.contains("read only replica"), "{log}");
+        assert!(!log.contains("Redis cannot be reached"), "it answers: not away: {log}");
+    }
+    let summary = crate::common::sluice(&["queue", "summary", "--config", a.config_path.to_str().unwrap()]).1;
+    assert!(summary.contains("refuses commands (") && summary.contains("kept to 1/2 of the limit"), "{summary}");
 }
