@@ -196,9 +196,15 @@ impl Cluster {
     /// A lease on `cap` (at most `max` connections on all nodes together) for one new
     /// connection, if one is free now. None counts as a wait (`sluice_cluster_lease_waits_total`).
     pub async fn try_lease(self: &Arc<Self>, cap: &str, max: usize) -> Option<Lease> {
-        match self.ask_lease(cap, max).await {
-            Asked::Granted(lease) => Some(lease),
-            Asked::Full => {
+        // Asked on the daemon's runtime: redis-rs reconnects on the runtime of the command
+        // that found the connection lost, and a delivery worker's runtime is not the place
+        // to drive every later Redis command from. A lease granted after its asker left is
+        // dropped, so given back.
+        let (cluster, name) = (self.clone(), cap.to_string());
+        let asked = self.runtime.spawn(async move { cluster.ask_lease(&name, max).await }).await;
+        match asked {
+            Ok(Asked::Granted(lease)) => Some(lease),
+            Ok(Asked::Full) | Err(_) => {
                 metrics::counter!(crate::metrics::CLUSTER_LEASE_WAITS).increment(1);
                 None
             }
