@@ -35,12 +35,12 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
   local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2])))
+  redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2])))
   return 1
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last[2])))
+redis.call('PEXPIREAT', KEYS[2], string.format('%d', tonumber(last[2])))
 return 0
 ";
 
@@ -64,7 +64,7 @@ for i = 3, #ARGV do
   end
 end
 local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] then redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2]))) end
+if last[2] then redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]))) end
 return answer
 ";
 
@@ -115,6 +115,8 @@ pub struct Lease {
     lost: Arc<AtomicBool>,
     /// Already taken off `held` by `should_yield`.
     yielded: AtomicBool,
+    /// Granted while Redis was away: how many times Redis had come back then.
+    away_epoch: u64,
     cluster: Arc<Cluster>,
 }
 
@@ -131,7 +133,9 @@ impl Lease {
         }
         let up = self.cluster.is_up();
         if self.member.is_none() {
-            return up;
+            // Redis came back since (not merely answering with errors, as a read-only
+            // replica does, while the node keeps to its share).
+            return up && self.cluster.returns() != self.away_epoch;
         }
         if self.lost.load(Ordering::Relaxed) {
             return true;
@@ -211,19 +215,6 @@ impl Cluster {
         }
     }
 
-    /// A lease on `cap`: at once when one is free, else when one is (asked again after
-    /// `FIRST_PAUSE`, then less often, up to once a second).
-    pub async fn lease(self: &Arc<Self>, cap: &str, max: usize) -> Lease {
-        let mut pause = FIRST_PAUSE;
-        loop {
-            if let Some(lease) = self.try_lease(cap, max).await {
-                return lease;
-            }
-            tokio::time::sleep(pause).await;
-            pause = next_pause(pause);
-        }
-    }
-
     fn cap(&self, name: &str, max: usize) -> Arc<Cap> {
         let mut caps = self.leases.caps.lock().expect("caps lock");
         let cap = caps
@@ -277,6 +268,7 @@ impl Cluster {
                         member: Some(member),
                         lost,
                         yielded: AtomicBool::new(false),
+                        away_epoch: 0,
                         cluster: self.clone(),
                     });
                 }
@@ -297,13 +289,15 @@ impl Cluster {
             }
         }
         let lost = Arc::new(AtomicBool::new(false));
-        Asked::Granted(Lease { cap, member: None, lost, yielded: AtomicBool::new(false), cluster: self.clone() })
+        let away_epoch = self.returns();
+        Asked::Granted(Lease { cap, member: None, lost, yielded: AtomicBool::new(false), away_epoch, cluster: self.clone() })
     }
 
     /// Removes `members` from the leases at `key`, in the background, on the daemon's runtime
     /// (a lease may be dropped on any thread). One that fails leaves them to expire.
     fn give_back(self: &Arc<Self>, key: String, members: Vec<String>) {
-        let Some(mut connection) = self.connection() else { return };
+        // Even while Redis counts as away: the ask that timed out may have been granted.
+        let Some(mut connection) = self.connection.get().cloned() else { return };
         let timeout = self.timeout;
         self.runtime.spawn(async move {
             let mut zrem = redis::cmd("ZREM");
@@ -368,7 +362,7 @@ impl Cluster {
         };
         let Some((others, lost)) = answer.split_first() else { return };
         let wanted = others.parse::<u64>().is_ok_and(|n| n > 0);
-        *cap.wanted_until.lock().expect("wanted lock") = wanted.then(|| Instant::now() + self.lease_ttl / 3);
+        *cap.wanted_until.lock().expect("wanted lock") = wanted.then(|| Instant::now() + self.lease_ttl / 3 * 2);
         let mut held = cap.members.lock().expect("members lock");
         for member in lost {
             if let Some(flag) = held.remove(member) {
@@ -406,6 +400,8 @@ mod tests {
         let Asked::Granted(lease) = b else { unreachable!() };
         assert!(!lease.should_yield(None), "granted while Redis is away: kept until it is back");
         cluster.up.store(true, Ordering::Relaxed);
+        assert!(!lease.should_yield(None), "Redis answers but never came back (refusals): kept");
+        cluster.returned.fetch_add(1, Ordering::Relaxed);
         assert!(lease.should_yield(None), "Redis is back and does not know it: its connection closes when idle");
     }
 
@@ -419,6 +415,7 @@ mod tests {
             member: Some("m".into()),
             lost: Arc::new(AtomicBool::new(false)),
             yielded: AtomicBool::new(false),
+            away_epoch: 0,
             cluster: cluster.clone(),
         };
         cap.held.store(2, Ordering::SeqCst);

@@ -36,6 +36,8 @@ pub struct Cluster {
     /// Set once the first connection is made; it reconnects by itself after that.
     connection: tokio::sync::OnceCell<Connection>,
     up: AtomicBool,
+    /// How many times Redis came back after being away.
+    returned: std::sync::atomic::AtomicU64,
     /// When Redis last failed to answer: while it is away, it is asked once a second, not
     /// for every message.
     failed_at: std::sync::Mutex<Option<std::time::Instant>>,
@@ -121,6 +123,7 @@ impl Cluster {
             timeout,
             connection: tokio::sync::OnceCell::new(),
             up: AtomicBool::new(false),
+            returned: std::sync::atomic::AtomicU64::new(0),
             failed_at: std::sync::Mutex::new(None),
             refused_said_at: std::sync::Mutex::new(None),
             leases: Default::default(),
@@ -186,6 +189,11 @@ impl Cluster {
         }
     }
 
+    /// How many times Redis came back after being away (the first connection counts).
+    pub fn returns(&self) -> u64 {
+        self.returned.load(Ordering::Relaxed)
+    }
+
     /// Whether the shared limits apply now.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
@@ -197,6 +205,9 @@ impl Cluster {
             *self.failed_at.lock().expect("failed_at lock") = Some(std::time::Instant::now());
         }
         if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                self.returned.fetch_add(1, Ordering::Relaxed);
+            }
             *self.away_since.lock().expect("away_since lock") = (!up).then(|| suspend::unix_ms() / 1000);
             metrics::gauge!(m::CLUSTER_REDIS_UP).set(if up { 1.0 } else { 0.0 });
             match up {

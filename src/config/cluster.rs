@@ -35,7 +35,7 @@ impl Default for ClusterConfig {
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` (Redis or Valkey), `rediss://` over TLS. A
     /// Redis Cluster: `redis+cluster://` (`rediss+cluster://`) naming one of its nodes, or a
-    /// list of URLs naming several.
+    /// list of URLs naming one or more.
     pub url: RedisUrls,
     /// PEM CA certificates a `rediss://` server's certificate is checked against (default:
     /// the system's roots). Only with `rediss://`.
@@ -65,15 +65,20 @@ impl RedisConfig {
         }
     }
 
-    /// Whether the URLs name a Redis Cluster: a `+cluster` scheme, or more than one.
+    /// Whether the URLs name a Redis Cluster: a `+cluster` scheme, or a list (of one or more).
     pub fn cluster_mode(&self) -> bool {
-        let given = self.given();
-        given.len() > 1 || given.iter().any(|u| u.starts_with("redis+cluster://") || u.starts_with("rediss+cluster://"))
+        matches!(self.url, RedisUrls::Many(_))
+            || self.given().iter().any(|u| u.starts_with("redis+cluster://") || u.starts_with("rediss+cluster://"))
     }
 
-    /// The URLs as redis-rs reads them (`+cluster` taken off).
+    /// The URLs as redis-rs reads them (a `+cluster` scheme made plain).
     pub fn urls(&self) -> Vec<String> {
-        self.given().iter().map(|u| u.replacen("+cluster://", "://", 1)).collect()
+        let plain = |u: &str| match (u.strip_prefix("redis+cluster://"), u.strip_prefix("rediss+cluster://")) {
+            (Some(rest), _) => format!("redis://{rest}"),
+            (_, Some(rest)) => format!("rediss://{rest}"),
+            _ => u.to_string(),
+        };
+        self.given().into_iter().map(plain).collect()
     }
 
     /// Whether the connections are TLS (`rediss://`).

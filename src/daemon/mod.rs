@@ -126,11 +126,6 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         crate::accounting::check(&settings)?;
     }
     let accounting = crate::accounting::Accounting::start(config.accounting.settings());
-    // Limits shared with other appliances, one connection for intake and delivery.
-    let cluster = crate::cluster::Cluster::start(&config.cluster, &config.hostname.0)?;
-    let ctx = IntakeContext::new(config.clone(), spool.clone(), accounting.clone(), cluster.clone())?;
-    let stored = ctx.stored.clone();
-    let intake = Arc::new(Live::from_arc(ctx));
     let metrics = match config.metrics.address {
         Some(address) => {
             let handle = crate::metrics::recorder()?;
@@ -139,6 +134,12 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn crate::clock::Clock
         }
         None => None,
     };
+    // Limits shared with other appliances, one connection for intake and delivery. After the
+    // recorder: the connection, made in the background, sets sluice_cluster_redis_up.
+    let cluster = crate::cluster::Cluster::start(&config.cluster, &config.hostname.0)?;
+    let ctx = IntakeContext::new(config.clone(), spool.clone(), accounting.clone(), cluster.clone())?;
+    let stored = ctx.stored.clone();
+    let intake = Arc::new(Live::from_arc(ctx));
     let mut http = Vec::new();
     for l in &config.http_listeners {
         let listener = tokio::net::TcpListener::bind(l.address).await.map_err(|e| format!("http_listeners {}: {e}", l.address))?;

@@ -119,10 +119,12 @@ pub struct Sender<T> {
 impl<T: Transport> Sender<T> {
     /// `slot` with its lease on the cap shared with other nodes (`cluster.redis`). While the
     /// cap is full, a connection of this worker's under `key` put back serves instead
-    /// (Err): this node's connections stay busy rather than its mail waiting for another
-    /// node to close one. While it waits, the slot's share of `delivery.max_connections` is
-    /// lent back, so a destination other nodes keep busy does not hold up the rest.
-    async fn leased(&self, mut slot: Slot, key: &PoolKey, target: &Target, bucket: &Bucket) -> Result<Slot, Connection<T>> {
+    /// (Err; none is looked for without a key): this node's connections stay busy rather
+    /// than its mail waiting for another node to close one. While it waits, the slot's share
+    /// of `delivery.max_connections` is lent back, so a destination other nodes keep busy
+    /// does not hold up the rest; the share comes back before the next ask, so a lease is
+    /// never held waiting for one.
+    async fn leased(&self, mut slot: Slot, key: Option<&PoolKey>, target: &Target, bucket: &Bucket) -> Result<Slot, Connection<T>> {
         let Some(cluster) = &self.cluster else { return Ok(slot) };
         if slot.leased() {
             return Ok(slot);
@@ -130,32 +132,22 @@ impl<T: Transport> Sender<T> {
         let (cap, returned) = (bucket.shared_cap(target), self.pool.returned(slot.cap()));
         let mut pause = crate::cluster::lease::FIRST_PAUSE;
         loop {
-            if let Some(conn) = self.pool.take(key) {
+            if let Some(conn) = key.and_then(|key| self.pool.take(key)) {
                 return Err(conn);
+            }
+            if !slot.has_total() {
+                slot.set_total(self.pool.total_share().await);
             }
             if let Some(lease) = cluster.try_lease(&cap, bucket.max_connections).await {
                 slot.hold(lease);
-                if !slot.has_total() {
-                    slot.set_total(self.pool.total_share().await);
-                }
                 return Ok(slot);
             }
             slot.lend_total();
             tokio::select! {
-                _ = returned.notified() => {}
+                _ = returned.notified(), if key.is_some() => {}
                 _ = tokio::time::sleep(pause) => pause = crate::cluster::lease::next_pause(pause),
             }
         }
-    }
-
-    /// `slot` with its lease, for a connection that must be new (the plain-text retry).
-    async fn leased_new(&self, mut slot: Slot, target: &Target, bucket: &Bucket) -> Slot {
-        if let Some(cluster) = &self.cluster
-            && !slot.leased()
-        {
-            slot.hold(cluster.lease(&bucket.shared_cap(target), bucket.max_connections).await);
-        }
-        slot
     }
 
     /// A pooled connection to `target` (true: reused), or a new one (with `slot` when the
@@ -184,15 +176,16 @@ impl<T: Transport> Sender<T> {
                 Checkout::New(slot) => slot,
             },
         };
+        // The lease before the connection rate's token: a token booked and then spent waiting
+        // for a lease would let the waiters connect all at once when leases free up.
+        let permit = match self.leased(permit, Some(&key), target, bucket).await {
+            Ok(permit) => permit,
+            Err(pooled) => return Ok((pooled, true, None)),
+        };
         let wait = bucket.connection_wait();
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        // After the connection rate's wait: a lease is held only while connecting or connected.
-        let permit = match self.leased(permit, &key, target, bucket).await {
-            Ok(permit) => permit,
-            Err(pooled) => return Ok((pooled, true, None)),
-        };
         let mut fallback = None;
         let opportunistic = policy == TlsPolicy::Opportunistic && !hop.implicit_tls;
         let remembered = if opportunistic { self.legacy.remembered(target.addr, std::time::Instant::now()) } else { None };
@@ -224,7 +217,11 @@ impl<T: Transport> Sender<T> {
                     tls: Some(result),
                 });
                 let permit = self.pool.slot(&cap, bucket.max_connections, bucket.max_deliveries, &bucket.active).await;
-                let permit = self.leased_new(permit, target, bucket).await;
+                let permit = match self.leased(permit, None, target, bucket).await {
+                    Ok(permit) => permit,
+                    // Not looked for without a key; should one come, it serves as well.
+                    Err(pooled) => return Ok((pooled, true, fallback)),
+                };
                 Connection::open(target.clone(), TlsPolicy::Never, hop, settings, permit).await
             }
             other => other,

@@ -252,6 +252,10 @@ fn a_redis_that_refuses_writes_keeps_each_node_to_its_share_and_the_summary_says
     // Each at its share, 5/s: about 10/s in all, as while Redis is away.
     let rate = rate_from(&sink, 2, 30);
     assert!((8.0..=12.0).contains(&rate), "the sink saw {rate:.1}/s");
+    // The connections granted at the node's share are kept: Redis never came back, it
+    // only refuses (one connection per message would mean each was closed after its first).
+    let opened = sink.connections();
+    assert!(opened <= 10, "{opened} connections for 30 messages");
     for n in [&a, &b] {
         let log = n.log_text();
         assert_eq!(log.matches("Redis refused a command").count(), 1, "logged once a minute: {log}");

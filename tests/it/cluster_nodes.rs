@@ -14,10 +14,15 @@ use crate::peers::dest::{Behavior, Dest};
 use crate::peers::redis::Redis;
 
 fn node(dir: &Path, name: &str, sink: &Dest, redis_port: u16, rate: &str) -> Daemon {
+    node_with(dir, name, sink, redis_port, rate, "")
+}
+
+/// With `more` (YAML) at the top level.
+fn node_with(dir: &Path, name: &str, sink: &Dest, redis_port: u16, rate: &str, more: &str) -> Daemon {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let extra = format!(
-        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n{rate}  max_connections_per_destination: 6\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 3\n  lease_ttl: 3s\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n",
+        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n{rate}  max_connections_per_destination: 6\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 3\n  lease_ttl: 3s\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n{more}",
         sink.addr.port()
     );
     Daemon::spawn(&dir, &extra, &[])
@@ -48,11 +53,20 @@ fn three_nodes_keep_to_one_shared_rate_and_connection_cap() {
     let mut redis = Redis::start(port);
     // 100 ms a message: 30/s needs about 3 of the 6 connections.
     let sink = slow_sink(100);
-    let nodes: Vec<Daemon> = ["a", "b", "c"].iter().map(|n| node(dir.path(), n, &sink, port, "  message_rate: \"30/s\"\n")).collect();
+    let metrics = crate::metrics_endpoint::free_port();
+    let rate = "  message_rate: \"30/s\"\n";
+    let nodes: Vec<Daemon> = ["a", "b", "c"]
+        .iter()
+        .map(|&n| {
+            let more = if n == "a" { format!("metrics: {{ address: \"127.0.0.1:{metrics}\" }}\n") } else { String::new() };
+            node_with(dir.path(), n, &sink, port, rate, &more)
+        })
+        .collect();
     for n in &nodes {
         wait_log(n, "the limits are shared again");
     }
     assert!(summary(&nodes[0]).contains("cluster: node a of 3, limits shared on redis://127.0.0.1:"), "{}", summary(&nodes[0]));
+    assert!(crate::metrics_endpoint::scrape(metrics).contains("sluice_cluster_redis_up 1"));
 
     // 300 each at once: 900 at 30/s is 30 s (90/s, 10 s, if each kept its own rate).
     std::thread::scope(|s| {
@@ -90,6 +104,9 @@ fn three_nodes_keep_to_one_shared_rate_and_connection_cap() {
     };
     eprintln!("fallback: {fallback:.2} messages/s, at most {max_open} connections open, {opened_since} opened");
     assert!((28.5..=31.5).contains(&fallback), "without Redis the sink saw {fallback:.2} messages/s");
+    let scraped = crate::metrics_endpoint::scrape(metrics);
+    assert!(scraped.contains("sluice_cluster_redis_up 0"), "{scraped}");
+    assert!(scraped.contains("sluice_cluster_leases_held "), "{scraped}");
     let text = summary(&nodes[1]);
     assert!(text.contains("unreachable since") && text.contains("each node keeps to 1/3 of every shared limit"), "{text}");
     for n in &nodes {
