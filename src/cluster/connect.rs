@@ -70,7 +70,8 @@ impl Connector {
             if config.key_prefix.contains(['{', '}']) {
                 return Err("cluster.redis.key_prefix: no braces with a Redis Cluster (a connection cap's two keys must hash alike)".into());
             }
-            if config.urls().iter().any(|u| u.starts_with("rediss://")) != config.urls().iter().all(|u| u.starts_with("rediss://")) {
+            let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+            if tls != 0 && tls != urls.len() {
                 return Err("cluster.redis.url: a cluster's nodes are all rediss:// or all redis://".into());
             }
             let mut builder = redis::cluster::ClusterClientBuilder::new(urls);

@@ -27,29 +27,21 @@ use super::Cluster;
 /// live, ARGV[4]: how long a refusal marks this node as waiting (both milliseconds), ARGV[5]:
 /// this node. 1: granted; 0: the cap is full. A key lives as long as its latest member.
 const ACQUIRE: &str = r"
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2])))
+  expire_with_latest(KEYS[1])
   return 1
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[5])
-local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[2], string.format('%d', tonumber(last[2])))
+expire_with_latest(KEYS[2])
 return 0
 ";
 
 /// KEYS as for [`ACQUIRE`]. ARGV[1]: the time to live, ARGV[2]: this node, ARGV[3...]: its
 /// leases. The answer: how many other nodes wait for the cap, then the leases no longer there.
 const RENEW: &str = r"
-redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -63,13 +55,24 @@ for i = 3, #ARGV do
     table.insert(answer, ARGV[i])
   end
 end
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if last[2] then redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(last[2]))) end
+expire_with_latest(KEYS[1])
 return answer
 ";
 
-static ACQUIRE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(ACQUIRE));
-static RENEW_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(RENEW));
+/// What both scripts begin with: `now` (ms, the Redis clock), and a sorted set's key made
+/// to live exactly as long as its latest member (an integer: PEXPIREAT refuses "1.7e+12").
+const PRELUDE: &str = r"
+redis.replicate_commands()
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function expire_with_latest(key)
+  local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if last[2] then redis.call('PEXPIREAT', key, string.format('%d', tonumber(last[2]))) end
+end
+";
+
+static ACQUIRE_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(&format!("{PRELUDE}{ACQUIRE}")));
+static RENEW_SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(&format!("{PRELUDE}{RENEW}")));
 
 /// The first and the longest pause between asks for a lease on a full cap.
 pub const FIRST_PAUSE: Duration = Duration::from_millis(50);

@@ -23,13 +23,36 @@ fn node_with(dir: &Path, name: &str, sink: &Dest, redis_port: u16, more: &str) -
 
 /// A node whose `cluster.redis` is `redis` (YAML).
 fn node_on(dir: &Path, name: &str, sink: &Dest, redis: &str, more: &str) -> Daemon {
+    spawn_node(dir, name, sink, "  message_rate: \"10/s\"\n", &format!("  nodes: 2\n  redis: {redis}\n"), more)
+}
+
+/// Node `name` relaying to `sink`, with `delivery` and `cluster` lines added to those
+/// sections and `more` at the top level.
+pub(crate) fn spawn_node(dir: &Path, name: &str, sink: &Dest, delivery: &str, cluster: &str, more: &str) -> Daemon {
     let dir = dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let extra = format!(
-        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  message_rate: \"10/s\"\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 2\n  redis: {redis}\n{more}",
+        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n  retry: [1s]\n{delivery}cluster:\n  node: {name}\n{cluster}{more}",
         sink.addr.port()
     );
     Daemon::spawn(&dir, &extra, &[])
+}
+
+/// Both nodes, started and sharing their limits.
+fn pair(dir: &Path, sink: &Dest, redis_port: u16) -> (Daemon, Daemon) {
+    let (a, b) = (node(dir, "a", sink, redis_port), node(dir, "b", sink, redis_port));
+    wait_log(&a, "the limits are shared again");
+    wait_log(&b, "the limits are shared again");
+    (a, b)
+}
+
+/// `n` messages into each node at once, tagged `tags[i]` for `nodes[i]`.
+pub(crate) fn inject_each(nodes: &[&Daemon], n: usize, tags: &[&str]) {
+    std::thread::scope(|s| {
+        for (node, tag) in nodes.iter().zip(tags) {
+            s.spawn(move || inject(node, n, tag));
+        }
+    });
 }
 
 pub(crate) fn wait_log(node: &Daemon, text: &str) {
@@ -62,24 +85,16 @@ fn two_nodes_share_one_rate_and_keep_to_their_share_while_redis_is_away() {
     let port = crate::metrics_endpoint::free_port();
     let mut redis = Redis::start(port);
     let sink = Dest::start(Behavior::default());
-    let (a, b) = (node(dir.path(), "a", &sink, redis.port), node(dir.path(), "b", &sink, redis.port));
-    wait_log(&a, "the limits are shared again");
-    wait_log(&b, "the limits are shared again");
+    let (a, b) = pair(dir.path(), &sink, redis.port);
 
     // 50 messages each, at once: 10/s in all, so about 10 s (20/s, 5 s, if each kept its own).
-    std::thread::scope(|s| {
-        s.spawn(|| inject(&a, 50, "a"));
-        s.spawn(|| inject(&b, 50, "b"));
-    });
+    inject_each(&[&a, &b], 50, &["a", "b"]);
     let shared = rate_from(&sink, 0, 100);
     assert!((8.5..=11.5).contains(&shared), "the sink saw {shared:.1} messages/s, not the shared 10/s");
 
     // Redis gone: each node keeps to 5/s, still about 10/s in all, and says so once.
     redis.stop();
-    std::thread::scope(|s| {
-        s.spawn(|| inject(&a, 30, "c"));
-        s.spawn(|| inject(&b, 30, "d"));
-    });
+    inject_each(&[&a, &b], 30, &["c", "d"]);
     let fallback = rate_from(&sink, 102, 160);
     assert!((8.0..=12.0).contains(&fallback), "without Redis the sink saw {fallback:.1}/s");
     for n in [&a, &b] {
@@ -184,10 +199,7 @@ fn a_redis_that_takes_connections_and_never_answers_leaves_each_node_its_share()
 fn share_one_rate(a: &Daemon, b: &Daemon, sink: &Dest) {
     wait_log(a, "the limits are shared again");
     wait_log(b, "the limits are shared again");
-    std::thread::scope(|s| {
-        s.spawn(|| inject(a, 20, "a"));
-        s.spawn(|| inject(b, 20, "b"));
-    });
+    inject_each(&[a, b], 20, &["a", "b"]);
     let shared = rate_from(sink, 0, 40);
     assert!((8.5..=11.5).contains(&shared), "the sink saw {shared:.1} messages/s, not the shared 10/s");
     // Shared, not each node's share of it: Redis answered every command.
@@ -242,13 +254,8 @@ fn a_redis_that_refuses_writes_keeps_each_node_to_its_share_and_the_summary_says
     let gone = crate::metrics_endpoint::free_port().to_string();
     let redis = Redis::start_with(crate::metrics_endpoint::free_port(), &["--replicaof", "127.0.0.1", &gone]);
     let sink = Dest::start(Behavior::default());
-    let (a, b) = (node(dir.path(), "a", &sink, redis.port), node(dir.path(), "b", &sink, redis.port));
-    wait_log(&a, "the limits are shared again");
-    wait_log(&b, "the limits are shared again");
-    std::thread::scope(|s| {
-        s.spawn(|| inject(&a, 15, "a"));
-        s.spawn(|| inject(&b, 15, "b"));
-    });
+    let (a, b) = pair(dir.path(), &sink, redis.port);
+    inject_each(&[&a, &b], 15, &["a", "b"]);
     // Each at its share, 5/s: about 10/s in all, as while Redis is away.
     let rate = rate_from(&sink, 2, 30);
     assert!((8.0..=12.0).contains(&rate), "the sink saw {rate:.1}/s");

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{inject, rate_from, wait_log};
+use crate::cluster::{inject, inject_each, rate_from, spawn_node, wait_log};
 use crate::common::Daemon;
 use crate::peers::dest::{Behavior, Dest};
 use crate::peers::redis::Redis;
@@ -19,13 +19,15 @@ fn node(dir: &Path, name: &str, sink: &Dest, redis_port: u16, rate: &str) -> Dae
 
 /// With `more` (YAML) at the top level.
 fn node_with(dir: &Path, name: &str, sink: &Dest, redis_port: u16, rate: &str, more: &str) -> Daemon {
-    let dir = dir.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let extra = format!(
-        "hostname: {name}.test\ndelivery:\n  smarthost: \"[127.0.0.1]:{}\"\n{rate}  max_connections_per_destination: 6\n  retry: [1s]\ncluster:\n  node: {name}\n  nodes: 3\n  lease_ttl: 3s\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n{more}",
-        sink.addr.port()
-    );
-    Daemon::spawn(&dir, &extra, &[])
+    let delivery = format!("{rate}  max_connections_per_destination: 6\n");
+    let cluster = format!("  nodes: 3\n  lease_ttl: 3s\n  redis: {{ url: \"redis://127.0.0.1:{redis_port}\" }}\n");
+    spawn_node(dir, name, sink, &delivery, &cluster, more)
+}
+
+/// The most connections the sink has seen open at once, and how many it took in all.
+fn connections(sink: &Dest) -> (usize, usize) {
+    let state = sink.state.lock().unwrap();
+    (state.max_open, state.connections)
 }
 
 /// A sink that takes `ms` to answer each final dot: a connection carries at most 1000/ms
@@ -69,16 +71,10 @@ fn three_nodes_keep_to_one_shared_rate_and_connection_cap() {
     assert!(crate::metrics_endpoint::scrape(metrics).contains("sluice_cluster_redis_up 1"));
 
     // 300 each at once: 900 at 30/s is 30 s (90/s, 10 s, if each kept its own rate).
-    std::thread::scope(|s| {
-        for (n, tag) in nodes.iter().zip(["a", "b", "c"]) {
-            s.spawn(move || inject(n, 300, tag));
-        }
-    });
+    let all: Vec<&Daemon> = nodes.iter().collect();
+    inject_each(&all, 300, &["a", "b", "c"]);
     let shared = rate_from(&sink, 0, 900);
-    let (max_open, opened) = {
-        let state = sink.state.lock().unwrap();
-        (state.max_open, state.connections)
-    };
+    let (max_open, opened) = connections(&sink);
     eprintln!("shared: {shared:.2} messages/s, at most {max_open} connections open, {opened} opened in all");
     assert!((28.5..=31.5).contains(&shared), "the sink saw {shared:.2} messages/s, not the shared 30/s");
     assert!(max_open <= 6, "{max_open} connections were open at once");
@@ -91,18 +87,11 @@ fn three_nodes_keep_to_one_shared_rate_and_connection_cap() {
         let mut state = sink.state.lock().unwrap();
         state.max_open = state.open;
     }
-    std::thread::scope(|s| {
-        for (n, tag) in nodes.iter().zip(["d", "e", "f"]) {
-            s.spawn(move || inject(n, 100, tag));
-        }
-    });
+    inject_each(&all, 100, &["d", "e", "f"]);
     // From 20 messages after the stop on: each node's own share starts with its burst.
     let fallback = rate_from(&sink, 920, 1200);
-    let (max_open, opened_since) = {
-        let state = sink.state.lock().unwrap();
-        (state.max_open, state.connections - opened)
-    };
-    eprintln!("fallback: {fallback:.2} messages/s, at most {max_open} connections open, {opened_since} opened");
+    let (max_open, opened_in_all) = connections(&sink);
+    eprintln!("fallback: {fallback:.2} messages/s, at most {max_open} connections open, {} opened", opened_in_all - opened);
     assert!((28.5..=31.5).contains(&fallback), "without Redis the sink saw {fallback:.2} messages/s");
     let scraped = crate::metrics_endpoint::scrape(metrics);
     assert!(scraped.contains("sluice_cluster_redis_up 0"), "{scraped}");
